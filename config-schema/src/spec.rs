@@ -1,0 +1,1105 @@
+//! The configuration types, exactly as written in TOML.
+//!
+//! Every struct rejects unknown keys, so a misspelt key is an error with its line rather than a
+//! silently ignored setting. Doc comments here become the descriptions in the generated JSON
+//! Schema (`ringmesh.schema.json`), so they are written for operators.
+//!
+//! The format covers the whole mission: some sections (TLS, authorization, retries, circuit
+//! breaking, fault injection, rate limiting, tracing) are validated here before the data plane
+//! acts on them; `docs/CONFIG.md` says which parts are live.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::units::{ByteSize, Duration};
+
+/// A whole ringmesh configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// The admin API (health, stats, config dump, reload).
+    #[serde(default)]
+    pub admin: AdminSpec,
+    /// Threads, I/O driver and shutdown.
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+    /// The node's workload identity for mTLS (SPIFFE X.509 SVID and trust bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySpec>,
+    /// Access logs, metrics and tracing.
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
+    /// Sockets the proxy accepts connections on.
+    #[serde(default)]
+    pub listeners: Vec<ListenerSpec>,
+    /// HTTP virtual hosts with their routes, matched by the request's Host.
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHostSpec>,
+    /// Upstream services: endpoints, load balancing, connection pools and resilience.
+    #[serde(default)]
+    pub clusters: Vec<ClusterSpec>,
+    /// Authorization policies (allow/deny by identity, source, method and path).
+    #[serde(default)]
+    pub authorization_policies: Vec<AuthorizationPolicySpec>,
+}
+
+// === admin and runtime ===
+
+/// The admin API. It listens on loopback by default and never runs on a worker core's runtime.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// `IP:port` or `unix:/path/to/socket`. Port 0 picks a free port (see `--admin-address-path`).
+    #[serde(default = "AdminSpec::default_address")]
+    pub address: String,
+    /// Bearer token for mutating endpoints, inline. Prefer `token_file` or `token_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Environment variable holding the bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// File holding the bearer token (trailing whitespace is trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// Admin connections served at once; more are refused.
+    #[serde(default = "AdminSpec::default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl AdminSpec {
+    fn default_address() -> String {
+        "127.0.0.1:15000".to_owned()
+    }
+    fn default_max_connections() -> u32 {
+        32
+    }
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        Self {
+            address: Self::default_address(),
+            token: None,
+            token_env: None,
+            token_file: None,
+            max_connections: Self::default_max_connections(),
+        }
+    }
+}
+
+/// Worker threads and the I/O driver. Command-line flags override these.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// Worker threads, one per core; 0 means one per available core.
+    #[serde(default)]
+    pub workers: u32,
+    /// `auto` tries io_uring and falls back to epoll; `uring` and `epoll` force one.
+    #[serde(default)]
+    pub io: IoMode,
+    /// io_uring setup flags. `coop_taskrun` (COOP_TASKRUN + TASKRUN_FLAG) measured cheapest here.
+    #[serde(default)]
+    pub uring_setup: UringSetup,
+    /// io_uring submission queue entries per worker.
+    #[serde(default = "RuntimeSpec::default_ring_entries")]
+    pub ring_entries: u32,
+    /// Pin each worker thread to its own core.
+    #[serde(default = "default_true")]
+    pub pin_workers: bool,
+    /// How long open connections may run after SIGTERM/SIGINT before they are closed.
+    #[serde(default = "RuntimeSpec::default_drain_timeout")]
+    pub drain_timeout: Duration,
+}
+
+impl RuntimeSpec {
+    fn default_ring_entries() -> u32 {
+        1024
+    }
+    fn default_drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+impl Default for RuntimeSpec {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            io: IoMode::default(),
+            uring_setup: UringSetup::default(),
+            ring_entries: Self::default_ring_entries(),
+            pin_workers: true,
+            drain_timeout: Self::default_drain_timeout(),
+        }
+    }
+}
+
+/// Which I/O driver the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    /// io_uring when the kernel and seccomp allow it, epoll otherwise.
+    #[default]
+    Auto,
+    /// io_uring only; start fails if it is unavailable.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+/// io_uring ring setup flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UringSetup {
+    /// IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG.
+    #[default]
+    CoopTaskrun,
+    /// IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN.
+    DeferTaskrun,
+    /// No flags (slowest here; kept for comparison).
+    Plain,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+// === identity and TLS ===
+
+/// The node's SPIFFE workload identity, used for mTLS between proxies.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySpec {
+    /// Trust domain, such as `cluster.local`.
+    pub trust_domain: String,
+    /// PEM certificate chain whose leaf carries the SPIFFE ID in its URI SAN.
+    pub cert: String,
+    /// PEM private key for `cert`.
+    pub key: String,
+    /// PEM trust bundle (CA certificates) for peers.
+    pub ca_bundle: String,
+}
+
+/// TLS on a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSpec {
+    /// `terminate` decrypts here; `passthrough` routes on the ClientHello's SNI without decrypting.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM certificate chain (required for `terminate` unless `[identity]` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// PEM private key for `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// PEM CA bundle that client certificates must chain to (enables mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+    /// Refuse clients that present no certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Client SPIFFE IDs accepted (exact, or a `spiffe://domain/prefix/*` pattern); empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_spiffe_ids: Vec<String>,
+    /// ALPN protocols offered, in order of preference.
+    #[serde(default = "ListenerTlsSpec::default_alpn")]
+    pub alpn: Vec<String>,
+    /// TLS passthrough: SNI host name (exact or `*.suffix`) to cluster.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sni_routes: BTreeMap<String, String>,
+}
+
+impl ListenerTlsSpec {
+    fn default_alpn() -> Vec<String> {
+        vec!["h2".to_owned(), "http/1.1".to_owned()]
+    }
+}
+
+/// How a TLS listener treats the TLS session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Terminate TLS at the proxy.
+    #[default]
+    Terminate,
+    /// Forward the encrypted stream, choosing the cluster by SNI.
+    Passthrough,
+}
+
+/// TLS from the proxy to a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// SNI sent to the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM CA bundle to verify the upstream (default: the `[identity]` trust bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Client certificate for mTLS (default: the `[identity]` certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// Private key for `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// SPIFFE IDs the upstream must present; empty = any identity in the trust bundle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_spiffe_ids: Vec<String>,
+    /// ALPN protocols offered to the upstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+}
+
+// === telemetry ===
+
+/// Access logs, metrics and tracing.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySpec {
+    /// JSON-lines access log; absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogSpec>,
+    /// Distributed tracing (W3C traceparent); absent = propagate only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
+    /// This node's workload name, used as the source label in metrics and the service map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_workload: Option<String>,
+}
+
+/// Where access logs go.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSpec {
+    /// `stdout`, `stderr` or a file path.
+    pub path: String,
+}
+
+/// Trace sampling and export.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSpec {
+    /// Percentage of requests without an incoming sampling decision to sample (0–100).
+    #[serde(default = "TracingSpec::default_sample_percent")]
+    pub sample_percent: f64,
+    /// OTLP/HTTP collector address (`IP:port`); absent = no export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Service name reported in spans.
+    #[serde(default = "TracingSpec::default_service_name")]
+    pub service_name: String,
+}
+
+impl TracingSpec {
+    fn default_sample_percent() -> f64 {
+        1.0
+    }
+    fn default_service_name() -> String {
+        "ringmesh".to_owned()
+    }
+}
+
+// === listeners ===
+
+/// A socket the proxy accepts connections on. Every worker binds its own `SO_REUSEPORT` socket.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// Unique, stable name (metrics and reloads key on it).
+    pub name: String,
+    /// `IP:port` to bind. Port 0 picks a free port, shared by all workers.
+    pub address: SocketAddr,
+    /// `tcp` forwards bytes to `cluster`; `http` parses HTTP/1.1 and HTTP/2; `auto` detects HTTP and
+    /// forwards anything else to `cluster` when set.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Destination cluster for `tcp` listeners, and for non-HTTP traffic on `auto` listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Virtual hosts served on this HTTP listener; empty = all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_hosts: Vec<String>,
+    /// Connections open at once across all workers; more are closed on accept. Absent = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Close a connection with no bytes in either direction for this long (0 = never).
+    #[serde(default = "ListenerSpec::default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// HTTP: time allowed to receive a complete request head.
+    #[serde(default = "ListenerSpec::default_request_header_timeout")]
+    pub request_header_timeout: Duration,
+    /// HTTP request size limits.
+    #[serde(default)]
+    pub limits: HttpLimitsSpec,
+    /// HTTP: how many trusted proxies in front of this one append to `X-Forwarded-For`.
+    #[serde(default)]
+    pub xff_trusted_hops: u32,
+    /// HTTP/2 server settings and abuse limits.
+    #[serde(default)]
+    pub http2: Http2Spec,
+    /// TLS on this listener; absent = plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsSpec>,
+}
+
+impl ListenerSpec {
+    fn default_idle_timeout() -> Duration {
+        Duration::from_secs(3600)
+    }
+    fn default_request_header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// Opaque TCP to `cluster`.
+    Tcp,
+    /// HTTP/1.1 and HTTP/2.
+    Http,
+    /// Detect HTTP/2 preface, HTTP/1 or opaque bytes per connection.
+    #[default]
+    Auto,
+}
+
+/// HTTP request size limits. Exceeding one answers 414, 431 or 413 and closes the connection.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLimitsSpec {
+    /// Longest request line (414 beyond).
+    #[serde(default = "HttpLimitsSpec::default_max_request_line")]
+    pub max_request_line: ByteSize,
+    /// Largest request head, request line included (431 beyond).
+    #[serde(default = "HttpLimitsSpec::default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in a request (431 beyond).
+    #[serde(default = "HttpLimitsSpec::default_max_headers")]
+    pub max_headers: u32,
+    /// Largest request body unless a route sets its own (413 beyond). 0 = unlimited.
+    #[serde(default)]
+    pub max_request_body: ByteSize,
+}
+
+impl HttpLimitsSpec {
+    fn default_max_request_line() -> ByteSize {
+        ByteSize::kib(8)
+    }
+    fn default_max_header_bytes() -> ByteSize {
+        ByteSize::kib(60)
+    }
+    fn default_max_headers() -> u32 {
+        100
+    }
+}
+
+impl Default for HttpLimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_request_line: Self::default_max_request_line(),
+            max_header_bytes: Self::default_max_header_bytes(),
+            max_headers: Self::default_max_headers(),
+            max_request_body: ByteSize(0),
+        }
+    }
+}
+
+/// HTTP/2 server settings and abuse limits (defaults follow Envoy's edge recommendations).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Spec {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    #[serde(default = "Http2Spec::default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE.
+    #[serde(default = "Http2Spec::default_max_header_list_size")]
+    pub max_header_list_size: ByteSize,
+    /// Initial stream flow-control window.
+    #[serde(default = "Http2Spec::default_initial_stream_window")]
+    pub initial_stream_window: ByteSize,
+    /// Initial connection flow-control window.
+    #[serde(default = "Http2Spec::default_initial_connection_window")]
+    pub initial_connection_window: ByteSize,
+    /// Streams reset by the client before completion that a connection may accumulate before
+    /// GOAWAY(ENHANCE_YOUR_CALM) (rapid reset).
+    #[serde(default = "Http2Spec::default_max_pending_accept_reset_streams")]
+    pub max_pending_accept_reset_streams: u32,
+    /// Streams this proxy may reset because of client protocol errors before GOAWAY.
+    #[serde(default = "Http2Spec::default_max_local_error_reset_streams")]
+    pub max_local_error_reset_streams: u32,
+    /// Bytes buffered per connection toward a slow peer before reads pause.
+    #[serde(default = "Http2Spec::default_max_send_buffer")]
+    pub max_send_buffer: ByteSize,
+}
+
+impl Http2Spec {
+    fn default_max_concurrent_streams() -> u32 {
+        100
+    }
+    fn default_max_header_list_size() -> ByteSize {
+        ByteSize::kib(64)
+    }
+    fn default_initial_stream_window() -> ByteSize {
+        ByteSize::kib(64)
+    }
+    fn default_initial_connection_window() -> ByteSize {
+        ByteSize::mib(1)
+    }
+    fn default_max_pending_accept_reset_streams() -> u32 {
+        100
+    }
+    fn default_max_local_error_reset_streams() -> u32 {
+        1024
+    }
+    fn default_max_send_buffer() -> ByteSize {
+        ByteSize::kib(400)
+    }
+}
+
+impl Default for Http2Spec {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: Self::default_max_concurrent_streams(),
+            max_header_list_size: Self::default_max_header_list_size(),
+            initial_stream_window: Self::default_initial_stream_window(),
+            initial_connection_window: Self::default_initial_connection_window(),
+            max_pending_accept_reset_streams: Self::default_max_pending_accept_reset_streams(),
+            max_local_error_reset_streams: Self::default_max_local_error_reset_streams(),
+            max_send_buffer: Self::default_max_send_buffer(),
+        }
+    }
+}
+
+// === virtual hosts and routes ===
+
+/// A set of routes served for the request hosts in `domains`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHostSpec {
+    /// Unique, stable name.
+    pub name: String,
+    /// Hosts served: exact (`api.example.com`), suffix wildcard (`*.example.com`) or `*` (default).
+    /// A port in the request's Host is ignored.
+    pub domains: Vec<String>,
+    /// Routes. Precedence does not depend on order, except between routes that tie: path exact,
+    /// then regex, then prefix (longest first, `/` last), then more header/query/method matchers,
+    /// then file order.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// Rate limit for the whole virtual host, per worker core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// A route: what a request must look like, and what to do with it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Stable name for metrics and logs. Default: `<virtual host>#<index>`, which changes when routes
+    /// are reordered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The conditions; all must hold. Empty = every request.
+    #[serde(rename = "match", default)]
+    pub matcher: RouteMatchSpec,
+
+    /// Action: forward to this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Action: split requests across clusters by weight (canary, blue/green).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weighted_clusters: Vec<WeightedClusterSpec>,
+    /// Action: answer with a redirect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectSpec>,
+    /// Action: answer directly with a fixed status and body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponseSpec>,
+
+    /// Rewrite the path before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RewriteSpec>,
+    /// Header changes on the request sent upstream.
+    #[serde(default)]
+    pub request_headers: HeaderMutationSpec,
+    /// Header changes on the response sent downstream.
+    #[serde(default)]
+    pub response_headers: HeaderMutationSpec,
+    /// Copy a share of requests to a shadow cluster; its answers are discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSpec>,
+    /// Total time for the request, retries included (0 = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Retry policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetrySpec>,
+    /// Fault injection for resilience testing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultSpec>,
+    /// Rate limit for this route, per worker core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Largest request body for this route (413 beyond); overrides the listener limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<ByteSize>,
+}
+
+/// Request conditions. All given conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatchSpec {
+    /// The whole path (query excluded) equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_exact: Option<String>,
+    /// The path starts with these segments: `/api` matches `/api` and `/api/x`, not `/apix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// The whole path matches this regular expression (RE2 syntax, anchored at both ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    /// Request methods accepted; empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Header conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatchSpec>,
+    /// Query parameter conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<QueryMatchSpec>,
+}
+
+/// A condition on one request header (names are case-insensitive). Give exactly one of `exact`,
+/// `prefix`, `regex` or `present`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchSpec {
+    /// Header name.
+    pub name: String,
+    /// The value equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The value starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The whole value matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: the header is present; `false`: it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// A condition on one query parameter. Give exactly one of `exact`, `regex` or `present`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatchSpec {
+    /// Parameter name (case-sensitive).
+    pub name: String,
+    /// The (percent-decoded) value equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The whole value matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// `true`: the parameter is present; `false`: it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// One arm of a weighted split.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedClusterSpec {
+    /// Destination cluster.
+    pub cluster: String,
+    /// Relative weight; the share is weight / sum of weights.
+    pub weight: u32,
+}
+
+/// A redirect answer. Unset parts keep the request's values.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    /// 301, 302, 303, 307 or 308.
+    #[serde(default = "RedirectSpec::default_status")]
+    pub status: u16,
+    /// New scheme (`http` or `https`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// New host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// New port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// New path (the query is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl RedirectSpec {
+    fn default_status() -> u16 {
+        301
+    }
+}
+
+/// A fixed answer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseSpec {
+    /// HTTP status (100–599).
+    pub status: u16,
+    /// Response body.
+    #[serde(default)]
+    pub body: String,
+    /// Content-Type of the body.
+    #[serde(default = "DirectResponseSpec::default_content_type")]
+    pub content_type: String,
+}
+
+impl DirectResponseSpec {
+    fn default_content_type() -> String {
+        "text/plain".to_owned()
+    }
+}
+
+/// Path rewrite. Give exactly one of `prefix` and `full_path`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteSpec {
+    /// Replace the matched `path_prefix` with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Replace the whole path (the query is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_path: Option<String>,
+}
+
+/// Header changes, applied in the order remove, set, add.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMutationSpec {
+    /// Headers appended (existing values are kept).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Headers replaced (existing values are dropped).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// Request mirroring to a shadow cluster (fire and forget; the Host gets a `-shadow` suffix).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    /// Shadow cluster.
+    pub cluster: String,
+    /// Share of requests mirrored, 0–100.
+    #[serde(default = "MirrorSpec::default_percent")]
+    pub percent: f64,
+}
+
+impl MirrorSpec {
+    fn default_percent() -> f64 {
+        100.0
+    }
+}
+
+/// Retries with exponential backoff, bounded by a retry budget.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Time allowed per try (0 = only the route timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// Conditions that allow a retry.
+    #[serde(default = "RetrySpec::default_retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    /// First backoff interval; later ones double, with jitter.
+    #[serde(default = "RetrySpec::default_backoff")]
+    pub backoff: Duration,
+}
+
+impl RetrySpec {
+    fn default_retry_on() -> Vec<RetryOn> {
+        vec![RetryOn::ConnectFailure, RetryOn::RefusedStream]
+    }
+    fn default_backoff() -> Duration {
+        Duration::from_millis(25)
+    }
+}
+
+/// A condition under which a request may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// Any 5xx response.
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// 502, 503 or 504.
+    GatewayError,
+    /// The upstream connection could not be made.
+    ConnectFailure,
+    /// The upstream reset the connection or stream before answering.
+    Reset,
+    /// HTTP/2 REFUSED_STREAM or GOAWAY for an unprocessed stream.
+    RefusedStream,
+}
+
+/// Fault injection. Delays and aborts apply to a share of requests.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Delay a share of requests before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelaySpec>,
+    /// Answer a share of requests with an error instead of forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbortSpec>,
+}
+
+/// A fixed delay on a share of requests.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelaySpec {
+    /// Share of requests delayed, 0–100.
+    pub percent: f64,
+    /// How long.
+    pub fixed: Duration,
+}
+
+/// An error answer on a share of requests.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbortSpec {
+    /// Share of requests aborted, 0–100.
+    pub percent: f64,
+    /// HTTP status (200–599).
+    pub status: u16,
+    /// gRPC status for gRPC requests (default: derived from `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+}
+
+/// A token bucket, kept per worker core (no cross-core state on the request path).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Sustained requests per second.
+    pub requests_per_second: u32,
+    /// Bucket size (default: one second of requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+// === clusters ===
+
+/// An upstream service.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Unique, stable name (pools, health and metrics survive reloads by name).
+    pub name: String,
+    /// Endpoints: `"IP:port"` or `{ address = "IP:port", weight = 2 }`.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    /// How a request or connection picks an endpoint.
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    /// What `ring_hash` and `maglev` hash on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_policy: Option<HashPolicySpec>,
+    /// HTTP version spoken to the endpoints.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Time allowed for a TCP connect; on failure the next endpoint is tried.
+    #[serde(default = "ClusterSpec::default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Per-core connection pool.
+    #[serde(default)]
+    pub pool: PoolSpec,
+    /// Limits that fail fast instead of queueing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    /// Passive health checking: eject endpoints that keep failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// TLS to the endpoints; absent = plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsSpec>,
+}
+
+impl ClusterSpec {
+    fn default_connect_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// `IP:port`.
+    pub address: SocketAddr,
+    /// Relative weight for weighted policies.
+    #[serde(default = "EndpointSpec::default_weight")]
+    pub weight: u32,
+}
+
+impl EndpointSpec {
+    fn default_weight() -> u32 {
+        1
+    }
+}
+
+/// The table form of an endpoint, so that `deny_unknown_fields` applies to it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointTable {
+    address: SocketAddr,
+    #[serde(default = "EndpointSpec::default_weight")]
+    weight: u32,
+}
+
+impl<'de> Deserialize<'de> for EndpointSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = EndpointSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"IP:port\" or { address = \"IP:port\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EndpointSpec, E> {
+                let address = v.parse().map_err(|_| {
+                    E::custom(format!(
+                        "invalid endpoint {v:?}: expected IP:port (host names are not resolved)"
+                    ))
+                })?;
+                Ok(EndpointSpec {
+                    address,
+                    weight: EndpointSpec::default_weight(),
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EndpointSpec, A::Error> {
+                let table =
+                    EndpointTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(EndpointSpec {
+                    address: table.address,
+                    weight: table.weight,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Load-balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// In turn, in proportion to endpoint weights (smooth weighted round robin).
+    WeightedRoundRobin,
+    /// Power of two choices: the less loaded of two random endpoints.
+    LeastRequest,
+    /// Consistent hashing on a ring (Ketama); needs `hash_policy`.
+    RingHash,
+    /// Maglev consistent hashing; needs `hash_policy`.
+    Maglev,
+    /// Uniformly random.
+    Random,
+}
+
+/// What consistent hashing hashes on. Give exactly one.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicySpec {
+    /// A request header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A cookie's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// The client's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<bool>,
+}
+
+/// HTTP version used toward a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    #[default]
+    H1,
+    /// HTTP/2 (prior knowledge over plaintext, ALPN over TLS).
+    H2,
+    /// The same version the client used.
+    Auto,
+}
+
+/// Per-core upstream connection pool.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// Connections per endpoint per core, busy and idle together.
+    #[serde(default = "PoolSpec::default_max_connections_per_endpoint")]
+    pub max_connections_per_endpoint: u32,
+    /// Idle connections kept per endpoint per core.
+    #[serde(default = "PoolSpec::default_max_idle_per_endpoint")]
+    pub max_idle_per_endpoint: u32,
+    /// Close pooled connections idle for this long.
+    #[serde(default = "PoolSpec::default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// HTTP/2: streams per upstream connection before another connection is opened.
+    #[serde(default = "PoolSpec::default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
+}
+
+impl PoolSpec {
+    fn default_max_connections_per_endpoint() -> u32 {
+        1024
+    }
+    fn default_max_idle_per_endpoint() -> u32 {
+        64
+    }
+    fn default_idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    fn default_max_streams_per_connection() -> u32 {
+        100
+    }
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        Self {
+            max_connections_per_endpoint: Self::default_max_connections_per_endpoint(),
+            max_idle_per_endpoint: Self::default_max_idle_per_endpoint(),
+            idle_timeout: Self::default_idle_timeout(),
+            max_streams_per_connection: Self::default_max_streams_per_connection(),
+        }
+    }
+}
+
+/// Circuit-breaker thresholds, per worker core. Exceeding one answers 503 at once.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSpec {
+    /// Upstream connections open at once.
+    #[serde(default = "CircuitBreakerSpec::default_limit")]
+    pub max_connections: u32,
+    /// Requests waiting for a connection.
+    #[serde(default = "CircuitBreakerSpec::default_limit")]
+    pub max_pending_requests: u32,
+    /// Requests in flight.
+    #[serde(default = "CircuitBreakerSpec::default_limit")]
+    pub max_requests: u32,
+    /// Retries in flight.
+    #[serde(default = "CircuitBreakerSpec::default_max_retries")]
+    pub max_retries: u32,
+}
+
+impl CircuitBreakerSpec {
+    fn default_limit() -> u32 {
+        1024
+    }
+    fn default_max_retries() -> u32 {
+        3
+    }
+}
+
+/// Outlier detection: eject an endpoint after consecutive failures, for a growing time.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetectionSpec {
+    /// Consecutive 5xx answers (or connect failures) that eject an endpoint.
+    #[serde(default = "OutlierDetectionSpec::default_consecutive_5xx")]
+    pub consecutive_5xx: u32,
+    /// How often ejections are re-evaluated.
+    #[serde(default = "OutlierDetectionSpec::default_interval")]
+    pub interval: Duration,
+    /// Ejection time; multiplied by the number of times the endpoint was ejected.
+    #[serde(default = "OutlierDetectionSpec::default_base_ejection_time")]
+    pub base_ejection_time: Duration,
+    /// Most endpoints ejected at once, as a percentage of the cluster.
+    #[serde(default = "OutlierDetectionSpec::default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl OutlierDetectionSpec {
+    fn default_consecutive_5xx() -> u32 {
+        5
+    }
+    fn default_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_base_ejection_time() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_max_ejection_percent() -> u32 {
+        10
+    }
+}
+
+// === authorization ===
+
+/// An authorization policy, in the spirit of Istio's AuthorizationPolicy. Deny policies are checked
+/// first; if any allow policy applies to a listener, a request must match one of its rules.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationPolicySpec {
+    /// Unique name (the deny reason in access logs and metrics).
+    pub name: String,
+    /// `allow` or `deny`.
+    pub action: AuthorizationAction,
+    /// Listeners the policy applies to; empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<String>,
+    /// The policy matches a request that matches any rule.
+    #[serde(default)]
+    pub rules: Vec<AuthorizationRuleSpec>,
+}
+
+/// What a policy does with the requests it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizationAction {
+    /// Let matching requests through.
+    Allow,
+    /// Refuse matching requests with 403.
+    Deny,
+}
+
+/// One rule; every given field must match. Lists match when any element matches.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationRuleSpec {
+    /// Peer SPIFFE IDs (exact, or ending in `/*` for a prefix; `*` = any authenticated peer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
+    /// Source addresses in CIDR form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ips: Vec<String>,
+    /// Request methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Paths: exact, or ending in `*` for a prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+}

@@ -1,0 +1,1159 @@
+//! Checks that a well-shaped config also makes sense: references resolve, names and listener
+//! addresses are unique, regexes compile, numbers are in range, and mutually exclusive options are
+//! not combined. Every problem is collected; nothing stops at the first.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use crate::spec::*;
+
+/// One problem found by [`validate`], located by its TOML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// TOML path of the offending value.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+    /// For a dangling reference, the section it points into (`"clusters"`, `"listeners"`,
+    /// `"virtual_hosts"`).
+    pub refers_to: Option<&'static str>,
+}
+
+/// Returns every problem in `spec`; an empty list means the config is valid.
+pub fn validate(spec: &ConfigSpec) -> Vec<Issue> {
+    let mut check = Checker::new(spec);
+    check.admin(&spec.admin);
+    check.runtime(&spec.runtime);
+    if let Some(identity) = &spec.identity {
+        check.identity(identity);
+    }
+    check.telemetry(&spec.telemetry);
+    for (i, listener) in spec.listeners.iter().enumerate() {
+        check.listener(&format!("listeners[{i}]"), listener);
+    }
+    check.listener_addresses(&spec.listeners);
+    check.domains_per_listener(spec);
+    for (i, vhost) in spec.virtual_hosts.iter().enumerate() {
+        check.virtual_host(&format!("virtual_hosts[{i}]"), vhost);
+    }
+    for (i, cluster) in spec.clusters.iter().enumerate() {
+        check.cluster(&format!("clusters[{i}]"), cluster);
+    }
+    for (i, policy) in spec.authorization_policies.iter().enumerate() {
+        check.authorization_policy(&format!("authorization_policies[{i}]"), policy);
+    }
+    check.issues
+}
+
+struct Checker<'a> {
+    issues: Vec<Issue>,
+    clusters: BTreeSet<&'a str>,
+    listeners: BTreeSet<&'a str>,
+    virtual_hosts: BTreeSet<&'a str>,
+    has_identity: bool,
+    /// Names seen per namespace, to report duplicates once each.
+    seen: HashMap<&'static str, HashSet<String>>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(spec: &'a ConfigSpec) -> Self {
+        Self {
+            issues: Vec::new(),
+            clusters: spec.clusters.iter().map(|c| c.name.as_str()).collect(),
+            listeners: spec.listeners.iter().map(|l| l.name.as_str()).collect(),
+            virtual_hosts: spec.virtual_hosts.iter().map(|v| v.name.as_str()).collect(),
+            has_identity: spec.identity.is_some(),
+            seen: HashMap::new(),
+        }
+    }
+
+    fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(Issue {
+            path: path.into(),
+            message: message.into(),
+            refers_to: None,
+        });
+    }
+
+    fn dangling(&mut self, section: &'static str, path: impl Into<String>, message: String) {
+        self.issues.push(Issue {
+            path: path.into(),
+            message,
+            refers_to: Some(section),
+        });
+    }
+
+    /// A name that metrics and reloads key on: non-empty, printable, unique in its namespace.
+    fn name(&mut self, path: &str, namespace: &'static str, name: &str) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '#'))
+        {
+            self.issue(
+                path,
+                format!("invalid {namespace} name {name:?}: use letters, digits and _ - . / #"),
+            );
+        }
+        if !self
+            .seen
+            .entry(namespace)
+            .or_default()
+            .insert(name.to_owned())
+        {
+            self.issue(path, format!("duplicate {namespace} name {name:?}"));
+        }
+    }
+
+    fn cluster_ref(&mut self, path: &str, cluster: &str) {
+        if !self.clusters.contains(cluster) {
+            let known = join_names(&self.clusters);
+            let message = format!("cluster {cluster:?} is not defined (clusters: {known})");
+            self.dangling("clusters", path, message);
+        }
+    }
+
+    fn percent(&mut self, path: &str, value: f64) {
+        if !(0.0..=100.0).contains(&value) {
+            self.issue(
+                path,
+                format!("percentage must be between 0 and 100, got {value}"),
+            );
+        }
+    }
+
+    fn at_least(&mut self, path: &str, value: u64, min: u64) {
+        if value < min {
+            self.issue(path, format!("must be at least {min}, got {value}"));
+        }
+    }
+
+    fn regex(&mut self, path: &str, pattern: &str) {
+        if let Err(e) = regex::Regex::new(&format!("^(?:{pattern})$")) {
+            let detail = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            self.issue(
+                path,
+                format!("invalid regular expression {pattern:?}: {detail}"),
+            );
+        }
+    }
+
+    fn header_name(&mut self, path: &str, name: &str) {
+        if !is_token(name) {
+            self.issue(path, format!("invalid header name {name:?}"));
+        }
+    }
+
+    fn spiffe_pattern(&mut self, path: &str, id: &str) {
+        if id != "*" && !is_spiffe_pattern(id) {
+            self.issue(
+                path,
+                format!("invalid SPIFFE ID {id:?}: expected spiffe://trust-domain/path, optionally ending in /*"),
+            );
+        }
+    }
+
+    // === sections ===
+
+    fn admin(&mut self, admin: &AdminSpec) {
+        let address = admin.address.as_str();
+        let valid = match address.strip_prefix("unix:") {
+            Some(path) => !path.is_empty(),
+            None => address.parse::<SocketAddr>().is_ok(),
+        };
+        if !valid {
+            self.issue(
+                "admin.address",
+                format!("invalid admin address {address:?}: expected IP:port or unix:/path"),
+            );
+        }
+        let sources = [&admin.token, &admin.token_env, &admin.token_file]
+            .iter()
+            .filter(|t| t.is_some())
+            .count();
+        if sources > 1 {
+            self.issue(
+                "admin",
+                "give at most one of token, token_env and token_file",
+            );
+        }
+        self.at_least("admin.max_connections", admin.max_connections.into(), 1);
+    }
+
+    fn runtime(&mut self, runtime: &RuntimeSpec) {
+        if runtime.workers > 1024 {
+            self.issue(
+                "runtime.workers",
+                format!("at most 1024 workers, got {}", runtime.workers),
+            );
+        }
+        if !(256..=32768).contains(&runtime.ring_entries) {
+            self.issue(
+                "runtime.ring_entries",
+                format!(
+                    "must be between 256 and 32768, got {}",
+                    runtime.ring_entries
+                ),
+            );
+        }
+    }
+
+    fn identity(&mut self, identity: &IdentitySpec) {
+        if !is_trust_domain(&identity.trust_domain) {
+            self.issue(
+                "identity.trust_domain",
+                format!(
+                    "invalid trust domain {:?}: use lowercase letters, digits, . - _",
+                    identity.trust_domain
+                ),
+            );
+        }
+        for (key, value) in [
+            ("cert", &identity.cert),
+            ("key", &identity.key),
+            ("ca_bundle", &identity.ca_bundle),
+        ] {
+            if value.is_empty() {
+                self.issue(format!("identity.{key}"), "must name a file");
+            }
+        }
+    }
+
+    fn telemetry(&mut self, telemetry: &TelemetrySpec) {
+        if let Some(log) = &telemetry.access_log
+            && log.path.is_empty()
+        {
+            self.issue(
+                "telemetry.access_log.path",
+                "must be stdout, stderr or a file path",
+            );
+        }
+        if let Some(tracing) = &telemetry.tracing {
+            self.percent("telemetry.tracing.sample_percent", tracing.sample_percent);
+            if let Some(endpoint) = &tracing.otlp_endpoint
+                && endpoint.parse::<SocketAddr>().is_err()
+            {
+                self.issue(
+                    "telemetry.tracing.otlp_endpoint",
+                    format!("invalid address {endpoint:?}: expected IP:port"),
+                );
+            }
+        }
+    }
+
+    fn listener(&mut self, path: &str, listener: &'a ListenerSpec) {
+        self.name(&format!("{path}.name"), "listener", &listener.name);
+        let http = listener.protocol != ListenerProtocol::Tcp;
+        match (&listener.cluster, listener.protocol) {
+            (None, ListenerProtocol::Tcp) => {
+                let passthrough = listener
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode == TlsMode::Passthrough && !t.sni_routes.is_empty());
+                if !passthrough {
+                    self.issue(path, "a tcp listener needs a `cluster` to forward to");
+                }
+            }
+            (Some(_), ListenerProtocol::Http) => self.issue(
+                format!("{path}.cluster"),
+                "`cluster` applies only to tcp listeners and to non-HTTP traffic on auto listeners",
+            ),
+            (Some(cluster), _) => self.cluster_ref(&format!("{path}.cluster"), cluster),
+            (None, _) => {}
+        }
+        if !http && !listener.virtual_hosts.is_empty() {
+            self.issue(
+                format!("{path}.virtual_hosts"),
+                "virtual hosts apply only to http and auto listeners",
+            );
+        }
+        let mut listed = HashSet::new();
+        for (i, name) in listener.virtual_hosts.iter().enumerate() {
+            let item = format!("{path}.virtual_hosts[{i}]");
+            if !self.virtual_hosts.contains(name.as_str()) {
+                let known = join_names(&self.virtual_hosts);
+                let message =
+                    format!("virtual host {name:?} is not defined (virtual hosts: {known})");
+                self.dangling("virtual_hosts", &item, message);
+            }
+            if !listed.insert(name) {
+                self.issue(&item, format!("virtual host {name:?} is listed twice"));
+            }
+        }
+        if let Some(max) = listener.max_connections {
+            self.at_least(&format!("{path}.max_connections"), max.into(), 1);
+        }
+        if listener.request_header_timeout.is_zero() {
+            self.issue(
+                format!("{path}.request_header_timeout"),
+                "must be greater than 0",
+            );
+        }
+        self.limits(&format!("{path}.limits"), &listener.limits);
+        self.http2(&format!("{path}.http2"), &listener.http2);
+        if let Some(tls) = &listener.tls {
+            self.listener_tls(&format!("{path}.tls"), tls, listener.protocol);
+        }
+    }
+
+    fn limits(&mut self, path: &str, limits: &HttpLimitsSpec) {
+        self.at_least(
+            &format!("{path}.max_request_line"),
+            limits.max_request_line.bytes(),
+            64,
+        );
+        if limits.max_header_bytes < limits.max_request_line {
+            self.issue(
+                format!("{path}.max_header_bytes"),
+                "must be at least max_request_line (the head includes the request line)",
+            );
+        }
+        if !(1..=10_000).contains(&limits.max_headers) {
+            self.issue(
+                format!("{path}.max_headers"),
+                format!("must be between 1 and 10000, got {}", limits.max_headers),
+            );
+        }
+    }
+
+    fn http2(&mut self, path: &str, h2: &Http2Spec) {
+        self.at_least(
+            &format!("{path}.max_concurrent_streams"),
+            h2.max_concurrent_streams.into(),
+            1,
+        );
+        self.at_least(
+            &format!("{path}.max_header_list_size"),
+            h2.max_header_list_size.bytes(),
+            1024,
+        );
+        let max_window = (1u64 << 31) - 1;
+        for (key, window, min) in [
+            ("initial_stream_window", h2.initial_stream_window, 1),
+            (
+                "initial_connection_window",
+                h2.initial_connection_window,
+                65_535,
+            ),
+        ] {
+            let bytes = window.bytes();
+            if !(min..=max_window).contains(&bytes) {
+                self.issue(
+                    format!("{path}.{key}"),
+                    format!("must be between {min} and {max_window} bytes, got {bytes}"),
+                );
+            }
+        }
+        self.at_least(
+            &format!("{path}.max_send_buffer"),
+            h2.max_send_buffer.bytes(),
+            16_384,
+        );
+    }
+
+    fn listener_tls(&mut self, path: &str, tls: &ListenerTlsSpec, protocol: ListenerProtocol) {
+        match tls.mode {
+            TlsMode::Terminate => {
+                if tls.cert.is_none() && !self.has_identity {
+                    self.issue(
+                        path,
+                        "terminating TLS needs `cert` and `key` (or an [identity] section)",
+                    );
+                }
+                if !tls.sni_routes.is_empty() {
+                    self.issue(
+                        format!("{path}.sni_routes"),
+                        "sni_routes apply only to passthrough mode",
+                    );
+                }
+            }
+            TlsMode::Passthrough => {
+                if protocol != ListenerProtocol::Tcp {
+                    self.issue(
+                        format!("{path}.mode"),
+                        "passthrough forwards encrypted bytes: use it on a tcp listener",
+                    );
+                }
+                for (key, set) in [
+                    ("cert", tls.cert.is_some()),
+                    ("client_ca", tls.client_ca.is_some()),
+                ] {
+                    if set {
+                        self.issue(format!("{path}.{key}"), "not used in passthrough mode");
+                    }
+                }
+            }
+        }
+        if tls.cert.is_some() != tls.key.is_some() {
+            self.issue(path, "`cert` and `key` go together");
+        }
+        if tls.require_client_cert && tls.client_ca.is_none() && !self.has_identity {
+            self.issue(
+                format!("{path}.require_client_cert"),
+                "requiring client certificates needs `client_ca` (or an [identity] trust bundle)",
+            );
+        }
+        for (i, id) in tls.allowed_spiffe_ids.iter().enumerate() {
+            self.spiffe_pattern(&format!("{path}.allowed_spiffe_ids[{i}]"), id);
+        }
+        for (i, alpn) in tls.alpn.iter().enumerate() {
+            if alpn != "h2" && alpn != "http/1.1" {
+                self.issue(
+                    format!("{path}.alpn[{i}]"),
+                    format!("unsupported ALPN protocol {alpn:?}: expected h2 or http/1.1"),
+                );
+            }
+        }
+        for (host, cluster) in &tls.sni_routes {
+            let key = format!("{path}.sni_routes.{host:?}");
+            if !is_domain_pattern(host) || host == "*" {
+                self.issue(
+                    &key,
+                    format!("invalid SNI host {host:?}: expected a host name or *.suffix"),
+                );
+            }
+            self.cluster_ref(&key, cluster);
+        }
+    }
+
+    fn listener_addresses(&mut self, listeners: &[ListenerSpec]) {
+        for (i, a) in listeners.iter().enumerate() {
+            if a.address.port() == 0 {
+                continue;
+            }
+            let clash = listeners[..i].iter().find(|b| {
+                b.address.port() == a.address.port()
+                    && (b.address.ip() == a.address.ip()
+                        || b.address.ip().is_unspecified()
+                        || a.address.ip().is_unspecified())
+                    && b.address.is_ipv4() == a.address.is_ipv4()
+            });
+            if let Some(b) = clash {
+                self.issue(
+                    format!("listeners[{i}].address"),
+                    format!(
+                        "address {} overlaps listener {:?} at {}",
+                        a.address, b.name, b.address
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Two virtual hosts served on one listener must not claim the same domain.
+    fn domains_per_listener(&mut self, spec: &ConfigSpec) {
+        for listener in spec
+            .listeners
+            .iter()
+            .filter(|l| l.protocol != ListenerProtocol::Tcp)
+        {
+            let mut owner: HashMap<String, &str> = HashMap::new();
+            for (vi, vhost) in spec.virtual_hosts.iter().enumerate() {
+                if !listener.virtual_hosts.is_empty()
+                    && !listener.virtual_hosts.contains(&vhost.name)
+                {
+                    continue;
+                }
+                for (di, domain) in vhost.domains.iter().enumerate() {
+                    let domain = domain.to_ascii_lowercase();
+                    match owner.get(&domain) {
+                        Some(first) if *first != vhost.name => {
+                            let message = format!(
+                                "domain {domain:?} is also claimed by virtual host {first:?} on listener {:?}",
+                                listener.name
+                            );
+                            self.issue(format!("virtual_hosts[{vi}].domains[{di}]"), message);
+                        }
+                        Some(_) => {}
+                        None => {
+                            owner.insert(domain, &vhost.name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn virtual_host(&mut self, path: &str, vhost: &VirtualHostSpec) {
+        self.name(&format!("{path}.name"), "virtual host", &vhost.name);
+        if vhost.domains.is_empty() {
+            self.issue(
+                format!("{path}.domains"),
+                "list at least one domain (`*` matches any host)",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, domain) in vhost.domains.iter().enumerate() {
+            let item = format!("{path}.domains[{i}]");
+            if !is_domain_pattern(domain) {
+                self.issue(
+                    &item,
+                    format!("invalid domain {domain:?}: expected a host name, *.suffix or *"),
+                );
+            }
+            if !seen.insert(domain.to_ascii_lowercase()) {
+                self.issue(&item, format!("domain {domain:?} is listed twice"));
+            }
+        }
+        if let Some(limit) = &vhost.rate_limit {
+            self.rate_limit(&format!("{path}.rate_limit"), limit);
+        }
+        for (i, route) in vhost.routes.iter().enumerate() {
+            let route_path = format!("{path}.routes[{i}]");
+            let name = route
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}#{i}", vhost.name));
+            self.name(&format!("{route_path}.name"), "route", &name);
+            self.route(&route_path, route);
+        }
+    }
+
+    fn route(&mut self, path: &str, route: &RouteSpec) {
+        self.route_match(&format!("{path}.match"), &route.matcher);
+
+        let actions = [
+            route.cluster.is_some(),
+            !route.weighted_clusters.is_empty(),
+            route.redirect.is_some(),
+            route.direct_response.is_some(),
+        ];
+        let forwards = actions[0] || actions[1];
+        match actions.iter().filter(|a| **a).count() {
+            1 => {}
+            0 => self.issue(
+                path,
+                "a route needs an action: cluster, weighted_clusters, redirect or direct_response",
+            ),
+            _ => self.issue(
+                path,
+                "a route takes exactly one action of cluster, weighted_clusters, redirect and direct_response",
+            ),
+        }
+        if let Some(cluster) = &route.cluster {
+            self.cluster_ref(&format!("{path}.cluster"), cluster);
+        }
+        self.weighted_clusters(
+            &format!("{path}.weighted_clusters"),
+            &route.weighted_clusters,
+        );
+        if let Some(redirect) = &route.redirect {
+            self.redirect(&format!("{path}.redirect"), redirect);
+        }
+        if let Some(direct) = &route.direct_response
+            && !(100..=599).contains(&direct.status)
+        {
+            self.issue(
+                format!("{path}.direct_response.status"),
+                format!("status must be between 100 and 599, got {}", direct.status),
+            );
+        }
+
+        if let Some(rewrite) = &route.rewrite {
+            self.rewrite(
+                &format!("{path}.rewrite"),
+                rewrite,
+                &route.matcher,
+                forwards,
+            );
+        }
+        self.header_mutation(&format!("{path}.request_headers"), &route.request_headers);
+        self.header_mutation(&format!("{path}.response_headers"), &route.response_headers);
+        if let Some(mirror) = &route.mirror {
+            self.cluster_ref(&format!("{path}.mirror.cluster"), &mirror.cluster);
+            self.percent(&format!("{path}.mirror.percent"), mirror.percent);
+            if !forwards {
+                self.issue(
+                    format!("{path}.mirror"),
+                    "mirroring needs a forwarding action",
+                );
+            }
+        }
+        if let Some(retries) = &route.retries {
+            self.retries(&format!("{path}.retries"), retries);
+        }
+        if let Some(fault) = &route.fault {
+            self.fault(&format!("{path}.fault"), fault);
+        }
+        if let Some(limit) = &route.rate_limit {
+            self.rate_limit(&format!("{path}.rate_limit"), limit);
+        }
+    }
+
+    fn route_match(&mut self, path: &str, matcher: &RouteMatchSpec) {
+        let kinds = [
+            &matcher.path_exact,
+            &matcher.path_prefix,
+            &matcher.path_regex,
+        ];
+        if kinds.iter().filter(|k| k.is_some()).count() > 1 {
+            self.issue(
+                path,
+                "give at most one of path_exact, path_prefix and path_regex",
+            );
+        }
+        for (key, value) in [
+            ("path_exact", &matcher.path_exact),
+            ("path_prefix", &matcher.path_prefix),
+        ] {
+            if let Some(value) = value
+                && !value.starts_with('/')
+            {
+                self.issue(
+                    format!("{path}.{key}"),
+                    format!("a path starts with '/', got {value:?}"),
+                );
+            }
+        }
+        if let Some(pattern) = &matcher.path_regex {
+            self.regex(&format!("{path}.path_regex"), pattern);
+        }
+        for (i, method) in matcher.methods.iter().enumerate() {
+            if !is_token(method) || method.chars().any(|c| c.is_ascii_lowercase()) {
+                self.issue(
+                    format!("{path}.methods[{i}]"),
+                    format!("invalid method {method:?}: methods are upper-case tokens such as GET"),
+                );
+            }
+        }
+        for (i, header) in matcher.headers.iter().enumerate() {
+            let item = format!("{path}.headers[{i}]");
+            self.header_name(&format!("{item}.name"), &header.name);
+            let given = [
+                header.exact.is_some(),
+                header.prefix.is_some(),
+                header.regex.is_some(),
+                header.present.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() != 1 {
+                self.issue(
+                    &item,
+                    "give exactly one of exact, prefix, regex and present",
+                );
+            }
+            if let Some(pattern) = &header.regex {
+                self.regex(&format!("{item}.regex"), pattern);
+            }
+        }
+        for (i, query) in matcher.query.iter().enumerate() {
+            let item = format!("{path}.query[{i}]");
+            if query.name.is_empty() {
+                self.issue(format!("{item}.name"), "must not be empty");
+            }
+            let given = [
+                query.exact.is_some(),
+                query.regex.is_some(),
+                query.present.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() != 1 {
+                self.issue(&item, "give exactly one of exact, regex and present");
+            }
+            if let Some(pattern) = &query.regex {
+                self.regex(&format!("{item}.regex"), pattern);
+            }
+        }
+    }
+
+    fn weighted_clusters(&mut self, path: &str, arms: &[WeightedClusterSpec]) {
+        if arms.is_empty() {
+            return;
+        }
+        let mut total: u64 = 0;
+        let mut seen = HashSet::new();
+        for (i, arm) in arms.iter().enumerate() {
+            self.cluster_ref(&format!("{path}[{i}].cluster"), &arm.cluster);
+            if !seen.insert(&arm.cluster) {
+                self.issue(
+                    format!("{path}[{i}].cluster"),
+                    format!("cluster {:?} appears twice in the split", arm.cluster),
+                );
+            }
+            total += u64::from(arm.weight);
+        }
+        if total == 0 {
+            self.issue(
+                path,
+                "the weights add up to 0: at least one must be positive",
+            );
+        } else if total > 1_000_000 {
+            self.issue(
+                path,
+                format!("the weights add up to {total}: at most 1000000"),
+            );
+        }
+    }
+
+    fn redirect(&mut self, path: &str, redirect: &RedirectSpec) {
+        if ![301, 302, 303, 307, 308].contains(&redirect.status) {
+            self.issue(
+                format!("{path}.status"),
+                format!(
+                    "redirect status must be 301, 302, 303, 307 or 308, got {}",
+                    redirect.status
+                ),
+            );
+        }
+        if let Some(scheme) = &redirect.scheme
+            && scheme != "http"
+            && scheme != "https"
+        {
+            self.issue(
+                format!("{path}.scheme"),
+                format!("scheme must be http or https, got {scheme:?}"),
+            );
+        }
+        if let Some(host) = &redirect.host
+            && (!is_domain_pattern(host) || host.starts_with('*'))
+        {
+            self.issue(format!("{path}.host"), format!("invalid host {host:?}"));
+        }
+        if let Some(p) = &redirect.path
+            && !p.starts_with('/')
+        {
+            self.issue(
+                format!("{path}.path"),
+                format!("a path starts with '/', got {p:?}"),
+            );
+        }
+    }
+
+    fn rewrite(
+        &mut self,
+        path: &str,
+        rewrite: &RewriteSpec,
+        matcher: &RouteMatchSpec,
+        forwards: bool,
+    ) {
+        match (&rewrite.prefix, &rewrite.full_path) {
+            (Some(_), Some(_)) | (None, None) => {
+                self.issue(path, "give exactly one of prefix and full_path");
+            }
+            (Some(prefix), None) => {
+                if matcher.path_prefix.is_none() {
+                    self.issue(
+                        format!("{path}.prefix"),
+                        "a prefix rewrite needs match.path_prefix",
+                    );
+                }
+                if !prefix.starts_with('/') {
+                    self.issue(
+                        format!("{path}.prefix"),
+                        format!("a path starts with '/', got {prefix:?}"),
+                    );
+                }
+            }
+            (None, Some(full)) => {
+                if !full.starts_with('/') {
+                    self.issue(
+                        format!("{path}.full_path"),
+                        format!("a path starts with '/', got {full:?}"),
+                    );
+                }
+            }
+        }
+        if !forwards {
+            self.issue(
+                path,
+                "a rewrite needs a forwarding action (cluster or weighted_clusters)",
+            );
+        }
+    }
+
+    fn header_mutation(&mut self, path: &str, mutation: &HeaderMutationSpec) {
+        let names = mutation
+            .add
+            .iter()
+            .map(|(n, v)| ("add", n, Some(v)))
+            .chain(mutation.set.iter().map(|(n, v)| ("set", n, Some(v))))
+            .chain(mutation.remove.iter().map(|n| ("remove", n, None)));
+        for (op, name, value) in names {
+            let item = format!("{path}.{op}");
+            if !is_token(name) {
+                self.issue(&item, format!("invalid header name {name:?}"));
+            } else if PROTECTED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                self.issue(
+                    &item,
+                    format!("header {name:?} is managed by the proxy and cannot be changed"),
+                );
+            }
+            if let Some(value) = value
+                && value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+            {
+                self.issue(
+                    &item,
+                    format!("the value of {name:?} contains CR, LF or NUL"),
+                );
+            }
+        }
+    }
+
+    fn retries(&mut self, path: &str, retries: &RetrySpec) {
+        if retries.attempts > 10 {
+            self.issue(
+                format!("{path}.attempts"),
+                format!("at most 10 retries, got {}", retries.attempts),
+            );
+        }
+        if retries.attempts > 0 && retries.retry_on.is_empty() {
+            self.issue(
+                format!("{path}.retry_on"),
+                "list at least one retry condition",
+            );
+        }
+        if retries.backoff.is_zero() {
+            self.issue(format!("{path}.backoff"), "must be greater than 0");
+        }
+    }
+
+    fn fault(&mut self, path: &str, fault: &FaultSpec) {
+        if let Some(delay) = &fault.delay {
+            self.percent(&format!("{path}.delay.percent"), delay.percent);
+        }
+        if let Some(abort) = &fault.abort {
+            self.percent(&format!("{path}.abort.percent"), abort.percent);
+            if !(200..=599).contains(&abort.status) {
+                self.issue(
+                    format!("{path}.abort.status"),
+                    format!("status must be between 200 and 599, got {}", abort.status),
+                );
+            }
+            if let Some(code) = abort.grpc_status
+                && code > 16
+            {
+                self.issue(
+                    format!("{path}.abort.grpc_status"),
+                    format!("gRPC status codes go from 0 to 16, got {code}"),
+                );
+            }
+        }
+        if fault.delay.is_none() && fault.abort.is_none() {
+            self.issue(path, "give a delay, an abort or both");
+        }
+    }
+
+    fn rate_limit(&mut self, path: &str, limit: &RateLimitSpec) {
+        self.at_least(
+            &format!("{path}.requests_per_second"),
+            limit.requests_per_second.into(),
+            1,
+        );
+        if let Some(burst) = limit.burst {
+            self.at_least(&format!("{path}.burst"), burst.into(), 1);
+        }
+    }
+
+    fn cluster(&mut self, path: &str, cluster: &ClusterSpec) {
+        self.name(&format!("{path}.name"), "cluster", &cluster.name);
+        let mut seen = HashSet::new();
+        for (i, endpoint) in cluster.endpoints.iter().enumerate() {
+            let item = format!("{path}.endpoints[{i}]");
+            if endpoint.address.port() == 0 {
+                self.issue(&item, format!("endpoint {} has port 0", endpoint.address));
+            }
+            if !seen.insert(endpoint.address) {
+                self.issue(
+                    &item,
+                    format!("endpoint {} is listed twice", endpoint.address),
+                );
+            }
+            self.at_least(&format!("{item}.weight"), endpoint.weight.into(), 1);
+        }
+        let hashing = matches!(cluster.lb_policy, LbPolicy::RingHash | LbPolicy::Maglev);
+        match (&cluster.hash_policy, hashing) {
+            (None, true) => self.issue(
+                format!("{path}.lb_policy"),
+                "ring_hash and maglev need a hash_policy (header, cookie or source_ip)",
+            ),
+            (Some(_), false) => self.issue(
+                format!("{path}.hash_policy"),
+                "hash_policy applies only to the ring_hash and maglev policies",
+            ),
+            (Some(hash), true) => {
+                let given = [
+                    hash.header.is_some(),
+                    hash.cookie.is_some(),
+                    hash.source_ip.is_some(),
+                ];
+                if given.iter().filter(|g| **g).count() != 1 {
+                    self.issue(
+                        format!("{path}.hash_policy"),
+                        "give exactly one of header, cookie and source_ip",
+                    );
+                }
+                if hash.source_ip == Some(false) {
+                    self.issue(
+                        format!("{path}.hash_policy.source_ip"),
+                        "set source_ip = true or leave it out",
+                    );
+                }
+                if let Some(header) = &hash.header {
+                    self.header_name(&format!("{path}.hash_policy.header"), header);
+                }
+            }
+            (None, false) => {}
+        }
+        if cluster.connect_timeout.is_zero() {
+            self.issue(format!("{path}.connect_timeout"), "must be greater than 0");
+        }
+        let pool = &cluster.pool;
+        self.at_least(
+            &format!("{path}.pool.max_connections_per_endpoint"),
+            pool.max_connections_per_endpoint.into(),
+            1,
+        );
+        if pool.max_idle_per_endpoint > pool.max_connections_per_endpoint {
+            self.issue(
+                format!("{path}.pool.max_idle_per_endpoint"),
+                "must not exceed max_connections_per_endpoint",
+            );
+        }
+        if pool.idle_timeout.is_zero() {
+            self.issue(
+                format!("{path}.pool.idle_timeout"),
+                "must be greater than 0",
+            );
+        }
+        self.at_least(
+            &format!("{path}.pool.max_streams_per_connection"),
+            pool.max_streams_per_connection.into(),
+            1,
+        );
+        if let Some(breaker) = &cluster.circuit_breaker {
+            for (key, value) in [
+                ("max_connections", breaker.max_connections),
+                ("max_pending_requests", breaker.max_pending_requests),
+                ("max_requests", breaker.max_requests),
+            ] {
+                self.at_least(&format!("{path}.circuit_breaker.{key}"), value.into(), 1);
+            }
+        }
+        if let Some(outlier) = &cluster.outlier_detection {
+            let p = format!("{path}.outlier_detection");
+            self.at_least(
+                &format!("{p}.consecutive_5xx"),
+                outlier.consecutive_5xx.into(),
+                1,
+            );
+            if outlier.max_ejection_percent > 100 {
+                self.issue(format!("{p}.max_ejection_percent"), "must be at most 100");
+            }
+            for (key, value) in [
+                ("interval", outlier.interval),
+                ("base_ejection_time", outlier.base_ejection_time),
+            ] {
+                if value.is_zero() {
+                    self.issue(format!("{p}.{key}"), "must be greater than 0");
+                }
+            }
+        }
+        if let Some(tls) = &cluster.tls {
+            for (i, id) in tls.expected_spiffe_ids.iter().enumerate() {
+                self.spiffe_pattern(&format!("{path}.tls.expected_spiffe_ids[{i}]"), id);
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                self.issue(format!("{path}.tls"), "`cert` and `key` go together");
+            }
+            if tls.ca.is_none() && !self.has_identity {
+                self.issue(
+                    format!("{path}.tls.ca"),
+                    "upstream TLS needs `ca` (or an [identity] trust bundle)",
+                );
+            }
+        }
+    }
+
+    fn authorization_policy(&mut self, path: &str, policy: &AuthorizationPolicySpec) {
+        self.name(
+            &format!("{path}.name"),
+            "authorization policy",
+            &policy.name,
+        );
+        for (i, listener) in policy.listeners.iter().enumerate() {
+            if !self.listeners.contains(listener.as_str()) {
+                let known = join_names(&self.listeners);
+                let message = format!("listener {listener:?} is not defined (listeners: {known})");
+                self.dangling("listeners", format!("{path}.listeners[{i}]"), message);
+            }
+        }
+        for (r, rule) in policy.rules.iter().enumerate() {
+            let rule_path = format!("{path}.rules[{r}]");
+            for (i, principal) in rule.principals.iter().enumerate() {
+                self.spiffe_pattern(&format!("{rule_path}.principals[{i}]"), principal);
+            }
+            for (i, cidr) in rule.source_ips.iter().enumerate() {
+                if !is_cidr(cidr) {
+                    self.issue(
+                        format!("{rule_path}.source_ips[{i}]"),
+                        format!("invalid CIDR {cidr:?}"),
+                    );
+                }
+            }
+            for (i, method) in rule.methods.iter().enumerate() {
+                if !is_token(method) {
+                    self.issue(
+                        format!("{rule_path}.methods[{i}]"),
+                        format!("invalid method {method:?}"),
+                    );
+                }
+            }
+            for (i, p) in rule.paths.iter().enumerate() {
+                if !p.starts_with('/') && p != "*" {
+                    self.issue(
+                        format!("{rule_path}.paths[{i}]"),
+                        format!("a path starts with '/', got {p:?}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Headers whose framing or hop-by-hop meaning the proxy owns.
+const PROTECTED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
+
+fn join_names(names: &BTreeSet<&str>) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.iter().copied().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// RFC 9110 token: the characters allowed in header names and methods.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// `*`, `*.suffix`, or a host name.
+fn is_domain_pattern(s: &str) -> bool {
+    s == "*"
+        || s.strip_prefix("*.")
+            .map_or_else(|| is_hostname(s), is_hostname)
+}
+
+fn is_trust_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
+/// `spiffe://trust-domain/path`, where the path may end in `/*`.
+fn is_spiffe_pattern(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let path = path
+        .strip_suffix("/*")
+        .or(path.strip_suffix('*'))
+        .unwrap_or(path);
+    is_trust_domain(domain)
+        && path.split('/').filter(|seg| !seg.is_empty()).all(|seg| {
+            seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        })
+}
+
+fn is_cidr(s: &str) -> bool {
+    let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(addr) => {
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            len.is_empty() || len.parse::<u8>().is_ok_and(|l| l <= max)
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_patterns() {
+        for ok in [
+            "*",
+            "*.example.com",
+            "api.example.com",
+            "localhost",
+            "a-b.c",
+        ] {
+            assert!(is_domain_pattern(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "*.",
+            "**.x",
+            "a..b",
+            "-a.com",
+            "a.com:80",
+            "exa mple.com",
+            "*x.com",
+        ] {
+            assert!(!is_domain_pattern(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spiffe_patterns() {
+        for ok in [
+            "spiffe://cluster.local/ns/default/sa/web",
+            "spiffe://td/ns/*",
+            "spiffe://td",
+        ] {
+            assert!(is_spiffe_pattern(ok), "{ok}");
+        }
+        for bad in [
+            "http://td/x",
+            "spiffe://TD/x",
+            "spiffe://td/../x",
+            "spiffe:///x",
+        ] {
+            assert!(!is_spiffe_pattern(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(is_cidr("10.0.0.0/8"));
+        assert!(is_cidr("::1/128"));
+        assert!(is_cidr("192.168.1.1"));
+        assert!(!is_cidr("10.0.0.0/33"));
+        assert!(!is_cidr("10.0.0/8"));
+    }
+}

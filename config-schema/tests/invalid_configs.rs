@@ -1,0 +1,403 @@
+//! Invalid configs are rejected whole, each error naming the TOML path, line and column of the
+//! offending value. Every case here is a distinct mistake an operator can make.
+
+use config_schema::{ConfigError, parse};
+
+/// A valid base that the cases below break in one place each.
+const BASE: &str = r#"
+[[listeners]]
+name = "web"
+address = "127.0.0.1:15080"
+protocol = "auto"
+
+[[listeners]]
+name = "db"
+address = "127.0.0.1:15081"
+protocol = "tcp"
+cluster = "db"
+
+[[clusters]]
+name = "web"
+endpoints = ["127.0.0.1:8080"]
+
+[[clusters]]
+name = "db"
+endpoints = ["127.0.0.1:9000"]
+
+[[virtual_hosts]]
+name = "default"
+domains = ["*"]
+
+[[virtual_hosts.routes]]
+match.path_prefix = "/"
+cluster = "web"
+"#;
+
+fn errors_of(text: &str) -> Vec<ConfigError> {
+    match parse(text) {
+        Ok(_) => panic!("config should be rejected:\n{text}"),
+        Err(errors) => errors,
+    }
+}
+
+/// Asserts that `text` is rejected with an error at `path` on `line` whose message contains `needle`.
+fn assert_rejected(text: &str, path: &str, line: usize, needle: &str) {
+    let errors = errors_of(text);
+    let found = errors
+        .iter()
+        .any(|e| e.path == path && e.line == line && e.message.contains(needle));
+    assert!(
+        found,
+        "expected an error at {path} (line {line}) containing {needle:?}; got:\n{}",
+        errors
+            .iter()
+            .map(|e| format!("  {e}\n"))
+            .collect::<String>()
+    );
+}
+
+/// 1-based line of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{needle:?} not in config"))
+}
+
+#[test]
+fn base_config_is_valid() {
+    let config = parse(BASE).expect("base config must be valid");
+    assert_eq!(config.spec.listeners.len(), 2);
+}
+
+#[test]
+fn syntax_error_names_its_line() {
+    let text = format!("{BASE}\n[admin\naddress = 1\n");
+    let errors = errors_of(&text);
+    let line = line_of(&text, "[admin");
+    assert!(errors.iter().any(|e| e.line == line), "{errors:?}");
+}
+
+#[test]
+fn unknown_key_is_rejected() {
+    let text = BASE.replace(
+        "protocol = \"auto\"",
+        "protocol = \"auto\"\nprotocl = \"http\"",
+    );
+    assert_rejected(
+        &text,
+        "listeners[0].protocl",
+        line_of(&text, "protocl ="),
+        "unknown field `protocl`",
+    );
+}
+
+#[test]
+fn unknown_section_is_rejected() {
+    let text = format!("{BASE}\n[listner]\nname = \"x\"\n");
+    assert_rejected(
+        &text,
+        "listner",
+        line_of(&text, "[listner]"),
+        "unknown section `listner`",
+    );
+}
+
+#[test]
+fn dangling_cluster_reference_is_rejected() {
+    let text = BASE.replace("cluster = \"web\"", "cluster = \"wbe\"");
+    let line = line_of(&text, "cluster = \"wbe\"");
+    assert_rejected(
+        &text,
+        "virtual_hosts[0].routes[0].cluster",
+        line,
+        "cluster \"wbe\" is not defined",
+    );
+}
+
+#[test]
+fn dangling_tcp_cluster_is_rejected() {
+    let text = BASE.replace("cluster = \"db\"", "cluster = \"postgres\"");
+    let line = line_of(&text, "cluster = \"postgres\"");
+    assert_rejected(
+        &text,
+        "listeners[1].cluster",
+        line,
+        "cluster \"postgres\" is not defined",
+    );
+}
+
+#[test]
+fn duplicate_listener_address_is_rejected() {
+    let text = BASE.replace("127.0.0.1:15081", "127.0.0.1:15080");
+    let line = line_of(&text, "protocol = \"tcp\"") - 1;
+    assert_rejected(
+        &text,
+        "listeners[1].address",
+        line,
+        "overlaps listener \"web\"",
+    );
+}
+
+#[test]
+fn wildcard_address_overlaps_specific_one() {
+    let text = BASE.replace("127.0.0.1:15081", "0.0.0.0:15080");
+    assert_rejected(
+        &text,
+        "listeners[1].address",
+        line_of(&text, "0.0.0.0:15080"),
+        "overlaps",
+    );
+}
+
+#[test]
+fn duplicate_names_are_rejected() {
+    let text = BASE.replace("name = \"db\"\naddress", "name = \"web\"\naddress");
+    let line = line_of(&text, "address = \"127.0.0.1:15081\"") - 1;
+    assert_rejected(
+        &text,
+        "listeners[1].name",
+        line,
+        "duplicate listener name \"web\"",
+    );
+}
+
+#[test]
+fn bad_regex_is_rejected() {
+    let text = BASE.replace(
+        "match.path_prefix = \"/\"",
+        "match.path_regex = \"/impl(.*\"",
+    );
+    let line = line_of(&text, "path_regex");
+    assert_rejected(
+        &text,
+        "virtual_hosts[0].routes[0].match.path_regex",
+        line,
+        "invalid regular expression",
+    );
+}
+
+#[test]
+fn bad_header_regex_is_rejected() {
+    let text = BASE.replace(
+        "match.path_prefix = \"/\"",
+        "match.headers = [{ name = \"x-user\", regex = \"[a-\" }]",
+    );
+    let line = line_of(&text, "x-user");
+    assert_rejected(
+        &text,
+        "virtual_hosts[0].routes[0].match.headers[0].regex",
+        line,
+        "invalid regular expression",
+    );
+}
+
+#[test]
+fn malformed_duration_is_rejected() {
+    let text = BASE.replace(
+        "protocol = \"tcp\"",
+        "protocol = \"tcp\"\nidle_timeout = \"5 minutes\"",
+    );
+    let line = line_of(&text, "idle_timeout");
+    assert_rejected(
+        &text,
+        "listeners[1].idle_timeout",
+        line,
+        "invalid duration \"5 minutes\"",
+    );
+}
+
+#[test]
+fn malformed_address_is_rejected() {
+    let text = BASE.replace("127.0.0.1:15081", "localhost:15081");
+    assert_rejected(
+        &text,
+        "listeners[1].address",
+        line_of(&text, "localhost:15081"),
+        "invalid socket address",
+    );
+}
+
+#[test]
+fn malformed_endpoint_is_rejected() {
+    let text = BASE.replace("[\"127.0.0.1:9000\"]", "[\"db.internal:9000\"]");
+    let line = line_of(&text, "db.internal");
+    assert_rejected(
+        &text,
+        "clusters[1].endpoints[0]",
+        line,
+        "invalid endpoint \"db.internal:9000\"",
+    );
+}
+
+#[test]
+fn wrong_type_is_rejected() {
+    let text = BASE.replace(
+        "protocol = \"tcp\"",
+        "protocol = \"tcp\"\nmax_connections = \"many\"",
+    );
+    let line = line_of(&text, "max_connections");
+    assert_rejected(&text, "listeners[1].max_connections", line, "invalid type");
+}
+
+#[test]
+fn unknown_enum_value_is_rejected() {
+    let text = BASE.replace("protocol = \"auto\"", "protocol = \"quic\"");
+    assert_rejected(
+        &text,
+        "listeners[0].protocol",
+        line_of(&text, "\"quic\""),
+        "unknown variant `quic`",
+    );
+}
+
+#[test]
+fn missing_required_key_is_rejected() {
+    let text = BASE.replace(
+        "name = \"db\"\naddress = \"127.0.0.1:15081\"\n",
+        "name = \"db\"\n",
+    );
+    let line = line_of(&text, "name = \"db\"") - 1;
+    assert_rejected(&text, "listeners[1]", line, "missing field `address`");
+}
+
+#[test]
+fn tcp_listener_without_cluster_is_rejected() {
+    let text = BASE.replace("cluster = \"db\"\n", "");
+    let line = line_of(&text, "name = \"db\"") - 1;
+    assert_rejected(&text, "listeners[1]", line, "needs a `cluster`");
+}
+
+#[test]
+fn impossible_values_are_rejected() {
+    let text = BASE.replace(
+        "protocol = \"tcp\"",
+        "protocol = \"tcp\"\nmax_connections = 0",
+    );
+    assert_rejected(
+        &text,
+        "listeners[1].max_connections",
+        line_of(&text, "max_connections = 0"),
+        "at least 1",
+    );
+
+    let text = format!("{BASE}mirror = {{ cluster = \"web\", percent = 150.0 }}\n");
+    assert_rejected(
+        &text,
+        "virtual_hosts[0].routes[0].mirror.percent",
+        line_of(&text, "percent = 150"),
+        "between 0 and 100",
+    );
+
+    let text = format!("{BASE}\n[runtime]\nring_entries = 16\n");
+    assert_rejected(
+        &text,
+        "runtime.ring_entries",
+        line_of(&text, "ring_entries"),
+        "between 256 and 32768",
+    );
+}
+
+#[test]
+fn weights_that_add_up_to_zero_are_rejected() {
+    let text = BASE.replace(
+        "cluster = \"web\"\n",
+        "weighted_clusters = [{ cluster = \"web\", weight = 0 }, { cluster = \"db\", weight = 0 }]\n",
+    );
+    let line = line_of(&text, "weighted_clusters");
+    assert_rejected(
+        &text,
+        "virtual_hosts[0].routes[0].weighted_clusters",
+        line,
+        "add up to 0",
+    );
+}
+
+#[test]
+fn two_actions_on_one_route_are_rejected() {
+    let text = format!("{BASE}direct_response = {{ status = 200 }}\n");
+    let line = line_of(&text, "[[virtual_hosts.routes]]");
+    assert_rejected(
+        &text,
+        "virtual_hosts[0].routes[0]",
+        line,
+        "exactly one action",
+    );
+}
+
+#[test]
+fn ring_hash_without_hash_policy_is_rejected() {
+    let text = BASE.replace(
+        "[\"127.0.0.1:8080\"]",
+        "[\"127.0.0.1:8080\"]\nlb_policy = \"ring_hash\"",
+    );
+    assert_rejected(
+        &text,
+        "clusters[0].lb_policy",
+        line_of(&text, "ring_hash"),
+        "need a hash_policy",
+    );
+}
+
+#[test]
+fn prefix_rewrite_without_prefix_match_is_rejected() {
+    let text = BASE.replace(
+        "match.path_prefix = \"/\"",
+        "match.path_exact = \"/a\"\nrewrite.prefix = \"/b\"",
+    );
+    let line = line_of(&text, "rewrite.prefix");
+    assert_rejected(
+        &text,
+        "virtual_hosts[0].routes[0].rewrite.prefix",
+        line,
+        "needs match.path_prefix",
+    );
+}
+
+#[test]
+fn domain_claimed_twice_on_a_listener_is_rejected() {
+    let text = format!("{BASE}\n[[virtual_hosts]]\nname = \"other\"\ndomains = [\"*\"]\n");
+    let line = line_of(&text, "name = \"other\"") + 1;
+    assert_rejected(
+        &text,
+        "virtual_hosts[1].domains[0]",
+        line,
+        "also claimed by virtual host \"default\"",
+    );
+}
+
+#[test]
+fn every_error_is_reported_in_one_pass() {
+    let text = BASE
+        .replace("protocol = \"auto\"", "protocol = \"auto\"\nbogus = true")
+        .replace("cluster = \"web\"\n", "cluster = \"nope\"\n")
+        .replace(
+            "[\"127.0.0.1:9000\"]",
+            "[\"127.0.0.1:9000\", \"127.0.0.1:9000\"]",
+        );
+    let errors = errors_of(&text);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"listeners[0].bogus"), "{paths:?}");
+    assert!(
+        paths.contains(&"virtual_hosts[0].routes[0].cluster"),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&"clusters[1].endpoints[1]"), "{paths:?}");
+    let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort_unstable();
+    assert_eq!(lines, sorted, "errors are reported in file order");
+}
+
+#[test]
+fn references_into_a_broken_section_are_not_guessed() {
+    // The `db` cluster fails to deserialize; the listener that names it must not also be reported
+    // as dangling, because the cluster is there, only malformed.
+    let text = BASE.replace(
+        "[\"127.0.0.1:9000\"]",
+        "[\"127.0.0.1:9000\"]\nlb_policy = \"fastest\"",
+    );
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "clusters[1].lb_policy");
+}

@@ -1,0 +1,1 @@
+//! ringmesh control plane (filled in below).
