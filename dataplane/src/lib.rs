@@ -1,1 +1,27 @@
-//! dp
+//! The ringmesh data plane: a thread-per-core, shared-nothing proxy on monoio (io_uring or epoll).
+//!
+//! # Layout
+//! - [`cli`], [`server`]: the `ringmesh` binary and its threads (control, signals, admin, workers).
+//! - [`reload`]: the reload path — validate, compile, bind, publish, notify workers.
+//! - [`snapshot`]: the immutable per-generation [`snapshot::Snapshot`] and how workers read it.
+//! - [`worker`]: one pinned monoio runtime per core; [`driver`] picks io_uring or epoll.
+//! - [`listener`]: `SO_REUSEPORT` + `SO_INCOMING_CPU` sockets per worker and the accept loop.
+//! - [`l4`]: opaque TCP proxying (connect with fallback, bidirectional copy with half-close).
+//! - [`admin`]: the admin API on its own thread.
+//! - [`stats`]: single-writer per-worker counters; [`event`]: a worker-local one-shot event.
+//!
+//! Dependencies point downwards: `server` → `reload`/`admin`/`worker` → `listener` → `l4` →
+//! `snapshot`/`stats`/`event`.
+
+pub mod admin;
+pub mod cli;
+pub mod driver;
+pub mod event;
+pub mod l4;
+pub mod listener;
+pub mod reload;
+pub mod server;
+pub mod shared;
+pub mod snapshot;
+pub mod stats;
+pub mod worker;

@@ -1,0 +1,287 @@
+//! Prometheus text exposition of the per-worker counters, summed at scrape time.
+//!
+//! Two views of the same counters: `ringmesh_listener_*` summed over workers (what dashboards
+//! usually want) and `ringmesh_worker_*` per listener and worker (to see imbalance between cores).
+//! TCP traffic is also reported under Istio's standard names (`istio_tcp_*`) so that existing
+//! Grafana and Kiali dashboards work unchanged.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use crate::shared::Shared;
+use crate::snapshot::Snapshot;
+use crate::stats::{ClusterCounters, ListenerCounters};
+
+/// Renders every metric of the process.
+pub(super) fn render(shared: &Shared) -> String {
+    let snapshot = shared.store.load();
+    let mut out = String::with_capacity(8 * 1024);
+    process(&mut out, shared, &snapshot);
+    listeners(&mut out, &snapshot);
+    workers(&mut out, &snapshot);
+    clusters(&mut out, &snapshot);
+    istio_tcp(&mut out, &snapshot);
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn process(out: &mut String, shared: &Shared, snapshot: &Snapshot) {
+    header(
+        out,
+        "ringmesh_info",
+        "gauge",
+        "Build and runtime information.",
+    );
+    let _ = writeln!(
+        out,
+        "ringmesh_info{{version=\"{}\",driver=\"{}\",workers=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        shared.driver.name(),
+        shared.workers.len()
+    );
+    header(
+        out,
+        "ringmesh_config_generation",
+        "gauge",
+        "Generation of the published config.",
+    );
+    let _ = writeln!(out, "ringmesh_config_generation {}", snapshot.generation);
+    header(
+        out,
+        "ringmesh_worker_config_generation",
+        "gauge",
+        "Config generation each worker has applied.",
+    );
+    for (id, worker) in shared.workers.iter().enumerate() {
+        let generation = worker.generation.load(Ordering::Acquire);
+        let _ = writeln!(
+            out,
+            "ringmesh_worker_config_generation{{worker=\"{id}\"}} {generation}"
+        );
+    }
+    header(
+        out,
+        "ringmesh_config_reloads_total",
+        "counter",
+        "Configs applied, the initial one included.",
+    );
+    let _ = writeln!(
+        out,
+        "ringmesh_config_reloads_total {}",
+        shared.reloads.load(Ordering::Relaxed)
+    );
+    header(
+        out,
+        "ringmesh_config_reload_failed_total",
+        "counter",
+        "Configs rejected; the previous config kept serving.",
+    );
+    let _ = writeln!(
+        out,
+        "ringmesh_config_reload_failed_total {}",
+        shared.reload_failures.load(Ordering::Relaxed)
+    );
+}
+
+/// One metric family read from counters of type `T`: (name suffix, kind, help, accessor).
+type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
+
+const LISTENER_METRICS: &[Family<ListenerCounters>] = &[
+    (
+        "connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        |c| c.accepted.get(),
+    ),
+    (
+        "connections_active",
+        "gauge",
+        "Connections open now.",
+        ListenerCounters::active,
+    ),
+    (
+        "connections_closed_total",
+        "counter",
+        "Served connections that ended.",
+        |c| c.closed.get(),
+    ),
+    (
+        "connections_rejected_total",
+        "counter",
+        "Connections closed at accept because of max_connections.",
+        |c| c.rejected.get(),
+    ),
+    (
+        "accept_errors_total",
+        "counter",
+        "accept() failures (EMFILE, ENFILE, ENOBUFS, ...).",
+        |c| c.accept_errors.get(),
+    ),
+    (
+        "idle_timeouts_total",
+        "counter",
+        "Connections closed by the idle timeout.",
+        |c| c.idle_timeouts.get(),
+    ),
+    (
+        "received_bytes_total",
+        "counter",
+        "Bytes received from downstream clients.",
+        |c| c.bytes_received.get(),
+    ),
+    (
+        "sent_bytes_total",
+        "counter",
+        "Bytes sent to downstream clients.",
+        |c| c.bytes_sent.get(),
+    ),
+];
+
+fn listeners(out: &mut String, snapshot: &Snapshot) {
+    for (suffix, kind, help, get) in LISTENER_METRICS {
+        let name = format!("ringmesh_listener_{suffix}");
+        header(out, &name, kind, help);
+        for listener in &snapshot.listeners {
+            let total = listener.stats.workers.sum(get);
+            let _ = writeln!(
+                out,
+                "{name}{{listener=\"{}\"}} {total}",
+                escape(&listener.name)
+            );
+        }
+    }
+}
+
+fn workers(out: &mut String, snapshot: &Snapshot) {
+    for (suffix, kind, help, get) in &LISTENER_METRICS[..3] {
+        let name = format!("ringmesh_worker_{suffix}");
+        header(out, &name, kind, &format!("{help} Per worker."));
+        for listener in &snapshot.listeners {
+            for (worker, counters) in listener.stats.workers.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{}\",worker=\"{worker}\"}} {}",
+                    escape(&listener.name),
+                    get(counters)
+                );
+            }
+        }
+    }
+}
+
+const CLUSTER_METRICS: &[Family<ClusterCounters>] = &[
+    (
+        "upstream_connections_total",
+        "counter",
+        "Upstream connections established.",
+        |c| c.connections.get(),
+    ),
+    (
+        "upstream_connect_failures_total",
+        "counter",
+        "Upstream connects refused or failed.",
+        |c| c.connect_failures.get(),
+    ),
+    (
+        "upstream_connect_timeouts_total",
+        "counter",
+        "Upstream connects that timed out.",
+        |c| c.connect_timeouts.get(),
+    ),
+    (
+        "no_endpoint_total",
+        "counter",
+        "Connections or requests that found no endpoint.",
+        |c| c.no_endpoint.get(),
+    ),
+];
+
+fn clusters(out: &mut String, snapshot: &Snapshot) {
+    for (suffix, kind, help, get) in CLUSTER_METRICS {
+        let name = format!("ringmesh_cluster_{suffix}");
+        header(out, &name, kind, help);
+        for cluster in &snapshot.clusters {
+            let _ = writeln!(
+                out,
+                "{name}{{cluster=\"{}\"}} {}",
+                escape(&cluster.name),
+                cluster.stats.sum(get)
+            );
+        }
+    }
+}
+
+/// Istio's standard TCP metrics, labelled by the destination cluster of each TCP listener.
+fn istio_tcp(out: &mut String, snapshot: &Snapshot) {
+    let source = snapshot
+        .spec
+        .telemetry
+        .source_workload
+        .as_deref()
+        .unwrap_or("unknown");
+    const FAMILIES: &[Family<ListenerCounters>] = &[
+        (
+            "istio_tcp_connections_opened_total",
+            "counter",
+            "TCP connections opened.",
+            |c| c.accepted.get().saturating_sub(c.rejected.get()),
+        ),
+        (
+            "istio_tcp_connections_closed_total",
+            "counter",
+            "TCP connections closed.",
+            |c| c.closed.get(),
+        ),
+        (
+            "istio_tcp_received_bytes_total",
+            "counter",
+            "Bytes received from clients.",
+            |c| c.bytes_received.get(),
+        ),
+        (
+            "istio_tcp_sent_bytes_total",
+            "counter",
+            "Bytes sent to clients.",
+            |c| c.bytes_sent.get(),
+        ),
+    ];
+    for (name, kind, help, get) in FAMILIES {
+        header(out, name, kind, help);
+        for listener in &snapshot.listeners {
+            let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{reporter=\"destination\",source_workload=\"{}\",destination_service=\"{}\",\
+                 connection_security_policy=\"none\",listener=\"{}\"}} {}",
+                escape(source),
+                escape(&cluster.name),
+                escape(&listener.name),
+                listener.stats.workers.sum(get)
+            );
+        }
+    }
+}
+
+/// Escapes a label value per the exposition format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,129 @@
+//! The `ringmesh` command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use config_schema::IoMode;
+use tracing_subscriber::EnvFilter;
+
+use crate::server::{self, RunOptions};
+
+/// ringmesh: a per-node service-mesh proxy (thread-per-core, io_uring).
+#[derive(Debug, Parser)]
+#[command(name = "ringmesh", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (TOML).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Worker threads, one per core (default: one per available core).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// I/O driver: auto tries io_uring and falls back to epoll.
+    #[arg(long, value_enum)]
+    io: Option<Io>,
+    /// Write the admin API's bound address to FILE (useful with port 0).
+    #[arg(long, value_name = "FILE")]
+    admin_address_path: Option<PathBuf>,
+    /// Log filter (`info`, `debug`, `ringmesh=debug`...); RUST_LOG works too.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a config file: print every error with its line, exit non-zero if there is one.
+    Validate {
+        /// Config file.
+        file: PathBuf,
+    },
+    /// Print the JSON Schema of the config format.
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Io {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+impl From<Io> for IoMode {
+    fn from(io: Io) -> Self {
+        match io {
+            Io::Auto => IoMode::Auto,
+            Io::Uring => IoMode::Uring,
+            Io::Epoll => IoMode::Epoll,
+        }
+    }
+}
+
+/// Entry point of the `ringmesh` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Validate { file }) => validate(&file),
+        Some(Command::Schema) => {
+            print!("{}", config_schema::json_schema());
+            ExitCode::SUCCESS
+        }
+        None => {
+            init_logging(&cli.log_level);
+            let Some(config_path) = cli.config else {
+                eprintln!("ringmesh: --config FILE is required (see --help)");
+                return ExitCode::from(2);
+            };
+            let options = RunOptions {
+                config_path,
+                workers: cli.workers,
+                io: cli.io.map(IoMode::from),
+                admin_address_file: cli.admin_address_path,
+            };
+            match server::run(options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match config_schema::parse(&text) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}:{e}", file.display());
+            }
+            eprintln!("{}: {} error(s)", file.display(), errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}

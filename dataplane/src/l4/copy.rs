@@ -1,0 +1,136 @@
+//! Bidirectional byte copy with half-close and an idle timeout.
+//!
+//! Each direction is a loop of `read` into an owned buffer and `write_all` of what was read. A
+//! buffer starts small (idle and chatty connections stay cheap) and grows to 256 KiB the first
+//! time a read fills it, because on this project's machines a plain copy loop with 256 KiB buffers
+//! reached 12.2–12.5 Gbit/s where 4–16 KiB chunks stayed far below (monoio's own `copy`:
+//! 5.2 Gbit/s).
+//!
+//! Half-close: end of stream on one side becomes a FIN (`shutdown(SHUT_WR)`) on the other, and the
+//! opposite direction keeps flowing until it ends too. An error in either direction ends both.
+
+use std::cell::Cell;
+use std::io;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+
+use crate::stats::{Counter, ListenerCounters};
+
+/// First buffer size of a direction.
+const INITIAL_BUFFER: usize = 16 * 1024;
+/// Buffer size once a direction carries bulk data.
+const BULK_BUFFER: usize = 256 * 1024;
+
+/// How a proxied connection ended, when it did not end cleanly.
+#[derive(Debug)]
+pub enum CopyError {
+    /// Neither side sent a byte for the idle timeout.
+    Idle(Duration),
+    /// A read or write failed (reset, broken pipe).
+    Io(io::Error),
+}
+
+impl std::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyError::Idle(d) => write!(f, "idle for {d:?}"),
+            CopyError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Copies between `downstream` and `upstream` until both directions have ended, one fails, or
+/// no byte moves for `idle_timeout`.
+pub async fn bidirectional(
+    downstream: TcpStream,
+    upstream: TcpStream,
+    idle_timeout: Option<Duration>,
+    counters: &ListenerCounters,
+) -> Result<(), CopyError> {
+    let (down_read, down_write) = downstream.into_split();
+    let (up_read, up_write) = upstream.into_split();
+    let last_activity = Cell::new(Instant::now());
+
+    let upload = one_way(
+        down_read,
+        up_write,
+        &counters.bytes_received,
+        &last_activity,
+    );
+    let download = one_way(up_read, down_write, &counters.bytes_sent, &last_activity);
+    let both = both_directions(upload, download);
+
+    let Some(idle) = idle_timeout else {
+        return both.await.map_err(CopyError::Io);
+    };
+    monoio::select! {
+        result = both => result.map_err(CopyError::Io),
+        () = idle_expired(&last_activity, idle) => {
+            counters.idle_timeouts.inc();
+            Err(CopyError::Idle(idle))
+        }
+    }
+}
+
+/// Runs both directions; finishes when both have, or as soon as one fails.
+async fn both_directions(
+    a: impl Future<Output = io::Result<()>>,
+    b: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    let mut a = pin!(a);
+    let mut b = pin!(b);
+    monoio::select! {
+        result = &mut a => {
+            result?;
+            b.await
+        }
+        result = &mut b => {
+            result?;
+            a.await
+        }
+    }
+}
+
+/// Copies one direction until end of stream, then half-closes the destination.
+async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
+    mut from: R,
+    mut to: W,
+    bytes: &Counter,
+    last_activity: &Cell<Instant>,
+) -> io::Result<()> {
+    let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
+    loop {
+        buffer.clear();
+        let (result, read_buffer) = from.read(buffer).await;
+        buffer = read_buffer;
+        let n = result?;
+        if n == 0 {
+            // FIN from the source: pass it on, keep the other direction open.
+            return to.shutdown().await;
+        }
+        last_activity.set(Instant::now());
+        bytes.add(n as u64);
+        let filled = n == buffer.capacity();
+        let (result, written) = to.write_all(buffer).await;
+        buffer = written;
+        result?;
+        last_activity.set(Instant::now());
+        if filled && buffer.capacity() < BULK_BUFFER {
+            buffer = Vec::with_capacity(BULK_BUFFER);
+        }
+    }
+}
+
+/// Resolves once `last_activity` is more than `idle` in the past.
+async fn idle_expired(last_activity: &Cell<Instant>, idle: Duration) {
+    loop {
+        let elapsed = last_activity.get().elapsed();
+        if elapsed >= idle {
+            return;
+        }
+        monoio::time::sleep(idle - elapsed).await;
+    }
+}

@@ -1,0 +1,110 @@
+//! L4 (opaque TCP) proxying: pick an endpoint, connect, copy bytes both ways.
+//!
+//! The whole path for one connection is [`proxy`]: it keeps the snapshot the connection started
+//! with, tries endpoints in round-robin order until one accepts within the cluster's connect
+//! timeout, and then hands both sockets to [`copy::bidirectional`].
+
+pub mod copy;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use tracing::debug;
+
+use crate::snapshot::{Cluster, Listener, Snapshot};
+use crate::worker::Core;
+
+/// Proxies one downstream connection to the listener's cluster until both sides are done.
+pub async fn proxy(
+    core: &Core,
+    snapshot: &Snapshot,
+    listener: &Listener,
+    downstream: TcpStream,
+    peer: SocketAddr,
+) {
+    let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
+        debug!(listener = %listener.name, %peer, "no cluster for opaque traffic; closing");
+        return;
+    };
+    let upstream = match connect(core, cluster).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            debug!(listener = %listener.name, cluster = %cluster.name, %peer, error = %e, "upstream connect failed");
+            return;
+        }
+    };
+    let counters = listener.stats.workers.slot(core.id);
+    let outcome = copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await;
+    if let Err(e) = outcome {
+        debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Why no upstream connection could be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The cluster has no endpoints.
+    NoEndpoint,
+    /// Every endpoint refused, failed or timed out; the last error is kept.
+    AllFailed {
+        attempts: usize,
+        last: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::NoEndpoint => f.write_str("cluster has no endpoints"),
+            ConnectError::AllFailed { attempts, last } => {
+                write!(f, "all {attempts} endpoints failed; last error: {last}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Connects to the cluster, starting at this core's round-robin position and trying each endpoint
+/// once until one accepts.
+pub async fn connect(core: &Core, cluster: &Cluster) -> Result<TcpStream, ConnectError> {
+    let counters = cluster.stats.slot(core.id);
+    let endpoints = &cluster.endpoints;
+    if endpoints.is_empty() {
+        counters.no_endpoint.inc();
+        return Err(ConnectError::NoEndpoint);
+    }
+    let start = core.next_round_robin(&cluster.name, endpoints.len());
+    let mut last = std::io::Error::other("no attempt made");
+    for attempt in 0..endpoints.len() {
+        let endpoint = endpoints[(start + attempt) % endpoints.len()];
+        match connect_one(endpoint.address, cluster.connect_timeout).await {
+            Ok(stream) => {
+                counters.connections.inc();
+                return Ok(stream);
+            }
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    counters.connect_timeouts.inc();
+                } else {
+                    counters.connect_failures.inc();
+                }
+                debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "connect attempt failed");
+                last = e;
+            }
+        }
+    }
+    Err(ConnectError::AllFailed {
+        attempts: endpoints.len(),
+        last,
+    })
+}
+
+async fn connect_one(address: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(address))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
