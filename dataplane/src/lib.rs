@@ -7,6 +7,9 @@
 //! - [`worker`]: one pinned monoio runtime per core; [`driver`] picks io_uring or epoll.
 //! - [`listener`]: `SO_REUSEPORT` + `SO_INCOMING_CPU` sockets per worker and the accept loop.
 //! - [`l4`]: opaque TCP proxying (connect with fallback, bidirectional copy with half-close).
+//! - [`routing`]: HTTP route tables (virtual hosts, routes, precompiled actions), compiled per
+//!   generation and matched per request without allocation.
+//! - [`upstream`]: load balancers — immutable per-cluster tables plus per-core pick state.
 //! - [`admin`]: the admin API on its own thread.
 //! - [`stats`]: single-writer per-worker counters; [`event`]: a worker-local one-shot event.
 //!
@@ -20,8 +23,10 @@ pub mod event;
 pub mod l4;
 pub mod listener;
 pub mod reload;
+pub mod routing;
 pub mod server;
 pub mod shared;
 pub mod snapshot;
 pub mod stats;
+pub mod upstream;
 pub mod worker;

@@ -1,0 +1,188 @@
+//! The per-request work of routing and load balancing allocates nothing once warmed up.
+//!
+//! A test binary of its own, because it installs a counting global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use config_schema::LbPolicy;
+use dataplane::routing::{self, H1Request, MatchScratch, RouteAction};
+use dataplane::upstream::{Balancer, HashOn, LbState};
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+struct Counting;
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the only addition is a
+// thread-local counter with a const initialiser and no destructor, which never allocates.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: `ptr` came from `System` with `layout`; the caller upholds the rest.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+const CONFIG: &str = r#"
+    [[listeners]]
+    name = "web"
+    address = "127.0.0.1:0"
+    protocol = "http"
+
+    [[clusters]]
+    name = "a"
+    endpoints = ["127.0.0.1:1", "127.0.0.1:2"]
+    [[clusters]]
+    name = "b"
+    endpoints = ["127.0.0.1:3"]
+
+    [[virtual_hosts]]
+    name = "api"
+    domains = ["api.example.com", "*.api.example.com"]
+    routes = [
+        { name = "exact", match = { path_exact = "/health" }, direct_response = { status = 200 } },
+        { name = "user", match = { path_regex = "/users/[0-9]+", headers = [{ name = "x-id", regex = "[a-z]+" }] }, cluster = "a" },
+        { name = "user-any", match = { path_regex = "/users/.*" }, cluster = "b" },
+        { name = "search", match = { path_prefix = "/search", query = [{ name = "q", regex = "[a-z ]+" }] }, cluster = "a" },
+        { name = "split", match = { path_prefix = "/api/v1" }, weighted_clusters = [{ cluster = "a", weight = 90 }, { cluster = "b", weight = 10 }], rewrite = { prefix = "/v1" } },
+        { name = "old", match = { path_prefix = "/old" }, redirect = { path = "/new" } },
+        { name = "root", cluster = "b" },
+    ]
+"#;
+
+#[test]
+fn routing_and_picking_do_not_allocate() {
+    let config = config_schema::parse(CONFIG).expect("valid config");
+    let clusters: HashMap<&str, usize> = [("a", 0), ("b", 1)].into_iter().collect();
+    let routes = routing::compile(&config.spec, &clusters).expect("compiles");
+    let table = routes.listener("web").expect("web");
+
+    let requests: [(&str, &str, &[httparse::Header<'_>]); 7] = [
+        ("GET", "/health", &[]),
+        (
+            "GET",
+            "/users/42",
+            &[httparse::Header {
+                name: "X-Id",
+                value: b"abc",
+            }],
+        ),
+        (
+            "GET",
+            "/users/42",
+            &[httparse::Header {
+                name: "X-Id",
+                value: b"123",
+            }],
+        ),
+        ("GET", "/search?x=1&q=hello%20world", &[]),
+        ("POST", "/api/v1/items/7?page=2", &[]),
+        ("GET", "/old/page?a=b", &[]),
+        ("GET", "/other/deep/path", &[]),
+    ];
+    let hosts: [&[u8]; 3] = [b"api.example.com", b"x.API.example.com:8443", b"nope"];
+
+    let eps: Vec<(SocketAddr, u32)> = (1..=5)
+        .map(|i| (format!("10.0.0.{i}:80").parse().expect("addr"), i))
+        .collect();
+    let balancers: Vec<Balancer> = [
+        LbPolicy::RoundRobin,
+        LbPolicy::WeightedRoundRobin,
+        LbPolicy::LeastRequest,
+        LbPolicy::RingHash,
+        LbPolicy::Maglev,
+        LbPolicy::Random,
+    ]
+    .into_iter()
+    .map(|p| {
+        let hash = matches!(p, LbPolicy::RingHash | LbPolicy::Maglev)
+            .then(|| HashOn::Cookie((*b"sid").into()));
+        Balancer::from_parts("c", p, &eps, hash).expect("balancer")
+    })
+    .collect();
+    let states: Vec<LbState> = balancers.iter().map(|b| LbState::with_seed(b, 1)).collect();
+    let source: IpAddr = "192.0.2.7".parse().expect("ip");
+
+    let mut scratch = MatchScratch::new();
+    let mut buf = Vec::with_capacity(256);
+    let mut run = |rounds: usize| {
+        let mut matched = 0;
+        for _ in 0..rounds {
+            for host in hosts {
+                for (method, target, extra) in requests {
+                    let mut fields = [httparse::Header {
+                        name: "Host",
+                        value: host,
+                    }; 3];
+                    fields[1] = httparse::Header {
+                        name: "Cookie",
+                        value: b"a=1; sid=s3",
+                    };
+                    let n = 2 + extra.len();
+                    fields[2..n].copy_from_slice(extra);
+                    let req = H1Request::new(method, target, &fields[..n]);
+                    let Ok(m) = table.find(&req, &mut scratch) else {
+                        continue;
+                    };
+                    matched += 1;
+                    let random = states[0].rng().next_u64();
+                    let _ = m.route.pick_cluster(random);
+                    if let Some(rewrite) = &m.route.rewrite {
+                        rewrite.write(req.path, req.query, &mut buf);
+                    }
+                    if let RouteAction::Redirect(r) = &m.route.action {
+                        r.write_location("http", req.host, req.path, req.query, &mut buf);
+                    }
+                    for (b, state) in balancers.iter().zip(&states) {
+                        let hash = b.request_hash(&req, source);
+                        let endpoint = b.pick(state, hash).expect("endpoint");
+                        let guard = state.start(endpoint);
+                        drop(guard);
+                    }
+                }
+            }
+        }
+        matched
+    };
+    // The counter works (so a zero below means something).
+    let before = allocations();
+    drop(std::hint::black_box(vec![0u8; 16]));
+    assert_eq!(allocations() - before, 1);
+
+    // Warm up: regex caches, the decode buffer and the output buffer reach their sizes.
+    assert!(run(3) > 0);
+    let before = allocations();
+    let matched = run(200);
+    let after = allocations();
+    assert_eq!(
+        matched,
+        200 * 2 * requests.len(),
+        "both known hosts route every request"
+    );
+    assert_eq!(
+        after - before,
+        0,
+        "allocations during {matched} lookups and picks"
+    );
+}
