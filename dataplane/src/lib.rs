@@ -16,10 +16,12 @@
 //! Dependencies point downwards: `server` → `reload`/`admin`/`worker` → `listener` → `l4` →
 //! `snapshot`/`stats`/`event`.
 
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod driver;
 pub mod event;
+pub mod http;
 pub mod l4;
 pub mod listener;
 pub mod reload;

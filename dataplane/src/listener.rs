@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use config_schema::ListenerProtocol;
 use monoio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
@@ -125,7 +126,14 @@ async fn serve(
         return;
     };
     let _ = stream.set_nodelay(true);
-    crate::l4::proxy(&core, &snapshot, listener, stream, peer).await;
+    match listener.protocol {
+        ListenerProtocol::Tcp => {
+            crate::l4::proxy(&core, &snapshot, listener, stream, peer, Vec::new()).await;
+        }
+        ListenerProtocol::Http | ListenerProtocol::Auto => {
+            crate::http::serve(Rc::clone(&core), snapshot.clone(), name, stream, peer).await;
+        }
+    }
     drop(guard);
 }
 

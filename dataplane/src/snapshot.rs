@@ -23,7 +23,12 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Cache};
 use config_schema::{Config, ConfigError, ConfigSpec, LbPolicy, ListenerProtocol};
 
-use crate::stats::{ClusterCounters, ListenerCounters, PerWorker};
+use crate::access_log::AccessLogSink;
+use crate::http::h1::HeadLimits;
+use crate::http::pool::PoolLimits;
+use crate::routing::{self, RouteCompileError, RouteConfig, RouteTable};
+use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
+use crate::upstream::Balancer;
 
 /// Everything a worker needs to serve traffic, for one config generation.
 #[derive(Debug)]
@@ -36,6 +41,12 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     /// Clusters, in config order; referenced by index.
     pub clusters: Vec<Arc<Cluster>>,
+    /// Route tables of the HTTP listeners.
+    pub routes: RouteConfig,
+    /// Per-route counters by route name, carried across reloads.
+    pub route_stats: HashMap<Arc<str>, Arc<PerWorker<RouteCounters>>>,
+    /// Where access-log lines go, if anywhere.
+    pub access_log: Option<AccessLogSink>,
     listener_index: HashMap<Arc<str>, usize>,
 }
 
@@ -52,6 +63,9 @@ impl Snapshot {
             spec: Arc::new(ConfigSpec::default()),
             listeners: Vec::new(),
             clusters: Vec::new(),
+            routes: RouteConfig::default(),
+            route_stats: HashMap::new(),
+            access_log: None,
             listener_index: HashMap::new(),
         }
     }
@@ -74,8 +88,27 @@ pub struct Listener {
     pub max_connections: Option<u32>,
     /// Close connections idle for this long.
     pub idle_timeout: Option<Duration>,
+    /// HTTP settings, for `http` and `auto` listeners.
+    pub http: Option<HttpSettings>,
     /// Counters, carried across reloads by name.
     pub stats: Arc<ListenerStats>,
+}
+
+/// The HTTP settings of a listener.
+#[derive(Debug)]
+pub struct HttpSettings {
+    /// Request head limits.
+    pub limits: HeadLimits,
+    /// Largest request body unless the route says otherwise; 0 = unlimited.
+    pub max_request_body: u64,
+    /// Time allowed for a request head once its first byte arrived.
+    pub request_header_timeout: Duration,
+    /// Keep-alive idle limit between requests (the listener's idle timeout).
+    pub idle_timeout: Option<Duration>,
+    /// Proxies in front of this one whose `X-Forwarded-*` headers are trusted.
+    pub xff_trusted_hops: u32,
+    /// The routes this listener serves.
+    pub routes: Option<Arc<RouteTable>>,
 }
 
 /// Counters and the connection gauge of one listener.
@@ -93,12 +126,18 @@ pub struct ListenerStats {
 pub struct Cluster {
     /// Stable name.
     pub name: Arc<str>,
+    /// Position in [`Snapshot::clusters`] (routes refer to clusters by index).
+    pub index: usize,
     /// Endpoints, in config order.
     pub endpoints: Box<[Endpoint]>,
     /// Load-balancing policy.
     pub lb_policy: LbPolicy,
+    /// The policy's immutable tables (rings, schedules); per-core cursors live in the worker.
+    pub balancer: Balancer,
     /// Time allowed per connect attempt.
     pub connect_timeout: Duration,
+    /// Per-core connection pool settings.
+    pub pool: PoolLimits,
     /// Counters, carried across reloads by name.
     pub stats: Arc<PerWorker<ClusterCounters>>,
 }
@@ -125,39 +164,57 @@ pub fn compile(
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let spec = &config.spec;
 
-    let clusters: Vec<Arc<Cluster>> = spec
-        .clusters
-        .iter()
-        .map(|c| {
-            let stats = previous
-                .clusters
+    let mut errors = Vec::new();
+    let mut clusters: Vec<Arc<Cluster>> = Vec::with_capacity(spec.clusters.len());
+    for (index, c) in spec.clusters.iter().enumerate() {
+        let balancer = match Balancer::new(c) {
+            Ok(balancer) => balancer,
+            Err(e) => {
+                errors
+                    .push(config.error_at(&format!("clusters[{index}].lb_policy"), e.to_string()));
+                continue;
+            }
+        };
+        let stats = previous
+            .clusters
+            .iter()
+            .find(|old| *old.name == *c.name && old.stats.len() == workers)
+            .map_or_else(
+                || Arc::new(PerWorker::new(workers)),
+                |old| Arc::clone(&old.stats),
+            );
+        clusters.push(Arc::new(Cluster {
+            name: c.name.as_str().into(),
+            index,
+            endpoints: c
+                .endpoints
                 .iter()
-                .find(|old| *old.name == *c.name && old.stats.len() == workers)
-                .map_or_else(
-                    || Arc::new(PerWorker::new(workers)),
-                    |old| Arc::clone(&old.stats),
-                );
-            Arc::new(Cluster {
-                name: c.name.as_str().into(),
-                endpoints: c
-                    .endpoints
-                    .iter()
-                    .map(|e| Endpoint {
-                        address: e.address,
-                        weight: e.weight,
-                    })
-                    .collect(),
-                lb_policy: c.lb_policy,
-                connect_timeout: c.connect_timeout.get(),
-                stats,
-            })
-        })
-        .collect();
+                .map(|e| Endpoint {
+                    address: e.address,
+                    weight: e.weight,
+                })
+                .collect(),
+            lb_policy: c.lb_policy,
+            balancer,
+            connect_timeout: c.connect_timeout.get(),
+            pool: PoolLimits {
+                max_connections: c.pool.max_connections_per_endpoint,
+                max_idle: c.pool.max_idle_per_endpoint,
+                idle_timeout: c.pool.idle_timeout.get(),
+            },
+            stats,
+        }));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     let cluster_index: HashMap<&str, usize> = clusters
         .iter()
         .enumerate()
         .map(|(i, c)| (&*c.name, i))
         .collect();
+    let routes =
+        routing::compile(spec, &cluster_index).map_err(|e| vec![route_error(config, &e)])?;
 
     let listeners: Vec<Listener> = spec
         .listeners
@@ -175,6 +232,21 @@ pub fn compile(
                     },
                     |old| Arc::clone(&old.stats),
                 );
+            let idle_timeout = (!l.idle_timeout.is_zero()).then(|| l.idle_timeout.get());
+            let http = (l.protocol != ListenerProtocol::Tcp).then(|| HttpSettings {
+                limits: HeadLimits {
+                    max_request_line: usize::try_from(l.limits.max_request_line.bytes())
+                        .unwrap_or(usize::MAX),
+                    max_head: usize::try_from(l.limits.max_header_bytes.bytes())
+                        .unwrap_or(usize::MAX),
+                    max_headers: l.limits.max_headers as usize,
+                },
+                max_request_body: l.limits.max_request_body.bytes(),
+                request_header_timeout: l.request_header_timeout.get(),
+                idle_timeout,
+                xff_trusted_hops: l.xff_trusted_hops,
+                routes: routes.listener(&l.name).cloned(),
+            });
             Listener {
                 name: l.name.as_str().into(),
                 address: l.address,
@@ -186,7 +258,8 @@ pub fn compile(
                     .as_deref()
                     .and_then(|c| cluster_index.get(c).copied()),
                 max_connections: l.max_connections,
-                idle_timeout: (!l.idle_timeout.is_zero()).then(|| l.idle_timeout.get()),
+                idle_timeout,
+                http,
                 stats,
             }
         })
@@ -197,13 +270,67 @@ pub fn compile(
         .map(|(i, l)| (Arc::clone(&l.name), i))
         .collect();
 
+    let route_stats = route_stats(&routes, previous, workers);
+    let access_log = match &spec.telemetry.access_log {
+        None => None,
+        Some(log) => match previous
+            .access_log
+            .as_ref()
+            .filter(|sink| sink.path() == log.path)
+        {
+            Some(sink) => Some(sink.clone()),
+            None => Some(AccessLogSink::open(&log.path).map_err(|e| {
+                vec![config.error_at(
+                    "telemetry.access_log.path",
+                    format!("cannot open {}: {e}", log.path),
+                )]
+            })?),
+        },
+    };
+
     Ok(Snapshot {
         generation,
         spec: Arc::new(spec.clone()),
         listeners,
         clusters,
+        routes,
+        route_stats,
+        access_log,
         listener_index,
     })
+}
+
+/// Counters for every route, reusing the previous generation's by route name.
+fn route_stats(
+    routes: &RouteConfig,
+    previous: &Snapshot,
+    workers: usize,
+) -> HashMap<Arc<str>, Arc<PerWorker<RouteCounters>>> {
+    let mut stats = HashMap::new();
+    for table in routes.tables() {
+        for vhost in table.virtual_hosts() {
+            for route in vhost.routes.iter() {
+                let counters = previous
+                    .route_stats
+                    .get(&route.name)
+                    .filter(|old| old.len() == workers)
+                    .map_or_else(|| Arc::new(PerWorker::new(workers)), Arc::clone);
+                stats.entry(Arc::clone(&route.name)).or_insert(counters);
+            }
+        }
+    }
+    stats
+}
+
+/// A route compile error in the located form of validation errors.
+fn route_error(config: &Config, error: &RouteCompileError) -> ConfigError {
+    let path = match error {
+        RouteCompileError::UnknownCluster { path, .. }
+        | RouteCompileError::UnknownVirtualHost { path, .. }
+        | RouteCompileError::Regex { path, .. }
+        | RouteCompileError::Invalid { path, .. } => path.as_str(),
+    };
+    config.error_at(path, error.to_string())
 }
 
 /// The process-wide slot holding the current snapshot. Written only by the control thread.

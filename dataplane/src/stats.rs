@@ -69,7 +69,7 @@ impl ListenerCounters {
 }
 
 /// One worker's counters for one cluster.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(128))]
 pub struct ClusterCounters {
     /// Upstream connections established.
@@ -80,6 +80,133 @@ pub struct ClusterCounters {
     pub connect_timeouts: Counter,
     /// Connections or requests that found no endpoint to try.
     pub no_endpoint: Counter,
+    /// HTTP requests sent upstream.
+    pub requests: Counter,
+    /// HTTP requests sent on a pooled (reused) connection.
+    pub pool_reuse: Counter,
+    /// Requests refused because the endpoint's pool was full.
+    pub pool_overflow: Counter,
+    /// Upstream responses that broke the protocol.
+    pub protocol_errors: Counter,
+    /// Upstream responses that did not arrive in time.
+    pub timeouts: Counter,
+    /// Responses sent to clients for this cluster, by status code (index = code - 100), so that
+    /// `istio_requests_total` can carry its `response_code` label.
+    pub response_codes: Box<[Counter]>,
+    /// Time from request head to end of response, for requests routed to this cluster.
+    pub duration: Histogram,
+}
+
+impl Default for ClusterCounters {
+    fn default() -> Self {
+        Self {
+            connections: Counter::default(),
+            connect_failures: Counter::default(),
+            connect_timeouts: Counter::default(),
+            no_endpoint: Counter::default(),
+            requests: Counter::default(),
+            pool_reuse: Counter::default(),
+            pool_overflow: Counter::default(),
+            protocol_errors: Counter::default(),
+            timeouts: Counter::default(),
+            response_codes: (100..600).map(|_| Counter::default()).collect(),
+            duration: Histogram::default(),
+        }
+    }
+}
+
+impl ClusterCounters {
+    /// Counts a response with `status` (100–599) sent to a client.
+    #[inline]
+    pub fn response(&self, status: u16) {
+        if let Some(counter) = self
+            .response_codes
+            .get(usize::from(status).wrapping_sub(100))
+        {
+            counter.inc();
+        }
+    }
+}
+
+/// Request-duration histogram bucket bounds in microseconds: Istio's defaults (0.5 ms to 1 h),
+/// so that the standard dashboards' queries work.
+pub const DURATION_BUCKETS_US: [u64; 19] = [
+    500,
+    1_000,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
+    600_000_000,
+    1_800_000_000,
+    3_600_000_000,
+];
+
+/// A duration histogram with fixed buckets, single writer.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or below each bound of [`DURATION_BUCKETS_US`] and above the previous one
+    /// (not cumulative; the exposition sums them), plus one for +Inf.
+    buckets: [Counter; DURATION_BUCKETS_US.len() + 1],
+    sum_micros: Counter,
+}
+
+impl Histogram {
+    /// Records one duration.
+    #[inline]
+    pub fn observe(&self, duration: std::time::Duration) {
+        let micros = duration.as_micros().min(u128::from(u64::MAX)) as u64;
+        let index = DURATION_BUCKETS_US
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(DURATION_BUCKETS_US.len());
+        self.buckets[index].inc();
+        self.sum_micros.add(micros);
+    }
+
+    /// Per-bucket counts (not cumulative), the last one being +Inf.
+    pub fn bucket_counts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.buckets.iter().map(Counter::get)
+    }
+
+    /// Sum of observations in microseconds.
+    pub fn sum_micros(&self) -> u64 {
+        self.sum_micros.get()
+    }
+}
+
+/// One worker's counters for one route.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct RouteCounters {
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [Counter; 5],
+    /// Time from request head to end of response.
+    pub duration: Histogram,
+}
+
+impl RouteCounters {
+    /// Counts a response with `status` and its duration.
+    #[inline]
+    pub fn record(&self, status: u16, duration: std::time::Duration) {
+        if let Some(class) = self
+            .responses
+            .get(usize::from(status / 100).wrapping_sub(1))
+        {
+            class.inc();
+        }
+        self.duration.observe(duration);
+    }
 }
 
 /// Per-worker slots of one kind of counters, indexed by worker id.
@@ -136,6 +263,33 @@ mod tests {
         c.rejected.inc();
         c.closed.add(2);
         assert_eq!(c.active(), 2);
+    }
+
+    #[test]
+    fn histogram_buckets_follow_istio_bounds() {
+        let h = Histogram::default();
+        for micros in [100, 500, 501, 1_000, 7_000, 4_000_000_000] {
+            h.observe(std::time::Duration::from_micros(micros));
+        }
+        let counts: Vec<u64> = h.bucket_counts().collect();
+        assert_eq!(counts[0], 2, "<= 0.5 ms");
+        assert_eq!(counts[1], 2, "<= 1 ms");
+        assert_eq!(counts[3], 1, "<= 10 ms");
+        assert_eq!(counts[DURATION_BUCKETS_US.len()], 1, "+Inf");
+        assert_eq!(
+            h.sum_micros(),
+            100 + 500 + 501 + 1_000 + 7_000 + 4_000_000_000
+        );
+    }
+
+    #[test]
+    fn route_counters_count_by_class() {
+        let r = RouteCounters::default();
+        r.record(204, std::time::Duration::ZERO);
+        r.record(503, std::time::Duration::ZERO);
+        r.record(0, std::time::Duration::ZERO);
+        let classes: Vec<u64> = r.responses.iter().map(Counter::get).collect();
+        assert_eq!(classes, [0, 1, 0, 0, 1]);
     }
 
     #[test]

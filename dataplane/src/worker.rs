@@ -19,11 +19,15 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpListener;
 use tracing::{error, info};
 
+use crate::access_log::{self, AccessLogBuffer};
 use crate::driver::{self, IoDriver};
 use crate::event::Event;
+use crate::http::pool::Pool;
 use crate::listener;
+use crate::routing::MatchScratch;
 use crate::shared::Shared;
-use crate::snapshot::{SnapshotReader, SnapshotRef};
+use crate::snapshot::{Cluster, Snapshot, SnapshotReader, SnapshotRef};
+use crate::upstream::{InFlightGuard, LbState, LbStates};
 
 /// What the control thread asks of a worker.
 #[derive(Debug)]
@@ -122,17 +126,38 @@ pub struct Core {
     pub id: usize,
     reader: RefCell<SnapshotReader>,
     open_connections: Cell<usize>,
-    /// Round-robin cursors for L4 connects, by cluster name.
-    round_robin: RefCell<HashMap<Arc<str>, usize>>,
+    /// Load-balancer state of every cluster, for the generation it was built for.
+    lb: RefCell<(u64, LbStates)>,
+    /// Fires when the worker starts draining: idle keep-alive connections close, busy ones finish
+    /// their request and answer with `connection: close`.
+    pub draining: Rc<Event>,
+    /// Upstream HTTP/1.1 connections of this worker.
+    pub pool: Pool,
+    /// Access-log lines waiting to be handed to the writer thread.
+    pub access_log: RefCell<AccessLogBuffer>,
+    /// Per-worker regex caches for route matching.
+    pub match_scratch: RefCell<MatchScratch>,
+    /// wyrand state: weighted splits, mirror sampling, request ids.
+    rng: Cell<u64>,
 }
 
 impl Core {
     fn new(id: usize, reader: SnapshotReader) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ ((id as u64) << 32)
+            ^ u64::from(std::process::id());
         Self {
             id,
             reader: RefCell::new(reader),
             open_connections: Cell::new(0),
-            round_robin: RefCell::new(HashMap::new()),
+            lb: RefCell::new((0, LbStates::default())),
+            draining: Event::new(),
+            pool: Pool::new(),
+            access_log: RefCell::new(AccessLogBuffer::default()),
+            match_scratch: RefCell::new(MatchScratch::new()),
+            rng: Cell::new(seed),
         }
     }
 
@@ -142,13 +167,79 @@ impl Core {
         self.reader.borrow_mut().current()
     }
 
-    /// The next round-robin start position for `cluster` on this core.
-    pub fn next_round_robin(&self, cluster: &Arc<str>, endpoints: usize) -> usize {
-        let mut cursors = self.round_robin.borrow_mut();
-        let cursor = cursors.entry(Arc::clone(cluster)).or_insert(0);
-        let position = *cursor % endpoints;
-        *cursor = position + 1;
-        position
+    /// Whether the worker is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_fired()
+    }
+
+    /// A uniformly random `u64` (wyrand: fast, statistically sound, not cryptographic).
+    #[inline]
+    pub fn random(&self) -> u64 {
+        let state = self.rng.get().wrapping_add(0xa076_1d64_78bd_642f);
+        self.rng.set(state);
+        let product = u128::from(state) * u128::from(state ^ 0xe703_7ed1_a0b4_28db);
+        ((product >> 64) as u64) ^ (product as u64)
+    }
+
+    /// Appends a random (version 4) UUID in its text form.
+    pub fn write_uuid(&self, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let high = (self.random() & !0xf000) | 0x4000; // version 4
+        let low = (self.random() & !(0b11 << 62)) | (0b10 << 62); // RFC 4122 variant
+        let bytes = (u128::from(high) << 64) | u128::from(low);
+        for i in 0..32 {
+            if matches!(i, 8 | 12 | 16 | 20) {
+                out.push(b'-');
+            }
+            out.push(HEX[((bytes >> (124 - 4 * i)) & 0xf) as usize]);
+        }
+    }
+
+    /// The endpoint (index into `cluster.endpoints`) for the next request or connection to
+    /// `cluster` of `snapshot`, as the cluster's load balancer picks it on this core.
+    pub fn pick_endpoint(
+        &self,
+        snapshot: &Snapshot,
+        cluster: &Cluster,
+        hash: Option<u64>,
+    ) -> Option<usize> {
+        self.with_lb_state(snapshot, cluster, |state| {
+            cluster.balancer.pick(state, hash)
+        })
+    }
+
+    /// Marks a request as in flight on `endpoint` until the guard drops (least-request reads it).
+    pub fn start_request(
+        &self,
+        snapshot: &Snapshot,
+        cluster: &Cluster,
+        endpoint: usize,
+    ) -> Option<InFlightGuard> {
+        self.with_lb_state(snapshot, cluster, |state| Some(state.start(endpoint)))
+    }
+
+    /// Runs `f` with this core's state for `cluster`, first moving the states to `snapshot`'s
+    /// generation if it is newer (state carries over by cluster name). A request still running on
+    /// an older snapshot gets a throwaway state rather than rewinding everyone else's.
+    fn with_lb_state<T>(
+        &self,
+        snapshot: &Snapshot,
+        cluster: &Cluster,
+        f: impl FnOnce(&LbState) -> Option<T>,
+    ) -> Option<T> {
+        let mut lb = self.lb.borrow_mut();
+        if snapshot.generation > lb.0 {
+            let next =
+                lb.1.carry_over(snapshot.clusters.iter().map(|c| &c.balancer));
+            *lb = (snapshot.generation, next);
+        }
+        if snapshot.generation == lb.0
+            && let Some(state) = lb.1.get(cluster.index)
+        {
+            return f(state);
+        }
+        drop(lb);
+        f(&LbState::new(&cluster.balancer))
     }
 
     pub(crate) fn connection_opened(&self) {
@@ -168,6 +259,7 @@ impl Core {
 
 async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerCommand>) {
     let core = Rc::new(Core::new(id, shared.store.reader()));
+    monoio::spawn(housekeeping(Rc::clone(&core)));
     let mut accepting: HashMap<Arc<str>, Rc<Event>> = HashMap::new();
     while let Ok(command) = inbox.recv_async().await {
         match command {
@@ -207,9 +299,40 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                     stop.fire();
                 }
                 accepting.clear();
+                core.draining.fire();
                 wait_for_connections(&core, deadline).await;
+                core.access_log.borrow_mut().flush();
                 break;
             }
+        }
+    }
+}
+
+/// Periodic per-worker chores: hand buffered access-log lines to the writer (and follow the
+/// snapshot's sink across reloads), and close pooled connections that sat idle too long.
+async fn housekeeping(core: Rc<Core>) {
+    let mut ticks: u32 = 0;
+    while !core.is_draining() {
+        monoio::select! {
+            () = monoio::time::sleep(access_log::FLUSH_INTERVAL) => {}
+            () = core.draining.wait() => return,
+        }
+        let snapshot = core.snapshot();
+        {
+            let mut log = core.access_log.borrow_mut();
+            log.set_sink(snapshot.access_log.as_ref());
+            log.flush();
+        }
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(5) {
+            // The longest idle timeout of any cluster: checkout enforces each cluster's own.
+            let max_idle = snapshot
+                .clusters
+                .iter()
+                .map(|c| c.pool.idle_timeout)
+                .max()
+                .unwrap_or(Duration::from_secs(60));
+            core.pool.evict_idle(max_idle);
         }
     }
 }

@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering;
 
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
-use crate::stats::{ClusterCounters, ListenerCounters};
+use std::sync::Arc;
+
+use crate::stats::{ClusterCounters, DURATION_BUCKETS_US, Histogram, ListenerCounters};
 
 /// Renders every metric of the process.
 pub(super) fn render(shared: &Shared) -> String {
@@ -20,7 +22,9 @@ pub(super) fn render(shared: &Shared) -> String {
     listeners(&mut out, &snapshot);
     workers(&mut out, &snapshot);
     clusters(&mut out, &snapshot);
+    routes(&mut out, &snapshot);
     istio_tcp(&mut out, &snapshot);
+    istio_http(&mut out, &snapshot);
     out
 }
 
@@ -198,6 +202,36 @@ const CLUSTER_METRICS: &[Family<ClusterCounters>] = &[
         "Connections or requests that found no endpoint.",
         |c| c.no_endpoint.get(),
     ),
+    (
+        "upstream_requests_total",
+        "counter",
+        "HTTP requests sent upstream.",
+        |c| c.requests.get(),
+    ),
+    (
+        "pool_reuse_total",
+        "counter",
+        "HTTP requests sent on a pooled (reused) connection.",
+        |c| c.pool_reuse.get(),
+    ),
+    (
+        "pool_overflow_total",
+        "counter",
+        "Connection attempts refused because an endpoint's pool was full.",
+        |c| c.pool_overflow.get(),
+    ),
+    (
+        "upstream_protocol_errors_total",
+        "counter",
+        "Malformed upstream responses.",
+        |c| c.protocol_errors.get(),
+    ),
+    (
+        "upstream_timeouts_total",
+        "counter",
+        "Upstream responses that did not arrive in time.",
+        |c| c.timeouts.get(),
+    ),
 ];
 
 fn clusters(out: &mut String, snapshot: &Snapshot) {
@@ -212,6 +246,123 @@ fn clusters(out: &mut String, snapshot: &Snapshot) {
                 cluster.stats.sum(get)
             );
         }
+    }
+}
+
+/// Per-route responses by status class and duration histograms.
+fn routes(out: &mut String, snapshot: &Snapshot) {
+    let mut names: Vec<&Arc<str>> = snapshot.route_stats.keys().collect();
+    names.sort();
+    header(
+        out,
+        "ringmesh_route_responses_total",
+        "counter",
+        "Responses by route and status class.",
+    );
+    for name in &names {
+        let stats = &snapshot.route_stats[*name];
+        for (class, label) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let count = stats.sum(|c| c.responses[class].get());
+            let _ = writeln!(
+                out,
+                "ringmesh_route_responses_total{{route=\"{}\",class=\"{label}\"}} {count}",
+                escape(name)
+            );
+        }
+    }
+    header(
+        out,
+        "ringmesh_route_request_duration_milliseconds",
+        "histogram",
+        "Request duration by route.",
+    );
+    for name in &names {
+        let stats = &snapshot.route_stats[*name];
+        let labels = format!("route=\"{}\"", escape(name));
+        histogram(
+            out,
+            "ringmesh_route_request_duration_milliseconds",
+            &labels,
+            stats.iter().map(|c| &c.duration),
+        );
+    }
+}
+
+/// Writes one histogram's buckets, sum and count, summing the per-worker histograms.
+fn histogram<'a>(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    parts: impl Iterator<Item = &'a Histogram>,
+) {
+    let parts: Vec<&Histogram> = parts.collect();
+    let mut cumulative = 0u64;
+    for (i, bound) in DURATION_BUCKETS_US.iter().enumerate() {
+        cumulative += parts
+            .iter()
+            .map(|h| h.bucket_counts().nth(i).unwrap_or(0))
+            .sum::<u64>();
+        let le = *bound as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += parts
+        .iter()
+        .map(|h| h.bucket_counts().last().unwrap_or(0))
+        .sum::<u64>();
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+    let sum_ms = parts.iter().map(|h| h.sum_micros()).sum::<u64>() as f64 / 1000.0;
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum_ms}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+}
+
+/// Istio's standard HTTP metrics, per destination cluster, so existing dashboards work.
+fn istio_http(out: &mut String, snapshot: &Snapshot) {
+    let source = escape(
+        snapshot
+            .spec
+            .telemetry
+            .source_workload
+            .as_deref()
+            .unwrap_or("unknown"),
+    );
+    header(
+        out,
+        "istio_requests_total",
+        "counter",
+        "HTTP requests by destination and response code.",
+    );
+    for cluster in &snapshot.clusters {
+        for offset in 0..500 {
+            let count = cluster.stats.sum(|c| c.response_codes[offset].get());
+            if count == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "istio_requests_total{{reporter=\"destination\",source_workload=\"{source}\",\
+                 destination_service=\"{}\",response_code=\"{}\"}} {count}",
+                escape(&cluster.name),
+                offset + 100
+            );
+        }
+    }
+    header(
+        out,
+        "istio_request_duration_milliseconds",
+        "histogram",
+        "HTTP request duration by destination.",
+    );
+    for cluster in &snapshot.clusters {
+        let labels = format!(
+            "reporter=\"destination\",source_workload=\"{source}\",destination_service=\"{}\"",
+            escape(&cluster.name)
+        );
+        histogram(
+            out,
+            "istio_request_duration_milliseconds",
+            &labels,
+            cluster.stats.iter().map(|c| &c.duration),
+        );
     }
 }
 

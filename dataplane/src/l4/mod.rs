@@ -22,12 +22,13 @@ pub async fn proxy(
     listener: &Listener,
     downstream: TcpStream,
     peer: SocketAddr,
+    mut initial: Vec<u8>,
 ) {
     let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
         debug!(listener = %listener.name, %peer, "no cluster for opaque traffic; closing");
         return;
     };
-    let upstream = match connect(core, cluster).await {
+    let upstream = match connect(core, snapshot, cluster, peer).await {
         Ok(upstream) => upstream,
         Err(e) => {
             debug!(listener = %listener.name, cluster = %cluster.name, %peer, error = %e, "upstream connect failed");
@@ -35,6 +36,17 @@ pub async fn proxy(
         }
     };
     let counters = listener.stats.workers.slot(core.id);
+    let mut upstream = upstream;
+    if !initial.is_empty() {
+        // Bytes read while detecting the protocol go first.
+        counters.bytes_received.add(initial.len() as u64);
+        let (result, _) =
+            monoio::io::AsyncWriteRentExt::write_all(&mut upstream, std::mem::take(&mut initial))
+                .await;
+        if result.is_err() {
+            return;
+        }
+    }
     let outcome = copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await;
     if let Err(e) = outcome {
         debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
@@ -66,16 +78,21 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// Connects to the cluster, starting at this core's round-robin position and trying each endpoint
-/// once until one accepts.
-pub async fn connect(core: &Core, cluster: &Cluster) -> Result<TcpStream, ConnectError> {
+/// Connects to the cluster, starting at the endpoint its load balancer picks and trying each
+/// endpoint once, in order, until one accepts.
+pub async fn connect(
+    core: &Core,
+    snapshot: &Snapshot,
+    cluster: &Cluster,
+    peer: SocketAddr,
+) -> Result<TcpStream, ConnectError> {
     let counters = cluster.stats.slot(core.id);
     let endpoints = &cluster.endpoints;
-    if endpoints.is_empty() {
+    let hash = cluster.balancer.connection_hash(peer.ip());
+    let Some(start) = core.pick_endpoint(snapshot, cluster, hash) else {
         counters.no_endpoint.inc();
         return Err(ConnectError::NoEndpoint);
-    }
-    let start = core.next_round_robin(&cluster.name, endpoints.len());
+    };
     let mut last = std::io::Error::other("no attempt made");
     for attempt in 0..endpoints.len() {
         let endpoint = endpoints[(start + attempt) % endpoints.len()];
@@ -101,7 +118,8 @@ pub async fn connect(core: &Core, cluster: &Cluster) -> Result<TcpStream, Connec
     })
 }
 
-async fn connect_one(address: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+/// Connects to `address` within `timeout`, with TCP_NODELAY set (every proxied socket has it).
+pub async fn connect_one(address: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(address))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;

@@ -265,4 +265,9 @@ impl RouteConfig {
     pub fn listener(&self, listener: &str) -> Option<&Arc<RouteTable>> {
         self.listeners.get(listener)
     }
+
+    /// Every listener's table (a virtual host served by several listeners appears in each).
+    pub fn tables(&self) -> impl Iterator<Item = &Arc<RouteTable>> {
+        self.listeners.values()
+    }
 }

@@ -173,6 +173,16 @@ impl Balancer {
         self.hash_on.as_ref()?.hash(req, source)
     }
 
+    /// The hash of an L4 connection for consistent-hash policies: only `source_ip` applies (there
+    /// are no headers or cookies); `None` otherwise.
+    #[inline]
+    pub fn connection_hash(&self, source: IpAddr) -> Option<u64> {
+        match self.hash_on {
+            Some(HashOn::SourceIp) => Some(super::hash::hash_ip(source)),
+            _ => None,
+        }
+    }
+
     /// The endpoint (index) for the next request; `None` only if the cluster has no endpoints.
     /// `state` is this core's state for this cluster; `hash` comes from [`Self::request_hash`].
     #[inline]

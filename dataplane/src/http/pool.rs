@@ -1,0 +1,287 @@
+//! Per-core HTTP/1.1 upstream connection pools.
+//!
+//! One [`Pool`] per worker, holding idle keep-alive connections per endpoint address. Keying by
+//! address (not by cluster) means a reload that keeps an endpoint keeps its warm connections, and
+//! a cluster that is removed simply stops checking out; its idle connections age out.
+//!
+//! A connection goes back to the pool only after a complete response to a fully sent request,
+//! with nothing left over in its buffer; anything else is closed (`release` is the only way in).
+//! Every open connection, busy or idle, holds a [`Slot`] that counts against the endpoint's
+//! `max_connections_per_endpoint`, so the cap holds however connections end.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+/// Initial read buffer of an upstream connection.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// The pool settings of one cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// Open connections per endpoint on this core.
+    pub max_connections: u32,
+    /// Idle connections kept per endpoint on this core.
+    pub max_idle: u32,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct EndpointPool {
+    idle: Vec<Connection>,
+    open: u32,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    endpoints: HashMap<SocketAddr, EndpointPool>,
+}
+
+/// A worker's upstream connections. Cheap to clone (one `Rc`).
+#[derive(Debug, Clone, Default)]
+pub struct Pool {
+    inner: Rc<RefCell<Inner>>,
+}
+
+/// An upstream connection with its read buffer.
+#[derive(Debug)]
+pub struct Connection {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the upstream and not yet consumed.
+    pub buf: Vec<u8>,
+    /// Requests sent on this connection before the current one.
+    pub reuses: u32,
+    idle_since: Instant,
+    _slot: Slot,
+}
+
+impl Connection {
+    /// The endpoint this connection goes to.
+    pub fn endpoint(&self) -> SocketAddr {
+        self._slot.endpoint
+    }
+
+    /// Takes the connection apart to use it as a tunnel; it never returns to the pool, and it
+    /// counts against the endpoint's cap until the returned reservation is dropped.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>, Reservation) {
+        (self.stream, self.buf, Reservation(self._slot))
+    }
+}
+
+/// Counts one open connection against its endpoint's cap until dropped.
+#[derive(Debug)]
+struct Slot {
+    pool: Rc<RefCell<Inner>>,
+    endpoint: SocketAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Ok(mut inner) = self.pool.try_borrow_mut() else {
+            debug_assert!(
+                false,
+                "a pooled connection was dropped while the pool was borrowed"
+            );
+            return;
+        };
+        if let Some(endpoint) = inner.endpoints.get_mut(&self.endpoint) {
+            endpoint.open = endpoint.open.saturating_sub(1);
+        }
+    }
+}
+
+/// What [`Pool::checkout`] found.
+#[derive(Debug)]
+pub enum Checkout {
+    /// A warm idle connection.
+    Reused(Connection),
+    /// Room for a new connection: call [`Pool::connect`] with this.
+    New(Reservation),
+    /// The endpoint is at `max_connections`.
+    Exhausted,
+}
+
+/// A reserved connection slot, turned into a connection by [`Pool::connect`].
+#[derive(Debug)]
+pub struct Reservation(Slot);
+
+impl Pool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the most recently used idle connection to `endpoint` that has not timed out, or
+    /// reserves room for a new one.
+    pub fn checkout(&self, endpoint: SocketAddr, limits: &PoolLimits) -> Checkout {
+        let now = Instant::now();
+        // Connections too old to trust (the upstream may be closing them) are dropped after the
+        // borrow ends, because dropping one frees its slot in this same pool.
+        let mut stale = Vec::new();
+        let checkout = {
+            let mut inner = self.inner.borrow_mut();
+            let entry = inner.endpoints.entry(endpoint).or_default();
+            loop {
+                match entry.idle.pop() {
+                    Some(mut connection)
+                        if now.duration_since(connection.idle_since) < limits.idle_timeout =>
+                    {
+                        connection.reuses += 1;
+                        break Checkout::Reused(connection);
+                    }
+                    Some(old) => stale.push(old),
+                    None if entry.open >= limits.max_connections + stale.len() as u32 => {
+                        break Checkout::Exhausted;
+                    }
+                    None => {
+                        entry.open += 1;
+                        break Checkout::New(Reservation(Slot {
+                            pool: Rc::clone(&self.inner),
+                            endpoint,
+                        }));
+                    }
+                }
+            }
+        };
+        drop(stale);
+        checkout
+    }
+
+    /// Turns a reservation into a connection over `stream`.
+    pub fn connect(&self, reservation: Reservation, stream: TcpStream) -> Connection {
+        Connection {
+            stream,
+            buf: Vec::with_capacity(READ_BUFFER),
+            reuses: 0,
+            idle_since: Instant::now(),
+            _slot: reservation.0,
+        }
+    }
+
+    /// Returns a connection after a complete exchange. It is kept if the pool has room and
+    /// nothing is left unread in its buffer; otherwise it is closed.
+    pub fn release(&self, mut connection: Connection, limits: &PoolLimits) {
+        if !connection.buf.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.borrow_mut();
+        let entry = inner.endpoints.entry(connection.endpoint()).or_default();
+        if entry.idle.len() < limits.max_idle as usize {
+            connection.idle_since = Instant::now();
+            entry.idle.push(connection);
+        }
+    }
+
+    /// Closes idle connections older than `max_idle_age`; run periodically by each worker.
+    pub fn evict_idle(&self, max_idle_age: Duration) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut inner = self.inner.borrow_mut();
+            for entry in inner.endpoints.values_mut() {
+                let (keep, old): (Vec<_>, Vec<_>) = std::mem::take(&mut entry.idle)
+                    .into_iter()
+                    .partition(|c| now.duration_since(c.idle_since) < max_idle_age);
+                entry.idle = keep;
+                expired.extend(old);
+            }
+            inner
+                .endpoints
+                .retain(|_, e| e.open > 0 || !e.idle.is_empty());
+        }
+        // Dropped outside the borrow: each drop updates the pool.
+        drop(expired);
+    }
+
+    /// Idle connections to `endpoint` (for stats and tests).
+    pub fn idle_count(&self, endpoint: SocketAddr) -> usize {
+        self.inner
+            .borrow()
+            .endpoints
+            .get(&endpoint)
+            .map_or(0, |e| e.idle.len())
+    }
+
+    /// Open connections to `endpoint`, busy and idle.
+    pub fn open_count(&self, endpoint: SocketAddr) -> u32 {
+        self.inner
+            .borrow()
+            .endpoints
+            .get(&endpoint)
+            .map_or(0, |e| e.open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: PoolLimits = PoolLimits {
+        max_connections: 2,
+        max_idle: 1,
+        idle_timeout: Duration::from_secs(60),
+    };
+
+    #[monoio::test_all(timer_enabled = true)]
+    async fn connections_are_capped_reused_and_released() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = listener.local_addr().expect("addr");
+        let pool = Pool::new();
+
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let Checkout::New(reservation) = pool.checkout(endpoint, &LIMITS) else {
+                panic!("room expected")
+            };
+            let stream = TcpStream::connect_addr(endpoint).await.expect("connect");
+            open.push(pool.connect(reservation, stream));
+        }
+        assert!(matches!(
+            pool.checkout(endpoint, &LIMITS),
+            Checkout::Exhausted
+        ));
+        assert_eq!(pool.open_count(endpoint), 2);
+
+        // Both come back; only one fits in the idle list, the other is closed and frees its slot.
+        for connection in open.drain(..) {
+            pool.release(connection, &LIMITS);
+        }
+        assert_eq!(pool.idle_count(endpoint), 1);
+        assert_eq!(pool.open_count(endpoint), 1);
+
+        let Checkout::Reused(connection) = pool.checkout(endpoint, &LIMITS) else {
+            panic!("reuse expected")
+        };
+        assert_eq!(connection.reuses, 1);
+
+        // A connection with unread bytes is never pooled.
+        let mut dirty = connection;
+        dirty.buf.extend_from_slice(b"leftover");
+        pool.release(dirty, &LIMITS);
+        assert_eq!(pool.idle_count(endpoint), 0);
+        assert_eq!(pool.open_count(endpoint), 0);
+    }
+
+    #[monoio::test_all(timer_enabled = true)]
+    async fn idle_connections_age_out() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = listener.local_addr().expect("addr");
+        let pool = Pool::new();
+        let Checkout::New(reservation) = pool.checkout(endpoint, &LIMITS) else {
+            panic!("room expected")
+        };
+        let stream = TcpStream::connect_addr(endpoint).await.expect("connect");
+        pool.release(pool.connect(reservation, stream), &LIMITS);
+        assert_eq!(pool.idle_count(endpoint), 1);
+        monoio::time::sleep(Duration::from_millis(20)).await;
+        pool.evict_idle(Duration::from_millis(10));
+        assert_eq!(pool.idle_count(endpoint), 0);
+        assert_eq!(pool.open_count(endpoint), 0);
+    }
+}
