@@ -442,6 +442,15 @@ fn plan_request<'s>(
             &scratch.path
         }
     };
+    // HTTP/1.0 clients may send no Host; the upstream request is HTTP/1.1 and needs one, so it
+    // gets the address the client connected to.
+    let host: &[u8] = if view.host.is_empty() {
+        use std::fmt::Write as _;
+        let _ = write!(scratch.authority, "{}", listener.local_addr);
+        scratch.authority.as_bytes()
+    } else {
+        view.host
+    };
     let upgrade_value = if request.upgrade && !request.is_connect() {
         request.header("upgrade")
     } else {
@@ -454,7 +463,7 @@ fn plan_request<'s>(
         } else {
             path_and_query
         },
-        host: view.host,
+        host,
         headers: request.headers,
         connection_tokens: request.connection_tokens,
         body: request.body,
