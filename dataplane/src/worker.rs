@@ -16,7 +16,6 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::access_log::{self, AccessLogBuffer};
@@ -126,6 +125,8 @@ pub struct Core {
     pub id: usize,
     reader: RefCell<SnapshotReader>,
     open_connections: Cell<usize>,
+    /// Accept loops still running, including stopped ones still emptying their queues.
+    pub(crate) accept_loops: Cell<usize>,
     /// Load-balancer state of every cluster, for the generation it was built for.
     lb: RefCell<(u64, LbStates)>,
     /// Fires when the worker starts draining: idle keep-alive connections close, busy ones finish
@@ -152,6 +153,7 @@ impl Core {
             id,
             reader: RefCell::new(reader),
             open_connections: Cell::new(0),
+            accept_loops: Cell::new(0),
             lb: RefCell::new((0, LbStates::default())),
             draining: Event::new(),
             pool: Pool::new(),
@@ -273,22 +275,11 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                         stop.fire();
                     }
                 }
+                // After a binary upgrade from a process with more workers, a listener can come
+                // with several sockets for this worker; one stop event covers them all.
                 for (name, socket) in open {
-                    match TcpListener::from_std(socket) {
-                        Ok(socket) => {
-                            let stop = Event::new();
-                            accepting.insert(Arc::clone(&name), Rc::clone(&stop));
-                            monoio::spawn(listener::accept_loop(
-                                Rc::clone(&core),
-                                name,
-                                socket,
-                                stop,
-                            ));
-                        }
-                        Err(e) => {
-                            error!(worker = id, listener = %name, error = %e, "cannot register listening socket")
-                        }
-                    }
+                    let stop = Rc::clone(accepting.entry(Arc::clone(&name)).or_default());
+                    monoio::spawn(listener::accept_loop(Rc::clone(&core), name, socket, stop));
                 }
                 shared.workers[id]
                     .generation
@@ -337,11 +328,12 @@ async fn housekeeping(core: Rc<Core>) {
     }
 }
 
-/// Waits until `core` has no open connection or `deadline` passes.
+/// Waits until `core` has no open connection and no accept loop still emptying its queue, or
+/// `deadline` passes.
 async fn wait_for_connections(core: &Core, deadline: Instant) {
     // Polled, not event-driven: this runs once per process lifetime, for at most the drain timeout.
     const POLL: Duration = Duration::from_millis(20);
-    while core.open_connections() > 0 {
+    while core.open_connections() > 0 || core.accept_loops.get() > 0 {
         let now = Instant::now();
         if now >= deadline {
             info!(
