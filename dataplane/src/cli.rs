@@ -28,6 +28,16 @@ struct Cli {
     /// Write the admin API's bound address to FILE (useful with port 0).
     #[arg(long, value_name = "FILE")]
     admin_address_path: Option<PathBuf>,
+    /// Reload the config when the file changes (polled; a change is applied once it settles).
+    #[arg(long)]
+    watch: bool,
+    /// Serve the binary-upgrade socket at PATH (overrides `[runtime] upgrade_socket`).
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
+    /// Binary upgrade: take the listening sockets over from the ringmesh serving the upgrade
+    /// socket at PATH; once this process serves, the old one stops accepting, drains and exits.
+    #[arg(long, value_name = "PATH")]
+    upgrade_from: Option<PathBuf>,
     /// Log filter (`info`, `debug`, `ringmesh=debug`...); RUST_LOG works too.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -35,7 +45,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check a config file: print every error with its line, exit non-zero if there is one.
+    /// Check a config file, and that the certificate, key, CA and token files it names can be
+    /// read: print every error with its line, exit non-zero if there is one.
     Validate {
         /// Config file.
         file: PathBuf,
@@ -81,6 +92,9 @@ pub fn main() -> ExitCode {
                 workers: cli.workers,
                 io: cli.io.map(IoMode::from),
                 admin_address_file: cli.admin_address_path,
+                watch: cli.watch,
+                upgrade_socket: cli.upgrade_socket,
+                upgrade_from: cli.upgrade_from,
             };
             match server::run(options) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -101,7 +115,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match config_schema::parse(&text) {
+    match control::validate(&text, true) {
         Ok(_) => {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
