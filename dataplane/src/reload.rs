@@ -208,6 +208,7 @@ impl Reloader {
     }
 
     fn try_apply(&mut self, text: &str) -> Result<u64, Vec<ConfigError>> {
+        let started = std::time::Instant::now();
         // 1. Validate: every error, with its line.
         let config = config_schema::parse(text)?;
         self.warn_about_restart_only_settings(&config);
@@ -341,7 +342,11 @@ impl Reloader {
                 warn!(error = %e, "could not notify worker");
             }
         }
-        info!(generation, "config applied");
+        info!(
+            generation,
+            elapsed_us = started.elapsed().as_micros(),
+            "config applied"
+        );
         Ok(generation)
     }
 

@@ -49,6 +49,12 @@ pub struct RunOptions {
     pub upgrade_from: Option<PathBuf>,
 }
 
+/// Nice value of the control thread and of the threads it starts after the workers (admin,
+/// signals, watch, upgrade, access-log writer), so that parsing and compiling a config or
+/// rendering a scrape never delays a worker on the same core: the scheduler lets a worker preempt
+/// them. Workers keep the process's priority.
+const BACKGROUND_NICE: i32 = 10;
+
 /// How long a new process keeps trying to bind the admin address the old one is releasing.
 const ADMIN_BIND_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -107,6 +113,12 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         )
         .with_context(|| format!("worker {id} failed to start on {}", choice.driver))?;
         handles.push(handle);
+    }
+
+    // Everything this thread does from here on, and every thread it starts, is background work
+    // next to the workers': let a worker with requests to serve have the core first.
+    if let Err(e) = lower_this_thread_priority(BACKGROUND_NICE) {
+        warn!(error = %e, "cannot lower the priority of the control thread");
     }
 
     let mut reloader = Reloader::new(
@@ -305,4 +317,51 @@ fn forward_signals(control: flume::Sender<ControlRequest>) -> anyhow::Result<()>
             }
         })?;
     Ok(())
+}
+
+/// Sets the calling thread's nice value (on Linux the nice value belongs to each thread, and
+/// threads started later inherit it).
+fn lower_this_thread_priority(nice: i32) -> std::io::Result<()> {
+    // SAFETY: setpriority takes plain integers and touches no memory of ours; with PRIO_PROCESS and
+    // `who` 0 it applies to the calling thread.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nice value of the calling thread, from /proc (field 19 of its stat line).
+    fn own_nice() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("read stat");
+        let after_name = &stat[stat.rfind(')').expect("(comm)") + 1..];
+        after_name
+            .split_whitespace()
+            .nth(16)
+            .and_then(|n| n.parse().ok())
+            .expect("nice field")
+    }
+
+    #[test]
+    fn background_threads_are_niced_and_only_they() {
+        let before = own_nice();
+        let (inner, spawned) = std::thread::spawn(move || {
+            lower_this_thread_priority(before as i32 + 5).expect("raising nice needs no privilege");
+            let inner = own_nice();
+            // Threads started afterwards inherit it.
+            let spawned = std::thread::spawn(own_nice).join().expect("thread");
+            (inner, spawned)
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(inner, before + 5);
+        assert_eq!(spawned, before + 5);
+        assert_eq!(own_nice(), before, "other threads keep their priority");
+    }
 }

@@ -8,8 +8,9 @@
 //! everything else a worker touches is its own (`Rc`, `Cell`) or read-only (the snapshot).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -281,6 +282,16 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                     let stop = Rc::clone(accepting.entry(Arc::clone(&name)).or_default());
                     monoio::spawn(listener::accept_loop(Rc::clone(&core), name, socket, stop));
                 }
+                // Pools of endpoints that no cluster has any more drain: idle connections close
+                // now, busy ones after their request.
+                let snapshot = core.snapshot();
+                let live: HashSet<SocketAddr> = snapshot
+                    .clusters
+                    .iter()
+                    .flat_map(|c| c.endpoints.iter().map(|e| e.address))
+                    .collect();
+                core.pool
+                    .close_idle_except(|endpoint| live.contains(endpoint));
                 shared.workers[id]
                     .generation
                     .store(generation, Ordering::Release);
