@@ -22,6 +22,7 @@ use tracing::{error, info};
 use crate::access_log::{self, AccessLogBuffer};
 use crate::driver::{self, IoDriver};
 use crate::event::Event;
+use crate::http::h2::client::H2Pool;
 use crate::http::pool::Pool;
 use crate::listener;
 use crate::routing::MatchScratch;
@@ -133,6 +134,8 @@ pub struct Core {
     pub draining: Rc<Event>,
     /// Upstream HTTP/1.1 connections of this worker.
     pub pool: Pool,
+    /// Upstream HTTP/2 connections of this worker.
+    pub h2_pool: H2Pool,
     /// Access-log lines waiting to be handed to the writer thread.
     pub access_log: RefCell<AccessLogBuffer>,
     /// Per-worker regex caches for route matching.
@@ -155,6 +158,7 @@ impl Core {
             lb: RefCell::new((0, LbStates::default())),
             draining: Event::new(),
             pool: Pool::new(),
+            h2_pool: H2Pool::new(),
             access_log: RefCell::new(AccessLogBuffer::default()),
             match_scratch: RefCell::new(MatchScratch::new()),
             rng: Cell::new(seed),
