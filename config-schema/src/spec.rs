@@ -435,7 +435,7 @@ pub struct Http2Spec {
     /// Bytes buffered per stream toward a slow peer before reads pause.
     #[serde(default = "Http2Spec::default_max_send_buffer")]
     pub max_send_buffer: ByteSize,
-    /// PING, SETTINGS, PRIORITY and WINDOW_UPDATE frames per second a client may send, sustained;
+    /// PING, SETTINGS and PRIORITY frames per second a client may send, sustained;
     /// beyond it (and the burst) the connection gets GOAWAY(ENHANCE_YOUR_CALM).
     #[serde(default = "Http2Spec::default_control_frames_per_second")]
     pub control_frames_per_second: u32,

@@ -89,14 +89,15 @@ pub async fn accept_loop(core: Rc<Core>, name: Arc<str>, socket: TcpListener, st
                     debug!(listener = %name, %peer, "refused: listener at max_connections");
                     continue;
                 };
-                monoio::spawn(serve(
+                let connection = serve(
                     Rc::clone(&core),
                     snapshot,
                     Arc::clone(&name),
                     stream,
                     peer,
                     guard,
-                ));
+                );
+                monoio::spawn(crate::contain::contained("connection", connection));
             }
             Err(e) => {
                 counters.accept_errors.inc();

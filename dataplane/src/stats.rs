@@ -62,7 +62,7 @@ pub struct ListenerCounters {
     pub h2_protocol_errors: Counter,
     /// HTTP/2 connections closed for rapid reset.
     pub h2_abuse_rapid_reset: Counter,
-    /// HTTP/2 connections closed for a PING/SETTINGS/PRIORITY/WINDOW_UPDATE flood.
+    /// HTTP/2 connections closed for a PING/SETTINGS/PRIORITY flood.
     pub h2_abuse_control_flood: Counter,
     /// HTTP/2 connections closed for a CONTINUATION flood.
     pub h2_abuse_continuation_flood: Counter,

@@ -143,6 +143,42 @@ const LISTENER_METRICS: &[Family<ListenerCounters>] = &[
         "Bytes sent to downstream clients.",
         |c| c.bytes_sent.get(),
     ),
+    (
+        "http2_streams_total",
+        "counter",
+        "HTTP/2 streams accepted.",
+        |c| c.h2_streams.get(),
+    ),
+    (
+        "http2_protocol_errors_total",
+        "counter",
+        "HTTP/2 connections ended by a protocol error.",
+        |c| c.h2_protocol_errors.get(),
+    ),
+    (
+        "http2_rapid_reset_total",
+        "counter",
+        "HTTP/2 connections closed for rapid reset.",
+        |c| c.h2_abuse_rapid_reset.get(),
+    ),
+    (
+        "http2_control_flood_total",
+        "counter",
+        "HTTP/2 connections closed for a PING/SETTINGS/PRIORITY flood.",
+        |c| c.h2_abuse_control_flood.get(),
+    ),
+    (
+        "http2_continuation_flood_total",
+        "counter",
+        "HTTP/2 connections closed for a CONTINUATION flood.",
+        |c| c.h2_abuse_continuation_flood.get(),
+    ),
+    (
+        "http2_empty_frames_total",
+        "counter",
+        "HTTP/2 connections closed for a run of empty frames.",
+        |c| c.h2_abuse_empty_frames.get(),
+    ),
 ];
 
 fn listeners(out: &mut String, snapshot: &Snapshot) {

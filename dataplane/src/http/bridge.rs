@@ -42,19 +42,24 @@ impl PumpError {
 }
 
 /// Sends `data` on `to` (without ending the stream), waiting for flow-control window as needed.
+///
+/// `poll_capacity` only reports capacity that *increased* since it was last polled, so the
+/// capacity already assigned is checked first; polling alone would wait forever for an increase
+/// that never comes when the window was already open.
 pub async fn send_data(to: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), PumpError> {
     while !data.is_empty() {
         to.reserve_capacity(data.len());
-        let granted = match poll_fn(|cx| to.poll_capacity(cx)).await {
-            Some(Ok(granted)) => granted,
-            Some(Err(e)) => return Err(PumpError::from_h2_destination(&e)),
-            None => return Err(PumpError::Destination(None)),
-        };
-        if granted > 0 {
-            let chunk = data.split_to(granted.min(data.len()));
-            to.send_data(chunk, false)
-                .map_err(|e| PumpError::from_h2_destination(&e))?;
+        let mut available = to.capacity();
+        while available == 0 {
+            available = match poll_fn(|cx| to.poll_capacity(cx)).await {
+                Some(Ok(granted)) => granted,
+                Some(Err(e)) => return Err(PumpError::from_h2_destination(&e)),
+                None => return Err(PumpError::Destination(None)),
+            };
         }
+        let chunk = data.split_to(available.min(data.len()));
+        to.send_data(chunk, false)
+            .map_err(|e| PumpError::from_h2_destination(&e))?;
     }
     Ok(())
 }

@@ -1063,7 +1063,7 @@ fn send_mirror(
     let mut request = Vec::with_capacity(head.len() + body.len());
     request.extend_from_slice(head);
     request.extend_from_slice(&body);
-    monoio::spawn(async move {
+    monoio::spawn(crate::contain::contained("mirror", async move {
         let Some(cluster) = snapshot.clusters.get(cluster) else {
             return;
         };
@@ -1095,7 +1095,7 @@ fn send_mirror(
             Some(())
         };
         let _ = monoio::time::timeout(MIRROR_TIMEOUT, exchange).await;
-    });
+    }));
 }
 
 /// Joins the client and upstream connections after a 101 or a 2xx to CONNECT, forwarding first

@@ -159,12 +159,15 @@ impl H2Pool {
         let retired = Rc::new(Cell::new(false));
         let driver_retired = Rc::clone(&retired);
         // The connection future does the I/O for every stream on it; it ends on GOAWAY or error.
-        monoio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
-            }
-            driver_retired.set(true);
-        });
+        monoio::spawn(crate::contain::contained(
+            "http2 upstream connection",
+            async move {
+                if let Err(e) = connection.await {
+                    debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
+                }
+                driver_retired.set(true);
+            },
+        ));
         Ok(Connection {
             send,
             active: Cell::new(0),

@@ -2,7 +2,7 @@
 //!
 //! The `h2` crate already bounds what it buffers (pending-accept resets, locally generated resets,
 //! CONTINUATION frames beyond the header list size, flow-control windows). What it does not do is
-//! notice a peer that costs work without costing it anything: a PING or SETTINGS flood, streams of
+//! notice a peer that costs work without costing it anything: a PING or SETTINGS flood, runs of
 //! empty frames, or streams opened and reset as fast as they can be written ("rapid reset",
 //! CVE-2023-44487) after the application has accepted them. So every byte a client sends passes
 //! through a [`FrameGuard`], which follows the frame headers (9 bytes each, never the payloads)
@@ -33,7 +33,7 @@ const PREFACE_LEN: usize = 24;
 pub struct GuardLimits {
     /// Client resets (RST_STREAM) tolerated before the reset ratio is checked.
     pub max_resets: u32,
-    /// Control frames (PING, SETTINGS, PRIORITY, WINDOW_UPDATE) per second, sustained.
+    /// Control frames (PING, SETTINGS, PRIORITY) per second, sustained.
     pub control_frames_per_second: u32,
     /// Control frames allowed in a burst.
     pub control_frame_burst: u32,
@@ -49,7 +49,7 @@ pub struct GuardLimits {
 pub enum Abuse {
     /// More than half of its streams were reset by the client, past the tolerance.
     RapidReset,
-    /// PING/SETTINGS/PRIORITY/WINDOW_UPDATE faster than the budget.
+    /// PING/SETTINGS/PRIORITY faster than the budget.
     ControlFlood,
     /// A header block that never ends, or outgrows the limit.
     ContinuationFlood,
@@ -185,7 +185,10 @@ impl FrameGuard {
                 }
             }
             PING | SETTINGS if flags & FLAG_ACK != 0 => {}
-            PING | SETTINGS | PRIORITY | WINDOW_UPDATE => {
+            // WINDOW_UPDATE is not budgeted: a busy streaming client sends one for nearly every
+            // message it reads, so a fixed rate would cut off legitimate gRPC streams. Window
+            // overflow is h2's to reject (FLOW_CONTROL_ERROR).
+            PING | SETTINGS | PRIORITY => {
                 self.empty_in_a_row = 0;
                 self.spend_control_token()?;
             }

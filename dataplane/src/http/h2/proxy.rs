@@ -769,7 +769,7 @@ async fn pump_request_with_replay(
                 if limit.is_some_and(|limit| moved > limit) {
                     return Err(PumpError::TooLarge);
                 }
-                if *replay_size + n <= REPLAY_LIMIT {
+                if replay_size.saturating_add(n) <= REPLAY_LIMIT {
                     replay.push(chunk.clone());
                     *replay_size += n;
                 } else {
@@ -1204,7 +1204,7 @@ fn send_mirror(
     else {
         return;
     };
-    monoio::spawn(async move {
+    monoio::spawn(crate::contain::contained("mirror", async move {
         let Some(cluster) = snapshot.clusters.get(cluster) else {
             return;
         };
@@ -1246,7 +1246,7 @@ fn send_mirror(
         if cluster.protocol != UpstreamProtocol::H1 {
             let _ = monoio::time::timeout(MIRROR_TIMEOUT, exchange).await;
         }
-    });
+    }));
 }
 
 /// Stage 9: metrics and the access log.

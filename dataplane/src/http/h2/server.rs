@@ -84,13 +84,14 @@ pub async fn serve(
         match next {
             Next::Stream(Some(Ok((request, respond)))) => {
                 counters.h2_streams.inc();
-                monoio::spawn(super::proxy::serve_stream(
+                let stream = super::proxy::serve_stream(
                     Rc::clone(&core),
                     Arc::clone(&listener_name),
                     peer,
                     request,
                     respond,
-                ));
+                );
+                monoio::spawn(crate::contain::contained("http2 stream", stream));
             }
             Next::Stream(Some(Err(e))) => {
                 if e.is_go_away() || e.is_reset() || e.reason().is_some() {
