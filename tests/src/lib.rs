@@ -80,8 +80,8 @@ pub fn tool(name: &str) -> std::path::PathBuf {
         })
 }
 
-/// The Python interpreter of the test virtualenv (with `h2`, `hyperframe`, `grpcio`): `RINGMESH_PYTHON`
-/// when set (`.ci/run` sets it), else `.venv/bin/python3` at the repository root.
+/// The Python interpreter of the test virtualenv (with `h2`, `hyperframe`, `grpcio`):
+/// `RINGMESH_PYTHON` when set (`.ci/run` sets it), else `.venv/bin/python3` at the repository root.
 pub fn python() -> std::path::PathBuf {
     if let Some(python) = std::env::var_os("RINGMESH_PYTHON") {
         return python.into();

@@ -251,7 +251,8 @@ pub struct Proxy {
 impl Proxy {
     /// Starts `config` on `driver` with `workers` workers and waits until it is ready.
     ///
-    /// Without an `[admin]` section, one listening on `127.0.0.1:0` is added in front of the config.
+    /// Without an `[admin]` section, one listening on `127.0.0.1:0` is added in front of the
+    /// config.
     pub fn start(config: &str, driver: Driver, workers: usize) -> Proxy {
         Self::builder(config, driver).workers(workers).start()
     }

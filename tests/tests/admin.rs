@@ -178,7 +178,8 @@ endpoints = ["{echo}"]
     assert_eq!(proxy.admin_get("/no-such-endpoint").status, 404);
     let post = admin::request(
         address,
-        "POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n",
     )
     .expect("POST");
     assert_eq!(post.status, 405);

@@ -94,7 +94,8 @@ fn assert_reports_marked_errors(file: &Path, output: &str, how: &str) {
         });
         assert!(
             found,
-            "{how} {}: expected an error at line {} with path {:?} containing {:?}; output:\n{output}",
+            "{how} {}: expected an error at line {} with path {:?} containing {:?}; \
+             output:\n{output}",
             file.display(),
             e.line,
             e.path,
@@ -235,7 +236,8 @@ fn a_listener_that_cannot_bind_is_a_config_error_with_its_line(driver: Driver) {
         &config,
         format!(
             "[admin]\naddress = \"127.0.0.1:0\"\n\n\
-             [[listeners]]\nname = \"taken\"\naddress = \"{address}\"  # ERROR listeners[0].address: cannot listen on\n\
+             [[listeners]]\nname = \"taken\"\n\
+             address = \"{address}\"  # ERROR listeners[0].address: cannot listen on\n\
              protocol = \"tcp\"\ncluster = \"c\"\n\n\
              [[clusters]]\nname = \"c\"\nendpoints = [\"{address}\"]\n"
         ),

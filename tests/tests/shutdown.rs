@@ -1,5 +1,6 @@
-//! SIGTERM: the proxy stops accepting at once (new connects are refused), lets open connections
-//! finish up to `[runtime] drain_timeout`, closes what is still open at the deadline, and exits 0.
+//! SIGTERM and SIGINT: the proxy stops accepting at once (new connects are refused), lets open
+//! connections finish up to `[runtime] drain_timeout`, closes what is still open at the deadline,
+//! and exits 0.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -163,15 +164,15 @@ fn sigterm_lets_an_open_transfer_finish_and_refuses_new_connections(driver: Driv
 }
 
 /// A connection still open when the drain timeout expires is closed, and the process exits 0.
-/// Until then it is served.
+/// Until then it is served. SIGINT (Ctrl-C) drains exactly like SIGTERM.
 fn drain_deadline_closes_connections_still_open(driver: Driver) {
     let echo = Upstream::echo();
     let mut proxy = Proxy::start(&config(echo.address(), "2s"), driver, 2);
     let address = proxy.listener("main");
     let mut lingering = connect(address);
-    client::echo(&mut lingering, b"before SIGTERM");
+    client::echo(&mut lingering, b"before SIGINT");
 
-    proxy.signal(Signal::SIGTERM);
+    proxy.signal(Signal::SIGINT);
     wait_refused(address);
     client::echo(&mut lingering, b"served while draining");
 
