@@ -6,7 +6,8 @@
 //!
 //! - [`proxy`]: finding the binary, [`Proxy`] (start with a config on a chosen [`Driver`], wait for
 //!   `/ready`, map listener names to bound addresses, signal it, read its CPU time and open files,
-//!   print its log when a test fails), and [`run_ringmesh`] for short-lived commands.
+//!   print its log when a test fails), [`run_ringmesh`] for short-lived commands, and
+//!   [`tcp_listener`] to write the common L4 config.
 //! - [`admin`]: a minimal HTTP/1.1 GET client for the admin API, the `/stats` JSON
 //!   ([`admin::Stats`]) and a Prometheus text parser ([`admin::Metrics`]).
 //! - [`upstream`]: in-test upstreams on std threads: echo, scripted handlers, resetting servers, a
@@ -29,7 +30,7 @@ pub mod upstream;
 pub mod wait;
 
 pub use admin::{Metrics, Stats};
-pub use proxy::{Driver, Proxy, repo_root, ringmesh_bin, run_ringmesh};
+pub use proxy::{Driver, Proxy, repo_root, ringmesh_bin, run_ringmesh, tcp_listener};
 pub use wait::wait_until;
 
 /// Generates, for each named `fn name(driver: Driver)`, a module `name` with the tests `uring` and

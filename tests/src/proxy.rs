@@ -54,6 +54,35 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Config text for one `tcp` listener `name` on `127.0.0.1:0` forwarding to a cluster also named
+/// `name` with `endpoints`. `listener_extra` and `cluster_extra` are TOML lines added to each
+/// table (`idle_timeout = "1s"`, `connect_timeout = "300ms"`); concatenate several for more
+/// listeners, and put top-level tables such as `[runtime]` in front.
+pub fn tcp_listener(
+    name: &str,
+    endpoints: &[SocketAddr],
+    listener_extra: &str,
+    cluster_extra: &str,
+) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        r#"
+[[listeners]]
+name = "{name}"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "{name}"
+{listener_extra}
+
+[[clusters]]
+name = "{name}"
+endpoints = [{endpoints}]
+{cluster_extra}
+"#,
+        endpoints = endpoints.join(", ")
+    )
+}
+
 /// The `ringmesh` binary: `RINGMESH_BIN` if set, else `ringmesh` in the target directory profile
 /// that built this test (then the other profile).
 ///

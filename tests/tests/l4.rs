@@ -10,35 +10,9 @@ use std::time::Duration;
 use tests::client::{self, Closed, connect, payload};
 use tests::upstream::{self, Blackhole, Upstream};
 use tests::wait::PATIENCE;
-use tests::{Driver, Proxy, both_drivers, wait_until};
+use tests::{Driver, Proxy, both_drivers, tcp_listener, wait_until};
 
 const MIB: usize = 1024 * 1024;
-
-/// One `tcp` listener named `name` forwarding to the cluster `name` with `endpoints`.
-fn tcp_listener(
-    name: &str,
-    endpoints: &[SocketAddr],
-    listener_extra: &str,
-    cluster_extra: &str,
-) -> String {
-    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    format!(
-        r#"
-[[listeners]]
-name = "{name}"
-address = "127.0.0.1:0"
-protocol = "tcp"
-cluster = "{name}"
-{listener_extra}
-
-[[clusters]]
-name = "{name}"
-endpoints = [{endpoints}]
-{cluster_extra}
-"#,
-        endpoints = endpoints.join(", ")
-    )
-}
 
 /// Waits until `/stats` shows `counter` of listener `name` at `expected`.
 fn wait_listener_counter(proxy: &Proxy, name: &str, counter: &str, expected: u64) {
@@ -275,59 +249,62 @@ fn two_hundred_concurrent_connections_reach_every_worker(driver: Driver) {
 
 /// A cluster whose first endpoint refuses: every connection still reaches the second one.
 fn first_endpoint_refused_falls_through_to_the_next(driver: Driver) {
-    let echo = Upstream::echo();
-    let dead = upstream::refused_address();
-    let proxy = Proxy::start(
-        &tcp_listener("failover", &[dead, echo.address()], "", ""),
+    falls_through(
         driver,
-        1,
+        upstream::refused_address(),
+        "",
+        "upstream_connect_failures",
+        "upstream_connect_timeouts",
     );
-    for i in 0..6 {
-        let mut stream = connect(proxy.listener("failover"));
-        client::echo(&mut stream, format!("attempt {i}").as_bytes());
-    }
-    let stats = proxy.stats();
-    assert_eq!(stats.cluster_counter("failover", "upstream_connections"), 6);
-    assert!(
-        stats.cluster_counter("failover", "upstream_connect_failures") >= 1,
-        "round robin must have tried the refused endpoint: {:#}",
-        stats.0["clusters"]
-    );
-    assert_eq!(
-        stats.cluster_counter("failover", "upstream_connect_timeouts"),
-        0
-    );
-    assert_eq!(echo.accepted(), 6);
 }
 
 /// A cluster whose first endpoint never answers: after `connect_timeout` the proxy moves on and
 /// the connection works.
 fn connect_timeout_falls_through_to_the_next_endpoint(driver: Driver) {
-    let echo = Upstream::echo();
     let hole = Blackhole::new();
-    let config = tcp_listener(
-        "slow",
-        &[hole.address(), echo.address()],
-        "",
+    falls_through(
+        driver,
+        hole.address(),
         "connect_timeout = \"300ms\"",
+        "upstream_connect_timeouts",
+        "upstream_connect_failures",
     );
+}
+
+/// Proxies through a cluster `[dead, echo]` on one worker: every connection is served, round
+/// robin tries `dead` at least once, and those attempts are counted as `counted`, never as
+/// `not_counted` (a timeout is not a refusal, nor the reverse).
+fn falls_through(
+    driver: Driver,
+    dead: SocketAddr,
+    cluster_extra: &str,
+    counted: &str,
+    not_counted: &str,
+) {
+    const CONNECTIONS: usize = 4;
+    let echo = Upstream::echo();
+    let config = tcp_listener("fallback", &[dead, echo.address()], "", cluster_extra);
     let proxy = Proxy::start(&config, driver, 1);
-    for i in 0..4 {
-        let mut stream = connect(proxy.listener("slow"));
+    for i in 0..CONNECTIONS {
+        let mut stream = connect(proxy.listener("fallback"));
         client::echo(&mut stream, format!("attempt {i}").as_bytes());
     }
     let stats = proxy.stats();
-    assert_eq!(stats.cluster_counter("slow", "upstream_connections"), 4);
+    let clusters = &stats.0["clusters"];
+    assert_eq!(
+        stats.cluster_counter("fallback", "upstream_connections"),
+        CONNECTIONS as u64
+    );
     assert!(
-        stats.cluster_counter("slow", "upstream_connect_timeouts") >= 1,
-        "round robin must have tried the blackhole: {:#}",
-        stats.0["clusters"]
+        stats.cluster_counter("fallback", counted) >= 1,
+        "round robin must have tried {dead} and counted it in {counted}: {clusters:#}"
     );
     assert_eq!(
-        stats.cluster_counter("slow", "upstream_connect_failures"),
+        stats.cluster_counter("fallback", not_counted),
         0,
-        "a timeout is counted as a timeout, not as a failure"
+        "nothing counts in {not_counted}: {clusters:#}"
     );
+    assert_eq!(echo.accepted(), CONNECTIONS);
 }
 
 /// With only an unreachable endpoint, the client's connection is closed once the connect times

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tests::client::{self, connect, try_connect};
 use tests::upstream::Upstream;
 use tests::wait::PATIENCE;
-use tests::{Driver, Proxy, both_drivers, wait_until};
+use tests::{Driver, Proxy, both_drivers, tcp_listener, wait_until};
 
 /// Open-file limit of the proxy under test.
 const NOFILE: usize = 256;
@@ -26,20 +26,7 @@ both_drivers!(emfile_pauses_accepting_without_spinning_and_recovers);
 
 fn emfile_pauses_accepting_without_spinning_and_recovers(driver: Driver) {
     let echo = Upstream::echo();
-    let config = format!(
-        r#"
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-protocol = "tcp"
-cluster = "backend"
-
-[[clusters]]
-name = "backend"
-endpoints = ["{}"]
-"#,
-        echo.address()
-    );
+    let config = tcp_listener("main", &[echo.address()], "", "");
     let mut proxy = Proxy::builder(&config, driver)
         .workers(2)
         .nofile(NOFILE as u32)

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tests::client::{self, connect, payload};
 use tests::upstream::{self, Upstream};
 use tests::wait::PATIENCE;
-use tests::{Driver, Proxy, both_drivers, wait_until};
+use tests::{Driver, Proxy, both_drivers, tcp_listener, wait_until};
 
 const HALF: usize = 512 * 1024;
 
@@ -20,22 +20,8 @@ both_drivers!(
 );
 
 fn config(endpoint: SocketAddr, drain_timeout: &str) -> String {
-    format!(
-        r#"
-[runtime]
-drain_timeout = "{drain_timeout}"
-
-[[listeners]]
-name = "main"
-address = "127.0.0.1:0"
-protocol = "tcp"
-cluster = "backend"
-
-[[clusters]]
-name = "backend"
-endpoints = ["{endpoint}"]
-"#
-    )
+    let listener = tcp_listener("main", &[endpoint], "", "");
+    format!("[runtime]\ndrain_timeout = \"{drain_timeout}\"\n{listener}")
 }
 
 /// A latch the test opens once; upstream handlers wait on it.
