@@ -391,6 +391,19 @@ impl Proxy {
         Stats::parse(&response.body)
     }
 
+    /// Waits until `/stats` shows the listener counter `counter` of `listener` at `expected`.
+    /// Counters are updated as connections end, slightly after the client sees the end.
+    pub fn wait_listener_counter(&self, listener: &str, counter: &str, expected: u64) {
+        wait_until(
+            PATIENCE,
+            format!("listener {listener} {counter} == {expected}"),
+            || match self.stats().listener_counter(listener, counter) {
+                value if value == expected => Ok(()),
+                value => Err(format!("{counter} = {value}")),
+            },
+        );
+    }
+
     /// `/stats/prometheus`, parsed; panics if it does not parse.
     pub fn metrics(&self) -> Metrics {
         let response = self.admin_get("/stats/prometheus");

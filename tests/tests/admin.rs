@@ -6,8 +6,7 @@ use std::process::Command;
 use tests::admin::{self, Metrics};
 use tests::client::{self, connect};
 use tests::upstream::Upstream;
-use tests::wait::PATIENCE;
-use tests::{Driver, Proxy, both_drivers, wait_until};
+use tests::{Driver, Proxy, both_drivers};
 
 both_drivers!(admin_endpoints_report_the_running_proxy);
 
@@ -92,14 +91,7 @@ endpoints = ["{echo}"]
         client::echo(&mut stream, &message);
         sent += message.len() as u64;
     }
-    wait_until(PATIENCE, "three closed connections", || {
-        let closed = proxy.stats().listener_counter("echo", "closed");
-        if closed == 3 {
-            Ok(())
-        } else {
-            Err(format!("closed = {closed}"))
-        }
-    });
+    proxy.wait_listener_counter("echo", "closed", 3);
     let stats = proxy.stats();
     assert_eq!(stats.listener_counter("echo", "accepted"), 3);
     assert_eq!(stats.listener_counter("echo", "active"), 0);

@@ -10,25 +10,9 @@ use std::time::Duration;
 use tests::client::{self, Closed, connect, payload};
 use tests::upstream::{self, Blackhole, Upstream};
 use tests::wait::PATIENCE;
-use tests::{Driver, Proxy, both_drivers, tcp_listener, wait_until};
+use tests::{Driver, Proxy, both_drivers, tcp_listener};
 
 const MIB: usize = 1024 * 1024;
-
-/// Waits until `/stats` shows `counter` of listener `name` at `expected`.
-fn wait_listener_counter(proxy: &Proxy, name: &str, counter: &str, expected: u64) {
-    wait_until(
-        PATIENCE,
-        format!("listener {name} {counter} == {expected}"),
-        || {
-            let value = proxy.stats().listener_counter(name, counter);
-            if value == expected {
-                Ok(())
-            } else {
-                Err(format!("{counter} = {value}"))
-            }
-        },
-    );
-}
 
 both_drivers!(
     megabyte_both_ways_arrives_byte_exact,
@@ -65,7 +49,7 @@ fn megabyte_both_ways_arrives_byte_exact(driver: Driver) {
     assert!(received == *download, "the download arrived altered");
     assert_eq!(recorded.len(), MIB, "bytes uploaded");
     assert!(recorded == upload, "the upload arrived altered");
-    wait_listener_counter(&proxy, "bulk", "closed", 1);
+    proxy.wait_listener_counter("bulk", "closed", 1);
     let stats = proxy.stats();
     assert_eq!(stats.listener_counter("bulk", "bytes_received"), MIB as u64);
     assert_eq!(stats.listener_counter("bulk", "bytes_sent"), MIB as u64);
@@ -154,7 +138,7 @@ fn upstream_half_close_keeps_the_upload_open(driver: Driver) {
         "bytes uploaded after the upstream's FIN"
     );
     assert!(seen == late_upload, "the late upload arrived altered");
-    wait_listener_counter(&proxy, "half", "closed", 1);
+    proxy.wait_listener_counter("half", "closed", 1);
 }
 
 /// 200 connections open at once, made from client threads pinned to each core: every worker
@@ -239,7 +223,7 @@ fn two_hundred_concurrent_connections_reach_every_worker(driver: Driver) {
     }
 
     drop(opened);
-    wait_listener_counter(&proxy, "spread", "closed", total as u64);
+    proxy.wait_listener_counter("spread", "closed", total as u64);
     assert_eq!(
         echo.accepted(),
         total,
@@ -327,7 +311,7 @@ fn connect_timeout_with_no_reachable_endpoint_closes_the_client(driver: Driver) 
         1
     );
     assert_eq!(stats.cluster_counter("nowhere", "upstream_connections"), 0);
-    wait_listener_counter(&proxy, "nowhere", "closed", 1);
+    proxy.wait_listener_counter("nowhere", "closed", 1);
 }
 
 /// A connection with no traffic for `idle_timeout` is closed; one that keeps talking is not.
@@ -355,7 +339,7 @@ fn idle_connections_are_closed_and_active_ones_kept(driver: Driver) {
     );
     client::echo(&mut chatty, b"and now silence");
     client::wait_closed(&mut chatty, PATIENCE);
-    wait_listener_counter(&proxy, "idle", "idle_timeouts", 2);
+    proxy.wait_listener_counter("idle", "idle_timeouts", 2);
 }
 
 /// With `max_connections = 3`, a fourth connection is closed at once and counted as rejected;
@@ -393,7 +377,7 @@ fn max_connections_closes_the_excess_and_recovers(driver: Driver) {
     }
 
     drop(open.pop());
-    wait_listener_counter(&proxy, "limited", "active", 2);
+    proxy.wait_listener_counter("limited", "active", 2);
     let mut again = connect(address);
     client::echo(&mut again, b"room again");
     assert_eq!(proxy.stats().listener_counter("limited", "rejected"), 1);
@@ -431,7 +415,7 @@ fn refused_and_resetting_upstreams_never_take_a_worker_down(driver: Driver) {
     });
     let attempts = (PER_CORE * client::cores().len().max(1)) as u64;
     for name in bad {
-        wait_listener_counter(&proxy, name, "closed", attempts);
+        proxy.wait_listener_counter(name, "closed", attempts);
     }
     let stats = proxy.stats();
     assert_eq!(
