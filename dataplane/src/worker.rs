@@ -98,12 +98,28 @@ pub fn spawn(
                     "could not pin worker to its core"
                 );
             }
-            let result = driver::block_on(driver, ring_entries, || {
-                let _ = started_tx.send(Ok(()));
-                run(id, shared, inbox)
-            });
-            if let Err(e) = result {
-                let _ = started_tx.send(Err(e));
+            let draining = Arc::clone(&shared);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                driver::block_on(driver, ring_entries, || {
+                    let _ = started_tx.send(Ok(()));
+                    run(id, shared, inbox)
+                })
+            }));
+            match result {
+                Ok(Ok(())) if draining.draining.load(Ordering::Acquire) => {}
+                Ok(Err(e)) => {
+                    let _ = started_tx.send(Err(e));
+                }
+                // A worker that stops outside a drain leaves its listening sockets accepting
+                // connections nobody serves. Exiting lets the supervisor (systemd, Kubernetes)
+                // restart the proxy, which is better than serving part of the traffic into a void.
+                Ok(Ok(())) | Err(_) => {
+                    error!(
+                        worker = id,
+                        "worker stopped unexpectedly; exiting so that ringmesh is restarted"
+                    );
+                    std::process::exit(70);
+                }
             }
         })?;
     match started_rx.recv() {
