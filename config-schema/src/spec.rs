@@ -113,6 +113,21 @@ pub struct RuntimeSpec {
     /// How long open connections may run after SIGTERM/SIGINT before they are closed.
     #[serde(default = "RuntimeSpec::default_drain_timeout")]
     pub drain_timeout: Duration,
+    /// How L4 connections move bytes: `buffer` (read/write through 16–256 KiB buffers) or
+    /// `splice` (zero-copy through a kernel pipe). See BENCHMARKS.md for which wins where.
+    #[serde(default)]
+    pub l4_copy: L4Copy,
+}
+
+/// How L4 connections move bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum L4Copy {
+    /// Read into a user-space buffer, write it out.
+    #[default]
+    Buffer,
+    /// `splice(2)` socket → pipe → socket; the bytes never enter user space.
+    Splice,
 }
 
 impl RuntimeSpec {
@@ -133,6 +148,7 @@ impl Default for RuntimeSpec {
             ring_entries: Self::default_ring_entries(),
             pin_workers: true,
             drain_timeout: Self::default_drain_timeout(),
+            l4_copy: L4Copy::default(),
         }
     }
 }
