@@ -7,7 +7,12 @@
 //! syntax) and each worker passes its own [`MatchScratch`], which holds one lazily created cache
 //! per regex. After warm-up a match neither locks nor allocates.
 //!
-//! Sets of path regexes use a lazy DFA (`hybrid`) only, never the PikeVM: a multi-pattern PikeVM
+//! Most patterns are compiled at config time into a fully built DFA (`dfa::dense`, size-capped):
+//! searching one needs no cache at all, so it is shared by every worker as is and costs one table
+//! walk over the path, with a table of a few KiB that stays in the CPU cache. Patterns whose DFA
+//! would be too large fall back as follows.
+//!
+//! Sets of path regexes then use a lazy DFA (`hybrid`) only, never the PikeVM: a multi-pattern PikeVM
 //! cache grows as states × patterns (a 10 000-route set asked for 40 GB here), and the meta regex
 //! falls back to it whenever the lazy DFA gives up, which a hostile path can provoke. The lazy
 //! DFA's cache is bounded (2 MiB) and it is told never to give up; should a search still fail,
@@ -15,13 +20,20 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use regex_automata::dfa::{Automaton, StartKind, dense};
 use regex_automata::{Anchored, Input, MatchKind, hybrid, meta};
+
+/// Largest fully built DFA for one pattern / for a set (shared by all workers).
+const DENSE_LIMIT_ONE: usize = 256 << 10;
+const DENSE_LIMIT_SET: usize = 2 << 20;
 
 /// Index of a regex in its [`RegexArena`].
 pub(crate) type RegexId = u32;
 
 #[derive(Debug)]
 enum Compiled {
+    /// One or more full-match patterns in a prebuilt DFA (leftmost-first; needs no cache).
+    Dense(Box<dense::DFA<Vec<u32>>>),
     /// One full-match pattern.
     One(meta::Regex),
     /// Several full-match patterns, leftmost-first.
@@ -32,6 +44,7 @@ enum Compiled {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Cache {
+    None,
     One(meta::Cache),
     Set(hybrid::dfa::Cache),
 }
@@ -67,6 +80,9 @@ impl RegexArena {
 
     /// Adds `pattern`, anchored at both ends (a full match, as the config promises).
     pub(crate) fn add(&mut self, pattern: &str) -> Result<RegexId, RegexError> {
+        if let Some(dfa) = dense(&[pattern], DENSE_LIMIT_ONE) {
+            return Ok(self.push(Compiled::Dense(dfa)));
+        }
         let regex = meta::Regex::new(&anchored(pattern)).map_err(|e| e.to_string())?;
         Ok(self.push(Compiled::One(regex)))
     }
@@ -76,6 +92,9 @@ impl RegexArena {
     /// ends, so every match spans the whole input and priority alone decides). Fails for
     /// patterns the lazy DFA cannot handle (Unicode word boundaries).
     pub(crate) fn add_set(&mut self, patterns: &[&str]) -> Result<RegexId, RegexError> {
+        if let Some(dfa) = dense(patterns, DENSE_LIMIT_SET) {
+            return Ok(self.push(Compiled::Dense(dfa)));
+        }
         let anchored: Vec<String> = patterns.iter().map(|p| anchored(p)).collect();
         let dfa = hybrid::dfa::DFA::builder()
             .configure(
@@ -88,6 +107,22 @@ impl RegexArena {
             .map_err(|e| e.to_string())?;
         Ok(self.push(Compiled::Set(Box::new(dfa))))
     }
+}
+
+/// A prebuilt leftmost-first DFA with anchored starts only, if one fits in `limit` bytes.
+fn dense(patterns: &[&str], limit: usize) -> Option<Box<dense::DFA<Vec<u32>>>> {
+    let anchored: Vec<String> = patterns.iter().map(|p| anchored(p)).collect();
+    dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .match_kind(MatchKind::LeftmostFirst)
+                .start_kind(StartKind::Anchored)
+                .dfa_size_limit(Some(limit))
+                .determinize_size_limit(Some(limit)),
+        )
+        .build_many(&anchored)
+        .ok()
+        .map(Box::new)
 }
 
 fn anchored(pattern: &str) -> String {
@@ -131,6 +166,7 @@ impl MatchScratch {
             Box::new(match regex {
                 Compiled::One(r) => Cache::One(r.create_cache()),
                 Compiled::Set(dfa) => Cache::Set(dfa.create_cache()),
+                Compiled::Dense(_) => Cache::None,
             })
         });
         (regex, cache)
@@ -145,11 +181,16 @@ impl MatchScratch {
         haystack: &[u8],
     ) -> bool {
         let input = Input::new(haystack).anchored(Anchored::Yes).earliest(true);
+        if let Compiled::Dense(dfa) = &arena.regexes[id as usize] {
+            // Cannot fail: anchored starts were built and no quit bytes were configured.
+            return matches!(dfa.try_search_fwd(&input), Ok(Some(_)));
+        }
         match self.entry(arena, id) {
             (Compiled::One(regex), Cache::One(cache)) => {
                 regex.search_half_with(cache, &input).is_some()
             }
-            _ => unreachable!("regex {id} is a single pattern with a single-pattern cache"),
+            (Compiled::Set(_), _) => unreachable!("regex {id} is used as a single pattern"),
+            _ => unreachable!("regex {id} has a cache of its own kind"),
         }
     }
 
@@ -163,12 +204,24 @@ impl MatchScratch {
         haystack: &[u8],
     ) -> Result<Option<usize>, ()> {
         let input = Input::new(haystack).anchored(Anchored::Yes);
+        if let Compiled::Dense(dfa) = &arena.regexes[id as usize] {
+            return dfa
+                .try_search_fwd(&input)
+                .map(|m| m.map(|m| m.pattern().as_usize()))
+                .map_err(|_| ());
+        }
         match self.entry(arena, id) {
             (Compiled::Set(dfa), Cache::Set(cache)) => dfa
                 .try_search_fwd(cache, &input)
                 .map(|m| m.map(|m| m.pattern().as_usize()))
                 .map_err(|_| ()),
-            _ => unreachable!("regex {id} is a set with a set cache"),
+            (Compiled::One(regex), Cache::One(cache)) => {
+                // A set of one pattern that needed the meta engine.
+                Ok(regex
+                    .search_half_with(cache, &input)
+                    .map(|m| m.pattern().as_usize()))
+            }
+            _ => unreachable!("regex {id} has a cache of its own kind"),
         }
     }
 }
@@ -203,6 +256,31 @@ mod tests {
         assert_eq!(scratch.first_match(&arena, set, b"/a/b"), Ok(Some(0)));
         let set = arena.add_set(&["/.*", "/a/b"]).expect("valid");
         assert_eq!(scratch.first_match(&arena, set, b"/a/b"), Ok(Some(0)));
+    }
+
+    #[test]
+    fn patterns_too_big_for_a_prebuilt_dfa_fall_back() {
+        // The DFA for "an `a` 16 letters before the end" needs 2^16 states.
+        let blowup = "[a-z]*a[a-z]{16}";
+        let mut arena = RegexArena::new();
+        let small = arena.add("/x/[0-9]+").expect("valid");
+        let one = arena.add(blowup).expect("valid");
+        let set = arena.add_set(&["/y", blowup]).expect("valid");
+        assert!(matches!(arena.regexes[small as usize], Compiled::Dense(_)));
+        assert!(matches!(arena.regexes[one as usize], Compiled::One(_)));
+        assert!(matches!(arena.regexes[set as usize], Compiled::Set(_)));
+        let mut scratch = MatchScratch::new();
+        let hit = format!("a{}", "b".repeat(16));
+        let miss = "b".repeat(17);
+        assert!(scratch.is_full_match(&arena, one, hit.as_bytes()));
+        assert!(!scratch.is_full_match(&arena, one, miss.as_bytes()));
+        assert_eq!(
+            scratch.first_match(&arena, set, hit.as_bytes()),
+            Ok(Some(1))
+        );
+        assert_eq!(scratch.first_match(&arena, set, b"/y"), Ok(Some(0)));
+        assert_eq!(scratch.first_match(&arena, set, miss.as_bytes()), Ok(None));
+        assert!(scratch.is_full_match(&arena, small, b"/x/12"));
     }
 
     #[test]
