@@ -2,5 +2,5 @@
 //! - `route_match`: the per-request route lookup at 10, 1 000 and 10 000 routes.
 //! - `lb_pick`: each load-balancing policy's pick, and request hashing.
 //!
-//! Run one with `cargo bench -p perf --bench route_match` (never while something else compiles on
-//! a shared machine: see `BENCHMARKS.md`).
+//! Run one with `cargo bench -p perf --bench route_match`, never while something else compiles on
+//! the same machine. `README.md` beside this crate's manifest records results.
