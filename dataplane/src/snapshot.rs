@@ -47,8 +47,9 @@ pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
     /// Route tables of the HTTP listeners.
     pub routes: RouteConfig,
-    /// Per-route counters by route name, carried across reloads.
-    pub route_stats: HashMap<Arc<str>, Arc<PerWorker<RouteCounters>>>,
+    /// Per-route counters, indexed by route id, with the route's name; carried across reloads by
+    /// name.
+    pub route_stats: Vec<(Arc<str>, Arc<PerWorker<RouteCounters>>)>,
     /// Where access-log lines go, if anywhere.
     pub access_log: Option<AccessLogSink>,
     listener_index: HashMap<Arc<str>, usize>,
@@ -68,7 +69,7 @@ impl Snapshot {
             listeners: Vec::new(),
             clusters: Vec::new(),
             routes: RouteConfig::default(),
-            route_stats: HashMap::new(),
+            route_stats: Vec::new(),
             access_log: None,
             listener_index: HashMap::new(),
         }
@@ -345,22 +346,33 @@ fn h2_settings(spec: &Http2Spec) -> H2ServerSettings {
     }
 }
 
-/// Counters for every route, reusing the previous generation's by route name.
+/// Counters for every route, indexed by route id, reusing the previous generation's by route
+/// name.
 fn route_stats(
     routes: &RouteConfig,
     previous: &Snapshot,
     workers: usize,
-) -> HashMap<Arc<str>, Arc<PerWorker<RouteCounters>>> {
-    let mut stats = HashMap::new();
+) -> Vec<(Arc<str>, Arc<PerWorker<RouteCounters>>)> {
+    let old: HashMap<&str, &Arc<PerWorker<RouteCounters>>> = previous
+        .route_stats
+        .iter()
+        .filter(|(_, stats)| stats.len() == workers)
+        .map(|(name, stats)| (&**name, stats))
+        .collect();
+    let mut stats = Vec::new();
     for table in routes.tables() {
         for vhost in table.virtual_hosts() {
             for route in vhost.routes.iter() {
-                let counters = previous
-                    .route_stats
-                    .get(&route.name)
-                    .filter(|old| old.len() == workers)
-                    .map_or_else(|| Arc::new(PerWorker::new(workers)), Arc::clone);
-                stats.entry(Arc::clone(&route.name)).or_insert(counters);
+                if stats.len() <= route.id {
+                    // Ids of routes no listener serves stay unnamed (and are never matched).
+                    stats.resize_with(route.id + 1, || {
+                        (Arc::from(""), Arc::new(PerWorker::new(workers)))
+                    });
+                }
+                let counters = old
+                    .get(&*route.name)
+                    .map_or_else(|| Arc::new(PerWorker::new(workers)), |s| Arc::clone(s));
+                stats[route.id] = (Arc::clone(&route.name), counters);
             }
         }
     }

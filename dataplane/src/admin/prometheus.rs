@@ -12,7 +12,9 @@ use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use std::sync::Arc;
 
-use crate::stats::{ClusterCounters, DURATION_BUCKETS_US, Histogram, ListenerCounters};
+use crate::stats::{
+    ClusterCounters, DURATION_BUCKETS_US, Histogram, ListenerCounters, PerWorker, RouteCounters,
+};
 
 /// Renders every metric of the process.
 pub(super) fn render(shared: &Shared) -> String {
@@ -287,16 +289,19 @@ fn clusters(out: &mut String, snapshot: &Snapshot) {
 
 /// Per-route responses by status class and duration histograms.
 fn routes(out: &mut String, snapshot: &Snapshot) {
-    let mut names: Vec<&Arc<str>> = snapshot.route_stats.keys().collect();
-    names.sort();
+    let mut routes: Vec<&(Arc<str>, Arc<PerWorker<RouteCounters>>)> = snapshot
+        .route_stats
+        .iter()
+        .filter(|(name, _)| !name.is_empty())
+        .collect();
+    routes.sort_by(|a, b| a.0.cmp(&b.0));
     header(
         out,
         "ringmesh_route_responses_total",
         "counter",
         "Responses by route and status class.",
     );
-    for name in &names {
-        let stats = &snapshot.route_stats[*name];
+    for (name, stats) in &routes {
         for (class, label) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
             let count = stats.sum(|c| c.responses[class].get());
             let _ = writeln!(
@@ -312,8 +317,7 @@ fn routes(out: &mut String, snapshot: &Snapshot) {
         "histogram",
         "Request duration by route.",
     );
-    for name in &names {
-        let stats = &snapshot.route_stats[*name];
+    for (name, stats) in &routes {
         let labels = format!("route=\"{}\"", escape(name));
         histogram(
             out,

@@ -1008,7 +1008,7 @@ fn record(
 ) {
     let duration = exchange.started.elapsed();
     if let Some(route) = exchange.route
-        && let Some(stats) = snapshot.route_stats.get(&route.name)
+        && let Some((_, stats)) = snapshot.route_stats.get(route.id)
     {
         stats.slot(core.id).record(exchange.status, duration);
     }

@@ -50,8 +50,12 @@ pub async fn proxy(
         }
     }
     let outcome = match snapshot.spec.runtime.l4_copy {
-        L4Copy::Buffer => copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await,
-        L4Copy::Splice => splice::bidirectional(downstream, upstream, listener.idle_timeout, counters).await,
+        L4Copy::Buffer => {
+            copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+        }
+        L4Copy::Splice => {
+            splice::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+        }
     };
     if let Err(e) = outcome {
         debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");

@@ -49,9 +49,19 @@ impl Pipe {
         // Enlarging may be refused (pipe-max-size); the default 64 KiB pipe still works, slower.
         // SAFETY: fcntl on an fd we own, with an integer argument.
         #[allow(unsafe_code)]
-        let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        let size = unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
         let capacity = if size > 0 { size as usize } else { 64 * 1024 };
-        Ok(Self { read, write, capacity })
+        Ok(Self {
+            read,
+            write,
+            capacity,
+        })
     }
 }
 
@@ -70,7 +80,11 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
@@ -103,10 +117,25 @@ pub async fn bidirectional(
 ) -> Result<(), CopyError> {
     set_nonblocking(downstream.as_raw_fd()).map_err(CopyError::Io)?;
     set_nonblocking(upstream.as_raw_fd()).map_err(CopyError::Io)?;
-    let (up_pipe, down_pipe) = (Pipe::new().map_err(CopyError::Io)?, Pipe::new().map_err(CopyError::Io)?);
+    let (up_pipe, down_pipe) = (
+        Pipe::new().map_err(CopyError::Io)?,
+        Pipe::new().map_err(CopyError::Io)?,
+    );
     let last_activity = Cell::new(Instant::now());
-    let upload = one_way(&downstream, &upstream, &up_pipe, &counters.bytes_received, &last_activity);
-    let download = one_way(&upstream, &downstream, &down_pipe, &counters.bytes_sent, &last_activity);
+    let upload = one_way(
+        &downstream,
+        &upstream,
+        &up_pipe,
+        &counters.bytes_received,
+        &last_activity,
+    );
+    let download = one_way(
+        &upstream,
+        &downstream,
+        &down_pipe,
+        &counters.bytes_sent,
+        &last_activity,
+    );
     let both = async {
         let mut upload = pin!(upload);
         let mut download = pin!(download);
@@ -134,7 +163,13 @@ pub async fn bidirectional(
 }
 
 /// One direction: socket → pipe as much as is readable, then pipe → socket until the pipe is empty.
-async fn one_way(from: &TcpStream, to: &TcpStream, pipe: &Pipe, bytes: &Counter, last_activity: &Cell<Instant>) -> io::Result<()> {
+async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &Pipe,
+    bytes: &Counter,
+    last_activity: &Cell<Instant>,
+) -> io::Result<()> {
     let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
     loop {
         let filled = match splice(from_fd, pipe.write.as_raw_fd(), pipe.capacity) {
@@ -177,7 +212,8 @@ mod tests {
         let pipe = Pipe::new().expect("pipe");
         assert!(pipe.capacity >= 64 * 1024);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         client.write_all(b"hello splice").expect("write");
         let mut moved = 0;

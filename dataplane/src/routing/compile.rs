@@ -67,9 +67,16 @@ pub fn compile(
 ) -> Result<RouteConfig, RouteCompileError> {
     let mut arena = RegexArena::new();
     let mut vhosts = Vec::with_capacity(spec.virtual_hosts.len());
+    let mut next_id = 0;
     for (i, vhost) in spec.virtual_hosts.iter().enumerate() {
         let path = format!("virtual_hosts[{i}]");
-        vhosts.push(Arc::new(virtual_host(&path, vhost, clusters, &mut arena)?));
+        vhosts.push(Arc::new(virtual_host(
+            &path,
+            vhost,
+            clusters,
+            &mut arena,
+            &mut next_id,
+        )?));
     }
     let arena = Arc::new(arena);
 
@@ -166,6 +173,7 @@ fn virtual_host(
     spec: &VirtualHostSpec,
     clusters: &HashMap<&str, usize>,
     arena: &mut RegexArena,
+    next_id: &mut usize,
 ) -> Result<VirtualHost, RouteCompileError> {
     let mut routes = Vec::with_capacity(spec.routes.len());
     for (i, route_spec) in spec.routes.iter().enumerate() {
@@ -174,7 +182,15 @@ fn virtual_host(
             Some(name) => name.as_str().into(),
             None => format!("{}#{i}", spec.name).into(),
         };
-        routes.push(route(&route_path, name, route_spec, clusters, arena)?);
+        routes.push(route(
+            &route_path,
+            name,
+            *next_id,
+            route_spec,
+            clusters,
+            arena,
+        )?);
+        *next_id += 1;
     }
 
     // Order within each path class: more conditions first, then config order (a stable sort).
@@ -306,6 +322,7 @@ fn cluster_index(
 fn route(
     path: &str,
     name: Arc<str>,
+    id: usize,
     spec: &RouteSpec,
     clusters: &HashMap<&str, usize>,
     arena: &mut RegexArena,
@@ -401,6 +418,7 @@ fn route(
 
     Ok(Route {
         name,
+        id,
         action,
         rewrite,
         request_headers: header_mutation(&spec.request_headers),

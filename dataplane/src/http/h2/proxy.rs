@@ -1263,7 +1263,7 @@ fn record(
 ) {
     let duration = started.elapsed();
     if let Some(route) = outcome.route
-        && let Some(stats) = snapshot.route_stats.get(&route.name)
+        && let Some((_, stats)) = snapshot.route_stats.get(route.id)
     {
         stats.slot(core.id).record(outcome.status, duration);
     }
