@@ -118,6 +118,21 @@ pub struct RuntimeSpec {
     /// `--upgrade-socket` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_socket: Option<String>,
+    /// How L4 connections move bytes: `buffer` (read/write through 16–256 KiB buffers) or
+    /// `splice` (zero-copy through a kernel pipe). See BENCHMARKS.md for which wins where.
+    #[serde(default)]
+    pub l4_copy: L4Copy,
+}
+
+/// How L4 connections move bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum L4Copy {
+    /// Read into a user-space buffer, write it out.
+    #[default]
+    Buffer,
+    /// `splice(2)` socket → pipe → socket; the bytes never enter user space.
+    Splice,
 }
 
 impl RuntimeSpec {
@@ -139,6 +154,7 @@ impl Default for RuntimeSpec {
             pin_workers: true,
             drain_timeout: Self::default_drain_timeout(),
             upgrade_socket: None,
+            l4_copy: L4Copy::default(),
         }
     }
 }
@@ -438,9 +454,20 @@ pub struct Http2Spec {
     /// Streams this proxy may reset because of client protocol errors before GOAWAY.
     #[serde(default = "Http2Spec::default_max_local_error_reset_streams")]
     pub max_local_error_reset_streams: u32,
-    /// Bytes buffered per connection toward a slow peer before reads pause.
+    /// Bytes buffered per stream toward a slow peer before reads pause.
     #[serde(default = "Http2Spec::default_max_send_buffer")]
     pub max_send_buffer: ByteSize,
+    /// PING, SETTINGS and PRIORITY frames per second a client may send, sustained;
+    /// beyond it (and the burst) the connection gets GOAWAY(ENHANCE_YOUR_CALM).
+    #[serde(default = "Http2Spec::default_control_frames_per_second")]
+    pub control_frames_per_second: u32,
+    /// Control frames allowed in a burst above the sustained rate.
+    #[serde(default = "Http2Spec::default_control_frame_burst")]
+    pub control_frame_burst: u32,
+    /// Consecutive frames carrying nothing (empty DATA, HEADERS or CONTINUATION without an end
+    /// flag) before the connection is closed.
+    #[serde(default = "Http2Spec::default_max_consecutive_empty_frames")]
+    pub max_consecutive_empty_frames: u32,
 }
 
 impl Http2Spec {
@@ -465,6 +492,15 @@ impl Http2Spec {
     fn default_max_send_buffer() -> ByteSize {
         ByteSize::kib(400)
     }
+    fn default_control_frames_per_second() -> u32 {
+        100
+    }
+    fn default_control_frame_burst() -> u32 {
+        1000
+    }
+    fn default_max_consecutive_empty_frames() -> u32 {
+        10
+    }
 }
 
 impl Default for Http2Spec {
@@ -477,6 +513,9 @@ impl Default for Http2Spec {
             max_pending_accept_reset_streams: Self::default_max_pending_accept_reset_streams(),
             max_local_error_reset_streams: Self::default_max_local_error_reset_streams(),
             max_send_buffer: Self::default_max_send_buffer(),
+            control_frames_per_second: Self::default_control_frames_per_second(),
+            control_frame_burst: Self::default_control_frame_burst(),
+            max_consecutive_empty_frames: Self::default_max_consecutive_empty_frames(),
         }
     }
 }

@@ -364,6 +364,16 @@ impl<'a> Checker<'a> {
             h2.max_send_buffer.bytes(),
             16_384,
         );
+        self.at_least(
+            &format!("{path}.control_frames_per_second"),
+            h2.control_frames_per_second.into(),
+            1,
+        );
+        self.at_least(
+            &format!("{path}.control_frame_burst"),
+            h2.control_frame_burst.into(),
+            1,
+        );
     }
 
     fn listener_tls(&mut self, path: &str, tls: &ListenerTlsSpec, protocol: ListenerProtocol) {

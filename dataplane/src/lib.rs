@@ -21,6 +21,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod cli;
+pub mod contain;
 pub mod driver;
 pub mod event;
 pub mod http;

@@ -199,14 +199,15 @@ fn admit(
         debug!(listener = %name, %peer, "refused: listener at max_connections");
         return;
     };
-    monoio::spawn(serve(
+    let connection = serve(
         Rc::clone(core),
         snapshot.clone(),
         Arc::clone(name),
         stream,
         peer,
         guard,
-    ));
+    );
+    monoio::spawn(crate::contain::contained("connection", connection));
 }
 
 /// Counts a running accept loop, so that a draining worker waits for loops that are still

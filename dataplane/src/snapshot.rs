@@ -21,10 +21,14 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Cache};
-use config_schema::{Config, ConfigError, ConfigSpec, LbPolicy, ListenerProtocol};
+use config_schema::{
+    Config, ConfigError, ConfigSpec, Http2Spec, LbPolicy, ListenerProtocol, UpstreamProtocol,
+};
 
 use crate::access_log::AccessLogSink;
 use crate::http::h1::HeadLimits;
+use crate::http::h2::H2ServerSettings;
+use crate::http::h2::guard::GuardLimits;
 use crate::http::pool::PoolLimits;
 use crate::routing::{self, RouteCompileError, RouteConfig, RouteTable};
 use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
@@ -43,8 +47,9 @@ pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
     /// Route tables of the HTTP listeners.
     pub routes: RouteConfig,
-    /// Per-route counters by route name, carried across reloads.
-    pub route_stats: HashMap<Arc<str>, Arc<PerWorker<RouteCounters>>>,
+    /// Per-route counters, indexed by route id, with the route's name; carried across reloads by
+    /// name.
+    pub route_stats: Vec<(Arc<str>, Arc<PerWorker<RouteCounters>>)>,
     /// Where access-log lines go, if anywhere.
     pub access_log: Option<AccessLogSink>,
     listener_index: HashMap<Arc<str>, usize>,
@@ -64,7 +69,7 @@ impl Snapshot {
             listeners: Vec::new(),
             clusters: Vec::new(),
             routes: RouteConfig::default(),
-            route_stats: HashMap::new(),
+            route_stats: Vec::new(),
             access_log: None,
             listener_index: HashMap::new(),
         }
@@ -109,6 +114,8 @@ pub struct HttpSettings {
     pub xff_trusted_hops: u32,
     /// The routes this listener serves.
     pub routes: Option<Arc<RouteTable>>,
+    /// HTTP/2 server settings and abuse limits.
+    pub h2: H2ServerSettings,
 }
 
 /// Counters and the connection gauge of one listener.
@@ -138,8 +145,19 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Per-core connection pool settings.
     pub pool: PoolLimits,
+    /// The HTTP version spoken to the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// HTTP/2 connection settings.
+    pub h2: H2ClusterSettings,
     /// Counters, carried across reloads by name.
     pub stats: Arc<PerWorker<ClusterCounters>>,
+}
+
+/// How a cluster's HTTP/2 connections are shared.
+#[derive(Debug, Clone, Copy)]
+pub struct H2ClusterSettings {
+    /// Streams per connection before another connection is opened.
+    pub max_streams: u32,
 }
 
 /// One upstream endpoint.
@@ -202,6 +220,10 @@ pub fn compile(
                 max_idle: c.pool.max_idle_per_endpoint,
                 idle_timeout: c.pool.idle_timeout.get(),
             },
+            protocol: c.protocol,
+            h2: H2ClusterSettings {
+                max_streams: c.pool.max_streams_per_connection,
+            },
             stats,
         }));
     }
@@ -246,6 +268,7 @@ pub fn compile(
                 idle_timeout,
                 xff_trusted_hops: l.xff_trusted_hops,
                 routes: routes.listener(&l.name).cloned(),
+                h2: h2_settings(&l.http2),
             });
             Listener {
                 name: l.name.as_str().into(),
@@ -300,22 +323,56 @@ pub fn compile(
     })
 }
 
-/// Counters for every route, reusing the previous generation's by route name.
+/// Compiles `[listeners.http2]` into server settings.
+fn h2_settings(spec: &Http2Spec) -> H2ServerSettings {
+    let bytes_u32 = |size: config_schema::ByteSize| u32::try_from(size.bytes()).unwrap_or(u32::MAX);
+    H2ServerSettings {
+        max_concurrent_streams: spec.max_concurrent_streams,
+        max_header_list_size: bytes_u32(spec.max_header_list_size),
+        initial_stream_window: bytes_u32(spec.initial_stream_window),
+        initial_connection_window: bytes_u32(spec.initial_connection_window),
+        max_pending_accept_reset_streams: spec.max_pending_accept_reset_streams as usize,
+        max_local_error_reset_streams: spec.max_local_error_reset_streams as usize,
+        max_send_buffer: usize::try_from(spec.max_send_buffer.bytes()).unwrap_or(usize::MAX),
+        guard: GuardLimits {
+            max_resets: spec.max_pending_accept_reset_streams,
+            control_frames_per_second: spec.control_frames_per_second,
+            control_frame_burst: spec.control_frame_burst,
+            max_consecutive_empty_frames: spec.max_consecutive_empty_frames,
+            // A header block may not outgrow the header list limit by much: HPACK compresses,
+            // so its encoded size is at most the decoded size plus framing slack.
+            max_header_block: bytes_u32(spec.max_header_list_size).saturating_add(16 * 1024),
+        },
+    }
+}
+
+/// Counters for every route, indexed by route id, reusing the previous generation's by route
+/// name.
 fn route_stats(
     routes: &RouteConfig,
     previous: &Snapshot,
     workers: usize,
-) -> HashMap<Arc<str>, Arc<PerWorker<RouteCounters>>> {
-    let mut stats = HashMap::new();
+) -> Vec<(Arc<str>, Arc<PerWorker<RouteCounters>>)> {
+    let old: HashMap<&str, &Arc<PerWorker<RouteCounters>>> = previous
+        .route_stats
+        .iter()
+        .filter(|(_, stats)| stats.len() == workers)
+        .map(|(name, stats)| (&**name, stats))
+        .collect();
+    let mut stats = Vec::new();
     for table in routes.tables() {
         for vhost in table.virtual_hosts() {
             for route in vhost.routes.iter() {
-                let counters = previous
-                    .route_stats
-                    .get(&route.name)
-                    .filter(|old| old.len() == workers)
-                    .map_or_else(|| Arc::new(PerWorker::new(workers)), Arc::clone);
-                stats.entry(Arc::clone(&route.name)).or_insert(counters);
+                if stats.len() <= route.id {
+                    // Ids of routes no listener serves stay unnamed (and are never matched).
+                    stats.resize_with(route.id + 1, || {
+                        (Arc::from(""), Arc::new(PerWorker::new(workers)))
+                    });
+                }
+                let counters = old
+                    .get(&*route.name)
+                    .map_or_else(|| Arc::new(PerWorker::new(workers)), |s| Arc::clone(s));
+                stats[route.id] = (Arc::clone(&route.name), counters);
             }
         }
     }

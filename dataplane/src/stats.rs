@@ -56,6 +56,18 @@ pub struct ListenerCounters {
     pub bytes_sent: Counter,
     /// Connections closed by the idle timeout.
     pub idle_timeouts: Counter,
+    /// HTTP/2 streams accepted.
+    pub h2_streams: Counter,
+    /// HTTP/2 connections that failed with a protocol error.
+    pub h2_protocol_errors: Counter,
+    /// HTTP/2 connections closed for rapid reset.
+    pub h2_abuse_rapid_reset: Counter,
+    /// HTTP/2 connections closed for a PING/SETTINGS/PRIORITY flood.
+    pub h2_abuse_control_flood: Counter,
+    /// HTTP/2 connections closed for a CONTINUATION flood.
+    pub h2_abuse_continuation_flood: Counter,
+    /// HTTP/2 connections closed for a run of empty frames.
+    pub h2_abuse_empty_frames: Counter,
 }
 
 impl ListenerCounters {

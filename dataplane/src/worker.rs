@@ -22,6 +22,7 @@ use tracing::{error, info};
 use crate::access_log::{self, AccessLogBuffer};
 use crate::driver::{self, IoDriver};
 use crate::event::Event;
+use crate::http::h2::client::H2Pool;
 use crate::http::pool::Pool;
 use crate::listener;
 use crate::routing::MatchScratch;
@@ -97,12 +98,28 @@ pub fn spawn(
                     "could not pin worker to its core"
                 );
             }
-            let result = driver::block_on(driver, ring_entries, || {
-                let _ = started_tx.send(Ok(()));
-                run(id, shared, inbox)
-            });
-            if let Err(e) = result {
-                let _ = started_tx.send(Err(e));
+            let draining = Arc::clone(&shared);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                driver::block_on(driver, ring_entries, || {
+                    let _ = started_tx.send(Ok(()));
+                    run(id, shared, inbox)
+                })
+            }));
+            match result {
+                Ok(Ok(())) if draining.draining.load(Ordering::Acquire) => {}
+                Ok(Err(e)) => {
+                    let _ = started_tx.send(Err(e));
+                }
+                // A worker that stops outside a drain leaves its listening sockets accepting
+                // connections nobody serves. Exiting lets the supervisor (systemd, Kubernetes)
+                // restart the proxy, which is better than serving part of the traffic into a void.
+                Ok(Ok(())) | Err(_) => {
+                    error!(
+                        worker = id,
+                        "worker stopped unexpectedly; exiting so that ringmesh is restarted"
+                    );
+                    std::process::exit(70);
+                }
             }
         })?;
     match started_rx.recv() {
@@ -135,6 +152,8 @@ pub struct Core {
     pub draining: Rc<Event>,
     /// Upstream HTTP/1.1 connections of this worker.
     pub pool: Pool,
+    /// Upstream HTTP/2 connections of this worker.
+    pub h2_pool: H2Pool,
     /// Access-log lines waiting to be handed to the writer thread.
     pub access_log: RefCell<AccessLogBuffer>,
     /// Per-worker regex caches for route matching.
@@ -158,6 +177,7 @@ impl Core {
             lb: RefCell::new((0, LbStates::default())),
             draining: Event::new(),
             pool: Pool::new(),
+            h2_pool: H2Pool::new(),
             access_log: RefCell::new(AccessLogBuffer::default()),
             match_scratch: RefCell::new(MatchScratch::new()),
             rng: Cell::new(seed),

@@ -67,6 +67,9 @@ const CONFIG: &str = r#"
         { name = "search", match = { path_prefix = "/search", query = [{ name = "q", regex = "[a-z ]+" }] }, cluster = "a" },
         { name = "split", match = { path_prefix = "/api/v1" }, weighted_clusters = [{ cluster = "a", weight = 90 }, { cluster = "b", weight = 10 }], rewrite = { prefix = "/v1" } },
         { name = "old", match = { path_prefix = "/old" }, redirect = { path = "/new" } },
+        { name = "big-hdr", match = { path_exact = "/big", headers = [{ name = "x-id", regex = "[a-z]*a[a-z]{16}" }] }, cluster = "a" },
+        { name = "big-1", match = { path_regex = "/blow/[a-z]*a[a-z]{16}" }, cluster = "a" },
+        { name = "big-2", match = { path_regex = "/blow/x" }, cluster = "a" },
         { name = "root", cluster = "b" },
     ]
 "#;
@@ -78,7 +81,18 @@ fn routing_and_picking_do_not_allocate() {
     let routes = routing::compile(&config.spec, &clusters).expect("compiles");
     let table = routes.listener("web").expect("web");
 
-    let requests: [(&str, &str, &[httparse::Header<'_>]); 7] = [
+    // The "big" patterns are too large to prebuild, so they exercise the engines with caches.
+    let requests: [(&str, &str, &[httparse::Header<'_>]); 10] = [
+        (
+            "GET",
+            "/big",
+            &[httparse::Header {
+                name: "x-id",
+                value: b"abbbbbbbbbbbbbbbbb",
+            }],
+        ),
+        ("GET", "/blow/abbbbbbbbbbbbbbbb", &[]),
+        ("GET", "/blow/x", &[]),
         ("GET", "/health", &[]),
         (
             "GET",

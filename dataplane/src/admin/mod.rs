@@ -146,7 +146,10 @@ pub fn start(
         }
     };
     if let Some(file) = address_file {
-        std::fs::write(file, bound.to_string())?;
+        // Write then rename, so a reader never sees a half-written file.
+        let partial = file.with_extension("partial");
+        std::fs::write(&partial, bound.to_string())?;
+        std::fs::rename(&partial, file)?;
     }
     info!(address = %bound, "admin API listening");
     let (stop, stopped) = flume::bounded::<()>(1);

@@ -12,7 +12,9 @@ use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use std::sync::Arc;
 
-use crate::stats::{ClusterCounters, DURATION_BUCKETS_US, Histogram, ListenerCounters};
+use crate::stats::{
+    ClusterCounters, DURATION_BUCKETS_US, Histogram, ListenerCounters, PerWorker, RouteCounters,
+};
 
 /// Renders every metric of the process.
 pub(super) fn render(shared: &Shared) -> String {
@@ -143,6 +145,42 @@ const LISTENER_METRICS: &[Family<ListenerCounters>] = &[
         "Bytes sent to downstream clients.",
         |c| c.bytes_sent.get(),
     ),
+    (
+        "http2_streams_total",
+        "counter",
+        "HTTP/2 streams accepted.",
+        |c| c.h2_streams.get(),
+    ),
+    (
+        "http2_protocol_errors_total",
+        "counter",
+        "HTTP/2 connections ended by a protocol error.",
+        |c| c.h2_protocol_errors.get(),
+    ),
+    (
+        "http2_rapid_reset_total",
+        "counter",
+        "HTTP/2 connections closed for rapid reset.",
+        |c| c.h2_abuse_rapid_reset.get(),
+    ),
+    (
+        "http2_control_flood_total",
+        "counter",
+        "HTTP/2 connections closed for a PING/SETTINGS/PRIORITY flood.",
+        |c| c.h2_abuse_control_flood.get(),
+    ),
+    (
+        "http2_continuation_flood_total",
+        "counter",
+        "HTTP/2 connections closed for a CONTINUATION flood.",
+        |c| c.h2_abuse_continuation_flood.get(),
+    ),
+    (
+        "http2_empty_frames_total",
+        "counter",
+        "HTTP/2 connections closed for a run of empty frames.",
+        |c| c.h2_abuse_empty_frames.get(),
+    ),
 ];
 
 fn listeners(out: &mut String, snapshot: &Snapshot) {
@@ -251,16 +289,19 @@ fn clusters(out: &mut String, snapshot: &Snapshot) {
 
 /// Per-route responses by status class and duration histograms.
 fn routes(out: &mut String, snapshot: &Snapshot) {
-    let mut names: Vec<&Arc<str>> = snapshot.route_stats.keys().collect();
-    names.sort();
+    let mut routes: Vec<&(Arc<str>, Arc<PerWorker<RouteCounters>>)> = snapshot
+        .route_stats
+        .iter()
+        .filter(|(name, _)| !name.is_empty())
+        .collect();
+    routes.sort_by(|a, b| a.0.cmp(&b.0));
     header(
         out,
         "ringmesh_route_responses_total",
         "counter",
         "Responses by route and status class.",
     );
-    for name in &names {
-        let stats = &snapshot.route_stats[*name];
+    for (name, stats) in &routes {
         for (class, label) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
             let count = stats.sum(|c| c.responses[class].get());
             let _ = writeln!(
@@ -276,8 +317,7 @@ fn routes(out: &mut String, snapshot: &Snapshot) {
         "histogram",
         "Request duration by route.",
     );
-    for name in &names {
-        let stats = &snapshot.route_stats[*name];
+    for (name, stats) in &routes {
         let labels = format!("route=\"{}\"", escape(name));
         histogram(
             out,

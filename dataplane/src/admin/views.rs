@@ -101,6 +101,14 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                 "idle_timeouts": w.sum(|c| c.idle_timeouts.get()),
                 "bytes_received": w.sum(|c| c.bytes_received.get()),
                 "bytes_sent": w.sum(|c| c.bytes_sent.get()),
+                "http2": {
+                    "streams": w.sum(|c| c.h2_streams.get()),
+                    "protocol_errors": w.sum(|c| c.h2_protocol_errors.get()),
+                    "rapid_reset": w.sum(|c| c.h2_abuse_rapid_reset.get()),
+                    "control_flood": w.sum(|c| c.h2_abuse_control_flood.get()),
+                    "continuation_flood": w.sum(|c| c.h2_abuse_continuation_flood.get()),
+                    "empty_frames": w.sum(|c| c.h2_abuse_empty_frames.get()),
+                },
                 "per_worker": per_worker,
             })
         })

@@ -58,6 +58,8 @@ pub struct ChunkedDecoder {
     remaining: u64,
     trailer_bytes: usize,
     data_len: u64,
+    /// When set, the raw trailer section (lines after the last chunk) is kept here.
+    trailers: Option<Vec<u8>>,
 }
 
 impl Default for ChunkedDecoder {
@@ -76,7 +78,32 @@ impl ChunkedDecoder {
             remaining: 0,
             trailer_bytes: 0,
             data_len: 0,
+            trailers: None,
         }
+    }
+
+    /// A decoder that also keeps the trailer section, for protocols that carry trailers on
+    /// (HTTP/2, gRPC).
+    pub fn keeping_trailers() -> Self {
+        Self {
+            trailers: Some(Vec::new()),
+            ..Self::new()
+        }
+    }
+
+    /// The trailer fields seen, as `(name, value)` pairs (empty unless built with
+    /// [`Self::keeping_trailers`]).
+    pub fn trailer_fields(&self) -> Vec<(&[u8], &[u8])> {
+        let Some(raw) = &self.trailers else {
+            return Vec::new();
+        };
+        raw.split(|&b| b == b'\n')
+            .filter_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line.iter().position(|&b| b == b':')?;
+                Some((line[..colon].trim_ascii(), line[colon + 1..].trim_ascii()))
+            })
+            .collect()
     }
 
     /// Payload bytes seen so far (chunk framing excluded).
@@ -159,6 +186,9 @@ impl ChunkedDecoder {
                 State::TrailerStart if byte == b'\r' => State::FinalLf,
                 State::TrailerStart | State::Trailer => {
                     self.trailer_bytes += 1;
+                    if let Some(raw) = self.trailers.as_mut() {
+                        raw.push(byte);
+                    }
                     if self.trailer_bytes > MAX_TRAILERS {
                         return Err(ChunkError("trailers too large"));
                     }
@@ -175,7 +205,12 @@ impl ChunkedDecoder {
                         _ => State::Trailer,
                     }
                 }
-                State::TrailerLf if byte == b'\n' => State::TrailerStart,
+                State::TrailerLf if byte == b'\n' => {
+                    if let Some(raw) = self.trailers.as_mut() {
+                        raw.push(b'\n');
+                    }
+                    State::TrailerStart
+                }
                 State::TrailerLf => return Err(ChunkError("bare CR in trailer")),
                 State::FinalLf if byte == b'\n' => {
                     self.state = State::Done;
@@ -284,6 +319,26 @@ mod tests {
                 String::from_utf8_lossy(case)
             );
         }
+    }
+
+    #[test]
+    fn trailers_can_be_kept() {
+        let mut decoder = ChunkedDecoder::keeping_trailers();
+        let progress = decoder
+            .feed(
+                b"1\r\na\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n",
+                None,
+            )
+            .expect("valid");
+        assert!(progress.done);
+        let fields = decoder.trailer_fields();
+        assert_eq!(
+            fields,
+            vec![
+                (&b"grpc-status"[..], &b"0"[..]),
+                (&b"grpc-message"[..], &b"ok"[..])
+            ]
+        );
     }
 
     #[test]

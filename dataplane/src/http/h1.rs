@@ -109,20 +109,31 @@ pub fn find_header<'a>(headers: &'a [httparse::Header<'_>], name: &str) -> Optio
         .map(|h| h.value)
 }
 
+/// How far [`prescan`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// The head is complete and clean; it ends here (just past CRLF CRLF).
+    Complete(usize),
+    /// Clean so far, up to here; the head is not complete yet.
+    Partial(usize),
+}
+
 /// Scans a growing head for framing violations that must be caught before the head is complete
 /// (bare LF, for instance, would otherwise leave the parser waiting for a CRLF CRLF that never
-/// comes). `scanned` is how far earlier calls got; returns the new position.
-pub fn prescan(buf: &[u8], scanned: usize) -> Result<usize, Reject> {
+/// comes), and finds where it ends. `scanned` is how far earlier calls got. Bytes after the head
+/// (a body arriving in the same read) are not looked at.
+pub fn prescan(buf: &[u8], scanned: usize) -> Result<Scan, Reject> {
     let mut i = scanned;
     while i < buf.len() {
         match buf[i] {
             b'\n' if i == 0 || buf[i - 1] != b'\r' => return Err(reject(400, "bare LF in head")),
+            b'\n' if i >= 3 && &buf[i - 3..i] == b"\r\n\r" => return Ok(Scan::Complete(i + 1)),
             b'\n' => {}
             b'\r' => match buf.get(i + 1) {
                 Some(b'\n') => {}
                 Some(_) => return Err(reject(400, "bare CR in head")),
                 // Wait for the next byte before judging this CR.
-                None => return Ok(i),
+                None => return Ok(Scan::Partial(i)),
             },
             0 => return Err(reject(400, "NUL in head")),
             b'\t' => {}
@@ -131,7 +142,7 @@ pub fn prescan(buf: &[u8], scanned: usize) -> Result<usize, Reject> {
         }
         i += 1;
     }
-    Ok(i)
+    Ok(Scan::Partial(i))
 }
 
 /// Where the head ends (just past CRLF CRLF) in `buf`, if it is complete.
@@ -168,7 +179,9 @@ pub fn parse_request<'b>(
     if head_len > limits.max_head {
         return Err(reject(431, "request head too large"));
     }
-    prescan(head, 0)?;
+    if prescan(head, 0)? != Scan::Complete(head_len) {
+        return Err(reject(400, "malformed request head"));
+    }
     reject_obs_fold(head)?;
 
     let max_headers = limits.max_headers.min(storage.len());
@@ -499,7 +512,9 @@ pub fn parse_response<'b>(
     request_is_connect: bool,
 ) -> Result<Response<'b>, MalformedResponse> {
     let head = &buf[..head_len];
-    prescan(head, 0).map_err(|r| MalformedResponse(r.reason))?;
+    if prescan(head, 0).map_err(|r| MalformedResponse(r.reason))? != Scan::Complete(head_len) {
+        return Err(MalformedResponse("malformed response head"));
+    }
     reject_obs_fold(head).map_err(|r| MalformedResponse(r.reason))?;
     let mut parsed = httparse::Response::new(storage);
     match parsed.parse(head) {

@@ -3,10 +3,15 @@
 //! - [`proxy`]: the request path, stage by stage — start reading there.
 //! - [`h1`]: strict HTTP/1.1 head parsing and framing; [`chunked`]: chunked bodies.
 //! - [`head`]: writing the heads the proxy sends; [`io`]: owned-buffer socket plumbing.
-//! - [`pool`]: per-core upstream connection pools.
+//! - [`pool`]: per-core upstream connection pools; [`h1_upstream`]: checkout and response heads.
+//! - [`h2`]: HTTP/2 server and client, and the HTTP/2 stream path; [`grpc`]: gRPC specifics.
 
+pub mod bridge;
 pub mod chunked;
+pub mod grpc;
 pub mod h1;
+pub mod h1_upstream;
+pub mod h2;
 pub mod head;
 pub mod io;
 pub mod pool;
@@ -125,9 +130,11 @@ pub async fn serve(
         Detected::Opaque if opaque_fallback => {
             crate::l4::proxy(&core, &snapshot, listener, stream, peer, initial).await;
         }
-        // HTTP/2 arrives with the HTTP/2 issue; until then, and for garbage on http-only
-        // listeners, the connection is closed.
-        Detected::Http2 | Detected::Opaque | Detected::NeedMore => {}
+        Detected::Http2 => {
+            h2::server::serve(core, snapshot.clone(), listener_name, stream, peer, initial).await
+        }
+        // Garbage on an http-only listener: close.
+        Detected::Opaque | Detected::NeedMore => {}
     }
 }
 

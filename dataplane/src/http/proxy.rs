@@ -33,14 +33,19 @@ use monoio::net::TcpStream;
 use tracing::debug;
 
 use super::h1::{self, BodyFraming, Reject};
+use super::h1_upstream::{
+    ResponseError, checkout, peek_status, read_response_head, retry_on_fresh_connection,
+};
 use super::head::{self, Forwarding, LocalReply, RequestHead, ResponseFraming, ResponseHead};
 use super::io::{self, BodyCopy, BodyError};
-use super::pool::{Checkout, Connection, PoolLimits};
+use super::pool::Connection;
 use crate::access_log::{Entry, ResponseFlags};
+use crate::http::bridge::{self, PumpError};
+use crate::http::h2::client::H2ClientLimits;
 use crate::routing::{H1Request, NoRoute, Route, RouteAction, shadow_host};
 use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
-use crate::upstream::InFlightGuard;
 use crate::worker::Core;
+use config_schema::UpstreamProtocol;
 
 /// Header fields parsed without touching the heap; larger limits use a heap array.
 const STACK_HEADERS: usize = 128;
@@ -263,9 +268,9 @@ async fn read_request_head(
     let mut deadline: Option<Instant> = None;
     loop {
         if !down.buf.is_empty() {
-            down.scanned = h1::prescan(&down.buf, down.scanned).map_err(HeadError::Reject)?;
-            if let Some(end) = h1::head_end(&down.buf) {
-                return Ok(end);
+            match h1::prescan(&down.buf, down.scanned).map_err(HeadError::Reject)? {
+                h1::Scan::Complete(end) => return Ok(end),
+                h1::Scan::Partial(scanned) => down.scanned = scanned,
             }
             h1::check_incomplete(&down.buf, &http.limits).map_err(HeadError::Reject)?;
             deadline.get_or_insert_with(|| Instant::now() + http.request_header_timeout);
@@ -615,6 +620,12 @@ async fn forward(
     scratch: &mut Scratch,
     exchange: &mut Exchange<'_>,
 ) -> After {
+    if cluster.protocol == UpstreamProtocol::H2 {
+        return forward_to_h2(
+            core, snapshot, cluster, route, hash, plan, down, scratch, exchange,
+        )
+        .await;
+    }
     let counters = cluster.stats.slot(core.id);
     let limits = cluster.pool;
 
@@ -944,196 +955,6 @@ async fn forward(
     }
 }
 
-/// Why no upstream connection could be had.
-enum ConnectFailure {
-    /// The cluster has no endpoint.
-    NoEndpoint,
-    /// Every endpoint tried was at its connection cap.
-    Overflow,
-    /// Every endpoint tried refused, failed or timed out.
-    Failed,
-}
-
-impl ConnectFailure {
-    fn status(&self) -> u16 {
-        match self {
-            ConnectFailure::NoEndpoint | ConnectFailure::Overflow => 503,
-            ConnectFailure::Failed => 502,
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            ConnectFailure::NoEndpoint => "no healthy upstream",
-            ConnectFailure::Overflow => "upstream connection limit reached",
-            ConnectFailure::Failed => "upstream connect error",
-        }
-    }
-
-    fn flag(&self) -> ResponseFlags {
-        match self {
-            ConnectFailure::NoEndpoint => ResponseFlags::NO_HEALTHY_UPSTREAM,
-            ConnectFailure::Overflow => ResponseFlags::UPSTREAM_OVERFLOW,
-            ConnectFailure::Failed => ResponseFlags::UPSTREAM_CONNECT_FAILURE,
-        }
-    }
-}
-
-/// Stage 6: an upstream connection to the endpoint the load balancer picks, or, if that one fails,
-/// to the next endpoints in turn (nothing has been sent yet, so trying another is always safe).
-async fn checkout(
-    core: &Core,
-    snapshot: &Snapshot,
-    cluster: &Cluster,
-    hash: Option<u64>,
-    limits: &PoolLimits,
-) -> Result<(Connection, Option<InFlightGuard>), ConnectFailure> {
-    let counters = cluster.stats.slot(core.id);
-    let endpoints = cluster.endpoints.len();
-    let Some(first) = core.pick_endpoint(snapshot, cluster, hash) else {
-        counters.no_endpoint.inc();
-        return Err(ConnectFailure::NoEndpoint);
-    };
-    let mut overflow = false;
-    for attempt in 0..endpoints {
-        let endpoint = (first + attempt) % endpoints;
-        let address = cluster.endpoints[endpoint].address;
-        let in_flight = || core.start_request(snapshot, cluster, endpoint);
-        match core.pool.checkout(address, limits) {
-            Checkout::Reused(connection) => return Ok((connection, in_flight())),
-            Checkout::Exhausted => {
-                counters.pool_overflow.inc();
-                overflow = true;
-            }
-            Checkout::New(reservation) => {
-                match crate::l4::connect_one(address, cluster.connect_timeout).await {
-                    Ok(stream) => {
-                        counters.connections.inc();
-                        return Ok((core.pool.connect(reservation, stream), in_flight()));
-                    }
-                    Err(e) => {
-                        if e.kind() == std::io::ErrorKind::TimedOut {
-                            counters.connect_timeouts.inc();
-                        } else {
-                            counters.connect_failures.inc();
-                        }
-                        debug!(cluster = %cluster.name, endpoint = %address, error = %e, "upstream connect failed");
-                    }
-                }
-            }
-        }
-    }
-    Err(if overflow {
-        ConnectFailure::Overflow
-    } else {
-        ConnectFailure::Failed
-    })
-}
-
-/// Sends `head` again on a new connection after a pooled one turned out to be closed. `None`
-/// when the request cannot be replayed or no connection can be made.
-async fn retry_on_fresh_connection(
-    core: &Core,
-    snapshot: &Snapshot,
-    cluster: &Cluster,
-    hash: Option<u64>,
-    limits: &PoolLimits,
-    head: Option<&mut Vec<u8>>,
-) -> Option<Connection> {
-    let head = head?;
-    // Pooled connections to this endpoint are likely stale too: open a new one.
-    let fresh_only = PoolLimits {
-        max_idle: 0,
-        ..*limits
-    };
-    core.pool.evict_idle(Duration::ZERO);
-    let (mut connection, _) = checkout(core, snapshot, cluster, hash, &fresh_only)
-        .await
-        .ok()?;
-    io::write_all(&mut connection.stream, head).await.ok()?;
-    Some(connection)
-}
-
-/// Why no usable response head arrived.
-enum ResponseError {
-    /// The upstream closed or reset before sending a byte.
-    Closed,
-    /// The route timeout passed.
-    Timeout,
-    /// The head was malformed, too large, or cut short.
-    Malformed(&'static str),
-}
-
-impl ResponseError {
-    fn reply(&self) -> (u16, &'static str, ResponseFlags) {
-        match self {
-            ResponseError::Closed => (
-                502,
-                "upstream closed the connection",
-                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-            ),
-            ResponseError::Timeout => (
-                504,
-                "upstream request timeout",
-                ResponseFlags::UPSTREAM_TIMEOUT,
-            ),
-            ResponseError::Malformed(reason) => {
-                (502, reason, ResponseFlags::UPSTREAM_PROTOCOL_ERROR)
-            }
-        }
-    }
-}
-
-/// Reads until the upstream's response head is complete.
-async fn read_response_head(
-    upstream: &mut Connection,
-    deadline: Option<Instant>,
-) -> Result<usize, ResponseError> {
-    loop {
-        if let Some(end) = h1::head_end(&upstream.buf) {
-            return Ok(end);
-        }
-        if upstream.buf.len() >= h1::MAX_RESPONSE_HEAD {
-            return Err(ResponseError::Malformed("upstream response head too large"));
-        }
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if timeout == Some(Duration::ZERO) {
-            return Err(ResponseError::Timeout);
-        }
-        match io::read_more_within(
-            &mut upstream.stream,
-            &mut upstream.buf,
-            io::BODY_CHUNK / 4,
-            timeout,
-        )
-        .await
-        {
-            Ok(0) if upstream.buf.is_empty() => return Err(ResponseError::Closed),
-            Ok(0) => return Err(ResponseError::Malformed("upstream response head cut short")),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(ResponseError::Timeout);
-            }
-            Err(_) if upstream.buf.is_empty() => return Err(ResponseError::Closed),
-            Err(_) => {
-                return Err(ResponseError::Malformed(
-                    "upstream connection reset mid-head",
-                ));
-            }
-        }
-    }
-}
-
-/// The status code of a response head, or 0 if it does not look like one.
-fn peek_status(head: &[u8]) -> u16 {
-    match head.get(9..12) {
-        Some(digits) if head.starts_with(b"HTTP/1.") && digits.iter().all(u8::is_ascii_digit) => {
-            digits.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0'))
-        }
-        _ => 0,
-    }
-}
-
 /// Answers a forwarded request with a local error. The connection stays open only if the request
 /// body was fully read (or there was none) and the client wants it open.
 async fn reply_error(
@@ -1226,7 +1047,7 @@ fn record(
 ) {
     let duration = exchange.started.elapsed();
     if let Some(route) = exchange.route
-        && let Some(stats) = snapshot.route_stats.get(&route.name)
+        && let Some((_, stats)) = snapshot.route_stats.get(route.id)
     {
         stats.slot(core.id).record(exchange.status, duration);
     }
@@ -1281,7 +1102,7 @@ fn send_mirror(
     let mut request = Vec::with_capacity(head.len() + body.len());
     request.extend_from_slice(head);
     request.extend_from_slice(&body);
-    monoio::spawn(async move {
+    monoio::spawn(crate::contain::contained("mirror", async move {
         let Some(cluster) = snapshot.clusters.get(cluster) else {
             return;
         };
@@ -1313,7 +1134,7 @@ fn send_mirror(
             Some(())
         };
         let _ = monoio::time::timeout(MIRROR_TIMEOUT, exchange).await;
-    });
+    }));
 }
 
 /// Joins the client and upstream connections after a 101 or a 2xx to CONNECT, forwarding first
@@ -1350,4 +1171,399 @@ async fn tunnel(core: &Core, listener_name: &str, mut down: Downstream, upstream
         debug!(error = %e, "tunnel ended");
     }
     drop(slot);
+}
+
+/// Stages 6–8 toward an HTTP/2 cluster: the HTTP/1.1 request becomes a stream on a pooled
+/// multiplexed connection, and the HTTP/2 response is written back as HTTP/1.1 (chunked, with
+/// its trailers, when its length is not known).
+#[allow(clippy::too_many_arguments)]
+async fn forward_to_h2(
+    core: &Rc<Core>,
+    snapshot: &SnapshotRef,
+    cluster: &Cluster,
+    route: &Route,
+    hash: Option<u64>,
+    plan: &Plan<'_>,
+    down: &mut Downstream,
+    scratch: &mut Scratch,
+    exchange: &mut Exchange<'_>,
+) -> After {
+    let counters = cluster.stats.slot(core.id);
+    if plan.upgrade {
+        counters.protocol_errors.inc();
+        return reply_error(
+            core,
+            down,
+            scratch,
+            exchange,
+            502,
+            "upgrade is not supported toward an HTTP/2 cluster",
+            plan,
+        )
+        .await;
+    }
+    // The head for the upstream was written as HTTP/1.1 (forwarding headers and route changes
+    // applied); it is re-read into an HTTP/2 request.
+    let Some(request) = h2_request_from_head(&scratch.head) else {
+        return reply_error(
+            core,
+            down,
+            scratch,
+            exchange,
+            400,
+            "request cannot be sent over HTTP/2",
+            plan,
+        )
+        .await;
+    };
+    let limits = H2ClientLimits {
+        max_streams: cluster.h2.max_streams,
+        max_connections: cluster.pool.max_connections,
+        connect_timeout: cluster.connect_timeout,
+    };
+    let ends_here = plan.framing == BodyFraming::None;
+    if plan.expect_continue {
+        scratch.path.clear();
+        scratch
+            .path
+            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        if io::write_all(&mut down.stream, &mut scratch.path)
+            .await
+            .is_err()
+        {
+            return After::Close;
+        }
+    }
+    // A bodiless request that an upstream refused unprocessed (GOAWAY after a connection's last
+    // stream, REFUSED_STREAM) is sent once more, on a fresh connection.
+    let mut request = Some(request);
+    let mut attempt = 0;
+    let (response, _in_flight) = loop {
+        attempt += 1;
+        let Some(request) = request
+            .take()
+            .or_else(|| h2_request_from_head(&scratch.head))
+        else {
+            return reply_error(
+                core,
+                down,
+                scratch,
+                exchange,
+                400,
+                "request cannot be sent over HTTP/2",
+                plan,
+            )
+            .await;
+        };
+        // 6. A stream on a pooled connection to the balancer's pick, or to the next endpoints.
+        let Some(first) = core.pick_endpoint(snapshot, cluster, hash) else {
+            counters.no_endpoint.inc();
+            exchange.flags.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
+            return reply_error(
+                core,
+                down,
+                scratch,
+                exchange,
+                503,
+                "no healthy upstream",
+                plan,
+            )
+            .await;
+        };
+        let endpoints = cluster.endpoints.len();
+        let mut checkout = None;
+        for offset in 0..endpoints {
+            let endpoint = (first + offset) % endpoints;
+            match core
+                .h2_pool
+                .checkout(cluster.endpoints[endpoint].address, &limits)
+                .await
+            {
+                Ok(stream) => {
+                    checkout = Some((endpoint, stream));
+                    break;
+                }
+                Err(_) => counters.connect_failures.inc(),
+            }
+        }
+        let Some((endpoint, mut stream)) = checkout else {
+            exchange
+                .flags
+                .insert(ResponseFlags::UPSTREAM_CONNECT_FAILURE);
+            return reply_error(
+                core,
+                down,
+                scratch,
+                exchange,
+                502,
+                "upstream connect error",
+                plan,
+            )
+            .await;
+        };
+        let in_flight = core.start_request(snapshot, cluster, endpoint);
+        exchange.upstream = Some(cluster.endpoints[endpoint].address);
+        counters.requests.inc();
+        if stream.reused {
+            counters.pool_reuse.inc();
+        } else {
+            counters.connections.inc();
+        }
+
+        // 7. Send the request: head, then the body as DATA frames.
+        let sent = match std::future::poll_fn(|cx| stream.send.poll_ready(cx)).await {
+            Ok(()) => stream.send.send_request(request, ends_here),
+            Err(e) => Err(e),
+        };
+        let (response, mut upstream_body) = match sent {
+            Ok(pair) => pair,
+            Err(_) if ends_here && attempt == 1 => {
+                stream.retire_connection();
+                continue;
+            }
+            Err(_) => {
+                stream.retire_connection();
+                exchange
+                    .flags
+                    .insert(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
+                return reply_error(
+                    core,
+                    down,
+                    scratch,
+                    exchange,
+                    502,
+                    "upstream refused the stream",
+                    plan,
+                )
+                .await;
+            }
+        };
+        if ends_here {
+            exchange.request_body_done = true;
+        } else {
+            match bridge::h1_to_h2(
+                &mut down.stream,
+                &mut down.buf,
+                plan.framing,
+                &mut upstream_body,
+                plan.body_limit,
+            )
+            .await
+            {
+                Ok(bytes) => {
+                    exchange.bytes_received = bytes;
+                    exchange.request_body_done = true;
+                }
+                Err(PumpError::TooLarge) => {
+                    return reply_error(
+                        core,
+                        down,
+                        scratch,
+                        exchange,
+                        413,
+                        "request body too large",
+                        plan,
+                    )
+                    .await;
+                }
+                Err(PumpError::Malformed(reason)) => {
+                    exchange
+                        .flags
+                        .insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+                    return reply_error(core, down, scratch, exchange, 400, reason, plan).await;
+                }
+                Err(PumpError::Source(_)) => {
+                    exchange
+                        .flags
+                        .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                    return After::Close;
+                }
+                Err(PumpError::Destination(_)) => {
+                    exchange
+                        .flags
+                        .insert(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
+                    return reply_error(
+                        core,
+                        down,
+                        scratch,
+                        exchange,
+                        502,
+                        "upstream reset the stream",
+                        plan,
+                    )
+                    .await;
+                }
+            }
+        }
+
+        // 8. The response head.
+        let response = match route.timeout {
+            Some(timeout) => match monoio::time::timeout(
+                timeout.saturating_sub(exchange.started.elapsed()),
+                response,
+            )
+            .await
+            {
+                Ok(response) => response,
+                Err(_) => {
+                    counters.timeouts.inc();
+                    exchange.flags.insert(ResponseFlags::UPSTREAM_TIMEOUT);
+                    return reply_error(
+                        core,
+                        down,
+                        scratch,
+                        exchange,
+                        504,
+                        "upstream request timeout",
+                        plan,
+                    )
+                    .await;
+                }
+            },
+            None => response.await,
+        };
+        match response {
+            Ok(response) => break (response, in_flight),
+            Err(e) => {
+                let unprocessed = e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM);
+                if unprocessed {
+                    stream.retire_connection();
+                    if ends_here && attempt == 1 {
+                        continue;
+                    }
+                }
+                exchange
+                    .flags
+                    .insert(ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
+                return reply_error(
+                    core,
+                    down,
+                    scratch,
+                    exchange,
+                    502,
+                    "upstream reset the stream",
+                    plan,
+                )
+                .await;
+            }
+        }
+    };
+    let (parts, mut upstream_response) = response.into_parts();
+    let status = parts.status.as_u16();
+    let no_body = plan.is_head || status == 204 || status == 304 || (100..200).contains(&status);
+    let length = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let client_10 = plan.minor_version == 0;
+    let framing = match (no_body, length) {
+        (true, _) => ResponseFraming::NoBody,
+        (false, Some(n)) => ResponseFraming::Length(n),
+        (false, None) if client_10 => ResponseFraming::UntilClose,
+        (false, None) => ResponseFraming::Chunked,
+    };
+    let keep_alive =
+        plan.keep_alive && !core.is_draining() && framing != ResponseFraming::UntilClose;
+    let connection = match (keep_alive, client_10) {
+        (false, _) => Some("close"),
+        (true, true) => Some("keep-alive"),
+        (true, false) => None,
+    };
+    let fields: Vec<httparse::Header<'_>> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| httparse::Header {
+            name: name.as_str(),
+            value: value.as_bytes(),
+        })
+        .collect();
+    head::write_response_head(
+        &mut scratch.head,
+        &ResponseHead {
+            status,
+            reason: head::reason_phrase(status),
+            headers: &fields,
+            connection_tokens: "",
+            framing,
+            mutation: &route.response_headers,
+            connection,
+            upgrade: None,
+        },
+    );
+    drop(fields);
+    exchange.status = status;
+    counters.response(status);
+    if io::write_all(&mut down.stream, &mut scratch.head)
+        .await
+        .is_err()
+    {
+        exchange
+            .flags
+            .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+        return After::Close;
+    }
+    if framing != ResponseFraming::NoBody {
+        let chunked = framing == ResponseFraming::Chunked;
+        match bridge::h2_to_h1(
+            &mut upstream_response,
+            &mut down.stream,
+            chunked,
+            None,
+            &mut scratch.path,
+            None,
+        )
+        .await
+        {
+            Ok(bytes) => exchange.bytes_sent = bytes,
+            Err(error) => {
+                let flag = match error {
+                    PumpError::Destination(_) => ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                    _ => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                };
+                exchange.flags.insert(flag);
+                return After::Close;
+            }
+        }
+    }
+    if keep_alive {
+        After::KeepAlive
+    } else {
+        After::Close
+    }
+}
+
+/// Re-reads an HTTP/1.1 request head written by the proxy as an HTTP/2 request: the request line
+/// becomes the pseudo-headers, `host` the authority, and headers HTTP/2 forbids are left out.
+fn h2_request_from_head(head_bytes: &[u8]) -> Option<http::Request<()>> {
+    let mut storage = [httparse::EMPTY_HEADER; 256];
+    let mut parsed = httparse::Request::new(&mut storage);
+    parsed.parse(head_bytes).ok()?;
+    let host = parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value)?;
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(std::str::from_utf8(host).ok()?)
+        .path_and_query(parsed.path?)
+        .build()
+        .ok()?;
+    let mut request = http::Request::new(());
+    *request.method_mut() = http::Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    for field in parsed.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || h1::is_hop_by_hop(name)
+        {
+            continue;
+        }
+        let name = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok()?;
+        headers.append(name, http::HeaderValue::from_bytes(field.value).ok()?);
+    }
+    Some(request)
 }

@@ -125,7 +125,7 @@ async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
 }
 
 /// Resolves once `last_activity` is more than `idle` in the past.
-async fn idle_expired(last_activity: &Cell<Instant>, idle: Duration) {
+pub(super) async fn idle_expired(last_activity: &Cell<Instant>, idle: Duration) {
     loop {
         let elapsed = last_activity.get().elapsed();
         if elapsed >= idle {

@@ -5,10 +5,12 @@
 //! timeout, and then hands both sockets to [`copy::bidirectional`].
 
 pub mod copy;
+pub mod splice;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use config_schema::L4Copy;
 use monoio::net::TcpStream;
 use tracing::debug;
 
@@ -47,7 +49,14 @@ pub async fn proxy(
             return;
         }
     }
-    let outcome = copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await;
+    let outcome = match snapshot.spec.runtime.l4_copy {
+        L4Copy::Buffer => {
+            copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+        }
+        L4Copy::Splice => {
+            splice::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+        }
+    };
     if let Err(e) = outcome {
         debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
     }

@@ -16,6 +16,9 @@ pub struct Route {
     /// `RouteSpec::name`, or `"<virtual host>#<index>"`. Per-route state (rate-limit buckets,
     /// stats) is keyed by it across reloads.
     pub name: Arc<str>,
+    /// Dense index of the route in its config generation (0..number of routes), for per-route
+    /// state kept in vectors rather than looked up by name on every request.
+    pub id: usize,
     /// What to do with a matching request.
     pub action: RouteAction,
     /// Path rewrite before forwarding.

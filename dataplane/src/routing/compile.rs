@@ -8,7 +8,6 @@ use config_schema::{
     ConfigSpec, HeaderMatchSpec, HeaderMutationSpec, ListenerProtocol, QueryMatchSpec,
     RateLimitSpec, RouteSpec, VirtualHostSpec,
 };
-use regex_automata::MatchKind;
 
 use super::action::{
     DirectResponse, FaultAbort, FaultPolicy, HeaderMutation, Mirror, PathRewrite, RateLimit,
@@ -17,7 +16,8 @@ use super::action::{
 use super::matcher::{Conditions, HeaderCondition, HeaderTest, QueryCondition, QueryTest};
 use super::regex::RegexArena;
 use super::table::{
-    BytesMap, HostIndex, LenSet, RegexRoutes, RouteConfig, RouteTable, VirtualHost,
+    BytesMap, HostIndex, LenSet, RegexGroup, RegexIndex, RegexMember, RouteConfig, RouteTable,
+    VirtualHost,
 };
 
 /// A config that validation accepted but routing cannot compile. Validation should make these
@@ -67,9 +67,16 @@ pub fn compile(
 ) -> Result<RouteConfig, RouteCompileError> {
     let mut arena = RegexArena::new();
     let mut vhosts = Vec::with_capacity(spec.virtual_hosts.len());
+    let mut next_id = 0;
     for (i, vhost) in spec.virtual_hosts.iter().enumerate() {
         let path = format!("virtual_hosts[{i}]");
-        vhosts.push(Arc::new(virtual_host(&path, vhost, clusters, &mut arena)?));
+        vhosts.push(Arc::new(virtual_host(
+            &path,
+            vhost,
+            clusters,
+            &mut arena,
+            &mut next_id,
+        )?));
     }
     let arena = Arc::new(arena);
 
@@ -166,6 +173,7 @@ fn virtual_host(
     spec: &VirtualHostSpec,
     clusters: &HashMap<&str, usize>,
     arena: &mut RegexArena,
+    next_id: &mut usize,
 ) -> Result<VirtualHost, RouteCompileError> {
     let mut routes = Vec::with_capacity(spec.routes.len());
     for (i, route_spec) in spec.routes.iter().enumerate() {
@@ -174,7 +182,15 @@ fn virtual_host(
             Some(name) => name.as_str().into(),
             None => format!("{}#{i}", spec.name).into(),
         };
-        routes.push(route(&route_path, name, route_spec, clusters, arena)?);
+        routes.push(route(
+            &route_path,
+            name,
+            *next_id,
+            route_spec,
+            clusters,
+            arena,
+        )?);
+        *next_id += 1;
     }
 
     // Order within each path class: more conditions first, then config order (a stable sort).
@@ -205,30 +221,7 @@ fn virtual_host(
     let regex = if regex_routes.is_empty() {
         None
     } else {
-        let regex_error = |message| RouteCompileError::Regex {
-            path: format!("{path} (path_regex of its routes)"),
-            message,
-        };
-        let first = arena
-            .add_set(&regex_patterns, MatchKind::LeftmostFirst)
-            .map_err(regex_error)?;
-        let needs_all = regex_routes
-            .iter()
-            .any(|&i| routes[i as usize].conditions.count() > 0);
-        let all = if needs_all {
-            Some(
-                arena
-                    .add_set(&regex_patterns, MatchKind::All)
-                    .map_err(regex_error)?,
-            )
-        } else {
-            None
-        };
-        Some(RegexRoutes {
-            first,
-            all,
-            routes: regex_routes.into(),
-        })
+        Some(regex_index(path, &regex_routes, &regex_patterns, arena)?)
     };
 
     let boxed = |map: BytesMap<Vec<u32>>| -> BytesMap<Box<[u32]>> {
@@ -244,6 +237,72 @@ fn virtual_host(
         prefix_lens,
         root: root.into(),
     })
+}
+
+/// Groups regex routes (given in precedence order) by the literal start of their patterns; see
+/// [`RegexIndex`].
+fn regex_index(
+    path: &str,
+    routes: &[u32],
+    patterns: &[&str],
+    arena: &mut RegexArena,
+) -> Result<RegexIndex, RouteCompileError> {
+    let mut grouped: BytesMap<Vec<(RegexMember, &str)>> = BytesMap::default();
+    for (rank, (&route, &pattern)) in routes.iter().zip(patterns).enumerate() {
+        let regex = arena
+            .add(pattern)
+            .map_err(|message| RouteCompileError::Regex {
+                path: format!("{path}.routes[{route}].match.path_regex"),
+                message,
+            })?;
+        let member = RegexMember {
+            rank: rank as u32,
+            route,
+            regex,
+        };
+        grouped
+            .entry(regex_key(pattern).into())
+            .or_default()
+            .push((member, pattern));
+    }
+    let mut index = RegexIndex::default();
+    for (key, members) in grouped {
+        let set = if members.len() > 1 {
+            let patterns: Vec<&str> = members.iter().map(|(_, p)| *p).collect();
+            // A pattern the lazy DFA cannot take leaves the group to one-by-one tests.
+            arena.add_set(&patterns).ok()
+        } else {
+            None
+        };
+        let group = RegexGroup {
+            set,
+            members: members.into_iter().map(|(m, _)| m).collect(),
+        };
+        if key.is_empty() {
+            index.root = Some(group);
+        } else {
+            index.key_lens.insert(key.len());
+            index.groups.insert(key, group);
+        }
+    }
+    Ok(index)
+}
+
+/// The group key of a path regex: the literal text every match starts with (from the regex
+/// parser's prefix literals), cut back to before its last `/`; empty if that leaves nothing.
+pub(crate) fn regex_key(pattern: &str) -> Vec<u8> {
+    let Ok(hir) = regex_syntax::Parser::new().parse(pattern) else {
+        return Vec::new();
+    };
+    let prefixes = regex_syntax::hir::literal::Extractor::new().extract(&hir);
+    let common = prefixes.longest_common_prefix().unwrap_or_default();
+    if common.first() != Some(&b'/') {
+        return Vec::new();
+    }
+    match common.iter().rposition(|&b| b == b'/') {
+        Some(at) if at > 0 => common[..at].to_vec(),
+        _ => Vec::new(),
+    }
 }
 
 fn cluster_index(
@@ -263,6 +322,7 @@ fn cluster_index(
 fn route(
     path: &str,
     name: Arc<str>,
+    id: usize,
     spec: &RouteSpec,
     clusters: &HashMap<&str, usize>,
     arena: &mut RegexArena,
@@ -358,6 +418,7 @@ fn route(
 
     Ok(Route {
         name,
+        id,
         action,
         rewrite,
         request_headers: header_mutation(&spec.request_headers),

@@ -18,17 +18,23 @@
 //!   Paths are matched as sent, case-sensitively.
 //!
 //! # Data structures, and why
-//! Per virtual host: exact paths in a hash map (one xxh3 hash and compare); prefixes in a hash
-//! map keyed by normalised prefix, probed with the request path cut at each `/` from the right,
-//! so candidates come longest first and a lookup costs one probe per path segment — a bit set
-//! of configured prefix lengths skips probes that cannot hit (a segment trie gives the same
-//! order but chases a pointer per segment); all path regexes of the virtual host in one
-//! leftmost-first multi-pattern regex numbered in precedence order, so one anchored search
-//! returns the best regex route (a second, match-all set is built only when a regex route has
-//! other conditions, for the fall-through case). Each candidate list is pre-sorted, so the
-//! request path does no sorting. Regexes live in one arena per config with per-worker caches in
-//! [`MatchScratch`] (see [`regex`](self::regex) for why). A lookup allocates nothing and takes
-//! no lock.
+//! Per virtual host, one structure per path class, each yielding candidates best first:
+//! - exact paths: a hash map (one xxh3 hash and compare);
+//! - prefixes: a hash map keyed by normalised prefix, probed with the request path cut at each
+//!   `/` from the right, so candidates come longest first at one probe per path segment; a bit
+//!   set of configured prefix lengths skips probes that cannot hit (a segment trie gives the same
+//!   order but chases a pointer per segment);
+//! - regexes: grouped by the literal text every match must start with (from the regex parser),
+//!   cut back to a `/` (`/svc1/items/[0-9]+` → group `/svc1/items`; `/impl.*` → the root group),
+//!   probed like prefixes; a group of several patterns is one leftmost-first lazy DFA whose
+//!   pattern numbers follow precedence, so one anchored search finds the group's best route.
+//!   Thousands of regex routes therefore cost a few searches per request, not thousands, and no
+//!   search can fall back to an engine whose memory grows with the pattern count.
+//!
+//! Candidate lists are pre-sorted at compile time, so the request path never sorts (except the
+//! rare fall-through among regex routes). Regexes live in one arena per config, with per-worker
+//! caches in [`MatchScratch`] (see the `regex` module for why). A lookup allocates nothing
+//! once the scratch is warm and takes no lock.
 //!
 //! # Use
 //! [`compile`] once per config generation → [`RouteConfig`]; per connection,

@@ -61,7 +61,7 @@ pub struct VirtualHost {
     pub routes: Box<[Route]>,
     /// Exact paths → route indices, best first.
     pub(crate) exact: BytesMap<Box<[u32]>>,
-    pub(crate) regex: Option<RegexRoutes>,
+    pub(crate) regex: Option<RegexIndex>,
     /// Normalised prefixes (no trailing `/`, root excluded) → route indices, best first.
     pub(crate) prefixes: BytesMap<Box<[u32]>>,
     pub(crate) prefix_lens: LenSet,
@@ -69,16 +69,111 @@ pub struct VirtualHost {
     pub(crate) root: Box<[u32]>,
 }
 
-/// The regex routes of a virtual host, numbered in precedence order.
+/// The regex routes of a virtual host, grouped by the literal text every match must start with,
+/// cut back to a `/`: a pattern `/svc1/items/[0-9]+` lands in group `/svc1/items`, one like
+/// `/impl.*` or `.*\.png` in the root group `""`. A lookup searches only the root group and the
+/// groups keyed by the path cut at each of its `/`, so thousands of regex routes do not make every
+/// request run thousands of patterns.
+#[derive(Debug, Default)]
+pub(crate) struct RegexIndex {
+    pub(crate) groups: BytesMap<RegexGroup>,
+    pub(crate) key_lens: LenSet,
+    pub(crate) root: Option<RegexGroup>,
+}
+
+/// Regex routes sharing a literal start, in precedence order.
 #[derive(Debug)]
-pub(crate) struct RegexRoutes {
-    /// Leftmost-first set: one search finds the best regex route whose path matches.
-    pub(crate) first: RegexId,
-    /// Match-all set, for when the best one's other conditions fail; only built when some regex
-    /// route has other conditions.
-    pub(crate) all: Option<RegexId>,
-    /// Pattern number → route index.
-    pub(crate) routes: Box<[u32]>,
+pub(crate) struct RegexGroup {
+    /// All members' patterns in one leftmost-first lazy DFA (pattern `i` is `members[i]`);
+    /// `None` for a single member, or if the DFA could not be built.
+    pub(crate) set: Option<RegexId>,
+    pub(crate) members: Box<[RegexMember]>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RegexMember {
+    /// Precedence among the virtual host's regex routes (lower wins).
+    pub(crate) rank: u32,
+    pub(crate) route: u32,
+    /// The member's own pattern, for one-by-one tests.
+    pub(crate) regex: RegexId,
+}
+
+impl RegexGroup {
+    /// The best member whose pattern matches all of `path`.
+    #[inline]
+    fn best(
+        &self,
+        path: &[u8],
+        arena: &RegexArena,
+        scratch: &mut MatchScratch,
+    ) -> Option<&RegexMember> {
+        if let Some(set) = self.set
+            && let Ok(found) = scratch.first_match(arena, set, path)
+        {
+            return found.and_then(|i| self.members.get(i));
+        }
+        self.members
+            .iter()
+            .find(|m| scratch.is_full_match(arena, m.regex, path))
+    }
+}
+
+impl RegexIndex {
+    /// The groups that may hold a pattern matching `path`.
+    #[inline]
+    fn probed<'a>(&'a self, path: &'a [u8]) -> impl Iterator<Item = &'a RegexGroup> + 'a {
+        let keyed = path
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|&(at, &b)| b == b'/' && self.key_lens.contains(at))
+            .filter_map(|(at, _)| self.groups.get(&path[..at]));
+        self.root.iter().chain(keyed)
+    }
+
+    /// The best regex route for `path` (lowest rank) whose other conditions hold.
+    #[inline]
+    fn find<'v, R: RequestView + ?Sized>(
+        &self,
+        vhost: &'v VirtualHost,
+        req: &R,
+        arena: &RegexArena,
+        scratch: &mut MatchScratch,
+    ) -> Option<&'v Route> {
+        let path = req.path();
+        let mut best: Option<&RegexMember> = None;
+        for group in self.probed(path) {
+            if let Some(m) = group.best(path, arena, scratch)
+                && best.is_none_or(|b| m.rank < b.rank)
+            {
+                best = Some(m);
+            }
+        }
+        let best = best?;
+        let route = &vhost.routes[best.route as usize];
+        if route.conditions.matches(req, arena, scratch) {
+            return Some(route);
+        }
+        // Rare: the best regex route's other conditions failed. Gather every regex route ranked
+        // after it whose pattern matches, and try them in order.
+        let mut candidates = std::mem::take(&mut scratch.candidates);
+        candidates.clear();
+        for group in self.probed(path) {
+            for m in group.members.iter().filter(|m| m.rank > best.rank) {
+                if scratch.is_full_match(arena, m.regex, path) {
+                    candidates.push((m.rank, m.route));
+                }
+            }
+        }
+        candidates.sort_unstable();
+        let found = candidates
+            .iter()
+            .map(|&(_, r)| &vhost.routes[r as usize])
+            .find(|route| route.conditions.matches(req, arena, scratch));
+        scratch.candidates = candidates;
+        found
+    }
 }
 
 impl VirtualHost {
@@ -108,27 +203,9 @@ impl VirtualHost {
         }
 
         if let Some(regex) = &self.regex
-            && let Some(best) = scratch.first_match(arena, regex.first, path)
+            && let Some(route) = regex.find(self, req, arena, scratch)
         {
-            if let Some(route) = first_ok(&regex.routes[best..=best], scratch) {
-                return Some(route);
-            }
-            if let Some(all) = regex.all {
-                // Rare: the best regex route's other conditions failed. Copy the matching pattern
-                // numbers out (at most a few) so the scratch can be reused for those conditions.
-                let mut next = best + 1;
-                while let Some(p) = scratch
-                    .all_matches(arena, all, path)
-                    .iter()
-                    .map(|p| p.as_usize())
-                    .find(|&p| p >= next)
-                {
-                    if let Some(route) = first_ok(&regex.routes[p..=p], scratch) {
-                        return Some(route);
-                    }
-                    next = p + 1;
-                }
-            }
+            return Some(route);
         }
 
         if !self.prefixes.is_empty() {

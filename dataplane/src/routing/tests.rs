@@ -883,3 +883,76 @@ fn one_scratch_serves_tables_of_different_generations() {
         );
     }
 }
+
+#[test]
+fn regex_routes_are_grouped_by_literal_start() {
+    use super::compile::regex_key;
+    assert_eq!(regex_key("/svc1/v1/items/[0-9]+"), b"/svc1/v1/items");
+    assert_eq!(regex_key("/api/(v1|v2)/x"), b"/api");
+    assert_eq!(regex_key("/impl.*"), b"");
+    assert_eq!(regex_key(r".*\.png"), b"");
+    assert_eq!(regex_key("(?i)/API/x"), b"");
+    assert_eq!(regex_key("/a/b|/a/c"), b"/a");
+    assert_eq!(regex_key("/a/b|/x/c"), b"");
+    assert_eq!(regex_key("/a/b?"), b"/a");
+    assert_eq!(regex_key("/a/b"), b"/a");
+}
+
+#[test]
+fn regex_precedence_holds_across_groups() {
+    // Group "" holds /impl.* and .*\.png; group "/impl/x" holds the numbered one.
+    let t = table(
+        r#"
+        [[virtual_hosts]]
+        name = "v"
+        domains = ["*"]
+        routes = [
+            { name = "numbered", match = { path_regex = "/impl/x/[0-9]+" }, cluster = "a" },
+            { name = "impl", match = { path_regex = "/impl.*" }, cluster = "a" },
+            { name = "png", match = { path_regex = ".*\\.png", headers = [{ name = "accept", prefix = "image/" }] }, cluster = "a" },
+            { name = "png-any", match = { path_regex = "/impl/x/.*\\.png" }, cluster = "a" },
+        ]
+    "#,
+    );
+    assert_eq!(get(&t, "h", "/impl/x/12").as_deref(), Ok("numbered"));
+    assert_eq!(get(&t, "h", "/impl/x/y").as_deref(), Ok("impl"));
+    // "png" has a condition, so it ranks first; without the header the next match is "impl".
+    assert_eq!(
+        pick(&t, "GET", "h", "/impl/x/a.png", &[("accept", "image/png")]).as_deref(),
+        Ok("png")
+    );
+    assert_eq!(get(&t, "h", "/impl/x/a.png").as_deref(), Ok("impl"));
+    assert_eq!(get(&t, "h", "/other/a.png"), Err("no route in v".into()));
+    let t = table(
+        r#"
+        [[virtual_hosts]]
+        name = "v"
+        domains = ["*"]
+        routes = [
+            { name = "impl", match = { path_regex = "/impl.*" }, cluster = "a" },
+            { name = "numbered", match = { path_regex = "/impl/x/[0-9]+" }, cluster = "a" },
+        ]
+    "#,
+    );
+    assert_eq!(
+        get(&t, "h", "/impl/x/12").as_deref(),
+        Ok("impl"),
+        "file order decides"
+    );
+}
+
+#[test]
+fn a_large_group_of_unanchored_regexes_still_matches() {
+    // 500 patterns with no literal start all land in the root group's lazy DFA.
+    let routes: String = (0..500)
+        .map(|i| format!("{{ name = \"r{i}\", match = {{ path_regex = \"(/[a-z]+)+/r{i}\" }}, cluster = \"a\" }},\n"))
+        .collect();
+    let t = table(&format!(
+        "[[virtual_hosts]]\nname = \"v\"\ndomains = [\"*\"]\nroutes = [\n{routes}]"
+    ));
+    assert_eq!(get(&t, "h", "/abc/def/r250").as_deref(), Ok("r250"));
+    assert_eq!(get(&t, "h", "/abc/r499").as_deref(), Ok("r499"));
+    assert_eq!(get(&t, "h", "/abc/r500"), Err("no route in v".into()));
+    let long = format!("{}/r7", "/abcdefgh".repeat(500));
+    assert_eq!(get(&t, "h", &long).as_deref(), Ok("r7"));
+}

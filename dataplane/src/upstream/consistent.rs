@@ -14,11 +14,18 @@ const POINTS_PER_WEIGHT: u64 = 160;
 /// Upper bound on ring points (12 bytes each).
 const MAX_RING_POINTS: u64 = 1 << 20;
 
-/// A hash ring: sorted point hashes and the endpoint at each point. Lookup is a binary search.
+/// A hash ring: sorted point hashes and the endpoint at each point. A lookup finds its bucket
+/// (the top bits of the hash) in a small index, then binary-searches the few points in it: a
+/// plain binary search over a large ring (400 000 points at 1 000 endpoints) costs a cache miss
+/// per step.
 #[derive(Debug)]
 pub(crate) struct Ring {
     hashes: Box<[u64]>,
     endpoints: Box<[u32]>,
+    /// `buckets[b]` is the first point whose hash has top bits `>= b`.
+    buckets: Box<[u32]>,
+    /// 64 minus the number of top bits that pick a bucket.
+    shift: u32,
 }
 
 impl Ring {
@@ -50,17 +57,38 @@ impl Ring {
             }
         }
         points.sort_unstable();
-        let (hashes, endpoints) = points.into_iter().unzip::<_, _, Vec<_>, Vec<_>>();
+        let (hashes, endpoints) = points.into_iter().unzip::<_, _, Vec<u64>, Vec<u32>>();
+        // About four points per bucket, at most 2^16 buckets (256 KiB).
+        let bits = (hashes.len() / 4)
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros()
+            .min(16);
+        let shift = 64 - bits;
+        let buckets = (0..1u64 << bits)
+            .map(|b| {
+                let at = hashes.partition_point(|&h| h.checked_shr(shift).unwrap_or(0) < b);
+                u32::try_from(at).expect("ring points are capped well below 2^32")
+            })
+            .collect();
         Self {
             hashes: hashes.into(),
             endpoints: endpoints.into(),
+            buckets,
+            shift,
         }
     }
 
     /// The endpoint owning `hash`: the first point at or after it, wrapping around.
     #[inline]
     pub(crate) fn pick(&self, hash: u64) -> Option<usize> {
-        let at = self.hashes.partition_point(|&h| h < hash);
+        let bucket = hash.checked_shr(self.shift).unwrap_or(0) as usize;
+        let lo = self.buckets.get(bucket).map_or(0, |&i| i as usize);
+        let hi = self
+            .buckets
+            .get(bucket + 1)
+            .map_or(self.hashes.len(), |&i| i as usize);
+        let at = lo + self.hashes.get(lo..hi)?.partition_point(|&h| h < hash);
         let at = if at == self.hashes.len() { 0 } else { at };
         self.endpoints.get(at).map(|&e| e as usize)
     }
@@ -172,6 +200,38 @@ fn next_prime(from: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_buckets_agree_with_a_plain_binary_search() {
+        let endpoints: Vec<(SocketAddr, u32)> = (1..=50)
+            .map(|i| (format!("10.0.0.{i}:80").parse().expect("addr"), i % 3 + 1))
+            .collect();
+        let ring = Ring::new(&endpoints);
+        assert!(ring.buckets.len() > 1);
+        let plain = |hash: u64| {
+            let at = ring.hashes.partition_point(|&h| h < hash);
+            let at = if at == ring.hashes.len() { 0 } else { at };
+            ring.endpoints[at] as usize
+        };
+        let mut h: u64 = 1;
+        for _ in 0..100_000 {
+            h = h
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            assert_eq!(ring.pick(h), Some(plain(h)));
+        }
+        for edge in [
+            0,
+            u64::MAX,
+            ring.hashes[0],
+            ring.hashes[ring.hashes.len() - 1],
+        ] {
+            assert_eq!(ring.pick(edge), Some(plain(edge)));
+        }
+        let tiny = Ring::new(&endpoints[..1]);
+        assert_eq!(tiny.pick(u64::MAX), Some(0));
+        assert_eq!(Ring::new(&[]).pick(5), None);
+    }
 
     #[test]
     fn primes() {

@@ -9,7 +9,7 @@ const LIMITS: HeadLimits = HeadLimits {
 };
 
 fn parse(raw: &[u8]) -> Result<(u8, BodyFraming, bool, String), Reject> {
-    prescan(raw, 0)?;
+    let _ = prescan(raw, 0)?;
     check_incomplete(raw, &LIMITS).or_else(|e| {
         if head_end(raw).is_some() && e.status == 431 {
             Ok(())
@@ -218,4 +218,20 @@ fn responses_are_framed_per_rfc_9112() {
     );
     assert!(frame(b"HTTP/1.1 999 Nope\r\n\r\n", false).is_err());
     assert!(frame(b"HTTP/1.1 200 OK\r\nX: a\x00\r\n\r\n", false).is_err());
+}
+
+#[test]
+fn prescan_stops_at_the_end_of_the_head() {
+    let raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\na\nb\0";
+    let end = raw.len() - 4;
+    assert_eq!(
+        prescan(raw, 0),
+        Ok(Scan::Complete(end)),
+        "body bytes are not the head's business"
+    );
+    // Scanning resumes where it stopped, across reads.
+    let Ok(Scan::Partial(at)) = prescan(&raw[..10], 0) else {
+        panic!("partial expected")
+    };
+    assert_eq!(prescan(raw, at), Ok(Scan::Complete(end)));
 }

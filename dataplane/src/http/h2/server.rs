@@ -1,0 +1,133 @@
+//! Serving one inbound HTTP/2 connection: the handshake with the listener's settings and abuse
+//! limits, then a task per stream.
+//!
+//! Streams get their own tasks because a stream handler awaits its request body, and the body only
+//! arrives while the connection is being polled: awaiting it inside the accept loop would
+//! deadlock. The connection task keeps polling (accept, then `poll_closed`) until every stream has
+//! ended.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::Reason;
+use monoio::net::TcpStream;
+use tracing::debug;
+
+use super::guard::{Abuse, FrameGuard};
+use super::io::H2Io;
+use crate::event::Event;
+use crate::snapshot::SnapshotRef;
+use crate::worker::Core;
+
+/// How long a closing connection may take to flush GOAWAY and finish its streams.
+const CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// How long an abusive connection gets to receive its GOAWAY.
+const ABUSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves HTTP/2 on `stream`; `initial` holds bytes read by protocol detection (the preface).
+pub async fn serve(
+    core: Rc<Core>,
+    snapshot: SnapshotRef,
+    listener_name: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    initial: Vec<u8>,
+) {
+    let Some(listener) = snapshot.listener(&listener_name) else {
+        return;
+    };
+    let Some(http) = listener.http.as_ref() else {
+        return;
+    };
+    let settings = &http.h2;
+    let counters = listener.stats.workers.slot(core.id);
+    let tripped = Event::new();
+    let guard = Rc::new(RefCell::new(FrameGuard::new(settings.guard)));
+    let Ok(io) = H2Io::server(stream, initial, Rc::clone(&guard), Rc::clone(&tripped)) else {
+        return;
+    };
+
+    let handshake = settings.builder().handshake::<_, Bytes>(io);
+    let mut connection = match monoio::time::timeout(http.request_header_timeout, handshake).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "HTTP/2 handshake failed");
+            counters.h2_protocol_errors.inc();
+            return;
+        }
+        Err(_) => return,
+    };
+
+    enum Next<T> {
+        Stream(Option<Result<T, h2::Error>>),
+        Abuse,
+        Drain,
+    }
+    let mut draining = false;
+    loop {
+        let drain_signal = async {
+            if draining {
+                std::future::pending::<()>().await;
+            }
+            core.draining.wait().await;
+        };
+        let next = monoio::select! {
+            accepted = connection.accept() => Next::Stream(accepted),
+            () = tripped.wait() => Next::Abuse,
+            () = drain_signal => Next::Drain,
+        };
+        match next {
+            Next::Stream(Some(Ok((request, respond)))) => {
+                counters.h2_streams.inc();
+                let stream = super::proxy::serve_stream(
+                    Rc::clone(&core),
+                    Arc::clone(&listener_name),
+                    peer,
+                    request,
+                    respond,
+                );
+                monoio::spawn(crate::contain::contained("http2 stream", stream));
+            }
+            Next::Stream(Some(Err(e))) => {
+                if e.is_go_away() || e.is_reset() || e.reason().is_some() {
+                    counters.h2_protocol_errors.inc();
+                }
+                debug!(%peer, error = %e, "HTTP/2 connection error");
+                if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
+                    // h2's own limits (pending-accept resets, local error resets, CONTINUATION).
+                    counters.h2_abuse_rapid_reset.inc();
+                }
+                break;
+            }
+            Next::Stream(None) => break,
+            Next::Abuse => {
+                let abuse = guard.borrow().broken();
+                match abuse {
+                    Some(Abuse::RapidReset) => counters.h2_abuse_rapid_reset.inc(),
+                    Some(Abuse::ControlFlood) => counters.h2_abuse_control_flood.inc(),
+                    Some(Abuse::ContinuationFlood) => counters.h2_abuse_continuation_flood.inc(),
+                    Some(Abuse::EmptyFrames) => counters.h2_abuse_empty_frames.inc(),
+                    None => {}
+                }
+                debug!(%peer, abuse = abuse.map_or("unknown", Abuse::name), "closing abusive HTTP/2 connection");
+                connection.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                let _ =
+                    monoio::time::timeout(ABUSE_GRACE, poll_fn(|cx| connection.poll_closed(cx)))
+                        .await;
+                return;
+            }
+            Next::Drain => {
+                // GOAWAY(NO_ERROR): no new streams; streams in flight finish.
+                draining = true;
+                connection.graceful_shutdown();
+            }
+        }
+    }
+    // Keep driving the connection so streams still in flight can finish.
+    let _ = monoio::time::timeout(CLOSE_GRACE, poll_fn(|cx| connection.poll_closed(cx))).await;
+}

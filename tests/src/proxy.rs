@@ -1,0 +1,540 @@
+//! The `ringmesh` process under test.
+//!
+//! [`Proxy`] writes a config into a temporary directory, starts the binary on the requested I/O
+//! driver with its log going to a file, waits until `/ready` answers 200, and learns the address
+//! bound for each listener (configs use port 0). Dropping it kills the process; if the test is
+//! failing at that moment, the proxy's log is printed, which usually explains the failure.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, SysconfVar, sysconf};
+use serde_json::Value;
+
+use crate::admin::{self, HttpResponse, Metrics, Stats};
+use crate::wait::{PATIENCE, wait_until};
+
+/// The I/O driver a proxy runs on (`--io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring.
+    Uring,
+    /// epoll.
+    Epoll,
+}
+
+impl Driver {
+    /// The value of `--io`.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Driver::Uring => "uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+
+    /// The name `/stats` reports.
+    pub fn stats_name(self) -> &'static str {
+        match self {
+            Driver::Uring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// The repository root (the workspace directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits inside the workspace")
+        .to_path_buf()
+}
+
+/// Config text for one `tcp` listener `name` on `127.0.0.1:0` forwarding to a cluster also named
+/// `name` with `endpoints`. `listener_extra` and `cluster_extra` are TOML lines added to each
+/// table (`idle_timeout = "1s"`, `connect_timeout = "300ms"`); concatenate several for more
+/// listeners, and put top-level tables such as `[runtime]` in front.
+pub fn tcp_listener(
+    name: &str,
+    endpoints: &[SocketAddr],
+    listener_extra: &str,
+    cluster_extra: &str,
+) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        r#"
+[[listeners]]
+name = "{name}"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "{name}"
+{listener_extra}
+
+[[clusters]]
+name = "{name}"
+endpoints = [{endpoints}]
+{cluster_extra}
+"#,
+        endpoints = endpoints.join(", ")
+    )
+}
+
+/// The `ringmesh` binary: `RINGMESH_BIN` if set, else `ringmesh` in the target directory profile
+/// that built this test (then the other profile).
+///
+/// Panics when it is missing or older than the dataplane and config-schema sources, because a
+/// stale binary makes test results meaningless.
+pub fn ringmesh_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("RINGMESH_BIN") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "RINGMESH_BIN={} does not exist",
+            path.display()
+        );
+        return path;
+    }
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let target_dir = profile_dir.parent().unwrap_or(profile_dir);
+    let candidates = [
+        profile_dir.join("ringmesh"),
+        target_dir.join("debug/ringmesh"),
+        target_dir.join("release/ringmesh"),
+    ];
+    let Some(binary) = candidates.iter().find(|p| p.is_file()) else {
+        panic!(
+            "the ringmesh binary is not built (looked at {candidates:?}): run `cargo build --bins` \
+             first, or use `scripts/test`, or set RINGMESH_BIN"
+        );
+    };
+    check_fresh(binary);
+    binary.clone()
+}
+
+/// Panics when a source file of the binary is newer than the binary.
+fn check_fresh(binary: &Path) {
+    let built = modified(binary);
+    let root = repo_root();
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    for dir in ["dataplane", "config-schema"] {
+        newest_file(&root.join(dir), &mut newest);
+    }
+    if let Some((time, path)) = newest
+        && time > built
+    {
+        panic!(
+            "{} is older than {}: run `cargo build --bins` (or `scripts/test`) so the tests run \
+             the current code",
+            binary.display(),
+            path.display()
+        );
+    }
+}
+
+fn newest_file(dir: &Path, newest: &mut Option<(SystemTime, PathBuf)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path
+                .file_name()
+                .is_some_and(|n| n != "tests" && n != "target")
+            {
+                newest_file(&path, newest);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "toml") {
+            let time = modified(&path);
+            if newest.as_ref().is_none_or(|(t, _)| time > *t) {
+                *newest = Some((time, path));
+            }
+        }
+    }
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// How to start a [`Proxy`]; see [`Proxy::builder`].
+#[derive(Debug, Clone)]
+pub struct ProxyBuilder {
+    config: String,
+    driver: Driver,
+    workers: usize,
+    nofile: Option<u32>,
+    log_level: String,
+}
+
+impl ProxyBuilder {
+    /// Worker threads (`--workers`); default 2.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// Runs the proxy under `prlimit --nofile=N` (soft and hard limit of open files).
+    pub fn nofile(mut self, limit: u32) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// `--log-level` (default `debug`, or `RINGMESH_TEST_LOG` when set).
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.to_owned();
+        self
+    }
+
+    /// Starts the proxy and waits until it is ready; panics (printing its log) if it is not.
+    pub fn start(self) -> Proxy {
+        let dir = tempfile::Builder::new()
+            .prefix("ringmesh-test-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let config_path = dir.path().join("ringmesh.toml");
+        let log_path = dir.path().join("ringmesh.log");
+        let admin_file = dir.path().join("admin-address");
+        let config = if self.config.contains("[admin]") {
+            self.config
+        } else {
+            format!("[admin]\naddress = \"127.0.0.1:0\"\n\n{}", self.config)
+        };
+        std::fs::write(&config_path, config).expect("write the config");
+
+        let log = File::create(&log_path).expect("create the log file");
+        let mut command = match self.nofile {
+            Some(limit) => {
+                let mut c = Command::new(crate::tool("prlimit"));
+                c.arg(format!("--nofile={limit}"))
+                    .arg("--")
+                    .arg(ringmesh_bin());
+                c
+            }
+            None => Command::new(ringmesh_bin()),
+        };
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--io", self.driver.flag()])
+            .args(["--workers", &self.workers.to_string()])
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .args(["--log-level", &self.log_level])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file handle"))
+            .stderr(log);
+        let child = command.spawn().expect("spawn ringmesh");
+
+        let mut proxy = Proxy {
+            child,
+            exit: None,
+            _dir: dir,
+            config_path,
+            log_path,
+            driver: self.driver,
+            workers: self.workers,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listeners: HashMap::new(),
+        };
+        proxy.admin = proxy.wait_for_admin_address(&admin_file);
+        proxy.wait_ready();
+        proxy.listeners = proxy.read_listeners();
+        let stats = proxy.stats();
+        assert_eq!(
+            stats.driver(),
+            self.driver.stats_name(),
+            "the proxy runs a different driver than asked for"
+        );
+        assert_eq!(stats.workers().len(), self.workers, "worker count");
+        proxy
+    }
+}
+
+/// A running `ringmesh` process.
+#[derive(Debug)]
+pub struct Proxy {
+    child: Child,
+    exit: Option<ExitStatus>,
+    // Holds the config and the log; removed on drop.
+    _dir: tempfile::TempDir,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    driver: Driver,
+    workers: usize,
+    admin: SocketAddr,
+    listeners: HashMap<String, SocketAddr>,
+}
+
+impl Proxy {
+    /// Starts `config` on `driver` with `workers` workers and waits until it is ready.
+    ///
+    /// Without an `[admin]` section, one listening on `127.0.0.1:0` is added in front of the
+    /// config.
+    pub fn start(config: &str, driver: Driver, workers: usize) -> Proxy {
+        Self::builder(config, driver).workers(workers).start()
+    }
+
+    /// A builder for proxies that need more than [`Proxy::start`] offers.
+    pub fn builder(config: &str, driver: Driver) -> ProxyBuilder {
+        ProxyBuilder {
+            config: config.to_owned(),
+            driver,
+            workers: 2,
+            nofile: None,
+            log_level: std::env::var("RINGMESH_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+        }
+    }
+
+    fn wait_for_admin_address(&mut self, file: &Path) -> SocketAddr {
+        wait_until(PATIENCE, "the admin address file", || {
+            self.fail_if_exited("while starting");
+            // The file may be seen empty or half-written: retry until it parses.
+            std::fs::read_to_string(file)
+                .map_err(|e| e.to_string())?
+                .trim()
+                .parse()
+                .map_err(|e| format!("{e}"))
+        })
+    }
+
+    fn wait_ready(&mut self) {
+        wait_until(PATIENCE, "/ready to answer 200", || {
+            self.fail_if_exited("before it was ready");
+            match admin::get(self.admin, "/ready") {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("{} {}", r.status, r.body.trim())),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn read_listeners(&self) -> HashMap<String, SocketAddr> {
+        let body = self.admin_get("/listeners").body;
+        let listeners: Value = serde_json::from_str(&body).expect("/listeners is JSON");
+        listeners
+            .as_array()
+            .expect("/listeners is an array")
+            .iter()
+            .map(|l| {
+                let name = l["name"].as_str().expect("listener name").to_owned();
+                let address = l["local_address"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .expect("listener local_address is IP:port");
+                (name, address)
+            })
+            .collect()
+    }
+
+    fn fail_if_exited(&mut self, when: &str) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            self.exit = Some(status);
+            panic!("ringmesh exited {when} with {status}");
+        }
+    }
+
+    /// The address the listener `name` is bound to.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name:?}; the proxy has {:?}", self.listeners))
+    }
+
+    /// The admin API's address.
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The driver it was started on.
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    /// The number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The config file it was started with (rewrite it and send SIGHUP to reload).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// `GET path` on the admin API; panics if the request fails.
+    pub fn admin_get(&self, path: &str) -> HttpResponse {
+        self.try_admin_get(path)
+            .unwrap_or_else(|e| panic!("admin GET {path} failed: {e}"))
+    }
+
+    /// `GET path` on the admin API.
+    pub fn try_admin_get(&self, path: &str) -> std::io::Result<HttpResponse> {
+        admin::get(self.admin, path)
+    }
+
+    /// `/stats`, which must answer 200.
+    pub fn stats(&self) -> Stats {
+        let response = self.admin_get("/stats");
+        assert_eq!(response.status, 200, "/stats: {}", response.body);
+        Stats::parse(&response.body)
+    }
+
+    /// Waits until `/stats` shows the listener counter `counter` of `listener` at `expected`.
+    /// Counters are updated as connections end, slightly after the client sees the end.
+    pub fn wait_listener_counter(&self, listener: &str, counter: &str, expected: u64) {
+        wait_until(
+            PATIENCE,
+            format!("listener {listener} {counter} == {expected}"),
+            || match self.stats().listener_counter(listener, counter) {
+                value if value == expected => Ok(()),
+                value => Err(format!("{counter} = {value}")),
+            },
+        );
+    }
+
+    /// `/stats/prometheus`, parsed; panics if it does not parse.
+    pub fn metrics(&self) -> Metrics {
+        let response = self.admin_get("/stats/prometheus");
+        assert_eq!(response.status, 200, "/stats/prometheus: {}", response.body);
+        Metrics::parse(&response.body)
+            .unwrap_or_else(|e| panic!("/stats/prometheus does not parse: {e}"))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("send a signal to ringmesh");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().expect("try_wait");
+        }
+        self.exit.is_none()
+    }
+
+    /// Waits for the process to exit, at most `timeout`; panics if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        wait_until(timeout, "ringmesh to exit", || {
+            if self.is_running() {
+                Err("still running".into())
+            } else {
+                Ok(())
+            }
+        });
+        self.exit.expect("exited")
+    }
+
+    /// CPU time (user + system) the process has used so far, from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/PID/stat");
+        // Fields after the command name, which is in parentheses and may contain spaces; utime
+        // and stime are fields 14 and 15 of the whole line, so 12th and 13th after ")".
+        let after_name = &stat[stat.rfind(')').expect("stat has (comm)") + 1..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        let per_second = sysconf(SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|&t| t > 0)
+            .unwrap_or(100) as u64;
+        Duration::from_secs_f64(ticks as f64 / per_second as f64)
+    }
+
+    /// The number of files the process has open, from `/proc/PID/fd`.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+
+    /// Everything the proxy has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("<no log: {e}>"))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "\n===== ringmesh log ({} driver, {}) =====\n{}===== end of ringmesh log =====",
+                self.driver.flag(),
+                self.log_path.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// What a finished `ringmesh` command printed.
+#[derive(Debug)]
+pub struct Finished {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Runs `ringmesh ARGS` to completion, killing it after `timeout` (then panicking).
+pub fn run_ringmesh<I, S>(args: I, timeout: Duration) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    let mut child = Command::new(ringmesh_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("create stdout file"))
+        .stderr(File::create(&err_path).expect("create stderr file"))
+        .spawn()
+        .expect("spawn ringmesh");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ringmesh did not exit within {timeout:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Finished {
+        status,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
