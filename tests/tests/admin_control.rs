@@ -11,9 +11,11 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::{Driver, PATIENCE, Proxy, TOKEN, Upstream, admin_request, wait_until};
+use support::{Admin, HttpUpstream, Json, TOKEN, admin_request};
+use tests::wait::PATIENCE;
+use tests::{Driver, Proxy, wait_until};
 
-both_drivers!(
+tests::both_drivers!(
     mutations_need_their_method_and_the_token,
     other_host_names_are_refused,
     tokens_come_from_the_environment_or_a_file,
@@ -22,7 +24,7 @@ both_drivers!(
     drain_stops_the_proxy_gracefully,
 );
 
-fn config(admin: &str, upstream: &Upstream) -> String {
+fn config(admin: &str, upstream: &HttpUpstream) -> String {
     format!(
         r#"[admin]
 address = "127.0.0.1:0"
@@ -63,7 +65,7 @@ fn call(proxy: &Proxy, method: &str, path: &str, token: Option<&str>, body: &str
 }
 
 fn mutations_need_their_method_and_the_token(driver: Driver) {
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     let text = config(&format!("token = \"{TOKEN}\""), &app);
     let proxy = Proxy::start(&text, driver, 2);
     let metric = |proxy: &Proxy| proxy.metric("ringmesh_config_reloads_total");
@@ -127,7 +129,7 @@ fn mutations_need_their_method_and_the_token(driver: Driver) {
 }
 
 fn other_host_names_are_refused(driver: Driver) {
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     let proxy = Proxy::start(&config(&format!("token = \"{TOKEN}\""), &app), driver, 2);
     let address = proxy.admin_address();
     for host in [
@@ -154,9 +156,9 @@ fn other_host_names_are_refused(driver: Driver) {
 }
 
 fn tokens_come_from_the_environment_or_a_file(driver: Driver) {
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     // From a file (trailing newline trimmed).
-    let dir = support::TempDir::new("token");
+    let dir = tempfile::tempdir().expect("temporary directory");
     let file = dir.path().join("token");
     std::fs::write(&file, format!("{TOKEN}\n")).expect("write");
     let proxy = Proxy::start(
@@ -193,7 +195,7 @@ fn tokens_come_from_the_environment_or_a_file(driver: Driver) {
 }
 
 fn without_a_token_mutations_are_disabled(driver: Driver) {
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     let proxy = Proxy::start(&config("", &app), driver, 1);
     let response = admin_request(
         proxy.admin_address(),
@@ -215,7 +217,7 @@ fn without_a_token_mutations_are_disabled(driver: Driver) {
 }
 
 fn the_admin_api_has_its_own_connection_limit(driver: Driver) {
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     let proxy = Proxy::start(&config("max_connections = 2", &app), driver, 1);
     // Two clients that connect and say nothing hold both slots.
     let held: Vec<TcpStream> = (0..2)
@@ -246,7 +248,7 @@ fn the_admin_api_has_its_own_connection_limit(driver: Driver) {
 }
 
 fn drain_stops_the_proxy_gracefully(driver: Driver) {
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     let mut proxy = Proxy::start(&config(&format!("token = \"{TOKEN}\""), &app), driver, 2);
     let web = proxy.listener("web");
     // A keep-alive client with a request on its way as the drain starts gets its answer.

@@ -9,15 +9,17 @@ mod support;
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
 
-use support::{Driver, PATIENCE, Proxy, TOKEN, TempDir, Upstream, get, wait_until};
+use support::{Admin, HttpUpstream, TOKEN, get};
+use tests::wait::PATIENCE;
+use tests::{Driver, Proxy, wait_until};
 
-both_drivers!(
+tests::both_drivers!(
     push_to_three_proxies_with_one_down_reports_each,
     a_config_a_proxy_rejects_is_reported_with_its_errors,
     watch_keeps_every_proxy_on_the_latest_valid_config,
 );
 
-fn config(app: &Upstream, body: &str) -> String {
+fn config(app: &HttpUpstream, body: &str) -> String {
     format!(
         r#"[admin]
 address = "127.0.0.1:0"
@@ -45,7 +47,7 @@ match.path_prefix = "/"
 }
 
 fn control(args: &[&str]) -> Output {
-    Command::new(support::binary("ringmesh-control"))
+    Command::new(support::control_bin())
         .args(args)
         .env("RINGMESH_ADMIN_TOKEN", TOKEN)
         .stdin(Stdio::null())
@@ -74,12 +76,12 @@ fn line_of<'a>(stdout: &'a str, target: &str) -> &'a str {
 }
 
 fn push_to_three_proxies_with_one_down_reports_each(driver: Driver) {
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     let first = config(&app, "cluster = \"app\"");
     let one = Proxy::start(&first, driver, 1);
     let two = Proxy::start(&first, driver, 2);
     let gone = down();
-    let dir = TempDir::new("push");
+    let dir = tempfile::tempdir().expect("temporary directory");
     let file = dir.path().join("fleet.toml");
     std::fs::write(
         &file,
@@ -151,9 +153,9 @@ fn push_to_three_proxies_with_one_down_reports_each(driver: Driver) {
 }
 
 fn a_config_a_proxy_rejects_is_reported_with_its_errors(driver: Driver) {
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     let proxy = Proxy::start(&config(&app, "cluster = \"app\""), driver, 1);
-    let dir = TempDir::new("push-rejected");
+    let dir = tempfile::tempdir().expect("temporary directory");
     let file = dir.path().join("fleet.toml");
     // Valid here (files are not checked without --check-files), but the proxy checks them.
     let text = config(&app, "cluster = \"app\"").replace(
@@ -182,17 +184,17 @@ fn a_config_a_proxy_rejects_is_reported_with_its_errors(driver: Driver) {
 }
 
 fn watch_keeps_every_proxy_on_the_latest_valid_config(driver: Driver) {
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     let a = Proxy::start(&config(&app, "cluster = \"app\""), driver, 1);
     let b = Proxy::start(&config(&app, "cluster = \"app\""), driver, 2);
-    let dir = TempDir::new("watch");
+    let dir = tempfile::tempdir().expect("temporary directory");
     // A directory: the config is split in two files.
     let whole = config(&app, "direct_response = { status = 200, body = \"v1\" }");
     let (head, tail) = whole.split_at(whole.find("[[clusters]]").expect("clusters"));
     std::fs::write(dir.path().join("10-listeners.toml"), head).expect("write");
     std::fs::write(dir.path().join("20-routes.toml"), tail).expect("write");
     let log = dir.path().join("watch.log");
-    let mut watch = Command::new(support::binary("ringmesh-control"))
+    let mut watch = Command::new(support::control_bin())
         .args(["watch", dir.path().to_str().expect("utf-8")])
         .args(["--to", &target(&a), "--to", &target(&b)])
         .args(["--interval-ms", "50", "--settle-ms", "100"])
@@ -259,7 +261,7 @@ fn watch_keeps_every_proxy_on_the_latest_valid_config(driver: Driver) {
 /// `validate` and `diff` need no proxy.
 #[test]
 fn validate_and_diff_read_files_and_directories() {
-    let dir = TempDir::new("validate");
+    let dir = tempfile::tempdir().expect("temporary directory");
     let old = dir.path().join("old.toml");
     let new = dir.path().join("new.toml");
     let base = "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\nprotocol = \"http\"\n\n[[clusters]]\nname = \"app\"\nendpoints = [\"127.0.0.1:9000\"]\n";

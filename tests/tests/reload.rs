@@ -11,9 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::{Driver, H2load, Load, PATIENCE, Proxy, TOKEN, Upstream, get, tool, wait_until};
+use support::{Admin, H2load, HttpUpstream, Json, Load, TOKEN, get};
+use tests::wait::PATIENCE;
+use tests::{Driver, Proxy, tool, wait_until};
 
-both_drivers!(
+tests::both_drivers!(
     reload_storm_under_load_loses_nothing_and_switches_at_once,
     invalid_configs_are_rejected_whole_and_change_nothing,
     listeners_are_added_moved_and_removed_under_load,
@@ -22,17 +24,17 @@ both_drivers!(
 
 /// Three upstreams answering with their names.
 struct Backends {
-    a: Upstream,
-    b: Upstream,
-    c: Upstream,
+    a: HttpUpstream,
+    b: HttpUpstream,
+    c: HttpUpstream,
 }
 
 impl Backends {
     fn new() -> Self {
         Self {
-            a: Upstream::http("a"),
-            b: Upstream::http("b"),
-            c: Upstream::http("c"),
+            a: HttpUpstream::http("a"),
+            b: HttpUpstream::http("b"),
+            c: HttpUpstream::http("c"),
         }
     }
 
@@ -109,7 +111,7 @@ fn reload_storm_under_load_loses_nothing_and_switches_at_once(driver: Driver) {
 
     let backends = Backends::new();
     let tables = [backends.table_a(), backends.table_split()];
-    let proxy = Proxy::start(&tables[0], driver, 2);
+    let proxy = Proxy::builder(&tables[0], driver).log_level("info").start();
     let main = proxy.listener("main");
 
     let h2load = Command::new(tool("h2load"))
@@ -368,7 +370,7 @@ fn invalid_configs_are_rejected_whole_and_change_nothing(driver: Driver) {
 /// flight on it finishes (with `connection: close`), and `main` never notices.
 fn listeners_are_added_moved_and_removed_under_load(driver: Driver) {
     let backends = Backends::new();
-    let mut proxy = Proxy::start(&backends.table_a(), driver, 2);
+    let proxy = Proxy::start(&backends.table_a(), driver, 2);
     let main = proxy.listener("main");
     let probe = Load {
         address: main,
@@ -390,15 +392,13 @@ fn listeners_are_added_moved_and_removed_under_load(driver: Driver) {
     // Add.
     let response = proxy.put_config(&with_extra("127.0.0.1:0"));
     assert_eq!(response.status, 200, "{}", response.body);
-    proxy.refresh_listeners();
-    let extra = proxy.listener("extra");
+    let extra = proxy.listeners_now()["extra"];
     assert_eq!(get(extra, "/").expect("the new listener serves").body, "a");
 
     // Move.
     let response = proxy.put_config(&with_extra("127.0.0.2:0"));
     assert_eq!(response.status, 200, "{}", response.body);
-    proxy.refresh_listeners();
-    let moved = proxy.listener("extra");
+    let moved = proxy.listeners_now()["extra"];
     assert_eq!(
         moved.ip(),
         "127.0.0.2".parse::<std::net::IpAddr>().expect("ip")
@@ -411,10 +411,10 @@ fn listeners_are_added_moved_and_removed_under_load(driver: Driver) {
 
     // Remove, with a slow request in flight on it.
     let in_flight = std::thread::spawn(move || {
-        support::raw_request(moved, b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        support::raw_request(moved, "GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
     });
     wait_until(PATIENCE, "the slow request to reach the upstream", || {
-        let active = proxy.stats()["listeners"]
+        let active = proxy.stats().0["listeners"]
             .as_array()
             .and_then(|l| l.iter().find(|l| l["name"] == "extra"))
             .map(|l| l["active"].as_u64().unwrap_or(0))
@@ -427,8 +427,8 @@ fn listeners_are_added_moved_and_removed_under_load(driver: Driver) {
     });
     let response = proxy.put_config(&backends.table_a());
     assert_eq!(response.status, 200, "{}", response.body);
-    proxy.refresh_listeners();
-    assert_eq!(proxy.listener_names(), ["main"]);
+    let names: Vec<String> = proxy.listeners_now().into_keys().collect();
+    assert_eq!(names, ["main"]);
     wait_refused(moved);
     // It finished on the config it started with, and then the connection closed.
     let slow = in_flight

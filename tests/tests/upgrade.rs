@@ -6,16 +6,16 @@
 
 mod support;
 
-use std::sync::Arc;
+use support::{HttpUpstream, Load, TOKEN, get};
+use tests::wait::PATIENCE;
+use tests::{Driver, Proxy, wait_until};
 
-use support::{Driver, Load, PATIENCE, Proxy, TOKEN, TempDir, Upstream, get, wait_until};
-
-both_drivers!(
+tests::both_drivers!(
     upgrades_under_load_refuse_and_reset_nothing,
     a_failed_upgrade_leaves_the_old_process_serving,
 );
 
-fn config(upstream: &Upstream, socket: &std::path::Path, extra: &str) -> String {
+fn config(upstream: &HttpUpstream, socket: &std::path::Path, extra: &str) -> String {
     format!(
         r#"[admin]
 address = "127.0.0.1:0"
@@ -51,14 +51,14 @@ cluster = "app"
 /// a new connection for every request: nothing is refused, reset or left unanswered, the listener
 /// keeps its address, each old process exits once drained, and the last one serves alone.
 fn upgrades_under_load_refuse_and_reset_nothing(driver: Driver) {
-    let dir = Arc::new(TempDir::new("upgrade"));
+    let dir = tempfile::tempdir().expect("temporary directory");
     let socket = dir.path().join("upgrade.sock");
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     let text = config(&app, &socket, "");
 
     let mut old = Proxy::builder(&text, driver)
         .workers(2)
-        .in_dir(&dir, "gen0")
+        .log_level("info")
         .start();
     let web = old.listener("web");
     let keep_alive = Load {
@@ -83,11 +83,11 @@ fn upgrades_under_load_refuse_and_reset_nothing(driver: Driver) {
         }
     });
 
-    for (generation, workers) in [(1, 3), (2, 1), (3, 2)] {
+    for workers in [3, 1, 2] {
         let served_before = app.served();
         let new = Proxy::builder(&text, driver)
             .workers(workers)
-            .in_dir(&dir, &format!("gen{generation}"))
+            .log_level("info")
             .arg("--upgrade-from")
             .arg(socket.display().to_string())
             .start();
@@ -112,7 +112,7 @@ fn upgrades_under_load_refuse_and_reset_nothing(driver: Driver) {
         // The new process serves: new requests keep arriving at the upstream (about a second's
         // worth, so that each process serves under load for a while).
         wait_until(PATIENCE, "traffic through the new process", || {
-            let accepted = new.stats()["listeners"][0]["accepted"]
+            let accepted = new.stats().0["listeners"][0]["accepted"]
                 .as_u64()
                 .unwrap_or(0);
             if accepted > 10 && app.served() > served_before + 1200 {
@@ -140,17 +140,17 @@ fn upgrades_under_load_refuse_and_reset_nothing(driver: Driver) {
         "keep-alive clients reconnected after the old processes closed: {}",
         keep_alive.summary()
     );
-    assert_eq!(old.stats()["workers"].as_array().map(Vec::len), Some(2));
+    assert_eq!(old.stats().0["workers"].as_array().map(Vec::len), Some(2));
 }
 
 /// A new process that cannot start (here: a certificate file is missing) exits with an error
 /// after receiving the sockets; the old one never stops accepting and can still be upgraded.
 fn a_failed_upgrade_leaves_the_old_process_serving(driver: Driver) {
-    let dir = Arc::new(TempDir::new("upgrade-fail"));
+    let dir = tempfile::tempdir().expect("temporary directory");
     let socket = dir.path().join("upgrade.sock");
-    let app = Upstream::http("app");
+    let app = HttpUpstream::http("app");
     let good = config(&app, &socket, "");
-    let old = Proxy::builder(&good, driver).in_dir(&dir, "old").start();
+    let old = Proxy::builder(&good, driver).log_level("info").start();
     let web = old.listener("web");
 
     let broken = config(
@@ -160,7 +160,7 @@ fn a_failed_upgrade_leaves_the_old_process_serving(driver: Driver) {
     );
     let broken_path = dir.path().join("broken.toml");
     std::fs::write(&broken_path, broken).expect("write");
-    let output = std::process::Command::new(support::binary("ringmesh"))
+    let output = std::process::Command::new(tests::ringmesh_bin())
         .arg("--config")
         .arg(&broken_path)
         .args(["--io", driver.flag(), "--workers", "1"])
@@ -192,7 +192,7 @@ fn a_failed_upgrade_leaves_the_old_process_serving(driver: Driver) {
     // The upgrade socket still works.
     let mut old = old;
     let new = Proxy::builder(&good, driver)
-        .in_dir(&dir, "new")
+        .log_level("info")
         .arg("--upgrade-from")
         .arg(socket.display().to_string())
         .start();

@@ -1,477 +1,38 @@
-//! Private support for the reload, admin, upgrade and control tests.
-//!
-//! The shared test library (`tests/src`, branch `tests-foundation`) was not merged when these tests
-//! were written; this module mirrors its names (`Driver`, `Proxy`, `both_drivers!`, `wait_until`,
-//! `Upstream`) so that switching to it is mostly deleting this file. What it adds and the shared
-//! library lacks: starting a proxy with extra arguments (`--upgrade-from`), an admin client that
-//! sends any method, body and token, HTTP upstreams that answer with their name, and an HTTP load
-//! client that keeps a constant rate, reconnects after `connection: close`, and classifies every
-//! failure (refused, reset, closed without an answer).
+//! What the reload, admin, upgrade and control tests need beyond the shared test library
+//! (`tests/src`): admin calls with a method, a body and the bearer token; HTTP upstreams that
+//! answer with their name; a constant-rate HTTP load client that reconnects after
+//! `connection: close` and classifies every failure (refused, reset, closed without an answer);
+//! h2load's summary; the `ringmesh-control` binary.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tests::Proxy;
+use tests::admin::HttpResponse;
 
-/// How long tests wait for something that normally takes milliseconds (2 shared cores).
-pub const PATIENCE: Duration = Duration::from_secs(20);
 /// The admin token of the test configs.
 pub const TOKEN: &str = "test-token";
 
-/// Generates `name::uring` and `name::epoll` for each `fn name(driver: Driver)`.
-#[macro_export]
-macro_rules! both_drivers {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn uring() {
-                super::$name($crate::support::Driver::Uring)
-            }
-
-            #[test]
-            fn epoll() {
-                super::$name($crate::support::Driver::Epoll)
-            }
-        }
-    )+};
-}
-
-/// Polls `check` until it returns `Ok`, for at most `timeout`; panics with the last state.
-pub fn wait_until<T>(
-    timeout: Duration,
-    what: impl std::fmt::Display,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let last = match check() {
-            Ok(value) => return value,
-            Err(state) => state,
-        };
-        let now = Instant::now();
-        if now >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
-
-/// The I/O driver a proxy runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Driver {
-    Uring,
-    Epoll,
-}
-
-impl Driver {
-    /// The value of `--io`.
-    pub fn flag(self) -> &'static str {
-        match self {
-            Driver::Uring => "uring",
-            Driver::Epoll => "epoll",
-        }
-    }
-
-    /// The name `/stats` reports.
-    pub fn stats_name(self) -> &'static str {
-        match self {
-            Driver::Uring => "io_uring",
-            Driver::Epoll => "epoll",
-        }
-    }
-}
-
-/// A binary built by `cargo build --bins`, next to this test's profile directory.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its path");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests live in target/<profile>/deps");
-    let candidate = profile.join(name);
+/// The `ringmesh-control` binary, next to `ringmesh` (`cargo build --bins`).
+pub fn control_bin() -> PathBuf {
+    let path = tests::ringmesh_bin().with_file_name("ringmesh-control");
     assert!(
-        candidate.is_file(),
+        path.is_file(),
         "{} is not built: run `cargo build --bins` first",
-        candidate.display()
+        path.display()
     );
-    candidate
+    path
 }
 
-/// An external tool, found on PATH.
-pub fn tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not installed (apt-get install nghttp2-client)"))
-}
-
-/// A directory removed on drop.
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "ringmesh-{prefix}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create a temporary directory");
-        Self(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-// === the proxy ===
-
-/// A running `ringmesh` process; killed on drop, its log printed if the test is failing.
-#[derive(Debug)]
-pub struct Proxy {
-    child: Child,
-    exit: Option<ExitStatus>,
-    dir: Arc<TempDir>,
-    name: String,
-    config_path: PathBuf,
-    log_path: PathBuf,
-    driver: Driver,
-    admin: SocketAddr,
-    listeners: HashMap<String, SocketAddr>,
-}
-
-/// How to start a [`Proxy`].
-#[derive(Debug, Clone)]
-pub struct ProxyBuilder {
-    config: String,
-    driver: Driver,
-    workers: usize,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    dir: Option<Arc<TempDir>>,
-    name: String,
-    wait_ready: bool,
-}
-
-impl ProxyBuilder {
-    pub fn workers(mut self, workers: usize) -> Self {
-        self.workers = workers;
-        self
-    }
-
-    /// Extra command-line arguments.
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
-        self.args.push(arg.into());
-        self
-    }
-
-    /// An environment variable for the process.
-    pub fn env(mut self, name: &str, value: &str) -> Self {
-        self.env.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Uses `dir` for the config and log (so that several processes can share paths), naming the
-    /// files after `name`.
-    pub fn in_dir(mut self, dir: &Arc<TempDir>, name: &str) -> Self {
-        self.dir = Some(Arc::clone(dir));
-        self.name = name.to_owned();
-        self
-    }
-
-    /// Starts it and waits until `/ready` answers 200.
-    pub fn start(self) -> Proxy {
-        let dir = self
-            .dir
-            .clone()
-            .unwrap_or_else(|| Arc::new(TempDir::new("proxy")));
-        let config_path = dir.path().join(format!("{}.toml", self.name));
-        let log_path = dir.path().join(format!("{}.log", self.name));
-        let admin_file = dir.path().join(format!("{}.admin", self.name));
-        let _ = std::fs::remove_file(&admin_file);
-        std::fs::write(&config_path, &self.config).expect("write the config");
-        let log = File::create(&log_path).expect("create the log");
-        let child = Command::new(binary("ringmesh"))
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--io", self.driver.flag()])
-            .args(["--workers", &self.workers.to_string()])
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            .args(["--log-level", "info"])
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn ringmesh");
-        let mut proxy = Proxy {
-            child,
-            exit: None,
-            dir,
-            name: self.name,
-            config_path,
-            log_path,
-            driver: self.driver,
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            listeners: HashMap::new(),
-        };
-        proxy.admin = wait_until(PATIENCE, "the admin address file", || {
-            proxy.fail_if_exited("while starting");
-            std::fs::read_to_string(&admin_file)
-                .map_err(|e| e.to_string())?
-                .trim()
-                .parse()
-                .map_err(|e| format!("{e}"))
-        });
-        if self.wait_ready {
-            proxy.wait_ready();
-        }
-        proxy.refresh_listeners();
-        let stats = proxy.stats();
-        assert_eq!(stats["driver"], self.driver.stats_name(), "driver");
-        assert_eq!(
-            stats["workers"].as_array().map(Vec::len),
-            Some(self.workers),
-            "worker count"
-        );
-        proxy
-    }
-}
-
-impl Proxy {
-    /// Starts `config` on `driver` with `workers` workers and waits until it is ready.
-    pub fn start(config: &str, driver: Driver, workers: usize) -> Proxy {
-        Self::builder(config, driver).workers(workers).start()
-    }
-
-    pub fn builder(config: &str, driver: Driver) -> ProxyBuilder {
-        ProxyBuilder {
-            config: config.to_owned(),
-            driver,
-            workers: 2,
-            args: Vec::new(),
-            env: Vec::new(),
-            dir: None,
-            name: "ringmesh".into(),
-            wait_ready: true,
-        }
-    }
-
-    fn fail_if_exited(&mut self, when: &str) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            self.exit = Some(status);
-            panic!("ringmesh exited {when} with {status}");
-        }
-    }
-
-    pub fn wait_ready(&mut self) {
-        wait_until(PATIENCE, "/ready to answer 200", || {
-            self.fail_if_exited("before it was ready");
-            match admin_get(self.admin, "/ready") {
-                Ok(r) if r.status == 200 => Ok(()),
-                Ok(r) => Err(format!("{} {}", r.status, r.body.trim())),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-    }
-
-    /// Rereads `/listeners`.
-    pub fn refresh_listeners(&mut self) {
-        let body = self.admin_get("/listeners").body;
-        let listeners: Value = serde_json::from_str(&body).expect("/listeners is JSON");
-        self.listeners = listeners
-            .as_array()
-            .expect("an array")
-            .iter()
-            .map(|l| {
-                (
-                    l["name"].as_str().expect("name").to_owned(),
-                    l["local_address"]
-                        .as_str()
-                        .and_then(|a| a.parse().ok())
-                        .expect("local_address"),
-                )
-            })
-            .collect();
-    }
-
-    /// The address of listener `name` (as of the last refresh).
-    pub fn listener(&self, name: &str) -> SocketAddr {
-        *self
-            .listeners
-            .get(name)
-            .unwrap_or_else(|| panic!("no listener {name:?} in {:?}", self.listeners))
-    }
-
-    pub fn listener_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.listeners.keys().cloned().collect();
-        names.sort();
-        names
-    }
-
-    pub fn admin_address(&self) -> SocketAddr {
-        self.admin
-    }
-
-    pub fn config_path(&self) -> &Path {
-        &self.config_path
-    }
-
-    pub fn dir(&self) -> &Arc<TempDir> {
-        &self.dir
-    }
-
-    pub fn driver(&self) -> Driver {
-        self.driver
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `GET path`; panics if the request fails.
-    pub fn admin_get(&self, path: &str) -> HttpResponse {
-        admin_get(self.admin, path).unwrap_or_else(|e| panic!("admin GET {path}: {e}"))
-    }
-
-    /// `method path` with the token and `body`.
-    pub fn admin_call(&self, method: &str, path: &str, body: &str) -> HttpResponse {
-        admin_request(self.admin, method, path, Some(TOKEN), "127.0.0.1", body)
-            .unwrap_or_else(|e| panic!("admin {method} {path}: {e}"))
-    }
-
-    /// `PUT /config` with `config`.
-    pub fn put_config(&self, config: &str) -> HttpResponse {
-        self.admin_call("PUT", "/config", config)
-    }
-
-    /// `/stats` as JSON.
-    pub fn stats(&self) -> Value {
-        let r = self.admin_get("/stats");
-        assert_eq!(r.status, 200, "/stats: {}", r.body);
-        serde_json::from_str(&r.body).expect("/stats is JSON")
-    }
-
-    /// The published generation.
-    pub fn generation(&self) -> u64 {
-        self.stats()["generation"].as_u64().expect("generation")
-    }
-
-    /// The generation each worker acknowledged.
-    pub fn worker_generations(&self) -> Vec<u64> {
-        self.stats()["workers"]
-            .as_array()
-            .expect("workers")
-            .iter()
-            .map(|w| w["generation"].as_u64().expect("generation"))
-            .collect()
-    }
-
-    /// One unlabelled sample of `/stats/prometheus`.
-    pub fn metric(&self, name: &str) -> f64 {
-        let body = self.admin_get("/stats/prometheus").body;
-        body.lines()
-            .find_map(|line| {
-                let (n, v) = line.split_once(' ')?;
-                (n == name).then(|| v.trim().parse().ok()).flatten()
-            })
-            .unwrap_or_else(|| panic!("no sample {name}"))
-    }
-
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal)
-            .expect("send a signal");
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().expect("try_wait");
-        }
-        self.exit.is_none()
-    }
-
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        wait_until(timeout, format!("{} to exit", self.name), || {
-            if self.is_running() {
-                Err("still running".into())
-            } else {
-                Ok(())
-            }
-        });
-        self.exit.expect("exited")
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if self.exit.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "\n===== {} log ({}) =====\n{}===== end =====",
-                self.name,
-                self.driver.flag(),
-                self.log()
-            );
-        }
-    }
-}
-
-// === HTTP clients ===
-
-/// A response read to the end of the connection.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-pub fn admin_get(address: SocketAddr, path: &str) -> io::Result<HttpResponse> {
-    admin_request(address, "GET", path, None, "127.0.0.1", "")
-}
+// === the admin API ===
 
 /// Any admin request; `token` goes into `Authorization: Bearer`.
 pub fn admin_request(
@@ -491,48 +52,104 @@ pub fn admin_request(
     }
     raw.push_str("\r\n");
     raw.push_str(body);
-    raw_request(address, raw.as_bytes())
+    tests::admin::request(address, &raw)
 }
 
-/// Sends `raw` and reads until the server closes.
-pub fn raw_request(address: SocketAddr, raw: &[u8]) -> io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&address, PATIENCE)?;
-    stream.set_read_timeout(Some(PATIENCE))?;
-    stream.write_all(raw)?;
-    let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes)?;
-    parse_response(&bytes)
+/// `GET path` on the admin API.
+pub fn admin_get(address: SocketAddr, path: &str) -> io::Result<HttpResponse> {
+    tests::admin::get(address, path)
 }
 
-fn parse_response(bytes: &[u8]) -> io::Result<HttpResponse> {
-    let text = String::from_utf8_lossy(bytes);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no head: {text:?}")))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.get(9..12))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad status line"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(HttpResponse {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
-}
-
-/// One request on a fresh connection through the proxy: `GET path` with Host `host`; returns the
-/// status and body.
+/// One request through the proxy on a fresh connection (`Connection: close`).
 pub fn get(address: SocketAddr, path: &str) -> io::Result<HttpResponse> {
     raw_request(
         address,
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
     )
+}
+
+/// Sends `raw` and reads until the server closes.
+pub fn raw_request(address: SocketAddr, raw: &str) -> io::Result<HttpResponse> {
+    tests::admin::request(address, raw)
+}
+
+/// A response body as JSON.
+pub trait Json {
+    fn json(&self) -> Value;
+}
+
+impl Json for HttpResponse {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Reload-related calls on a running proxy.
+pub trait Admin {
+    /// `method path` with the token and `body`; panics if the request fails.
+    fn admin_call(&self, method: &str, path: &str, body: &str) -> HttpResponse;
+    /// `PUT /config` with `config`.
+    fn put_config(&self, config: &str) -> HttpResponse;
+    /// The published generation.
+    fn generation(&self) -> u64;
+    /// The generation each worker acknowledged.
+    fn worker_generations(&self) -> Vec<u64>;
+    /// One unlabelled metric.
+    fn metric(&self, name: &str) -> f64;
+    /// Listener names and bound addresses, read now (they change with reloads).
+    fn listeners_now(&self) -> HashMap<String, SocketAddr>;
+}
+
+impl Admin for Proxy {
+    fn admin_call(&self, method: &str, path: &str, body: &str) -> HttpResponse {
+        admin_request(
+            self.admin_address(),
+            method,
+            path,
+            Some(TOKEN),
+            "127.0.0.1",
+            body,
+        )
+        .unwrap_or_else(|e| panic!("admin {method} {path}: {e}"))
+    }
+
+    fn put_config(&self, config: &str) -> HttpResponse {
+        self.admin_call("PUT", "/config", config)
+    }
+
+    fn generation(&self) -> u64 {
+        self.stats().0["generation"].as_u64().expect("generation")
+    }
+
+    fn worker_generations(&self) -> Vec<u64> {
+        self.stats()
+            .workers()
+            .iter()
+            .map(|w| w.generation)
+            .collect()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics().value(name, &[])
+    }
+
+    fn listeners_now(&self) -> HashMap<String, SocketAddr> {
+        let listeners = self.admin_get("/listeners").json();
+        listeners
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|l| {
+                (
+                    l["name"].as_str().expect("name").to_owned(),
+                    l["local_address"]
+                        .as_str()
+                        .and_then(|a| a.parse().ok())
+                        .expect("local_address"),
+                )
+            })
+            .collect()
+    }
 }
 
 // === upstreams ===
@@ -541,13 +158,13 @@ pub fn get(address: SocketAddr, path: &str) -> io::Result<HttpResponse> {
 /// the body, keeping connections alive; a request for a path starting with `/slow` is answered
 /// after `slow` (to hold requests in flight).
 #[derive(Debug)]
-pub struct Upstream {
+pub struct HttpUpstream {
     address: SocketAddr,
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
 }
 
-impl Upstream {
+impl HttpUpstream {
     pub fn http(name: &str) -> Self {
         Self::http_with_delay(name, Duration::from_millis(500))
     }
@@ -593,7 +210,7 @@ impl Upstream {
     }
 }
 
-impl Drop for Upstream {
+impl Drop for HttpUpstream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
@@ -874,10 +491,6 @@ impl Running {
         total
     }
 }
-
-/// Shared, thread-safe log of events with their time (reloads in the storm test).
-#[derive(Debug, Default, Clone)]
-pub struct Timeline(pub Arc<Mutex<Vec<(Instant, Instant, String)>>>);
 
 /// The output of `h2load`, with the numbers the tests check.
 #[derive(Debug, Clone)]
