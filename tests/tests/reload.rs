@@ -247,6 +247,17 @@ fn invalid_configs_are_rejected_whole_and_change_nothing(driver: Driver) {
         connection_per_request: false,
     }
     .start();
+    let probe_traffic = |at_least: u64| {
+        wait_until(PATIENCE, format!("{at_least} probe requests"), || {
+            let served = backends.a.served();
+            if served >= at_least {
+                Ok(served)
+            } else {
+                Err(format!("{served}"))
+            }
+        })
+    };
+    let before = probe_traffic(50);
 
     let missing = "/nonexistent/ringmesh-test";
     let tls_listener =
@@ -345,6 +356,8 @@ fn invalid_configs_are_rejected_whole_and_change_nothing(driver: Driver) {
         "errors are logged with their path"
     );
 
+    // Traffic went on throughout, and some more after.
+    probe_traffic(before + 100);
     let report = probe.stop();
     assert_eq!(report.failures(), 0, "{}", report.summary());
     assert!(
