@@ -12,7 +12,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NS=ringmesh-rst-$$
-FILTER=${1:-upgrades_under_load}
+FILTER=${1:-}
 
 cleanup() { ip netns del "$NS" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -36,8 +36,8 @@ table inet rstcheck {
 }
 NFT
 
-echo "running $FILTER in network namespace $NS..."
-ip netns exec "$NS" "$TEST_BIN" --test-threads 1 "$FILTER" 2>&1 | grep -E "^test |test result|keep-alive:|new connections:"
+echo "running the upgrade tests ${FILTER:+($FILTER) }in network namespace $NS..."
+ip netns exec "$NS" "$TEST_BIN" --test-threads 1 --nocapture $FILTER 2>&1 | grep -E "^test |test result|keep-alive:|new connections:"
 RST=$(ip netns exec "$NS" nft list counter inet rstcheck rst_sent | grep -o 'packets [0-9]*' | cut -d' ' -f2)
 SYN=$(ip netns exec "$NS" nft list counter inet rstcheck syn_sent | grep -o 'packets [0-9]*' | cut -d' ' -f2)
 echo "connections opened (SYN): $SYN; TCP segments with RST: $RST"
