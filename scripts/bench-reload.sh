@@ -104,6 +104,7 @@ done
 curl -sf "http://127.0.0.1:$ADMIN_PORT/ready" > /dev/null || { cat "$WORK/ringmesh.log"; exit 1; }
 
 pass() { # $1: name; runs h2load, writes $WORK/$1.log and $WORK/$1.out
+    rm -f "$WORK/$1.log" # h2load appends to an existing log file
     taskset -c 1 h2load --h1 -c "$CONNS" -t 1 --rps $((RATE / CONNS)) -D "$SECONDS_PER_PASS" \
         --log-file "$WORK/$1.log" "http://127.0.0.1:$WEB_PORT/" > "$WORK/$1.out" 2>&1
 }
