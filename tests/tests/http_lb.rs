@@ -5,6 +5,7 @@
 //! endpoint. Every test runs on io_uring and on epoll.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::sys::signal::Signal;
 use tests::http::{Client, HttpUpstream, Request, Response, cluster, http_listener, request_bytes};
@@ -295,13 +296,14 @@ fn maglev_is_sticky_and_removing_an_endpoint_moves_few_other_keys(driver: Driver
 }
 
 /// Least request (power of two choices) with two fast endpoints and one that takes 500 ms per
-/// answer, 8 clients sending 40 requests each: the slow endpoint is picked only when it is no
-/// busier than the other candidate, so it gets a small part of the traffic, far below the third
-/// that round robin would give it. The bound (one sixth) leaves room for a loaded machine,
-/// where fast answers are slow too.
+/// answer, 8 concurrent clients sharing 320 requests (each takes the next until none is left, so
+/// all stay busy to the end): the slow endpoint is picked only when it is no busier than the
+/// other candidate, so it keeps about one request at a time per worker and gets a small part of
+/// the traffic, far below the third that round robin would give it. The bound (one sixth) leaves
+/// room for a loaded machine, where fast answers are slow too and the run lasts longer.
 fn least_request_avoids_a_slow_endpoint(driver: Driver) {
     const CLIENTS: usize = 8;
-    const EACH: usize = 40;
+    const TOTAL: usize = 320;
     let fast = named_upstreams(2);
     let slow = HttpUpstream::start(|_: &Request| {
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -317,12 +319,23 @@ fn least_request_avoids_a_slow_endpoint(driver: Driver) {
         2,
     );
     let address = proxy.listener("web");
+    let left = AtomicUsize::new(TOTAL);
     let per_client: Vec<HashMap<String, usize>> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..CLIENTS)
             .map(|_| {
+                let left = &left;
                 scope.spawn(move || {
                     let mut client = Client::connect(address);
-                    tally(&mut client, "/work", &[], EACH)
+                    let mut seen = HashMap::new();
+                    while left
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        for (name, count) in tally(&mut client, "/work", &[], 1) {
+                            *seen.entry(name).or_default() += count;
+                        }
+                    }
+                    seen
                 })
             })
             .collect();
@@ -331,13 +344,14 @@ fn least_request_avoids_a_slow_endpoint(driver: Driver) {
             .map(|t| t.join().expect("client thread"))
             .collect()
     });
-    let total = CLIENTS * EACH;
+    let answered: usize = per_client.iter().flat_map(|seen| seen.values()).sum();
+    assert_eq!(answered, TOTAL);
     let to_slow: usize = per_client.iter().filter_map(|seen| seen.get("slow")).sum();
-    eprintln!("least request sent {to_slow} of {total} requests to the slow endpoint");
+    eprintln!("least request sent {to_slow} of {TOTAL} requests to the slow endpoint");
     assert_eq!(slow.request_count(), to_slow);
     assert!(
-        to_slow * 6 <= total,
-        "least request sent {to_slow} of {total} requests to the slow endpoint \
+        to_slow * 6 <= TOTAL,
+        "least request sent {to_slow} of {TOTAL} requests to the slow endpoint \
          (fast ones: {}, {})",
         fast[0].request_count(),
         fast[1].request_count()
