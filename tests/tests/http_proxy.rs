@@ -282,6 +282,14 @@ fn trailers_pass_through_both_ways(driver: Driver) {
     assert_eq!(response.trailers, expected);
     let request = upstream.wait_for_requests(1).remove(0);
     assert_eq!(request.body, b"hello world");
+    assert_eq!(
+        request.headers_named("transfer-encoding"),
+        vec!["chunked"],
+        "framing is re-emitted once, canonically:\n{}",
+        request.head_text()
+    );
+    assert!(request.headers_named("content-length").is_empty());
+    assert_eq!(request.header("trailer"), Some("x-sum"));
     let expected: Fields = vec![
         ("x-sum".into(), "42".into()),
         ("x-more".into(), "yes".into()),
@@ -490,6 +498,16 @@ fn forwarding_headers_and_request_ids(driver: Driver) {
     let too_long = "a".repeat(200);
     let long = send(&mut client, &[("X-Request-Id", &too_long)]);
     assert!(long.header("x-request-id").is_some_and(is_uuid_v4));
+
+    // An absolute-form target: its authority wins over Host (RFC 9112 §3.2.2), and the upstream
+    // gets the origin form.
+    let before = upstream.request_count();
+    let response =
+        client.request(b"GET http://abs.test/x?y=1 HTTP/1.1\r\nHost: ignored.test\r\n\r\n");
+    assert_eq!(response.status, 200);
+    let absolute = upstream.wait_for_requests(before + 1).remove(before);
+    assert_eq!(absolute.target, "/x?y=1");
+    assert_eq!(absolute.headers_named("host"), vec!["abs.test"]);
 
     let mut edge = Client::connect(proxy.listener("edge"));
     let trusted = send(&mut edge, &[("X-Forwarded-Proto", "https")]);
