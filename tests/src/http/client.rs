@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -144,23 +143,10 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    curl_with_stdin(args, None)
-}
-
-/// Like [`curl`], with `stdin` fed from a file.
-pub fn curl_with_stdin<I, S>(args: I, stdin: Option<&Path>) -> Curl
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    let stdin = match stdin {
-        Some(path) => Stdio::from(std::fs::File::open(path).expect("open curl's stdin file")),
-        None => Stdio::null(),
-    };
     let output = Command::new(crate::tool("curl"))
         .args(["-sS", "--noproxy", "*", "--max-time", "60"])
         .args(args)
-        .stdin(stdin)
+        .stdin(Stdio::null())
         .output()
         .expect("run curl");
     Curl {
