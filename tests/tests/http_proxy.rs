@@ -177,6 +177,30 @@ fn expect_100_continue_is_answered_before_the_body(driver: Driver) {
     assert!(request.body == body, "the body arrived altered");
     assert_eq!(request.header("expect"), None, "{}", request.head_text());
 
+    // A client that does not wait and sends its body with the head (allowed; a classic source
+    // of desync): one 100, one answer, the body forwarded once, and the connection in step.
+    let mut eager = request_bytes(
+        "POST",
+        "/eager",
+        "e.test",
+        &[("expect", "100-continue"), ("content-length", "5")],
+        b"",
+    );
+    eager.extend_from_slice(b"hello");
+    eager.extend(request_bytes("GET", "/after", "e.test", &[], b""));
+    client.send(&eager);
+    assert_eq!(client.read_response("POST").status, 100);
+    let answer = client.read_response("POST");
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (200, "got 5 bytes")
+    );
+    let after = client.read_response("GET");
+    assert_eq!((after.status, after.text().as_str()), (200, "got 0 bytes"));
+    let seen = upstream.wait_for_requests(3);
+    assert_eq!(seen[1].body, b"hello");
+    assert_eq!(seen[2].path(), "/after");
+
     // curl waits for the 100 (up to a second) before sending; -i shows the interim answer.
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), &body).expect("write the body");
