@@ -166,7 +166,7 @@ pub(crate) async fn read_response_head(
     let mut scanned = 0;
     loop {
         match h1::prescan(&upstream.buf, scanned) {
-            Ok(h1::Scan::Complete(end)) => return Ok(end),
+            Ok(h1::Scan::Complete(head)) => return Ok(head.len()),
             Ok(h1::Scan::Partial(at)) => scanned = at,
             Err(reject) => return Err(ResponseError::Malformed(reject.reason)),
         }
