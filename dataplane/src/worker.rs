@@ -291,6 +291,12 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                 open,
                 close,
             } => {
+                // Follow the new snapshot's access log before accepting on its listeners:
+                // housekeeping only picks it up at its next tick, and requests served until then
+                // would not be logged.
+                core.access_log
+                    .borrow_mut()
+                    .set_sink(core.snapshot().access_log.as_ref());
                 for name in close {
                     if let Some(stop) = accepting.remove(&name) {
                         stop.fire();

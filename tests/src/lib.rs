@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod http;
 pub mod proxy;
 pub mod upstream;
 pub mod wait;

@@ -112,37 +112,103 @@ pub fn find_header<'a>(headers: &'a [httparse::Header<'_>], name: &str) -> Optio
 /// How far [`prescan`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
-    /// The head is complete and clean; it ends here (just past CRLF CRLF).
-    Complete(usize),
+    /// The head is complete and clean.
+    Complete(Head),
     /// Clean so far, up to here; the head is not complete yet.
     Partial(usize),
+}
+
+/// A request or response head that [`prescan`] found complete and free of framing violations
+/// (bare CR/LF, NUL and control characters, obs-fold). Only `prescan` makes one, so the parsers
+/// that take it never scan the bytes a second time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    len: usize,
+}
+
+impl Head {
+    /// Bytes of the head, final CRLF CRLF included.
+    pub fn len(self) -> usize {
+        self.len
+    }
+
+    /// Always false: a head has at least its CRLF CRLF.
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
 }
 
 /// Scans a growing head for framing violations that must be caught before the head is complete
 /// (bare LF, for instance, would otherwise leave the parser waiting for a CRLF CRLF that never
 /// comes), and finds where it ends. `scanned` is how far earlier calls got. Bytes after the head
 /// (a body arriving in the same read) are not looked at.
+///
+/// Ordinary bytes are skipped eight at a time; only control characters are looked at one by one.
 pub fn prescan(buf: &[u8], scanned: usize) -> Result<Scan, Reject> {
     let mut i = scanned;
     while i < buf.len() {
+        match next_control(&buf[i..]) {
+            Some(offset) => i += offset,
+            None => return Ok(Scan::Partial(buf.len())),
+        }
         match buf[i] {
-            b'\n' if i == 0 || buf[i - 1] != b'\r' => return Err(reject(400, "bare LF in head")),
-            b'\n' if i >= 3 && &buf[i - 3..i] == b"\r\n\r" => return Ok(Scan::Complete(i + 1)),
-            b'\n' => {}
+            b'\n' => {
+                if i == 0 || buf[i - 1] != b'\r' {
+                    return Err(reject(400, "bare LF in head"));
+                }
+                if i >= 3 && &buf[i - 3..i] == b"\r\n\r" {
+                    return Ok(Scan::Complete(Head { len: i + 1 }));
+                }
+                match buf.get(i + 1) {
+                    // A line starting with whitespace continues the previous one: obs-fold.
+                    Some(b' ' | b'\t') => return Err(reject(400, "obsolete line folding")),
+                    // Judge this line break again once the next byte is here.
+                    None => return Ok(Scan::Partial(i)),
+                    Some(_) => {}
+                }
+            }
             b'\r' => match buf.get(i + 1) {
                 Some(b'\n') => {}
                 Some(_) => return Err(reject(400, "bare CR in head")),
-                // Wait for the next byte before judging this CR.
                 None => return Ok(Scan::Partial(i)),
             },
-            0 => return Err(reject(400, "NUL in head")),
             b'\t' => {}
-            c if c < 0x20 || c == 0x7f => return Err(reject(400, "control character in head")),
-            _ => {}
+            0 => return Err(reject(400, "NUL in head")),
+            _ => return Err(reject(400, "control character in head")),
         }
         i += 1;
     }
     Ok(Scan::Partial(i))
+}
+
+/// The offset of the first byte below 0x20 or equal to 0x7f, checking eight bytes per step.
+#[inline]
+fn next_control(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // A byte below 0x20 (the classic "has less than" test; it may flag false positives,
+        // which the byte loop below sorts out, never false negatives), or a 0x7f byte.
+        let below = x.wrapping_sub(0x20 * ONES) & !x & HIGH;
+        let del = x ^ (0x7f * ONES);
+        let is_del = del.wrapping_sub(ONES) & !del & HIGH;
+        if below | is_del != 0
+            && let Some(p) = chunk.iter().position(|&b| b < 0x20 || b == 0x7f)
+        {
+            return Some(offset + p);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b < 0x20 || b == 0x7f)
+        .map(|p| offset + p)
 }
 
 /// Where the head ends (just past CRLF CRLF) in `buf`, if it is complete.
@@ -164,13 +230,14 @@ pub fn check_incomplete(buf: &[u8], limits: &HeadLimits) -> Result<(), Reject> {
     Ok(())
 }
 
-/// Parses and validates the complete request head `buf[..head_len]`.
+/// Parses and validates the request head `head` that [`prescan`] found at the start of `buf`.
 pub fn parse_request<'b>(
     buf: &'b [u8],
-    head_len: usize,
+    head: Head,
     storage: &'b mut [httparse::Header<'b>],
     limits: &HeadLimits,
 ) -> Result<Request<'b>, Reject> {
+    let head_len = head.len;
     let head = &buf[..head_len];
     let line_len = memchr::memchr(b'\n', head).map_or(head.len(), |i| i + 1);
     if line_len > limits.max_request_line {
@@ -179,11 +246,6 @@ pub fn parse_request<'b>(
     if head_len > limits.max_head {
         return Err(reject(431, "request head too large"));
     }
-    if prescan(head, 0)? != Scan::Complete(head_len) {
-        return Err(reject(400, "malformed request head"));
-    }
-    reject_obs_fold(head)?;
-
     let max_headers = limits.max_headers.min(storage.len());
     let mut parsed = httparse::Request::new(&mut storage[..max_headers]);
     let status = parsed.parse(head).map_err(|e| match e {
@@ -287,16 +349,6 @@ pub fn parse_request<'b>(
         upgrade,
         connection_tokens,
     })
-}
-
-/// Rejects obs-fold: a line of the head that starts with SP or HTAB.
-fn reject_obs_fold(head: &[u8]) -> Result<(), Reject> {
-    for i in memchr::memchr_iter(b'\n', head) {
-        if matches!(head.get(i + 1), Some(b' ' | b'\t')) {
-            return Err(reject(400, "obsolete line folding"));
-        }
-    }
-    Ok(())
 }
 
 /// `Content-Length` must be plain digits: no sign, no spaces, no list.
@@ -512,10 +564,11 @@ pub fn parse_response<'b>(
     request_is_connect: bool,
 ) -> Result<Response<'b>, MalformedResponse> {
     let head = &buf[..head_len];
-    if prescan(head, 0).map_err(|r| MalformedResponse(r.reason))? != Scan::Complete(head_len) {
+    if prescan(head, 0).map_err(|r| MalformedResponse(r.reason))?
+        != Scan::Complete(Head { len: head_len })
+    {
         return Err(MalformedResponse("malformed response head"));
     }
-    reject_obs_fold(head).map_err(|r| MalformedResponse(r.reason))?;
     let mut parsed = httparse::Response::new(storage);
     match parsed.parse(head) {
         Ok(httparse::Status::Complete(n)) if n == head_len => {}

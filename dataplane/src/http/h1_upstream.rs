@@ -160,9 +160,15 @@ pub(crate) async fn read_response_head(
     upstream: &mut Connection,
     deadline: Option<Instant>,
 ) -> Result<usize, ResponseError> {
+    // Each new byte is pre-scanned, as on the request side: a head with bare LF line endings
+    // never holds the CRLF CRLF that ends a head, so without this the proxy would wait for it
+    // until the route timeout (or forever) instead of answering 502 at once.
+    let mut scanned = 0;
     loop {
-        if let Some(end) = h1::head_end(&upstream.buf) {
-            return Ok(end);
+        match h1::prescan(&upstream.buf, scanned) {
+            Ok(h1::Scan::Complete(head)) => return Ok(head.len()),
+            Ok(h1::Scan::Partial(at)) => scanned = at,
+            Err(reject) => return Err(ResponseError::Malformed(reject.reason)),
         }
         if upstream.buf.len() >= h1::MAX_RESPONSE_HEAD {
             return Err(ResponseError::Malformed("upstream response head too large"));

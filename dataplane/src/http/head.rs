@@ -6,8 +6,6 @@
 //! canonical form (so the next hop never sees framing the proxy did not validate), and the route's
 //! header mutations are applied in the order remove, set, add.
 
-use std::net::IpAddr;
-
 use super::h1::{self, BodyFraming};
 use crate::routing::HeaderMutation;
 
@@ -30,8 +28,9 @@ pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
 /// The forwarding headers the proxy adds to every request it sends upstream.
 #[derive(Debug)]
 pub struct Forwarding<'a> {
-    /// The client's address, appended to `X-Forwarded-For`.
-    pub peer: IpAddr,
+    /// The client's address as text, appended to `X-Forwarded-For` (rendered once per
+    /// connection, not per request).
+    pub peer: &'a [u8],
     /// `X-Forwarded-Proto` to send when the client's value is not trusted.
     pub proto: &'a str,
     /// Whether the client's own `X-Forwarded-Proto` is trusted (`xff_trusted_hops > 0`).
@@ -105,7 +104,7 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>) {
             out.extend_from_slice(header.value);
             out.extend_from_slice(b", ");
         }
-        push_ip(out, head.forwarding.peer);
+        out.extend_from_slice(head.forwarding.peer);
         out.extend_from_slice(b"\r\n");
     }
     let client_proto_present = head.forwarding.trust_proto
@@ -148,11 +147,6 @@ fn apply_additions(out: &mut Vec<u8>, mutation: &HeaderMutation) {
     for (name, value) in mutation.set.iter().chain(mutation.add.iter()) {
         push_header(out, name.as_bytes(), value);
     }
-}
-
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    use std::io::Write as _;
-    let _ = write!(out, "{ip}");
 }
 
 /// How the response body is framed toward the client.

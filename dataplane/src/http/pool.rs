@@ -6,12 +6,15 @@
 //!
 //! A connection goes back to the pool only after a complete response to a fully sent request,
 //! with nothing left over in its buffer; anything else is closed (`release` is the only way in).
+//! It comes out again only if nothing arrived on it while it was idle (`checkout` peeks).
 //! Every open connection, busy or idle, holds a [`Slot`] that counts against the endpoint's
 //! `max_connections_per_endpoint`, so the cap holds however connections end.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -111,6 +114,29 @@ pub enum Checkout {
 #[derive(Debug)]
 pub struct Reservation(Slot);
 
+/// Whether an idle connection can carry a request: still open, and nothing arrived on it. An
+/// upstream sends nothing on an idle connection unless it is closing it (FIN, RST) or
+/// misbehaving, and bytes that arrived there would be read as the next request's response: a
+/// response meant for nobody, or forged, handed to another client. One non-blocking peek per
+/// reuse; the pool holds no task reading its idle connections.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most 1 byte into `byte`, which lives on this stack frame, and the
+    // descriptor belongs to `stream`, which is borrowed (so open) for the whole call. MSG_PEEK
+    // consumes nothing; MSG_DONTWAIT makes the call non-blocking whatever the socket's mode.
+    #[allow(unsafe_code)]
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    // 0: the upstream closed; 1: unsolicited bytes; an error other than "nothing to read": reset.
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
 impl Pool {
     /// An empty pool.
     pub fn new() -> Self {
@@ -130,7 +156,8 @@ impl Pool {
             loop {
                 match entry.idle.pop() {
                     Some(mut connection)
-                        if now.duration_since(connection.idle_since) < limits.idle_timeout =>
+                        if now.duration_since(connection.idle_since) < limits.idle_timeout
+                            && is_quiet(&connection.stream) =>
                     {
                         connection.reuses += 1;
                         break Checkout::Reused(connection);
@@ -282,6 +309,66 @@ mod tests {
         pool.release(dirty, &LIMITS);
         assert_eq!(pool.idle_count(endpoint), 0);
         assert_eq!(pool.open_count(endpoint), 0);
+    }
+
+    /// Polls `is_quiet` until it turns false (the peer's bytes or FIN have arrived), at most 5 s.
+    async fn wait_until_not_quiet(stream: &TcpStream) {
+        for _ in 0..5000 {
+            if !is_quiet(stream) {
+                return;
+            }
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the peer's bytes or FIN never arrived");
+    }
+
+    #[monoio::test_all(timer_enabled = true)]
+    async fn idle_connections_that_received_bytes_or_closed_are_not_reused() {
+        use std::io::Write as _;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = listener.local_addr().expect("addr");
+        let pool = Pool::new();
+        let reserve = |pool: &Pool| {
+            let Checkout::New(reservation) = pool.checkout(endpoint, &LIMITS) else {
+                panic!("room expected")
+            };
+            reservation
+        };
+
+        // Quiet: reused.
+        let reservation = reserve(&pool);
+        let stream = TcpStream::connect_addr(endpoint).await.expect("connect");
+        let (_quiet_peer, _) = listener.accept().expect("accept");
+        assert!(is_quiet(&stream));
+        pool.release(pool.connect(reservation, stream), &LIMITS);
+        let Checkout::Reused(connection) = pool.checkout(endpoint, &LIMITS) else {
+            panic!("a quiet idle connection is reused")
+        };
+        drop(connection);
+
+        // Bytes arrived while idle: closed, and a new connection is offered instead.
+        let reservation = reserve(&pool);
+        let stream = TcpStream::connect_addr(endpoint).await.expect("connect");
+        let (mut chatty_peer, _) = listener.accept().expect("accept");
+        chatty_peer
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .expect("write");
+        wait_until_not_quiet(&stream).await;
+        pool.release(pool.connect(reservation, stream), &LIMITS);
+        assert!(matches!(pool.checkout(endpoint, &LIMITS), Checkout::New(_)));
+        assert_eq!(pool.idle_count(endpoint), 0);
+        assert_eq!(pool.open_count(endpoint), 0);
+
+        // The upstream closed while idle: not reused either.
+        let reservation = reserve(&pool);
+        let stream = TcpStream::connect_addr(endpoint).await.expect("connect");
+        let (closing_peer, _) = listener.accept().expect("accept");
+        drop(closing_peer);
+        wait_until_not_quiet(&stream).await;
+        pool.release(pool.connect(reservation, stream), &LIMITS);
+        assert!(matches!(pool.checkout(endpoint, &LIMITS), Checkout::New(_)));
+        assert_eq!(pool.idle_count(endpoint), 0);
     }
 
     #[monoio::test_all(timer_enabled = true)]

@@ -74,6 +74,8 @@ struct Downstream {
     /// How much of `buf` the framing pre-scan has checked.
     scanned: usize,
     peer: SocketAddr,
+    /// The client's IP as text, for `X-Forwarded-For`.
+    peer_ip: Vec<u8>,
 }
 
 /// Buffers reused by every request on a connection, so a request allocates nothing once they
@@ -103,11 +105,13 @@ pub async fn serve(
 ) {
     let mut buf = initial;
     buf.reserve(READ_BUFFER.saturating_sub(buf.len()));
+    let peer_ip = peer.ip().to_string().into_bytes();
     let mut downstream = Downstream {
         stream,
         buf,
         scanned: 0,
         peer,
+        peer_ip,
     };
     let mut scratch = Scratch::default();
     loop {
@@ -131,7 +135,7 @@ async fn serve_request(
     scratch: &mut Scratch,
 ) -> After {
     // 1. Read the head, under the limits of the listener as configured now.
-    let head_len = {
+    let head = {
         let (snapshot, removed) = snapshot_for(core, pinned, listener_name);
         if removed && down.buf.is_empty() {
             // A reload removed the listener: its keep-alive connections close between requests.
@@ -144,7 +148,7 @@ async fn serve_request(
             return After::Close;
         };
         match read_request_head(core, down, http).await {
-            Ok(head_len) => head_len,
+            Ok(head) => head,
             Err(HeadError::Closed) => return After::Close,
             Err(HeadError::Reject(reject)) => {
                 let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
@@ -168,7 +172,7 @@ async fn serve_request(
     };
 
     // 2–5. Parse, validate, route and decide, synchronously over the read buffer.
-    let mut plan = match plan_request(core, &snapshot, listener, http, down, head_len, scratch) {
+    let mut plan = match plan_request(core, &snapshot, listener, http, down, head, scratch) {
         Ok(plan) => plan,
         Err(reject) => {
             let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
@@ -176,7 +180,7 @@ async fn serve_request(
             return After::Close;
         }
     };
-    down.buf.drain(..head_len);
+    down.buf.drain(..head.len());
     down.scanned = 0;
     if removed {
         // Answered on the config the connection arrived under, then closed.
@@ -264,12 +268,12 @@ async fn read_request_head(
     core: &Core,
     down: &mut Downstream,
     http: &HttpSettings,
-) -> Result<usize, HeadError> {
+) -> Result<h1::Head, HeadError> {
     let mut deadline: Option<Instant> = None;
     loop {
         if !down.buf.is_empty() {
             match h1::prescan(&down.buf, down.scanned).map_err(HeadError::Reject)? {
-                h1::Scan::Complete(end) => return Ok(end),
+                h1::Scan::Complete(head) => return Ok(head),
                 h1::Scan::Partial(scanned) => down.scanned = scanned,
             }
             h1::check_incomplete(&down.buf, &http.limits).map_err(HeadError::Reject)?;
@@ -364,7 +368,7 @@ fn plan_request<'s>(
     listener: &'s Listener,
     http: &'s HttpSettings,
     down: &Downstream,
-    head_len: usize,
+    head: h1::Head,
     scratch: &mut Scratch,
 ) -> Result<Plan<'s>, Reject> {
     // 2. Parse and validate.
@@ -376,7 +380,7 @@ fn plan_request<'s>(
         heap_headers = vec![httparse::EMPTY_HEADER; http.limits.max_headers];
         &mut heap_headers[..]
     };
-    let request = h1::parse_request(&down.buf, head_len, storage, &http.limits)?;
+    let request = h1::parse_request(&down.buf, head, storage, &http.limits)?;
     remember_for_log(scratch, &request, core);
 
     let mut plan = Plan {
@@ -514,7 +518,7 @@ fn plan_request<'s>(
         upgrade: upgrade_value,
         mutation: &route.request_headers,
         forwarding: Forwarding {
-            peer: down.peer.ip(),
+            peer: &down.peer_ip,
             proto: "http",
             trust_proto: http.xff_trusted_hops > 0,
             request_id: &scratch.request_id,

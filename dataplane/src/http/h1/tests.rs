@@ -8,18 +8,18 @@ const LIMITS: HeadLimits = HeadLimits {
     max_headers: 100,
 };
 
+/// Scans a complete head, as the proxy does before parsing.
+fn scan(raw: &[u8]) -> Result<Head, Reject> {
+    match prescan(raw, 0)? {
+        Scan::Complete(head) => Ok(head),
+        Scan::Partial(_) => panic!("incomplete head in test input"),
+    }
+}
+
 fn parse(raw: &[u8]) -> Result<(u8, BodyFraming, bool, String), Reject> {
-    let _ = prescan(raw, 0)?;
-    check_incomplete(raw, &LIMITS).or_else(|e| {
-        if head_end(raw).is_some() && e.status == 431 {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
-    let head_len = head_end(raw).expect("complete head in test input");
+    let head = scan(raw)?;
     let mut storage = [httparse::EMPTY_HEADER; 128];
-    let request = parse_request(raw, head_len, &mut storage, &LIMITS)?;
+    let request = parse_request(raw, head, &mut storage, &LIMITS)?;
     Ok((
         request.minor_version,
         request.body,
@@ -68,9 +68,9 @@ fn valid_requests_are_framed() {
 #[test]
 fn absolute_form_overrides_host() {
     let raw = b"GET http://real.example:8080/p?q HTTP/1.1\r\nHost: other\r\n\r\n";
-    let head_len = head_end(raw).expect("complete");
+    let head = scan(raw).expect("clean head");
     let mut storage = [httparse::EMPTY_HEADER; 16];
-    let request = parse_request(raw, head_len, &mut storage, &LIMITS).expect("valid");
+    let request = parse_request(raw, head, &mut storage, &LIMITS).expect("valid");
     assert_eq!(request.authority, "real.example:8080");
     assert_eq!(request.path, "/p");
     assert_eq!(request.query, Some("q"));
@@ -224,14 +224,19 @@ fn responses_are_framed_per_rfc_9112() {
 fn prescan_stops_at_the_end_of_the_head() {
     let raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\na\nb\0";
     let end = raw.len() - 4;
-    assert_eq!(
-        prescan(raw, 0),
-        Ok(Scan::Complete(end)),
-        "body bytes are not the head's business"
-    );
-    // Scanning resumes where it stopped, across reads.
-    let Ok(Scan::Partial(at)) = prescan(&raw[..10], 0) else {
-        panic!("partial expected")
+    let Ok(Scan::Complete(head)) = prescan(raw, 0) else {
+        panic!("complete expected")
     };
-    assert_eq!(prescan(raw, at), Ok(Scan::Complete(end)));
+    assert_eq!(head.len(), end, "body bytes are not the head's business");
+    // Scanning resumes where it stopped, across reads, whatever the split.
+    for split in 1..end {
+        let Ok(Scan::Partial(at)) = prescan(&raw[..split], 0) else {
+            panic!("partial expected at {split}")
+        };
+        assert!(at <= split);
+        let Ok(Scan::Complete(head)) = prescan(raw, at) else {
+            panic!("complete expected after {split}")
+        };
+        assert_eq!(head.len(), end);
+    }
 }

@@ -291,8 +291,9 @@ pub async fn serve_stream(
                 .as_bytes(),
         ),
     }
+    let peer_ip = peer.ip().to_string();
     let forwarding = Forwarding {
-        peer: peer.ip(),
+        peer: peer_ip.as_bytes(),
         proto: "http",
         trust_proto: http.xff_trusted_hops > 0,
         request_id: request_id.as_bytes(),
@@ -470,8 +471,7 @@ fn upstream_headers(
         headers.insert(CONTENT_LENGTH, length.clone());
     }
     if !mutation.drops("x-forwarded-for") {
-        use std::io::Write as _;
-        let _ = write!(forwarded_for, "{}", forwarding.peer);
+        forwarded_for.extend_from_slice(forwarding.peer);
         if let Ok(value) = HeaderValue::from_bytes(&forwarded_for) {
             headers.insert("x-forwarded-for", value);
         }

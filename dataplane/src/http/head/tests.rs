@@ -33,7 +33,7 @@ fn request_head(
             upgrade: None,
             mutation,
             forwarding: Forwarding {
-                peer: "10.1.2.3".parse().expect("ip"),
+                peer: b"10.1.2.3",
                 proto: "http",
                 trust_proto,
                 request_id: b"req-1",
