@@ -15,6 +15,8 @@
 # Usage: scripts/bench-reload.sh [ROUNDS]     env: RATE (2000) CONNS (20) DURATION (20 s)
 #        RELOAD_EVERY (0.2) IO (uring) NICE (0; e.g. -10 as root, so that other work on a shared
 #        machine interferes less: proxy, h2load, nginx and the reload loop all get it)
+#        POKE (0; 1 adds a pass per round that sends GET /ready at the reload pace: the driver's
+#        and the admin API's own cost, without reloads)
 # Needs: h2load (nghttp2-client), nginx, curl, python3, taskset. Do not run while something else
 # compiles on this machine; the script prints the load average before and after so that noise shows.
 set -euo pipefail
@@ -111,12 +113,14 @@ pass() { # $1: name; runs h2load, writes $WORK/$1.log and $WORK/$1.out
         --log-file "$WORK/$1.log" "http://127.0.0.1:$WEB_PORT/" > "$WORK/$1.out" 2>&1
 }
 
-storm() { # reloads until $WORK/stop exists; writes the count to $WORK/reloads
+storm() { # $1: reload|poke; until $WORK/stop exists; writes the count to $WORK/reloads
     # One long-lived Python process rather than a curl per reload: the driver shares core 1 with
-    # h2load and nginx, and must cost them as little as possible.
-    nice -n "$NICE" taskset -c 1 python3 - "$ADMIN_PORT" "$TOKEN" "$RELOAD_EVERY" "$WORK" <<'PY'
+    # h2load and nginx, and must cost them as little as possible. "poke" sends GET /ready at the
+    # same pace instead: the same driver and admin traffic without a reload, to tell their cost
+    # from the reload's.
+    nice -n "$NICE" taskset -c 1 python3 - "$ADMIN_PORT" "$TOKEN" "$RELOAD_EVERY" "$WORK" "$1" <<'PY'
 import os, socket, sys, time
-port, token, every, work = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
+port, token, every, work, mode = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
 bodies = [open(os.path.join(work, f), "rb").read() for f in ("split.toml", "plain.toml")]
 n, start = 0, time.monotonic()
 times = open(os.path.join(work, "reload-times"), "w")
@@ -124,8 +128,11 @@ while not os.path.exists(os.path.join(work, "stop")):
     body = bodies[n % 2]
     sent = time.time()
     with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(b"PUT /config HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n"
-                  b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (token.encode(), len(body), body))
+        if mode == "poke":
+            s.sendall(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        else:
+            s.sendall(b"PUT /config HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n"
+                      b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (token.encode(), len(body), body))
         answer = b""
         while chunk := s.recv(4096):
             answer += chunk
@@ -179,8 +186,16 @@ for round in $(seq "$ROUNDS"); do
     pass base
     read -r b50 b90 b99 b999 bmax brate bfail < <(report base)
     printf '%-8s %-6s %8s %8s %8s %8s %8s %9s %7s %8s\n' "$round" base "$b50" "$b90" "$b99" "$b999" "$bmax" "$brate" "$bfail" 0
+    if [ "${POKE:-0}" = 1 ]; then
+        rm -f "$WORK/stop"
+        storm poke & STORM=$!
+        pass poke
+        touch "$WORK/stop"; wait "$STORM"
+        read -r p50 p90 p99 p999 pmax prate pfail < <(report poke)
+        printf '%-8s %-6s %8s %8s %8s %8s %8s %9s %7s %8s\n' "$round" poke "$p50" "$p90" "$p99" "$p999" "$pmax" "$prate" "$pfail" 0
+    fi
     rm -f "$WORK/stop"
-    storm & STORM=$!
+    storm reload & STORM=$!
     pass storm
     touch "$WORK/stop"; wait "$STORM"
     read -r s50 s90 s99 s999 smax srate sfail < <(report storm)
