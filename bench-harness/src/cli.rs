@@ -492,6 +492,7 @@ fn load_cmd(a: LoadArgs) -> anyhow::Result<ExitCode> {
         timeout: a.timeout,
         label: format!("{} {}", a.protocol.name(), a.target),
         progress: true,
+        align_lanes: false,
     };
     let run = load::run(&spec, &mut NoMonitor)?;
     let r = &run.report;

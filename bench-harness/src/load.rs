@@ -33,7 +33,7 @@ use thiserror::Error;
 
 use crate::hist::{CurvePoint, LatencyHist, Percentiles};
 use crate::http1::{self, BodyReader, FramingError};
-use crate::pace::{LaneSchedule, PreciseTimer, Timing};
+use crate::pace::{LaneClock, LaneSchedule, PreciseTimer, Timing};
 use crate::progress::Progress;
 use crate::runtime::{self, Io};
 use crate::sys;
@@ -120,6 +120,10 @@ pub struct LoadSpec {
     pub label: String,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// Open loop: start every lane at the same instant instead of spreading them evenly, so
+    /// their requests go out in bursts of `lanes` (what `h2load --rps` does with several
+    /// clients). Only for reproducing that tool's arrival pattern in the cross-check.
+    pub align_lanes: bool,
 }
 
 impl LoadSpec {
@@ -459,7 +463,12 @@ pub fn run(spec: &LoadSpec, monitor: &mut dyn Monitor) -> anyhow::Result<LoadRun
     let scheduled = target_rate.map(|rate| {
         (0..lanes_total)
             .map(|i| {
-                LaneSchedule::new(start, rate, lanes_total, i).scheduled_between(window_start, end)
+                let schedule = if spec.align_lanes {
+                    LaneSchedule::new(start, rate / lanes_total as f64, 1, 0)
+                } else {
+                    LaneSchedule::new(start, rate, lanes_total, i)
+                };
+                schedule.scheduled_between(window_start, end)
             })
             .sum()
     });
@@ -559,6 +568,12 @@ async fn thread_main(
         let lane_ctx = LaneCtx {
             mode: ctx.spec.mode,
             schedule: match ctx.spec.mode {
+                Mode::Open { rate } if ctx.spec.align_lanes => Some(LaneSchedule::new(
+                    start,
+                    rate / ctx.lanes_total as f64,
+                    1,
+                    0,
+                )),
                 Mode::Open { rate } => Some(LaneSchedule::new(
                     start,
                     rate,
@@ -667,24 +682,20 @@ async fn lane_loop(mut lane: Lane, ctx: LaneCtx) {
         },
         Mode::Closed => None,
     };
+    let mut clock = LaneClock::new();
     let mut lane_free = ctx.start;
     let mut k = 0u64;
     let mut failed = false;
     loop {
-        let intended = match &ctx.schedule {
-            Some(schedule) => {
+        let intended = match (&ctx.schedule, timer.as_mut()) {
+            (Some(schedule), Some(timer)) => {
                 let intended = schedule.intended(k);
-                if intended >= ctx.end {
-                    break;
-                }
-                if let Some(timer) = timer.as_mut()
-                    && timer.sleep_until(intended).await.is_err()
-                {
+                if intended >= ctx.end || timer.sleep_until(intended).await.is_err() {
                     break;
                 }
                 intended
             }
-            None => Instant::now(),
+            _ => Instant::now(),
         };
         k += 1;
         let sent = Instant::now();
@@ -692,49 +703,46 @@ async fn lane_loop(mut lane: Lane, ctx: LaneCtx) {
         if sent >= ctx.end {
             break;
         }
-        if std::mem::take(&mut failed)
-            && let Err(e) = lane.reconnect(ctx.timeout).await
-        {
-            record_error(&ctx, intended, &e);
-            failed = true;
-            // Do not spin against a target that refuses connections.
-            monoio::time::sleep(Duration::from_millis(10)).await;
-            lane_free = Instant::now();
-            continue;
-        }
-        let sent = if ctx.schedule.is_some() {
-            Instant::now()
-        } else {
-            sent
-        };
-        let result = monoio::time::timeout(ctx.timeout, lane.request())
-            .await
-            .unwrap_or(Err(RequestError::Timeout));
-        let done = Instant::now();
-        match result {
-            Ok(()) => {
-                let timing = Timing {
-                    intended: if ctx.schedule.is_some() {
-                        intended
-                    } else {
-                        sent
-                    },
-                    lane_free,
-                    sent,
-                    done,
-                };
-                record_success(&ctx, &timing);
+        // After a failure the connection is rebuilt first; that time is the target's, part of
+        // this request's service time.
+        let result = if std::mem::take(&mut failed) {
+            match lane.reconnect(ctx.timeout).await {
+                Ok(()) => request(&mut lane, ctx.timeout).await,
+                Err(e) => Err(e),
             }
+        } else {
+            request(&mut lane, ctx.timeout).await
+        };
+        let done = Instant::now();
+        let timing = Timing {
+            intended,
+            lane_free,
+            sent,
+            done,
+        };
+        let corrected = clock.corrected(&timing);
+        match result {
+            Ok(()) => record_success(&ctx, &timing, corrected),
             Err(e) => {
                 record_error(&ctx, intended, &e);
                 failed = true;
+                if matches!(e, RequestError::Connect(_)) {
+                    // Do not spin against a target that refuses connections.
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
         }
-        lane_free = done;
+        lane_free = Instant::now();
     }
 }
 
-fn record_success(ctx: &LaneCtx, t: &Timing) {
+async fn request(lane: &mut Lane, timeout: Duration) -> Result<(), RequestError> {
+    monoio::time::timeout(timeout, lane.request())
+        .await
+        .unwrap_or(Err(RequestError::Timeout))
+}
+
+fn record_success(ctx: &LaneCtx, t: &Timing, corrected: Duration) {
     let mut s = ctx.stats.borrow_mut();
     s.all_completed += 1;
     ctx.progress
@@ -744,10 +752,10 @@ fn record_success(ctx: &LaneCtx, t: &Timing) {
         return;
     }
     s.completed += 1;
-    s.latency.record(t.corrected());
+    s.latency.record(corrected);
     s.uncorrected.record(t.uncorrected());
-    if let Some(lag) = t.generator_lag() {
-        s.lag.record(lag);
+    if ctx.schedule.is_some() {
+        s.lag.record(t.generator_lag());
     }
 }
 
@@ -1135,6 +1143,7 @@ pub(crate) mod tests {
             timeout: Duration::from_secs(2),
             label: "test".into(),
             progress: false,
+            align_lanes: false,
         }
     }
 }

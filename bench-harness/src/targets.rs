@@ -130,8 +130,8 @@ pub fn nginx_config(plan: &ProxyPlan, dir: &Path, stream_module: Option<&Path>) 
         "worker_processes {workers};\n\
          pid {d}/nginx.pid;\n\
          error_log {d}/error.log warn;\n\
-         worker_rlimit_nofile 65536;\n\
-         events {{\n    worker_connections 16384;\n}}\n",
+         worker_rlimit_nofile 16384;\n\
+         events {{\n    worker_connections 4096;\n}}\n",
         workers = plan.workers
     ));
     match plan.front {
@@ -155,7 +155,6 @@ pub fn nginx_config(plan: &ProxyPlan, dir: &Path, stream_module: Option<&Path>) 
              \x20   scgi_temp_path {d}/scgi_temp;\n\
              \x20   keepalive_requests 1000000;\n\
              \x20   keepalive_timeout 300s;\n\
-             \x20   http2_max_requests 1000000;\n\
              \x20   upstream bench_upstream {{\n\
              \x20       server {up};\n\
              \x20       keepalive 256;\n\
@@ -188,7 +187,7 @@ pub fn haproxy_config(plan: &ProxyPlan) -> String {
     let mut c = format!(
         "global\n\
          \x20   nbthread {workers}\n\
-         \x20   maxconn 100000\n\
+         \x20   maxconn 4096\n\
          \n\
          defaults\n\
          \x20   mode {mode}\n\
@@ -577,13 +576,16 @@ pub fn probe(front: Front, address: SocketAddr) -> Result<(), String> {
         timeout: Duration::from_secs(2),
         label: "probe".into(),
         progress: false,
+        align_lanes: false,
     };
     let run = load::run(&spec, &mut NoMonitor).map_err(|e| e.to_string())?;
     let r = &run.report;
     if r.completed == 0 || r.errors.total() > 0 {
+        let e = &r.errors;
         return Err(format!(
-            "probe: {} answers, errors {:?}",
-            r.completed, r.errors
+            "probe: {} answers; failures: {} connect, {} i/o (connection reset or closed), \
+             {} malformed, {} bad status, {} timeout",
+            r.completed, e.connect, e.io, e.protocol, e.status, e.timeout
         ));
     }
     Ok(())

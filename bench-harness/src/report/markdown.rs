@@ -137,49 +137,63 @@ pub fn iperf_section(i: &IperfReport) -> String {
 /// The h2load cross-check.
 pub fn crosscheck_section(c: &super::CrossCheck) -> String {
     let mut s = String::new();
-    {
-        let _ = writeln!(s, "\n## Cross-check: open-loop latency vs h2load --rps\n");
-        let _ = writeln!(
-            s,
-            "| tool | achieved req/s | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|"
-        );
+    let _ = writeln!(
+        s,
+        "\n## Cross-check: open-loop latency vs h2load --rps (direct, {} req/s total, {} s per run)\n",
+        fmt_rate(c.rate),
+        c.duration_s
+    );
+    let _ = writeln!(
+        s,
+        "| case | tool | achieved req/s | p50 | p90 | p99 | p99.9 | max | agree (p50, p90) |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for case in &c.cases {
         let row = |s: &mut String,
-                   name: &str,
+                   tool: &str,
                    rate: Option<f64>,
-                   p: &Option<crate::hist::Percentiles>| {
-            match p {
-                Some(p) => {
-                    let _ = writeln!(
-                        s,
-                        "| {name} | {} | {} | {} | {} | {} | {} |",
-                        rate.map_or("—".into(), fmt_rate),
-                        fmt_us(p.p50_us),
-                        fmt_us(p.p90_us),
-                        fmt_us(p.p99_us),
-                        fmt_us(p.p999_us),
-                        fmt_us(p.max_us)
-                    );
-                }
-                None => {
-                    let _ = writeln!(s, "| {name} | — | — | — | — | — | — |");
-                }
-            }
+                   p: &Option<crate::hist::Percentiles>,
+                   agree: &str| {
+            let cells = match p {
+                Some(p) => format!(
+                    "{} | {} | {} | {} | {}",
+                    fmt_us(p.p50_us),
+                    fmt_us(p.p90_us),
+                    fmt_us(p.p99_us),
+                    fmt_us(p.p999_us),
+                    fmt_us(p.max_us)
+                ),
+                None => "— | — | — | — | —".to_owned(),
+            };
+            let _ = writeln!(
+                s,
+                "| {}{} | {tool} | {} | {cells} | {agree} |",
+                case.name,
+                if case.judged { " (judged)" } else { "" },
+                rate.map_or("—".into(), fmt_rate)
+            );
+        };
+        let agree = match case.agrees {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "—",
         };
         row(
             &mut s,
-            "ringmesh-bench (corrected)",
-            Some(c.ours_rate),
-            &c.ours_corrected,
+            "ringmesh-bench (as reported)",
+            Some(case.ours_rate),
+            &case.ours_corrected,
+            agree,
         );
         row(
             &mut s,
-            "ringmesh-bench (uncorrected)",
-            Some(c.ours_rate),
-            &c.ours_uncorrected,
+            "ringmesh-bench (from actual send)",
+            Some(case.ours_rate),
+            &case.ours_uncorrected,
+            "",
         );
-        row(&mut s, "h2load --rps", c.h2load_rate, &c.h2load);
-        let _ = writeln!(s, "\n{}", c.note);
+        row(&mut s, "h2load", case.h2load_rate, &case.h2load, "");
     }
+    let _ = writeln!(s, "\n{}", c.note);
     s
 }
 

@@ -115,6 +115,8 @@ pub enum Bottleneck {
     /// The generator/upstream cores were saturated first: the number is a lower bound for the
     /// proxy.
     Generator,
+    /// A bench core was saturated, but by processes outside the benchmark: the run is noisy.
+    Contended,
     /// Neither saturated (latency-bound: more connections would go faster), or not measured.
     Neither,
 }
@@ -125,6 +127,7 @@ impl Bottleneck {
         match self {
             Bottleneck::Target => "target",
             Bottleneck::Generator => "generator",
+            Bottleneck::Contended => "other processes",
             Bottleneck::Neither => "neither",
         }
     }
@@ -310,16 +313,33 @@ pub struct IperfRow {
     pub failures: Vec<String>,
 }
 
-/// Our open-loop latency against h2load's, at the same rate, on the direct target.
+/// Our open-loop latency against h2load's, at the same total rate, on the direct target.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CrossCheck {
     /// Requests per second (total).
     pub rate: f64,
-    /// Connections.
-    pub connections: usize,
-    /// Seconds.
+    /// Seconds per run.
     pub duration_s: f64,
-    /// Ours, from the intended send time.
+    /// The comparisons made.
+    pub cases: Vec<CrossCase>,
+    /// Whether the judged case agrees within the stated tolerance (`None`: not compared).
+    pub agrees: Option<bool>,
+    /// The comparison in words.
+    pub note: String,
+}
+
+/// One comparison of the cross-check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrossCase {
+    /// What is compared.
+    pub name: String,
+    /// Connections (h2load clients).
+    pub connections: usize,
+    /// Our lanes started together like h2load's clients (bursts) instead of spread evenly.
+    pub aligned: bool,
+    /// Whether this case decides agreement (the others explain differences).
+    pub judged: bool,
+    /// Ours, latency as reported (coordinated-omission corrected).
     pub ours_corrected: Option<Percentiles>,
     /// Ours, from the actual send time (what h2load measures).
     pub ours_uncorrected: Option<Percentiles>,
@@ -329,10 +349,8 @@ pub struct CrossCheck {
     pub h2load: Option<Percentiles>,
     /// h2load's achieved rate.
     pub h2load_rate: Option<f64>,
-    /// Whether the two agree within the stated tolerance.
+    /// Agreement at p50 and p90.
     pub agrees: Option<bool>,
-    /// The comparison in words.
-    pub note: String,
 }
 
 /// Formats a number of requests per second: `61.2k`.
