@@ -155,7 +155,7 @@ pub fn run(
     let secs = duration.as_secs_f64();
     let mut failures = Vec::new();
     let plans = [
-        (format!("1 connection"), 1, false, true),
+        ("1 connection".to_owned(), 1, false, true),
         (
             format!("{connections} connections"),
             connections,
