@@ -8,6 +8,7 @@ use super::{
     fmt_median, fmt_rate, fmt_spread, fmt_us,
 };
 use crate::stats::Spread;
+use crate::targets::TargetKind;
 
 /// Renders the whole report.
 pub fn render(r: &CompareReport) -> String {
@@ -55,7 +56,7 @@ pub fn header(r: &CompareReport) -> String {
         .iter()
         .flat_map(|sc| &sc.targets)
         .chain(r.iperf.iter().flat_map(|i| &i.targets))
-        .find(|t| t.kind == crate::targets::TargetKind::Ringmesh && t.detail.is_some())
+        .find(|t| t.kind == TargetKind::Ringmesh && t.detail.is_some())
         .and_then(|t| t.detail.clone())
         .unwrap_or_else(|| "ringmesh did not run".into());
     let _ = writeln!(
@@ -106,17 +107,35 @@ pub fn header(r: &CompareReport) -> String {
     }
 
     for sc in &r.scenarios {
-        let ringmesh_rows: Vec<&RatioRow> = sc
-            .ratios
-            .iter()
-            .filter(|row| row.a == crate::targets::TargetKind::Ringmesh)
-            .collect();
-        if !ringmesh_rows.is_empty() {
-            let _ = writeln!(s, "\n## Headline ratios, {} \n", sc.title);
-            ratio_table(&mut s, &ringmesh_rows);
+        let _ = writeln!(s, "\n## Headline, {}\n", sc.title);
+        let ringmesh = sc.targets.iter().find(|t| t.kind == TargetKind::Ringmesh);
+        match ringmesh {
+            None => {
+                let _ = writeln!(s, "ringmesh was not among the targets.");
+            }
+            Some(TargetStatus {
+                skipped: Some(reason),
+                ..
+            }) => {
+                let _ = writeln!(
+                    s,
+                    "ringmesh did not run in this scenario, so there are no ringmesh ratios: {}",
+                    one_line(reason)
+                );
+            }
+            Some(_) => {
+                let rows: Vec<&RatioRow> = ran_rows(sc)
+                    .into_iter()
+                    .filter(|row| row.a == TargetKind::Ringmesh)
+                    .collect();
+                if rows.is_empty() {
+                    let _ = writeln!(s, "No peer ran next to ringmesh in this scenario.");
+                } else {
+                    ratio_table(&mut s, &rows);
+                }
+            }
         }
     }
-
     s
 }
 
@@ -227,12 +246,7 @@ fn status_line(s: &mut String, targets: &[TargetStatus]) {
                 );
             }
             Some(reason) => {
-                let _ = writeln!(
-                    s,
-                    "- {}: **skipped** — {}",
-                    t.kind,
-                    reason.replace('\n', " ")
-                );
+                let _ = writeln!(s, "- {}: **skipped** — {}", t.kind, one_line(reason));
             }
         }
     }
@@ -270,19 +284,37 @@ fn scenario(s: &mut String, sc: &ScenarioReport, headline: f64) {
     if let Some(slowest) = sc.slowest_max {
         let _ = writeln!(
             s,
-            "\nFixed rates below are fractions of the slowest proxy's median maximum, {} req/s.",
-            fmt_rate(slowest)
+            "\nFixed rates below are fractions of the slowest proxy's median maximum, {} req/s{}.",
+            fmt_rate(slowest),
+            if sc.rate_scale < 1.0 {
+                format!(
+                    ", scaled by {:.2} because the generator and upstream sustained only {} req/s \
+                     open loop against direct and must have 2× headroom",
+                    sc.rate_scale,
+                    sc.generator_capacity.map_or("—".to_owned(), fmt_rate)
+                )
+            } else {
+                String::new()
+            }
         );
     }
     for level in &sc.rates {
         let _ = writeln!(
             s,
-            "\n### {:.0} % load: {} req/s (open loop, latency from the intended send time){}{}\n",
+            "\n### {:.0} % load{}: {} req/s (open loop, latency corrected for coordinated omission){}{}\n",
             level.fraction * 100.0,
+            if (level.of_slowest - level.fraction).abs() > 1e-9 {
+                format!(
+                    " (scaled: {:.0} % of the slowest max)",
+                    level.of_slowest * 100.0
+                )
+            } else {
+                String::new()
+            },
             fmt_rate(level.rate),
             match level.headroom {
-                Some(true) => "; generator headroom 2×: ok",
-                Some(false) => "; **generator headroom 2×: NOT met**",
+                Some(true) => "; generator headroom 2×: verified",
+                Some(false) => "; **generator headroom 2×: NOT verified**",
                 None => "",
             },
             if (level.fraction - headline).abs() < 1e-9 {
@@ -306,18 +338,33 @@ fn scenario(s: &mut String, sc: &ScenarioReport, headline: f64) {
             if t.generator_limited {
                 let _ = writeln!(
                     s,
-                    "\n- {}: generator-limited in some run (generator lag p99 {}): treat its latency as an upper bound",
+                    "\n- {}: generator-limited in some run (generator lag p90 up to {}): the load \
+                     was not sent on schedule; treat this latency with care",
                     t.kind,
-                    t.generator_lag_p99_us.map_or("—".into(), fmt_us)
+                    t.generator_lag_p90_us.map_or("—".into(), fmt_us)
                 );
             }
         }
     }
-    if !sc.ratios.is_empty() {
+    let rows = ran_rows(sc);
+    if !rows.is_empty() {
         let _ = writeln!(s, "\n### Ratios (paired by round)\n");
-        let rows: Vec<&RatioRow> = sc.ratios.iter().collect();
         ratio_table(s, &rows);
     }
+}
+
+/// Ratio rows whose two targets both ran in the scenario.
+fn ran_rows(sc: &ScenarioReport) -> Vec<&RatioRow> {
+    let ran = |k: TargetKind| {
+        sc.targets
+            .iter()
+            .any(|t| t.kind == k && t.skipped.is_none())
+    };
+    sc.ratios.iter().filter(|r| ran(r.a) && ran(r.b)).collect()
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn latency_row(s: &mut String, t: &LatencySummary) {

@@ -152,8 +152,12 @@ pub struct RunRecord {
     pub proxy_util: Option<f64>,
     /// Largest resident memory of the proxy's process tree sampled during the run, MiB.
     pub rss_mib: Option<f64>,
+    /// Wall seconds between the two samples around the window.
+    pub wall_s: f64,
     /// CPU seconds of the upstream in the window.
     pub upstream_cpu_s: f64,
+    /// CPU of the generator and the upstream, as a share of the load cores (0–1).
+    pub load_side_util: f64,
     /// Busy share (0–1) of the generator/upstream cores, everything included.
     pub load_core_busy: Option<f64>,
     /// Busy share (0–1) of the proxy cores, everything included.
@@ -216,8 +220,8 @@ pub struct LatencySummary {
     pub proxy_util: Option<Spread>,
     /// Peak RSS, MiB.
     pub rss_mib: Option<Spread>,
-    /// Largest generator-lag p99 over valid runs, µs.
-    pub generator_lag_p99_us: Option<f64>,
+    /// Largest generator-lag p90 over valid runs, µs.
+    pub generator_lag_p90_us: Option<f64>,
     /// Some run was generator-limited.
     pub generator_limited: bool,
     /// Percentile curve of all valid runs merged.
@@ -227,11 +231,14 @@ pub struct LatencySummary {
 /// One fixed rate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RateLevel {
-    /// Fraction of the slowest proxy's maximum.
+    /// Nominal fraction of the slowest proxy's maximum (`--load`).
     pub fraction: f64,
+    /// Actual fraction: nominal × the scenario's rate scale.
+    pub of_slowest: f64,
     /// Requests per second.
     pub rate: f64,
-    /// Whether the generator sustained 2× this rate against direct (`None`: not checked).
+    /// Whether the generator sustained 2× the highest fixed rate against direct (`None`: not
+    /// checked).
     pub headroom: Option<bool>,
     /// Per target.
     pub targets: Vec<LatencySummary>,
@@ -275,6 +282,10 @@ pub struct ScenarioReport {
     pub max: Vec<MaxSummary>,
     /// The slowest proxy's median maximum throughput, which the fixed rates are fractions of.
     pub slowest_max: Option<f64>,
+    /// Factor applied to every fixed rate so the generator has 2× headroom (1 = none needed).
+    pub rate_scale: f64,
+    /// The generator's open-loop rate against direct when it could not double the fixed rates.
+    pub generator_capacity: Option<f64>,
     /// Latency at fixed rates.
     pub rates: Vec<RateLevel>,
     /// Ratios between proxies.
