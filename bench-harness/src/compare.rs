@@ -837,10 +837,9 @@ fn measure(
         (report.generator_cpu_s + upstream_cpu) / wall / load_cores.len().max(1) as f64;
     let proxy_core_busy = proxy_core_busy.filter(|_| target.pid().is_some());
     let bottleneck = classify(proxy_util, load_side_util, load_core_busy, proxy_core_busy);
-    let generator_limited = !closed
-        && (generator_lagging(&report)
-            || load_core_busy.is_some_and(|b| b >= SATURATED)
-                && proxy_util.is_none_or(|u| u < SATURATED));
+    // Open loop: the generator could not keep its schedule, or it and the upstream filled their
+    // cores (other processes filling them show up as foreign CPU instead).
+    let generator_limited = !closed && (generator_lagging(&report) || load_side_util >= SATURATED);
     let cpu_per_1k = proxy_cpu
         .filter(|_| report.completed > 0)
         .map(|c| c / report.completed as f64 * 1000.0);
