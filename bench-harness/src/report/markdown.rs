@@ -331,18 +331,25 @@ fn scenario(s: &mut String, sc: &ScenarioReport, headline: f64) {
         for t in &level.targets {
             latency_row(s, t);
         }
+        let mut notes = Vec::new();
         for t in &level.targets {
             for reason in &t.refused {
-                let _ = writeln!(s, "\n- {} refused, {reason}", t.kind);
+                notes.push(format!("{} {reason}", t.kind));
             }
             if t.generator_limited {
-                let _ = writeln!(
-                    s,
-                    "\n- {}: generator-limited in some run (generator lag p90 up to {}): the load \
-                     was not sent on schedule; treat this latency with care",
+                notes.push(format!(
+                    "{}: generator-limited in some run (generator lag p90 up to {}, or the \
+                     generator and upstream filled their cores): the load was not sent on \
+                     schedule; treat this latency with care",
                     t.kind,
                     t.generator_lag_p90_us.map_or("—".into(), fmt_us)
-                );
+                ));
+            }
+        }
+        if !notes.is_empty() {
+            let _ = writeln!(s);
+            for n in notes {
+                let _ = writeln!(s, "- {n}");
             }
         }
     }
