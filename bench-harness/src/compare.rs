@@ -1018,7 +1018,13 @@ fn summarise_latency(
         refused: mine
             .iter()
             .filter(|r| !r.load.verdict.is_valid())
-            .map(|r| format!("refused in round {}: {}", r.round + 1, r.load.verdict.describe()))
+            .map(|r| {
+                format!(
+                    "refused in round {}: {}",
+                    r.round + 1,
+                    r.load.verdict.describe()
+                )
+            })
             .collect(),
         achieved: Spread::of(
             &mine

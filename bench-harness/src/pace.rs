@@ -34,8 +34,7 @@
 //! millisecond and add up to 1 ms to every latency. [`PreciseTimer`] waits on a `timerfd` instead
 //! (nanosecond resolution) and uses the wheel only for the bulk of long waits.
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -141,14 +140,14 @@ impl LaneClock {
 ///
 /// The timer is a `timerfd`. monoio has no public readiness API for arbitrary descriptors, but
 /// [`monoio::net::TcpStream::readable`] is exactly that: an io_uring `POLL_ADD` (or an epoll
-/// readiness wait) on its descriptor, issuing no socket calls. So a duplicate of the timerfd is
-/// wrapped in a `TcpStream` used only for `readable`; the expiration count is read (and so
-/// cleared) through a `File` on a second duplicate.
+/// readiness wait followed by a `poll` check) on its descriptor, issuing no socket calls. So a
+/// duplicate of the timerfd is wrapped in a `TcpStream` used only for `readable`. The expiration
+/// count is never read: re-arming the timer resets it (the kernel's `timerfd_setup` zeroes the
+/// ticks), which saves a syscall per request.
 #[derive(Debug)]
 pub struct PreciseTimer {
     timer: TimerFd,
     waiter: monoio::net::TcpStream,
-    reader: File,
 }
 
 /// Waits longer than this start on monoio's (cheap, millisecond) wheel.
@@ -165,13 +164,8 @@ impl PreciseTimer {
         )
         .map_err(io::Error::from)?;
         let for_wait = timer.as_fd().try_clone_to_owned()?;
-        let for_read = timer.as_fd().try_clone_to_owned()?;
         let waiter = monoio::net::TcpStream::from_std(std::net::TcpStream::from(for_wait))?;
-        Ok(Self {
-            timer,
-            waiter,
-            reader: File::from(for_read),
-        })
+        Ok(Self { timer, waiter })
     }
 
     /// Returns at `deadline` or (by a few microseconds) after it; at once if it has passed.
@@ -194,12 +188,6 @@ impl PreciseTimer {
                 )
                 .map_err(io::Error::from)?;
             self.waiter.readable(false).await?;
-            let mut expirations = [0u8; 8];
-            match self.reader.read(&mut expirations) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
         }
     }
 }
