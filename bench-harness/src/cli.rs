@@ -193,6 +193,10 @@ struct CompareArgs {
     /// No progress bars.
     #[arg(long)]
     no_progress: bool,
+    /// Idle keep-alive connections opened per proxy to measure memory per connection
+    /// (default 1000; --quick 200).
+    #[arg(long)]
+    idle_connections: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -427,6 +431,10 @@ fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         iperf_streams: a.iperf_streams,
         command: command_line(),
         progress: !a.no_progress,
+        idle_connections: a
+            .idle_connections
+            .unwrap_or(if quick { 200 } else { 1000 })
+            .max(1),
     };
     let report = compare::run(&spec)?;
     let markdown = write_report(&report, &out_dir)?;

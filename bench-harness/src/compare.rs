@@ -28,11 +28,12 @@ use anyhow::{Context, bail};
 
 use crate::crosscheck;
 use crate::hist::LatencyHist;
+use crate::http1;
 use crate::iperf;
 use crate::load::{self, LoadSpec, MIN_RATE_FRACTION, Mode, Monitor, Protocol};
 use crate::report::{
-    Better, Bottleneck, Check, CompareReport, LatencySummary, MaxSummary, Meta, RateLevel,
-    RatioRow, RunRecord, ScenarioReport, TargetStatus,
+    Better, Bottleneck, Check, CompareReport, IdleMemory, LatencySummary, MaxSummary, Meta,
+    RateLevel, RatioRow, RunRecord, ScenarioReport, TargetStatus,
 };
 use crate::runtime::Io;
 use crate::stats::{self, Spread};
@@ -143,6 +144,8 @@ pub struct CompareSpec {
     pub command: String,
     /// Draw progress bars.
     pub progress: bool,
+    /// Idle keep-alive connections opened to measure memory per connection.
+    pub idle_connections: usize,
 }
 
 /// The built-in upstream, running as a child process pinned to the load cores.
@@ -364,6 +367,7 @@ fn run_scenario(
         })
         .collect();
     let mut runs: Vec<RunRecord> = Vec::new();
+    let mut idle: HashMap<TargetKind, Vec<f64>> = HashMap::new();
     let mut hists: HashMap<(TargetKind, usize), Vec<LatencyHist>> = HashMap::new();
 
     let start_target = |kind: TargetKind,
@@ -447,6 +451,7 @@ fn run_scenario(
                 slowest_max: None,
                 rate_scale: 1.0,
                 generator_capacity: None,
+                idle_memory: Vec::new(),
                 rates: Vec::new(),
                 ratios: Vec::new(),
                 runs,
@@ -619,9 +624,36 @@ fn run_scenario(
                 }
                 runs.push(record);
             }
+            if let (Some(pid), true) = (target.pid(), front != Front::H2) {
+                match idle_connection_memory(front, target.address, pid, spec.idle_connections) {
+                    Ok(kib) => {
+                        log(&format!(
+                            "{name} r{}/{} {kind}: {} idle connections: {kib:.1} KiB each",
+                            round + 1,
+                            spec.rounds,
+                            spec.idle_connections
+                        ));
+                        idle.entry(kind).or_default().push(kib);
+                    }
+                    Err(e) => log(&format!(
+                        "{name} {kind}: idle-connection memory not measured: {e}"
+                    )),
+                }
+            }
             target.stop();
         }
     }
+    let idle_memory: Vec<IdleMemory> = spec
+        .targets
+        .iter()
+        .filter_map(|k| {
+            idle.get(k).map(|v| IdleMemory {
+                kind: *k,
+                connections: spec.idle_connections,
+                kib_per_connection: Spread::of(v),
+            })
+        })
+        .collect();
 
     let mut levels = Vec::new();
     for (i, &(fraction, rate)) in rates.iter().enumerate() {
@@ -701,6 +733,7 @@ fn run_scenario(
             slowest_max: Some(slowest),
             rate_scale: scale,
             generator_capacity: capacity,
+            idle_memory,
             rates: levels,
             ratios,
             runs,
@@ -864,6 +897,69 @@ fn measure(
         generator_limited,
     };
     Ok((record, run.latency))
+}
+
+/// Opens `n` keep-alive connections through a proxy, one request (or echo) on each so that the
+/// proxy has fully set it up (for L4, with its upstream connection), and returns the growth of
+/// the proxy's RSS per connection, KiB (BENCH-METHOD.md rule 6).
+fn idle_connection_memory(
+    front: Front,
+    address: std::net::SocketAddr,
+    pid: u32,
+    n: usize,
+) -> Result<f64, String> {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_secs(2);
+    let before = sys::tree_rss_bytes(pid);
+    let mut conns = Vec::with_capacity(n);
+    let mut buf = vec![0u8; 4096];
+    for i in 0..n {
+        let fail = |e: std::io::Error| format!("connection {i}: {e}");
+        let mut s = std::net::TcpStream::connect_timeout(&address, timeout).map_err(fail)?;
+        s.set_read_timeout(Some(timeout)).map_err(fail)?;
+        s.set_nodelay(true).map_err(fail)?;
+        match front {
+            Front::Tcp => {
+                s.write_all(&[b'i'; 16]).map_err(fail)?;
+                s.read_exact(&mut buf[..16]).map_err(fail)?;
+            }
+            _ => {
+                s.write_all(b"GET /payload/16 HTTP/1.1\r\nHost: bench.local\r\n\r\n")
+                    .map_err(fail)?;
+                let mut got = 0;
+                loop {
+                    let k = match s.read(&mut buf[got..]) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        other => other.map_err(fail)?,
+                    };
+                    if k == 0 {
+                        return Err(format!("connection {i}: closed by the proxy"));
+                    }
+                    got += k;
+                    match http1::parse_response(&buf[..got]) {
+                        Ok(Some(head)) => {
+                            let body = match head.framing {
+                                http1::Framing::Length(len) => len as usize,
+                                _ => 0,
+                            };
+                            if got >= head.len + body {
+                                break;
+                            }
+                        }
+                        Ok(None) if got < buf.len() => {}
+                        Ok(None) => return Err(format!("connection {i}: response head too large")),
+                        Err(e) => return Err(format!("connection {i}: {e}")),
+                    }
+                }
+            }
+        }
+        conns.push(s);
+    }
+    // Let the proxy finish whatever it does after a response before sampling.
+    std::thread::sleep(Duration::from_millis(200));
+    let after = sys::tree_rss_bytes(pid);
+    drop(conns);
+    Ok((after as f64 - before as f64) / n.max(1) as f64 / 1024.0)
 }
 
 /// The next rate scale after a failed headroom run at `target` (2× the top fixed rate `top`),

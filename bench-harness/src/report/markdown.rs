@@ -353,6 +353,22 @@ fn scenario(s: &mut String, sc: &ScenarioReport, headline: f64) {
             }
         }
     }
+    if !sc.idle_memory.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### Idle keep-alive connections\n\n\
+             | target | connections | proxy RSS growth per connection |\n|---|---|---|"
+        );
+        for m in &sc.idle_memory {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                m.kind,
+                m.connections,
+                fmt_spread(&m.kib_per_connection, |v| format!("{v:.1} KiB"))
+            );
+        }
+    }
     let rows = ran_rows(sc);
     if !rows.is_empty() {
         let _ = writeln!(s, "\n### Ratios (paired by round)\n");

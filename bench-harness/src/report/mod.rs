@@ -290,8 +290,21 @@ pub struct ScenarioReport {
     pub rates: Vec<RateLevel>,
     /// Ratios between proxies.
     pub ratios: Vec<RatioRow>,
+    /// Memory per idle keep-alive connection, per proxy.
+    pub idle_memory: Vec<IdleMemory>,
     /// Every run.
     pub runs: Vec<RunRecord>,
+}
+
+/// Memory of idle keep-alive connections in one proxy, over rounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdleMemory {
+    /// Target.
+    pub kind: TargetKind,
+    /// Connections opened.
+    pub connections: usize,
+    /// RSS growth of the proxy's process tree per connection, KiB.
+    pub kib_per_connection: Option<Spread>,
 }
 
 /// iperf3 through each L4 target.
