@@ -240,6 +240,13 @@ pub fn run(spec: &CompareSpec) -> anyhow::Result<CompareReport> {
         warnings.push("Proxy and generator cores overlap: numbers mix both.".to_owned());
     }
 
+    // This thread samples /proc and draws progress during runs: keep it off the proxy's cores.
+    // (Children are started through taskset with their own cores, so they do not inherit this.)
+    if let Some(&core) = spec.load_cores.first()
+        && !crate::runtime::pin_current_thread(core)
+    {
+        warnings.push(format!("Could not pin the harness itself to core {core}."));
+    }
     let upstream = UpstreamProcess::start(spec)?;
     log(&format!(
         "upstream: http {:?}, h2 {:?}, echo {:?} (pid {}, cores {})",
