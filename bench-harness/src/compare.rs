@@ -1191,9 +1191,11 @@ fn ratio_rows(
                 let direct = per_round(runs, TargetKind::Direct, headline, |r| {
                     r.load.latency.map(|p| p.p99_us)
                 });
+                // A round where the proxy did not add latency (noise made it faster than
+                // direct) has no meaningful ratio: leave it out.
                 own.iter()
                     .zip(direct.iter().chain(std::iter::repeat(&None)))
-                    .map(|(o, d)| Some((*o)? - (*d)?))
+                    .map(|(o, d)| Some((*o)? - (*d)?).filter(|added| *added > 0.0))
                     .collect::<Vec<_>>()
             };
             rows.push(row(
