@@ -116,6 +116,8 @@ fn client(
         }
         let out = sys::pinned_command(iperf3, cores)
             .args(["-c", "127.0.0.1", "-J", "-p", &port.to_string()])
+            // A proxy that accepts but never connects upstream must not hang the comparison.
+            .args(["--connect-timeout", "3000"])
             .args(["-P", &streams.to_string()])
             .args(["-t", &format!("{}", duration.as_secs().max(1))])
             .stdin(Stdio::null())
