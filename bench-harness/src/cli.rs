@@ -166,9 +166,13 @@ struct CompareArgs {
     /// Upstream threads.
     #[arg(long, default_value_t = 1)]
     upstream_threads: usize,
-    /// I/O driver of the generator, the upstream and ringmesh.
+    /// I/O driver of ringmesh.
     #[arg(long, value_enum, default_value = "auto")]
     io: Io,
+    /// I/O driver of the generator and the upstream. io_uring costs them less CPU; epoll takes
+    /// the generator's timestamps right at its send/recv calls (see BENCHMARKS.md).
+    #[arg(long, value_enum, default_value = "auto")]
+    load_io: Io,
     /// The ringmesh binary (default: next to this one, else target/release/ringmesh).
     #[arg(long)]
     ringmesh: Option<PathBuf>,
@@ -410,7 +414,7 @@ fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         load_cores,
         generator_threads: a.generator_threads.max(1),
         upstream_threads: a.upstream_threads.max(1),
-        io: a.io,
+        io: a.load_io,
         targets_settings: TargetSettings {
             ringmesh: a.ringmesh.unwrap_or_else(default_ringmesh),
             nginx: a.nginx,

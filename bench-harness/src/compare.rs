@@ -126,7 +126,7 @@ pub struct CompareSpec {
     pub generator_threads: usize,
     /// Upstream threads.
     pub upstream_threads: usize,
-    /// I/O driver for the generator, the upstream and ringmesh.
+    /// I/O driver of the generator and the upstream (ringmesh's is in `targets_settings`).
     pub io: Io,
     /// Where the proxies are and how they run.
     pub targets_settings: TargetSettings,
