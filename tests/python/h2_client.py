@@ -8,10 +8,11 @@ One request per run; prints one JSON object describing the response:
      "goaway": null | code, "echo_rounds": N}
 
     h2_client.py PORT [--method M] [--path P] [--authority A] [--header NAME:VALUE ...]
-                 [--body-size N] [--trailer NAME:VALUE ...] [--grpc-frame]
+                 [--body-size N | --body-hex HEX] [--trailer NAME:VALUE ...]
                  [--interactive ROUNDS] [--timeout S]
 
-`--body-size N` sends N deterministic bytes (byte i is i*7 mod 251) as the request body, in
+`--body-hex HEX` sends those bytes as the body (a gRPC frame, say). `--body-size N` sends N
+deterministic bytes (byte i is i*7 mod 251) as the request body, in
 16 KiB DATA frames, honouring flow control. `--interactive ROUNDS` talks to the upstream's
 `/stream` path: it sends a chunk, waits until that chunk comes back, and only then sends the next
 one, which only works if both bodies are streamed through the proxy, never buffered whole.
@@ -120,6 +121,7 @@ def main():
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--trailer", action="append", default=[])
     parser.add_argument("--body-size", type=int, default=0)
+    parser.add_argument("--body-hex", default="")
     parser.add_argument("--interactive", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=20.0)
     args = parser.parse_args()
@@ -134,7 +136,8 @@ def main():
     ]
     headers += [tuple(h.split(":", 1)) for h in args.header]
     trailers = [tuple(t.split(":", 1)) for t in args.trailer]
-    sends_body = args.body_size > 0 or trailers or args.interactive
+    fixed_body = bytes.fromhex(args.body_hex)
+    sends_body = args.body_size > 0 or fixed_body or trailers or args.interactive
     stream_id = client.conn.get_next_available_stream_id()
     client.conn.send_headers(stream_id, headers, end_stream=not sends_body)
     client.flush()
@@ -154,7 +157,8 @@ def main():
             client.conn.end_stream(stream_id)
             client.flush()
         elif sends_body:
-            client.send_body(stream_id, pattern(args.body_size), end=not trailers)
+            body = fixed_body or pattern(args.body_size)
+            client.send_body(stream_id, body, end=not trailers)
             if trailers:
                 client.conn.send_headers(stream_id, trailers, end_stream=True)
                 client.flush()
