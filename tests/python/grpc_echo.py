@@ -91,23 +91,41 @@ class Echo(pb_grpc.EchoServicer):
             count += 1
         emit("bidi-done", count)
 
-    def sleep(self, method, request, context):
+    def watch(self, method, context):
+        """Reports `cancelled METHOD T` once if the call ends before the handler is done. The
+        termination callback fires even when grpcio never resumes a streaming handler that is
+        waiting to yield its next message."""
+        state = {"done": False, "reported": False}
+
+        def report():
+            if not state["done"] and not state["reported"]:
+                state["reported"] = True
+                emit("cancelled", method, time.monotonic())
+
+        context.add_callback(report)
+        state["report"] = report
+        return state
+
+    def sleep(self, method, request, context, state):
         emit("started", method, time.monotonic())
         deadline = time.monotonic() + request.ms / 1000.0
         while time.monotonic() < deadline:
             if not context.is_active():
-                emit("cancelled", method, time.monotonic())
+                state["report"]()
                 return False
             time.sleep(0.005)
+        state["done"] = True
         return True
 
     def Sleep(self, request, context):
-        self.sleep("Sleep", request, context)
+        state = self.watch("Sleep", context)
+        self.sleep("Sleep", request, context, state)
         return pb.Msg(seq=1)
 
     def SleepStream(self, request, context):
+        state = self.watch("SleepStream", context)
         yield pb.Msg(seq=0)
-        if self.sleep("SleepStream", request, context):
+        if self.sleep("SleepStream", request, context, state):
             yield pb.Msg(seq=1)
 
 
