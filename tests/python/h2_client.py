@@ -11,6 +11,7 @@ One request per run; prints one JSON object describing the response:
                  [--body-size N | --body-hex HEX] [--trailer NAME:VALUE ...]
                  [--interactive ROUNDS] [--timeout S]
 
+`--cancel-after-data` resets the stream (CANCEL) once the first response bytes arrived.
 `--body-hex HEX` sends those bytes as the body (a gRPC frame, say). `--body-size N` sends N
 deterministic bytes (byte i is i*7 mod 251) as the request body, in
 16 KiB DATA frames, honouring flow control. `--interactive ROUNDS` talks to the upstream's
@@ -27,6 +28,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 
@@ -124,6 +126,7 @@ def main():
     parser.add_argument("--body-hex", default="")
     parser.add_argument("--interactive", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--cancel-after-data", action="store_true")
     args = parser.parse_args()
 
     client = Client(args.port, args.timeout)
@@ -164,6 +167,11 @@ def main():
                 client.flush()
         while not client.ended:
             client.pump(stream_id)
+            if args.cancel_after_data and client.body:
+                client.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+                client.flush()
+                client.result["cancelled_at"] = time.monotonic()
+                break
     except (ConnectionError, socket.timeout) as e:
         client.result["error"] = str(e)
     body = bytes(client.body)

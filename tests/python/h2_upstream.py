@@ -21,6 +21,8 @@ What a request gets depends on its path (the query string is ignored; `/headers`
     /delay/MS      `ok` after MS milliseconds
     /bytes/N       N bytes (b"0123456789" repeated)
     /status/CODE   that status, body `status CODE`
+    /drip          HTTP/1.1 only: a chunked body's first chunk, then nothing; prints
+                   `gone C T` (T: time.monotonic()) when the client closes the connection
     anything else  `ok`
 
 Every response carries `x-upstream: NAME` (`--name`) and `x-upstream-conn: C`.
@@ -36,6 +38,7 @@ import asyncio
 import hashlib
 import json
 import sys
+import time
 
 import h2.config
 import h2.connection
@@ -414,6 +417,19 @@ class H1Conn:
             base = (
                 f"x-upstream: {self.server.name}\r\nx-upstream-conn: {self.id}\r\n".encode()
             )
+            if path == "/drip":
+                # The start of a chunked body, then nothing until the client goes away.
+                self.writer.write(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n" + base + b"\r\n5\r\nfirst\r\n"
+                )
+                await self.writer.drain()
+                try:
+                    data = await asyncio.wait_for(self.reader.read(65536), timeout=30)
+                except asyncio.TimeoutError:
+                    data = b"timeout"
+                if not data:
+                    emit("gone", self.id, time.monotonic())
+                return
             if path == "/echo":
                 out = bytearray(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n" + base + b"\r\n")
                 if body:

@@ -29,6 +29,7 @@ both_drivers!(
     h1_client_to_h2_upstream_streams_body_and_trailers,
     h2_client_to_h1_upstream_streams_body_and_trailers,
     h2_client_to_h2_upstream_streams_both_ways_with_trailers,
+    h2_client_reset_ends_a_waiting_h1_upstream_exchange,
     upstream_streams_are_multiplexed_on_few_connections,
     saturated_upstream_connections_make_the_pool_open_more,
     upstream_goaway_mid_load_is_retried_without_client_errors,
@@ -677,6 +678,31 @@ fn h2_client_to_h2_upstream_streams_both_ways_with_trailers(driver: Driver) {
     assert!(
         has_pair(&result["trailers"], "x-upstream-trailer", "end"),
         "{result}"
+    );
+}
+
+/// An HTTP/2 client resets its stream while the HTTP/1.1 upstream has sent the start of a body
+/// and then nothing: the proxy notices the reset at once (not at the upstream's next byte) and
+/// closes the upstream connection, which the upstream sees within a few seconds.
+fn h2_client_reset_ends_a_waiting_h1_upstream_exchange(driver: Driver) {
+    let upstream = h2_upstream("h1");
+    let proxy = Proxy::start(&single_cluster("h1", upstream.address(), "", ""), driver, 2);
+    let result = client(
+        proxy.listener("main").port(),
+        &["--path", "/drip", "--cancel-after-data"],
+    );
+    assert_eq!(result["status"], 200, "{result}");
+    assert_eq!(result["body"], "first", "{result}");
+    let cancelled_at = result["cancelled_at"]
+        .as_f64()
+        .expect("the client cancelled");
+    let gone = upstream.wait_event("gone", |_| true);
+    let seen_at: f64 = gone[2].parse().expect("the upstream's time");
+    let delay = Duration::from_secs_f64((seen_at - cancelled_at).max(0.0));
+    eprintln!("client reset reached the HTTP/1.1 upstream after {delay:?}");
+    assert!(
+        delay <= Duration::from_secs(5),
+        "the upstream connection closed {delay:?} after the client's reset"
     );
 }
 
