@@ -19,8 +19,9 @@ use tests::{Driver, Proxy, both_drivers, wait_until};
 
 /// ENHANCE_YOUR_CALM.
 const ENHANCE_YOUR_CALM: u64 = 0xb;
-/// Requests of the legitimate client, at 10 per second from each of 2 connections.
-const LEGIT_REQUESTS: u64 = 100;
+/// Requests of the legitimate client, at 10 per second from each of 2 connections (3 s; the
+/// attack starts once the first 5 have reached the upstream and takes about a second).
+const LEGIT_REQUESTS: u64 = 60;
 /// The most the proxy's resident memory may grow during an attack.
 const MAX_RSS_GROWTH: u64 = 32 * MIB;
 /// After the attack, the CPU share (of one core) above which the proxy is taken to be spinning.
