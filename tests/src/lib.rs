@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod h2;
 pub mod http;
 pub mod proxy;
 pub mod upstream;

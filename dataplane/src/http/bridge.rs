@@ -8,6 +8,7 @@
 
 use std::future::poll_fn;
 use std::io::Write as _;
+use std::task::Poll;
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
@@ -84,7 +85,7 @@ pub async fn h2_to_h2(
 ) -> Result<u64, PumpError> {
     let mut moved: u64 = 0;
     loop {
-        match poll_fn(|cx| from.poll_data(cx)).await {
+        match next_data(from, to).await? {
             Some(Ok(chunk)) => {
                 let n = chunk.len();
                 moved += n as u64;
@@ -110,6 +111,30 @@ pub async fn h2_to_h2(
                 return Ok(moved);
             }
         }
+    }
+}
+
+/// The next DATA chunk of `from`, unless `to`'s peer resets its stream first: a client that
+/// cancels while the sender is quiet (a server stream waiting for its next message) must be
+/// noticed at once, so that the cancellation reaches the sender, not at the sender's next byte.
+async fn next_data(
+    from: &mut RecvStream,
+    to: &mut SendStream<Bytes>,
+) -> Result<Option<Result<Bytes, h2::Error>>, PumpError> {
+    poll_fn(|cx| {
+        if let Poll::Ready(reset) = to.poll_reset(cx) {
+            return Poll::Ready(Err(reset_error(reset)));
+        }
+        from.poll_data(cx).map(Ok)
+    })
+    .await
+}
+
+/// The error for a destination stream that its peer reset.
+fn reset_error(reset: Result<Reason, h2::Error>) -> PumpError {
+    match reset {
+        Ok(reason) => PumpError::Destination(Some(reason)),
+        Err(e) => PumpError::from_h2_destination(&e),
     }
 }
 
@@ -234,7 +259,12 @@ pub async fn h1_to_h2(
             finish(to, h2_trailers(&decoder))?;
             return Ok(moved);
         }
-        match io::read_more(from, buf, io::BODY_CHUNK).await {
+        // Reading waits for the upstream; a client reset ends the wait (and the exchange).
+        let read = monoio::select! {
+            read = io::read_more(from, buf, io::BODY_CHUNK) => read,
+            reset = poll_fn(|cx| to.poll_reset(cx)) => return Err(reset_error(reset)),
+        };
+        match read {
             Ok(0) if framing == BodyFraming::UntilClose => {
                 finish(to, None)?;
                 return Ok(moved);

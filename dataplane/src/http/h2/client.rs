@@ -2,14 +2,16 @@
 //!
 //! Each worker keeps its own connections per endpoint address and multiplexes requests over them
 //! up to the cluster's `max_streams_per_connection`; when every connection is that busy, another is
-//! opened (up to `max_connections_per_endpoint`). A connection that received GOAWAY or failed takes
-//! no new streams; its driver task ends when its last stream does.
+//! opened (up to `max_connections_per_endpoint`), and requests arriving while it is being
+//! established wait for it rather than open their own. A connection that received GOAWAY or
+//! failed takes no new streams; its driver task ends when its last stream does.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +19,7 @@ use h2::client::SendRequest;
 use tracing::debug;
 
 use super::io::H2Io;
+use crate::event::Event;
 
 /// Flow-control windows toward upstreams: large enough that one stream can fill a fast link
 /// without waiting for WINDOW_UPDATEs, small enough to bound memory per stream.
@@ -41,6 +44,16 @@ struct Connection {
     retired: Rc<Cell<bool>>,
 }
 
+impl Connection {
+    /// Whether `h2` has seen the connection end or received GOAWAY: it then refuses new streams,
+    /// which its driver task only reports (by ending) once the streams in flight are done.
+    fn refuses_streams(&self) -> bool {
+        let mut send = self.send.clone();
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(send.poll_ready(&mut cx), Poll::Ready(Err(_)))
+    }
+}
+
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
@@ -50,10 +63,71 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// What establishing a connection came to: the connection, or why it failed (`io::Error` is not
+/// `Clone`, and every waiter needs its own).
+type ConnectOutcome = Result<Rc<Connection>, (io::ErrorKind, String)>;
+
+/// A connection being established. Streams that find every open connection full claim one of
+/// its streams and wait for it, rather than each opening a connection of its own: a burst of
+/// requests would otherwise open one connection per request and never multiplex.
+#[derive(Default)]
+struct Connecting {
+    /// Streams claimed on it so far (the connection starts with this many active).
+    claimed: Cell<u32>,
+    /// Whether a claimant has taken its stream yet (the first one counts as a new connection).
+    taken: Cell<bool>,
+    done: Event,
+    /// Set when done: the connection, or why connecting failed.
+    outcome: RefCell<Option<ConnectOutcome>>,
+}
+
+impl std::fmt::Debug for Connecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connecting")
+            .field("claimed", &self.claimed.get())
+            .field("done", &self.done.is_fired())
+            .finish()
+    }
+}
+
+/// A stream claimed on a connection still being established. Dropped unused (the request gave
+/// up while waiting), it gives the stream back.
+struct Claim {
+    connecting: Rc<Connecting>,
+    used: bool,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.used {
+            return;
+        }
+        match &*self.connecting.outcome.borrow() {
+            None => {
+                let claimed = &self.connecting.claimed;
+                claimed.set(claimed.get().saturating_sub(1));
+            }
+            Some(Ok(connection)) => {
+                connection
+                    .active
+                    .set(connection.active.get().saturating_sub(1));
+            }
+            Some(Err(_)) => {}
+        }
+    }
+}
+
+/// One endpoint's connections on this core.
+#[derive(Debug, Default)]
+struct Endpoint {
+    open: Vec<Rc<Connection>>,
+    connecting: Vec<Rc<Connecting>>,
+}
+
 /// A worker's upstream HTTP/2 connections, by endpoint address.
 #[derive(Debug, Default, Clone)]
 pub struct H2Pool {
-    endpoints: Rc<RefCell<HashMap<SocketAddr, Vec<Rc<Connection>>>>>,
+    endpoints: Rc<RefCell<HashMap<SocketAddr, Endpoint>>>,
 }
 
 /// A stream slot on a connection: holds the connection's handle and counts against its stream
@@ -96,21 +170,29 @@ impl H2Pool {
         Self::default()
     }
 
-    /// A stream slot to `endpoint`: on a connection with spare streams, else on a new connection.
+    /// A stream slot to `endpoint`: on an open connection with spare streams, else on one being
+    /// established with unclaimed streams, else on a new connection.
     pub async fn checkout(
         &self,
         endpoint: SocketAddr,
         limits: &H2ClientLimits,
     ) -> Result<H2Stream, H2CheckoutError> {
-        {
+        let connecting = {
             let mut endpoints = self.endpoints.borrow_mut();
-            let connections = endpoints.entry(endpoint).or_default();
-            connections.retain(|c| !c.retired.get() || c.active.get() > 0);
-            if let Some(connection) = connections
+            let entry = endpoints.entry(endpoint).or_default();
+            entry
+                .open
+                .retain(|c| !c.retired.get() || c.active.get() > 0);
+            while let Some(connection) = entry
+                .open
                 .iter()
                 .filter(|c| !c.retired.get() && c.active.get() < limits.max_streams)
                 .min_by_key(|c| c.active.get())
             {
+                if connection.refuses_streams() {
+                    connection.retired.set(true);
+                    continue;
+                }
                 connection.active.set(connection.active.get() + 1);
                 return Ok(H2Stream {
                     send: connection.send.clone(),
@@ -118,26 +200,82 @@ impl H2Pool {
                     connection: Rc::clone(connection),
                 });
             }
-            if connections.len() >= limits.max_connections as usize {
-                return Err(H2CheckoutError::Exhausted);
+            match entry
+                .connecting
+                .iter()
+                .find(|c| c.claimed.get() < limits.max_streams)
+            {
+                Some(connecting) => Rc::clone(connecting),
+                None => {
+                    if entry.open.len() + entry.connecting.len() >= limits.max_connections as usize
+                    {
+                        return Err(H2CheckoutError::Exhausted);
+                    }
+                    let connecting = Rc::new(Connecting::default());
+                    entry.connecting.push(Rc::clone(&connecting));
+                    self.start_connect(endpoint, *limits, Rc::clone(&connecting));
+                    connecting
+                }
             }
+        };
+        connecting.claimed.set(connecting.claimed.get() + 1);
+        let mut claim = Claim {
+            connecting,
+            used: false,
+        };
+        claim.connecting.done.wait().await;
+        let outcome = claim.connecting.outcome.borrow().clone();
+        match outcome {
+            Some(Ok(connection)) => {
+                claim.used = true;
+                let first = !claim.connecting.taken.replace(true);
+                Ok(H2Stream {
+                    send: connection.send.clone(),
+                    reused: !first,
+                    connection,
+                })
+            }
+            Some(Err((kind, message))) => {
+                Err(H2CheckoutError::Connect(io::Error::new(kind, message)))
+            }
+            None => Err(H2CheckoutError::Connect(io::Error::other(
+                "HTTP/2 connect ended without an outcome",
+            ))),
         }
-        let connection = Rc::new(
-            self.connect(endpoint, limits)
-                .await
-                .map_err(H2CheckoutError::Connect)?,
-        );
-        connection.active.set(1);
-        self.endpoints
-            .borrow_mut()
-            .entry(endpoint)
-            .or_default()
-            .push(Rc::clone(&connection));
-        Ok(H2Stream {
-            send: connection.send.clone(),
-            reused: false,
-            connection,
-        })
+    }
+
+    /// Establishes a connection on a task of its own, so that it completes for the streams
+    /// waiting on it even if the request that started it gives up.
+    fn start_connect(
+        &self,
+        endpoint: SocketAddr,
+        limits: H2ClientLimits,
+        connecting: Rc<Connecting>,
+    ) {
+        let pool = self.clone();
+        monoio::spawn(crate::contain::contained(
+            "http2 upstream connect",
+            async move {
+                let result = pool.connect(endpoint, &limits).await;
+                let mut endpoints = pool.endpoints.borrow_mut();
+                let entry = endpoints.entry(endpoint).or_default();
+                entry.connecting.retain(|c| !Rc::ptr_eq(c, &connecting));
+                let outcome = match result {
+                    Ok(connection) => {
+                        // Every claimed stream is active from the start, so that no other checkout
+                        // takes the slots of those still waking up.
+                        connection.active.set(connecting.claimed.get());
+                        let connection = Rc::new(connection);
+                        entry.open.push(Rc::clone(&connection));
+                        Ok(connection)
+                    }
+                    Err(e) => Err((e.kind(), e.to_string())),
+                };
+                drop(endpoints);
+                *connecting.outcome.borrow_mut() = Some(outcome);
+                connecting.done.fire();
+            },
+        ));
     }
 
     async fn connect(
@@ -180,7 +318,7 @@ impl H2Pool {
         self.endpoints
             .borrow()
             .get(&endpoint)
-            .map_or(0, |cs| cs.iter().map(|c| c.active.get()).sum())
+            .map_or(0, |e| e.open.iter().map(|c| c.active.get()).sum())
     }
 
     /// Connections open to `endpoint` on this core.
@@ -188,6 +326,6 @@ impl H2Pool {
         self.endpoints
             .borrow()
             .get(&endpoint)
-            .map_or(0, |cs| cs.iter().filter(|c| !c.retired.get()).count())
+            .map_or(0, |e| e.open.iter().filter(|c| !c.retired.get()).count())
     }
 }

@@ -114,6 +114,13 @@ impl FrameGuard {
         self.broken
     }
 
+    /// Whether the last frame seen left a header block open (HEADERS or CONTINUATION without
+    /// END_HEADERS): when `h2` gives up on the connection then, it was for too many
+    /// CONTINUATION frames.
+    pub fn in_header_block(&self) -> bool {
+        self.header_block.is_some()
+    }
+
     /// Follows `bytes`, the next bytes received. Returns the first limit broken (and keeps
     /// returning it).
     pub fn inspect(&mut self, mut bytes: &[u8]) -> Option<Abuse> {
@@ -307,6 +314,19 @@ mod tests {
             found = found.or(guard.inspect(&frame(PING, 0, 0, &[0; 8])));
         }
         assert_eq!(found, Some(Abuse::ControlFlood));
+    }
+
+    #[test]
+    fn open_header_blocks_are_reported() {
+        let mut guard = guard_after_preface();
+        guard.inspect(&frame(HEADERS, 0, 1, &[0x82; 10]));
+        assert!(guard.in_header_block());
+        guard.inspect(&frame(CONTINUATION, 0, 1, &[0x82; 10]));
+        assert!(guard.in_header_block());
+        guard.inspect(&frame(CONTINUATION, FLAG_END_HEADERS, 1, &[0x82; 10]));
+        assert!(!guard.in_header_block());
+        guard.inspect(&frame(HEADERS, FLAG_END_HEADERS, 3, &[0x82]));
+        assert!(!guard.in_header_block());
     }
 
     #[test]

@@ -602,6 +602,11 @@ async fn to_h2<'s>(
         // block ends both futures before their outcome is examined.
         let result = {
             let request_pipe = async {
+                // A bodiless request ended with its HEADERS frame, on a retry too: there is
+                // nothing left to send (ending the stream again would fail the retry).
+                if request_ends_here {
+                    return Ok(0);
+                }
                 if attempt > 0 {
                     for chunk in &replay {
                         bridge::send_data(&mut upstream_body, chunk.clone()).await?;
@@ -610,9 +615,6 @@ async fn to_h2<'s>(
                         return bridge::finish(&mut upstream_body, None)
                             .map(|()| replay_size as u64);
                     }
-                }
-                if request_ends_here {
-                    return Ok(0);
                 }
                 let moved = pump_request_with_replay(
                     body,
@@ -665,6 +667,10 @@ async fn to_h2<'s>(
                     }
                     Err(PumpError::TooLarge) => return Err(Failure::Reply { status: 413, reason: "request body too large", flag: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR }),
                     Err(PumpError::Source(_)) => return Err(Failure::Reset(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION)),
+                    // The upstream stream failed under the body: its response side says why
+                    // (a GOAWAY that left it unprocessed is retried), or it may even have
+                    // answered in full and stopped the upload (RFC 9113 §8.1).
+                    Err(PumpError::Destination(_)) => response_pipe.await,
                     Err(_) => Err(ResponseWait::Upstream(h2::Error::from(Reason::CANCEL))),
                 },
                 received = &mut response_pipe => received,

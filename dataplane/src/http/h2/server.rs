@@ -99,8 +99,13 @@ pub async fn serve(
                 }
                 debug!(%peer, error = %e, "HTTP/2 connection error");
                 if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
-                    // h2's own limits (pending-accept resets, local error resets, CONTINUATION).
-                    counters.h2_abuse_rapid_reset.inc();
+                    // h2's own limits: too many CONTINUATION frames (small ones stay under the
+                    // guard's byte limit), else pending-accept or local-error resets.
+                    if guard.borrow().in_header_block() {
+                        counters.h2_abuse_continuation_flood.inc();
+                    } else {
+                        counters.h2_abuse_rapid_reset.inc();
+                    }
                 }
                 break;
             }

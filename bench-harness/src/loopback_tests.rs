@@ -1,0 +1,260 @@
+//! The generator against the built-in upstream and against small misbehaving servers, on real
+//! loopback sockets (port 0), on both I/O drivers. These check behaviour (requests complete,
+//! errors are counted, a stall is charged to the requests that waited for it, a missed rate is
+//! refused), never speed.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use crate::load::{self, Mode, NoMonitor, Protocol, Verdict, tests::test_spec};
+use crate::runtime::{self, Io};
+use crate::upstream::{self, UpstreamAddrs, UpstreamSpec};
+
+fn drivers() -> Vec<Io> {
+    if runtime::uring_available() {
+        vec![Io::Uring, Io::Epoll]
+    } else {
+        eprintln!("io_uring is not available here: testing epoll only");
+        vec![Io::Epoll]
+    }
+}
+
+fn start_upstream(io: Io) -> UpstreamAddrs {
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    upstream::start(&UpstreamSpec {
+        http: Some(any),
+        h2: Some(any),
+        echo: Some(any),
+        threads: 1,
+        cores: vec![],
+        io,
+        payload: 100,
+    })
+    .expect("upstream starts")
+}
+
+#[test]
+fn every_protocol_completes_closed_loop() {
+    for io in drivers() {
+        let up = start_upstream(io);
+        for (protocol, addr) in [
+            (Protocol::Http1, up.http),
+            (Protocol::H2, up.h2),
+            (Protocol::Echo, up.echo),
+        ] {
+            let mut spec = test_spec(protocol, addr.expect("bound"));
+            spec.io = io;
+            let run = load::run(&spec, &mut NoMonitor).expect("runs");
+            let r = &run.report;
+            assert!(r.completed > 0, "{io:?} {protocol:?}: {r:?}");
+            assert_eq!(r.errors.total(), 0, "{io:?} {protocol:?}: {:?}", r.errors);
+            assert_eq!(r.verdict, Verdict::Valid, "{io:?} {protocol:?}");
+            assert_eq!(run.latency.count(), r.completed);
+            assert!(r.latency.is_some() && !r.curve.is_empty());
+        }
+    }
+}
+
+#[test]
+fn request_bodies_and_large_responses() {
+    for io in drivers() {
+        let up = start_upstream(io);
+        for (protocol, addr) in [(Protocol::Http1, up.http), (Protocol::H2, up.h2)] {
+            let mut spec = test_spec(protocol, addr.expect("bound"));
+            spec.io = io;
+            spec.request_body = 3000;
+            spec.path = "/payload/300000".into();
+            spec.connections = 2;
+            let run = load::run(&spec, &mut NoMonitor).expect("runs");
+            assert!(run.report.completed > 0, "{io:?} {protocol:?}");
+            assert_eq!(
+                run.report.errors.total(),
+                0,
+                "{io:?} {protocol:?}: {:?}",
+                run.report.errors
+            );
+        }
+    }
+}
+
+#[test]
+fn open_loop_counts_its_schedule() {
+    for io in drivers() {
+        let up = start_upstream(io);
+        let mut spec = test_spec(Protocol::Http1, up.http.expect("bound"));
+        spec.io = io;
+        spec.mode = Mode::Open { rate: 400.0 };
+        spec.duration = Duration::from_millis(500);
+        let run = load::run(&spec, &mut NoMonitor).expect("runs");
+        let r = &run.report;
+        // 400 req/s for 0.5 s: exactly 200 intended in the window, whatever the timing.
+        assert_eq!(r.scheduled, Some(200), "{io:?}");
+        assert!(r.completed > 0 && r.completed <= 200, "{io:?}: {r:?}");
+        assert_eq!(r.errors.total(), 0, "{io:?}");
+        assert!(r.generator_lag.is_some() && r.uncorrected.is_some());
+    }
+}
+
+/// A one-connection HTTP/1.1 server that answers request `i` after `delay(i)`.
+fn slow_server(delay: fn(usize) -> Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        // Serve connections one after another (probe runs and reconnects included).
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.set_nodelay(true);
+            let mut i = 0;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            'conn: loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    std::thread::sleep(delay(i));
+                    i += 1;
+                    if conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        break 'conn;
+                    }
+                }
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_stall_is_charged_to_the_requests_that_waited() {
+    // One lane at 100 req/s; the 20th answer takes 300 ms. The ~30 requests scheduled during the
+    // stall must show it (corrected), while the uncorrected view sees one slow request.
+    for io in drivers() {
+        let addr = slow_server(|i| {
+            if i == 20 {
+                Duration::from_millis(300)
+            } else {
+                Duration::ZERO
+            }
+        });
+        let mut spec = test_spec(Protocol::Http1, addr);
+        spec.io = io;
+        spec.connections = 1;
+        spec.warmup = Duration::ZERO;
+        spec.duration = Duration::from_millis(1500);
+        spec.mode = Mode::Open { rate: 100.0 };
+        let run = load::run(&spec, &mut NoMonitor).expect("runs");
+        let r = &run.report;
+        let corrected = r.latency.expect("latency");
+        let uncorrected = r.uncorrected.expect("uncorrected");
+        assert!(corrected.max_us >= 250_000.0, "{io:?}: {corrected:?}");
+        // ~30 of ~150 requests waited behind the stall: p90 of the corrected view shows it…
+        assert!(corrected.p90_us >= 50_000.0, "{io:?}: {corrected:?}");
+        // …while the naive view has one slow request, invisible at p90.
+        assert!(uncorrected.p90_us < 50_000.0, "{io:?}: {uncorrected:?}");
+    }
+}
+
+#[test]
+fn a_missed_rate_is_refused() {
+    // Every answer takes 20 ms, so one connection can do at most 50 req/s; ask for 200.
+    for io in drivers() {
+        let addr = slow_server(|_| Duration::from_millis(20));
+        let mut spec = test_spec(Protocol::Http1, addr);
+        spec.io = io;
+        spec.connections = 1;
+        spec.mode = Mode::Open { rate: 200.0 };
+        spec.duration = Duration::from_millis(500);
+        let run = load::run(&spec, &mut NoMonitor).expect("runs");
+        match run.report.verdict {
+            Verdict::RateShortfall { achieved, target } => {
+                assert!(achieved < 0.97 * target, "{io:?}");
+                assert_eq!(target, 200.0);
+            }
+            other => panic!("{io:?}: expected a rate shortfall, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn errors_are_counted_not_fatal() {
+    // A server that answers 503: every request is a counted status error.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0
+                        || conn
+                            .write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    for io in drivers() {
+        let mut spec = test_spec(Protocol::Http1, addr);
+        spec.io = io;
+        spec.connections = 1;
+        let run = load::run(&spec, &mut NoMonitor).expect("runs");
+        let r = &run.report;
+        assert!(r.errors.status > 0, "{io:?}: {r:?}");
+        assert_eq!(r.completed, 0);
+        assert_eq!(r.verdict, Verdict::NoResponses);
+    }
+}
+
+#[test]
+fn connect_failure_is_an_error_not_a_hang() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let spec = test_spec(Protocol::Http1, ([127, 0, 0, 1], port).into());
+    let err = load::run(&spec, &mut NoMonitor).expect_err("nothing listens");
+    assert!(err.to_string().contains("cannot connect"), "{err:#}");
+}
+
+#[test]
+fn upstream_handles_pipelining_and_chunked_bodies() {
+    for io in drivers() {
+        let up = start_upstream(io);
+        let mut s = std::net::TcpStream::connect(up.http.expect("bound")).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(
+            b"GET /payload/5 HTTP/1.1\r\nHost: x\r\n\r\n\
+              POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+              GET /payload/0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read until close");
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{io:?}: {text}");
+        assert!(
+            text.contains(
+                "Content-Length: 5\r\nContent-Type: application/octet-stream\r\n\r\nxxxxxHTTP"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Length: 100\r\n"),
+            "default payload: {text}"
+        );
+        assert!(
+            text.ends_with("Content-Length: 0\r\nContent-Type: application/octet-stream\r\n\r\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! The built-in upstream: HTTP/1.1, h2c and TCP echo servers on monoio.
+//!
+//! Every target in a comparison forwards to this one server, so its speed is the same for all of
+//! them and results do not depend on another server's tuning. It is deliberately minimal: no
+//! routing, no headers beyond Content-Length, one write per batch of responses, buffers reused per
+//! connection. The response body size is the server's default, or `N` for a `/payload/N` path
+//! (capped at [`MAX_PAYLOAD`]), so one upstream serves runs of any payload size.
+//!
+//! Each thread runs its own runtime, optionally pinned, and accepts on a duplicate of the same
+//! listening socket.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, IntoPollIo};
+use monoio::net::{TcpListener, TcpStream};
+use serde::{Deserialize, Serialize};
+
+use crate::http1::{self, BodyReader};
+use crate::runtime::{self, Io};
+
+/// Largest response body the upstream will produce for a `/payload/N` request.
+pub const MAX_PAYLOAD: usize = 16 << 20;
+/// Largest request head; longer ones close the connection.
+const MAX_HEAD: usize = 64 << 10;
+/// Read buffer per connection.
+const READ_BUF: usize = 64 << 10;
+
+/// What to serve, and where.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    /// HTTP/1.1 listener address (port 0 for any).
+    pub http: Option<SocketAddr>,
+    /// h2c (prior knowledge) listener address.
+    pub h2: Option<SocketAddr>,
+    /// TCP echo listener address.
+    pub echo: Option<SocketAddr>,
+    /// Server threads.
+    pub threads: usize,
+    /// Cores to pin the threads to, round robin; empty = unpinned.
+    pub cores: Vec<usize>,
+    /// I/O driver.
+    pub io: Io,
+    /// Response body size when the path does not ask for one.
+    pub payload: usize,
+}
+
+/// The addresses actually bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamAddrs {
+    /// HTTP/1.1.
+    pub http: Option<SocketAddr>,
+    /// h2c.
+    pub h2: Option<SocketAddr>,
+    /// TCP echo.
+    pub echo: Option<SocketAddr>,
+}
+
+/// Binds the listeners and starts the server threads; they serve until the process exits.
+pub fn start(spec: &UpstreamSpec) -> io::Result<UpstreamAddrs> {
+    let bind = |addr: Option<SocketAddr>| -> io::Result<Option<StdListener>> {
+        addr.map(|a| {
+            let l = StdListener::bind(a)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .transpose()
+    };
+    let http = bind(spec.http)?;
+    let h2 = bind(spec.h2)?;
+    let echo = bind(spec.echo)?;
+    let addrs = UpstreamAddrs {
+        http: http.as_ref().map(StdListener::local_addr).transpose()?,
+        h2: h2.as_ref().map(StdListener::local_addr).transpose()?,
+        echo: echo.as_ref().map(StdListener::local_addr).transpose()?,
+    };
+    for t in 0..spec.threads.max(1) {
+        let clone = |l: &Option<StdListener>| l.as_ref().map(StdListener::try_clone).transpose();
+        let (http, h2, echo) = (clone(&http)?, clone(&h2)?, clone(&echo)?);
+        let core = (!spec.cores.is_empty()).then(|| spec.cores[t % spec.cores.len()]);
+        let (io, payload) = (spec.io, spec.payload);
+        std::thread::Builder::new()
+            .name(format!("upstream-{t}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    runtime::pin_current_thread(core);
+                }
+                let served = runtime::block_on(io, async move {
+                    let responses = Rc::new(Responses::new(payload));
+                    if let Some(l) = http {
+                        monoio::spawn(accept_loop(l, responses.clone(), Protocol::Http));
+                    }
+                    if let Some(l) = h2 {
+                        monoio::spawn(accept_loop(l, responses.clone(), Protocol::H2));
+                    }
+                    if let Some(l) = echo {
+                        monoio::spawn(accept_loop(l, responses.clone(), Protocol::Echo));
+                    }
+                    std::future::pending::<()>().await;
+                });
+                if let Err(e) = served {
+                    eprintln!("upstream thread {t}: runtime failed: {e}");
+                }
+            })?;
+    }
+    Ok(addrs)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Http,
+    H2,
+    Echo,
+}
+
+async fn accept_loop(listener: StdListener, responses: Rc<Responses>, protocol: Protocol) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("upstream: cannot use listener: {e}");
+            return;
+        }
+    };
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let responses = responses.clone();
+                monoio::spawn(async move {
+                    // Connection errors (resets by a proxy under test) end that connection only.
+                    let _ = match protocol {
+                        Protocol::Http => serve_http(stream, &responses).await,
+                        Protocol::H2 => serve_h2(stream, responses).await,
+                        Protocol::Echo => serve_echo(stream).await,
+                    };
+                });
+            }
+            Err(e) => {
+                // Out of descriptors: the connection stays queued; pause instead of spinning.
+                eprintln!("upstream: accept failed: {e}");
+                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Prebuilt responses per body size, per thread.
+#[derive(Debug)]
+struct Responses {
+    default: usize,
+    http: RefCell<HashMap<usize, Rc<[u8]>>>,
+    bodies: RefCell<HashMap<usize, Bytes>>,
+}
+
+impl Responses {
+    fn new(default: usize) -> Self {
+        Self {
+            default: default.min(MAX_PAYLOAD),
+            http: RefCell::new(HashMap::new()),
+            bodies: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn size(&self, asked: Option<usize>) -> usize {
+        asked.unwrap_or(self.default).min(MAX_PAYLOAD)
+    }
+
+    /// The whole HTTP/1.1 response (head and body) for a body of `size` bytes.
+    fn http(&self, size: usize) -> Rc<[u8]> {
+        self.http
+            .borrow_mut()
+            .entry(size)
+            .or_insert_with(|| {
+                let mut r = http1::response_head(size).into_bytes();
+                r.resize(r.len() + size, b'x');
+                r.into()
+            })
+            .clone()
+    }
+
+    fn body(&self, size: usize) -> Bytes {
+        self.bodies
+            .borrow_mut()
+            .entry(size)
+            .or_insert_with(|| Bytes::from(vec![b'x'; size]))
+            .clone()
+    }
+}
+
+/// Serves HTTP/1.1 keep-alive requests, pipelined or not, until the client closes.
+async fn serve_http(mut stream: TcpStream, responses: &Responses) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+    let mut out: Vec<u8> = Vec::with_capacity(READ_BUF);
+    // The request whose body is still arriving: its body reader, response size, close flag.
+    let mut pending: Option<(BodyReader, usize, bool)> = None;
+    loop {
+        let mut used = 0;
+        let mut close = false;
+        loop {
+            if let Some((reader, size, closing)) = &mut pending {
+                used += reader
+                    .feed(&buf[used..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                if !reader.is_done() {
+                    break;
+                }
+                out.extend_from_slice(&responses.http(*size));
+                close = *closing;
+                pending = None;
+                if close {
+                    break;
+                }
+            }
+            if used == buf.len() {
+                break;
+            }
+            match http1::parse_request(&buf[used..]) {
+                Ok(Some(head)) => {
+                    used += head.len;
+                    pending = Some((
+                        BodyReader::new(head.framing),
+                        responses.size(head.payload),
+                        head.close,
+                    ));
+                }
+                Ok(None) if buf.len() - used > MAX_HEAD => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+                }
+                Ok(None) => break,
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        if !out.is_empty() {
+            let (res, back) = stream.write_all(out).await;
+            out = back;
+            out.clear();
+            res?;
+        }
+        if close {
+            return Ok(());
+        }
+        buf.drain(..used);
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(READ_BUF);
+        }
+        let len = buf.len();
+        let (res, slice) = stream.read(buf.slice_mut(len..)).await;
+        buf = slice.into_inner();
+        if res? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Serves h2c: one task per stream (awaiting a body inside the accept loop would deadlock).
+async fn serve_h2(stream: TcpStream, responses: Rc<Responses>) -> io::Result<()> {
+    let io = stream.into_poll_io()?;
+    let mut conn = h2::server::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_concurrent_streams(1024)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(io::Error::other)?;
+    while let Some(accepted) = conn.accept().await {
+        let (request, respond) = accepted.map_err(io::Error::other)?;
+        let responses = responses.clone();
+        monoio::spawn(async move {
+            let _ = answer_h2(request, respond, &responses).await;
+        });
+    }
+    Ok(())
+}
+
+async fn answer_h2(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    responses: &Responses,
+) -> Result<(), h2::Error> {
+    let size = responses.size(http1::payload_from_path(request.uri().path()));
+    let mut body = request.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let mut head = http::Response::new(());
+    head.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(size));
+    let mut send = respond.send_response(head, size == 0)?;
+    if size > 0 {
+        send.send_data(responses.body(size), true)?;
+    }
+    Ok(())
+}
+
+/// Echoes bytes back until the client closes.
+async fn serve_echo(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+    loop {
+        let (res, back) = stream.read(buf).await;
+        buf = back;
+        if res? == 0 {
+            return Ok(());
+        }
+        let (res, back) = stream.write_all(buf).await;
+        buf = back;
+        res?;
+    }
+}
