@@ -154,15 +154,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             .context("the previous process did not confirm the handover")?;
     }
 
+    // Everything else is set up before the admin API starts: once its address file appears (and
+    // `/ready` answers), signals, the watcher and the upgrade socket all work.
     let (control, requests) = flume::unbounded();
-    let admin_address = AdminAddress::parse(&config.spec.admin.address).map_err(|e| anyhow!(e))?;
-    let admin = start_admin(
-        &admin_address,
-        config.spec.admin.max_connections,
-        &shared,
-        &control,
-        &options,
-    )?;
     let upgrade_socket = options
         .upgrade_socket
         .clone()
@@ -175,6 +169,14 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     if options.watch {
         crate::watch::spawn(path.clone(), control.clone())?;
     }
+    let admin_address = AdminAddress::parse(&config.spec.admin.address).map_err(|e| anyhow!(e))?;
+    let admin = start_admin(
+        &admin_address,
+        config.spec.admin.max_connections,
+        &shared,
+        &control,
+        &options,
+    )?;
     drop(control);
     info!(driver = %choice.driver, workers, cores = ?cores, generation, "ringmesh running");
 

@@ -261,14 +261,14 @@ fn drain_stops_the_proxy_gracefully(driver: Driver) {
     client
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
+    // The answer, then a close: with `connection: close` when the worker had started draining
+    // before it read the request, else after the drain's short grace for a next request (the 202
+    // says the drain has begun, not that every worker has seen it yet).
     let mut answer = Vec::new();
     std::io::Read::read_to_end(&mut client, &mut answer).expect("the answer, then a close");
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(
-        answer.to_ascii_lowercase().contains("connection: close"),
-        "{answer}"
-    );
+    assert!(answer.ends_with("app"), "one complete answer: {answer}");
     assert!(proxy.wait_exit(PATIENCE).success());
     assert!(
         proxy.log().contains("origin=\"admin POST /drain\""),
