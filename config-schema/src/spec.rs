@@ -113,6 +113,11 @@ pub struct RuntimeSpec {
     /// How long open connections may run after SIGTERM/SIGINT before they are closed.
     #[serde(default = "RuntimeSpec::default_drain_timeout")]
     pub drain_timeout: Duration,
+    /// Unix socket on which this process hands its listening sockets to a new ringmesh started
+    /// with `--upgrade-from` (binary upgrade without refusing connections). Unset: no upgrades.
+    /// `--upgrade-socket` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_socket: Option<String>,
     /// How L4 connections move bytes: `buffer` (read/write through 16–256 KiB buffers) or
     /// `splice` (zero-copy through a kernel pipe). See BENCHMARKS.md for which wins where.
     #[serde(default)]
@@ -148,6 +153,7 @@ impl Default for RuntimeSpec {
             ring_entries: Self::default_ring_entries(),
             pin_workers: true,
             drain_timeout: Self::default_drain_timeout(),
+            upgrade_socket: None,
             l4_copy: L4Copy::default(),
         }
     }

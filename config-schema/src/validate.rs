@@ -202,6 +202,15 @@ impl<'a> Checker<'a> {
                 ),
             );
         }
+        if let Some(path) = &runtime.upgrade_socket {
+            // sun_path holds 108 bytes including the terminating NUL.
+            if path.is_empty() || path.len() > 107 {
+                self.issue(
+                    "runtime.upgrade_socket",
+                    "must be a unix socket path of 1 to 107 bytes",
+                );
+            }
+        }
     }
 
     fn identity(&mut self, identity: &IdentitySpec) {

@@ -296,6 +296,14 @@ fn impossible_values_are_rejected() {
         line_of(&text, "ring_entries"),
         "between 256 and 32768",
     );
+
+    let text = format!("{BASE}\n[runtime]\nupgrade_socket = \"\"\n");
+    assert_rejected(
+        &text,
+        "runtime.upgrade_socket",
+        line_of(&text, "upgrade_socket"),
+        "unix socket path",
+    );
 }
 
 #[test]

@@ -28,6 +28,16 @@ struct Cli {
     /// Write the admin API's bound address to FILE (useful with port 0).
     #[arg(long, value_name = "FILE")]
     admin_address_path: Option<PathBuf>,
+    /// Reload the config when the file changes (polled; a change is applied once it settles).
+    #[arg(long)]
+    watch: bool,
+    /// Serve the binary-upgrade socket at PATH (overrides `[runtime] upgrade_socket`).
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
+    /// Binary upgrade: take the listening sockets over from the ringmesh serving the upgrade
+    /// socket at PATH; once this process serves, the old one stops accepting, drains and exits.
+    #[arg(long, value_name = "PATH")]
+    upgrade_from: Option<PathBuf>,
     /// Log filter (`info`, `debug`, `ringmesh=debug`...); RUST_LOG works too.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -39,6 +49,10 @@ enum Command {
     Validate {
         /// Config file.
         file: PathBuf,
+        /// Also check that the certificate, key, CA and token files it names can be read here
+        /// (a running proxy always checks them when it loads a config).
+        #[arg(long)]
+        check_files: bool,
     },
     /// Print the JSON Schema of the config format.
     Schema,
@@ -65,7 +79,7 @@ impl From<Io> for IoMode {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Validate { file }) => validate(&file),
+        Some(Command::Validate { file, check_files }) => validate(&file, check_files),
         Some(Command::Schema) => {
             print!("{}", config_schema::json_schema());
             ExitCode::SUCCESS
@@ -81,6 +95,9 @@ pub fn main() -> ExitCode {
                 workers: cli.workers,
                 io: cli.io.map(IoMode::from),
                 admin_address_file: cli.admin_address_path,
+                watch: cli.watch,
+                upgrade_socket: cli.upgrade_socket,
+                upgrade_from: cli.upgrade_from,
             };
             match server::run(options) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -93,7 +110,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn validate(file: &std::path::Path) -> ExitCode {
+fn validate(file: &std::path::Path, check_files: bool) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) => {
@@ -101,7 +118,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match config_schema::parse(&text) {
+    match control::validate(&text, check_files) {
         Ok(_) => {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS

@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`cli`], [`server`]: the `ringmesh` binary and its threads (control, signals, admin, workers).
-//! - [`reload`]: the reload path — validate, compile, bind, publish, notify workers.
+//! - [`reload`]: the reload path — validate, check files, compile, bind, publish, notify workers,
+//!   wait for their acknowledgement; [`watch`] reloads on file change; [`upgrade`] hands the
+//!   listening sockets to a new process (binary upgrade).
 //! - [`snapshot`]: the immutable per-generation [`snapshot::Snapshot`] and how workers read it.
 //! - [`worker`]: one pinned monoio runtime per core; [`driver`] picks io_uring or epoll.
 //! - [`listener`]: `SO_REUSEPORT` + `SO_INCOMING_CPU` sockets per worker and the accept loop.
@@ -13,8 +15,8 @@
 //! - [`admin`]: the admin API on its own thread.
 //! - [`stats`]: single-writer per-worker counters; [`event`]: a worker-local one-shot event.
 //!
-//! Dependencies point downwards: `server` → `reload`/`admin`/`worker` → `listener` → `l4` →
-//! `snapshot`/`stats`/`event`.
+//! Dependencies point downwards: `server` → `reload`/`admin`/`upgrade`/`watch`/`worker` →
+//! `listener` → `l4` → `snapshot`/`stats`/`event`.
 
 pub mod access_log;
 pub mod admin;
@@ -31,5 +33,7 @@ pub mod server;
 pub mod shared;
 pub mod snapshot;
 pub mod stats;
+pub mod upgrade;
 pub mod upstream;
+pub mod watch;
 pub mod worker;

@@ -7,7 +7,7 @@
 //! `perf/scripts/nic-queues.sh`) a connection is served on the core where its packets arrive.
 //!
 //! Sockets are created by the control thread (so that bind errors are reported as config errors,
-//! and so that a later binary upgrade can hand them over), then moved into the workers.
+//! and so that a binary upgrade can hand them over: [`adopt`]), then moved into the workers.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use config_schema::ListenerProtocol;
+use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
@@ -46,7 +47,8 @@ pub fn bind_per_worker(
     Ok((local, sockets))
 }
 
-fn bind_one(address: SocketAddr, core: Option<usize>) -> io::Result<std::net::TcpListener> {
+/// Binds one `SO_REUSEPORT` socket; with a fixed port it joins that port's group.
+pub fn bind_one(address: SocketAddr, core: Option<usize>) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(
         Domain::for_address(address),
         Type::STREAM,
@@ -63,54 +65,167 @@ fn bind_one(address: SocketAddr, core: Option<usize>) -> io::Result<std::net::Tc
     Ok(socket.into())
 }
 
+/// Takes over the sockets of a listener bound by a previous process (binary upgrade) for this
+/// process's workers: worker `i` gets sockets `i`, `i + n`, `i + 2n`... so that every inherited
+/// socket, each of which receives its share of the listener's connections from the kernel, is
+/// still accepted from; workers left without one get a new socket joined to the same
+/// `SO_REUSEPORT` group. Returns the address and each worker's sockets.
+pub fn adopt(
+    local: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+    cores: &[Option<usize>],
+) -> io::Result<(SocketAddr, Vec<Vec<std::net::TcpListener>>)> {
+    let workers = cores.len().max(1);
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let worker = i % workers;
+        socket.set_nonblocking(true)?;
+        if let Some(Some(cpu)) = cores.get(worker) {
+            // Best effort: steering is an optimisation, and the socket works without it.
+            let _ = socket2::SockRef::from(&socket).set_cpu_affinity(*cpu);
+        }
+        per_worker[worker].push(socket);
+    }
+    for (worker, own) in per_worker.iter_mut().enumerate() {
+        if own.is_empty() {
+            own.push(bind_one(local, cores.get(worker).copied().flatten())?);
+        }
+    }
+    Ok((local, per_worker))
+}
+
 /// Accepts connections on `socket` for the listener `name` until `stop` fires, spawning a task
-/// per connection. Dropping the socket at the end closes it.
-pub async fn accept_loop(core: Rc<Core>, name: Arc<str>, socket: TcpListener, stop: Rc<Event>) {
+/// per connection.
+///
+/// Stopping never loses a connection the kernel has already completed: the pending accept is
+/// cancelled rather than dropped (with io_uring, a dropped accept that had already taken a
+/// connection would leak it), whatever it returns is served, and the connections still queued
+/// are accepted and served before the socket is closed. When another process holds the same
+/// socket (after a binary upgrade), closing this copy leaves the socket, and its queue, to it.
+pub async fn accept_loop(
+    core: Rc<Core>,
+    name: Arc<str>,
+    socket: std::net::TcpListener,
+    stop: Rc<Event>,
+) {
+    // A second handle on the same kernel socket, to empty the queue once stopped.
+    let spare = match socket.try_clone() {
+        Ok(spare) => spare,
+        Err(e) => {
+            warn!(listener = %name, error = %e, "cannot duplicate listening socket");
+            return;
+        }
+    };
+    let socket = match TcpListener::from_std(socket) {
+        Ok(socket) => socket,
+        Err(e) => {
+            warn!(listener = %name, error = %e, "cannot register listening socket");
+            return;
+        }
+    };
+    let _running = AcceptLoopGuard::new(&core);
+    let canceller = Canceller::new();
+    let cancel = canceller.handle();
+    {
+        let stop = Rc::clone(&stop);
+        monoio::spawn(async move {
+            stop.wait().await;
+            let _ = canceller.cancel();
+        });
+    }
+    // The latest snapshot that has this listener: connections accepted after a reload removed it
+    // are still served, on the config they arrived under.
+    let mut snapshot = core.snapshot();
     let mut backoff = Backoff::new();
     loop {
-        let accepted = monoio::select! {
-            _ = stop.wait() => return,
-            accepted = socket.accept() => accepted,
-        };
-        let snapshot = core.snapshot();
-        let Some(listener) = snapshot.listener(&name) else {
-            // Removed by a reload that this worker has not applied yet; the stop is on its way.
-            continue;
-        };
-        let counters = listener.stats.workers.slot(core.id);
+        let accepted = socket.cancelable_accept(cancel.clone()).await;
         match accepted {
             Ok((stream, peer)) => {
                 backoff.reset();
-                counters.accepted.inc();
-                let Some(guard) =
-                    ConnectionGuard::admit(&core, &listener.stats, listener.max_connections)
-                else {
-                    counters.rejected.inc();
-                    debug!(listener = %name, %peer, "refused: listener at max_connections");
-                    continue;
-                };
-                let connection = serve(
-                    Rc::clone(&core),
-                    snapshot,
-                    Arc::clone(&name),
-                    stream,
-                    peer,
-                    guard,
-                );
-                monoio::spawn(crate::contain::contained("connection", connection));
+                admit(&core, &name, &mut snapshot, stream, peer);
             }
+            Err(_) if stop.is_fired() => break,
             Err(e) => {
-                counters.accept_errors.inc();
+                if let Some(listener) = snapshot.listener(&name) {
+                    listener.stats.workers.slot(core.id).accept_errors.inc();
+                }
                 // Out of descriptors or memory: the connection stays queued in the kernel, so
                 // retrying at once would spin. Pause, longer each time, until accept works again.
                 let pause = backoff.next();
                 warn!(listener = %name, error = %e, pause_ms = pause.as_millis(), "accept failed");
                 monoio::select! {
-                    _ = stop.wait() => return,
+                    _ = stop.wait() => break,
                     _ = monoio::time::sleep(pause) => {}
                 }
             }
         }
+    }
+    // Empty the queue: these connections completed their handshake while the listener existed.
+    let mut drained = 0usize;
+    while let Ok((stream, peer)) = spare.accept() {
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            admit(&core, &name, &mut snapshot, stream, peer);
+            drained += 1;
+        }
+    }
+    debug!(listener = %name, worker = core.id, drained, "stopped accepting");
+}
+
+/// Counts and spawns one accepted connection, on the current snapshot if it still has the
+/// listener, else on the last one that had it.
+fn admit(
+    core: &Rc<Core>,
+    name: &Arc<str>,
+    snapshot: &mut SnapshotRef,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let current = core.snapshot();
+    if current.listener(name).is_some() {
+        *snapshot = current;
+    }
+    let Some(listener) = snapshot.listener(name) else {
+        return;
+    };
+    let counters = listener.stats.workers.slot(core.id);
+    counters.accepted.inc();
+    let Some(guard) = ConnectionGuard::admit(core, &listener.stats, listener.max_connections)
+    else {
+        counters.rejected.inc();
+        debug!(listener = %name, %peer, "refused: listener at max_connections");
+        return;
+    };
+    let connection = serve(
+        Rc::clone(core),
+        snapshot.clone(),
+        Arc::clone(name),
+        stream,
+        peer,
+        guard,
+    );
+    monoio::spawn(crate::contain::contained("connection", connection));
+}
+
+/// Counts a running accept loop, so that a draining worker waits for loops that are still
+/// emptying their queues.
+struct AcceptLoopGuard(Rc<Core>);
+
+impl AcceptLoopGuard {
+    fn new(core: &Rc<Core>) -> Self {
+        core.accept_loops.set(core.accept_loops.get() + 1);
+        Self(Rc::clone(core))
+    }
+}
+
+impl Drop for AcceptLoopGuard {
+    fn drop(&mut self) {
+        self.0
+            .accept_loops
+            .set(self.0.accept_loops.get().saturating_sub(1));
     }
 }
 

@@ -1,10 +1,12 @@
 //! Process-wide state read by the admin thread and written by the control thread and workers.
 //!
 //! Nothing here is touched per request: workers write their acknowledged generation once per
-//! reload; the control thread writes reload outcomes; the admin thread only reads.
+//! reload; the control thread writes reload outcomes and the admin token; the admin thread only
+//! reads.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::driver::IoDriver;
 use crate::snapshot::SnapshotStore;
@@ -26,6 +28,9 @@ pub struct Shared {
     pub reload_failures: AtomicU64,
     /// When the process started.
     pub started_at: SystemTime,
+    /// The admin API's bearer token, resolved from the config in force (inline, environment or
+    /// file) by the control thread at each reload. `None`: mutating endpoints are disabled.
+    admin_token: Mutex<Option<Arc<str>>>,
 }
 
 /// What the admin API shows about one worker.
@@ -54,6 +59,46 @@ impl Shared {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             started_at: SystemTime::now(),
+            admin_token: Mutex::new(None),
+        }
+    }
+
+    /// The admin token in force.
+    pub fn admin_token(&self) -> Option<Arc<str>> {
+        self.admin_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the admin token (control thread, when a config is applied).
+    pub fn set_admin_token(&self, token: Option<Arc<str>>) {
+        *self
+            .admin_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+    }
+
+    /// Workers that have not yet acknowledged `generation` (or a later one).
+    pub fn workers_behind(&self, generation: u64) -> Vec<usize> {
+        self.workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.generation.load(Ordering::Acquire) < generation)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Waits until every worker has acknowledged `generation`, at most `timeout`; returns the
+    /// workers still behind (empty on success). Polled: it runs once per reload, off the data path.
+    pub fn wait_for_workers(&self, generation: u64, timeout: Duration) -> Vec<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let behind = self.workers_behind(generation);
+            if behind.is_empty() || Instant::now() >= deadline {
+                return behind;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 

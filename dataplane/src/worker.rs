@@ -8,15 +8,15 @@
 //! everything else a worker touches is its own (`Rc`, `Cell`) or read-only (the snapshot).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::access_log::{self, AccessLogBuffer};
@@ -143,6 +143,8 @@ pub struct Core {
     pub id: usize,
     reader: RefCell<SnapshotReader>,
     open_connections: Cell<usize>,
+    /// Accept loops still running, including stopped ones still emptying their queues.
+    pub(crate) accept_loops: Cell<usize>,
     /// Load-balancer state of every cluster, for the generation it was built for.
     lb: RefCell<(u64, LbStates)>,
     /// Fires when the worker starts draining: idle keep-alive connections close, busy ones finish
@@ -171,6 +173,7 @@ impl Core {
             id,
             reader: RefCell::new(reader),
             open_connections: Cell::new(0),
+            accept_loops: Cell::new(0),
             lb: RefCell::new((0, LbStates::default())),
             draining: Event::new(),
             pool: Pool::new(),
@@ -299,23 +302,22 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                         stop.fire();
                     }
                 }
+                // After a binary upgrade from a process with more workers, a listener can come
+                // with several sockets for this worker; one stop event covers them all.
                 for (name, socket) in open {
-                    match TcpListener::from_std(socket) {
-                        Ok(socket) => {
-                            let stop = Event::new();
-                            accepting.insert(Arc::clone(&name), Rc::clone(&stop));
-                            monoio::spawn(listener::accept_loop(
-                                Rc::clone(&core),
-                                name,
-                                socket,
-                                stop,
-                            ));
-                        }
-                        Err(e) => {
-                            error!(worker = id, listener = %name, error = %e, "cannot register listening socket")
-                        }
-                    }
+                    let stop = Rc::clone(accepting.entry(Arc::clone(&name)).or_default());
+                    monoio::spawn(listener::accept_loop(Rc::clone(&core), name, socket, stop));
                 }
+                // Pools of endpoints that no cluster has any more drain: idle connections close
+                // now, busy ones after their request.
+                let snapshot = core.snapshot();
+                let live: HashSet<SocketAddr> = snapshot
+                    .clusters
+                    .iter()
+                    .flat_map(|c| c.endpoints.iter().map(|e| e.address))
+                    .collect();
+                core.pool
+                    .close_idle_except(|endpoint| live.contains(endpoint));
                 shared.workers[id]
                     .generation
                     .store(generation, Ordering::Release);
@@ -363,11 +365,12 @@ async fn housekeeping(core: Rc<Core>) {
     }
 }
 
-/// Waits until `core` has no open connection or `deadline` passes.
+/// Waits until `core` has no open connection and no accept loop still emptying its queue, or
+/// `deadline` passes.
 async fn wait_for_connections(core: &Core, deadline: Instant) {
     // Polled, not event-driven: this runs once per process lifetime, for at most the drain timeout.
     const POLL: Duration = Duration::from_millis(20);
-    while core.open_connections() > 0 {
+    while core.open_connections() > 0 || core.accept_loops.get() > 0 {
         let now = Instant::now();
         if now >= deadline {
             info!(

@@ -176,6 +176,8 @@ pub struct ProxyBuilder {
     workers: usize,
     nofile: Option<u32>,
     log_level: String,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl ProxyBuilder {
@@ -194,6 +196,18 @@ impl ProxyBuilder {
     /// `--log-level` (default `debug`, or `RINGMESH_TEST_LOG` when set).
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = level.to_owned();
+        self
+    }
+
+    /// An extra command-line argument (`--watch`, `--upgrade-from PATH`...).
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// An environment variable for the process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.envs.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -232,6 +246,8 @@ impl ProxyBuilder {
             .arg("--admin-address-path")
             .arg(&admin_file)
             .args(["--log-level", &self.log_level])
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file handle"))
             .stderr(log);
@@ -294,6 +310,8 @@ impl Proxy {
             workers: 2,
             nofile: None,
             log_level: std::env::var("RINGMESH_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 

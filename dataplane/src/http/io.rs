@@ -9,11 +9,12 @@ use std::io;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use super::chunked::{ChunkError, ChunkedDecoder};
 use super::h1::BodyFraming;
+use crate::event::Event;
 
 /// Body bytes moved per read.
 pub const BODY_CHUNK: usize = 64 * 1024;
@@ -47,6 +48,52 @@ pub async fn read_more_within(
         Some(limit) => monoio::time::timeout(limit, read_more(stream, buf, min_spare))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "read timed out"))?,
+    }
+}
+
+/// Why [`read_more_until`] returned without bytes.
+pub const STOPPED: i32 = libc::ECANCELED;
+
+/// Like [`read_more_within`], and also ends when `stop` fires. Either way the read is cancelled
+/// and awaited, never dropped: with io_uring, a dropped read that the kernel had already completed
+/// would take the bytes it read with it. Returns `Ok` with the bytes that arrived in time, an
+/// error with the raw OS error [`STOPPED`] when `stop` ended the wait, or `TimedOut`.
+pub async fn read_more_until(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+    timeout: Option<Duration>,
+    stop: &Event,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < min_spare {
+        buf.reserve(min_spare);
+    }
+    let len = buf.len();
+    let owned = std::mem::take(buf);
+    let canceller = Canceller::new();
+    let mut read =
+        std::pin::pin!(stream.cancelable_read(owned.slice_mut(len..), canceller.handle()));
+    let timer = async {
+        match timeout {
+            Some(limit) => monoio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (stopped, (result, slice)) = monoio::select! {
+        done = &mut read => (None, done),
+        () = stop.wait() => {
+            let _ = canceller.cancel();
+            (Some(io::Error::from_raw_os_error(STOPPED)), read.await)
+        }
+        () = timer => {
+            let _ = canceller.cancel();
+            (Some(io::Error::new(io::ErrorKind::TimedOut, "read timed out")), read.await)
+        }
+    };
+    *buf = slice.into_inner();
+    match (result, stopped) {
+        (Err(e), Some(why)) if e.raw_os_error() == Some(libc::ECANCELED) => Err(why),
+        (result, _) => result,
     }
 }
 

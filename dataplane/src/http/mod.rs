@@ -124,7 +124,9 @@ pub async fn serve(
         }
     };
     match detected {
-        Detected::Http1 => proxy::serve(core, listener_name, stream, peer, initial).await,
+        Detected::Http1 => {
+            proxy::serve(core, snapshot.clone(), listener_name, stream, peer, initial).await;
+        }
         Detected::Opaque if opaque_fallback => {
             crate::l4::proxy(&core, &snapshot, listener, stream, peer, initial).await;
         }

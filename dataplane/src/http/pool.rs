@@ -226,6 +226,22 @@ impl Pool {
         drop(expired);
     }
 
+    /// Closes the idle connections to endpoints for which `live` is false (after a reload removed
+    /// them); busy ones finish their request and are closed by [`Pool::evict_idle`] later.
+    pub fn close_idle_except(&self, live: impl Fn(&SocketAddr) -> bool) {
+        let mut closed = Vec::new();
+        {
+            let mut inner = self.inner.borrow_mut();
+            for (endpoint, entry) in inner.endpoints.iter_mut() {
+                if !live(endpoint) {
+                    closed.append(&mut entry.idle);
+                }
+            }
+        }
+        // Dropped outside the borrow: each drop updates the pool.
+        drop(closed);
+    }
+
     /// Idle connections to `endpoint` (for stats and tests).
     pub fn idle_count(&self, endpoint: SocketAddr) -> usize {
         self.inner
@@ -353,6 +369,23 @@ mod tests {
         pool.release(pool.connect(reservation, stream), &LIMITS);
         assert!(matches!(pool.checkout(endpoint, &LIMITS), Checkout::New(_)));
         assert_eq!(pool.idle_count(endpoint), 0);
+    }
+
+    #[monoio::test_all(timer_enabled = true)]
+    async fn idle_connections_of_removed_endpoints_close() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = listener.local_addr().expect("addr");
+        let pool = Pool::new();
+        let Checkout::New(reservation) = pool.checkout(endpoint, &LIMITS) else {
+            panic!("room expected")
+        };
+        let stream = TcpStream::connect_addr(endpoint).await.expect("connect");
+        pool.release(pool.connect(reservation, stream), &LIMITS);
+        pool.close_idle_except(|e| *e == endpoint);
+        assert_eq!(pool.idle_count(endpoint), 1, "still live");
+        pool.close_idle_except(|_| false);
+        assert_eq!(pool.idle_count(endpoint), 0);
+        assert_eq!(pool.open_count(endpoint), 0);
     }
 
     #[monoio::test_all(timer_enabled = true)]

@@ -51,6 +51,8 @@ use config_schema::UpstreamProtocol;
 const STACK_HEADERS: usize = 128;
 /// Initial capacity of a connection's read buffer.
 const READ_BUFFER: usize = 8 * 1024;
+/// How long an idle keep-alive connection of a draining worker waits for one more request.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// Largest request body copied for a mirror; bigger bodies are not mirrored.
 const MIRROR_BODY_LIMIT: usize = 1024 * 1024;
 
@@ -95,6 +97,7 @@ struct Scratch {
 /// tunnel. `initial` holds bytes already read by protocol detection.
 pub async fn serve(
     core: Rc<Core>,
+    pinned: SnapshotRef,
     listener: Arc<str>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -112,7 +115,7 @@ pub async fn serve(
     };
     let mut scratch = Scratch::default();
     loop {
-        match serve_request(&core, &listener, &mut downstream, &mut scratch).await {
+        match serve_request(&core, &pinned, &listener, &mut downstream, &mut scratch).await {
             After::KeepAlive => continue,
             After::Close => return,
             After::Tunnel(upstream) => {
@@ -126,13 +129,18 @@ pub async fn serve(
 /// One request, start to end. The stages are numbered as in the module docs.
 async fn serve_request(
     core: &Rc<Core>,
+    pinned: &SnapshotRef,
     listener_name: &str,
     down: &mut Downstream,
     scratch: &mut Scratch,
 ) -> After {
     // 1. Read the head, under the limits of the listener as configured now.
     let head = {
-        let snapshot = core.snapshot();
+        let (snapshot, removed) = snapshot_for(core, pinned, listener_name);
+        if removed && down.buf.is_empty() {
+            // A reload removed the listener: its keep-alive connections close between requests.
+            return After::Close;
+        }
         let Some(http) = snapshot
             .listener(listener_name)
             .and_then(|l| l.http.as_ref())
@@ -155,7 +163,7 @@ async fn serve_request(
         }
     };
     let started = Instant::now();
-    let snapshot = core.snapshot();
+    let (snapshot, removed) = snapshot_for(core, pinned, listener_name);
     let Some(listener) = snapshot.listener(listener_name) else {
         return After::Close;
     };
@@ -164,7 +172,7 @@ async fn serve_request(
     };
 
     // 2–5. Parse, validate, route and decide, synchronously over the read buffer.
-    let plan = match plan_request(core, &snapshot, listener, http, down, head, scratch) {
+    let mut plan = match plan_request(core, &snapshot, listener, http, down, head, scratch) {
         Ok(plan) => plan,
         Err(reject) => {
             let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
@@ -174,6 +182,10 @@ async fn serve_request(
     };
     down.buf.drain(..head.len());
     down.scanned = 0;
+    if removed {
+        // Answered on the config the connection arrived under, then closed.
+        plan.keep_alive = false;
+    }
 
     let mut exchange = Exchange::new(core, started, &plan);
     let after = match plan.action {
@@ -228,6 +240,17 @@ async fn serve_request(
     after
 }
 
+/// The current snapshot if it still has the listener, else the one the connection was accepted
+/// on (`pinned`), with `true` to say the listener was removed by a reload.
+fn snapshot_for(core: &Core, pinned: &SnapshotRef, listener_name: &str) -> (SnapshotRef, bool) {
+    let current = core.snapshot();
+    if current.listener(listener_name).is_some() {
+        (current, false)
+    } else {
+        (pinned.clone(), true)
+    }
+}
+
 /// Why no request head could be read.
 enum HeadError {
     /// The client closed (or reset) the connection between requests: nothing to answer.
@@ -260,14 +283,30 @@ async fn read_request_head(
             Some(deadline) => Some(deadline.saturating_duration_since(Instant::now())),
             None => http.idle_timeout,
         };
-        let read = if deadline.is_none() {
-            // Between requests: give up on an idle connection when the worker drains.
-            monoio::select! {
-                read = io::read_more_within(&mut down.stream, &mut down.buf, READ_BUFFER, wait) => read,
-                () = core.draining.wait() => return Err(HeadError::Closed),
+        let read = if deadline.is_some() {
+            io::read_more_within(&mut down.stream, &mut down.buf, READ_BUFFER, wait).await
+        } else if core.is_draining() {
+            // Between requests while draining: a request may already be on its way, so wait a
+            // short grace for it (it is answered with `connection: close`) rather than closing the
+            // connection under it, which would reset it.
+            let grace = wait.map_or(DRAIN_IDLE_GRACE, |w| w.min(DRAIN_IDLE_GRACE));
+            match io::read_more_within(&mut down.stream, &mut down.buf, READ_BUFFER, Some(grace))
+                .await
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(HeadError::Closed);
+                }
+                read => read,
             }
         } else {
-            io::read_more_within(&mut down.stream, &mut down.buf, READ_BUFFER, wait).await
+            // Between requests; when the worker starts draining, look again (grace above).
+            let stop = &core.draining;
+            match io::read_more_until(&mut down.stream, &mut down.buf, READ_BUFFER, wait, stop)
+                .await
+            {
+                Err(e) if e.raw_os_error() == Some(io::STOPPED) => continue,
+                read => read,
+            }
         };
         match read {
             Ok(0) if down.buf.is_empty() => return Err(HeadError::Closed),

@@ -1,0 +1,147 @@
+//! Checks of the files a config refers to: certificate chains, private keys, CA bundles, and the
+//! admin token file.
+//!
+//! Validation (`config_schema::parse`) is pure and cannot see the file system, so a config that
+//! names a missing certificate validates. The proxy runs [`check`] on every reload, before
+//! anything is published, so such a config is rejected whole with the TOML path and line of each
+//! missing file. Relative paths are relative to the proxy's working directory.
+
+use std::path::Path;
+
+use config_schema::{Config, ConfigError};
+
+/// A file named by the config: its TOML path, what it is, and the path on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// TOML path of the value naming the file (`listeners[0].tls.cert`).
+    pub at: String,
+    /// What the file holds, for messages.
+    pub kind: &'static str,
+    /// The file.
+    pub file: String,
+}
+
+/// Every file `config` refers to, in config order.
+pub fn referenced(config: &Config) -> Vec<FileRef> {
+    let spec = &config.spec;
+    let mut refs = Vec::new();
+    let mut add = |at: String, kind: &'static str, file: Option<&String>| {
+        if let Some(file) = file {
+            refs.push(FileRef {
+                at,
+                kind,
+                file: file.clone(),
+            });
+        }
+    };
+    let admin = &spec.admin;
+    add(
+        "admin.token_file".into(),
+        "admin token file",
+        admin.token_file.as_ref(),
+    );
+    if let Some(identity) = &spec.identity {
+        add("identity.cert".into(), "certificate", Some(&identity.cert));
+        add("identity.key".into(), "private key", Some(&identity.key));
+        add(
+            "identity.ca_bundle".into(),
+            "CA bundle",
+            Some(&identity.ca_bundle),
+        );
+    }
+    for (i, listener) in spec.listeners.iter().enumerate() {
+        if let Some(tls) = &listener.tls {
+            let at = format!("listeners[{i}].tls");
+            add(format!("{at}.cert"), "certificate", tls.cert.as_ref());
+            add(format!("{at}.key"), "private key", tls.key.as_ref());
+            add(
+                format!("{at}.client_ca"),
+                "CA bundle",
+                tls.client_ca.as_ref(),
+            );
+        }
+    }
+    for (i, cluster) in spec.clusters.iter().enumerate() {
+        if let Some(tls) = &cluster.tls {
+            let at = format!("clusters[{i}].tls");
+            add(format!("{at}.ca"), "CA bundle", tls.ca.as_ref());
+            add(format!("{at}.cert"), "certificate", tls.cert.as_ref());
+            add(format!("{at}.key"), "private key", tls.key.as_ref());
+        }
+    }
+    refs
+}
+
+/// One error, located at the value that names it, for every referenced file that cannot be read.
+pub fn check(config: &Config) -> Vec<ConfigError> {
+    referenced(config)
+        .into_iter()
+        .filter_map(|r| {
+            readable(Path::new(&r.file))
+                .err()
+                .map(|why| config.error_at(&r.at, format!("{} {:?} {why}", r.kind, r.file)))
+        })
+        .collect()
+}
+
+/// Ok when `path` is a regular file this process can open for reading.
+fn readable(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("does not exist".into()),
+        Err(e) => Err(format!("cannot be read: {e}")),
+        Ok(meta) if !meta.is_file() => Err("is not a regular file".into()),
+        Ok(_) => std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| format!("cannot be read: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_are_reported_at_their_toml_path_and_line() {
+        let present = std::env::temp_dir().join(format!("ringmesh-files-{}", std::process::id()));
+        std::fs::write(&present, "pem").expect("write");
+        let text = format!(
+            r#"
+[[listeners]]
+name = "tls"
+address = "127.0.0.1:0"
+protocol = "http"
+tls = {{ cert = "{present}", key = "/nonexistent/key.pem" }}
+
+[[clusters]]
+name = "a"
+endpoints = ["127.0.0.1:1"]
+tls = {{ ca = "/nonexistent/ca.pem" }}
+"#,
+            present = present.display()
+        );
+        let config = config_schema::parse(&text).expect("valid");
+        assert_eq!(referenced(&config).len(), 3);
+        let errors = check(&config);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[0].path, "listeners[0].tls.key");
+        assert_eq!(errors[0].line, 6);
+        assert!(errors[0].message.contains("private key"));
+        assert!(errors[0].message.contains("does not exist"));
+        assert_eq!(errors[1].path, "clusters[0].tls.ca");
+        assert_eq!(errors[1].line, 11);
+        let _ = std::fs::remove_file(&present);
+    }
+
+    #[test]
+    fn a_directory_is_not_a_certificate() {
+        let text = format!(
+            "[admin]\ntoken_file = \"{}\"\n",
+            std::env::temp_dir().display()
+        );
+        let config = config_schema::parse(&text).expect("valid");
+        let errors = check(&config);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "admin.token_file");
+        assert!(errors[0].message.contains("not a regular file"));
+    }
+}

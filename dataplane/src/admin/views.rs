@@ -1,0 +1,148 @@
+//! The read-only endpoints: `/stats`, `/config_dump`, `/listeners` as JSON. They only read the
+//! snapshot and the shared counters; nothing here changes anything.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+
+use crate::shared::Shared;
+
+/// `GET /config_dump`: the active config (token redacted), its generation, and the generation
+/// each worker runs.
+pub(super) fn config_dump(shared: &Shared) -> serde_json::Value {
+    let snapshot = shared.store.load();
+    let mut config = serde_json::to_value(&*snapshot.spec).unwrap_or_default();
+    if let Some(token) = config.pointer_mut("/admin/token")
+        && !token.is_null()
+    {
+        *token = json!("<redacted>");
+    }
+    json!({
+        "generation": snapshot.generation,
+        "workers": worker_generations(shared),
+        "config": config,
+    })
+}
+
+/// `GET /listeners`: names and the addresses actually bound.
+pub(super) fn listeners(shared: &Shared) -> serde_json::Value {
+    let snapshot = shared.store.load();
+    let listeners: Vec<_> = snapshot
+        .listeners
+        .iter()
+        .map(|l| {
+            json!({
+                "name": &*l.name,
+                "address": l.address.to_string(),
+                "local_address": l.local_addr.to_string(),
+                "protocol": l.protocol,
+            })
+        })
+        .collect();
+    json!(listeners)
+}
+
+fn worker_generations(shared: &Shared) -> Vec<serde_json::Value> {
+    shared
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(id, w)| json!({ "id": id, "generation": w.generation.load(Ordering::Acquire) }))
+        .collect()
+}
+
+/// `GET /stats`.
+pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
+    let snapshot = shared.store.load();
+    let workers: Vec<_> = shared
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(id, w)| {
+            let open: u64 = snapshot
+                .listeners
+                .iter()
+                .map(|l| l.stats.workers.slot(id).active())
+                .sum();
+            json!({
+                "id": id,
+                "core": w.core,
+                "generation": w.generation.load(Ordering::Acquire),
+                "open_connections": open,
+            })
+        })
+        .collect();
+    let listeners: Vec<_> = snapshot
+        .listeners
+        .iter()
+        .map(|l| {
+            let per_worker: Vec<_> = l
+                .stats
+                .workers
+                .iter()
+                .map(|c| {
+                    json!({
+                        "accepted": c.accepted.get(),
+                        "active": c.active(),
+                        "closed": c.closed.get(),
+                        "rejected": c.rejected.get(),
+                    })
+                })
+                .collect();
+            let w = &l.stats.workers;
+            json!({
+                "name": &*l.name,
+                "local_address": l.local_addr.to_string(),
+                "accepted": w.sum(|c| c.accepted.get()),
+                "active": w.sum(|c| c.active()),
+                "closed": w.sum(|c| c.closed.get()),
+                "rejected": w.sum(|c| c.rejected.get()),
+                "accept_errors": w.sum(|c| c.accept_errors.get()),
+                "idle_timeouts": w.sum(|c| c.idle_timeouts.get()),
+                "bytes_received": w.sum(|c| c.bytes_received.get()),
+                "bytes_sent": w.sum(|c| c.bytes_sent.get()),
+                "http2": {
+                    "streams": w.sum(|c| c.h2_streams.get()),
+                    "protocol_errors": w.sum(|c| c.h2_protocol_errors.get()),
+                    "rapid_reset": w.sum(|c| c.h2_abuse_rapid_reset.get()),
+                    "control_flood": w.sum(|c| c.h2_abuse_control_flood.get()),
+                    "continuation_flood": w.sum(|c| c.h2_abuse_continuation_flood.get()),
+                    "empty_frames": w.sum(|c| c.h2_abuse_empty_frames.get()),
+                },
+                "per_worker": per_worker,
+            })
+        })
+        .collect();
+    let clusters: Vec<_> = snapshot
+        .clusters
+        .iter()
+        .map(|c| {
+            let s = &c.stats;
+            json!({
+                "name": &*c.name,
+                "endpoints": c.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),
+                "upstream_connections": s.sum(|x| x.connections.get()),
+                "upstream_connect_failures": s.sum(|x| x.connect_failures.get()),
+                "upstream_connect_timeouts": s.sum(|x| x.connect_timeouts.get()),
+                "no_endpoint": s.sum(|x| x.no_endpoint.get()),
+            })
+        })
+        .collect();
+    let uptime = shared
+        .started_at
+        .elapsed()
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    json!({
+        "driver": shared.driver.name(),
+        "driver_detail": shared.driver.to_string(),
+        "generation": snapshot.generation,
+        "reloads": shared.reloads.load(Ordering::Relaxed),
+        "reload_failures": shared.reload_failures.load(Ordering::Relaxed),
+        "draining": shared.draining.load(Ordering::Acquire),
+        "uptime_seconds": uptime,
+        "workers": workers,
+        "listeners": listeners,
+        "clusters": clusters,
+    })
+}
