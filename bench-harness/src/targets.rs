@@ -1,4 +1,5 @@
-//! The targets of a comparison: direct (no proxy), ringmesh, nginx and HAProxy.
+//! The targets of a comparison: direct (no proxy), ringmesh, nginx and HAProxy — and, for the L4
+//! scenarios, ringmesh with `l4_copy = "splice"` to weigh the zero-copy path against buffers.
 //!
 //! The harness writes every proxy's configuration itself, with equivalent settings, so nobody
 //! hand-tunes one side (BENCH-METHOD.md, rule 3):
@@ -41,6 +42,9 @@ pub enum TargetKind {
     Direct,
     /// ringmesh.
     Ringmesh,
+    /// ringmesh with `runtime.l4_copy = "splice"`: L4 scenarios only, to measure the zero-copy
+    /// path against the buffered copy in the same run.
+    RingmeshSplice,
     /// nginx.
     Nginx,
     /// HAProxy.
@@ -48,19 +52,12 @@ pub enum TargetKind {
 }
 
 impl TargetKind {
-    /// All kinds, in report order.
-    pub const ALL: [TargetKind; 4] = [
-        TargetKind::Direct,
-        TargetKind::Ringmesh,
-        TargetKind::Nginx,
-        TargetKind::Haproxy,
-    ];
-
     /// Lower-case name.
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct",
             TargetKind::Ringmesh => "ringmesh",
+            TargetKind::RingmeshSplice => "ringmesh-splice",
             TargetKind::Nginx => "nginx",
             TargetKind::Haproxy => "haproxy",
         }
@@ -71,6 +68,7 @@ impl TargetKind {
         match self {
             TargetKind::Direct => "direct",
             TargetKind::Ringmesh => "ringmesh",
+            TargetKind::RingmeshSplice => "ringmesh (splice)",
             TargetKind::Nginx => "nginx",
             TargetKind::Haproxy => "HAProxy",
         }
@@ -117,6 +115,8 @@ pub struct ProxyPlan {
     pub upstream: SocketAddr,
     /// Worker processes / threads.
     pub workers: usize,
+    /// ringmesh only: L4 copies with `splice(2)` instead of buffers.
+    pub splice: bool,
 }
 
 /// nginx.conf for `plan`, with its pid, logs and temp files under `dir`.
@@ -234,11 +234,13 @@ pub fn ringmesh_config(plan: &ProxyPlan) -> String {
          [runtime]\n\
          workers = {workers}\n\
          drain_timeout = \"1s\"\n\
+         l4_copy = \"{l4_copy}\"\n\
          \n\
          [[listeners]]\n\
          name = \"bench\"\n\
          address = \"127.0.0.1:0\"\n",
-        workers = plan.workers
+        workers = plan.workers,
+        l4_copy = if plan.splice { "splice" } else { "buffer" },
     );
     match plan.front {
         Front::Tcp => c.push_str("protocol = \"tcp\"\ncluster = \"upstream\"\n"),
@@ -335,7 +337,14 @@ pub fn start(
             version: String::new(),
             detail: None,
         },
-        TargetKind::Ringmesh => start_ringmesh(front, upstream, settings, &dir)?,
+        TargetKind::RingmeshSplice if front != Front::Tcp => {
+            return Err(
+                "splice copies L4 (tcp) traffic only; HTTP scenarios measure ringmesh".into(),
+            );
+        }
+        TargetKind::Ringmesh | TargetKind::RingmeshSplice => {
+            start_ringmesh(kind, front, upstream, settings, &dir)?
+        }
         TargetKind::Nginx | TargetKind::Haproxy => {
             // A free port can be taken by someone else before the peer binds it: retry.
             let mut last = String::new();
@@ -376,6 +385,7 @@ fn start_peer(
         port,
         upstream,
         workers: settings.workers,
+        splice: false,
     };
     let (binary, config_path, config, args) = match kind {
         TargetKind::Nginx => {
@@ -433,6 +443,7 @@ fn start_peer(
 }
 
 fn start_ringmesh(
+    kind: TargetKind,
     front: Front,
     upstream: SocketAddr,
     settings: &TargetSettings,
@@ -449,6 +460,7 @@ fn start_ringmesh(
         port: 0,
         upstream,
         workers: settings.workers,
+        splice: kind == TargetKind::RingmeshSplice,
     };
     let config = dir.join("ringmesh.toml");
     std::fs::write(&config, ringmesh_config(&plan)).map_err(|e| e.to_string())?;
@@ -472,7 +484,7 @@ fn start_ringmesh(
         .spawn()
         .map_err(|e| format!("cannot start ringmesh: {e}"))?;
     let mut target = RunningTarget {
-        kind: TargetKind::Ringmesh,
+        kind,
         address: SocketAddr::from(([127, 0, 0, 1], 0)),
         child: Some(child),
         version: version_of(&settings.ringmesh, "--version"),
@@ -676,6 +688,7 @@ mod tests {
             port: 18080,
             upstream: "127.0.0.1:9999".parse().expect("addr"),
             workers: 2,
+            splice: false,
         }
     }
 

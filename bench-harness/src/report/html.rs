@@ -54,6 +54,7 @@ fn color(kind: TargetKind) -> &'static str {
     match kind {
         TargetKind::Direct => "#7f7f7f",
         TargetKind::Ringmesh => "#1f77b4",
+        TargetKind::RingmeshSplice => "#17becf",
         TargetKind::Nginx => "#2ca02c",
         TargetKind::Haproxy => "#ff7f0e",
     }
