@@ -191,6 +191,11 @@ struct CompareArgs {
     /// Skip the h2load cross-check.
     #[arg(long)]
     no_crosscheck: bool,
+
+    /// Exit non-zero when a requested target was skipped (CI uses it, so that a peer that stops
+    /// starting is noticed). ringmesh-splice in an HTTP scenario does not count: it is L4 only.
+    #[arg(long)]
+    require_all: bool,
     /// Output directory (default: target/bench/compare-<UTC time>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -377,6 +382,10 @@ fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         let stamp = sys::utc_timestamp(SystemTime::now()).replace(':', "");
         PathBuf::from("target/bench").join(format!("compare-{stamp}"))
     });
+    // Absolute, because the peers run with their own working directory (nginx's `-p` prefix
+    // would otherwise be applied twice).
+    let out_dir = std::path::absolute(&out_dir)
+        .with_context(|| format!("cannot resolve {}", out_dir.display()))?;
     let spec = CompareSpec {
         targets: a.targets,
         scenarios: a.scenarios.unwrap_or_else(|| {
@@ -451,12 +460,37 @@ fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
         .scenarios
         .iter()
         .any(|s| s.targets.iter().any(|t| t.skipped.is_none()));
-    Ok(if anything_ran {
-        ExitCode::SUCCESS
-    } else {
+    if !anything_ran {
         eprintln!("ringmesh-bench: no target ran");
-        ExitCode::FAILURE
-    })
+        return Ok(ExitCode::FAILURE);
+    }
+    let skipped = unexpected_skips(&report);
+    if a.require_all && !skipped.is_empty() {
+        for line in &skipped {
+            eprintln!("ringmesh-bench: skipped: {line}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every target skipped where it should have run, as "scenario: target: reason".
+fn unexpected_skips(report: &CompareReport) -> Vec<String> {
+    let scenarios = report
+        .scenarios
+        .iter()
+        .map(|s| (s.name.as_str(), s.name == "echo", &s.targets));
+    let iperf = report.iperf.iter().map(|i| ("iperf3", true, &i.targets));
+    scenarios
+        .chain(iperf)
+        .flat_map(|(name, l4, targets)| {
+            targets.iter().filter_map(move |t| {
+                let reason = t.skipped.as_ref()?;
+                let l4_only = t.kind == TargetKind::RingmeshSplice && !l4;
+                (!l4_only).then(|| format!("{name}: {}: {reason}", t.kind))
+            })
+        })
+        .collect()
 }
 
 /// Writes report.json, report.md and report.html into `dir`; returns the Markdown.
