@@ -7,7 +7,7 @@
 //! | setting | ringmesh | nginx | HAProxy |
 //! |---|---|---|---|
 //! | workers | `--workers N` | `worker_processes N` | `nbthread N` |
-//! | upstream keep-alive | per-core pool (default) | `keepalive 256`, `proxy_http_version 1.1`, `proxy_set_header Connection ""` | `http-reuse always` |
+//! | upstream keep-alive | per-core pool (default) | `keepalive 1024`, `proxy_http_version 1.1`, `proxy_set_header Connection ""` | `http-reuse always` |
 //! | logs | access log off (default) | `access_log off`, errors only | no `log` lines |
 //! | client keep-alive | unlimited | `keepalive_requests 1000000` | unlimited |
 //!
@@ -157,7 +157,7 @@ pub fn nginx_config(plan: &ProxyPlan, dir: &Path, stream_module: Option<&Path>) 
              \x20   keepalive_timeout 300s;\n\
              \x20   upstream bench_upstream {{\n\
              \x20       server {up};\n\
-             \x20       keepalive 256;\n\
+             \x20       keepalive 1024;\n\
              \x20       keepalive_requests 1000000;\n\
              \x20       keepalive_timeout 300s;\n\
              \x20   }}\n\
@@ -698,7 +698,7 @@ mod tests {
         for needle in [
             "worker_processes 2;",
             "access_log off;",
-            "keepalive 256;",
+            "keepalive 1024;",
             "proxy_http_version 1.1;",
             "proxy_set_header Connection \"\";",
             "listen 127.0.0.1:18080;",

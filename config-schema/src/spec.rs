@@ -867,7 +867,9 @@ pub struct ClusterSpec {
     /// HTTP version spoken to the endpoints.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    /// Time allowed for a TCP connect; on failure the next endpoint is tried.
+    /// Time allowed for a TCP connect; on failure the next endpoint is tried. Default 5 s, as
+    /// Envoy's: Linux retransmits a dropped SYN after 1 s and again 2 s later, so a shorter
+    /// timeout turns one full accept queue into a failed request.
     #[serde(default = "ClusterSpec::default_connect_timeout")]
     pub connect_timeout: Duration,
     /// Per-core connection pool.
@@ -886,7 +888,7 @@ pub struct ClusterSpec {
 
 impl ClusterSpec {
     fn default_connect_timeout() -> Duration {
-        Duration::from_secs(1)
+        Duration::from_secs(5)
     }
 }
 
@@ -1005,7 +1007,9 @@ pub struct PoolSpec {
     /// Connections per endpoint per core, busy and idle together.
     #[serde(default = "PoolSpec::default_max_connections_per_endpoint")]
     pub max_connections_per_endpoint: u32,
-    /// Idle connections kept per endpoint per core.
+    /// Idle connections kept per endpoint per core. Default: as many as may be open, so that a
+    /// burst of concurrent requests (an HTTP/2 client's streams fanned out over HTTP/1.1) does
+    /// not close and reopen connections; `idle_timeout` retires the ones left over.
     #[serde(default = "PoolSpec::default_max_idle_per_endpoint")]
     pub max_idle_per_endpoint: u32,
     /// Close pooled connections idle for this long.
@@ -1021,7 +1025,7 @@ impl PoolSpec {
         1024
     }
     fn default_max_idle_per_endpoint() -> u32 {
-        64
+        Self::default_max_connections_per_endpoint()
     }
     fn default_idle_timeout() -> Duration {
         Duration::from_secs(60)
