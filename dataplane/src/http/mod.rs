@@ -25,7 +25,8 @@ use std::time::Duration;
 use config_schema::ListenerProtocol;
 use monoio::net::TcpStream;
 
-use crate::snapshot::SnapshotRef;
+use crate::routing::Route;
+use crate::snapshot::{Cluster, Snapshot, SnapshotRef};
 use crate::worker::Core;
 
 /// The HTTP/2 connection preface.
@@ -47,6 +48,32 @@ pub enum Detected {
     Opaque,
     /// Not enough bytes yet.
     NeedMore,
+}
+
+/// Stage 9's metrics, the same for HTTP/1.1 and HTTP/2: the route's status class and duration,
+/// the cluster's duration, and the cluster's status count for answers the proxy made itself
+/// (upstream answers are counted where they arrive). All per-core slots: no shared atomic.
+pub(crate) fn record_metrics(
+    core: &Core,
+    snapshot: &Snapshot,
+    route: Option<&Route>,
+    cluster: Option<&Cluster>,
+    status: u16,
+    locally_answered: bool,
+    duration: Duration,
+) {
+    if let Some(route) = route
+        && let Some((_, stats)) = snapshot.route_stats.get(route.id)
+    {
+        stats.slot(core.id).record(status, duration);
+    }
+    if let Some(cluster) = cluster {
+        let counters = cluster.stats.slot(core.id);
+        counters.duration.observe(duration);
+        if locally_answered {
+            counters.response(status);
+        }
+    }
 }
 
 /// Classifies the first bytes of a connection.

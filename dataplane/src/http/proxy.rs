@@ -1050,18 +1050,15 @@ fn record(
     exchange: &Exchange<'_>,
 ) {
     let duration = exchange.started.elapsed();
-    if let Some(route) = exchange.route
-        && let Some((_, stats)) = snapshot.route_stats.get(route.id)
-    {
-        stats.slot(core.id).record(exchange.status, duration);
-    }
-    if let Some(cluster) = exchange.cluster {
-        let counters = cluster.stats.slot(core.id);
-        counters.duration.observe(duration);
-        if exchange.locally_answered {
-            counters.response(exchange.status);
-        }
-    }
+    crate::http::record_metrics(
+        core,
+        snapshot,
+        exchange.route,
+        exchange.cluster,
+        exchange.status,
+        exchange.locally_answered,
+        duration,
+    );
     let mut log = core.access_log.borrow_mut();
     if !log.enabled() {
         return;

@@ -1268,18 +1268,15 @@ fn record(
     outcome: &Outcome<'_>,
 ) {
     let duration = started.elapsed();
-    if let Some(route) = outcome.route
-        && let Some((_, stats)) = snapshot.route_stats.get(route.id)
-    {
-        stats.slot(core.id).record(outcome.status, duration);
-    }
-    if let Some(cluster) = outcome.cluster {
-        let counters = cluster.stats.slot(core.id);
-        counters.duration.observe(duration);
-        if outcome.locally_answered {
-            counters.response(outcome.status);
-        }
-    }
+    crate::http::record_metrics(
+        core,
+        snapshot,
+        outcome.route,
+        outcome.cluster,
+        outcome.status,
+        outcome.locally_answered,
+        duration,
+    );
     let mut log = core.access_log.borrow_mut();
     if !log.enabled() {
         return;
