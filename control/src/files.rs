@@ -1,5 +1,6 @@
 //! Checks of the files a config refers to: certificate chains, private keys, CA bundles, and the
-//! admin token file.
+//! admin token file; and resolving the admin token ([`admin_token`]), which may live in a file or
+//! an environment variable.
 //!
 //! Validation (`config_schema::parse`) is pure and cannot see the file system, so a config that
 //! names a missing certificate validates. The proxy runs [`check`] on every reload, before
@@ -96,6 +97,42 @@ fn readable(path: &Path) -> Result<(), String> {
     }
 }
 
+/// The admin token of `config`: inline, from an environment variable, or from a file (trailing
+/// whitespace trimmed). An unset variable, an unreadable file or an empty token is an error at
+/// the key that names it, so such a config is rejected rather than silently locking the admin
+/// API (or leaving it open).
+pub fn admin_token(config: &Config) -> Result<Option<String>, ConfigError> {
+    let admin = &config.spec.admin;
+    let (at, token) = if let Some(token) = &admin.token {
+        ("admin.token", token.clone())
+    } else if let Some(var) = &admin.token_env {
+        match std::env::var(var) {
+            Ok(token) => ("admin.token_env", token),
+            Err(e) => {
+                return Err(config.error_at(
+                    "admin.token_env",
+                    format!("environment variable {var}: {e}"),
+                ));
+            }
+        }
+    } else if let Some(file) = &admin.token_file {
+        match std::fs::read_to_string(file) {
+            Ok(text) => ("admin.token_file", text.trim_end().to_owned()),
+            Err(e) => {
+                return Err(
+                    config.error_at("admin.token_file", format!("cannot read {file:?}: {e}"))
+                );
+            }
+        }
+    } else {
+        return Ok(None);
+    };
+    if token.trim().is_empty() {
+        return Err(config.error_at(at, "the admin token is empty"));
+    }
+    Ok(Some(token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +180,29 @@ tls = {{ ca = "/nonexistent/ca.pem" }}
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].path, "admin.token_file");
         assert!(errors[0].message.contains("not a regular file"));
+    }
+
+    #[test]
+    fn admin_tokens_resolve_from_each_source() {
+        let parse = |text: &str| config_schema::parse(text).expect("valid");
+        assert_eq!(
+            admin_token(&parse("[admin]\ntoken = \"t1\"\n")).expect("ok"),
+            Some("t1".into())
+        );
+        assert_eq!(admin_token(&parse("")).expect("ok"), None);
+        let file = std::env::temp_dir().join(format!("ringmesh-token-{}", std::process::id()));
+        std::fs::write(&file, "t2\n").expect("write");
+        let text = format!("[admin]\ntoken_file = \"{}\"\n", file.display());
+        assert_eq!(admin_token(&parse(&text)).expect("ok"), Some("t2".into()));
+        std::fs::write(&file, "  \n").expect("write");
+        let error = admin_token(&parse(&text)).expect_err("empty");
+        assert_eq!(error.path, "admin.token_file");
+        assert_eq!(error.line, 2);
+        let _ = std::fs::remove_file(&file);
+        let error = admin_token(&parse(
+            "[admin]\ntoken_env = \"RINGMESH_TEST_SURELY_UNSET_VARIABLE\"\n",
+        ))
+        .expect_err("unset");
+        assert_eq!(error.path, "admin.token_env");
     }
 }

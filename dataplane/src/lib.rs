@@ -5,7 +5,8 @@
 //! - [`reload`]: the reload path — validate, check files, compile, bind, publish, notify workers,
 //!   wait for their acknowledgement; [`watch`] reloads on file change; [`upgrade`] hands the
 //!   listening sockets to a new process (binary upgrade).
-//! - [`snapshot`]: the immutable per-generation [`snapshot::Snapshot`] and how workers read it.
+//! - [`snapshot`]: the immutable per-generation [`snapshot::Snapshot`], how a config compiles into
+//!   it, and how workers read it.
 //! - [`worker`]: one pinned monoio runtime per core; [`driver`] picks io_uring or epoll.
 //! - [`listener`]: `SO_REUSEPORT` + `SO_INCOMING_CPU` sockets per worker and the accept loop.
 //! - [`l4`]: opaque TCP proxying (connect with fallback, bidirectional copy with half-close).
@@ -15,13 +16,19 @@
 //! - [`admin`]: the admin API on its own thread.
 //! - [`stats`]: single-writer per-worker counters; [`event`]: a worker-local one-shot event.
 //!
-//! Dependencies point downwards: `server` → `reload`/`admin`/`upgrade`/`watch`/`worker` →
-//! `listener` → `l4` → `snapshot`/`stats`/`event`.
+//! - [`core`]: a worker's own state (snapshot reader, load-balancer state, pools, access-log
+//!   buffer, random numbers), shared by the tasks on its thread.
+//!
+//! Imports form no circle: `server` → `reload`/`admin`/`upgrade`/`watch` → `worker` →
+//! `listener` → `http`, `l4` → `core` → `snapshot` → `routing`, `upstream`, `stats`, `event`
+//! (`farm-studio look dataplane` draws it). The settings the protocol code honours are owned by
+//! `snapshot` (`snapshot::settings`), so the snapshot never imports a protocol module.
 
 pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod contain;
+pub mod core;
 pub mod driver;
 pub mod event;
 pub mod http;

@@ -22,9 +22,9 @@ use monoio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
+use crate::core::Core;
 use crate::event::Event;
 use crate::snapshot::{ListenerStats, SnapshotRef};
-use crate::worker::Core;
 
 /// Pending connections the kernel queues per socket before the worker accepts them.
 const BACKLOG: i32 = 4096;

@@ -219,7 +219,9 @@ impl Reloader {
         if !missing.is_empty() {
             return Err(missing);
         }
-        let admin_token = crate::admin::resolve_token(&config).map_err(|e| vec![e])?;
+        let admin_token = control::files::admin_token(&config)
+            .map(|token| token.map(Arc::from))
+            .map_err(|e| vec![e])?;
 
         // 3. Compile against the current snapshot, carrying counters over by name.
         let current = self.shared.store.load();

@@ -7,9 +7,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dataplane::http::h1::{self, HeadLimits, Scan};
+use dataplane::http::h1::{self, Scan};
 use dataplane::http::head::{self, Forwarding, RequestHead};
 use dataplane::routing::HeaderMutation;
+use dataplane::snapshot::HeadLimits;
 
 const LIMITS: HeadLimits = HeadLimits {
     max_request_line: 8192,

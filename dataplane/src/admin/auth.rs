@@ -10,9 +10,6 @@
 //!   are disabled; SIGHUP still reloads.
 
 use std::net::IpAddr;
-use std::sync::Arc;
-
-use config_schema::{Config, ConfigError};
 
 /// Whether a request with this Host header may be served on a connection to `local`.
 pub(super) fn host_allowed(host: Option<&str>, local: Option<IpAddr>) -> bool {
@@ -75,42 +72,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     difference == 0
 }
 
-/// The admin token of `config`: inline, from an environment variable, or from a file (trailing
-/// whitespace trimmed). An unset variable, an unreadable file or an empty token is an error at
-/// the key that names it, so such a config is rejected rather than silently locking the admin
-/// API (or leaving it open).
-pub fn resolve_token(config: &Config) -> Result<Option<Arc<str>>, ConfigError> {
-    let admin = &config.spec.admin;
-    let (at, token) = if let Some(token) = &admin.token {
-        ("admin.token", token.clone())
-    } else if let Some(var) = &admin.token_env {
-        match std::env::var(var) {
-            Ok(token) => ("admin.token_env", token),
-            Err(e) => {
-                return Err(config.error_at(
-                    "admin.token_env",
-                    format!("environment variable {var}: {e}"),
-                ));
-            }
-        }
-    } else if let Some(file) = &admin.token_file {
-        match std::fs::read_to_string(file) {
-            Ok(text) => ("admin.token_file", text.trim_end().to_owned()),
-            Err(e) => {
-                return Err(
-                    config.error_at("admin.token_file", format!("cannot read {file:?}: {e}"))
-                );
-            }
-        }
-    } else {
-        return Ok(None);
-    };
-    if token.trim().is_empty() {
-        return Err(config.error_at(at, "the admin token is empty"));
-    }
-    Ok(Some(token.into()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,29 +126,5 @@ mod tests {
             check_bearer(None, Some("Bearer s3cret")),
             Err(Denied::NoTokenConfigured)
         );
-    }
-
-    #[test]
-    fn tokens_resolve_from_each_source() {
-        let parse = |text: &str| config_schema::parse(text).expect("valid");
-        assert_eq!(
-            resolve_token(&parse("[admin]\ntoken = \"t1\"\n")).expect("ok"),
-            Some("t1".into())
-        );
-        assert_eq!(resolve_token(&parse("")).expect("ok"), None);
-        let file = std::env::temp_dir().join(format!("ringmesh-token-{}", std::process::id()));
-        std::fs::write(&file, "t2\n").expect("write");
-        let text = format!("[admin]\ntoken_file = \"{}\"\n", file.display());
-        assert_eq!(resolve_token(&parse(&text)).expect("ok"), Some("t2".into()));
-        std::fs::write(&file, "  \n").expect("write");
-        let error = resolve_token(&parse(&text)).expect_err("empty");
-        assert_eq!(error.path, "admin.token_file");
-        assert_eq!(error.line, 2);
-        let _ = std::fs::remove_file(&file);
-        let error = resolve_token(&parse(
-            "[admin]\ntoken_env = \"RINGMESH_TEST_SURELY_UNSET_VARIABLE\"\n",
-        ))
-        .expect_err("unset");
-        assert_eq!(error.path, "admin.token_env");
     }
 }

@@ -24,8 +24,6 @@ mod mutate;
 mod prometheus;
 mod views;
 
-pub use auth::resolve_token;
-
 use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};

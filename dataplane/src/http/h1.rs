@@ -15,16 +15,7 @@
 //! Parsed heads borrow the connection's buffer; the proxy uses them synchronously to build the
 //! outgoing head and lets them go before its next `await`.
 
-/// The size limits of a request head.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadLimits {
-    /// Longest request line, CRLF included.
-    pub max_request_line: usize,
-    /// Largest head, request line included.
-    pub max_head: usize,
-    /// Most header fields.
-    pub max_headers: usize,
-}
+use crate::snapshot::HeadLimits;
 
 /// Why a request was refused, as the status to answer with. The connection is always closed
 /// after a rejection: once framing is in doubt, nothing more on it can be trusted.

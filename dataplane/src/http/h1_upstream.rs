@@ -9,11 +9,11 @@ use tracing::debug;
 
 use super::h1;
 use super::io;
-use super::pool::{Checkout, Connection, PoolLimits};
+use super::pool::{Checkout, Connection};
 use crate::access_log::ResponseFlags;
-use crate::snapshot::{Cluster, Snapshot};
+use crate::core::Core;
+use crate::snapshot::{Cluster, PoolLimits, Snapshot};
 use crate::upstream::InFlightGuard;
-use crate::worker::Core;
 
 /// Why no upstream connection could be had.
 pub(crate) enum ConnectFailure {
@@ -77,7 +77,7 @@ pub(crate) async fn checkout(
                 overflow = true;
             }
             Checkout::New(reservation) => {
-                match crate::l4::connect_one(address, cluster.connect_timeout).await {
+                match crate::upstream::connect(address, cluster.connect_timeout).await {
                     Ok(stream) => {
                         counters.connections.inc();
                         return Ok((core.pool.connect(reservation, stream), in_flight()));

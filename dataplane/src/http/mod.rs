@@ -25,9 +25,9 @@ use std::time::Duration;
 use config_schema::ListenerProtocol;
 use monoio::net::TcpStream;
 
+use crate::core::Core;
 use crate::routing::Route;
 use crate::snapshot::{Cluster, Snapshot, SnapshotRef};
-use crate::worker::Core;
 
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

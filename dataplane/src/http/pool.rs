@@ -20,19 +20,10 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::snapshot::PoolLimits;
+
 /// Initial read buffer of an upstream connection.
 const READ_BUFFER: usize = 16 * 1024;
-
-/// The pool settings of one cluster.
-#[derive(Debug, Clone, Copy)]
-pub struct PoolLimits {
-    /// Open connections per endpoint on this core.
-    pub max_connections: u32,
-    /// Idle connections kept per endpoint on this core.
-    pub max_idle: u32,
-    /// Idle connections older than this are closed.
-    pub idle_timeout: Duration,
-}
 
 #[derive(Debug, Default)]
 struct EndpointPool {

@@ -40,11 +40,11 @@ use super::head::{self, Forwarding, LocalReply, RequestHead, ResponseFraming, Re
 use super::io::{self, BodyCopy, BodyError};
 use super::pool::Connection;
 use crate::access_log::{Entry, ResponseFlags};
+use crate::core::Core;
 use crate::http::bridge::{self, PumpError};
 use crate::http::h2::client::H2ClientLimits;
 use crate::routing::{H1Request, NoRoute, Route, RouteAction, shadow_host};
 use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
-use crate::worker::Core;
 use config_schema::UpstreamProtocol;
 
 /// Header fields parsed without touching the heap; larger limits use a heap array.

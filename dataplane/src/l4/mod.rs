@@ -8,14 +8,13 @@ pub mod copy;
 pub mod splice;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use config_schema::L4Copy;
 use monoio::net::TcpStream;
 use tracing::debug;
 
+use crate::core::Core;
 use crate::snapshot::{Cluster, Listener, Snapshot};
-use crate::worker::Core;
 
 /// Proxies one downstream connection to the listener's cluster until both sides are done.
 pub async fn proxy(
@@ -105,7 +104,7 @@ pub async fn connect(
     let mut last = std::io::Error::other("no attempt made");
     for attempt in 0..endpoints.len() {
         let endpoint = endpoints[(start + attempt) % endpoints.len()];
-        match connect_one(endpoint.address, cluster.connect_timeout).await {
+        match crate::upstream::connect(endpoint.address, cluster.connect_timeout).await {
             Ok(stream) => {
                 counters.connections.inc();
                 return Ok(stream);
@@ -125,13 +124,4 @@ pub async fn connect(
         attempts: endpoints.len(),
         last,
     })
-}
-
-/// Connects to `address` within `timeout`, with TCP_NODELAY set (every proxied socket has it).
-pub async fn connect_one(address: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(address))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }

@@ -4,7 +4,9 @@
 //!   and per-core [`LbState`] (cursors, in-flight counts, RNG) carried across reloads.
 //! - [`hash`]: request hashing for consistent-hash policies (header, cookie, source IP).
 //! - [`rng`]: the per-core random generator.
+//! - [`connect()`]: opening a TCP connection to an endpoint (every upstream path uses it).
 
+mod connect;
 mod consistent;
 pub mod hash;
 pub mod lb;
@@ -12,6 +14,7 @@ pub mod rng;
 #[cfg(test)]
 mod tests;
 
+pub use connect::connect;
 pub use hash::HashOn;
 pub use lb::{Balancer, InFlightGuard, LbError, LbState, LbStates};
 pub use rng::FastRng;

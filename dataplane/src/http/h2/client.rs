@@ -283,7 +283,7 @@ impl H2Pool {
         endpoint: SocketAddr,
         limits: &H2ClientLimits,
     ) -> io::Result<Connection> {
-        let stream = crate::l4::connect_one(endpoint, limits.connect_timeout).await?;
+        let stream = crate::upstream::connect(endpoint, limits.connect_timeout).await?;
         let io = H2Io::client(stream)?;
         let handshake = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)

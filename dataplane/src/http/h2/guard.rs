@@ -9,6 +9,7 @@
 //! and reports the first limit broken; the connection is then closed with
 //! GOAWAY(ENHANCE_YOUR_CALM).
 
+use crate::snapshot::GuardLimits;
 use std::time::Instant;
 
 /// Frame types (RFC 9113 §6).
@@ -26,22 +27,6 @@ const FLAG_END_HEADERS: u8 = 0x4;
 
 /// The client connection preface, which precedes the first frame.
 const PREFACE_LEN: usize = 24;
-
-/// Limits of one connection.
-#[derive(Debug, Clone, Copy)]
-pub struct GuardLimits {
-    /// Client resets (RST_STREAM) tolerated before the reset ratio is checked.
-    pub max_resets: u32,
-    /// Control frames (PING, SETTINGS, PRIORITY) per second, sustained.
-    pub control_frames_per_second: u32,
-    /// Control frames allowed in a burst.
-    pub control_frame_burst: u32,
-    /// Consecutive frames without payload or meaning (empty DATA/HEADERS/CONTINUATION without an
-    /// end flag).
-    pub max_consecutive_empty_frames: u32,
-    /// Most header-block bytes (HEADERS plus CONTINUATION payloads) in one block.
-    pub max_header_block: u32,
-}
 
 /// Which limit a connection broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

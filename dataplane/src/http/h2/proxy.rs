@@ -34,6 +34,7 @@ use tracing::debug;
 
 use super::client::{H2CheckoutError, H2ClientLimits};
 use crate::access_log::{Entry, ResponseFlags};
+use crate::core::Core;
 use crate::http::bridge::{self, PumpError};
 use crate::http::h1::{self, BodyFraming};
 use crate::http::h1_upstream::{self, ConnectFailure};
@@ -41,7 +42,6 @@ use crate::http::head::{self, Forwarding};
 use crate::http::{grpc, io};
 use crate::routing::{HeaderMutation, RequestView, Route, RouteAction, shadow_host};
 use crate::snapshot::{Cluster, Snapshot, SnapshotRef};
-use crate::worker::Core;
 
 /// Largest request body kept to replay a stream an upstream refused (GOAWAY, REFUSED_STREAM) and
 /// to mirror; larger bodies are not replayed or mirrored.

@@ -20,9 +20,9 @@ use tracing::debug;
 
 use super::guard::{Abuse, FrameGuard};
 use super::io::H2Io;
+use crate::core::Core;
 use crate::event::Event;
-use crate::snapshot::SnapshotRef;
-use crate::worker::Core;
+use crate::snapshot::{H2ServerSettings, SnapshotRef};
 
 /// How long a closing connection may take to flush GOAWAY and finish its streams.
 const CLOSE_GRACE: Duration = Duration::from_secs(30);
@@ -52,7 +52,7 @@ pub async fn serve(
         return;
     };
 
-    let handshake = settings.builder().handshake::<_, Bytes>(io);
+    let handshake = builder(settings).handshake::<_, Bytes>(io);
     let mut connection = match monoio::time::timeout(http.request_header_timeout, handshake).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => {
@@ -135,4 +135,18 @@ pub async fn serve(
     }
     // Keep driving the connection so streams still in flight can finish.
     let _ = monoio::time::timeout(CLOSE_GRACE, poll_fn(|cx| connection.poll_closed(cx))).await;
+}
+
+/// An `h2` server builder with the listener's settings.
+fn builder(settings: &H2ServerSettings) -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(settings.max_header_list_size)
+        .initial_window_size(settings.initial_stream_window)
+        .initial_connection_window_size(settings.initial_connection_window)
+        .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(Some(settings.max_local_error_reset_streams))
+        .max_send_buffer_size(settings.max_send_buffer);
+    builder
 }

@@ -1,0 +1,159 @@
+//! A worker's own state: everything the tasks on one worker thread share, and nothing that any
+//! other thread touches. Per-core by construction (`Rc`, `Cell`, `RefCell`): the snapshot
+//! reader, load-balancer state, upstream connection pools, the access-log buffer, and the random
+//! number generator behind weighted splits and request ids.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use crate::access_log::AccessLogBuffer;
+use crate::event::Event;
+use crate::http::h2::client::H2Pool;
+use crate::http::pool::Pool;
+use crate::routing::MatchScratch;
+use crate::snapshot::{Cluster, Snapshot, SnapshotReader, SnapshotRef};
+use crate::upstream::{InFlightGuard, LbState, LbStates};
+
+/// A worker's own state, shared by the tasks on its thread.
+#[derive(Debug)]
+pub struct Core {
+    /// Worker index: selects this worker's counter slots.
+    pub id: usize,
+    reader: RefCell<SnapshotReader>,
+    open_connections: Cell<usize>,
+    /// Accept loops still running, including stopped ones still emptying their queues.
+    pub(crate) accept_loops: Cell<usize>,
+    /// Load-balancer state of every cluster, for the generation it was built for.
+    lb: RefCell<(u64, LbStates)>,
+    /// Fires when the worker starts draining: idle keep-alive connections close, busy ones finish
+    /// their request and answer with `connection: close`.
+    pub draining: Rc<Event>,
+    /// Upstream HTTP/1.1 connections of this worker.
+    pub pool: Pool,
+    /// Upstream HTTP/2 connections of this worker.
+    pub h2_pool: H2Pool,
+    /// Access-log lines waiting to be handed to the writer thread.
+    pub access_log: RefCell<AccessLogBuffer>,
+    /// Per-worker regex caches for route matching.
+    pub match_scratch: RefCell<MatchScratch>,
+    /// wyrand state: weighted splits, mirror sampling, request ids.
+    rng: Cell<u64>,
+}
+
+impl Core {
+    pub(crate) fn new(id: usize, reader: SnapshotReader) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ ((id as u64) << 32)
+            ^ u64::from(std::process::id());
+        Self {
+            id,
+            reader: RefCell::new(reader),
+            open_connections: Cell::new(0),
+            accept_loops: Cell::new(0),
+            lb: RefCell::new((0, LbStates::default())),
+            draining: Event::new(),
+            pool: Pool::new(),
+            h2_pool: H2Pool::new(),
+            access_log: RefCell::new(AccessLogBuffer::default()),
+            match_scratch: RefCell::new(MatchScratch::new()),
+            rng: Cell::new(seed),
+        }
+    }
+
+    /// The current snapshot (see [`SnapshotReader::current`]).
+    #[inline]
+    pub fn snapshot(&self) -> SnapshotRef {
+        self.reader.borrow_mut().current()
+    }
+
+    /// Whether the worker is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_fired()
+    }
+
+    /// A uniformly random `u64` (wyrand: fast, statistically sound, not cryptographic).
+    #[inline]
+    pub fn random(&self) -> u64 {
+        let state = self.rng.get().wrapping_add(0xa076_1d64_78bd_642f);
+        self.rng.set(state);
+        let product = u128::from(state) * u128::from(state ^ 0xe703_7ed1_a0b4_28db);
+        ((product >> 64) as u64) ^ (product as u64)
+    }
+
+    /// Appends a random (version 4) UUID in its text form.
+    pub fn write_uuid(&self, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let high = (self.random() & !0xf000) | 0x4000; // version 4
+        let low = (self.random() & !(0b11 << 62)) | (0b10 << 62); // RFC 4122 variant
+        let bytes = (u128::from(high) << 64) | u128::from(low);
+        for i in 0..32 {
+            if matches!(i, 8 | 12 | 16 | 20) {
+                out.push(b'-');
+            }
+            out.push(HEX[((bytes >> (124 - 4 * i)) & 0xf) as usize]);
+        }
+    }
+
+    /// The endpoint (index into `cluster.endpoints`) for the next request or connection to
+    /// `cluster` of `snapshot`, as the cluster's load balancer picks it on this core.
+    pub fn pick_endpoint(
+        &self,
+        snapshot: &Snapshot,
+        cluster: &Cluster,
+        hash: Option<u64>,
+    ) -> Option<usize> {
+        self.with_lb_state(snapshot, cluster, |state| {
+            cluster.balancer.pick(state, hash)
+        })
+    }
+
+    /// Marks a request as in flight on `endpoint` until the guard drops (least-request reads it).
+    pub fn start_request(
+        &self,
+        snapshot: &Snapshot,
+        cluster: &Cluster,
+        endpoint: usize,
+    ) -> Option<InFlightGuard> {
+        self.with_lb_state(snapshot, cluster, |state| Some(state.start(endpoint)))
+    }
+
+    /// Runs `f` with this core's state for `cluster`, first moving the states to `snapshot`'s
+    /// generation if it is newer (state carries over by cluster name). A request still running on
+    /// an older snapshot gets a throwaway state rather than rewinding everyone else's.
+    fn with_lb_state<T>(
+        &self,
+        snapshot: &Snapshot,
+        cluster: &Cluster,
+        f: impl FnOnce(&LbState) -> Option<T>,
+    ) -> Option<T> {
+        let mut lb = self.lb.borrow_mut();
+        if snapshot.generation > lb.0 {
+            let next =
+                lb.1.carry_over(snapshot.clusters.iter().map(|c| &c.balancer));
+            *lb = (snapshot.generation, next);
+        }
+        if snapshot.generation == lb.0
+            && let Some(state) = lb.1.get(cluster.index)
+        {
+            return f(state);
+        }
+        drop(lb);
+        f(&LbState::new(&cluster.balancer))
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.open_connections.set(self.open_connections.get() + 1);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.open_connections
+            .set(self.open_connections.get().saturating_sub(1));
+    }
+
+    /// Connections open on this worker.
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.get()
+    }
+}

@@ -1,0 +1,239 @@
+//! Compiling a validated config into a [`Snapshot`]: clusters and their balancers, route tables,
+//! listeners with their HTTP settings, and counters carried over by name from the previous
+//! generation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+
+use config_schema::{Config, ConfigError, Http2Spec, ListenerProtocol};
+
+use super::{
+    Cluster, Endpoint, GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
+    Listener, ListenerStats, PoolLimits, Snapshot,
+};
+use crate::access_log::AccessLogSink;
+use crate::routing::{self, RouteCompileError, RouteConfig};
+use crate::stats::{PerWorker, RouteCounters};
+use crate::upstream::Balancer;
+
+/// Compiles a validated config into the snapshot for `generation`.
+///
+/// Stats objects whose names survive from `previous` are reused. Compilation reports errors that
+/// validation cannot see (once TLS lands: unreadable certificate files) in the same located form as
+/// validation errors; today every validated config compiles.
+pub fn compile(
+    config: &Config,
+    generation: u64,
+    workers: usize,
+    previous: &Snapshot,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    let spec = &config.spec;
+
+    let mut errors = Vec::new();
+    let mut clusters: Vec<Arc<Cluster>> = Vec::with_capacity(spec.clusters.len());
+    for (index, c) in spec.clusters.iter().enumerate() {
+        let balancer = match Balancer::new(c) {
+            Ok(balancer) => balancer,
+            Err(e) => {
+                errors
+                    .push(config.error_at(&format!("clusters[{index}].lb_policy"), e.to_string()));
+                continue;
+            }
+        };
+        let stats = previous
+            .clusters
+            .iter()
+            .find(|old| *old.name == *c.name && old.stats.len() == workers)
+            .map_or_else(
+                || Arc::new(PerWorker::new(workers)),
+                |old| Arc::clone(&old.stats),
+            );
+        clusters.push(Arc::new(Cluster {
+            name: c.name.as_str().into(),
+            index,
+            endpoints: c
+                .endpoints
+                .iter()
+                .map(|e| Endpoint {
+                    address: e.address,
+                    weight: e.weight,
+                })
+                .collect(),
+            lb_policy: c.lb_policy,
+            balancer,
+            connect_timeout: c.connect_timeout.get(),
+            pool: PoolLimits {
+                max_connections: c.pool.max_connections_per_endpoint,
+                max_idle: c.pool.max_idle_per_endpoint,
+                idle_timeout: c.pool.idle_timeout.get(),
+            },
+            protocol: c.protocol,
+            h2: H2ClusterSettings {
+                max_streams: c.pool.max_streams_per_connection,
+            },
+            stats,
+        }));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let cluster_index: HashMap<&str, usize> = clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (&*c.name, i))
+        .collect();
+    let routes =
+        routing::compile(spec, &cluster_index).map_err(|e| vec![route_error(config, &e)])?;
+
+    let listeners: Vec<Listener> = spec
+        .listeners
+        .iter()
+        .map(|l| {
+            let stats = previous
+                .listener(&l.name)
+                .filter(|old| old.stats.workers.len() == workers)
+                .map_or_else(
+                    || {
+                        Arc::new(ListenerStats {
+                            workers: PerWorker::new(workers),
+                            open: AtomicU32::new(0),
+                        })
+                    },
+                    |old| Arc::clone(&old.stats),
+                );
+            let idle_timeout = (!l.idle_timeout.is_zero()).then(|| l.idle_timeout.get());
+            let http = (l.protocol != ListenerProtocol::Tcp).then(|| HttpSettings {
+                limits: HeadLimits {
+                    max_request_line: usize::try_from(l.limits.max_request_line.bytes())
+                        .unwrap_or(usize::MAX),
+                    max_head: usize::try_from(l.limits.max_header_bytes.bytes())
+                        .unwrap_or(usize::MAX),
+                    max_headers: l.limits.max_headers as usize,
+                },
+                max_request_body: l.limits.max_request_body.bytes(),
+                request_header_timeout: l.request_header_timeout.get(),
+                idle_timeout,
+                xff_trusted_hops: l.xff_trusted_hops,
+                routes: routes.listener(&l.name).cloned(),
+                h2: h2_settings(&l.http2),
+            });
+            Listener {
+                name: l.name.as_str().into(),
+                address: l.address,
+                local_addr: l.address,
+                protocol: l.protocol,
+                // Validation guarantees that a named cluster exists.
+                cluster: l
+                    .cluster
+                    .as_deref()
+                    .and_then(|c| cluster_index.get(c).copied()),
+                max_connections: l.max_connections,
+                idle_timeout,
+                http,
+                stats,
+            }
+        })
+        .collect();
+    let listener_index = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (Arc::clone(&l.name), i))
+        .collect();
+
+    let route_stats = route_stats(&routes, previous, workers);
+    let access_log = match &spec.telemetry.access_log {
+        None => None,
+        Some(log) => match previous
+            .access_log
+            .as_ref()
+            .filter(|sink| sink.path() == log.path)
+        {
+            Some(sink) => Some(sink.clone()),
+            None => Some(AccessLogSink::open(&log.path).map_err(|e| {
+                vec![config.error_at(
+                    "telemetry.access_log.path",
+                    format!("cannot open {}: {e}", log.path),
+                )]
+            })?),
+        },
+    };
+
+    Ok(Snapshot {
+        generation,
+        spec: Arc::new(spec.clone()),
+        listeners,
+        clusters,
+        routes,
+        route_stats,
+        access_log,
+        listener_index,
+    })
+}
+
+/// Compiles `[listeners.http2]` into server settings.
+fn h2_settings(spec: &Http2Spec) -> H2ServerSettings {
+    let bytes_u32 = |size: config_schema::ByteSize| u32::try_from(size.bytes()).unwrap_or(u32::MAX);
+    H2ServerSettings {
+        max_concurrent_streams: spec.max_concurrent_streams,
+        max_header_list_size: bytes_u32(spec.max_header_list_size),
+        initial_stream_window: bytes_u32(spec.initial_stream_window),
+        initial_connection_window: bytes_u32(spec.initial_connection_window),
+        max_pending_accept_reset_streams: spec.max_pending_accept_reset_streams as usize,
+        max_local_error_reset_streams: spec.max_local_error_reset_streams as usize,
+        max_send_buffer: usize::try_from(spec.max_send_buffer.bytes()).unwrap_or(usize::MAX),
+        guard: GuardLimits {
+            max_resets: spec.max_pending_accept_reset_streams,
+            control_frames_per_second: spec.control_frames_per_second,
+            control_frame_burst: spec.control_frame_burst,
+            max_consecutive_empty_frames: spec.max_consecutive_empty_frames,
+            // A header block may not outgrow the header list limit by much: HPACK compresses,
+            // so its encoded size is at most the decoded size plus framing slack.
+            max_header_block: bytes_u32(spec.max_header_list_size).saturating_add(16 * 1024),
+        },
+    }
+}
+
+/// Counters for every route, indexed by route id, reusing the previous generation's by route
+/// name.
+fn route_stats(
+    routes: &RouteConfig,
+    previous: &Snapshot,
+    workers: usize,
+) -> Vec<(Arc<str>, Arc<PerWorker<RouteCounters>>)> {
+    let old: HashMap<&str, &Arc<PerWorker<RouteCounters>>> = previous
+        .route_stats
+        .iter()
+        .filter(|(_, stats)| stats.len() == workers)
+        .map(|(name, stats)| (&**name, stats))
+        .collect();
+    let mut stats = Vec::new();
+    for table in routes.tables() {
+        for vhost in table.virtual_hosts() {
+            for route in vhost.routes.iter() {
+                if stats.len() <= route.id {
+                    // Ids of routes no listener serves stay unnamed (and are never matched).
+                    stats.resize_with(route.id + 1, || {
+                        (Arc::from(""), Arc::new(PerWorker::new(workers)))
+                    });
+                }
+                let counters = old
+                    .get(&*route.name)
+                    .map_or_else(|| Arc::new(PerWorker::new(workers)), |s| Arc::clone(s));
+                stats[route.id] = (Arc::clone(&route.name), counters);
+            }
+        }
+    }
+    stats
+}
+
+/// A route compile error in the located form of validation errors.
+fn route_error(config: &Config, error: &RouteCompileError) -> ConfigError {
+    let path = match error {
+        RouteCompileError::UnknownCluster { path, .. }
+        | RouteCompileError::UnknownVirtualHost { path, .. }
+        | RouteCompileError::Regex { path, .. }
+        | RouteCompileError::Invalid { path, .. } => path.as_str(),
+    };
+    config.error_at(path, error.to_string())
+}
