@@ -354,6 +354,11 @@ pub struct ListenerSpec {
     /// HTTP: time allowed to receive a complete request head.
     #[serde(default = "ListenerSpec::default_request_header_timeout")]
     pub request_header_timeout: Duration,
+    /// HTTP: end a request (HTTP/1.1 exchange or HTTP/2 stream) when no body byte moved in
+    /// either direction for this long, waiting for the response head included (0 = never).
+    /// Envoy's `stream_idle_timeout`, with its default.
+    #[serde(default = "ListenerSpec::default_stream_idle_timeout")]
+    pub stream_idle_timeout: Duration,
     /// HTTP request size limits.
     #[serde(default)]
     pub limits: HttpLimitsSpec,
@@ -374,6 +379,9 @@ impl ListenerSpec {
     }
     fn default_request_header_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    fn default_stream_idle_timeout() -> Duration {
+        Duration::from_secs(300)
     }
 }
 

@@ -104,8 +104,10 @@ impl ResponseFlags {
     pub const DOWNSTREAM_CONNECTION_TERMINATION: Self = Self(1 << 8);
     /// DT: the client did not send its request in time.
     pub const DOWNSTREAM_TIMEOUT: Self = Self(1 << 9);
+    /// SI: no byte moved either way for the stream idle timeout.
+    pub const STREAM_IDLE_TIMEOUT: Self = Self(1 << 10);
 
-    const NAMES: [(Self, &'static str); 10] = [
+    const NAMES: [(Self, &'static str); 11] = [
         (Self::NO_ROUTE, "NR"),
         (Self::UPSTREAM_CONNECT_FAILURE, "UF"),
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
@@ -116,6 +118,7 @@ impl ResponseFlags {
         (Self::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
         (Self::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
         (Self::DOWNSTREAM_TIMEOUT, "DT"),
+        (Self::STREAM_IDLE_TIMEOUT, "SI"),
     ];
 
     /// Adds `other`.

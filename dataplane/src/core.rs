@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use crate::access_log::AccessLogBuffer;
 use crate::event::Event;
+use crate::http::h1::pool::Pool;
 use crate::http::h2::client::H2Pool;
-use crate::http::pool::Pool;
 use crate::routing::MatchScratch;
 use crate::snapshot::{Cluster, Snapshot, SnapshotReader, SnapshotRef};
 use crate::upstream::{InFlightGuard, LbState, LbStates};

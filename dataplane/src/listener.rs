@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use crate::core::Core;
 use crate::event::Event;
-use crate::snapshot::{ListenerStats, SnapshotRef};
+use crate::snapshot::SnapshotRef;
 
 /// Pending connections the kernel queues per socket before the worker accepts them.
 const BACKLOG: i32 = 4096;
@@ -137,6 +137,9 @@ pub async fn accept_loop(
     // The latest snapshot that has this listener: connections accepted after a reload removed it
     // are still served, on the config they arrived under.
     let mut snapshot = core.snapshot();
+    // Each connection holds the listener's name to find its settings per request: a worker-local
+    // copy, so handing it out costs no shared reference count.
+    let name: Rc<str> = Rc::from(&*name);
     let mut backoff = Backoff::new();
     loop {
         let accepted = socket.cancelable_accept(cancel.clone()).await;
@@ -179,7 +182,7 @@ pub async fn accept_loop(
 /// listener, else on the last one that had it.
 fn admit(
     core: &Rc<Core>,
-    name: &Arc<str>,
+    name: &Rc<str>,
     snapshot: &mut SnapshotRef,
     stream: TcpStream,
     peer: SocketAddr,
@@ -193,8 +196,7 @@ fn admit(
     };
     let counters = listener.stats.workers.slot(core.id);
     counters.accepted.inc();
-    let Some(guard) = ConnectionGuard::admit(core, &listener.stats, listener.max_connections)
-    else {
+    let Some(guard) = ConnectionGuard::admit(core, snapshot, name) else {
         counters.rejected.inc();
         debug!(listener = %name, %peer, "refused: listener at max_connections");
         return;
@@ -202,7 +204,7 @@ fn admit(
     let connection = serve(
         Rc::clone(core),
         snapshot.clone(),
-        Arc::clone(name),
+        Rc::clone(name),
         stream,
         peer,
         guard,
@@ -233,7 +235,7 @@ impl Drop for AcceptLoopGuard {
 async fn serve(
     core: Rc<Core>,
     snapshot: SnapshotRef,
-    name: Arc<str>,
+    name: Rc<str>,
     stream: TcpStream,
     peer: SocketAddr,
     guard: ConnectionGuard,
@@ -277,17 +279,24 @@ impl Backoff {
 }
 
 /// Accounts for one open connection: the worker's connection count (for drain), the listener's
-/// closed counter, and the cross-worker count used by `max_connections`.
+/// closed counter, and the cross-worker count used by `max_connections`. It finds the listener's
+/// stats through the connection's own snapshot handle (worker-local reference counts only), not
+/// by holding the shared `Arc` of the stats.
 #[derive(Debug)]
 pub struct ConnectionGuard {
     core: Rc<Core>,
-    stats: Arc<ListenerStats>,
+    snapshot: SnapshotRef,
+    name: Rc<str>,
     limited: bool,
 }
 
 impl ConnectionGuard {
-    /// Admits a connection, or returns `None` when the listener is at `max_connections`.
-    pub fn admit(core: &Rc<Core>, stats: &Arc<ListenerStats>, max: Option<u32>) -> Option<Self> {
+    /// Admits a connection to listener `name` of `snapshot`, or returns `None` when the
+    /// listener is at `max_connections`.
+    pub fn admit(core: &Rc<Core>, snapshot: &SnapshotRef, name: &Rc<str>) -> Option<Self> {
+        let listener = snapshot.listener(name)?;
+        let stats = &listener.stats;
+        let max = listener.max_connections;
         if let Some(max) = max {
             // The only shared read-modify-write per connection, and only when a limit is set.
             let previous = stats.open.fetch_add(1, Ordering::Relaxed);
@@ -299,7 +308,8 @@ impl ConnectionGuard {
         core.connection_opened();
         Some(Self {
             core: Rc::clone(core),
-            stats: Arc::clone(stats),
+            snapshot: snapshot.clone(),
+            name: Rc::clone(name),
             limited: max.is_some(),
         })
     }
@@ -307,10 +317,12 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        if self.limited {
-            self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(listener) = self.snapshot.listener(&self.name) {
+            if self.limited {
+                listener.stats.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            listener.stats.workers.slot(self.core.id).closed.inc();
         }
-        self.stats.workers.slot(self.core.id).closed.inc();
         self.core.connection_closed();
     }
 }

@@ -2,13 +2,15 @@
 //! into the head it sends upstream? Measures, for a typical 6-header request and a larger
 //! 20-header one: the framing pre-scan (`h1::prescan`), strict parsing and validation
 //! (`h1::parse_request`), and writing the upstream head with forwarding headers
-//! (`head::write_request_head`). Run with `cargo bench -p perf --bench h1_parse`.
+//! (`h1::client::write_request_head`, with the header rules of `http::headers`). Run with `cargo bench -p perf --bench h1_parse`.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dataplane::http::h1::{self, Scan};
-use dataplane::http::head::{self, Forwarding, RequestHead};
+use dataplane::http::h1::client::{RequestLine, write_request_head};
+use dataplane::http::h1::{self, BodyFraming, Scan};
+use dataplane::http::headers::{Fields, Forwarding, RequestRules};
+use dataplane::http::request::{ClientProtocol, RequestBody, RequestHead};
 use dataplane::routing::HeaderMutation;
 use dataplane::snapshot::HeadLimits;
 
@@ -54,29 +56,53 @@ fn bench(c: &mut Criterion) {
             });
         });
         let mut out = Vec::with_capacity(4096);
+        let mut values = Vec::new();
         let mutation = HeaderMutation::default();
         c.bench_function(&format!("write_request_head/{name}"), |b| {
             let mut storage = [httparse::EMPTY_HEADER; 128];
             let request = h1::parse_request(&bytes, head, &mut storage, &LIMITS).expect("valid");
+            let view = RequestHead {
+                method: request.method,
+                authority: request.authority,
+                path: request.path,
+                query: request.query.unwrap_or_default(),
+                target: request.target,
+                fields: Fields::H1(request.headers),
+                connection_tokens: request.connection_tokens,
+                protocol: ClientProtocol::Http11,
+                body: match request.body {
+                    BodyFraming::Length(n) => RequestBody::Length(n),
+                    BodyFraming::None => RequestBody::None,
+                    _ => RequestBody::Stream,
+                },
+                expect_continue: false,
+                upgrade: None,
+                grpc: false,
+            };
+            let rules = RequestRules {
+                mutation: &mutation,
+                forwarding: Forwarding {
+                    peer: b"10.1.2.3",
+                    proto: "http",
+                    trust_proto: false,
+                    request_id: b"6f1c86f7-8cc7-4b46-87fe-d13366b55c4e",
+                },
+                join_cookies: true,
+                keep_te_trailers: false,
+                grpc_timeout: None,
+            };
             b.iter(|| {
-                head::write_request_head(
+                write_request_head(
                     &mut out,
-                    &RequestHead {
-                        method: request.method,
-                        path_and_query: request.target.as_bytes(),
+                    &view,
+                    &RequestLine {
+                        target: request.target.as_bytes(),
                         host: request.authority.as_bytes(),
-                        headers: request.headers,
-                        connection_tokens: request.connection_tokens,
-                        body: request.body,
+                        framing: request.body,
                         upgrade: None,
-                        mutation: &mutation,
-                        forwarding: Forwarding {
-                            peer: b"10.1.2.3",
-                            proto: "http",
-                            trust_proto: false,
-                            request_id: b"6f1c86f7-8cc7-4b46-87fe-d13366b55c4e",
-                        },
                     },
+                    &rules,
+                    &mut values,
                 );
                 black_box(out.len());
             });

@@ -1,277 +1,257 @@
-//! Socket plumbing for HTTP/1.1 with owned buffers: append-reads, whole writes, and streaming a
-//! message body from one socket to another.
+//! Socket plumbing for HTTP/1.1 connections, with owned buffers.
+//!
+//! An HTTP/1.1 connection (client or upstream) is split into a [`Reader`] and a [`Writer`] once,
+//! when it is accepted or opened, so that an exchange can read one direction while it writes the
+//! other: a response may start streaming while its request body is still being sent (an echo, a
+//! transcoder), and a proxy that does one after the other deadlocks with both socket buffers full.
+//! Both halves count the bytes they move, for the listener's byte counters.
 //!
 //! monoio's I/O takes buffers by value and hands them back (the kernel owns them while io_uring
 //! works on them), so these helpers take `&mut Vec<u8>` and put the buffer back in place whatever
-//! happens. A connection's buffer is reused for every request it carries.
+//! happens. A read that may be abandoned is cancelled and awaited, never dropped: with io_uring, a
+//! dropped read that the kernel had already completed takes the bytes it read with it.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
+    OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
 
-use super::chunked::{ChunkError, ChunkedDecoder};
-use super::h1::BodyFraming;
 use crate::event::Event;
 
 /// Body bytes moved per read.
 pub const BODY_CHUNK: usize = 64 * 1024;
 
-/// Reads more bytes into the spare capacity of `buf`, growing it to at least `min_spare` free
-/// bytes first. Returns the number of bytes read; 0 means the peer closed its side.
-pub async fn read_more(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    min_spare: usize,
-) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < min_spare {
-        buf.reserve(min_spare);
-    }
-    let len = buf.len();
-    let owned = std::mem::take(buf);
-    let (result, slice) = stream.read(owned.slice_mut(len..)).await;
-    *buf = slice.into_inner();
-    result
-}
-
-/// Like [`read_more`], giving up after `timeout` when one is set.
-pub async fn read_more_within(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    min_spare: usize,
-    timeout: Option<Duration>,
-) -> io::Result<usize> {
-    match timeout {
-        None => read_more(stream, buf, min_spare).await,
-        Some(limit) => monoio::time::timeout(limit, read_more(stream, buf, min_spare))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "read timed out"))?,
-    }
-}
-
-/// Why [`read_more_until`] returned without bytes.
+/// Why [`Reader::read_more_until`] returned without bytes.
 pub const STOPPED: i32 = libc::ECANCELED;
 
-/// Like [`read_more_within`], and also ends when `stop` fires. Either way the read is cancelled
-/// and awaited, never dropped: with io_uring, a dropped read that the kernel had already completed
-/// would take the bytes it read with it. Returns `Ok` with the bytes that arrived in time, an
-/// error with the raw OS error [`STOPPED`] when `stop` ended the wait, or `TimedOut`.
-pub async fn read_more_until(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    min_spare: usize,
-    timeout: Option<Duration>,
-    stop: &Event,
-) -> io::Result<usize> {
+/// Splits a connection into its two halves.
+pub fn split(stream: TcpStream) -> (Reader, Writer) {
+    let fd = stream.as_raw_fd();
+    let (read, write) = stream.into_split();
+    (
+        Reader {
+            half: read,
+            fd,
+            received: 0,
+        },
+        Writer {
+            half: write,
+            sent: 0,
+        },
+    )
+}
+
+/// Joins the halves of one connection again (to hand it to a byte tunnel). `None` if they belong
+/// to different connections, which the callers never do.
+pub fn reunite(reader: Reader, writer: Writer) -> Option<TcpStream> {
+    reader.half.reunite(writer.half).ok()
+}
+
+/// The receiving half of a connection.
+#[derive(Debug)]
+pub struct Reader {
+    half: OwnedReadHalf<TcpStream>,
+    fd: RawFd,
+    received: u64,
+}
+
+/// The sending half of a connection.
+#[derive(Debug)]
+pub struct Writer {
+    half: OwnedWriteHalf<TcpStream>,
+    sent: u64,
+}
+
+impl Reader {
+    /// The connection's descriptor (for a non-blocking peek).
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Bytes received since the last call.
+    pub fn take_received(&mut self) -> u64 {
+        std::mem::take(&mut self.received)
+    }
+
+    /// Reads more bytes into the spare capacity of `buf`, growing it to at least `min_spare` free
+    /// bytes first. Returns the number of bytes read; 0 means the peer closed its side.
+    pub async fn read_more(&mut self, buf: &mut Vec<u8>, min_spare: usize) -> io::Result<usize> {
+        reserve(buf, min_spare);
+        let len = buf.len();
+        let owned = std::mem::take(buf);
+        let (result, slice) = self.half.read(owned.slice_mut(len..)).await;
+        *buf = slice.into_inner();
+        if let Ok(n) = result {
+            self.received += n as u64;
+        }
+        result
+    }
+
+    /// Like [`Self::read_more`], ending early — without losing a byte — when `timeout` passes
+    /// (`TimedOut`) or `stop` fires (the raw OS error [`STOPPED`]). Bytes that arrived in time
+    /// are returned as usual.
+    pub async fn read_more_until(
+        &mut self,
+        buf: &mut Vec<u8>,
+        min_spare: usize,
+        timeout: Option<Duration>,
+        stop: Option<&Event>,
+    ) -> io::Result<usize> {
+        reserve(buf, min_spare);
+        let len = buf.len();
+        let owned = std::mem::take(buf);
+        let canceller = Canceller::new();
+        let mut read = std::pin::pin!(
+            self.half
+                .cancelable_read(owned.slice_mut(len..), canceller.handle())
+        );
+        let timer = async {
+            match timeout {
+                Some(limit) => monoio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        let stopped = async {
+            match stop {
+                Some(stop) => stop.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (why, (result, slice)) = monoio::select! {
+            done = &mut read => (None, done),
+            () = stopped => {
+                let _ = canceller.cancel();
+                (Some(io::Error::from_raw_os_error(STOPPED)), read.await)
+            }
+            () = timer => {
+                let _ = canceller.cancel();
+                (Some(io::Error::new(io::ErrorKind::TimedOut, "read timed out")), read.await)
+            }
+        };
+        *buf = slice.into_inner();
+        match (result, why) {
+            (Err(e), Some(why)) if e.raw_os_error() == Some(libc::ECANCELED) => Err(why),
+            (Ok(n), _) => {
+                self.received += n as u64;
+                Ok(n)
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+}
+
+impl Writer {
+    /// Bytes sent since the last call.
+    pub fn take_sent(&mut self) -> u64 {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Writes all of `buf`; the buffer comes back in place, unchanged.
+    pub async fn write_all(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        let owned = std::mem::take(buf);
+        let n = owned.len();
+        let (result, owned) = self.half.write_all(owned).await;
+        *buf = owned;
+        result.map(|_| self.sent += n as u64)
+    }
+
+    /// Writes `buf[..n]`; the buffer comes back in place, unchanged.
+    pub async fn write_prefix(&mut self, buf: &mut Vec<u8>, n: usize) -> io::Result<()> {
+        let owned = std::mem::take(buf);
+        let (result, slice) = self.half.write_all(owned.slice(..n)).await;
+        *buf = slice.into_inner();
+        result.map(|_| self.sent += n as u64)
+    }
+
+    /// Writes `bytes` (an HTTP/2 DATA frame's payload) without copying it.
+    pub async fn write_bytes(&mut self, bytes: bytes::Bytes) -> io::Result<()> {
+        let n = bytes.len();
+        let (result, _) = self.half.write_all(bytes).await;
+        result.map(|_| self.sent += n as u64)
+    }
+
+    /// Sends FIN: the peer sees the end of what this side sends.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.half.shutdown().await
+    }
+}
+
+fn reserve(buf: &mut Vec<u8>, min_spare: usize) {
     if buf.capacity() - buf.len() < min_spare {
         buf.reserve(min_spare);
     }
+}
+
+/// Reads more bytes from an unsplit stream into `buf`, giving up — without losing a byte — after
+/// `timeout` (`TimedOut`). Protocol detection uses it before a connection is split.
+pub async fn read_stream_within(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+    timeout: Duration,
+) -> io::Result<usize> {
+    reserve(buf, min_spare);
     let len = buf.len();
     let owned = std::mem::take(buf);
     let canceller = Canceller::new();
     let mut read =
         std::pin::pin!(stream.cancelable_read(owned.slice_mut(len..), canceller.handle()));
-    let timer = async {
-        match timeout {
-            Some(limit) => monoio::time::sleep(limit).await,
-            None => std::future::pending().await,
-        }
-    };
-    let (stopped, (result, slice)) = monoio::select! {
-        done = &mut read => (None, done),
-        () = stop.wait() => {
+    let (timed_out, (result, slice)) = monoio::select! {
+        done = &mut read => (false, done),
+        () = monoio::time::sleep(timeout) => {
             let _ = canceller.cancel();
-            (Some(io::Error::from_raw_os_error(STOPPED)), read.await)
-        }
-        () = timer => {
-            let _ = canceller.cancel();
-            (Some(io::Error::new(io::ErrorKind::TimedOut, "read timed out")), read.await)
+            (true, read.await)
         }
     };
     *buf = slice.into_inner();
-    match (result, stopped) {
-        (Err(e), Some(why)) if e.raw_os_error() == Some(libc::ECANCELED) => Err(why),
-        (result, _) => result,
+    match result {
+        Err(e) if timed_out && e.raw_os_error() == Some(libc::ECANCELED) => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
+        }
+        result => result,
     }
 }
 
-/// Writes all of `buf`; the buffer comes back in place, unchanged.
-pub async fn write_all(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
-    let owned = std::mem::take(buf);
-    let (result, owned) = stream.write_all(owned).await;
-    *buf = owned;
-    result.map(drop)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Writes `buf[..n]`; the buffer comes back in place, unchanged.
-pub async fn write_prefix(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> io::Result<()> {
-    let owned = std::mem::take(buf);
-    let (result, slice) = stream.write_all(owned.slice(..n)).await;
-    *buf = slice.into_inner();
-    result.map(drop)
-}
+    #[monoio::test_all(timer_enabled = true)]
+    async fn halves_count_what_they_move_and_reunite() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("addr");
+        let stream = TcpStream::connect_addr(address).await.expect("connect");
+        let (mut peer, _) = listener.accept().expect("accept");
+        let (mut reader, mut writer) = split(stream);
+        let mut out = b"hello".to_vec();
+        writer.write_all(&mut out).await.expect("write");
+        let mut got = [0u8; 5];
+        peer.read_exact(&mut got).expect("peer reads");
+        assert_eq!(&got, b"hello");
+        peer.write_all(b"abc").expect("peer writes");
+        let mut buf = Vec::new();
+        let n = reader.read_more(&mut buf, 64).await.expect("read");
+        assert_eq!(&buf[..n], b"abc");
+        assert_eq!(writer.take_sent(), 5);
+        assert_eq!(reader.take_received(), 3);
+        assert_eq!(reader.take_received(), 0);
 
-/// Why a body could not be moved.
-#[derive(Debug)]
-pub enum BodyError {
-    /// The source closed before the body ended.
-    SourceClosed,
-    /// Reading the source failed (reset, timeout).
-    Source(io::Error),
-    /// Writing the destination failed.
-    Destination(io::Error),
-    /// The body broke chunked framing.
-    Malformed(ChunkError),
-    /// The body grew past the limit.
-    TooLarge,
-}
-
-/// How to move one body.
-#[derive(Debug)]
-pub struct BodyCopy<'a> {
-    /// How the body is delimited on the source.
-    pub framing: BodyFraming,
-    /// Largest body allowed (payload bytes); `None` = unlimited.
-    pub limit: Option<u64>,
-    /// Idle limit for each read from the source.
-    pub read_timeout: Option<Duration>,
-    /// Remove chunked framing on the way (for HTTP/1.0 clients).
-    pub dechunk: bool,
-    /// Also copy the bytes sent into this buffer, up to its capacity (request mirroring); set to
-    /// `None` by the copy if the body outgrows it.
-    pub tee: Option<&'a mut Vec<u8>>,
-}
-
-/// Moves a body from `src` to `dst`.
-///
-/// `src_buf` holds bytes already read from `src`, starting with the body; when the copy returns,
-/// it holds whatever followed the body (a pipelined request, for instance). `prefix` (a message
-/// head) is sent before the body, in the same write as the body bytes already at hand. Returns
-/// the number of payload bytes.
-pub async fn copy_body(
-    src: &mut TcpStream,
-    src_buf: &mut Vec<u8>,
-    dst: &mut TcpStream,
-    prefix: &mut Vec<u8>,
-    mut options: BodyCopy<'_>,
-) -> Result<u64, BodyError> {
-    let mut remaining = match options.framing {
-        BodyFraming::Length(n) => n,
-        _ => 0,
-    };
-    let mut decoder = ChunkedDecoder::new();
-    let mut payload_bytes: u64 = 0;
-    let mut decoded: Vec<u8> = Vec::new();
-    let mut first_write = true;
-    loop {
-        // How many buffered bytes belong to this body, and whether it ends within them.
-        let (take, done) = match options.framing {
-            BodyFraming::None => (0, true),
-            BodyFraming::Length(_) => {
-                let take = remaining.min(src_buf.len() as u64) as usize;
-                remaining -= take as u64;
-                payload_bytes += take as u64;
-                (take, remaining == 0)
-            }
-            BodyFraming::Chunked => {
-                decoded.clear();
-                let sink = options.dechunk.then_some(&mut decoded);
-                let progress = decoder.feed(src_buf, sink).map_err(BodyError::Malformed)?;
-                payload_bytes = decoder.data_len();
-                (progress.consumed, progress.done)
-            }
-            BodyFraming::UntilClose => {
-                payload_bytes += src_buf.len() as u64;
-                (src_buf.len(), false)
-            }
-        };
-        if options.limit.is_some_and(|limit| payload_bytes > limit) {
-            return Err(BodyError::TooLarge);
-        }
-        if let Some(tee) = options.tee.as_deref_mut() {
-            if tee.len() + take <= tee.capacity() {
-                tee.extend_from_slice(&src_buf[..take]);
-            } else {
-                options.tee = None;
-            }
-        }
-
-        let out: &[u8] = if options.dechunk && options.framing == BodyFraming::Chunked {
-            &decoded
-        } else {
-            &src_buf[..take]
-        };
-        if first_write {
-            // The head and the body bytes already here go out in one write.
-            prefix.extend_from_slice(out);
-            write_all(dst, prefix)
-                .await
-                .map_err(BodyError::Destination)?;
-            first_write = false;
-        } else if !out.is_empty() {
-            if options.dechunk && options.framing == BodyFraming::Chunked {
-                write_all(dst, &mut decoded)
-                    .await
-                    .map_err(BodyError::Destination)?;
-            } else {
-                write_prefix(dst, src_buf, take)
-                    .await
-                    .map_err(BodyError::Destination)?;
-            }
-        }
-        src_buf.drain(..take);
-        if done {
-            return Ok(payload_bytes);
-        }
-
-        let read = read_more_within(src, src_buf, BODY_CHUNK, options.read_timeout)
+        // A read stopped by an event returns STOPPED and keeps the buffer intact.
+        let stop = Event::new();
+        stop.fire();
+        let error = reader
+            .read_more_until(&mut buf, 64, None, Some(&stop))
             .await
-            .map_err(BodyError::Source)?;
-        if read == 0 {
-            return if options.framing == BodyFraming::UntilClose {
-                Ok(payload_bytes)
-            } else {
-                Err(BodyError::SourceClosed)
-            };
-        }
-    }
-}
-
-/// Reads and throws away a body (a mirrored request's response).
-pub async fn discard_body(
-    src: &mut TcpStream,
-    src_buf: &mut Vec<u8>,
-    framing: BodyFraming,
-) -> Result<(), BodyError> {
-    let mut remaining = match framing {
-        BodyFraming::None => return Ok(()),
-        BodyFraming::Length(n) => n,
-        BodyFraming::Chunked | BodyFraming::UntilClose => u64::MAX,
-    };
-    let mut decoder = ChunkedDecoder::new();
-    loop {
-        let (take, done) = match framing {
-            BodyFraming::Chunked => {
-                let progress = decoder.feed(src_buf, None).map_err(BodyError::Malformed)?;
-                (progress.consumed, progress.done)
-            }
-            _ => {
-                let take = remaining.min(src_buf.len() as u64) as usize;
-                remaining -= take as u64;
-                (take, remaining == 0)
-            }
-        };
-        src_buf.drain(..take);
-        if done {
-            return Ok(());
-        }
-        match read_more(src, src_buf, BODY_CHUNK).await {
-            Ok(0) if framing == BodyFraming::UntilClose => return Ok(()),
-            Ok(0) => return Err(BodyError::SourceClosed),
-            Ok(_) => {}
-            Err(e) => return Err(BodyError::Source(e)),
-        }
+            .expect_err("stopped");
+        assert_eq!(error.raw_os_error(), Some(STOPPED));
+        assert_eq!(&buf[..], b"abc");
+        assert!(reunite(reader, writer).is_some());
     }
 }

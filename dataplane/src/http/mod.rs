@@ -1,33 +1,45 @@
-//! HTTP proxying: protocol detection on `auto` listeners, and the HTTP/1.1 request path.
+//! HTTP proxying: protocol detection on `http` and `auto` listeners, then one exchange core for
+//! every pair of client and cluster protocol.
 //!
-//! - [`proxy`]: the request path, stage by stage — start reading there.
-//! - [`h1`]: strict HTTP/1.1 head parsing and framing; [`chunked`]: chunked bodies.
-//! - [`head`]: writing the heads the proxy sends; [`io`]: owned-buffer socket plumbing.
-//! - [`pool`]: per-core upstream connection pools; [`h1_upstream`]: checkout and response heads.
-//! - [`h2`]: HTTP/2 server and client, and the HTTP/2 stream path; [`grpc`]: gRPC specifics.
+//! - [`exchange`]: **the request path** — `decide` (route, local action, cluster, the upstream
+//!   request) and `run` (upstream, both bodies at once, retry, deadline, answers). Start there.
+//! - [`request`]: the protocol-independent view of a request; [`headers`]: the header rules;
+//!   [`body`]: moving bodies between any two protocols; [`reply`]: local replies in each
+//!   protocol's form; [`error`]: the one failure type; [`account`]: metrics and the access log;
+//!   [`mirror`]: shadow copies.
+//! - [`downstream`] and [`upstream`]: the client and upstream sides of an exchange.
+//! - [`h1`]: HTTP/1.1 — strict parsing, the server ([`h1::server`]), the upstream client and
+//!   pool; [`h2`]: HTTP/2 — the server, the per-stream adapter, the upstream client and pool,
+//!   abuse limits; [`grpc`]: gRPC specifics; [`io`]: owned-buffer socket halves.
+//!
+//! Dependencies point one way: the codecs (`h1::server`, `h2::stream`) → `exchange` →
+//! {`downstream`, `upstream`, `body`, `headers`, `reply`, `mirror`, `account`} → {`h1`, `h2`
+//! clients and pools, `io`}. Nothing below `exchange` decides how to answer a client.
 
-pub mod bridge;
-pub mod chunked;
+pub mod account;
+pub mod body;
+pub mod downstream;
+pub mod error;
+pub mod exchange;
 pub mod grpc;
 pub mod h1;
-pub mod h1_upstream;
 pub mod h2;
-pub mod head;
+pub mod headers;
 pub mod io;
-pub mod pool;
-pub mod proxy;
+pub mod mirror;
+pub mod reply;
+pub mod request;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use config_schema::ListenerProtocol;
 use monoio::net::TcpStream;
 
 use crate::core::Core;
-use crate::routing::Route;
-use crate::snapshot::{Cluster, Snapshot, SnapshotRef};
+use crate::snapshot::SnapshotRef;
 
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -48,32 +60,6 @@ pub enum Detected {
     Opaque,
     /// Not enough bytes yet.
     NeedMore,
-}
-
-/// Stage 9's metrics, the same for HTTP/1.1 and HTTP/2: the route's status class and duration,
-/// the cluster's duration, and the cluster's status count for answers the proxy made itself
-/// (upstream answers are counted where they arrive). All per-core slots: no shared atomic.
-pub(crate) fn record_metrics(
-    core: &Core,
-    snapshot: &Snapshot,
-    route: Option<&Route>,
-    cluster: Option<&Cluster>,
-    status: u16,
-    locally_answered: bool,
-    duration: Duration,
-) {
-    if let Some(route) = route
-        && let Some((_, stats)) = snapshot.route_stats.get(route.id)
-    {
-        stats.slot(core.id).record(status, duration);
-    }
-    if let Some(cluster) = cluster {
-        let counters = cluster.stats.slot(core.id);
-        counters.duration.observe(duration);
-        if locally_answered {
-            counters.response(status);
-        }
-    }
 }
 
 /// Classifies the first bytes of a connection.
@@ -118,12 +104,12 @@ pub fn detect(bytes: &[u8]) -> Detected {
 }
 
 /// Serves a connection accepted on an `http` or `auto` listener: detects the protocol from the
-/// first bytes, then hands the connection to HTTP/1.1 or, on `auto` listeners with a cluster, to
-/// the opaque L4 path.
+/// first bytes, then hands the connection to HTTP/1.1, HTTP/2 or, on `auto` listeners with a
+/// cluster, to the opaque L4 path. Every byte read here goes on with the connection.
 pub async fn serve(
     core: Rc<Core>,
     snapshot: SnapshotRef,
-    listener_name: Arc<str>,
+    listener_name: Rc<str>,
     mut stream: TcpStream,
     peer: SocketAddr,
 ) {
@@ -137,13 +123,17 @@ pub async fn serve(
         (None, false) => return,
     };
     let mut initial = Vec::with_capacity(4096);
+    let mut first_byte = None;
     let detected = loop {
-        match io::read_more_within(&mut stream, &mut initial, 1024, Some(wait)).await {
+        match io::read_stream_within(&mut stream, &mut initial, 1024, wait).await {
             Ok(0) => return,
-            Ok(_) => match detect(&initial) {
-                Detected::NeedMore => continue,
-                found => break found,
-            },
+            Ok(_) => {
+                first_byte.get_or_insert_with(Instant::now);
+                match detect(&initial) {
+                    Detected::NeedMore => continue,
+                    found => break found,
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut && opaque_fallback => {
                 break Detected::Opaque;
             }
@@ -152,7 +142,16 @@ pub async fn serve(
     };
     match detected {
         Detected::Http1 => {
-            proxy::serve(core, snapshot.clone(), listener_name, stream, peer, initial).await;
+            h1::server::serve(
+                core,
+                snapshot.clone(),
+                listener_name,
+                stream,
+                peer,
+                initial,
+                first_byte,
+            )
+            .await;
         }
         Detected::Opaque if opaque_fallback => {
             crate::l4::proxy(&core, &snapshot, listener, stream, peer, initial).await;

@@ -114,6 +114,8 @@ pub fn compile(
                 max_request_body: l.limits.max_request_body.bytes(),
                 request_header_timeout: l.request_header_timeout.get(),
                 idle_timeout,
+                stream_idle_timeout: (!l.stream_idle_timeout.is_zero())
+                    .then(|| l.stream_idle_timeout.get()),
                 xff_trusted_hops: l.xff_trusted_hops,
                 routes: routes.listener(&l.name).cloned(),
                 h2: h2_settings(&l.http2),

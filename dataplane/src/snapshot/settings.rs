@@ -19,6 +19,8 @@ pub struct HttpSettings {
     pub request_header_timeout: Duration,
     /// Keep-alive idle limit between requests (the listener's idle timeout).
     pub idle_timeout: Option<Duration>,
+    /// A request with no body byte moving either way for this long ends.
+    pub stream_idle_timeout: Option<Duration>,
     /// Proxies in front of this one whose `X-Forwarded-*` headers are trusted.
     pub xff_trusted_hops: u32,
     /// The routes this listener serves.

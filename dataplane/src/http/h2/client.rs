@@ -4,7 +4,9 @@
 //! up to the cluster's `max_streams_per_connection`; when every connection is that busy, another is
 //! opened (up to `max_connections_per_endpoint`), and requests arriving while it is being
 //! established wait for it rather than open their own. A connection that received GOAWAY or
-//! failed takes no new streams; its driver task ends when its last stream does.
+//! failed takes no new streams; its driver task ends when its last stream does. A connection with
+//! no stream for the cluster's pool `idle_timeout`, or to an endpoint a reload removed, is let go:
+//! the pool drops its handle, and `h2` closes the connection once no stream holds one.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -12,7 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -20,6 +22,7 @@ use tracing::debug;
 
 use super::io::H2Io;
 use crate::event::Event;
+use crate::snapshot::Cluster;
 
 /// Flow-control windows toward upstreams: large enough that one stream can fill a fast link
 /// without waiting for WINDOW_UPDATEs, small enough to bound memory per stream.
@@ -35,16 +38,37 @@ pub struct H2ClientLimits {
     pub max_connections: u32,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
+    /// A connection without streams for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl H2ClientLimits {
+    /// The limits of `cluster`'s HTTP/2 connections.
+    pub fn of(cluster: &Cluster) -> Self {
+        Self {
+            max_streams: cluster.h2.max_streams,
+            max_connections: cluster.pool.max_connections,
+            connect_timeout: cluster.connect_timeout,
+            idle_timeout: cluster.pool.idle_timeout,
+        }
+    }
 }
 
 struct Connection {
     send: SendRequest<Bytes>,
     active: Cell<u32>,
+    /// When the last stream ended (meaningful while `active` is 0).
+    idle_since: Cell<Instant>,
     /// Set when the connection ended, received GOAWAY, or failed a request.
     retired: Rc<Cell<bool>>,
 }
 
 impl Connection {
+    /// Whether the connection has had no stream for at least `age`.
+    fn idle_for(&self, now: Instant, age: Duration) -> bool {
+        self.active.get() == 0 && now.duration_since(self.idle_since.get()) >= age
+    }
+
     /// Whether `h2` has seen the connection end or received GOAWAY: it then refuses new streams,
     /// which its driver task only reports (by ending) once the streams in flight are done.
     fn refuses_streams(&self) -> bool {
@@ -152,6 +176,9 @@ impl Drop for H2Stream {
     fn drop(&mut self) {
         let active = &self.connection.active;
         active.set(active.get().saturating_sub(1));
+        if active.get() == 0 {
+            self.connection.idle_since.set(Instant::now());
+        }
     }
 }
 
@@ -180,9 +207,10 @@ impl H2Pool {
         let connecting = {
             let mut endpoints = self.endpoints.borrow_mut();
             let entry = endpoints.entry(endpoint).or_default();
-            entry
-                .open
-                .retain(|c| !c.retired.get() || c.active.get() > 0);
+            let now = Instant::now();
+            entry.open.retain(|c| {
+                !(c.retired.get() || c.idle_for(now, limits.idle_timeout)) || c.active.get() > 0
+            });
             while let Some(connection) = entry
                 .open
                 .iter()
@@ -309,8 +337,37 @@ impl H2Pool {
         Ok(Connection {
             send,
             active: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
             retired,
         })
+    }
+
+    /// Lets go of connections that have had no stream for `max_idle_age` (the longest idle
+    /// timeout of any cluster; checkout enforces each cluster's own), and of retired ones whose
+    /// streams have ended; run periodically by each worker.
+    pub fn evict_idle(&self, max_idle_age: Duration) {
+        let now = Instant::now();
+        let mut endpoints = self.endpoints.borrow_mut();
+        for entry in endpoints.values_mut() {
+            entry.open.retain(|c| {
+                c.active.get() > 0 || !(c.retired.get() || c.idle_for(now, max_idle_age))
+            });
+        }
+        endpoints.retain(|_, e| !e.open.is_empty() || !e.connecting.is_empty());
+    }
+
+    /// After a reload: connections to endpoints for which `live` is false take no new stream;
+    /// idle ones close now, busy ones once their streams end.
+    pub fn close_except(&self, live: impl Fn(&SocketAddr) -> bool) {
+        let mut endpoints = self.endpoints.borrow_mut();
+        for (endpoint, entry) in endpoints.iter_mut() {
+            if !live(endpoint) {
+                for connection in &entry.open {
+                    connection.retired.set(true);
+                }
+                entry.open.retain(|c| c.active.get() > 0);
+            }
+        }
     }
 
     /// Streams open to `endpoint` on this core (for tests and stats).
@@ -328,4 +385,60 @@ impl H2Pool {
             .get(&endpoint)
             .map_or(0, |e| e.open.iter().filter(|c| !c.retired.get()).count())
     }
+}
+
+/// A stream slot to an endpoint of `cluster`: the load balancer's pick, then the next endpoints
+/// in turn. Returns the endpoint's index, the slot, and the in-flight guard of least-request
+/// balancing.
+pub async fn checkout(
+    core: &crate::core::Core,
+    snapshot: &crate::snapshot::Snapshot,
+    cluster: &Cluster,
+    hash: Option<u64>,
+) -> Result<(usize, H2Stream, Option<crate::upstream::InFlightGuard>), crate::http::error::Failure>
+{
+    use crate::http::error::Failure;
+    let counters = cluster.stats.slot(core.id);
+    let limits = H2ClientLimits::of(cluster);
+    let endpoints = cluster.endpoints.len();
+    let Some(first) = core.pick_endpoint(snapshot, cluster, hash) else {
+        counters.no_endpoint.inc();
+        return Err(Failure::NoHealthyUpstream);
+    };
+    let mut overflow = false;
+    for attempt in 0..endpoints {
+        let endpoint = (first + attempt) % endpoints;
+        match core
+            .h2_pool
+            .checkout(cluster.endpoints[endpoint].address, &limits)
+            .await
+        {
+            Ok(stream) => {
+                if stream.reused {
+                    counters.pool_reuse.inc();
+                } else {
+                    counters.connections.inc();
+                }
+                let in_flight = core.start_request(snapshot, cluster, endpoint);
+                return Ok((endpoint, stream, in_flight));
+            }
+            Err(H2CheckoutError::Exhausted) => {
+                counters.pool_overflow.inc();
+                overflow = true;
+            }
+            Err(H2CheckoutError::Connect(e)) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    counters.connect_timeouts.inc();
+                } else {
+                    counters.connect_failures.inc();
+                }
+                debug!(cluster = %cluster.name, error = %e, "upstream HTTP/2 connect failed");
+            }
+        }
+    }
+    Err(if overflow {
+        Failure::Overflow
+    } else {
+        Failure::ConnectFailed
+    })
 }

@@ -9,7 +9,7 @@
 //! [`H2Io`] also replays bytes that protocol detection already read (the client preface), and,
 //! on inbound server connections, shows every received byte to the connection's [`FrameGuard`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -23,10 +23,27 @@ use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use super::guard::FrameGuard;
 use crate::event::Event;
 
+/// Bytes a connection moved, for the listener's byte counters (the connection task adds them to
+/// the counters as streams end).
+#[derive(Debug, Default)]
+pub struct ByteTally {
+    received: Cell<u64>,
+    sent: Cell<u64>,
+}
+
+impl ByteTally {
+    /// Bytes received and sent since the last call.
+    pub fn take(&self) -> (u64, u64) {
+        (self.received.take(), self.sent.take())
+    }
+}
+
 /// A socket for `h2`.
 #[derive(Debug)]
 pub struct H2Io {
     inner: TcpStreamPoll,
+    /// Inbound connections only: what the connection moved.
+    tally: Option<Rc<ByteTally>>,
     /// Bytes read before the connection was handed to `h2`, replayed first.
     replay: Vec<u8>,
     replayed: usize,
@@ -42,9 +59,11 @@ impl H2Io {
         initial: Vec<u8>,
         guard: Rc<RefCell<FrameGuard>>,
         tripped: Rc<Event>,
+        tally: Rc<ByteTally>,
     ) -> io::Result<Self> {
         Ok(Self {
             inner: stream.into_poll_io()?,
+            tally: Some(tally),
             replay: initial,
             replayed: 0,
             guard: Some((guard, tripped)),
@@ -55,10 +74,18 @@ impl H2Io {
     pub fn client(stream: TcpStream) -> io::Result<Self> {
         Ok(Self {
             inner: stream.into_poll_io()?,
+            tally: None,
             replay: Vec::new(),
             replayed: 0,
             guard: None,
         })
+    }
+
+    fn count(&self, received: usize, sent: usize) {
+        if let Some(tally) = &self.tally {
+            tally.received.set(tally.received.get() + received as u64);
+            tally.sent.set(tally.sent.get() + sent as u64);
+        }
     }
 
     fn inspect(&self, bytes: &[u8]) {
@@ -94,6 +121,7 @@ impl AsyncRead for H2Io {
             this.replayed += n;
             let chunk = &this.replay[this.replayed - n..this.replayed];
             this.inspect(chunk);
+            this.count(n, 0);
             if this.replayed == this.replay.len() {
                 this.replay = Vec::new();
                 this.replayed = 0;
@@ -104,6 +132,7 @@ impl AsyncRead for H2Io {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.inspect(&buf.filled()[before..]);
+                this.count(buf.filled().len() - before, 0);
                 Poll::Ready(Ok(()))
             }
             other => other,
@@ -117,7 +146,12 @@ impl AsyncWrite for H2Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.count(0, n);
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -125,7 +159,12 @@ impl AsyncWrite for H2Io {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            this.count(0, n);
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -4,14 +4,14 @@
 //! Streams get their own tasks because a stream handler awaits its request body, and the body only
 //! arrives while the connection is being polled: awaiting it inside the accept loop would
 //! deadlock. The connection task keeps polling (accept, then `poll_closed`) until every stream has
-//! ended.
+//! ended. A connection without a stream for the listener's `idle_timeout` is closed with GOAWAY,
+//! as an idle HTTP/1.1 keep-alive connection is.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::Reason;
@@ -19,7 +19,7 @@ use monoio::net::TcpStream;
 use tracing::debug;
 
 use super::guard::{Abuse, FrameGuard};
-use super::io::H2Io;
+use super::io::{ByteTally, H2Io};
 use crate::core::Core;
 use crate::event::Event;
 use crate::snapshot::{H2ServerSettings, SnapshotRef};
@@ -33,7 +33,7 @@ const ABUSE_GRACE: Duration = Duration::from_secs(1);
 pub async fn serve(
     core: Rc<Core>,
     snapshot: SnapshotRef,
-    listener_name: Arc<str>,
+    listener_name: Rc<str>,
     stream: TcpStream,
     peer: SocketAddr,
     initial: Vec<u8>,
@@ -48,7 +48,14 @@ pub async fn serve(
     let counters = listener.stats.workers.slot(core.id);
     let tripped = Event::new();
     let guard = Rc::new(RefCell::new(FrameGuard::new(settings.guard)));
-    let Ok(io) = H2Io::server(stream, initial, Rc::clone(&guard), Rc::clone(&tripped)) else {
+    let tally = Rc::new(ByteTally::default());
+    let Ok(io) = H2Io::server(
+        stream,
+        initial,
+        Rc::clone(&guard),
+        Rc::clone(&tripped),
+        Rc::clone(&tally),
+    ) else {
         return;
     };
 
@@ -67,7 +74,9 @@ pub async fn serve(
         Stream(Option<Result<T, h2::Error>>),
         Abuse,
         Drain,
+        IdleCheck,
     }
+    let streams = Rc::new(Streams::default());
     let mut draining = false;
     loop {
         let drain_signal = async {
@@ -76,22 +85,54 @@ pub async fn serve(
             }
             core.draining.wait().await;
         };
+        // With no stream open, sleep until the idle timeout would pass; with some open, look
+        // again one idle timeout later (a stream may end meanwhile).
+        let idle_check = async {
+            match listener.idle_timeout {
+                Some(idle) if !draining => {
+                    let wait = match streams.active.get() {
+                        0 => (streams.idle_since.get() + idle)
+                            .saturating_duration_since(Instant::now()),
+                        _ => idle,
+                    };
+                    monoio::time::sleep(wait).await;
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
         let next = monoio::select! {
             accepted = connection.accept() => Next::Stream(accepted),
             () = tripped.wait() => Next::Abuse,
             () = drain_signal => Next::Drain,
+            () = idle_check => Next::IdleCheck,
         };
         match next {
             Next::Stream(Some(Ok((request, respond)))) => {
                 counters.h2_streams.inc();
-                let stream = super::proxy::serve_stream(
+                let open = StreamOpen::new(&streams);
+                let stream = super::stream::serve(
                     Rc::clone(&core),
-                    Arc::clone(&listener_name),
+                    Rc::clone(&listener_name),
                     peer,
                     request,
                     respond,
                 );
-                monoio::spawn(crate::contain::contained("http2 stream", stream));
+                let (snapshot, tally) = (snapshot.clone(), Rc::clone(&tally));
+                let (core, name) = (Rc::clone(&core), Rc::clone(&listener_name));
+                monoio::spawn(crate::contain::contained("http2 stream", async move {
+                    stream.await;
+                    drop(open);
+                    count_bytes(&core, &snapshot, &name, &tally);
+                }));
+            }
+            Next::IdleCheck => {
+                let idle = listener.idle_timeout.unwrap_or_default();
+                if streams.active.get() == 0 && streams.idle_since.get().elapsed() >= idle {
+                    debug!(%peer, "closing idle HTTP/2 connection");
+                    counters.idle_timeouts.inc();
+                    draining = true;
+                    connection.graceful_shutdown();
+                }
             }
             Next::Stream(Some(Err(e))) => {
                 if e.is_go_away() || e.is_reset() || e.reason().is_some() {
@@ -135,6 +176,54 @@ pub async fn serve(
     }
     // Keep driving the connection so streams still in flight can finish.
     let _ = monoio::time::timeout(CLOSE_GRACE, poll_fn(|cx| connection.poll_closed(cx))).await;
+    count_bytes(&core, &snapshot, &listener_name, &tally);
+}
+
+/// Adds what the connection moved since the last call to the listener's byte counters.
+fn count_bytes(core: &Core, snapshot: &SnapshotRef, name: &str, tally: &ByteTally) {
+    if let Some(listener) = snapshot.listener(name) {
+        let counters = listener.stats.workers.slot(core.id);
+        let (received, sent) = tally.take();
+        counters.bytes_received.add(received);
+        counters.bytes_sent.add(sent);
+    }
+}
+
+/// The streams open on a connection, for its idle timeout.
+#[derive(Debug)]
+struct Streams {
+    active: Cell<usize>,
+    /// When the last stream ended (or the connection started).
+    idle_since: Cell<Instant>,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self {
+            active: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+        }
+    }
+}
+
+/// Counts one open stream until dropped.
+struct StreamOpen(Rc<Streams>);
+
+impl StreamOpen {
+    fn new(streams: &Rc<Streams>) -> Self {
+        streams.active.set(streams.active.get() + 1);
+        Self(Rc::clone(streams))
+    }
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        let active = self.0.active.get().saturating_sub(1);
+        self.0.active.set(active);
+        if active == 0 {
+            self.0.idle_since.set(Instant::now());
+        }
+    }
 }
 
 /// An `h2` server builder with the listener's settings.

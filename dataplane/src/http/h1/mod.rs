@@ -15,7 +15,64 @@
 //! Parsed heads borrow the connection's buffer; the proxy uses them synchronously to build the
 //! outgoing head and lets them go before its next `await`.
 
+pub mod chunked;
+pub mod client;
+pub mod pool;
+pub mod server;
+
 use crate::snapshot::HeadLimits;
+
+/// Appends `name: value\r\n`.
+#[inline]
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a decimal number.
+#[inline]
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(n).as_bytes());
+}
+
+/// The standard reason phrase of `status`, for local replies.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
 
 /// Why a request was refused, as the status to answer with. The connection is always closed
 /// after a rejection: once framing is in doubt, nothing more on it can be trusted.

@@ -14,12 +14,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::http::io::{Reader, Writer, split};
 use crate::snapshot::PoolLimits;
 
 /// Initial read buffer of an upstream connection.
@@ -42,11 +43,14 @@ pub struct Pool {
     inner: Rc<RefCell<Inner>>,
 }
 
-/// An upstream connection with its read buffer.
+/// An upstream connection, split so a response can be read while the request is still being
+/// sent, with its read buffer.
 #[derive(Debug)]
 pub struct Connection {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The receiving half.
+    pub reader: Reader,
+    /// The sending half.
+    pub writer: Writer,
     /// Bytes read from the upstream and not yet consumed.
     pub buf: Vec<u8>,
     /// Requests sent on this connection before the current one.
@@ -63,8 +67,9 @@ impl Connection {
 
     /// Takes the connection apart to use it as a tunnel; it never returns to the pool, and it
     /// counts against the endpoint's cap until the returned reservation is dropped.
-    pub fn into_parts(self) -> (TcpStream, Vec<u8>, Reservation) {
-        (self.stream, self.buf, Reservation(self._slot))
+    pub fn into_parts(self) -> Option<(TcpStream, Vec<u8>, Reservation)> {
+        let stream = super::super::io::reunite(self.reader, self.writer)?;
+        Some((stream, self.buf, Reservation(self._slot)))
     }
 }
 
@@ -110,15 +115,15 @@ pub struct Reservation(Slot);
 /// misbehaving, and bytes that arrived there would be read as the next request's response: a
 /// response meant for nobody, or forged, handed to another client. One non-blocking peek per
 /// reuse; the pool holds no task reading its idle connections.
-fn is_quiet(stream: &TcpStream) -> bool {
+fn is_quiet(fd: RawFd) -> bool {
     let mut byte = 0u8;
     // SAFETY: recv writes at most 1 byte into `byte`, which lives on this stack frame, and the
-    // descriptor belongs to `stream`, which is borrowed (so open) for the whole call. MSG_PEEK
+    // descriptor belongs to a pooled connection the caller holds (so it is open) for the call. MSG_PEEK
     // consumes nothing; MSG_DONTWAIT makes the call non-blocking whatever the socket's mode.
     #[allow(unsafe_code)]
     let n = unsafe {
         libc::recv(
-            stream.as_raw_fd(),
+            fd,
             (&raw mut byte).cast(),
             1,
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -148,7 +153,7 @@ impl Pool {
                 match entry.idle.pop() {
                     Some(mut connection)
                         if now.duration_since(connection.idle_since) < limits.idle_timeout
-                            && is_quiet(&connection.stream) =>
+                            && is_quiet(connection.reader.fd()) =>
                     {
                         connection.reuses += 1;
                         break Checkout::Reused(connection);
@@ -171,10 +176,38 @@ impl Pool {
         checkout
     }
 
+    /// Reserves room for a new connection to `endpoint`, passing over idle ones (a retry after a
+    /// stale connection wants a fresh one). At the cap, the oldest idle connection is closed to
+    /// make room.
+    pub fn reserve(&self, endpoint: SocketAddr, limits: &PoolLimits) -> Checkout {
+        let (checkout, closed) = {
+            let mut inner = self.inner.borrow_mut();
+            let entry = inner.endpoints.entry(endpoint).or_default();
+            let closed = (entry.open >= limits.max_connections && !entry.idle.is_empty())
+                .then(|| entry.idle.remove(0));
+            // A closed connection frees its slot when dropped, after this borrow ends.
+            let open = entry.open - u32::from(closed.is_some());
+            if open >= limits.max_connections {
+                (Checkout::Exhausted, closed)
+            } else {
+                entry.open += 1;
+                let reservation = Reservation(Slot {
+                    pool: Rc::clone(&self.inner),
+                    endpoint,
+                });
+                (Checkout::New(reservation), closed)
+            }
+        };
+        drop(closed);
+        checkout
+    }
+
     /// Turns a reservation into a connection over `stream`.
     pub fn connect(&self, reservation: Reservation, stream: TcpStream) -> Connection {
+        let (reader, writer) = split(stream);
         Connection {
-            stream,
+            reader,
+            writer,
             buf: Vec::with_capacity(READ_BUFFER),
             reuses: 0,
             idle_since: Instant::now(),
@@ -255,6 +288,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     const LIMITS: PoolLimits = PoolLimits {
         max_connections: 2,
@@ -305,7 +339,7 @@ mod tests {
     /// Polls `is_quiet` until it turns false (the peer's bytes or FIN have arrived), at most 5 s.
     async fn wait_until_not_quiet(stream: &TcpStream) {
         for _ in 0..5000 {
-            if !is_quiet(stream) {
+            if !is_quiet(stream.as_raw_fd()) {
                 return;
             }
             monoio::time::sleep(Duration::from_millis(1)).await;
@@ -331,7 +365,7 @@ mod tests {
         let reservation = reserve(&pool);
         let stream = TcpStream::connect_addr(endpoint).await.expect("connect");
         let (_quiet_peer, _) = listener.accept().expect("accept");
-        assert!(is_quiet(&stream));
+        assert!(is_quiet(stream.as_raw_fd()));
         pool.release(pool.connect(reservation, stream), &LIMITS);
         let Checkout::Reused(connection) = pool.checkout(endpoint, &LIMITS) else {
             panic!("a quiet idle connection is reused")

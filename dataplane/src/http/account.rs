@@ -1,0 +1,73 @@
+//! Accounting, once per request for every protocol: route and cluster metrics, the access log.
+//!
+//! Everything lands in this worker's own counter slots (single writer, no shared atomic) and its
+//! access-log buffer, which is handed to the writer thread off the request path.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use super::exchange::Record;
+use super::request::ClientProtocol;
+use crate::access_log::Entry;
+use crate::core::Core;
+use crate::snapshot::Snapshot;
+
+/// The request's own fields for the access log, borrowed from wherever the codec keeps them.
+#[derive(Debug, Clone, Copy)]
+pub struct LogFields<'a> {
+    /// Method (empty when the head could not be parsed).
+    pub method: &'a str,
+    /// Host or `:authority`.
+    pub authority: &'a str,
+    /// Path and query as received.
+    pub target: &'a str,
+    /// The client's protocol.
+    pub protocol: ClientProtocol,
+    /// `x-request-id`.
+    pub request_id: &'a [u8],
+    /// The client connection's address.
+    pub downstream: SocketAddr,
+}
+
+/// Records one finished request: the route's status class and duration, the cluster's duration
+/// and (for answers the proxy made itself; upstream answers are counted where they arrive) its
+/// status count, and an access-log line when a log is configured.
+pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &LogFields<'_>) {
+    let duration = record.started.elapsed();
+    if let Some(route) = record.route
+        && let Some((_, stats)) = snapshot.route_stats.get(route.id)
+    {
+        stats.slot(core.id).record(record.status, duration);
+    }
+    if let Some(cluster) = record.cluster {
+        let counters = cluster.stats.slot(core.id);
+        counters.duration.observe(duration);
+        if record.locally_answered {
+            counters.response(record.status);
+        }
+    }
+    let mut log = core.access_log.borrow_mut();
+    if !log.enabled() {
+        return;
+    }
+    let start = SystemTime::now()
+        .checked_sub(duration)
+        .unwrap_or_else(SystemTime::now);
+    log.record(&Entry {
+        start,
+        method: fields.method,
+        authority: fields.authority,
+        path: fields.target,
+        protocol: fields.protocol.as_str(),
+        status: record.status,
+        bytes_received: record.bytes_received,
+        bytes_sent: record.bytes_sent,
+        duration,
+        upstream: record.upstream,
+        route: record.route.map_or("", |r| &*r.name),
+        cluster: record.cluster.map_or("", |c| &*c.name),
+        flags: record.flags,
+        request_id: std::str::from_utf8(fields.request_id).unwrap_or_default(),
+        downstream: fields.downstream,
+    });
+}

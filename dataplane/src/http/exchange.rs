@@ -1,0 +1,837 @@
+//! The HTTP request path, once for every pair of client and cluster protocol. Start reading here.
+//!
+//! A codec — the HTTP/1.1 server (`h1/server.rs`) or the HTTP/2 stream adapter
+//! (`h2/stream.rs`) — reads a request head, turns it into a [`RequestHead`], and calls two
+//! functions:
+//!
+//! **[`decide`]** (synchronous, over the head the codec still holds):
+//! 1. **route** — virtual host by Host, then the route by path/method/headers/query, on the
+//!    snapshot current *now* (keep-alive and HTTP/2 connections see reloads at once);
+//! 2. **body limit** — a declared length over the route's (or listener's) limit is a 413 before
+//!    anything goes upstream;
+//! 3. **local actions** — redirects and direct responses are answered here;
+//! 4. **cluster** — the weighted split's pick; the mirror sample; the hash for consistent-hash
+//!    balancing; the deadline (the route's timeout or the client's `grpc-timeout`, whichever is
+//!    sooner);
+//! 5. **the upstream request** — built once, in the cluster's protocol: HTTP/1.1 head bytes or an
+//!    HTTP/2 request, with the header rules of `headers.rs`.
+//!
+//! **[`run`]** (the exchange, under the deadline and the stream idle timeout):
+//! 6. **upstream** — a pooled or new HTTP/1.1 connection, or a stream on a pooled HTTP/2
+//!    connection (`upstream.rs`), from the load balancer's pick;
+//! 7. **`100 Continue`** — sent by the proxy once an upstream is at hand (never forwarded);
+//! 8. **both directions at once** — the request body goes up while the response comes down
+//!    (full duplex: an upstream may answer before the upload ends); an early complete response
+//!    stops the upload; a client that goes away ends the exchange and closes the upstream;
+//! 9. **retry** — once, on a fresh connection, when the upstream provably did not process the
+//!    request, or (idempotent requests) a reused connection failed before any response byte,
+//!    and the body is at hand: this rule is the same for all four protocol pairs;
+//! 10. **answer failures** — [`Failure`] → a local reply in the client's protocol while no
+//!     response byte was sent, an abort after;
+//! 11. **mirror** — a complete copy to the shadow cluster, once the request body is whole
+//!     (`mirror.rs`);
+//! 12. **account** — the codec calls `account::record` with the [`Record`].
+
+use std::cell::Cell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use config_schema::UpstreamProtocol;
+
+use super::body::{self, Hooks, Recording};
+use super::downstream::{DownOut, Downstream};
+use super::error::{Failure, Fault, Retry, grpc_timeout_value};
+use super::h1::BodyFraming;
+use super::h1::client::{RequestLine, write_request_head};
+use super::h1::pool::Connection;
+use super::headers::{self, Forwarding, RequestRules};
+use super::mirror;
+use super::reply::LocalReply;
+use super::request::{ClientProtocol, RequestBody, RequestHead, Upgrade};
+use super::upstream::{UpIn, Upstream, UpstreamRequest, Wire};
+use crate::access_log::ResponseFlags;
+use crate::core::Core;
+use crate::event::Event;
+use crate::routing::{DirectResponse, NoRoute, Route, RouteAction, shadow_host};
+use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
+
+/// The largest request body kept for a retry; bigger bodies are not retried.
+const REPLAY_LIMIT: usize = 64 * 1024;
+/// The largest request body mirrored; bigger bodies are not mirrored at all.
+pub const MIRROR_LIMIT: usize = 1024 * 1024;
+/// Attempts per request: the first and one retry.
+const MAX_ATTEMPTS: u32 = 2;
+
+/// Buffers an exchange writes into, reused by every request on an HTTP/1.1 connection.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// The HTTP/1.1 upstream request head.
+    pub upstream_head: Vec<u8>,
+    /// Bytes waiting to go upstream with the first body bytes.
+    pub pending: Vec<u8>,
+    /// A rewritten or origin-form request target.
+    pub target: Vec<u8>,
+    /// A redirect's `location`.
+    pub location: Vec<u8>,
+    /// Header values the proxy assembles (`x-forwarded-for`, joined cookies, `grpc-timeout`).
+    pub values: Vec<u8>,
+    /// The propagated `grpc-timeout`.
+    pub grpc_timeout: Vec<u8>,
+    /// This request's id: the client's, or a generated UUID.
+    pub request_id: Vec<u8>,
+    /// The client's address as text (`x-forwarded-for`); rendered once per connection.
+    pub peer_ip: Vec<u8>,
+}
+
+/// What happened to one request, for metrics and the access log. Borrows names from the
+/// snapshot: no shared reference count is touched per request.
+#[derive(Debug)]
+pub struct Record<'s> {
+    /// When the request head was complete.
+    pub started: Instant,
+    /// The route that matched.
+    pub route: Option<&'s Route>,
+    /// The cluster chosen.
+    pub cluster: Option<&'s Cluster>,
+    /// The endpoint of the last attempt.
+    pub upstream: Option<SocketAddr>,
+    /// Status sent to the client (0: none was).
+    pub status: u16,
+    /// Response flags.
+    pub flags: ResponseFlags,
+    /// The proxy answered instead of an upstream.
+    pub locally_answered: bool,
+    /// Request body bytes received.
+    pub bytes_received: u64,
+    /// Response body bytes sent.
+    pub bytes_sent: u64,
+    /// Attempts made upstream.
+    pub attempts: u32,
+    /// The client's address (the peer, or the trusted `x-forwarded-for` entry).
+    pub client_ip: IpAddr,
+}
+
+impl Record<'_> {
+    /// A record for a request whose head was complete at `started`.
+    pub fn new(started: Instant, client_ip: IpAddr) -> Self {
+        Self {
+            started,
+            route: None,
+            cluster: None,
+            upstream: None,
+            status: 0,
+            flags: ResponseFlags::default(),
+            locally_answered: false,
+            bytes_received: 0,
+            bytes_sent: 0,
+            attempts: 0,
+            client_ip,
+        }
+    }
+}
+
+/// An answer the proxy makes itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Local<'s> {
+    /// An error.
+    Failure(Failure),
+    /// A configured direct response.
+    Direct(&'s DirectResponse),
+    /// A redirect; the location is in [`Scratch::location`].
+    Redirect(u16),
+}
+
+/// What to do with a request.
+// A decision lives on the stack for one request; boxing the plan would allocate per request.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Decision<'s> {
+    /// Answer here.
+    Reply(Local<'s>),
+    /// Send it upstream.
+    Forward(Plan<'s>),
+}
+
+/// How a request goes upstream.
+#[derive(Debug)]
+pub struct Plan<'s> {
+    /// The route.
+    pub route: &'s Route,
+    /// The cluster.
+    pub cluster: &'s Cluster,
+    /// The protocol spoken to it.
+    pub wire: Wire,
+    /// Hash for consistent-hash balancing.
+    pub hash: Option<u64>,
+    /// When the exchange must be over.
+    pub deadline: Option<Instant>,
+    /// Largest request body.
+    pub body_limit: Option<u64>,
+    /// The method is idempotent.
+    pub idempotent: bool,
+    /// The request head for the upstream (HTTP/1.1 bytes are in [`Scratch::upstream_head`]).
+    pub request: UpstreamRequest,
+    /// The shadow copy, when this request is mirrored.
+    pub mirror: Option<mirror::Shadow>,
+    /// `HEAD` (no response body) and `CONNECT` (a 2xx starts a tunnel).
+    pub is_head: bool,
+    /// See above.
+    pub is_connect: bool,
+}
+
+/// Stages 1–5: what to do with `head`, arriving on `listener` of `snapshot` from `peer`.
+/// Fills `record` with the route and cluster, and `scratch` with the request id and the
+/// upstream head.
+pub fn decide<'s>(
+    core: &Core,
+    snapshot: &'s Snapshot,
+    listener: &'s Listener,
+    http: &'s HttpSettings,
+    head: &RequestHead<'_>,
+    scratch: &mut Scratch,
+    record: &mut Record<'s>,
+) -> Decision<'s> {
+    scratch.request_id.clear();
+    match head.request_id() {
+        Some(id) => scratch.request_id.extend_from_slice(id),
+        None => core.write_uuid(&mut scratch.request_id),
+    }
+
+    // 1. Route.
+    let matched = match &http.routes {
+        Some(table) => table.find(head, &mut core.match_scratch.borrow_mut()),
+        None => Err(NoRoute::NoVirtualHost),
+    };
+    let Ok(found) = matched else {
+        return Decision::Reply(Local::Failure(Failure::NoRoute));
+    };
+    let route = found.route;
+    record.route = Some(route);
+
+    // 2. The body limit: the route's, else the listener's; 0 means unlimited.
+    let limit = route.max_request_body.unwrap_or(http.max_request_body);
+    let body_limit = (limit > 0).then_some(limit);
+    if let (RequestBody::Length(n), Some(limit)) = (head.body, body_limit)
+        && n > limit
+    {
+        return Decision::Reply(Local::Failure(Failure::BodyTooLarge));
+    }
+
+    // 3. Local actions.
+    match &route.action {
+        RouteAction::Redirect(redirect) => {
+            let scheme = "http";
+            redirect.write_location(
+                scheme,
+                head.authority.as_bytes(),
+                head.path.as_bytes(),
+                head.query.as_bytes(),
+                &mut scratch.location,
+            );
+            return Decision::Reply(Local::Redirect(redirect.status));
+        }
+        RouteAction::DirectResponse(direct) => return Decision::Reply(Local::Direct(direct)),
+        RouteAction::Cluster(_) | RouteAction::WeightedClusters(_) => {}
+    }
+
+    // 4. Cluster: the weighted pick uses the top bits of one random number, the mirror sample
+    // the low bits.
+    let random = core.random();
+    let Some(cluster_index) = route.pick_cluster(random) else {
+        return Decision::Reply(Local::Failure(Failure::NoRoute));
+    };
+    let cluster = &*snapshot.clusters[cluster_index];
+    record.cluster = Some(cluster);
+    let wire = wire_for(cluster, head.protocol);
+    if head.upgrade.is_some() && wire == Wire::H2 {
+        return Decision::Reply(Local::Failure(Failure::Unsupported(
+            "upgrade is not supported toward an HTTP/2 cluster",
+        )));
+    }
+    let hash = cluster.balancer.request_hash(head, record.client_ip);
+    let grpc_timeout = if head.grpc {
+        head.fields
+            .get("grpc-timeout")
+            .and_then(super::grpc::parse_timeout)
+    } else {
+        None
+    };
+    let deadline = [route.timeout, grpc_timeout]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| record.started + t);
+    if let (true, Some(deadline)) = (head.grpc, deadline) {
+        // The upstream gets the time that is left, so it gives up when the client does.
+        let left = deadline.saturating_duration_since(Instant::now());
+        grpc_timeout_value(left, &mut scratch.grpc_timeout);
+    } else {
+        scratch.grpc_timeout.clear();
+    }
+
+    // 5. The upstream request.
+    let target: &[u8] = match (&route.rewrite, head.upgrade) {
+        (_, Some(Upgrade::Connect)) => head.target.as_bytes(),
+        (Some(rewrite), _) => {
+            rewrite.write(
+                head.path.as_bytes(),
+                head.query.as_bytes(),
+                &mut scratch.target,
+            );
+            &scratch.target
+        }
+        (None, _) if head.target.starts_with('/') => head.target.as_bytes(),
+        (None, _) => {
+            // Absolute form: send origin form.
+            scratch.target.clear();
+            scratch.target.extend_from_slice(head.path.as_bytes());
+            if !head.query.is_empty() {
+                scratch.target.push(b'?');
+                scratch.target.extend_from_slice(head.query.as_bytes());
+            }
+            &scratch.target
+        }
+    };
+    // HTTP/1.0 clients may send no Host; the upstream request needs one, so it gets the
+    // address the client connected to.
+    let listener_host;
+    let host: &[u8] = if head.authority.is_empty() {
+        listener_host = listener.local_addr.to_string();
+        listener_host.as_bytes()
+    } else {
+        head.authority.as_bytes()
+    };
+    let rules = RequestRules {
+        mutation: &route.request_headers,
+        forwarding: Forwarding {
+            peer: &scratch.peer_ip,
+            proto: "http",
+            trust_proto: http.xff_trusted_hops > 0,
+            request_id: &scratch.request_id,
+        },
+        join_cookies: wire == Wire::H1,
+        keep_te_trailers: wire == Wire::H2,
+        grpc_timeout: (!scratch.grpc_timeout.is_empty()).then_some(&scratch.grpc_timeout[..]),
+    };
+    let framing = match head.body {
+        RequestBody::None => BodyFraming::None,
+        RequestBody::Length(n) => BodyFraming::Length(n),
+        RequestBody::Stream => BodyFraming::Chunked,
+    };
+    let request = match wire {
+        Wire::H1 => {
+            let line = RequestLine {
+                target,
+                host,
+                framing,
+                upgrade: match head.upgrade {
+                    Some(Upgrade::Protocol(value)) => Some(value),
+                    _ => None,
+                },
+            };
+            write_request_head(
+                &mut scratch.upstream_head,
+                head,
+                &line,
+                &rules,
+                &mut scratch.values,
+            );
+            UpstreamRequest::H1(framing)
+        }
+        Wire::H2 => match h2_request(head, target, host, framing, &rules, &mut scratch.values) {
+            Some(request) => UpstreamRequest::H2(request),
+            None => {
+                return Decision::Reply(Local::Failure(Failure::BadRequest(
+                    "request cannot be sent over HTTP/2",
+                )));
+            }
+        },
+    };
+    let mirror = route
+        .mirror
+        .as_ref()
+        .filter(|m| m.share.sample(random) && head.upgrade.is_none())
+        .and_then(|m| {
+            let shadow = snapshot.clusters.get(m.cluster)?;
+            let mut shadow_authority = Vec::with_capacity(host.len() + 7);
+            shadow_host(host, &mut shadow_authority);
+            let shadow_wire = wire_for(shadow, head.protocol);
+            mirror::Shadow::build(
+                m.cluster,
+                shadow_wire,
+                head,
+                target,
+                &shadow_authority,
+                &rules,
+                &mut scratch.values,
+            )
+        });
+
+    Decision::Forward(Plan {
+        route,
+        cluster,
+        wire,
+        hash,
+        deadline,
+        body_limit,
+        idempotent: head.is_idempotent(),
+        request,
+        mirror,
+        is_head: head.is_head(),
+        is_connect: head.upgrade == Some(Upgrade::Connect),
+    })
+}
+
+/// The protocol to speak to `cluster` for a client speaking `client`: the cluster's, and for
+/// `auto` the client's own.
+fn wire_for(cluster: &Cluster, client: ClientProtocol) -> Wire {
+    match (cluster.protocol, client) {
+        (UpstreamProtocol::H1, _) => Wire::H1,
+        (UpstreamProtocol::H2, _) => Wire::H2,
+        (UpstreamProtocol::Auto, ClientProtocol::Http2) => Wire::H2,
+        (UpstreamProtocol::Auto, _) => Wire::H1,
+    }
+}
+
+/// The upstream request as an HTTP/2 head. `None` when the target or authority cannot be an
+/// HTTP/2 `:path`/`:authority`.
+pub(super) fn h2_request(
+    head: &RequestHead<'_>,
+    target: &[u8],
+    authority: &[u8],
+    framing: BodyFraming,
+    rules: &RequestRules<'_>,
+    values: &mut Vec<u8>,
+) -> Option<http::Request<()>> {
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(target)
+        .build()
+        .ok()?;
+    let mut request = http::Request::new(());
+    *request.method_mut() = http::Method::from_bytes(head.method.as_bytes()).ok()?;
+    *request.uri_mut() = uri;
+    let fields = request.headers_mut();
+    fields.reserve(head.fields.len() + 4);
+    headers::request_headers(head.fields, head.connection_tokens, rules, values, fields);
+    if let BodyFraming::Length(n) = framing {
+        fields.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+    }
+    Some(request)
+}
+
+/// Stages 6–11 for a forwarded request. Returns the upstream connection when the exchange
+/// became a tunnel (an HTTP/1.1 upgrade or CONNECT the upstream accepted).
+pub async fn run<'s>(
+    core: &Rc<Core>,
+    snapshot: &'s SnapshotRef,
+    http: &HttpSettings,
+    plan: Plan<'s>,
+    down: &mut Downstream<'_>,
+    scratch: &mut Scratch,
+    record: &mut Record<'s>,
+) -> Option<Connection> {
+    let progress = Progress::default();
+    // The body is kept while it may still be replayed or mirrored.
+    let keep = if plan.mirror.is_some() {
+        MIRROR_LIMIT
+    } else {
+        REPLAY_LIMIT
+    };
+    let mut recording = (!down.body_done()).then(|| Recording::new(keep));
+    let attempts = attempts(
+        core,
+        snapshot,
+        &plan,
+        down,
+        scratch,
+        &mut recording,
+        &progress,
+        record,
+    );
+    let deadline = async {
+        match plan.deadline {
+            Some(deadline) => {
+                monoio::time::sleep(deadline.saturating_duration_since(Instant::now())).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = monoio::select! {
+        outcome = attempts => outcome,
+        () = deadline => Err(Failure::Timeout),
+        () = idle_watch(&progress.activity, http.stream_idle_timeout) => Err(Failure::StreamIdle),
+    };
+    record.bytes_received = progress.request_total.get();
+    record.bytes_sent = progress.response_total.get();
+    let counters = plan.cluster.stats.slot(core.id);
+    let tunnel = match outcome {
+        Ok(tunnel) => tunnel,
+        Err(failure) => {
+            record.flags.insert(failure.flag());
+            match failure {
+                Failure::Timeout => counters.timeouts.inc(),
+                Failure::UpstreamProtocol(_) => counters.protocol_errors.inc(),
+                _ => {}
+            }
+            if matches!(failure, Failure::Timeout | Failure::StreamIdle)
+                || failure.fault() == Fault::Downstream
+            {
+                // An interrupted exchange may have abandoned a read on the client, and a client
+                // that broke the protocol cannot be trusted to be in step: an HTTP/1.1
+                // connection closes after the answer.
+                down.close_after();
+            }
+            if progress.response_started.get() {
+                down.abort();
+            } else if failure != Failure::ClientGone {
+                // A gRPC client gets its answer trailers-only, under HTTP 200.
+                record.status = if down.is_grpc() {
+                    200
+                } else {
+                    failure.status()
+                };
+                record.locally_answered = true;
+                record.bytes_sent = down
+                    .reply(&LocalReply::failure(failure), &scratch.request_id)
+                    .await;
+            } else {
+                record.status = failure.status();
+            }
+            None
+        }
+    };
+    // 11. Mirror: only a complete body within the limit.
+    if let Some(shadow) = plan.mirror {
+        let body = match &recording {
+            None => Some(None),
+            Some(recording) if recording.is_complete() => Some(Some(recording)),
+            Some(_) => None,
+        };
+        if let Some(body) = body {
+            mirror::send(core, snapshot, shadow, body);
+        }
+    }
+    tunnel
+}
+
+/// Where an exchange stands, shared by its two directions.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Request body bytes read from the client.
+    request_total: Cell<u64>,
+    /// Response body bytes sent to the client.
+    response_total: Cell<u64>,
+    /// Grows whenever a body byte moves either way (the stream idle timeout watches it).
+    activity: Cell<u64>,
+    /// The client has the response head: failures can no longer be answered.
+    response_started: Cell<bool>,
+}
+
+/// Resolves when `activity` has not changed for `idle` (checked every `idle`, so an idle
+/// exchange ends between one and two idle periods after its last byte).
+async fn idle_watch(activity: &Cell<u64>, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    let mut seen = activity.get();
+    loop {
+        monoio::time::sleep(idle).await;
+        let now = activity.get();
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// Stages 6–9: attempts until one completes, or a failure that is not retried.
+#[allow(clippy::too_many_arguments)]
+async fn attempts<'s>(
+    core: &Core,
+    snapshot: &'s Snapshot,
+    plan: &Plan<'s>,
+    down: &mut Downstream<'_>,
+    scratch: &mut Scratch,
+    recording: &mut Option<Recording>,
+    progress: &Progress,
+    record: &mut Record<'s>,
+) -> Result<Option<Connection>, Failure> {
+    loop {
+        record.attempts += 1;
+        let failure = match attempt(
+            core, snapshot, plan, down, scratch, recording, progress, record,
+        )
+        .await
+        {
+            Ok(tunnel) => return Ok(tunnel),
+            Err(failure) => failure,
+        };
+        let retry = match failure.retry() {
+            Retry::No => false,
+            Retry::Unprocessed => true,
+            Retry::IfIdempotent => plan.idempotent,
+        };
+        let body_at_hand = recording.as_ref().is_none_or(Recording::is_whole);
+        if !retry
+            || record.attempts >= MAX_ATTEMPTS
+            || progress.response_started.get()
+            || !body_at_hand
+        {
+            return Err(failure);
+        }
+        tracing::debug!(?failure, "retrying on a fresh connection");
+    }
+}
+
+/// How one attempt's request side ended.
+#[derive(Debug)]
+enum SendEnd {
+    /// The request went out whole, and the exchange ended (`stop`).
+    Done,
+    /// The upstream stopped taking the request (reset, closed): its response side says why.
+    UpstreamStopped,
+    /// The client's side failed (gone, malformed body, body too large).
+    Failed(Failure),
+}
+
+/// Stages 6–8: one attempt.
+#[allow(clippy::too_many_arguments)]
+async fn attempt<'s>(
+    core: &Core,
+    snapshot: &'s Snapshot,
+    plan: &Plan<'s>,
+    down: &mut Downstream<'_>,
+    scratch: &mut Scratch,
+    recording: &mut Option<Recording>,
+    progress: &Progress,
+    record: &mut Record<'s>,
+) -> Result<Option<Connection>, Failure> {
+    let first = record.attempts == 1;
+    // 6. An upstream connection or stream.
+    let mut upstream =
+        Upstream::checkout(core, snapshot, plan.cluster, plan.wire, plan.hash, !first).await?;
+    record.upstream = Some(upstream.endpoint());
+    plan.cluster.stats.slot(core.id).requests.inc();
+
+    // 7. The client may send its body now.
+    down.send_continue().await?;
+
+    let replaying = !first && recording.as_ref().is_some_and(|r| !r.is_empty());
+    let body_follows = !down.body_done() || replaying;
+    upstream
+        .send_head(
+            &plan.request,
+            &scratch.upstream_head,
+            &mut scratch.pending,
+            !body_follows,
+        )
+        .await?;
+    let framing = match plan.request {
+        UpstreamRequest::H1(framing) => framing,
+        UpstreamRequest::H2(_) => BodyFraming::None,
+    };
+
+    // 8. Both directions at once.
+    let stop = Event::default();
+    // Two different "done"s. `request_read`: the client's whole request body has been read (from
+    // the start for a request without one) — until then an HTTP/1.1 response head says
+    // `connection: close`, and a response that completes first ends the upload early.
+    // `request_sent`: the whole request has been written upstream — until then the upstream
+    // connection cannot be reused.
+    let request_read = Cell::new(down.body_done());
+    let client_h2 = matches!(down, Downstream::H2(_));
+    let request_sent = Cell::new(false);
+    let draining = core.is_draining();
+    let counters = plan.cluster.stats.slot(core.id);
+    let result = {
+        let (mut down_in, mut down_out) = down.split(draining);
+        let (mut sink, mut up_in) = upstream.split(&mut scratch.pending, framing);
+        let sending = async {
+            if replaying
+                && let (Some(replay), Some(sink)) = (recording.as_ref(), sink.as_mut())
+                && body::replay(replay, sink).await.is_err()
+            {
+                return SendEnd::UpstreamStopped;
+            }
+            if let (Some(mut source), Some(sink)) = (down_in.source(), sink.as_mut()) {
+                let mut hooks = Hooks {
+                    limit: plan.body_limit,
+                    total: &progress.request_total,
+                    activity: &progress.activity,
+                    record: recording.as_mut(),
+                    read_done: Some(&request_read),
+                };
+                match body::pump(&mut source, sink, &mut hooks).await {
+                    Ok(_) => {}
+                    Err(body::PumpError::Sink(_)) => return SendEnd::UpstreamStopped,
+                    Err(body::PumpError::TooLarge) => {
+                        return SendEnd::Failed(Failure::BodyTooLarge);
+                    }
+                    Err(body::PumpError::Malformed(reason)) => {
+                        return SendEnd::Failed(Failure::BadRequest(reason));
+                    }
+                    Err(body::PumpError::Source(_)) => {
+                        return SendEnd::Failed(Failure::ClientGone);
+                    }
+                }
+            } else if let Some(sink) = sink.as_mut()
+                && body::flush(sink).await.is_err()
+            {
+                return SendEnd::UpstreamStopped;
+            }
+            request_sent.set(true);
+            match down_in.watch_gone(&stop).await {
+                Ok(()) => SendEnd::Done,
+                Err(failure) => SendEnd::Failed(failure),
+            }
+        };
+        let receiving = async {
+            let outcome = receive(
+                &mut up_in,
+                &mut down_out,
+                plan,
+                progress,
+                record,
+                counters,
+                &request_read,
+            )
+            .await;
+            stop.fire();
+            outcome
+        };
+        let mut sending = std::pin::pin!(sending);
+        let mut receiving = std::pin::pin!(receiving);
+        monoio::select! {
+            sent = &mut sending => match sent {
+                SendEnd::Done => receiving.await,
+                // The upstream stopped reading the request: it may have answered early (an
+                // upload it refuses) — then that is relayed — or reset the request, and how it
+                // did says whether a retry is safe.
+                SendEnd::UpstreamStopped => receiving.await,
+                SendEnd::Failed(failure) => Err(failure),
+            },
+            received = &mut receiving => {
+                // The response side ended first. A final write whose completion arrived in the
+                // same batch as the response is taken in first, so a whole exchange is seen as
+                // whole.
+                let mut sent = None;
+                if !request_sent.get() {
+                    sent = poll_once(sending.as_mut()).await;
+                }
+                if request_sent.get() && sent.is_none() {
+                    // Only watching the client now: `stop` ends that without losing a byte the
+                    // client sent next.
+                    let _ = sending.await;
+                }
+                if request_read.get() || client_h2 {
+                    received
+                } else {
+                    // Abandoned mid-upload: a read from an HTTP/1.1 client may have been dropped
+                    // with bytes in it, so the body is no longer whole and is not retried. (An
+                    // HTTP/2 stream keeps its unread DATA: its upload resumes on a retry.)
+                    received.map_err(no_retry)
+                }
+            }
+        }
+    };
+    match result {
+        Ok(Received { tunnel: true }) => Ok(upstream.into_connection()),
+        Ok(Received { tunnel: false }) => {
+            if !request_read.get() {
+                // A complete answer to a request still uploading: the upload stops here.
+                down.end_early();
+            }
+            upstream.finish(core, plan.cluster, request_sent.get());
+            Ok(None)
+        }
+        Err(failure) => {
+            upstream.finish(core, plan.cluster, false);
+            Err(failure)
+        }
+    }
+}
+
+/// Polls `future` once: its output if that completes it.
+async fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let mut future = Some(future);
+    std::future::poll_fn(|cx| {
+        let polled = future
+            .take()
+            .map(|f| f.poll(cx))
+            .unwrap_or(std::task::Poll::Pending);
+        std::task::Poll::Ready(match polled {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// The same failure, not to be retried.
+fn no_retry(failure: Failure) -> Failure {
+    match failure {
+        Failure::UpstreamReset { .. } => Failure::UpstreamReset { retry: Retry::No },
+        other => other,
+    }
+}
+
+/// How the response side of an attempt ended.
+#[derive(Debug, Clone, Copy)]
+struct Received {
+    /// The upstream accepted an upgrade or CONNECT.
+    tunnel: bool,
+}
+
+/// The response side of an attempt: the head (while watching for the client giving up), then
+/// the body. `request_read`: whether the client's whole request was read when the head arrived.
+#[allow(clippy::too_many_arguments)]
+async fn receive<'s>(
+    up_in: &mut UpIn<'_>,
+    down_out: &mut DownOut<'_>,
+    plan: &Plan<'s>,
+    progress: &Progress,
+    record: &mut Record<'s>,
+    counters: &crate::stats::ClusterCounters,
+    request_read: &Cell<bool>,
+) -> Result<Received, Failure> {
+    let head = monoio::select! {
+        read = up_in.read_head() => read,
+        gone = down_out.gone() => Err(gone),
+    };
+    head?;
+    let started = up_in.relay_head(plan.is_head, plan.is_connect, |head| {
+        record.status = head.status;
+        down_out.start_response(head, &plan.route.response_headers, request_read.get())
+    })??;
+    counters.response(record.status);
+    progress.response_started.set(true);
+    if started.body
+        && let (Some(mut source), Some(mut sink)) = (up_in.source(), down_out.sink())
+    {
+        let mut hooks = Hooks {
+            limit: None,
+            total: &progress.response_total,
+            activity: &progress.activity,
+            record: None,
+            read_done: None,
+        };
+        body::pump(&mut source, &mut sink, &mut hooks)
+            .await
+            .map_err(|e| match e {
+                body::PumpError::Sink(_) => Failure::ClientGone,
+                body::PumpError::Malformed(reason) => Failure::UpstreamProtocol(reason),
+                body::PumpError::Source(_) | body::PumpError::TooLarge => Failure::UpstreamAborted,
+            })?;
+    } else if let Some(mut sink) = down_out.sink() {
+        // A head without a body (or a tunnel's 101/2xx) goes out now.
+        body::flush(&mut sink)
+            .await
+            .map_err(|_| Failure::ClientGone)?;
+    }
+    Ok(Received {
+        tunnel: started.tunnel,
+    })
+}

@@ -1,0 +1,180 @@
+//! One HTTP/2 stream, as the exchange core sees it.
+//!
+//! `h2` has already read and validated the request head (pseudo-headers, connection-specific
+//! fields, the header list size it advertised). This adapter applies the listener's own head
+//! limits — the same `limits.max_headers` and `max_header_bytes` as HTTP/1.1, counted on the
+//! head as HTTP/1.1 would carry it, answered with 431 — builds the [`RequestHead`], and hands the
+//! stream to `exchange::decide` and `exchange::run`.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::Request;
+use http::header::{CONTENT_LENGTH, HOST};
+
+use crate::core::Core;
+use crate::http::account::{self, LogFields};
+use crate::http::downstream::{Downstream, H2Client};
+use crate::http::error::Failure;
+use crate::http::exchange::{self, Decision, Local, Record, Scratch};
+use crate::http::headers::Fields;
+use crate::http::reply::LocalReply;
+use crate::http::request::{ClientProtocol, RequestBody, RequestHead};
+use crate::snapshot::HeadLimits;
+
+/// Serves one HTTP/2 stream, start to end.
+pub async fn serve(
+    core: Rc<Core>,
+    listener_name: Rc<str>,
+    peer: SocketAddr,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let started = Instant::now();
+    let snapshot = core.snapshot();
+    let Some(listener) = snapshot.listener(&listener_name) else {
+        respond.send_reset(Reason::REFUSED_STREAM);
+        return;
+    };
+    let Some(http) = listener.http.as_ref() else {
+        respond.send_reset(Reason::REFUSED_STREAM);
+        return;
+    };
+    let (parts, mut body) = request.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or_default();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let fields = Fields::H2(&parts.headers);
+    let head = RequestHead {
+        method: parts.method.as_str(),
+        authority,
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or_default(),
+        target,
+        fields,
+        connection_tokens: "",
+        protocol: ClientProtocol::Http2,
+        body: if body.is_end_stream() {
+            RequestBody::None
+        } else {
+            match parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                Some(n) => RequestBody::Length(n),
+                None => RequestBody::Stream,
+            }
+        },
+        expect_continue: fields
+            .get("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")),
+        upgrade: None,
+        grpc: RequestHead::grpc_content_type(fields),
+    };
+    let mut record = Record::new(started, peer.ip());
+    if let Some(client) = head.forwarded_client(http.xff_trusted_hops) {
+        record.client_ip = client;
+    }
+    let mut scratch = Scratch {
+        peer_ip: peer.ip().to_string().into_bytes(),
+        ..Scratch::default()
+    };
+    let decision = if over_limits(&head, &http.limits) {
+        core.write_uuid(&mut scratch.request_id);
+        Decision::Reply(Local::Failure(Failure::HeadTooLarge))
+    } else {
+        exchange::decide(
+            &core,
+            &snapshot,
+            listener,
+            http,
+            &head,
+            &mut scratch,
+            &mut record,
+        )
+    };
+    let mut client = Downstream::H2(H2Client {
+        recv: &mut body,
+        respond: &mut respond,
+        send: None,
+        grpc: head.grpc,
+        head_request: head.is_head(),
+        expect_continue: head.expect_continue,
+    });
+    match decision {
+        Decision::Reply(local) => {
+            let reply = match local {
+                Local::Failure(failure) => {
+                    record.flags.insert(failure.flag());
+                    LocalReply::failure(failure)
+                }
+                Local::Direct(direct) => {
+                    LocalReply::direct(direct.status, &direct.body, &direct.content_type)
+                }
+                Local::Redirect(status) => LocalReply::redirect(status, &scratch.location),
+            };
+            record.status = if head.grpc && reply.grpc_status.is_some() {
+                200
+            } else {
+                reply.status
+            };
+            record.locally_answered = true;
+            record.bytes_sent = client.reply(&reply, &scratch.request_id).await;
+        }
+        Decision::Forward(plan) => {
+            // HTTP/2 streams never become tunnels: there is no connection to hand over.
+            let _ = exchange::run(
+                &core,
+                &snapshot,
+                http,
+                plan,
+                &mut client,
+                &mut scratch,
+                &mut record,
+            )
+            .await;
+        }
+    }
+    account::record(
+        &core,
+        &snapshot,
+        &record,
+        &LogFields {
+            method: head.method,
+            authority: head.authority,
+            target: head.target,
+            protocol: ClientProtocol::Http2,
+            request_id: &scratch.request_id,
+            downstream: peer,
+        },
+    );
+}
+
+/// Whether the head breaks the listener's limits on field count or head size, counting the size
+/// as the same request would take in HTTP/1.1 (request line, `host`, and `name: value` lines),
+/// so one limit means the same on both protocols.
+fn over_limits(head: &RequestHead<'_>, limits: &HeadLimits) -> bool {
+    if head.fields.len() > limits.max_headers {
+        return true;
+    }
+    let line = head.method.len() + 1 + head.target.len() + " HTTP/1.1\r\n".len();
+    let host = "host: \r\n".len() + head.authority.len();
+    let mut size = line + host + 2;
+    for (name, value) in head.fields.iter() {
+        size += name.len() + value.len() + 4;
+        if size > limits.max_head {
+            return true;
+        }
+    }
+    size > limits.max_head || line > limits.max_request_line
+}
