@@ -398,7 +398,9 @@ pub enum ListenerProtocol {
     Auto,
 }
 
-/// HTTP request size limits. Exceeding one answers 414, 431 or 413 and closes the connection.
+/// HTTP request size limits, the same for HTTP/1.1 and HTTP/2 (an HTTP/2 head is measured as it
+/// would be in HTTP/1.1). Exceeding one answers 414, 431 or 413 and closes the connection (HTTP/2:
+/// the stream).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpLimitsSpec {

@@ -169,6 +169,7 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                     .collect();
                 core.pool
                     .close_idle_except(|endpoint| live.contains(endpoint));
+                core.h2_pool.close_except(|endpoint| live.contains(endpoint));
                 shared.workers[id]
                     .generation
                     .store(generation, Ordering::Release);
@@ -212,6 +213,7 @@ async fn housekeeping(core: Rc<Core>) {
                 .max()
                 .unwrap_or(Duration::from_secs(60));
             core.pool.evict_idle(max_idle);
+            core.h2_pool.evict_idle(max_idle);
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
-use config_schema::{Config, ConfigError, Http2Spec, ListenerProtocol};
+use config_schema::{Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProtocol};
 
 use super::{
     Cluster, Endpoint, GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
@@ -118,7 +118,7 @@ pub fn compile(
                     .then(|| l.stream_idle_timeout.get()),
                 xff_trusted_hops: l.xff_trusted_hops,
                 routes: routes.listener(&l.name).cloned(),
-                h2: h2_settings(&l.http2),
+                h2: h2_settings(&l.http2, &l.limits),
             });
             Listener {
                 name: l.name.as_str().into(),
@@ -174,11 +174,20 @@ pub fn compile(
 }
 
 /// Compiles `[listeners.http2]` into server settings.
-fn h2_settings(spec: &Http2Spec) -> H2ServerSettings {
+/// The advertised SETTINGS_MAX_HEADER_LIST_SIZE is the smaller of `[http2]
+/// max_header_list_size` and what the listener's HTTP/1.1 head limits allow in HTTP/2's
+/// accounting (each field counts 32 bytes more), so a client learns the limit before it sends.
+fn h2_settings(spec: &Http2Spec, limits: &HttpLimitsSpec) -> H2ServerSettings {
     let bytes_u32 = |size: config_schema::ByteSize| u32::try_from(size.bytes()).unwrap_or(u32::MAX);
+    let head_limit = limits
+        .max_header_bytes
+        .bytes()
+        .saturating_add(32 * u64::from(limits.max_headers));
+    let header_list = bytes_u32(spec.max_header_list_size)
+        .min(u32::try_from(head_limit).unwrap_or(u32::MAX));
     H2ServerSettings {
         max_concurrent_streams: spec.max_concurrent_streams,
-        max_header_list_size: bytes_u32(spec.max_header_list_size),
+        max_header_list_size: header_list,
         initial_stream_window: bytes_u32(spec.initial_stream_window),
         initial_connection_window: bytes_u32(spec.initial_connection_window),
         max_pending_accept_reset_streams: spec.max_pending_accept_reset_streams as usize,
