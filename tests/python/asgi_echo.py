@@ -7,7 +7,7 @@
 The server is given a socket bound to 127.0.0.1:0 and listening; the script prints `listening PORT`
 and then one event line per thing the app saw (flushed at once):
 
-    request METHOD PATH          a request head arrived
+    request METHOD PATH VERSION  a request head arrived (VERSION: 1.1 or 2)
     done PATH BYTES              the request body ended after BYTES bytes and the answer is complete
     waiting PATH BYTES           /hang read its whole body (BYTES bytes) and now answers nothing
     disconnect PATH BYTES        the connection was closed under the request, after BYTES body bytes
@@ -41,7 +41,7 @@ async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     path = scope["path"]
-    emit("request", scope["method"], path)
+    emit("request", scope["method"], path, scope["http_version"])
     received = 0
     if path == "/echo":
         await send(
