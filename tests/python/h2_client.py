@@ -5,7 +5,11 @@ One request per run; prints one JSON object describing the response:
 
     {"status": 200, "headers": [[name, value], ...], "trailers": [...], "body_len": N,
      "body_sha256": "...", "body": "<first 4 KiB as text>", "reset": null | code,
-     "goaway": null | code, "echo_rounds": N}
+     "goaway": null | code, "echo_rounds": N, "body_sent": N,
+     "remote_settings": {"MAX_HEADER_LIST_SIZE": N, ...}}
+
+`remote_settings` are the SETTINGS the server advertised (by name where h2 knows the code).
+An upload stops early, without an error, once the response has ended or the stream was reset.
 
     h2_client.py PORT [--method M] [--path P] [--authority A] [--header NAME:VALUE ...]
                  [--body-size N | --body-hex HEX] [--trailer NAME:VALUE ...]
@@ -34,6 +38,7 @@ import h2.settings
 
 
 _CYCLE = bytes((i * 7) % 251 for i in range(251))
+_SETTING_CODES = {int(code) for code in h2.settings.SettingCodes}
 
 
 def pattern(n, offset=0):
@@ -63,6 +68,7 @@ class Client:
             "goaway": None,
         }
         self.body = bytearray()
+        self.body_sent = 0
         self.ended = False
 
     def flush(self):
@@ -99,7 +105,9 @@ class Client:
 
     def send_body(self, stream_id, data, end):
         view = memoryview(data)
-        while view:
+        # An upload stops once the response has ended or the stream was reset: an early answer
+        # (a 403 or 413 before the whole body was sent) is final.
+        while view and not self.ended:
             window = min(
                 self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size
             )
@@ -109,7 +117,8 @@ class Client:
             chunk, view = view[:window], view[window:]
             self.conn.send_data(stream_id, bytes(chunk), end_stream=end and not view)
             self.flush()
-        if end and not data:
+            self.body_sent += len(chunk)
+        if end and not data and not self.ended:
             self.conn.end_stream(stream_id)
             self.flush()
 
@@ -162,7 +171,7 @@ def main():
         elif sends_body:
             body = fixed_body or pattern(args.body_size)
             client.send_body(stream_id, body, end=not trailers)
-            if trailers:
+            if trailers and not client.ended:
                 client.conn.send_headers(stream_id, trailers, end_stream=True)
                 client.flush()
         while not client.ended:
@@ -179,6 +188,11 @@ def main():
     client.result["body_sha256"] = hashlib.sha256(body).hexdigest()
     client.result["body"] = body[:4096].decode("utf-8", "replace")
     client.result["request_sha256"] = hashlib.sha256(pattern(args.body_size)).hexdigest()
+    client.result["body_sent"] = client.body_sent
+    client.result["remote_settings"] = {
+        h2.settings.SettingCodes(code).name if code in _SETTING_CODES else str(code): value
+        for code, value in client.conn.remote_settings.items()
+    }
     print(json.dumps(client.result), flush=True)
 
 

@@ -3,7 +3,7 @@
 //!
 //! - [`PyServer`]: a long-running Python peer (`h2_upstream.py`, `grpc_echo.py server`) that binds
 //!   port 0, prints `listening PORT`, then one event line per thing it saw; tests count those
-//!   lines.
+//!   lines. [`PyServer::steered`] runs a client the same way, told what to do on its stdin.
 //! - [`run`] / [`run_json`]: a command to completion within a timeout (Python clients and
 //!   attackers print one JSON object), output in files so nothing can block on a pipe.
 //! - [`Background`]: the same, started now and collected later (h2load next to an attack).
@@ -11,9 +11,10 @@
 //! - [`rss`] and [`RssSampler`]: the proxy's resident memory, read from `/proc`.
 
 use std::fs::File;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -40,6 +41,7 @@ pub fn python_command(name: &str, args: &[&str]) -> Command {
 #[derive(Debug)]
 pub struct PyServer {
     child: Child,
+    stdin: Option<ChildStdin>,
     dir: tempfile::TempDir,
     name: String,
     port: u16,
@@ -48,22 +50,7 @@ pub struct PyServer {
 impl PyServer {
     /// Starts `tests/python/NAME ARGS` and waits until it prints `listening PORT`.
     pub fn start(name: &str, args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ringmesh-py-")
-            .tempdir()
-            .expect("create a temporary directory");
-        let child = python_command(name, args)
-            .stdin(Stdio::null())
-            .stdout(File::create(dir.path().join("stdout")).expect("create stdout file"))
-            .stderr(File::create(dir.path().join("stderr")).expect("create stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let mut server = Self {
-            child,
-            dir,
-            name: format!("{name} {}", args.join(" ")),
-            port: 0,
-        };
+        let mut server = Self::spawn(name, args, Stdio::null());
         server.port = wait_until(PATIENCE, format!("{} to listen", server.name), || {
             if let Some(status) = server.child.try_wait().expect("try_wait") {
                 panic!(
@@ -79,6 +66,43 @@ impl PyServer {
                 .ok_or_else(|| "no `listening` line yet".to_owned())
         });
         server
+    }
+
+    /// Starts `tests/python/NAME ARGS` with a pipe to its standard input, and waits for nothing:
+    /// a client that the test steers with [`Self::tell`] and follows through its event lines.
+    pub fn steered(name: &str, args: &[&str]) -> Self {
+        Self::spawn(name, args, Stdio::piped())
+    }
+
+    fn spawn(name: &str, args: &[&str], stdin: Stdio) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ringmesh-py-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let mut child = python_command(name, args)
+            .stdin(stdin)
+            .stdout(File::create(dir.path().join("stdout")).expect("create stdout file"))
+            .stderr(File::create(dir.path().join("stderr")).expect("create stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            dir,
+            name: format!("{name} {}", args.join(" ")),
+            port: 0,
+        }
+    }
+
+    /// Writes `line` and a newline to its standard input (see [`Self::steered`]).
+    pub fn tell(&mut self, line: &str) {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} was not started steered", self.name));
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("tell {} {line:?}: {e}", self.name));
     }
 
     /// The address it listens on.

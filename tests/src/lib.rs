@@ -5,11 +5,13 @@
 //! share, so that later HTTP, HTTP/2 and reload tests reuse it instead of growing their own:
 //!
 //! - [`proxy`]: finding the binary, [`Proxy`] (start with a config on a chosen [`Driver`], wait for
-//!   `/ready`, map listener names to bound addresses, signal it, read its CPU time and open files,
-//!   print its log when a test fails), [`run_ringmesh`] for short-lived commands, and
-//!   [`tcp_listener`] to write the common L4 config.
+//!   `/ready`, map listener names to bound addresses, signal it, read its CPU time, open files and
+//!   TCP connections, print its log when a test fails), [`run_ringmesh`] for short-lived
+//!   commands, and [`tcp_listener`] to write the common L4 config.
 //! - [`admin`]: a minimal HTTP/1.1 GET client for the admin API, the `/stats` JSON
 //!   ([`admin::Stats`]) and a Prometheus text parser ([`admin::Metrics`]).
+//! - [`peers`]: third-party servers as upstreams (uvicorn, hypercorn, aiohttp), a Python `h2`
+//!   client that abandons its request on cue, and curl with a stall limit for big transfers.
 //! - [`upstream`]: in-test upstreams on std threads: echo, scripted handlers, resetting servers, a
 //!   blackhole address (connects time out) and a refused address.
 //! - [`client`]: client-side helpers: connect with timeouts, byte-exact exchanges, waiting for a
@@ -27,6 +29,7 @@ pub mod admin;
 pub mod client;
 pub mod h2;
 pub mod http;
+pub mod peers;
 pub mod proxy;
 pub mod upstream;
 pub mod wait;
@@ -83,7 +86,8 @@ pub fn tool(name: &str) -> std::path::PathBuf {
         })
 }
 
-/// The Python interpreter of the test virtualenv (with `h2`, `hyperframe`, `grpcio`):
+/// The Python interpreter of the test virtualenv (with `h2`, `hyperframe`, `grpcio`, `uvicorn`,
+/// `hypercorn`, `aiohttp`):
 /// `RINGMESH_PYTHON` when set (`.ci/run` sets it), else `.venv/bin/python3` at the repository root.
 pub fn python() -> std::path::PathBuf {
     if let Some(python) = std::env::var_os("RINGMESH_PYTHON") {

@@ -485,6 +485,48 @@ impl Proxy {
             .count()
     }
 
+    /// The files the process has open, sorted out: its TCP connections (from `/proc/PID/fd`,
+    /// looked up in `/proc/PID/net/tcp` and `tcp6`; connections to the admin API included, with
+    /// [`TcpConnection::local`] then [`Self::admin_address`]), sockets whose connection has ended
+    /// but which are still open, and everything else.
+    pub fn open_files(&self) -> OpenFiles {
+        let pid = self.pid();
+        let mut tcp: HashMap<u64, TcpConnection> = HashMap::new();
+        for table in ["tcp", "tcp6"] {
+            let text =
+                std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+            for connection in text.lines().skip(1).filter_map(TcpConnection::parse) {
+                tcp.insert(connection.inode, connection);
+            }
+        }
+        let unix = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap_or_default();
+        let unix: Vec<u64> = unix
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().nth(6)?.parse().ok())
+            .collect();
+        let mut files = OpenFiles::default();
+        let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read /proc/PID/fd");
+        for target in entries
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+        {
+            let inode: Option<u64> = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok());
+            match inode {
+                Some(inode) => match tcp.get(&inode) {
+                    Some(c) if c.state == "LISTEN" => files.other += 1,
+                    Some(c) => files.connections.push(c.clone()),
+                    None if unix.contains(&inode) => files.other += 1,
+                    None => files.ended += 1,
+                },
+                None => files.other += 1,
+            }
+        }
+        files
+    }
+
     /// Everything the proxy has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("<no log: {e}>"))
@@ -506,6 +548,80 @@ impl Drop for Proxy {
             );
         }
     }
+}
+
+/// The files a process has open, sorted out (see [`Proxy::open_files`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// TCP connections, in any state but `LISTEN`.
+    pub connections: Vec<TcpConnection>,
+    /// Sockets in none of the kernel's TCP or Unix tables: TCP connections that have ended (they
+    /// leave the tables) while their file is still open.
+    pub ended: usize,
+    /// Everything else: listening and Unix sockets, files, pipes, event and io_uring fds.
+    pub other: usize,
+}
+
+/// A TCP socket of the proxy, from a line of `/proc/PID/net/tcp` or `tcp6`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpConnection {
+    /// The proxy's end.
+    pub local: SocketAddr,
+    /// The peer's end.
+    pub remote: SocketAddr,
+    /// `ESTABLISHED`, `CLOSE_WAIT`, `FIN_WAIT2`...
+    pub state: &'static str,
+    /// The socket's inode (`socket:[INODE]` in `/proc/PID/fd`).
+    pub inode: u64,
+}
+
+impl TcpConnection {
+    fn parse(line: &str) -> Option<Self> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let state = match u8::from_str_radix(fields.get(3)?, 16).ok()? {
+            0x01 => "ESTABLISHED",
+            0x02 => "SYN_SENT",
+            0x03 => "SYN_RECV",
+            0x04 => "FIN_WAIT1",
+            0x05 => "FIN_WAIT2",
+            0x06 => "TIME_WAIT",
+            0x07 => "CLOSE",
+            0x08 => "CLOSE_WAIT",
+            0x09 => "LAST_ACK",
+            0x0A => "LISTEN",
+            0x0B => "CLOSING",
+            _ => "UNKNOWN",
+        };
+        Some(Self {
+            local: parse_proc_address(fields.get(1)?)?,
+            remote: parse_proc_address(fields.get(2)?)?,
+            state,
+            inode: fields.get(9)?.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for TcpConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {} {}", self.local, self.remote, self.state)
+    }
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): the address as the kernel prints
+/// it, 32-bit words in host (little-endian) order.
+fn parse_proc_address(text: &str) -> Option<SocketAddr> {
+    let (address, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..address.len() / 8)
+        .map(|i| u32::from_str_radix(address.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// What a finished `ringmesh` command printed.
@@ -554,5 +670,28 @@ where
         status,
         stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
         stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_lines_parse() {
+        let v4 = "   0: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000 \
+                  0        0 12345 1 0000000000000000 20 4 30 10 -1";
+        let parsed = TcpConnection::parse(v4).expect("an IPv4 line parses");
+        assert_eq!(
+            parsed.to_string(),
+            "127.0.0.1:8080 -> 127.0.0.1:50000 ESTABLISHED"
+        );
+        assert_eq!(parsed.inode, 12345);
+        let v6 = "   1: 00000000000000000000000001000000:1F90 \
+                  00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 \
+                  00000000     0        0 678 1 0000000000000000 100 0 0 10 0";
+        let parsed = TcpConnection::parse(v6).expect("an IPv6 line parses");
+        assert_eq!(parsed.to_string(), "[::1]:8080 -> [::]:0 LISTEN");
+        assert!(TcpConnection::parse("  sl  local_address rem_address   st").is_none());
     }
 }

@@ -8,7 +8,8 @@
 //! - [`nginx`]: Debian's nginx as a real upstream on a free port.
 //! - [`websocket`]: handshake and frames for a WebSocket echo.
 //! - here: config snippets, the JSON access log, the proxy's memory, and [`Pattern`], a
-//!   deterministic byte stream for transfers too large to hold in memory twice.
+//!   deterministic byte stream for transfers too large to hold in memory twice (written to a file
+//!   for curl by [`write_pattern_file`], compared by [`sha256_file`]).
 
 pub mod client;
 pub mod message;
@@ -177,6 +178,44 @@ impl Pattern {
     pub fn position(&self) -> u64 {
         self.produced
     }
+}
+
+/// Writes `len` bytes of the [`Pattern`] for `seed` to a new file at `path`, piece by piece (a
+/// request body for curl's `-T` or `--data-binary @FILE`).
+pub fn write_pattern_file(path: &Path, len: u64, seed: u64) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display())),
+    );
+    let mut pattern = Pattern::new(seed);
+    let mut piece = vec![0u8; 1 << 20];
+    while pattern.position() < len {
+        let n = (len - pattern.position()).min(piece.len() as u64) as usize;
+        pattern.fill(&mut piece[..n]);
+        file.write_all(&piece[..n])
+            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+    file.flush()
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// The SHA-256 of the file at `path`, in lower-case hex (by coreutils' `sha256sum`).
+pub fn sha256_file(path: &Path) -> String {
+    let output = std::process::Command::new(crate::tool("sha256sum"))
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(
+        output.status.success(),
+        "sha256sum {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Checks that a stream of bytes is exactly a [`Pattern`], piece by piece.
