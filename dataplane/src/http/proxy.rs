@@ -76,6 +76,9 @@ struct Downstream {
     peer: SocketAddr,
     /// The client's IP as text, for `X-Forwarded-For`.
     peer_ip: Vec<u8>,
+    /// When protocol detection saw the first byte of the first request: its head deadline counts
+    /// from then, not from the hand-over.
+    first_byte_at: Option<Instant>,
 }
 
 /// Buffers reused by every request on a connection, so a request allocates nothing once they
@@ -94,7 +97,8 @@ struct Scratch {
 }
 
 /// Serves HTTP/1.1 on `stream` until the client closes, an error closes it, or it becomes a
-/// tunnel. `initial` holds bytes already read by protocol detection.
+/// tunnel. `initial` holds bytes already read by protocol detection, the first of which arrived
+/// at `first_byte_at`.
 pub async fn serve(
     core: Rc<Core>,
     pinned: SnapshotRef,
@@ -102,6 +106,7 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     initial: Vec<u8>,
+    first_byte_at: Option<Instant>,
 ) {
     let mut buf = initial;
     buf.reserve(READ_BUFFER.saturating_sub(buf.len()));
@@ -112,6 +117,7 @@ pub async fn serve(
         scanned: 0,
         peer,
         peer_ip,
+        first_byte_at,
     };
     let mut scratch = Scratch::default();
     loop {
@@ -263,13 +269,16 @@ enum HeadError {
 
 /// Stage 1: reads until the head is complete. Waiting for the first byte of a request is bounded
 /// by the idle timeout (and ends early when the worker drains); once a byte has arrived, the rest
-/// of the head must come within the header timeout.
+/// of the head must come within the header timeout, counted from that byte (for the first
+/// request, from when protocol detection saw it).
 async fn read_request_head(
     core: &Core,
     down: &mut Downstream,
     http: &HttpSettings,
 ) -> Result<h1::Head, HeadError> {
     let mut deadline: Option<Instant> = None;
+    // Only the connection's first request was seen by detection.
+    let first_byte_at = down.first_byte_at.take();
     loop {
         if !down.buf.is_empty() {
             match h1::prescan(&down.buf, down.scanned).map_err(HeadError::Reject)? {
@@ -277,7 +286,9 @@ async fn read_request_head(
                 h1::Scan::Partial(scanned) => down.scanned = scanned,
             }
             h1::check_incomplete(&down.buf, &http.limits).map_err(HeadError::Reject)?;
-            deadline.get_or_insert_with(|| Instant::now() + http.request_header_timeout);
+            deadline.get_or_insert_with(|| {
+                first_byte_at.unwrap_or_else(Instant::now) + http.request_header_timeout
+            });
         }
         let wait = match deadline {
             Some(deadline) => Some(deadline.saturating_duration_since(Instant::now())),
