@@ -11,7 +11,8 @@
 //! - [`admin`]: a minimal HTTP/1.1 GET client for the admin API, the `/stats` JSON
 //!   ([`admin::Stats`]) and a Prometheus text parser ([`admin::Metrics`]).
 //! - [`upstream`]: in-test upstreams on std threads: echo, scripted handlers, resetting servers, a
-//!   blackhole address (connects time out) and a refused address.
+//!   recording server that may speak first, a blackhole address (connects time out) and a
+//!   refused address.
 //! - [`client`]: client-side helpers: connect with timeouts, byte-exact exchanges, waiting for a
 //!   close, threads pinned to each core.
 //! - [`exchange`]: the four (client protocol × cluster protocol) pairs of the HTTP request path,
