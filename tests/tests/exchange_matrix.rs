@@ -123,6 +123,13 @@ protocol = "{protocol}"
         self.proxy.listener("main")
     }
 
+    /// One plain request, so that the upstream connection exists before a request whose deadline
+    /// is short: the deadline then bounds the wait for the answer, not for a connection.
+    fn warm_up(&self, pair: Pair) {
+        let warm = self.call(pair, &Call::get(HOST, "/warm"));
+        assert_eq!(warm.status, Some(200), "warm-up: {warm:?}");
+    }
+
     fn call(&self, pair: Pair, request: &Call) -> Answer {
         call(pair, self.address(), request)
     }
@@ -468,6 +475,7 @@ fn no_route_grpc_is_trailers_only_unimplemented(pair: Pair, driver: Driver) {
 /// DEADLINE_EXCEEDED, and the upstream was told at most 200 ms.
 fn grpc_timeout_shorter_than_the_route_is_deadline_exceeded(pair: Pair, driver: Driver) {
     let setup = Setup::routed(pair, driver, "", "timeout = \"10s\"");
+    setup.warm_up(pair);
     let answer = setup.call(
         pair,
         &Call::grpc(HOST, "/hold").header("grpc-timeout", "200m"),
@@ -490,6 +498,7 @@ fn grpc_timeout_shorter_than_the_route_is_deadline_exceeded(pair: Pair, driver: 
 /// is told at most the 1 s that is left, not the client's 10 s.
 fn grpc_timeout_sent_upstream_is_what_is_left_of_the_route_timeout(pair: Pair, driver: Driver) {
     let setup = Setup::routed(pair, driver, "", "timeout = \"1s\"");
+    setup.warm_up(pair);
     let answer = setup.call(
         pair,
         &Call::grpc(HOST, "/hold").header("grpc-timeout", "10S"),
