@@ -169,7 +169,8 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                     .collect();
                 core.pool
                     .close_idle_except(|endpoint| live.contains(endpoint));
-                core.h2_pool.close_except(|endpoint| live.contains(endpoint));
+                core.h2_pool
+                    .close_except(|endpoint| live.contains(endpoint));
                 shared.workers[id]
                     .generation
                     .store(generation, Ordering::Release);

@@ -10,6 +10,14 @@ the event lines it prints after that (one per line, flushed at once):
     refused C ID                a stream above LAST arrived and was never answered
     reset C ID                  the client reset stream ID
     close C streams=N max=M     C ended after N requests, at most M of them at once
+    received C ID PROTO METHOD PATH AUTHORITY BODY_LEN GRPC_TIMEOUT
+                                a request ended (its whole body arrived); PROTO is HTTP/2 or
+                                HTTP/1.1, AUTHORITY is :authority or Host, `-` for a missing
+                                value
+    refused-stream C ID         /refuse-if-reused: the stream was reset with REFUSED_STREAM
+    dropped C ID                /close-if-reused: the TCP connection was closed under the request
+    trickle-stopped C ID SENT   /trickle: the client went away after SENT body bytes
+    trickle-done C ID           /trickle: the whole body was sent
 
 What a request gets depends on its path (the query string is ignored; `/headers` reports it):
 
@@ -23,6 +31,17 @@ What a request gets depends on its path (the query string is ignored; `/headers`
     /status/CODE   that status, body `status CODE`
     /drip          HTTP/1.1 only: a chunked body's first chunk, then nothing; prints
                    `gone C T` (T: time.monotonic()) when the client closes the connection
+    /hold          nothing, ever (the request waits until the client gives up)
+    /trickle/N/MS  the response head with `content-length: N` at once, then the body one byte
+                   every MS milliseconds
+    /refuse-if-reused
+                   HTTP/2: `ok` on a connection's first stream; any later stream on the same
+                   connection is reset with REFUSED_STREAM, unprocessed (a stale pooled
+                   connection whose server refuses new work)
+    /close-if-reused
+                   `ok` on a connection's first request; when a later request arrives on the
+                   same connection, the TCP connection is closed without an answer (a stale
+                   pooled connection whose server went away)
     anything else  `ok`
 
 Every response carries `x-upstream: NAME` (`--name`) and `x-upstream-conn: C`.
@@ -42,6 +61,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -70,6 +90,20 @@ def delay_of(path):
     if path.startswith("/delay/"):
         return int(path.split("/")[2]) / 1000.0
     return 0.0
+
+
+def emit_received(conn_id, stream_id, proto, method, target, authority, body_len, grpc_timeout):
+    emit(
+        "received",
+        conn_id,
+        stream_id,
+        proto,
+        method,
+        target,
+        authority or "-",
+        body_len,
+        grpc_timeout or "-",
+    )
 
 
 def describe(method, path, authority, headers, trailers, body, proto):
@@ -143,6 +177,7 @@ class H2Conn:
         self.opened = []
         self.last_processed = None
         self.closing = False
+        self.drop_now = False
         self.tasks = set()
 
     def flush(self):
@@ -167,6 +202,11 @@ class H2Conn:
                 return
             for event in self.conn.receive_data(data):
                 self.on_event(event)
+                if self.drop_now:
+                    # Gone without a word: no GOAWAY, no answer, just the TCP connection closed.
+                    self.closing = True
+                    self.writer.transport.abort()
+                    return
             self.flush()
             await self.writer.drain()
             if self.last_processed is not None and self.stats["active"] == 0:
@@ -208,6 +248,17 @@ class H2Conn:
                 emit("refused", self.id, event.stream_id)
                 return
             headers = dict(event.headers)
+            path = headers.get(":path", "/").split("?", 1)[0]
+            if path in ("/refuse-if-reused", "/close-if-reused") and self.stats["streams"] > 0:
+                if path == "/refuse-if-reused":
+                    self.conn.reset_stream(
+                        event.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM
+                    )
+                    emit("refused-stream", self.id, event.stream_id)
+                else:
+                    self.drop_now = True
+                    emit("dropped", self.id, event.stream_id)
+                return
             stream = Stream(event.stream_id, event.headers)
             self.streams[event.stream_id] = stream
             self.stats["streams"] += 1
@@ -294,6 +345,20 @@ class H2Conn:
                 # Half-close; the reading loop sees the client's end and returns.
                 self.writer.write_eof()
 
+    async def trickle(self, stream, path):
+        n, ms = (int(part) for part in path.split("/")[2:4])
+        headers = self.base_headers(200) + [("content-length", str(n))]
+        self.conn.send_headers(stream.id, headers)
+        self.flush()
+        await self.writer.drain()
+        for sent in range(n):
+            await asyncio.sleep(ms / 1000.0)
+            if self.gone(stream):
+                emit("trickle-stopped", self.id, stream.id, sent)
+                return
+            await self.send_body(stream, b"t", end=sent == n - 1)
+        emit("trickle-done", self.id, stream.id)
+
     async def serve(self, stream):
         headers = dict(stream.headers)
         method, target = headers.get(":method"), headers.get(":path", "/")
@@ -311,8 +376,25 @@ class H2Conn:
             if not self.gone(stream):
                 self.conn.send_headers(stream.id, [("x-upstream-trailer", "end")], end_stream=True)
             return
+        if path.startswith("/trickle/"):
+            await self.trickle(stream, path)
+            return
         await stream.ended.wait()
         if self.gone(stream):
+            return
+        emit_received(
+            self.id,
+            stream.id,
+            "HTTP/2",
+            method,
+            target,
+            headers.get(":authority"),
+            len(stream.body),
+            headers.get("grpc-timeout"),
+        )
+        if path == "/hold":
+            while not self.gone(stream):
+                await asyncio.sleep(0.05)
             return
         delay = delay_of(path)
         if delay:
@@ -407,10 +489,49 @@ class H1Conn:
                     await self.read_exact(2)
             elif "content-length" in named:
                 body.extend(await self.read_exact(int(named["content-length"])))
+            path = target.split("?", 1)[0]
+            if path == "/close-if-reused" and self.stats["streams"] > 0:
+                emit("dropped", self.id, 0)
+                self.writer.transport.abort()
+                return
             self.stats["streams"] += 1
             self.stats["max"] = max(self.stats["max"], 1)
             emit("stream", self.id, 0, method, target)
-            path = target.split("?", 1)[0]
+            emit_received(
+                self.id,
+                0,
+                "HTTP/1.1",
+                method,
+                target,
+                named.get("host"),
+                len(body),
+                named.get("grpc-timeout"),
+            )
+            if path == "/hold":
+                # Never answer; notice when the client goes away.
+                while await self.reader.read(65536):
+                    pass
+                return
+            if path.startswith("/trickle/"):
+                n, ms = (int(part) for part in path.split("/")[2:4])
+                base = f"x-upstream: {self.server.name}\r\nx-upstream-conn: {self.id}\r\n"
+                self.writer.write(
+                    f"HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n{base}\r\n".encode()
+                )
+                await self.writer.drain()
+                for sent in range(n):
+                    await asyncio.sleep(ms / 1000.0)
+                    try:
+                        self.writer.write(b"t")
+                        await self.writer.drain()
+                    except ConnectionError:
+                        emit("trickle-stopped", self.id, 0, sent)
+                        raise
+                    if self.writer.transport.is_closing():
+                        emit("trickle-stopped", self.id, 0, sent)
+                        return
+                emit("trickle-done", self.id, 0)
+                continue
             delay = delay_of(path)
             if delay:
                 await asyncio.sleep(delay)

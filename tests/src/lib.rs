@@ -13,9 +13,12 @@
 //! - [`peers`]: third-party servers as upstreams (uvicorn, hypercorn, aiohttp), a Python `h2`
 //!   client that abandons its request on cue, and curl with a stall limit for big transfers.
 //! - [`upstream`]: in-test upstreams on std threads: echo, scripted handlers, resetting servers, a
-//!   blackhole address (connects time out) and a refused address.
+//!   recording server that may speak first, a blackhole address (connects time out) and a
+//!   refused address.
 //! - [`client`]: client-side helpers: connect with timeouts, byte-exact exchanges, waiting for a
 //!   close, threads pinned to each core.
+//! - [`exchange`]: the four (client protocol × cluster protocol) pairs of the HTTP request path,
+//!   [`exchange_pairs!`] to generate a test per pair and driver, and one client for both protocols.
 //! - [`wait`]: bounded polling. Tests never sleep to wait for readiness; they poll a condition
 //!   with a deadline and fail with the last state they saw.
 //!
@@ -27,6 +30,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod exchange;
 pub mod h2;
 pub mod http;
 pub mod peers;

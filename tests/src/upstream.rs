@@ -2,14 +2,15 @@
 //!
 //! Small servers whose behaviour a test must observe byte by byte: an echo server, a server that
 //! runs any handler per connection (record what arrives, answer with a payload, half-close,
-//! reset), and two addresses that are not servers at all: one that refuses connections and one
-//! that drops SYNs so that connects time out.
+//! reset), a recording server that may speak first (a server-first protocol's banner), and two
+//! addresses that are not servers at all: one that refuses connections and one that drops SYNs
+//! so that connects time out.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -107,6 +108,39 @@ impl Upstream {
         (upstream, received)
     }
 
+    /// Records every byte each connection sends, as it arrives. If `banner` is not empty it is
+    /// sent first, as server-first protocols (SMTP, MySQL) do; if `line_reply` is not empty it
+    /// is sent after each received `\n`. Connections end at the peer's FIN.
+    pub fn recording(banner: &'static [u8], line_reply: &'static [u8]) -> (Self, Recorded) {
+        let recorded = Recorded::default();
+        let upstream = {
+            let recorded = recorded.clone();
+            Self::spawn(move |mut stream, index| {
+                recorded.grow(index);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+                if !banner.is_empty() && stream.write_all(banner).is_err() {
+                    return;
+                }
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            recorded.append(index, &buffer[..n]);
+                            let lines = buffer[..n].iter().filter(|&&b| b == b'\n').count();
+                            for _ in 0..if line_reply.is_empty() { 0 } else { lines } {
+                                if stream.write_all(line_reply).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        (upstream, recorded)
+    }
+
     /// Resets every connection as soon as it is accepted.
     pub fn reset_on_accept() -> Self {
         Self::spawn(|stream, _| reset(stream))
@@ -141,6 +175,34 @@ impl Drop for Upstream {
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
+    }
+}
+
+/// What each connection of [`Upstream::recording`] sent so far, by connection index.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Recorded {
+    fn grow(&self, index: usize) {
+        let mut connections = self.0.lock().expect("recording");
+        if connections.len() <= index {
+            connections.resize(index + 1, Vec::new());
+        }
+    }
+
+    fn append(&self, index: usize, bytes: &[u8]) {
+        self.grow(index);
+        self.0.lock().expect("recording")[index].extend_from_slice(bytes);
+    }
+
+    /// The bytes of every connection, by index.
+    pub fn connections(&self) -> Vec<Vec<u8>> {
+        self.0.lock().expect("recording").clone()
+    }
+
+    /// Bytes received over all connections.
+    pub fn total_bytes(&self) -> usize {
+        self.0.lock().expect("recording").iter().map(Vec::len).sum()
     }
 }
 

@@ -183,8 +183,8 @@ fn h2_settings(spec: &Http2Spec, limits: &HttpLimitsSpec) -> H2ServerSettings {
         .max_header_bytes
         .bytes()
         .saturating_add(32 * u64::from(limits.max_headers));
-    let header_list = bytes_u32(spec.max_header_list_size)
-        .min(u32::try_from(head_limit).unwrap_or(u32::MAX));
+    let header_list =
+        bytes_u32(spec.max_header_list_size).min(u32::try_from(head_limit).unwrap_or(u32::MAX));
     H2ServerSettings {
         max_concurrent_streams: spec.max_concurrent_streams,
         max_header_list_size: header_list,
