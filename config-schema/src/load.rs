@@ -14,6 +14,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::ConfigError;
 use crate::spec::ConfigSpec;
+use crate::support;
 
 /// Positions of the values in a config file, keyed by TOML path.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +64,23 @@ impl SourceMap {
             }
             let cut = candidate.rfind(['.', '['])?;
             candidate = &candidate[..cut];
+        }
+    }
+
+    /// An error about the key at `path` (where the key is written, rather than its value), or,
+    /// if no key has that path, about the value at `path`.
+    pub fn key_error_at(&self, path: &str, message: String) -> ConfigError {
+        match self.key_spans.iter().find(|(_, p)| p == path) {
+            Some((span, _)) => {
+                let (line, column) = self.line_column(span.start);
+                ConfigError {
+                    path: path.to_owned(),
+                    line,
+                    column,
+                    message,
+                }
+            }
+            None => self.error_at(path, message),
         }
     }
 
@@ -153,7 +171,7 @@ pub(crate) struct Loaded {
 /// text is not TOML) fails outright.
 pub(crate) fn deserialize(text: &str) -> Result<Loaded, Vec<ConfigError>> {
     let mut source = SourceMap::new(text);
-    let (root, syntax_errors) = DeTable::parse_recoverable(text);
+    let (mut root, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
         return Err(syntax_errors
             .iter()
@@ -166,9 +184,12 @@ pub(crate) fn deserialize(text: &str) -> Result<Loaded, Vec<ConfigError>> {
         source.record(&path, value);
     }
 
+    let mut errors = Vec::new();
+    reject_unsupported(root.get_mut(), "", &source, &mut errors);
+
     let mut loader = Loader {
         source: &source,
-        errors: Vec::new(),
+        errors,
         incomplete: BTreeSet::new(),
     };
     let mut spec = ConfigSpec::default();
@@ -218,6 +239,48 @@ pub(crate) fn deserialize(text: &str) -> Result<Loaded, Vec<ConfigError>> {
         errors,
         incomplete_sections: incomplete,
     })
+}
+
+/// Takes every key that the data plane does not act on yet ([`support::NOT_SUPPORTED`]) out of
+/// `table`, the table at `path`, with one error at each. What is taken out is not deserialized, so
+/// a rejected subtree gives that one error and no errors about its contents.
+fn reject_unsupported(
+    table: &mut DeTable<'_>,
+    path: &str,
+    source: &SourceMap,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut rejected = Vec::new();
+    for (key, value) in table.iter_mut() {
+        let child = join_key(path, key.get_ref());
+        match support::unsupported(&child) {
+            Some(entry) => {
+                errors.push(source.key_error_at(&child, entry.message()));
+                rejected.push(key.get_ref().clone().into_owned());
+            }
+            None => reject_unsupported_in(value.get_mut(), &child, source, errors),
+        }
+    }
+    for key in rejected {
+        table.remove(key.as_str());
+    }
+}
+
+fn reject_unsupported_in(
+    value: &mut DeValue<'_>,
+    path: &str,
+    source: &SourceMap,
+    errors: &mut Vec<ConfigError>,
+) {
+    match value {
+        DeValue::Table(table) => reject_unsupported(table, path, source, errors),
+        DeValue::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                reject_unsupported_in(item.get_mut(), &format!("{path}[{index}]"), source, errors);
+            }
+        }
+        _ => {}
+    }
 }
 
 struct Loader<'a> {

@@ -409,3 +409,134 @@ fn references_into_a_broken_section_are_not_guessed() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].path, "clusters[1].lb_policy");
 }
+
+/// Every key that the data plane would ignore is rejected with one error at the key's line,
+/// whose message says what would have gone wrong; nothing inside the rejected subtree is
+/// reported, even when it is itself wrong.
+#[test]
+fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
+    // (config, path, the line's text, what the message says)
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        (
+            format!(
+                "[identity]\ntrust_domain = \"Not Valid\"\ncert = \"\"\nkey = \"k\"\nca_bundle = \"c\"\n{BASE}"
+            ),
+            "identity",
+            "[identity]",
+            "plaintext and unauthenticated",
+        ),
+        (
+            format!("{BASE}\n[telemetry.tracing]\nsample_percent = 150.0\n"),
+            "telemetry.tracing",
+            "[telemetry.tracing]",
+            "no span would be sampled",
+        ),
+        (
+            BASE.replace(
+                "protocol = \"auto\"",
+                "protocol = \"auto\"\ntls = { mode = \"terminate\" }",
+            ),
+            "listeners[0].tls",
+            "tls = {",
+            "this listener would serve plaintext",
+        ),
+        (
+            BASE.replace(
+                "[\"127.0.0.1:9000\"]",
+                "[\"127.0.0.1:9000\"]\ntls.expected_spiffe_ids = [\"nonsense\"]",
+            ),
+            "clusters[1].tls",
+            "tls.expected_spiffe_ids",
+            "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]",
+        ),
+        (
+            format!(
+                "{BASE}\n[[authorization_policies]]\nname = \"p\"\naction = \"maybe\"\nlisteners = [\"nope\"]\n"
+            ),
+            "authorization_policies",
+            "[[authorization_policies]]",
+            "every request would be allowed",
+        ),
+        (
+            BASE.replace(
+                "domains = [\"*\"]",
+                "domains = [\"*\"]\nrate_limit = { requests_per_second = 0 }",
+            ),
+            "virtual_hosts[0].rate_limit",
+            "rate_limit =",
+            "requests above the limit would be forwarded",
+        ),
+        (
+            format!("{BASE}retries = {{ attempts = 99 }}\n"),
+            "virtual_hosts[0].routes[0].retries",
+            "retries =",
+            "never retried",
+        ),
+        (
+            format!("{BASE}fault = {{ abort = {{ percent = 1.0, status = 42 }} }}\n"),
+            "virtual_hosts[0].routes[0].fault",
+            "fault =",
+            "no request would be delayed or aborted",
+        ),
+        (
+            format!("{BASE}rate_limit = {{ requests_per_second = 5 }}\n"),
+            "virtual_hosts[0].routes[0].rate_limit",
+            "rate_limit =",
+            "remove rate_limit from this route",
+        ),
+        (
+            BASE.replace(
+                "[\"127.0.0.1:8080\"]",
+                "[\"127.0.0.1:8080\"]\ncircuit_breaker = { max_requests = 0 }",
+            ),
+            "clusters[0].circuit_breaker",
+            "circuit_breaker",
+            "failing fast",
+        ),
+        (
+            BASE.replace(
+                "[\"127.0.0.1:8080\"]",
+                "[\"127.0.0.1:8080\"]\n[clusters.outlier_detection]\ninterval = \"0s\"",
+            ),
+            "clusters[0].outlier_detection",
+            "[clusters.outlier_detection]",
+            "never be ejected",
+        ),
+    ];
+    for (text, path, line_text, needle) in &cases {
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1, "{path}: one error, got {errors:#?}");
+        let error = &errors[0];
+        assert_eq!(error.path, *path);
+        assert_eq!(error.line, line_of(text, line_text), "{path}");
+        assert!(
+            error.message.starts_with("not supported yet: "),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains(needle), "{path}: {}", error.message);
+    }
+}
+
+/// TLS passthrough with SNI routes on a tcp listener is rejected too (today every connection
+/// would be closed); without it the listener has nowhere to send connections, which is said too.
+#[test]
+fn sni_routes_on_a_tcp_listener_are_rejected() {
+    let text = format!(
+        "{BASE}\n[[listeners]]\nname = \"sni\"\naddress = \"127.0.0.1:15443\"\nprotocol = \"tcp\"\n\
+         [listeners.tls]\nmode = \"passthrough\"\nsni_routes = {{ \"db.example.com\" = \"db\" }}\n"
+    );
+    assert_rejected(
+        &text,
+        "listeners[2].tls",
+        line_of(&text, "[listeners.tls]"),
+        "not supported yet: TLS on listeners",
+    );
+    assert_rejected(
+        &text,
+        "listeners[2]",
+        line_of(&text, "name = \"sni\"") - 1,
+        "needs a `cluster`",
+    );
+    assert_eq!(errors_of(&text).len(), 2);
+}
