@@ -540,3 +540,71 @@ fn sni_routes_on_a_tcp_listener_are_rejected() {
     );
     assert_eq!(errors_of(&text).len(), 2);
 }
+
+#[test]
+fn a_cluster_without_endpoints_is_rejected() {
+    let text = BASE.replace("[\"127.0.0.1:9000\"]", "[]");
+    assert_rejected(
+        &text,
+        "clusters[1].endpoints",
+        line_of(&text, "endpoints = []"),
+        "list at least one endpoint",
+    );
+    // Left out, the error points at the cluster.
+    let text = BASE.replace("endpoints = [\"127.0.0.1:9000\"]\n", "");
+    let cluster_header = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| *l == "[[clusters]]")
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .expect("two clusters");
+    assert_rejected(
+        &text,
+        "clusters[1].endpoints",
+        cluster_header,
+        "answers every request with 503",
+    );
+}
+
+/// Connections forwarded as opaque TCP have no headers or cookies: hashing on one is refused on
+/// a cluster that a tcp listener, or an auto listener's `cluster`, uses; source_ip works.
+#[test]
+fn header_and_cookie_hashing_are_rejected_on_clusters_that_get_tcp_connections() {
+    let text = BASE.replace(
+        "[\"127.0.0.1:9000\"]",
+        "[\"127.0.0.1:9000\"]\nlb_policy = \"ring_hash\"\nhash_policy = { header = \"x-user\" }",
+    );
+    assert_rejected(
+        &text,
+        "clusters[1].hash_policy.header",
+        line_of(&text, "hash_policy"),
+        "hashing on a header needs HTTP requests, but listener \"db\" (listeners[1]) forwards TCP",
+    );
+    assert_eq!(errors_of(&text).len(), 1);
+
+    let text = BASE
+        .replace("protocol = \"auto\"", "protocol = \"auto\"\ncluster = \"web\"")
+        .replace(
+            "[\"127.0.0.1:8080\"]",
+            "[\"127.0.0.1:8080\"]\nlb_policy = \"maglev\"\n[clusters.hash_policy]\ncookie = \"session\"",
+        );
+    assert_rejected(
+        &text,
+        "clusters[0].hash_policy.cookie",
+        line_of(&text, "cookie = \"session\""),
+        "hashing on a cookie needs HTTP requests, but listener \"web\" (listeners[0])",
+    );
+
+    let text = BASE.replace(
+        "[\"127.0.0.1:9000\"]",
+        "[\"127.0.0.1:9000\"]\nlb_policy = \"ring_hash\"\nhash_policy = { source_ip = true }",
+    );
+    parse(&text).expect("source_ip hashing works on L4");
+    // The same header hashing on a cluster only HTTP routes use is fine.
+    let text = BASE.replace(
+        "[\"127.0.0.1:8080\"]",
+        "[\"127.0.0.1:8080\"]\nlb_policy = \"ring_hash\"\nhash_policy = { header = \"x-user\" }",
+    );
+    parse(&text).expect("header hashing works for HTTP");
+}
