@@ -10,9 +10,11 @@
 //!    error per rejected subtree, rather than a config that is accepted and then ignored;
 //! 3. shape errors: unknown keys, wrong types, missing keys, malformed durations or addresses —
 //!    each section and each list element is deserialized on its own, so one bad listener does not
-//!    hide a bad cluster;
+//!    hide a bad cluster, and within one every bad key is reported;
 //! 4. meaning errors ([`validate`]): dangling cluster or virtual host references, duplicate
-//!    names and listener addresses, regexes that do not compile, impossible values.
+//!    names and listener addresses, regexes that do not compile, impossible values. They are
+//!    checked even when some elements did not deserialize; references count the names written
+//!    in those elements as defined.
 //!
 //! Later stages (the data plane's compiler, which reads certificate files) report their errors in
 //! the same [`ConfigError`] form through [`Config::error_at`].
@@ -96,15 +98,19 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         source,
         mut errors,
         incomplete_sections,
+        unparsed_names,
     } = load::deserialize(text)?;
     // Meaning checks run even when some elements did not deserialize, so that one pass reports
-    // everything; only references into a section that lost elements are skipped, because the
-    // missing element may be the one they name.
-    let issues = validate::validate(&spec).into_iter().filter(|issue| {
-        issue
-            .refers_to
-            .is_none_or(|section| !incomplete_sections.contains(section))
-    });
+    // everything. References are checked against every name written, including the names of
+    // elements that did not deserialize; only references into a section that lost an element
+    // without a readable name are skipped, because that element may be the one they name.
+    let issues = validate::validate_with(&spec, &unparsed_names)
+        .into_iter()
+        .filter(|issue| {
+            issue
+                .refers_to
+                .is_none_or(|section| !incomplete_sections.contains(section))
+        });
     errors.extend(issues.map(|issue| source.error_at(&issue.path, issue.message)));
     if errors.is_empty() {
         return Ok(Config { spec, source });

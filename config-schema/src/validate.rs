@@ -2,7 +2,7 @@
 //! addresses are unique, regexes compile, numbers are in range, and mutually exclusive options are
 //! not combined. Every problem is collected; nothing stops at the first.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::spec::*;
@@ -21,7 +21,18 @@ pub struct Issue {
 
 /// Returns every problem in `spec`; an empty list means the config is valid.
 pub fn validate(spec: &ConfigSpec) -> Vec<Issue> {
-    let mut check = Checker::new(spec);
+    validate_with(spec, &BTreeMap::new())
+}
+
+/// Like [`validate`], for a spec that lost list elements which did not deserialize: `unparsed`
+/// holds the names written in them, by section (`"clusters"`, `"listeners"`, `"virtual_hosts"`).
+/// References to those names are not dangling: the element is there, only malformed (and
+/// reported as such).
+pub fn validate_with<'a>(
+    spec: &'a ConfigSpec,
+    unparsed: &'a BTreeMap<&'static str, BTreeSet<String>>,
+) -> Vec<Issue> {
+    let mut check = Checker::new(spec, unparsed);
     check.admin(&spec.admin);
     check.runtime(&spec.runtime);
     if let Some(identity) = &spec.identity {
@@ -59,12 +70,28 @@ struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    fn new(spec: &'a ConfigSpec) -> Self {
+    fn new(spec: &'a ConfigSpec, unparsed: &'a BTreeMap<&'static str, BTreeSet<String>>) -> Self {
+        let names = |section: &str, parsed: Vec<&'a str>| -> BTreeSet<&'a str> {
+            let written = unparsed.get(section).into_iter().flatten();
+            parsed
+                .into_iter()
+                .chain(written.map(String::as_str))
+                .collect()
+        };
         Self {
             issues: Vec::new(),
-            clusters: spec.clusters.iter().map(|c| c.name.as_str()).collect(),
-            listeners: spec.listeners.iter().map(|l| l.name.as_str()).collect(),
-            virtual_hosts: spec.virtual_hosts.iter().map(|v| v.name.as_str()).collect(),
+            clusters: names(
+                "clusters",
+                spec.clusters.iter().map(|c| c.name.as_str()).collect(),
+            ),
+            listeners: names(
+                "listeners",
+                spec.listeners.iter().map(|l| l.name.as_str()).collect(),
+            ),
+            virtual_hosts: names(
+                "virtual_hosts",
+                spec.virtual_hosts.iter().map(|v| v.name.as_str()).collect(),
+            ),
             l4_clusters: l4_clusters(&spec.listeners),
             has_identity: spec.identity.is_some(),
             seen: HashMap::new(),

@@ -397,6 +397,119 @@ fn every_error_is_reported_in_one_pass() {
     assert_eq!(lines, sorted, "errors are reported in file order");
 }
 
+/// A bad enum value and a bad duration in the clusters do not hide a route that names a cluster
+/// that is not there at all: the names written in elements that failed to deserialize still count
+/// as defined, every other name does not.
+#[test]
+fn references_are_checked_even_when_a_section_lost_elements() {
+    let text = BASE
+        .replace(
+            "[\"127.0.0.1:9000\"]",
+            "[\"127.0.0.1:9000\"]\nlb_policy = \"fastest\"",
+        )
+        .replace(
+            "[\"127.0.0.1:8080\"]",
+            "[\"127.0.0.1:8080\"]\nconnect_timeout = \"5 parsecs\"",
+        )
+        .replace("cluster = \"web\"\n", "cluster = \"wbe\"\n");
+    let errors = errors_of(&text);
+    let found: Vec<(&str, usize)> = errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("clusters[0].connect_timeout", line_of(&text, "5 parsecs")),
+            ("clusters[1].lb_policy", line_of(&text, "fastest")),
+            (
+                "virtual_hosts[0].routes[0].cluster",
+                line_of(&text, "cluster = \"wbe\"")
+            ),
+        ],
+        "{errors:#?}"
+    );
+    assert!(
+        errors[2].message.contains("(clusters: db, web)"),
+        "{errors:#?}"
+    );
+}
+
+/// An element whose name cannot be read might be the one a reference names: references into its
+/// section are not checked (and not guessed to be dangling).
+#[test]
+fn references_into_a_section_with_a_nameless_broken_element_are_not_guessed() {
+    let text = BASE
+        .replace("name = \"db\"\nendpoints", "name = 5\nendpoints")
+        .replace("cluster = \"web\"\n", "cluster = \"wbe\"\n");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, "clusters[1].name");
+}
+
+/// Every shape error inside one element is reported, not only the first serde meets; a required
+/// key that is reported as malformed is not also reported as missing.
+#[test]
+fn every_shape_error_in_one_element_is_reported() {
+    let text = BASE
+        .replace("127.0.0.1:15081", "db.local:15081")
+        .replace(
+            "cluster = \"db\"\n",
+            "cluster = \"db\"\nidle_timeout = \"soon\"\nmax_conections = 5\nlimits = { max_headers = \"many\" }\n",
+        );
+    let errors = errors_of(&text);
+    let found: Vec<(&str, usize)> = errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("listeners[1].address", line_of(&text, "db.local")),
+            ("listeners[1].idle_timeout", line_of(&text, "\"soon\"")),
+            (
+                "listeners[1].max_conections",
+                line_of(&text, "max_conections")
+            ),
+            (
+                "listeners[1].limits.max_headers",
+                line_of(&text, "\"many\"")
+            ),
+        ],
+        "{errors:#?}"
+    );
+    assert!(
+        errors.iter().all(|e| !e.message.contains("missing field")),
+        "{errors:#?}"
+    );
+
+    // Nested: a malformed required key of an optional table is reported once, and the keys of the
+    // route after it are still read.
+    let text = format!(
+        "{BASE}mirror = {{ cluster = 5 }}\ntimeout = \"never\"\nmax_request_body = \"huge\"\n"
+    );
+    let errors = errors_of(&text);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "virtual_hosts[0].routes[0].mirror.cluster",
+            "virtual_hosts[0].routes[0].timeout",
+            "virtual_hosts[0].routes[0].max_request_body",
+        ],
+        "{errors:#?}"
+    );
+
+    // Several bad endpoints in one list.
+    let text = BASE.replace(
+        "[\"127.0.0.1:9000\"]",
+        "[\"db-1:9000\", \"127.0.0.1:9001\", { address = \"127.0.0.1:9002\", wieght = 2 }, \"db-3:9000\"]",
+    );
+    let paths: Vec<String> = errors_of(&text).into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "clusters[1].endpoints[0]",
+            "clusters[1].endpoints[2].wieght",
+            "clusters[1].endpoints[3]",
+        ]
+    );
+}
+
 #[test]
 fn references_into_a_broken_section_are_not_guessed() {
     // The `db` cluster fails to deserialize; the listener that names it must not also be reported
