@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, Cache};
 use config_schema::{
-    Config, ConfigError, ConfigSpec, Http2Spec, LbPolicy, ListenerProtocol, UpstreamProtocol,
+    Config, ConfigError, ConfigSpec, Http2Spec, L4Copy, LbPolicy, ListenerProtocol,
+    UpstreamProtocol,
 };
 
 use crate::access_log::AccessLogSink;
@@ -95,6 +96,8 @@ pub struct Listener {
     pub idle_timeout: Option<Duration>,
     /// HTTP settings, for `http` and `auto` listeners.
     pub http: Option<HttpSettings>,
+    /// How opaque TCP connections move bytes (`[runtime] l4_copy`).
+    pub l4_copy: L4Copy,
     /// Counters, carried across reloads by name.
     pub stats: Arc<ListenerStats>,
 }
@@ -283,6 +286,7 @@ pub fn compile(
                 max_connections: l.max_connections,
                 idle_timeout,
                 http,
+                l4_copy: spec.runtime.l4_copy,
                 stats,
             }
         })

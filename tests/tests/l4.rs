@@ -17,6 +17,7 @@ const MIB: usize = 1024 * 1024;
 
 both_drivers!(
     megabyte_both_ways_arrives_byte_exact,
+    megabyte_both_ways_arrives_byte_exact_through_splice,
     client_half_close_keeps_the_download_open,
     upstream_half_close_keeps_the_upload_open,
     two_hundred_concurrent_connections_reach_every_worker,
@@ -32,11 +33,23 @@ both_drivers!(
 /// 1 MiB from the client to the upstream and a different 1 MiB back, at the same time: both
 /// arrive byte for byte, and the byte counters say so.
 fn megabyte_both_ways_arrives_byte_exact(driver: Driver) {
+    megabyte_both_ways(driver, "");
+}
+
+/// The same with `l4_copy = "splice"`: the bytes go socket to pipe to socket.
+fn megabyte_both_ways_arrives_byte_exact_through_splice(driver: Driver) {
+    megabyte_both_ways(driver, "[runtime]\nl4_copy = \"splice\"\n");
+}
+
+fn megabyte_both_ways(driver: Driver, prefix: &str) {
     let upload = payload(MIB, 1);
     let download = Arc::new(payload(MIB, 2));
     let (server, recordings) = Upstream::send_and_record(Arc::clone(&download));
     let proxy = Proxy::start(
-        &tcp_listener("bulk", &[server.address()], "", ""),
+        &format!(
+            "{prefix}{}",
+            tcp_listener("bulk", &[server.address()], "", "")
+        ),
         driver,
         2,
     );

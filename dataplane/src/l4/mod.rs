@@ -53,7 +53,7 @@ pub async fn proxy(
             return;
         }
     }
-    let outcome = match snapshot.spec.runtime.l4_copy {
+    let outcome = match listener.l4_copy {
         L4Copy::Buffer => {
             copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
         }
