@@ -583,7 +583,7 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
             format!("{BASE}retries = {{ attempts = 99 }}\n"),
             "virtual_hosts[0].routes[0].retries",
             "retries =",
-            "never retried",
+            "answered with its error, not retried",
         ),
         (
             format!("{BASE}fault = {{ abort = {{ percent = 1.0, status = 42 }} }}\n"),
