@@ -2,18 +2,24 @@
 //!
 //! serde stops at the first error, so the file is first parsed into a spanned TOML tree, and then
 //! each top-level section and each element of each list is deserialized on its own. That way a
-//! file with a bad listener and a bad cluster reports both. The same tree gives every value's
-//! position, which turns a TOML path into a line and column.
+//! file with a bad listener and a bad cluster reports both. Within one element, after an error
+//! the offending key is taken out and the element is tried again, so a cluster with a bad policy
+//! and a bad timeout reports both too. The same tree gives every value's position, which turns a
+//! TOML path into a line and column.
+//!
+//! Before that, the keys the data plane does not act on yet ([`crate::support`]) are taken out of
+//! the tree, each with one error.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use serde::de::DeserializeOwned;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::de::{DeArray, DeTable, DeValue, ValueDeserializer};
 
 use crate::ConfigError;
 use crate::spec::ConfigSpec;
+use crate::support;
 
 /// Positions of the values in a config file, keyed by TOML path.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +69,23 @@ impl SourceMap {
             }
             let cut = candidate.rfind(['.', '['])?;
             candidate = &candidate[..cut];
+        }
+    }
+
+    /// An error about the key at `path` (where the key is written, rather than its value), or,
+    /// if no key has that path, about the value at `path`.
+    pub fn key_error_at(&self, path: &str, message: String) -> ConfigError {
+        match self.key_spans.iter().find(|(_, p)| p == path) {
+            Some((span, _)) => {
+                let (line, column) = self.line_column(span.start);
+                ConfigError {
+                    path: path.to_owned(),
+                    line,
+                    column,
+                    message,
+                }
+            }
+            None => self.error_at(path, message),
         }
     }
 
@@ -141,19 +164,22 @@ const SECTIONS: &[(&str, bool)] = &[
 ];
 
 /// What deserialization produced: a spec (elements that did not fit are left out), the shape
-/// errors, and which sections lost elements — references into those cannot be checked.
+/// errors, the names written in the elements left out (references to them are not dangling), and
+/// the sections that lost an element whose name could not be read — references into those
+/// cannot be checked.
 pub(crate) struct Loaded {
     pub(crate) spec: ConfigSpec,
     pub(crate) source: SourceMap,
     pub(crate) errors: Vec<ConfigError>,
     pub(crate) incomplete_sections: BTreeSet<&'static str>,
+    pub(crate) unparsed_names: WrittenNames,
 }
 
 /// Deserializes `text` section by section, collecting every shape error. Only a syntax error (the
 /// text is not TOML) fails outright.
 pub(crate) fn deserialize(text: &str) -> Result<Loaded, Vec<ConfigError>> {
     let mut source = SourceMap::new(text);
-    let (root, syntax_errors) = DeTable::parse_recoverable(text);
+    let (mut root, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
         return Err(syntax_errors
             .iter()
@@ -166,10 +192,14 @@ pub(crate) fn deserialize(text: &str) -> Result<Loaded, Vec<ConfigError>> {
         source.record(&path, value);
     }
 
+    let mut errors = Vec::new();
+    reject_unsupported(root.get_mut(), "", &source, &mut errors);
+
     let mut loader = Loader {
         source: &source,
-        errors: Vec::new(),
+        errors,
         incomplete: BTreeSet::new(),
+        unparsed_names: WrittenNames::new(),
     };
     let mut spec = ConfigSpec::default();
     for (key, value) in root.get_ref().iter() {
@@ -210,24 +240,71 @@ pub(crate) fn deserialize(text: &str) -> Result<Loaded, Vec<ConfigError>> {
         }
     }
     let Loader {
-        errors, incomplete, ..
+        errors,
+        incomplete,
+        unparsed_names,
+        ..
     } = loader;
     Ok(Loaded {
         spec,
         source,
         errors,
         incomplete_sections: incomplete,
+        unparsed_names,
     })
+}
+
+/// Takes every key that the data plane does not act on yet ([`support::NOT_SUPPORTED`]) out of
+/// `table`, the table at `path`, with one error at each. What is taken out is not deserialized, so
+/// a rejected subtree gives that one error and no errors about its contents.
+fn reject_unsupported(
+    table: &mut DeTable<'_>,
+    path: &str,
+    source: &SourceMap,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut rejected = Vec::new();
+    for (key, value) in table.iter_mut() {
+        let child = join_key(path, key.get_ref());
+        match support::unsupported(&child) {
+            Some(entry) => {
+                errors.push(source.key_error_at(&child, entry.message()));
+                rejected.push(key.get_ref().clone().into_owned());
+            }
+            None => reject_unsupported_in(value.get_mut(), &child, source, errors),
+        }
+    }
+    for key in rejected {
+        table.remove(key.as_str());
+    }
+}
+
+fn reject_unsupported_in(
+    value: &mut DeValue<'_>,
+    path: &str,
+    source: &SourceMap,
+    errors: &mut Vec<ConfigError>,
+) {
+    match value {
+        DeValue::Table(table) => reject_unsupported(table, path, source, errors),
+        DeValue::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                reject_unsupported_in(item.get_mut(), &format!("{path}[{index}]"), source, errors);
+            }
+        }
+        _ => {}
+    }
 }
 
 struct Loader<'a> {
     source: &'a SourceMap,
     errors: Vec<ConfigError>,
     incomplete: BTreeSet<&'static str>,
+    unparsed_names: WrittenNames,
 }
 
 impl Loader<'_> {
-    /// Deserializes one section into `slot`, recording the error if it does not fit.
+    /// Deserializes one section into `slot`, recording every error if it does not fit.
     fn section<T: DeserializeOwned>(
         &mut self,
         path: &str,
@@ -242,16 +319,14 @@ impl Loader<'_> {
             );
             return;
         }
-        match T::deserialize(ValueDeserializer::from(value.clone())) {
-            Ok(parsed) => *slot = parsed,
-            Err(e) => {
-                let error = toml_error(self.source, path, &e);
-                self.errors.push(error);
-            }
+        if let Some(parsed) = self.deserialize(path, value) {
+            *slot = parsed;
         }
     }
 
-    /// Deserializes each element of a list of tables on its own.
+    /// Deserializes each element of a list of tables on its own. An element that does not fit is
+    /// left out, but the name written in it is kept, so that references to it are not reported
+    /// as dangling; without a readable name, references into the whole section go unchecked.
     fn list<T: DeserializeOwned>(
         &mut self,
         path: &'static str,
@@ -267,15 +342,178 @@ impl Loader<'_> {
         };
         for (index, item) in items.iter().enumerate() {
             let item_path = format!("{path}[{index}]");
-            match T::deserialize(ValueDeserializer::from(item.clone())) {
-                Ok(parsed) => slot.push(parsed),
-                Err(e) => {
-                    let error = toml_error(self.source, &item_path, &e);
-                    self.errors.push(error);
-                    self.incomplete.insert(path);
-                }
+            match self.deserialize(&item_path, item) {
+                Some(parsed) => slot.push(parsed),
+                None => match written_name(item.get_ref()) {
+                    Some(name) => {
+                        self.unparsed_names.entry(path).or_default().insert(name);
+                    }
+                    None => {
+                        self.incomplete.insert(path);
+                    }
+                },
             }
         }
+    }
+
+    /// Deserializes `value` (at `path`), recording every shape error in it rather than the first:
+    /// after an error, the key or list element it is about is taken out and the rest is tried
+    /// again, until the rest fits or an error is about `value` as a whole. `None` if there was
+    /// any error: a value with parts taken out is not what the file says, so it is not used.
+    fn deserialize<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<T> {
+        let mut value = value.clone();
+        let mut failed = false;
+        // Keys taken out, as (span of the table they were in, key): a "missing field" error about
+        // one of them is a consequence of an error already reported, not an error of its own.
+        let mut taken_out: Vec<(Range<usize>, String)> = Vec::new();
+        // Each round takes out one part of a finite tree; the bound is only a safety net.
+        for _ in 0..MAX_REPAIRS {
+            let error = match T::deserialize(ValueDeserializer::from(value.clone())) {
+                Ok(parsed) => return (!failed).then_some(parsed),
+                Err(error) => error,
+            };
+            let consequence = error.span().is_some_and(|span| {
+                missing_field(error.message())
+                    .is_some_and(|key| taken_out.iter().any(|(s, k)| *s == span && k == key))
+            });
+            if !consequence {
+                self.errors.push(toml_error(self.source, path, &error));
+            }
+            failed = true;
+            // No position, or one that is about the whole value: nothing to take out.
+            let span = error.span()?;
+            let trail = locate(&value, &span)?;
+            if let Some(removed) = take_out(&mut value, &trail)? {
+                taken_out.push(removed);
+            }
+        }
+        None
+    }
+}
+
+/// Names written in list elements that did not deserialize, by section.
+pub(crate) type WrittenNames = BTreeMap<&'static str, BTreeSet<String>>;
+
+/// Most parts taken out of one section or list element while collecting its errors.
+const MAX_REPAIRS: usize = 1000;
+
+/// The `name` written in a list element, if it is a string.
+fn written_name(item: &DeValue<'_>) -> Option<String> {
+    item.as_table()?
+        .get("name")?
+        .get_ref()
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The key of serde's "missing field `key`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .trim()
+        .strip_prefix("missing field `")?
+        .strip_suffix('`')
+}
+
+/// One step into a TOML value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The steps from `root` to the smallest key or list element (strictly inside `root`) whose key
+/// or value contains `span`: what an error at `span` is about. The values of tables written as
+/// `[header]` or dotted keys do not span their contents, so every node is looked at.
+fn locate(root: &Spanned<DeValue<'_>>, span: &Range<usize>) -> Option<Vec<Step>> {
+    fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+        outer.start <= inner.start && inner.end <= outer.end
+    }
+    fn consider(
+        candidate: &Range<usize>,
+        span: &Range<usize>,
+        trail: &[Step],
+        best: &mut Option<(usize, Vec<Step>)>,
+    ) {
+        // On a tie the later (deeper) node wins: a dotted key's table spans only its key.
+        if contains(candidate, span)
+            && best
+                .as_ref()
+                .is_none_or(|(size, _)| candidate.len() <= *size)
+        {
+            *best = Some((candidate.len(), trail.to_vec()));
+        }
+    }
+    fn walk(
+        value: &DeValue<'_>,
+        span: &Range<usize>,
+        trail: &mut Vec<Step>,
+        best: &mut Option<(usize, Vec<Step>)>,
+    ) {
+        match value {
+            DeValue::Table(table) => {
+                for (key, child) in table.iter() {
+                    trail.push(Step::Key(key.get_ref().to_string()));
+                    consider(&key.span(), span, trail, best);
+                    consider(&child.span(), span, trail, best);
+                    walk(child.get_ref(), span, trail, best);
+                    trail.pop();
+                }
+            }
+            DeValue::Array(items) => {
+                for (index, child) in items.iter().enumerate() {
+                    trail.push(Step::Index(index));
+                    consider(&child.span(), span, trail, best);
+                    walk(child.get_ref(), span, trail, best);
+                    trail.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut best = None;
+    walk(root.get_ref(), span, &mut Vec::new(), &mut best);
+    best.map(|(_, trail)| trail)
+}
+
+/// Takes the key or element at `trail` out of `root`. Returns `None` if there is none, else, for
+/// a key, the span of the table it was in and the key.
+fn take_out(
+    root: &mut Spanned<DeValue<'_>>,
+    trail: &[Step],
+) -> Option<Option<(Range<usize>, String)>> {
+    let (last, parents) = trail.split_last()?;
+    let mut node = root;
+    for step in parents {
+        node = match (node.get_mut(), step) {
+            (DeValue::Table(table), Step::Key(key)) => table.get_mut(key.as_str())?,
+            (DeValue::Array(items), Step::Index(index)) => items.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    let parent_span = node.span();
+    match (node.get_mut(), last) {
+        (DeValue::Table(table), Step::Key(key)) => {
+            table.remove(key.as_str())?;
+            Some(Some((parent_span, key.clone())))
+        }
+        (DeValue::Array(items), Step::Index(index)) => {
+            if *index >= items.len() {
+                return None;
+            }
+            let mut kept = DeArray::new();
+            for (i, item) in items.iter().enumerate() {
+                if i != *index {
+                    kept.push(item.clone());
+                }
+            }
+            *items = kept;
+            Some(None)
+        }
+        _ => None,
     }
 }
 

@@ -4,9 +4,11 @@
 //! silently ignored setting. Doc comments here become the descriptions in the generated JSON
 //! Schema (`ringmesh.schema.json`), so they are written for operators.
 //!
-//! The format covers the whole mission: some sections (TLS, authorization, retries, circuit
-//! breaking, fault injection, rate limiting, tracing) are validated here before the data plane
-//! acts on them; `docs/CONFIG.md` says which parts are live.
+//! The format covers the whole mission: some sections (workload identity, TLS, authorization,
+//! retries, circuit breaking, outlier detection, fault injection, rate limiting, tracing) are
+//! described here before the data plane acts on them. Until it does, [`crate::support`] rejects
+//! them as `not supported yet`; their types stay here so that the change that makes the data
+//! plane act on one only deletes its line there.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -2,7 +2,7 @@
 //! addresses are unique, regexes compile, numbers are in range, and mutually exclusive options are
 //! not combined. Every problem is collected; nothing stops at the first.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::spec::*;
@@ -21,7 +21,18 @@ pub struct Issue {
 
 /// Returns every problem in `spec`; an empty list means the config is valid.
 pub fn validate(spec: &ConfigSpec) -> Vec<Issue> {
-    let mut check = Checker::new(spec);
+    validate_with(spec, &BTreeMap::new())
+}
+
+/// Like [`validate`], for a spec that lost list elements which did not deserialize: `unparsed`
+/// holds the names written in them, by section (`"clusters"`, `"listeners"`, `"virtual_hosts"`).
+/// References to those names are not dangling: the element is there, only malformed (and
+/// reported as such).
+pub fn validate_with<'a>(
+    spec: &'a ConfigSpec,
+    unparsed: &'a BTreeMap<&'static str, BTreeSet<String>>,
+) -> Vec<Issue> {
+    let mut check = Checker::new(spec, unparsed);
     check.admin(&spec.admin);
     check.runtime(&spec.runtime);
     if let Some(identity) = &spec.identity {
@@ -50,18 +61,38 @@ struct Checker<'a> {
     clusters: BTreeSet<&'a str>,
     listeners: BTreeSet<&'a str>,
     virtual_hosts: BTreeSet<&'a str>,
+    /// Clusters that get opaque TCP connections, with the first listener that sends them:
+    /// (listener index, listener name).
+    l4_clusters: HashMap<&'a str, (usize, &'a str)>,
     has_identity: bool,
     /// Names seen per namespace, to report duplicates once each.
     seen: HashMap<&'static str, HashSet<String>>,
 }
 
 impl<'a> Checker<'a> {
-    fn new(spec: &'a ConfigSpec) -> Self {
+    fn new(spec: &'a ConfigSpec, unparsed: &'a BTreeMap<&'static str, BTreeSet<String>>) -> Self {
+        let names = |section: &str, parsed: Vec<&'a str>| -> BTreeSet<&'a str> {
+            let written = unparsed.get(section).into_iter().flatten();
+            parsed
+                .into_iter()
+                .chain(written.map(String::as_str))
+                .collect()
+        };
         Self {
             issues: Vec::new(),
-            clusters: spec.clusters.iter().map(|c| c.name.as_str()).collect(),
-            listeners: spec.listeners.iter().map(|l| l.name.as_str()).collect(),
-            virtual_hosts: spec.virtual_hosts.iter().map(|v| v.name.as_str()).collect(),
+            clusters: names(
+                "clusters",
+                spec.clusters.iter().map(|c| c.name.as_str()).collect(),
+            ),
+            listeners: names(
+                "listeners",
+                spec.listeners.iter().map(|l| l.name.as_str()).collect(),
+            ),
+            virtual_hosts: names(
+                "virtual_hosts",
+                spec.virtual_hosts.iter().map(|v| v.name.as_str()).collect(),
+            ),
+            l4_clusters: l4_clusters(&spec.listeners),
             has_identity: spec.identity.is_some(),
             seen: HashMap::new(),
         }
@@ -869,6 +900,13 @@ impl<'a> Checker<'a> {
 
     fn cluster(&mut self, path: &str, cluster: &ClusterSpec) {
         self.name(&format!("{path}.name"), "cluster", &cluster.name);
+        if cluster.endpoints.is_empty() {
+            self.issue(
+                format!("{path}.endpoints"),
+                "list at least one endpoint: a cluster without endpoints answers every request \
+                 with 503 and closes every connection",
+            );
+        }
         let mut seen = HashSet::new();
         for (i, endpoint) in cluster.endpoints.iter().enumerate() {
             let item = format!("{path}.endpoints[{i}]");
@@ -914,6 +952,7 @@ impl<'a> Checker<'a> {
                 if let Some(header) = &hash.header {
                     self.header_name(&format!("{path}.hash_policy.header"), header);
                 }
+                self.l4_hash_policy(path, &cluster.name, hash);
             }
             (None, false) => {}
         }
@@ -987,6 +1026,31 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A cluster that gets opaque TCP connections can hash only what a connection has: its source
+    /// address. A header or cookie there would never be found, and every connection would go to a
+    /// random endpoint.
+    fn l4_hash_policy(&mut self, path: &str, cluster: &str, hash: &HashPolicySpec) {
+        let Some(&(index, listener)) = self.l4_clusters.get(cluster) else {
+            return;
+        };
+        for (key, what, given) in [
+            ("header", "a header", hash.header.is_some()),
+            ("cookie", "a cookie", hash.cookie.is_some()),
+        ] {
+            if given {
+                self.issue(
+                    format!("{path}.hash_policy.{key}"),
+                    format!(
+                        "hashing on {what} needs HTTP requests, but listener {listener:?} \
+                         (listeners[{index}]) forwards TCP connections to this cluster, and a \
+                         connection has none: hash on source_ip, or give that listener a cluster \
+                         of its own"
+                    ),
+                );
+            }
+        }
+    }
+
     fn authorization_policy(&mut self, path: &str, policy: &AuthorizationPolicySpec) {
         self.name(
             &format!("{path}.name"),
@@ -1044,6 +1108,23 @@ const PROTECTED_HEADERS: &[&str] = &[
     "trailer",
     "proxy-connection",
 ];
+
+/// Clusters that tcp listeners, and `auto` listeners for non-HTTP traffic, forward connections
+/// to, each with the first such listener (index and name).
+fn l4_clusters(listeners: &[ListenerSpec]) -> HashMap<&str, (usize, &str)> {
+    let mut clusters = HashMap::new();
+    for (index, listener) in listeners.iter().enumerate() {
+        if listener.protocol == ListenerProtocol::Http {
+            continue;
+        }
+        if let Some(cluster) = &listener.cluster {
+            clusters
+                .entry(cluster.as_str())
+                .or_insert((index, listener.name.as_str()));
+        }
+    }
+    clusters
+}
 
 fn join_names(names: &BTreeSet<&str>) -> String {
     if names.is_empty() {

@@ -397,6 +397,119 @@ fn every_error_is_reported_in_one_pass() {
     assert_eq!(lines, sorted, "errors are reported in file order");
 }
 
+/// A bad enum value and a bad duration in the clusters do not hide a route that names a cluster
+/// that is not there at all: the names written in elements that failed to deserialize still count
+/// as defined, every other name does not.
+#[test]
+fn references_are_checked_even_when_a_section_lost_elements() {
+    let text = BASE
+        .replace(
+            "[\"127.0.0.1:9000\"]",
+            "[\"127.0.0.1:9000\"]\nlb_policy = \"fastest\"",
+        )
+        .replace(
+            "[\"127.0.0.1:8080\"]",
+            "[\"127.0.0.1:8080\"]\nconnect_timeout = \"5 parsecs\"",
+        )
+        .replace("cluster = \"web\"\n", "cluster = \"wbe\"\n");
+    let errors = errors_of(&text);
+    let found: Vec<(&str, usize)> = errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("clusters[0].connect_timeout", line_of(&text, "5 parsecs")),
+            ("clusters[1].lb_policy", line_of(&text, "fastest")),
+            (
+                "virtual_hosts[0].routes[0].cluster",
+                line_of(&text, "cluster = \"wbe\"")
+            ),
+        ],
+        "{errors:#?}"
+    );
+    assert!(
+        errors[2].message.contains("(clusters: db, web)"),
+        "{errors:#?}"
+    );
+}
+
+/// An element whose name cannot be read might be the one a reference names: references into its
+/// section are not checked (and not guessed to be dangling).
+#[test]
+fn references_into_a_section_with_a_nameless_broken_element_are_not_guessed() {
+    let text = BASE
+        .replace("name = \"db\"\nendpoints", "name = 5\nendpoints")
+        .replace("cluster = \"web\"\n", "cluster = \"wbe\"\n");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, "clusters[1].name");
+}
+
+/// Every shape error inside one element is reported, not only the first serde meets; a required
+/// key that is reported as malformed is not also reported as missing.
+#[test]
+fn every_shape_error_in_one_element_is_reported() {
+    let text = BASE
+        .replace("127.0.0.1:15081", "db.local:15081")
+        .replace(
+            "cluster = \"db\"\n",
+            "cluster = \"db\"\nidle_timeout = \"soon\"\nmax_conections = 5\nlimits = { max_headers = \"many\" }\n",
+        );
+    let errors = errors_of(&text);
+    let found: Vec<(&str, usize)> = errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("listeners[1].address", line_of(&text, "db.local")),
+            ("listeners[1].idle_timeout", line_of(&text, "\"soon\"")),
+            (
+                "listeners[1].max_conections",
+                line_of(&text, "max_conections")
+            ),
+            (
+                "listeners[1].limits.max_headers",
+                line_of(&text, "\"many\"")
+            ),
+        ],
+        "{errors:#?}"
+    );
+    assert!(
+        errors.iter().all(|e| !e.message.contains("missing field")),
+        "{errors:#?}"
+    );
+
+    // Nested: a malformed required key of an optional table is reported once, and the keys of the
+    // route after it are still read.
+    let text = format!(
+        "{BASE}mirror = {{ cluster = 5 }}\ntimeout = \"never\"\nmax_request_body = \"huge\"\n"
+    );
+    let errors = errors_of(&text);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "virtual_hosts[0].routes[0].mirror.cluster",
+            "virtual_hosts[0].routes[0].timeout",
+            "virtual_hosts[0].routes[0].max_request_body",
+        ],
+        "{errors:#?}"
+    );
+
+    // Several bad endpoints in one list.
+    let text = BASE.replace(
+        "[\"127.0.0.1:9000\"]",
+        "[\"db-1:9000\", \"127.0.0.1:9001\", { address = \"127.0.0.1:9002\", wieght = 2 }, \"db-3:9000\"]",
+    );
+    let paths: Vec<String> = errors_of(&text).into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "clusters[1].endpoints[0]",
+            "clusters[1].endpoints[2].wieght",
+            "clusters[1].endpoints[3]",
+        ]
+    );
+}
+
 #[test]
 fn references_into_a_broken_section_are_not_guessed() {
     // The `db` cluster fails to deserialize; the listener that names it must not also be reported
@@ -408,4 +521,203 @@ fn references_into_a_broken_section_are_not_guessed() {
     let errors = errors_of(&text);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].path, "clusters[1].lb_policy");
+}
+
+/// Every key that the data plane would ignore is rejected with one error at the key's line,
+/// whose message says what would have gone wrong; nothing inside the rejected subtree is
+/// reported, even when it is itself wrong.
+#[test]
+fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
+    // (config, path, the line's text, what the message says)
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        (
+            format!(
+                "[identity]\ntrust_domain = \"Not Valid\"\ncert = \"\"\nkey = \"k\"\nca_bundle = \"c\"\n{BASE}"
+            ),
+            "identity",
+            "[identity]",
+            "plaintext and unauthenticated",
+        ),
+        (
+            format!("{BASE}\n[telemetry.tracing]\nsample_percent = 150.0\n"),
+            "telemetry.tracing",
+            "[telemetry.tracing]",
+            "no span would be sampled",
+        ),
+        (
+            BASE.replace(
+                "protocol = \"auto\"",
+                "protocol = \"auto\"\ntls = { mode = \"terminate\" }",
+            ),
+            "listeners[0].tls",
+            "tls = {",
+            "this listener would serve plaintext",
+        ),
+        (
+            BASE.replace(
+                "[\"127.0.0.1:9000\"]",
+                "[\"127.0.0.1:9000\"]\ntls.expected_spiffe_ids = [\"nonsense\"]",
+            ),
+            "clusters[1].tls",
+            "tls.expected_spiffe_ids",
+            "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]",
+        ),
+        (
+            format!(
+                "{BASE}\n[[authorization_policies]]\nname = \"p\"\naction = \"maybe\"\nlisteners = [\"nope\"]\n"
+            ),
+            "authorization_policies",
+            "[[authorization_policies]]",
+            "every request would be allowed",
+        ),
+        (
+            BASE.replace(
+                "domains = [\"*\"]",
+                "domains = [\"*\"]\nrate_limit = { requests_per_second = 0 }",
+            ),
+            "virtual_hosts[0].rate_limit",
+            "rate_limit =",
+            "requests above the limit would be forwarded",
+        ),
+        (
+            format!("{BASE}retries = {{ attempts = 99 }}\n"),
+            "virtual_hosts[0].routes[0].retries",
+            "retries =",
+            "answered with its error, not retried",
+        ),
+        (
+            format!("{BASE}fault = {{ abort = {{ percent = 1.0, status = 42 }} }}\n"),
+            "virtual_hosts[0].routes[0].fault",
+            "fault =",
+            "no request would be delayed or aborted",
+        ),
+        (
+            format!("{BASE}rate_limit = {{ requests_per_second = 5 }}\n"),
+            "virtual_hosts[0].routes[0].rate_limit",
+            "rate_limit =",
+            "remove rate_limit from this route",
+        ),
+        (
+            BASE.replace(
+                "[\"127.0.0.1:8080\"]",
+                "[\"127.0.0.1:8080\"]\ncircuit_breaker = { max_requests = 0 }",
+            ),
+            "clusters[0].circuit_breaker",
+            "circuit_breaker",
+            "failing fast",
+        ),
+        (
+            BASE.replace(
+                "[\"127.0.0.1:8080\"]",
+                "[\"127.0.0.1:8080\"]\n[clusters.outlier_detection]\ninterval = \"0s\"",
+            ),
+            "clusters[0].outlier_detection",
+            "[clusters.outlier_detection]",
+            "never be ejected",
+        ),
+    ];
+    for (text, path, line_text, needle) in &cases {
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1, "{path}: one error, got {errors:#?}");
+        let error = &errors[0];
+        assert_eq!(error.path, *path);
+        assert_eq!(error.line, line_of(text, line_text), "{path}");
+        assert!(
+            error.message.starts_with("not supported yet: "),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains(needle), "{path}: {}", error.message);
+    }
+}
+
+/// TLS passthrough with SNI routes on a tcp listener is rejected too (today every connection
+/// would be closed); without it the listener has nowhere to send connections, which is said too.
+#[test]
+fn sni_routes_on_a_tcp_listener_are_rejected() {
+    let text = format!(
+        "{BASE}\n[[listeners]]\nname = \"sni\"\naddress = \"127.0.0.1:15443\"\nprotocol = \"tcp\"\n\
+         [listeners.tls]\nmode = \"passthrough\"\nsni_routes = {{ \"db.example.com\" = \"db\" }}\n"
+    );
+    assert_rejected(
+        &text,
+        "listeners[2].tls",
+        line_of(&text, "[listeners.tls]"),
+        "not supported yet: TLS on listeners",
+    );
+    assert_rejected(
+        &text,
+        "listeners[2]",
+        line_of(&text, "name = \"sni\"") - 1,
+        "needs a `cluster`",
+    );
+    assert_eq!(errors_of(&text).len(), 2);
+}
+
+#[test]
+fn a_cluster_without_endpoints_is_rejected() {
+    let text = BASE.replace("[\"127.0.0.1:9000\"]", "[]");
+    assert_rejected(
+        &text,
+        "clusters[1].endpoints",
+        line_of(&text, "endpoints = []"),
+        "list at least one endpoint",
+    );
+    // Left out, the error points at the cluster.
+    let text = BASE.replace("endpoints = [\"127.0.0.1:9000\"]\n", "");
+    let cluster_header = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| *l == "[[clusters]]")
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .expect("two clusters");
+    assert_rejected(
+        &text,
+        "clusters[1].endpoints",
+        cluster_header,
+        "answers every request with 503",
+    );
+}
+
+/// Connections forwarded as opaque TCP have no headers or cookies: hashing on one is refused on
+/// a cluster that a tcp listener, or an auto listener's `cluster`, uses; source_ip works.
+#[test]
+fn header_and_cookie_hashing_are_rejected_on_clusters_that_get_tcp_connections() {
+    let text = BASE.replace(
+        "[\"127.0.0.1:9000\"]",
+        "[\"127.0.0.1:9000\"]\nlb_policy = \"ring_hash\"\nhash_policy = { header = \"x-user\" }",
+    );
+    assert_rejected(
+        &text,
+        "clusters[1].hash_policy.header",
+        line_of(&text, "hash_policy"),
+        "hashing on a header needs HTTP requests, but listener \"db\" (listeners[1]) forwards TCP",
+    );
+    assert_eq!(errors_of(&text).len(), 1);
+
+    let text = BASE
+        .replace("protocol = \"auto\"", "protocol = \"auto\"\ncluster = \"web\"")
+        .replace(
+            "[\"127.0.0.1:8080\"]",
+            "[\"127.0.0.1:8080\"]\nlb_policy = \"maglev\"\n[clusters.hash_policy]\ncookie = \"session\"",
+        );
+    assert_rejected(
+        &text,
+        "clusters[0].hash_policy.cookie",
+        line_of(&text, "cookie = \"session\""),
+        "hashing on a cookie needs HTTP requests, but listener \"web\" (listeners[0])",
+    );
+
+    let text = BASE.replace(
+        "[\"127.0.0.1:9000\"]",
+        "[\"127.0.0.1:9000\"]\nlb_policy = \"ring_hash\"\nhash_policy = { source_ip = true }",
+    );
+    parse(&text).expect("source_ip hashing works on L4");
+    // The same header hashing on a cluster only HTTP routes use is fine.
+    let text = BASE.replace(
+        "[\"127.0.0.1:8080\"]",
+        "[\"127.0.0.1:8080\"]\nlb_policy = \"ring_hash\"\nhash_policy = { header = \"x-user\" }",
+    );
+    parse(&text).expect("header hashing works for HTTP");
 }

@@ -1,9 +1,10 @@
 //! The L4 (opaque TCP) proxy over real sockets: byte-exact transfers, half-close, many concurrent
-//! connections spread over workers, endpoint fallback, connect and idle timeouts, the connection
-//! limit, and upstreams that refuse or reset. Every test runs on io_uring and on epoll.
+//! connections spread over workers, endpoint fallback, least-request balancing of open
+//! connections, connect and idle timeouts, the connection limit, and upstreams that refuse or
+//! reset. Every test runs on io_uring and on epoll.
 
-use std::io::Write;
-use std::net::{Shutdown, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +17,13 @@ const MIB: usize = 1024 * 1024;
 
 both_drivers!(
     megabyte_both_ways_arrives_byte_exact,
+    megabyte_both_ways_arrives_byte_exact_through_splice,
     client_half_close_keeps_the_download_open,
     upstream_half_close_keeps_the_upload_open,
     two_hundred_concurrent_connections_reach_every_worker,
     first_endpoint_refused_falls_through_to_the_next,
     connect_timeout_falls_through_to_the_next_endpoint,
+    least_request_sends_new_connections_to_the_endpoint_with_fewer_open,
     connect_timeout_with_no_reachable_endpoint_closes_the_client,
     idle_connections_are_closed_and_active_ones_kept,
     max_connections_closes_the_excess_and_recovers,
@@ -30,11 +33,23 @@ both_drivers!(
 /// 1 MiB from the client to the upstream and a different 1 MiB back, at the same time: both
 /// arrive byte for byte, and the byte counters say so.
 fn megabyte_both_ways_arrives_byte_exact(driver: Driver) {
+    megabyte_both_ways(driver, "");
+}
+
+/// The same with `l4_copy = "splice"`: the bytes go socket to pipe to socket.
+fn megabyte_both_ways_arrives_byte_exact_through_splice(driver: Driver) {
+    megabyte_both_ways(driver, "[runtime]\nl4_copy = \"splice\"\n");
+}
+
+fn megabyte_both_ways(driver: Driver, prefix: &str) {
     let upload = payload(MIB, 1);
     let download = Arc::new(payload(MIB, 2));
     let (server, recordings) = Upstream::send_and_record(Arc::clone(&download));
     let proxy = Proxy::start(
-        &tcp_listener("bulk", &[server.address()], "", ""),
+        &format!(
+            "{prefix}{}",
+            tcp_listener("bulk", &[server.address()], "", "")
+        ),
         driver,
         2,
     );
@@ -289,6 +304,77 @@ fn falls_through(
         "nothing counts in {not_counted}: {clusters:#}"
     );
     assert_eq!(echo.accepted(), CONNECTIONS);
+}
+
+/// `least_request` on a tcp listener counts the connections open on each endpoint: with one
+/// endpoint still holding its connections and the other's closed, every new connection goes to
+/// the other, until both hold as many again. Round robin or random would send some to the busy
+/// one. One worker, because the counts are per worker.
+fn least_request_sends_new_connections_to_the_endpoint_with_fewer_open(driver: Driver) {
+    // Each upstream names itself with one byte, then holds the connection until the client's FIN.
+    let tagged = |tag: u8| {
+        Upstream::spawn(move |mut stream, _| {
+            if stream.write_all(&[tag]).is_ok() {
+                let _ = upstream::read_all(&stream);
+                let _ = stream.shutdown(Shutdown::Write);
+            }
+        })
+    };
+    let (busy, idle) = (tagged(b'B'), tagged(b'I'));
+    let proxy = Proxy::start(
+        &tcp_listener(
+            "lr",
+            &[busy.address(), idle.address()],
+            "",
+            "lb_policy = \"least_request\"",
+        ),
+        driver,
+        1,
+    );
+    let address = proxy.listener("lr");
+    // One at a time: once the tag arrived, the proxy has counted the connection on its endpoint.
+    let open = |n: usize| -> Vec<(u8, TcpStream)> {
+        (0..n)
+            .map(|_| {
+                let mut stream = connect(address);
+                let mut tag = [0u8; 1];
+                stream
+                    .read_exact(&mut tag)
+                    .expect("the upstream's name through the proxy");
+                (tag[0], stream)
+            })
+            .collect()
+    };
+    let count = |connections: &[(u8, TcpStream)], tag: u8| {
+        connections.iter().filter(|(t, _)| *t == tag).count()
+    };
+
+    // Equal counts after every second connection, whichever endpoint wins the ties.
+    let first = open(8);
+    assert_eq!(
+        (count(&first, b'B'), count(&first, b'I')),
+        (4, 4),
+        "the first 8 connections split evenly"
+    );
+    // The connections on `idle` end; those on `busy` stay open.
+    let (held, ended): (Vec<_>, Vec<_>) = first.into_iter().partition(|(tag, _)| *tag == b'B');
+    drop(ended);
+    proxy.wait_listener_counter("lr", "closed", 4);
+
+    let next = open(4);
+    assert_eq!(
+        count(&next, b'I'),
+        4,
+        "with 4 connections open on one endpoint and none on the other, the next 4 go to the other"
+    );
+    let last = open(2);
+    assert_eq!(
+        (count(&last, b'B'), count(&last, b'I')),
+        (1, 1),
+        "at 4 and 4 again, the next two split"
+    );
+    drop((held, next, last));
+    proxy.wait_listener_counter("lr", "closed", 14);
 }
 
 /// With only an unreachable endpoint, the client's connection is closed once the connect times

@@ -143,8 +143,9 @@ fn upgrades_under_load_refuse_and_reset_nothing(driver: Driver) {
     assert_eq!(old.stats().0["workers"].as_array().map(Vec::len), Some(2));
 }
 
-/// A new process that cannot start (here: a certificate file is missing) exits with an error
-/// after receiving the sockets; the old one never stops accepting and can still be upgraded.
+/// A new process that cannot start (here: the admin token file is missing, which only loading
+/// the config finds, after the sockets were received) exits with an error; the old one never
+/// stops accepting and can still be upgraded.
 fn a_failed_upgrade_leaves_the_old_process_serving(driver: Driver) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let socket = dir.path().join("upgrade.sock");
@@ -153,11 +154,11 @@ fn a_failed_upgrade_leaves_the_old_process_serving(driver: Driver) {
     let old = Proxy::builder(&good, driver).log_level("info").start();
     let web = old.listener("web");
 
-    let broken = config(
-        &app,
-        &socket,
-        "tls = { cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }\n",
+    let broken = good.replace(
+        &format!("token = \"{TOKEN}\""),
+        "token_file = \"/nonexistent/admin-token\"",
     );
+    assert_ne!(broken, good);
     let broken_path = dir.path().join("broken.toml");
     std::fs::write(&broken_path, broken).expect("write");
     let output = std::process::Command::new(tests::ringmesh_bin())
@@ -170,7 +171,7 @@ fn a_failed_upgrade_leaves_the_old_process_serving(driver: Driver) {
         .expect("run ringmesh");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("listeners[0].tls.cert"), "{stderr}");
+    assert!(stderr.contains("admin.token_file"), "{stderr}");
 
     wait_until(
         PATIENCE,

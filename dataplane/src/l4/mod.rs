@@ -1,8 +1,10 @@
 //! L4 (opaque TCP) proxying: pick an endpoint, connect, copy bytes both ways.
 //!
 //! The whole path for one connection is [`proxy`]: it keeps the snapshot the connection started
-//! with, tries endpoints in round-robin order until one accepts within the cluster's connect
-//! timeout, and then hands both sockets to [`copy::bidirectional`].
+//! with, starts at the endpoint the cluster's load balancer picks and tries the next ones in turn
+//! until one accepts within the cluster's connect timeout, and then hands both sockets to
+//! [`copy::bidirectional`] (or [`splice::bidirectional`]). The connection counts as in flight on
+//! its endpoint for its whole life, so `least_request` balances open connections.
 
 pub mod copy;
 pub mod splice;
@@ -15,6 +17,7 @@ use tracing::debug;
 
 use crate::core::Core;
 use crate::snapshot::{Cluster, Listener, Snapshot};
+use crate::upstream::InFlightGuard;
 
 /// Proxies one downstream connection to the listener's cluster until both sides are done.
 pub async fn proxy(
@@ -29,8 +32,9 @@ pub async fn proxy(
         debug!(listener = %listener.name, %peer, "no cluster for opaque traffic; closing");
         return;
     };
-    let upstream = match connect(core, snapshot, cluster, peer).await {
-        Ok(upstream) => upstream,
+    // `in_flight` is held until the connection ends: least-request counts open connections.
+    let (upstream, in_flight) = match connect(core, snapshot, cluster, peer).await {
+        Ok(connected) => connected,
         Err(e) => {
             debug!(listener = %listener.name, cluster = %cluster.name, %peer, error = %e, "upstream connect failed");
             return;
@@ -48,7 +52,7 @@ pub async fn proxy(
             return;
         }
     }
-    let outcome = match snapshot.spec.runtime.l4_copy {
+    let outcome = match listener.l4_copy {
         L4Copy::Buffer => {
             copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
         }
@@ -59,6 +63,7 @@ pub async fn proxy(
     if let Err(e) = outcome {
         debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
     }
+    drop(in_flight);
 }
 
 /// Why no upstream connection could be made.
@@ -87,13 +92,15 @@ impl std::fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 /// Connects to the cluster, starting at the endpoint its load balancer picks and trying each
-/// endpoint once, in order, until one accepts.
+/// endpoint once, in order, until one accepts. The guard marks the connection as in flight on the
+/// endpoint it reached (for least-request balancing) until it is dropped; it is counted from the
+/// start of the attempt, so connections still being set up count too.
 pub async fn connect(
     core: &Core,
     snapshot: &Snapshot,
     cluster: &Cluster,
     peer: SocketAddr,
-) -> Result<TcpStream, ConnectError> {
+) -> Result<(TcpStream, Option<InFlightGuard>), ConnectError> {
     let counters = cluster.stats.slot(core.id);
     let endpoints = &cluster.endpoints;
     let hash = cluster.balancer.connection_hash(peer.ip());
@@ -103,11 +110,13 @@ pub async fn connect(
     };
     let mut last = std::io::Error::other("no attempt made");
     for attempt in 0..endpoints.len() {
-        let endpoint = endpoints[(start + attempt) % endpoints.len()];
+        let index = (start + attempt) % endpoints.len();
+        let endpoint = endpoints[index];
+        let in_flight = core.start_request(snapshot, cluster, index);
         match crate::upstream::connect(endpoint.address, cluster.connect_timeout).await {
             Ok(stream) => {
                 counters.connections.inc();
-                return Ok(stream);
+                return Ok((stream, in_flight));
             }
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::TimedOut {

@@ -754,12 +754,11 @@ fn shadow_host_follows_envoy() {
 
 #[test]
 fn route_settings_are_carried_compiled() {
-    let t = table(
+    let mut config = config(
         r#"
         [[virtual_hosts]]
         name = "v"
         domains = ["*"]
-        rate_limit = { requests_per_second = 100 }
         [[virtual_hosts.routes]]
         name = "full"
         match = { path_prefix = "/api" }
@@ -768,12 +767,40 @@ fn route_settings_are_carried_compiled() {
         request_headers = { set = { "X-Env" = "prod" }, add = { "x-extra" = "1" }, remove = ["Cookie"] }
         response_headers = { remove = ["server"] }
         timeout = "2s"
-        retries = { attempts = 3, per_try_timeout = "500ms", retry_on = ["5xx", "reset"] }
-        fault = { delay = { percent = 10, fixed = "1s" }, abort = { percent = 1.5, status = 503 } }
-        rate_limit = { requests_per_second = 50, burst = 5 }
         max_request_body = "1MiB"
     "#,
     );
+    // Rate limits, retries and faults are rejected by `config_schema::parse` until the HTTP path
+    // acts on them (`config_schema::support`); their compilation is ready, so it is tested on a
+    // spec that sets them in code.
+    let rate_limit = |requests_per_second, burst| config_schema::RateLimitSpec {
+        requests_per_second,
+        burst,
+    };
+    let vhost = &mut config.spec.virtual_hosts[0];
+    vhost.rate_limit = Some(rate_limit(100, None));
+    let route = &mut vhost.routes[0];
+    route.retries = Some(config_schema::RetrySpec {
+        attempts: 3,
+        per_try_timeout: Some("500ms".parse().expect("duration")),
+        retry_on: vec![RetryOn::ServerError, RetryOn::Reset],
+        backoff: "25ms".parse().expect("duration"),
+    });
+    route.fault = Some(config_schema::FaultSpec {
+        delay: Some(config_schema::FaultDelaySpec {
+            percent: 10.0,
+            fixed: "1s".parse().expect("duration"),
+        }),
+        abort: Some(config_schema::FaultAbortSpec {
+            percent: 1.5,
+            status: 503,
+            grpc_status: None,
+        }),
+    });
+    route.rate_limit = Some(rate_limit(50, Some(5)));
+    let clusters: HashMap<&str, usize> = [("a", 0), ("b", 1), ("c", 2)].into();
+    let compiled = compile(&config.spec, &clusters).expect("compiles");
+    let t = compiled.listener("web").expect("web is an HTTP listener");
     let vhost = t.virtual_host(b"x").expect("vhost");
     assert_eq!(
         vhost.rate_limit,

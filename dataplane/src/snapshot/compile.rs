@@ -133,6 +133,7 @@ pub fn compile(
                 max_connections: l.max_connections,
                 idle_timeout,
                 http,
+                l4_copy: spec.runtime.l4_copy,
                 stats,
             }
         })

@@ -21,7 +21,7 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Cache};
-use config_schema::{ConfigSpec, LbPolicy, ListenerProtocol, UpstreamProtocol};
+use config_schema::{ConfigSpec, L4Copy, LbPolicy, ListenerProtocol, UpstreamProtocol};
 
 use crate::access_log::AccessLogSink;
 use crate::routing::RouteConfig;
@@ -97,6 +97,8 @@ pub struct Listener {
     pub idle_timeout: Option<Duration>,
     /// HTTP settings, for `http` and `auto` listeners.
     pub http: Option<HttpSettings>,
+    /// How opaque TCP connections move bytes (`[runtime] l4_copy`).
+    pub l4_copy: L4Copy,
     /// Counters, carried across reloads by name.
     pub stats: Arc<ListenerStats>,
 }

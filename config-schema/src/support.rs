@@ -1,0 +1,122 @@
+//! What this build's data plane acts on: the keys that the format describes but the data plane
+//! does not act on yet, and that [`crate::parse`] therefore rejects.
+//!
+//! A config that asks for mTLS and gets plaintext has harmed its operator, so a key that would be
+//! parsed, validated and then ignored is an error instead, at its TOML path and line, with a
+//! message that starts `not supported yet` and says what would have gone wrong. The types in
+//! [`crate::spec`] keep these keys (and so does the JSON Schema, whose descriptions are marked):
+//! the change that makes the data plane act on one deletes its line from [`NOT_SUPPORTED`], and
+//! from then on the key is deserialized and validated as before.
+//!
+//! A rejected key is taken out of the file before its section is deserialized, so a rejected
+//! subtree gives one error at the subtree, not a pile of errors about its contents.
+//!
+//! Keys that work only in some places are not here but in [`crate::validate`] (for example a
+//! header or cookie `hash_policy` on a cluster that a tcp listener uses: L4 connections have no
+//! headers).
+
+/// A key that the data plane does not act on yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsupported {
+    /// TOML path of the key: section keys joined by `.`, with `[]` after a list of tables for
+    /// every element (`clusters[].tls`).
+    pub path: &'static str,
+    /// What would have gone wrong had the key been accepted, and what to do; the error message is
+    /// `not supported yet: ` followed by this.
+    pub consequence: &'static str,
+}
+
+impl Unsupported {
+    /// The error message for this key.
+    pub fn message(&self) -> String {
+        format!("{NOT_SUPPORTED_YET}: {}", self.consequence)
+    }
+}
+
+/// How every message about an unsupported key starts.
+pub const NOT_SUPPORTED_YET: &str = "not supported yet";
+
+/// Every key that the data plane does not act on yet. Delete a line when the data plane starts
+/// acting on its key.
+#[rustfmt::skip]
+pub const NOT_SUPPORTED: &[Unsupported] = &[
+    Unsupported { path: "identity", consequence: "workload identity (SPIFFE mTLS) — this node would present no certificate and verify no peer, so its traffic would be plaintext and unauthenticated; remove [identity]" },
+    Unsupported { path: "telemetry.tracing", consequence: "tracing — no span would be sampled, recorded or exported (traceparent headers pass through as any other header); remove [telemetry.tracing]" },
+    Unsupported { path: "listeners[].tls", consequence: "TLS on listeners — this listener would serve plaintext (and with sni_routes on a tcp listener, close every connection); remove [listeners.tls]" },
+    Unsupported { path: "clusters[].tls", consequence: "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]" },
+    Unsupported { path: "authorization_policies", consequence: "authorization policies — no request would be checked against them, so every request would be allowed; remove [[authorization_policies]]" },
+    Unsupported { path: "virtual_hosts[].rate_limit", consequence: "rate limiting — requests above the limit would be forwarded, none refused; remove rate_limit from this virtual host" },
+    Unsupported { path: "virtual_hosts[].routes[].retries", consequence: "retries — a request that failed upstream would be answered with its error, not retried (only a request the upstream provably never processed is sent again, as without this key); remove retries from this route" },
+    Unsupported { path: "virtual_hosts[].routes[].fault", consequence: "fault injection — no request would be delayed or aborted; remove fault from this route" },
+    Unsupported { path: "virtual_hosts[].routes[].rate_limit", consequence: "rate limiting — requests above the limit would be forwarded, none refused; remove rate_limit from this route" },
+    Unsupported { path: "clusters[].circuit_breaker", consequence: "circuit breaking — requests beyond these limits would queue or be forwarded instead of failing fast; remove circuit_breaker from this cluster" },
+    Unsupported { path: "clusters[].outlier_detection", consequence: "outlier detection — an endpoint that keeps failing would never be ejected; remove outlier_detection from this cluster" },
+];
+
+/// The entry for the key at `path` (a concrete path such as `clusters[2].tls`), if it is not
+/// supported.
+pub fn unsupported(path: &str) -> Option<&'static Unsupported> {
+    NOT_SUPPORTED
+        .iter()
+        .find(|entry| matches_pattern(entry.path, path))
+}
+
+/// Whether concrete `path` (`clusters[2].tls`) is `pattern` (`clusters[].tls`).
+fn matches_pattern(pattern: &str, path: &str) -> bool {
+    let mut pattern = pattern.split('.');
+    let mut path = path.split('.');
+    loop {
+        match (pattern.next(), path.next()) {
+            (None, None) => return true,
+            (Some(want), Some(have)) => {
+                let matches = match want.strip_suffix("[]") {
+                    Some(list) => have.strip_prefix(list).is_some_and(|index| {
+                        index
+                            .strip_prefix('[')
+                            .and_then(|i| i.strip_suffix(']'))
+                            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                    }),
+                    None => want == have,
+                };
+                if !matches {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_every_list_element_and_nothing_else() {
+        assert!(unsupported("clusters[0].tls").is_some());
+        assert!(unsupported("clusters[12].tls").is_some());
+        assert!(unsupported("virtual_hosts[1].routes[3].retries").is_some());
+        assert!(unsupported("identity").is_some());
+        assert!(unsupported("clusters[0].tls.sni").is_none());
+        assert!(unsupported("clusters[].tls").is_none());
+        assert!(unsupported("clusters[x].tls").is_none());
+        assert!(unsupported("clusters[0].pool").is_none());
+        assert!(unsupported("listeners").is_none());
+    }
+
+    #[test]
+    fn every_message_says_not_supported_yet_and_what_to_remove() {
+        for entry in NOT_SUPPORTED {
+            let message = entry.message();
+            assert!(message.starts_with("not supported yet: "), "{message}");
+            assert!(
+                message.contains(" — "),
+                "{message}: say what would go wrong"
+            );
+            assert!(
+                message.contains("; remove "),
+                "{message}: say what to remove"
+            );
+        }
+    }
+}
