@@ -220,6 +220,7 @@ const SAMPLES: &[Sample] = &[
     ("listeners[].max_connections", None, Add(Web, "max_connections = 10")),
     ("listeners[].idle_timeout", None, Add(Web, "idle_timeout = \"1m\"")),
     ("listeners[].request_header_timeout", None, Add(Web, "request_header_timeout = \"3s\"")),
+    ("listeners[].stream_idle_timeout", None, Add(Web, "stream_idle_timeout = \"30s\"")),
     ("listeners[].xff_trusted_hops", None, Add(Web, "xff_trusted_hops = 1")),
     ("listeners[].limits.max_request_line", None, Add(Web, "limits.max_request_line = \"4KiB\"")),
     ("listeners[].limits.max_header_bytes", None, Add(Web, "limits.max_header_bytes = \"32KiB\"")),

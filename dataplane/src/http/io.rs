@@ -74,6 +74,11 @@ impl Reader {
         self.fd
     }
 
+    /// Counts `n` bytes received before the connection was split (protocol detection read them).
+    pub fn count_received(&mut self, n: usize) {
+        self.received += n as u64;
+    }
+
     /// Bytes received since the last call.
     pub fn take_received(&mut self) -> u64 {
         std::mem::take(&mut self.received)

@@ -99,7 +99,8 @@ pub async fn serve(
 ) {
     let mut buf = initial;
     buf.reserve(READ_BUFFER.saturating_sub(buf.len()));
-    let (reader, writer) = io::split(stream);
+    let (mut reader, writer) = io::split(stream);
+    reader.count_received(buf.len());
     let mut conn = Conn {
         reader,
         writer,
