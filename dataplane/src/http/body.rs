@@ -306,16 +306,7 @@ pub async fn pump(
         (Source::H1 { reader, buf, body }, Sink::H2(to)) => {
             h1_to_h2(reader, buf, body, to, hooks).await?;
         }
-        (
-            Source::H2(from),
-            Sink::H1 {
-                writer,
-                pending,
-                framing,
-                ..
-            },
-        ) => h2_to_h1(from, writer, pending, *framing, hooks).await?,
-        (Source::H2(from), Sink::H2(to)) => h2_to_h2(from, to, hooks).await?,
+        (Source::H2(from), sink) => from_h2(from, sink, hooks).await?,
     }
     Ok(hooks.total.get() - before)
 }
@@ -571,86 +562,29 @@ async fn h1_to_h2(
     }
 }
 
-/// HTTP/2 → HTTP/1.1: DATA frames written raw (`content-length` sent) or as chunks, HTTP/2
-/// trailers as chunked trailers.
-async fn h2_to_h1(
+/// HTTP/2 → anything: each DATA frame written as the sink frames payload (raw after
+/// `content-length`, a chunk, a DATA frame), the trailers as chunked or HTTP/2 trailers. Window
+/// is released on `from` only once the sink took the bytes. Toward an HTTP/2 sink, a reset of
+/// its stream ends the wait for the source's next frame, so a cancellation reaches a quiet
+/// sender at once.
+async fn from_h2(
     from: &mut RecvStream,
-    writer: &mut Writer,
-    pending: &mut Vec<u8>,
-    framing: SinkFraming,
+    sink: &mut Sink<'_>,
     hooks: &mut Hooks<'_>,
 ) -> Result<(), PumpError> {
     loop {
-        match poll_fn(|cx| from.poll_data(cx)).await {
-            Some(Ok(chunk)) => {
-                let n = chunk.len();
-                hooks.moved(n)?;
-                if let Some(record) = hooks.record.as_deref_mut() {
-                    record.push(|| chunk.clone(), n);
-                }
-                if n > 0 {
-                    if framing == SinkFraming::Chunked {
-                        push_chunk_size(pending, n);
-                        pending.extend_from_slice(&chunk);
-                        pending.extend_from_slice(b"\r\n");
-                    } else if pending.is_empty() {
-                        writer
-                            .write_bytes(chunk)
-                            .await
-                            .map_err(|_| PumpError::Sink(None))?;
-                        let _ = from.flow_control().release_capacity(n);
-                        continue;
-                    } else {
-                        pending.extend_from_slice(&chunk);
+        let next = match sink {
+            Sink::H2(to) => {
+                poll_fn(|cx| {
+                    if let Poll::Ready(reset) = to.poll_reset(cx) {
+                        return Poll::Ready(Err(reset_error(reset)));
                     }
-                    let written = writer.write_all(pending).await;
-                    pending.clear();
-                    written.map_err(|_| PumpError::Sink(None))?;
-                }
-                let _ = from.flow_control().release_capacity(n);
+                    from.poll_data(cx).map(Ok)
+                })
+                .await?
             }
-            Some(Err(e)) => return Err(PumpError::Source(e.reason())),
-            None => {
-                let trailers = poll_fn(|cx| from.poll_trailers(cx))
-                    .await
-                    .map_err(|e| PumpError::Source(e.reason()))?;
-                hooks.source_done();
-                if let Some(record) = hooks.record.as_deref_mut() {
-                    record.end(trailers.clone());
-                }
-                if framing == SinkFraming::Chunked {
-                    pending.extend_from_slice(b"0\r\n");
-                    for (name, value) in trailers.iter().flatten() {
-                        super::h1::push_header(pending, name.as_str().as_bytes(), value.as_bytes());
-                    }
-                    pending.extend_from_slice(b"\r\n");
-                }
-                if !pending.is_empty() {
-                    let written = writer.write_all(pending).await;
-                    pending.clear();
-                    written.map_err(|_| PumpError::Sink(None))?;
-                }
-                return Ok(());
-            }
-        }
-    }
-}
-
-/// HTTP/2 → HTTP/2: DATA frames and trailers. A reset of the sink's stream ends the wait for the
-/// source's next frame, so a cancellation reaches a quiet sender at once.
-async fn h2_to_h2(
-    from: &mut RecvStream,
-    to: &mut SendStream<Bytes>,
-    hooks: &mut Hooks<'_>,
-) -> Result<(), PumpError> {
-    loop {
-        let next = poll_fn(|cx| {
-            if let Poll::Ready(reset) = to.poll_reset(cx) {
-                return Poll::Ready(Err(reset_error(reset)));
-            }
-            from.poll_data(cx).map(Ok)
-        })
-        .await?;
+            Sink::H1 { .. } => poll_fn(|cx| from.poll_data(cx)).await,
+        };
         match next {
             Some(Ok(chunk)) => {
                 let n = chunk.len();
@@ -658,7 +592,7 @@ async fn h2_to_h2(
                 if let Some(record) = hooks.record.as_deref_mut() {
                     record.push(|| chunk.clone(), n);
                 }
-                send_data(to, chunk).await?;
+                write_payload(sink, chunk).await?;
                 let _ = from.flow_control().release_capacity(n);
             }
             Some(Err(e)) => return Err(PumpError::Source(e.reason())),
@@ -670,7 +604,7 @@ async fn h2_to_h2(
                 if let Some(record) = hooks.record.as_deref_mut() {
                     record.end(trailers.clone());
                 }
-                return end_h2(to, trailers);
+                return finish(sink, trailers).await;
             }
         }
     }

@@ -177,6 +177,15 @@ impl Failure {
     }
 }
 
+/// Why one endpoint could not take a request (the exchange core then tries the next one).
+#[derive(Debug)]
+pub enum Unavailable {
+    /// The endpoint is at its connection (or, for HTTP/2, stream) limit on this core.
+    Exhausted,
+    /// Connecting (or the HTTP/2 handshake) failed or timed out.
+    Connect(std::io::Error),
+}
+
 /// A `grpc-timeout` value for `remaining` (at most 8 digits, in the coarsest unit that keeps
 /// millisecond precision), as the proxy propagates a client's deadline upstream.
 pub fn grpc_timeout_value(remaining: Duration, out: &mut Vec<u8>) {

@@ -422,9 +422,47 @@ pub(super) fn h2_request(
     Some(request)
 }
 
+/// Carries out a decision: a local answer in the client's protocol, or the exchange with the
+/// upstream ([`run`]). Returns the upstream connection when the exchange became a tunnel.
+pub async fn serve<'s>(
+    core: &Rc<Core>,
+    snapshot: &'s SnapshotRef,
+    http: &HttpSettings,
+    decision: Decision<'s>,
+    down: &mut Downstream<'_>,
+    scratch: &mut Scratch,
+    record: &mut Record<'s>,
+) -> Option<Connection> {
+    let local = match decision {
+        Decision::Forward(plan) => {
+            return run(core, snapshot, http, plan, down, scratch, record).await;
+        }
+        Decision::Reply(local) => local,
+    };
+    let reply = match local {
+        Local::Failure(failure) => {
+            record.flags.insert(failure.flag());
+            LocalReply::failure(failure)
+        }
+        Local::Direct(direct) => {
+            LocalReply::direct(direct.status, &direct.body, &direct.content_type)
+        }
+        Local::Redirect(status) => LocalReply::redirect(status, &scratch.location),
+    };
+    // A gRPC client gets an error trailers-only, under HTTP 200.
+    record.status = if down.is_grpc() && reply.grpc_status.is_some() {
+        200
+    } else {
+        reply.status
+    };
+    record.locally_answered = true;
+    record.bytes_sent = down.reply(&reply, &scratch.request_id).await;
+    None
+}
+
 /// Stages 6–11 for a forwarded request. Returns the upstream connection when the exchange
 /// became a tunnel (an HTTP/1.1 upgrade or CONNECT the upstream accepted).
-pub async fn run<'s>(
+async fn run<'s>(
     core: &Rc<Core>,
     snapshot: &'s SnapshotRef,
     http: &HttpSettings,
@@ -441,16 +479,13 @@ pub async fn run<'s>(
         REPLAY_LIMIT
     };
     let mut recording = (!down.body_done()).then(|| Recording::new(keep));
-    let attempts = attempts(
+    let context = Context {
         core,
         snapshot,
-        &plan,
-        down,
-        scratch,
-        &mut recording,
-        &progress,
-        record,
-    );
+        plan: &plan,
+        progress: &progress,
+    };
+    let attempts = attempts(&context, down, scratch, &mut recording, record);
     let deadline = async {
         match plan.deadline {
             Some(deadline) => {
@@ -517,6 +552,15 @@ pub async fn run<'s>(
     tunnel
 }
 
+/// What every attempt of an exchange reads.
+#[derive(Clone, Copy)]
+struct Context<'a, 's> {
+    core: &'a Core,
+    snapshot: &'s Snapshot,
+    plan: &'a Plan<'s>,
+    progress: &'a Progress,
+}
+
 /// Where an exchange stands, shared by its two directions.
 #[derive(Debug, Default)]
 struct Progress {
@@ -548,24 +592,17 @@ async fn idle_watch(activity: &Cell<u64>, idle: Option<Duration>) {
 }
 
 /// Stages 6–9: attempts until one completes, or a failure that is not retried.
-#[allow(clippy::too_many_arguments)]
 async fn attempts<'s>(
-    core: &Core,
-    snapshot: &'s Snapshot,
-    plan: &Plan<'s>,
+    context: &Context<'_, 's>,
     down: &mut Downstream<'_>,
     scratch: &mut Scratch,
     recording: &mut Option<Recording>,
-    progress: &Progress,
     record: &mut Record<'s>,
 ) -> Result<Option<Connection>, Failure> {
+    let Context { plan, progress, .. } = *context;
     loop {
         record.attempts += 1;
-        let failure = match attempt(
-            core, snapshot, plan, down, scratch, recording, progress, record,
-        )
-        .await
-        {
+        let failure = match attempt(context, down, scratch, recording, record).await {
             Ok(tunnel) => return Ok(tunnel),
             Err(failure) => failure,
         };
@@ -598,17 +635,19 @@ enum SendEnd {
 }
 
 /// Stages 6–8: one attempt.
-#[allow(clippy::too_many_arguments)]
 async fn attempt<'s>(
-    core: &Core,
-    snapshot: &'s Snapshot,
-    plan: &Plan<'s>,
+    context: &Context<'_, 's>,
     down: &mut Downstream<'_>,
     scratch: &mut Scratch,
     recording: &mut Option<Recording>,
-    progress: &Progress,
     record: &mut Record<'s>,
 ) -> Result<Option<Connection>, Failure> {
+    let Context {
+        core,
+        snapshot,
+        plan,
+        progress,
+    } = *context;
     let first = record.attempts == 1;
     // 6. An upstream connection or stream.
     let mut upstream =
@@ -711,7 +750,12 @@ async fn attempt<'s>(
                 // upload it refuses) — then that is relayed — or reset the request, and how it
                 // did says whether a retry is safe.
                 SendEnd::UpstreamStopped => receiving.await,
-                SendEnd::Failed(failure) => Err(failure),
+                // A client that closed right after reading its whole response is not a failure:
+                // the response side may have finished in the same moment.
+                SendEnd::Failed(failure) => match poll_once(receiving.as_mut()).await {
+                    Some(Ok(received)) => Ok(received),
+                    _ => Err(failure),
+                },
             },
             received = &mut receiving => {
                 // The response side ended first. A final write whose completion arrived in the

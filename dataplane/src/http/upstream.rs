@@ -15,10 +15,10 @@ use h2::client::ResponseFuture;
 use h2::{Reason, RecvStream, SendStream};
 
 use super::body::{H1Body, Sink, SinkFraming, Source};
-use super::error::{Failure, Retry};
+use super::error::{Failure, Retry, Unavailable};
 use super::h1::pool::Connection;
 use super::h1::{self, BodyFraming};
-use super::h2::client::H2Stream;
+use super::h2::client::{H2ClientLimits, H2Stream};
 use super::headers::Fields;
 use crate::core::Core;
 use crate::snapshot::{Cluster, Snapshot};
@@ -106,8 +106,10 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// A connection (HTTP/1.1) or stream (HTTP/2) to an endpoint of `cluster`. `fresh`: a
-    /// retry after a stale connection, which takes a new HTTP/1.1 connection.
+    /// A connection (HTTP/1.1) or stream (HTTP/2) to the endpoint of `cluster` that the load
+    /// balancer picks, or, if that one is full or fails, to the next endpoints in turn (nothing
+    /// has been sent yet, so trying another is always safe). `fresh`: a retry after a stale
+    /// connection, which takes a new HTTP/1.1 connection.
     pub async fn checkout(
         core: &Core,
         snapshot: &Snapshot,
@@ -116,30 +118,77 @@ impl Upstream {
         hash: Option<u64>,
         fresh: bool,
     ) -> Result<Self, Failure> {
-        match wire {
-            Wire::H1 => {
-                let (connection, in_flight) =
-                    h1::client::checkout(core, snapshot, cluster, hash, fresh).await?;
-                Ok(Upstream::H1 {
-                    connection,
-                    body: None,
-                    keep_alive: false,
-                    _in_flight: in_flight,
-                })
-            }
-            Wire::H2 => {
-                let (endpoint, stream, in_flight) =
-                    super::h2::client::checkout(core, snapshot, cluster, hash).await?;
-                Ok(Upstream::H2 {
-                    stream,
-                    endpoint: cluster.endpoints[endpoint].address,
-                    response: None,
-                    send: None,
-                    received: None,
-                    _in_flight: in_flight,
-                })
+        let counters = cluster.stats.slot(core.id);
+        let Some(first) = core.pick_endpoint(snapshot, cluster, hash) else {
+            counters.no_endpoint.inc();
+            return Err(Failure::NoHealthyUpstream);
+        };
+        let endpoints = cluster.endpoints.len();
+        let mut overflow = false;
+        for attempt in 0..endpoints {
+            let index = (first + attempt) % endpoints;
+            let address = cluster.endpoints[index].address;
+            let opened = match wire {
+                Wire::H1 => h1::client::connection(core, cluster, address, fresh)
+                    .await
+                    .map(|connection| Upstream::H1 {
+                        connection,
+                        body: None,
+                        keep_alive: false,
+                        _in_flight: None,
+                    }),
+                Wire::H2 => core
+                    .h2_pool
+                    .checkout(address, &H2ClientLimits::of(cluster))
+                    .await
+                    .map(|stream| {
+                        if stream.reused {
+                            counters.pool_reuse.inc();
+                        } else {
+                            counters.connections.inc();
+                        }
+                        Upstream::H2 {
+                            stream,
+                            endpoint: address,
+                            response: None,
+                            send: None,
+                            received: None,
+                            _in_flight: None,
+                        }
+                    }),
+            };
+            match opened {
+                Ok(mut upstream) => {
+                    let guard = core.start_request(snapshot, cluster, index);
+                    match &mut upstream {
+                        Upstream::H1 {
+                            _in_flight: slot, ..
+                        }
+                        | Upstream::H2 {
+                            _in_flight: slot, ..
+                        } => *slot = guard,
+                    }
+                    return Ok(upstream);
+                }
+                Err(Unavailable::Exhausted) => {
+                    counters.pool_overflow.inc();
+                    overflow = true;
+                }
+                Err(Unavailable::Connect(e)) => {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        counters.connect_timeouts.inc();
+                    } else {
+                        counters.connect_failures.inc();
+                    }
+                    tracing::debug!(cluster = %cluster.name, endpoint = %address, error = %e, "upstream connect failed");
+                }
             }
         }
+        Err(if overflow {
+            Failure::Overflow
+        } else {
+            Failure::ConnectFailed
+        })
     }
 
     /// The endpoint.

@@ -3,78 +3,46 @@
 //!
 //! Nothing here answers a client: failures come back as [`Failure`]s for the exchange core.
 
-use tracing::debug;
+use std::net::SocketAddr;
 
 use super::pool::{Checkout, Connection};
 use super::{BodyFraming, push_decimal};
 use crate::core::Core;
-use crate::http::error::{Failure, Retry};
+use crate::http::error::{Failure, Retry, Unavailable};
 use crate::http::headers::{self, RequestRules};
 use crate::http::io::{BODY_CHUNK, Reader};
 use crate::http::request::RequestHead;
-use crate::snapshot::{Cluster, PoolLimits, Snapshot};
-use crate::upstream::InFlightGuard;
+use crate::snapshot::Cluster;
 
-/// An upstream connection to the endpoint the load balancer picks, or, if that one fails, to the
-/// next endpoints in turn (nothing has been sent yet, so trying another is always safe). With
-/// `fresh`, pooled connections are passed over: a retry after a stale connection does not take
-/// another that may be just as stale.
-pub async fn checkout(
+/// A connection to `address` of `cluster`: a pooled one if one is idle (and quiet), else a new
+/// one within the pool's cap. With `fresh`, pooled connections are passed over: a retry after a
+/// stale connection does not take another that may be just as stale.
+pub async fn connection(
     core: &Core,
-    snapshot: &Snapshot,
     cluster: &Cluster,
-    hash: Option<u64>,
+    address: SocketAddr,
     fresh: bool,
-) -> Result<(Connection, Option<InFlightGuard>), Failure> {
+) -> Result<Connection, Unavailable> {
     let counters = cluster.stats.slot(core.id);
-    let limits: PoolLimits = cluster.pool;
-    let endpoints = cluster.endpoints.len();
-    let Some(first) = core.pick_endpoint(snapshot, cluster, hash) else {
-        counters.no_endpoint.inc();
-        return Err(Failure::NoHealthyUpstream);
+    let checkout = if fresh {
+        core.pool.reserve(address, &cluster.pool)
+    } else {
+        core.pool.checkout(address, &cluster.pool)
     };
-    let mut overflow = false;
-    for attempt in 0..endpoints {
-        let endpoint = (first + attempt) % endpoints;
-        let address = cluster.endpoints[endpoint].address;
-        let in_flight = || core.start_request(snapshot, cluster, endpoint);
-        let checkout = if fresh {
-            core.pool.reserve(address, &limits)
-        } else {
-            core.pool.checkout(address, &limits)
-        };
-        match checkout {
-            Checkout::Reused(connection) => {
-                counters.pool_reuse.inc();
-                return Ok((connection, in_flight()));
-            }
-            Checkout::Exhausted => {
-                counters.pool_overflow.inc();
-                overflow = true;
-            }
-            Checkout::New(reservation) => {
-                match crate::upstream::connect(address, cluster.connect_timeout).await {
-                    Ok(stream) => {
-                        counters.connections.inc();
-                        return Ok((core.pool.connect(reservation, stream), in_flight()));
-                    }
-                    Err(e) => {
-                        if e.kind() == std::io::ErrorKind::TimedOut {
-                            counters.connect_timeouts.inc();
-                        } else {
-                            counters.connect_failures.inc();
-                        }
-                        debug!(cluster = %cluster.name, endpoint = %address, error = %e, "upstream connect failed");
-                    }
-                }
-            }
+    match checkout {
+        Checkout::Reused(connection) => {
+            counters.pool_reuse.inc();
+            Ok(connection)
+        }
+        Checkout::Exhausted => Err(Unavailable::Exhausted),
+        Checkout::New(reservation) => {
+            let stream = crate::upstream::connect(address, cluster.connect_timeout)
+                .await
+                .map_err(Unavailable::Connect)?;
+            counters.connections.inc();
+            Ok(core.pool.connect(reservation, stream))
         }
     }
-    Err(if overflow {
-        Failure::Overflow
-    } else {
-        Failure::ConnectFailed
-    })
 }
 
 /// What the upstream request head carries besides the client's fields.

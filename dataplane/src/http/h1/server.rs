@@ -32,7 +32,7 @@ use crate::core::Core;
 use crate::http::account::{self, LogFields};
 use crate::http::body::H1Body;
 use crate::http::downstream::{Downstream, H1Client, Tunnel};
-use crate::http::exchange::{self, Decision, Local, Record, Scratch};
+use crate::http::exchange::{self, Record, Scratch};
 use crate::http::headers::Fields;
 use crate::http::io::{self, Reader, STOPPED, Writer};
 use crate::http::reply::LocalReply;
@@ -179,32 +179,8 @@ async fn serve_request(
         match read_request_head(core, conn, http).await {
             Ok(head) => head,
             Err(HeadError::Closed) => return After::Close,
-            Err(HeadError::Reject(reject)) => {
-                let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-                reply_and_close(
-                    core,
-                    &snapshot,
-                    conn,
-                    out,
-                    reject.status,
-                    reject.reason,
-                    flags,
-                )
-                .await;
-                return After::Close;
-            }
-            Err(HeadError::Timeout) => {
-                let flags = ResponseFlags::DOWNSTREAM_TIMEOUT;
-                reply_and_close(
-                    core,
-                    &snapshot,
-                    conn,
-                    out,
-                    408,
-                    "request header timeout",
-                    flags,
-                )
-                .await;
+            Err(HeadError::Refused(reject, flags)) => {
+                reply_and_close(core, &snapshot, conn, out, reject, flags).await;
                 return After::Close;
             }
         }
@@ -288,16 +264,7 @@ async fn serve_request(
         Ok(parsed) => parsed,
         Err(reject) => {
             let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-            reply_and_close(
-                core,
-                &snapshot,
-                conn,
-                out,
-                reject.status,
-                reject.reason,
-                flags,
-            )
-            .await;
+            reply_and_close(core, &snapshot, conn, out, reject, flags).await;
             return After::Close;
         }
     };
@@ -318,36 +285,16 @@ async fn serve_request(
         upgrade: shape.tunnel,
         watch_limit: http.limits.max_head,
     });
-    let tunnel = match decision {
-        Decision::Reply(local) => {
-            let reply = match local {
-                Local::Failure(failure) => {
-                    record.flags.insert(failure.flag());
-                    LocalReply::failure(failure)
-                }
-                Local::Direct(direct) => {
-                    LocalReply::direct(direct.status, &direct.body, &direct.content_type)
-                }
-                Local::Redirect(status) => LocalReply::redirect(status, &scratch.location),
-            };
-            record.status = reply.status;
-            record.locally_answered = true;
-            record.bytes_sent = client.reply(&reply, &scratch.request_id).await;
-            None
-        }
-        Decision::Forward(plan) => {
-            exchange::run(
-                core,
-                &snapshot,
-                http,
-                plan,
-                &mut client,
-                scratch,
-                &mut record,
-            )
-            .await
-        }
-    };
+    let tunnel = exchange::serve(
+        core,
+        &snapshot,
+        http,
+        decision,
+        &mut client,
+        scratch,
+        &mut record,
+    )
+    .await;
     let Downstream::H1(client) = client else {
         return After::Close;
     };
@@ -410,10 +357,21 @@ fn snapshot_for(core: &Core, pinned: &SnapshotRef, listener_name: &str) -> (Snap
 enum HeadError {
     /// The client closed (or reset) the connection between requests: nothing to answer.
     Closed,
-    /// The head broke a limit or the framing policy.
-    Reject(Reject),
-    /// The head did not arrive within the header timeout.
-    Timeout,
+    /// The head broke a limit or the framing policy (`DPE`), or did not arrive within the header
+    /// timeout (408, `DT`).
+    Refused(Reject, ResponseFlags),
+}
+
+fn refused(reject: Reject) -> HeadError {
+    HeadError::Refused(reject, ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR)
+}
+
+fn timed_out() -> HeadError {
+    let reject = Reject {
+        status: 408,
+        reason: "request header timeout",
+    };
+    HeadError::Refused(reject, ResponseFlags::DOWNSTREAM_TIMEOUT)
 }
 
 /// Stage 1: reads until the head is complete. Waiting for the first byte of a request is bounded
@@ -429,18 +387,18 @@ async fn read_request_head(
         .map(|first| first + http.request_header_timeout);
     loop {
         if !conn.buf.is_empty() {
-            match super::prescan(&conn.buf, conn.scanned).map_err(HeadError::Reject)? {
+            match super::prescan(&conn.buf, conn.scanned).map_err(refused)? {
                 super::Scan::Complete(head) => return Ok(head),
                 super::Scan::Partial(scanned) => conn.scanned = scanned,
             }
-            super::check_incomplete(&conn.buf, &http.limits).map_err(HeadError::Reject)?;
+            super::check_incomplete(&conn.buf, &http.limits).map_err(refused)?;
             deadline.get_or_insert_with(|| Instant::now() + http.request_header_timeout);
         }
         let read = match deadline {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(HeadError::Timeout);
+                    return Err(timed_out());
                 }
                 conn.reader
                     .read_more_until(&mut conn.buf, READ_BUFFER, Some(left), None)
@@ -483,14 +441,14 @@ async fn read_request_head(
         match read {
             Ok(0) if conn.buf.is_empty() => return Err(HeadError::Closed),
             Ok(0) => {
-                return Err(HeadError::Reject(Reject {
+                return Err(refused(Reject {
                     status: 400,
                     reason: "incomplete request head",
                 }));
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut && deadline.is_some() => {
-                return Err(HeadError::Timeout);
+                return Err(timed_out());
             }
             Err(_) => return Err(HeadError::Closed),
         }
@@ -504,13 +462,13 @@ async fn reply_and_close(
     snapshot: &SnapshotRef,
     conn: &mut Conn,
     out: &mut Vec<u8>,
-    status: u16,
-    reason: &str,
+    reject: Reject,
     flags: ResponseFlags,
 ) {
+    let status = reject.status;
     let reply = LocalReply {
         status,
-        body: crate::http::reply::ReplyBody::Reason(reason),
+        body: crate::http::reply::ReplyBody::Reason(reject.reason),
         location: None,
         grpc_status: None,
         overloaded: false,

@@ -22,6 +22,7 @@ use tracing::debug;
 
 use super::io::H2Io;
 use crate::event::Event;
+use crate::http::error::Unavailable;
 use crate::snapshot::Cluster;
 
 /// Flow-control windows toward upstreams: large enough that one stream can fill a fast link
@@ -182,15 +183,6 @@ impl Drop for H2Stream {
     }
 }
 
-/// Why no stream could be had.
-#[derive(Debug)]
-pub enum H2CheckoutError {
-    /// Every connection is full and no more may be opened.
-    Exhausted,
-    /// Connecting or the HTTP/2 handshake failed.
-    Connect(io::Error),
-}
-
 impl H2Pool {
     /// An empty pool.
     pub fn new() -> Self {
@@ -203,7 +195,7 @@ impl H2Pool {
         &self,
         endpoint: SocketAddr,
         limits: &H2ClientLimits,
-    ) -> Result<H2Stream, H2CheckoutError> {
+    ) -> Result<H2Stream, Unavailable> {
         let connecting = {
             let mut endpoints = self.endpoints.borrow_mut();
             let entry = endpoints.entry(endpoint).or_default();
@@ -237,7 +229,7 @@ impl H2Pool {
                 None => {
                     if entry.open.len() + entry.connecting.len() >= limits.max_connections as usize
                     {
-                        return Err(H2CheckoutError::Exhausted);
+                        return Err(Unavailable::Exhausted);
                     }
                     let connecting = Rc::new(Connecting::default());
                     entry.connecting.push(Rc::clone(&connecting));
@@ -263,10 +255,8 @@ impl H2Pool {
                     connection,
                 })
             }
-            Some(Err((kind, message))) => {
-                Err(H2CheckoutError::Connect(io::Error::new(kind, message)))
-            }
-            None => Err(H2CheckoutError::Connect(io::Error::other(
+            Some(Err((kind, message))) => Err(Unavailable::Connect(io::Error::new(kind, message))),
+            None => Err(Unavailable::Connect(io::Error::other(
                 "HTTP/2 connect ended without an outcome",
             ))),
         }
@@ -385,60 +375,4 @@ impl H2Pool {
             .get(&endpoint)
             .map_or(0, |e| e.open.iter().filter(|c| !c.retired.get()).count())
     }
-}
-
-/// A stream slot to an endpoint of `cluster`: the load balancer's pick, then the next endpoints
-/// in turn. Returns the endpoint's index, the slot, and the in-flight guard of least-request
-/// balancing.
-pub async fn checkout(
-    core: &crate::core::Core,
-    snapshot: &crate::snapshot::Snapshot,
-    cluster: &Cluster,
-    hash: Option<u64>,
-) -> Result<(usize, H2Stream, Option<crate::upstream::InFlightGuard>), crate::http::error::Failure>
-{
-    use crate::http::error::Failure;
-    let counters = cluster.stats.slot(core.id);
-    let limits = H2ClientLimits::of(cluster);
-    let endpoints = cluster.endpoints.len();
-    let Some(first) = core.pick_endpoint(snapshot, cluster, hash) else {
-        counters.no_endpoint.inc();
-        return Err(Failure::NoHealthyUpstream);
-    };
-    let mut overflow = false;
-    for attempt in 0..endpoints {
-        let endpoint = (first + attempt) % endpoints;
-        match core
-            .h2_pool
-            .checkout(cluster.endpoints[endpoint].address, &limits)
-            .await
-        {
-            Ok(stream) => {
-                if stream.reused {
-                    counters.pool_reuse.inc();
-                } else {
-                    counters.connections.inc();
-                }
-                let in_flight = core.start_request(snapshot, cluster, endpoint);
-                return Ok((endpoint, stream, in_flight));
-            }
-            Err(H2CheckoutError::Exhausted) => {
-                counters.pool_overflow.inc();
-                overflow = true;
-            }
-            Err(H2CheckoutError::Connect(e)) => {
-                if e.kind() == io::ErrorKind::TimedOut {
-                    counters.connect_timeouts.inc();
-                } else {
-                    counters.connect_failures.inc();
-                }
-                debug!(cluster = %cluster.name, error = %e, "upstream HTTP/2 connect failed");
-            }
-        }
-    }
-    Err(if overflow {
-        Failure::Overflow
-    } else {
-        Failure::ConnectFailed
-    })
 }

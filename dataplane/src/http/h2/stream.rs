@@ -22,7 +22,6 @@ use crate::http::downstream::{Downstream, H2Client};
 use crate::http::error::Failure;
 use crate::http::exchange::{self, Decision, Local, Record, Scratch};
 use crate::http::headers::Fields;
-use crate::http::reply::LocalReply;
 use crate::http::request::{ClientProtocol, RequestBody, RequestHead};
 use crate::snapshot::HeadLimits;
 
@@ -111,40 +110,17 @@ pub async fn serve(
         head_request: head.is_head(),
         expect_continue: head.expect_continue,
     });
-    match decision {
-        Decision::Reply(local) => {
-            let reply = match local {
-                Local::Failure(failure) => {
-                    record.flags.insert(failure.flag());
-                    LocalReply::failure(failure)
-                }
-                Local::Direct(direct) => {
-                    LocalReply::direct(direct.status, &direct.body, &direct.content_type)
-                }
-                Local::Redirect(status) => LocalReply::redirect(status, &scratch.location),
-            };
-            record.status = if head.grpc && reply.grpc_status.is_some() {
-                200
-            } else {
-                reply.status
-            };
-            record.locally_answered = true;
-            record.bytes_sent = client.reply(&reply, &scratch.request_id).await;
-        }
-        Decision::Forward(plan) => {
-            // HTTP/2 streams never become tunnels: there is no connection to hand over.
-            let _ = exchange::run(
-                &core,
-                &snapshot,
-                http,
-                plan,
-                &mut client,
-                &mut scratch,
-                &mut record,
-            )
-            .await;
-        }
-    }
+    // HTTP/2 streams never become tunnels: there is no connection to hand over.
+    let _ = exchange::serve(
+        &core,
+        &snapshot,
+        http,
+        decision,
+        &mut client,
+        &mut scratch,
+        &mut record,
+    )
+    .await;
     account::record(
         &core,
         &snapshot,
