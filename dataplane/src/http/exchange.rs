@@ -45,7 +45,8 @@ use super::error::{Failure, Fault, Retry, grpc_timeout_value};
 use super::h1::BodyFraming;
 use super::h1::client::{RequestLine, write_request_head};
 use super::h1::pool::Connection;
-use super::headers::{self, Forwarding, RequestRules};
+use super::h2::client::write_h2_request;
+use super::headers::{Forwarding, RequestRules};
 use super::mirror;
 use super::reply::LocalReply;
 use super::request::{ClientProtocol, RequestBody, RequestHead, Upgrade};
@@ -58,8 +59,6 @@ use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
 
 /// The largest request body kept for a retry; bigger bodies are not retried.
 const REPLAY_LIMIT: usize = 64 * 1024;
-/// The largest request body mirrored; bigger bodies are not mirrored at all.
-pub const MIRROR_LIMIT: usize = 1024 * 1024;
 /// Attempts per request: the first and one retry.
 const MAX_ATTEMPTS: u32 = 2;
 
@@ -339,14 +338,16 @@ pub fn decide<'s>(
             );
             UpstreamRequest::H1(framing)
         }
-        Wire::H2 => match h2_request(head, target, host, framing, &rules, &mut scratch.values) {
-            Some(request) => UpstreamRequest::H2(request),
-            None => {
-                return Decision::Reply(Local::Failure(Failure::BadRequest(
-                    "request cannot be sent over HTTP/2",
-                )));
+        Wire::H2 => {
+            match write_h2_request(head, target, host, framing, &rules, &mut scratch.values) {
+                Some(request) => UpstreamRequest::H2(request),
+                None => {
+                    return Decision::Reply(Local::Failure(Failure::BadRequest(
+                        "request cannot be sent over HTTP/2",
+                    )));
+                }
             }
-        },
+        }
     };
     let mirror = route
         .mirror
@@ -392,34 +393,6 @@ fn wire_for(cluster: &Cluster, client: ClientProtocol) -> Wire {
         (UpstreamProtocol::Auto, ClientProtocol::Http2) => Wire::H2,
         (UpstreamProtocol::Auto, _) => Wire::H1,
     }
-}
-
-/// The upstream request as an HTTP/2 head. `None` when the target or authority cannot be an
-/// HTTP/2 `:path`/`:authority`.
-pub(super) fn h2_request(
-    head: &RequestHead<'_>,
-    target: &[u8],
-    authority: &[u8],
-    framing: BodyFraming,
-    rules: &RequestRules<'_>,
-    values: &mut Vec<u8>,
-) -> Option<http::Request<()>> {
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(target)
-        .build()
-        .ok()?;
-    let mut request = http::Request::new(());
-    *request.method_mut() = http::Method::from_bytes(head.method.as_bytes()).ok()?;
-    *request.uri_mut() = uri;
-    let fields = request.headers_mut();
-    fields.reserve(head.fields.len() + 4);
-    headers::request_headers(head.fields, head.connection_tokens, rules, values, fields);
-    if let BodyFraming::Length(n) = framing {
-        fields.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
-    }
-    Some(request)
 }
 
 /// Carries out a decision: a local answer in the client's protocol, or the exchange with the
@@ -474,7 +447,7 @@ async fn run<'s>(
     let progress = Progress::default();
     // The body is kept while it may still be replayed or mirrored.
     let keep = if plan.mirror.is_some() {
-        MIRROR_LIMIT
+        mirror::BODY_LIMIT
     } else {
         REPLAY_LIMIT
     };

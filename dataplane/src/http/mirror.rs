@@ -3,7 +3,7 @@
 //! One sender for every protocol pair. The shadow request is built with the primary's (the
 //! header rules of `headers.rs`, `-shadow` appended to the host, as Envoy does) in the shadow
 //! cluster's own protocol, and it goes out only once the request body is complete and within
-//! [`super::exchange::MIRROR_LIMIT`], with its exact length: a shadow never receives a partial
+//! [`BODY_LIMIT`], with its exact length: a shadow never receives a partial
 //! body under a head that promises the whole, and never waits for body bytes. Its outcome shows
 //! only in the shadow cluster's counters.
 
@@ -12,14 +12,17 @@ use std::time::Duration;
 
 use super::body::{self, Recording};
 use super::error::Failure;
-use super::exchange;
 use super::h1::BodyFraming;
 use super::h1::client::{RequestLine, write_request_head};
+use super::h2::client::write_h2_request;
 use super::headers::RequestRules;
 use super::request::RequestHead;
 use super::upstream::{Upstream, UpstreamRequest, Wire};
 use crate::core::Core;
 use crate::snapshot::SnapshotRef;
+
+/// The largest request body mirrored; bigger bodies are not mirrored at all.
+pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// How long a mirrored request may take before it is abandoned.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,7 +68,7 @@ impl Shadow {
                 bytes.truncate(bytes.len().saturating_sub(2));
                 ShadowRequest::H1(bytes)
             }
-            Wire::H2 => ShadowRequest::H2(exchange::h2_request(
+            Wire::H2 => ShadowRequest::H2(write_h2_request(
                 head,
                 target,
                 authority,

@@ -376,3 +376,37 @@ impl H2Pool {
             .map_or(0, |e| e.open.iter().filter(|c| !c.retired.get()).count())
     }
 }
+
+/// The upstream request as an HTTP/2 head. `None` when the target or authority cannot be an
+/// HTTP/2 `:path`/`:authority`.
+pub fn write_h2_request(
+    head: &crate::http::request::RequestHead<'_>,
+    target: &[u8],
+    authority: &[u8],
+    framing: crate::http::h1::BodyFraming,
+    rules: &crate::http::headers::RequestRules<'_>,
+    values: &mut Vec<u8>,
+) -> Option<http::Request<()>> {
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(target)
+        .build()
+        .ok()?;
+    let mut request = http::Request::new(());
+    *request.method_mut() = http::Method::from_bytes(head.method.as_bytes()).ok()?;
+    *request.uri_mut() = uri;
+    let fields = request.headers_mut();
+    fields.reserve(head.fields.len() + 4);
+    crate::http::headers::request_headers(
+        head.fields,
+        head.connection_tokens,
+        rules,
+        values,
+        fields,
+    );
+    if let crate::http::h1::BodyFraming::Length(n) = framing {
+        fields.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+    }
+    Some(request)
+}
