@@ -12,20 +12,23 @@ One request per run; prints one JSON object describing the response:
 An upload stops early, without an error, once the response has ended or the stream was reset.
 
     h2_client.py PORT [--method M] [--path P] [--authority A] [--header NAME:VALUE ...]
-                 [--body-size N | --body-hex HEX] [--trailer NAME:VALUE ...]
+                 [--body-size N | --body-hex HEX] [--body-pace-ms MS] [--trailer NAME:VALUE ...]
                  [--interactive ROUNDS] [--timeout S]
 
 `--cancel-after-data` resets the stream (CANCEL) once the first response bytes arrived.
 `--body-hex HEX` sends those bytes as the body (a gRPC frame, say). `--body-size N` sends N
 deterministic bytes (byte i is i*7 mod 251) as the request body, in
-16 KiB DATA frames, honouring flow control. `--interactive ROUNDS` talks to the upstream's
-`/stream` path: it sends a chunk, waits until that chunk comes back, and only then sends the next
-one, which only works if both bodies are streamed through the proxy, never buffered whole.
+16 KiB DATA frames, honouring flow control. `--body-pace-ms MS` sends the body one byte per DATA
+frame instead, MS milliseconds apart, reading the response meanwhile (an upload that trickles).
+`--interactive ROUNDS` talks to the upstream's `/stream` path: it sends a chunk, waits until that
+chunk comes back, and only then sends the next one, which only works if both bodies are streamed
+through the proxy, never buffered whole.
 """
 
 import argparse
 import hashlib
 import json
+import select
 import socket
 import sys
 import time
@@ -103,6 +106,30 @@ class Client:
                 self.ended = True
         self.flush()
 
+    def wait_reading(self, stream_id, seconds):
+        """Handles what arrives for `seconds`, or until the response has ended."""
+        until = time.monotonic() + seconds
+        while not self.ended:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            readable, _, _ = select.select([self.sock], [], [], left)
+            if readable:
+                self.pump(stream_id)
+
+    def send_paced(self, stream_id, data, end, pace):
+        """Sends `data` one byte per DATA frame, `pace` seconds apart."""
+        for i in range(len(data)):
+            if self.ended:
+                return
+            if i:
+                self.wait_reading(stream_id, pace)
+                if self.ended:
+                    return
+            self.conn.send_data(stream_id, data[i : i + 1], end_stream=end and i == len(data) - 1)
+            self.flush()
+            self.body_sent += 1
+
     def send_body(self, stream_id, data, end):
         view = memoryview(data)
         # An upload stops once the response has ended or the stream was reset: an early answer
@@ -133,6 +160,7 @@ def main():
     parser.add_argument("--trailer", action="append", default=[])
     parser.add_argument("--body-size", type=int, default=0)
     parser.add_argument("--body-hex", default="")
+    parser.add_argument("--body-pace-ms", type=float, default=0.0)
     parser.add_argument("--interactive", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=20.0)
     parser.add_argument("--cancel-after-data", action="store_true")
@@ -170,7 +198,10 @@ def main():
             client.flush()
         elif sends_body:
             body = fixed_body or pattern(args.body_size)
-            client.send_body(stream_id, body, end=not trailers)
+            if args.body_pace_ms > 0:
+                client.send_paced(stream_id, body, not trailers, args.body_pace_ms / 1000.0)
+            else:
+                client.send_body(stream_id, body, end=not trailers)
             if trailers and not client.ended:
                 client.conn.send_headers(stream_id, trailers, end_stream=True)
                 client.flush()

@@ -18,6 +18,7 @@ the event lines it prints after that (one per line, flushed at once):
     dropped C ID                /close-if-reused: the TCP connection was closed under the request
     trickle-stopped C ID SENT   /trickle: the client went away after SENT body bytes
     trickle-done C ID           /trickle: the whole body was sent
+    stall-gone C ID             /stall: the client went away (closed, or reset the stream)
 
 What a request gets depends on its path (the query string is ignored; `/headers` reports it):
 
@@ -34,6 +35,8 @@ What a request gets depends on its path (the query string is ignored; `/headers`
     /hold          nothing, ever (the request waits until the client gives up)
     /trickle/N/MS  the response head with `content-length: N` at once, then the body one byte
                    every MS milliseconds
+    /stall/N/K     the response head with `content-length: N` and the first K body bytes at
+                   once, then nothing until the client goes away (a response quiet mid-body)
     /refuse-if-reused
                    HTTP/2: `ok` on a connection's first stream; any later stream on the same
                    connection is reset with REFUSED_STREAM, unprocessed (a stale pooled
@@ -379,6 +382,17 @@ class H2Conn:
         if path.startswith("/trickle/"):
             await self.trickle(stream, path)
             return
+        if path.startswith("/stall/"):
+            n, k = (int(part) for part in path.split("/")[2:4])
+            headers = self.base_headers(200) + [("content-length", str(n))]
+            self.conn.send_headers(stream.id, headers)
+            await self.send_body(stream, b"s" * k, end=False)
+            self.flush()
+            await self.writer.drain()
+            while not self.gone(stream) and not self.writer.is_closing():
+                await asyncio.sleep(0.05)
+            emit("stall-gone", self.id, stream.id)
+            return
         await stream.ended.wait()
         if self.gone(stream):
             return
@@ -532,6 +546,20 @@ class H1Conn:
                         return
                 emit("trickle-done", self.id, 0)
                 continue
+            if path.startswith("/stall/"):
+                n, k = (int(part) for part in path.split("/")[2:4])
+                base = f"x-upstream: {self.server.name}\r\nx-upstream-conn: {self.id}\r\n"
+                self.writer.write(
+                    f"HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n{base}\r\n".encode() + b"s" * k
+                )
+                await self.writer.drain()
+                try:
+                    while await self.reader.read(65536):
+                        pass
+                except ConnectionError:
+                    pass
+                emit("stall-gone", self.id, 0)
+                return
             delay = delay_of(path)
             if delay:
                 await asyncio.sleep(delay)

@@ -10,19 +10,28 @@
 //! shape for both: status, headers, body, trailers, and whether the response ended as framed or
 //! was cut off (a connection closed before the body completed, an RST_STREAM). HTTP/1.1 goes over
 //! a raw socket, read byte by byte against the response's own framing; HTTP/2 goes through
-//! `tests/python/h2_client.py` (python-h2). [`hold`] starts a request and leaves it open.
+//! `tests/python/h2_client.py` (python-h2). [`hold`] starts a request and leaves it open. A
+//! [`Call::paced`] body trickles, one byte at a time.
+//!
+//! [`Setup`] is the usual stage for such a test: a one-worker proxy routing everything to one
+//! `tests/python/h2_upstream.py` in the pair's cluster protocol, with a JSON access log, and
+//! [`Extra`] lines for the listener, the cluster and the route.
 //!
 //! Request bodies are the deterministic pattern `h2_client.py --body-size N` sends (byte `i` is
 //! `(i % 251) * 7 % 251`), so both clients send the same bytes.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::client::connect;
-use crate::h2::{Background, python_command, run_json};
+use crate::h2::{Background, PyServer, python_command, run_json};
+use crate::http::{access_log_config, cluster, http_listener, route, virtual_host};
+use crate::wait::{PATIENCE, wait_until};
+use crate::{Driver, Proxy};
 
 /// How long one [`call`] may take, connect to last byte: a test that waits this long has failed.
 pub const CALL_LIMIT: Duration = Duration::from_secs(40);
@@ -131,6 +140,9 @@ pub struct Call {
     pub body_len: usize,
     /// A body given as bytes (a gRPC frame, say); overrides `body_len`.
     pub body: Option<Vec<u8>>,
+    /// Send the body one byte at a time, this long apart (an upload that trickles); `None`: all
+    /// at once. [`call`] honours it; [`hold`] over HTTP/1.1 sends the body at once.
+    pub pace: Option<Duration>,
 }
 
 impl Call {
@@ -143,6 +155,7 @@ impl Call {
             headers: Vec::new(),
             body_len: 0,
             body: None,
+            pace: None,
         }
     }
 
@@ -170,6 +183,12 @@ impl Call {
     /// Adds a header field.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sends the body one byte at a time, `every` apart, while the answer is read.
+    pub fn paced(mut self, every: Duration) -> Self {
+        self.pace = Some(every);
         self
     }
 
@@ -298,7 +317,15 @@ pub fn hold(pair: Pair, proxy: SocketAddr, call: &Call) -> Held {
     }
 }
 
+/// The HTTP/1.1 request bytes: head and body.
 fn h1_request(call: &Call) -> Vec<u8> {
+    let mut out = h1_head(call);
+    out.extend_from_slice(&call.body_bytes());
+    out
+}
+
+/// The HTTP/1.1 request head, framing the body by its length.
+fn h1_head(call: &Call) -> Vec<u8> {
     let body = call.body_bytes();
     let mut out = format!(
         "{} {} HTTP/1.1\r\nhost: {}\r\n",
@@ -312,18 +339,34 @@ fn h1_request(call: &Call) -> Vec<u8> {
         out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
     out
+}
+
+/// Writes the request: at once, or (a paced call) the head and then the body byte by byte. A
+/// paced write ends at the first error: the proxy answered and closed, or the reader finished.
+fn h1_send(writer: &mut TcpStream, call: &Call) -> io::Result<()> {
+    let Some(pace) = call.pace else {
+        return writer.write_all(&h1_request(call));
+    };
+    writer.write_all(&h1_head(call))?;
+    for (i, byte) in call.body_bytes().iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pace);
+        }
+        writer.write_all(std::slice::from_ref(byte))?;
+    }
+    Ok(())
 }
 
 fn h1_call(proxy: SocketAddr, call: &Call) -> Answer {
     let deadline = Instant::now() + CALL_LIMIT;
     let mut stream = connect(proxy);
-    let request = h1_request(call);
     // The body goes out on its own thread while the answer is read: an early answer (a local
-    // reply before the body was read) must not deadlock against a full send buffer.
+    // reply before the body was read) must not deadlock against a full send buffer, and a paced
+    // body must not hold up the answer.
     let mut writer = stream.try_clone().expect("clone the client socket");
-    let sender = std::thread::spawn(move || writer.write_all(&request));
+    let request = call.clone();
+    let sender = std::thread::spawn(move || h1_send(&mut writer, &request));
     let mut answer = Answer::default();
     let mut reader = Reader {
         stream: &mut stream,
@@ -519,6 +562,10 @@ fn h2_args(proxy: SocketAddr, call: &Call) -> Vec<String> {
         }
         None => {}
     }
+    if let Some(pace) = call.pace {
+        args.push("--body-pace-ms".to_owned());
+        args.push(pace.as_millis().to_string());
+    }
     args
 }
 
@@ -562,6 +609,112 @@ fn h2_call(proxy: SocketAddr, call: &Call) -> Answer {
         trailers: pairs(&result["trailers"]),
         complete: abort.is_none() && result["status"].is_u64(),
         abort,
+    }
+}
+
+/// Lines added to the tables of a [`Setup`]'s config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// In the `http` listener `main` (`stream_idle_timeout = "1s"`).
+    pub listener: &'a str,
+    /// In the cluster `backend` (`pool = { idle_timeout = "1s" }`).
+    pub cluster: &'a str,
+    /// In the catch-all route to `backend` (`timeout = "1s"`).
+    pub route: &'a str,
+    /// After everything (another cluster, say).
+    pub more: &'a str,
+}
+
+/// A proxy with one worker (consecutive requests share one per-core pool), an `http` listener
+/// `main` whose every request goes to the cluster `backend`, spoken to in the pair's cluster
+/// protocol, on one `tests/python/h2_upstream.py`; and a JSON access log.
+#[derive(Debug)]
+pub struct Setup {
+    /// The proxy.
+    pub proxy: Proxy,
+    /// `h2_upstream.py --name primary`.
+    pub upstream: PyServer,
+    /// The config it started with (without the `[admin]` section [`Proxy::start`] adds).
+    pub config: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// Starts the upstream and the proxy for `pair` on `driver`, with `extra` lines.
+    pub fn start(pair: Pair, driver: Driver, extra: Extra<'_>) -> Self {
+        let upstream = PyServer::start("h2_upstream.py", &["--name", "primary"]);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let log = dir.path().join("access.log");
+        let config = [
+            access_log_config(&log),
+            http_listener("main", extra.listener),
+            cluster(
+                "backend",
+                &[upstream.address()],
+                &format!(
+                    "protocol = \"{}\"\n{}",
+                    pair.cluster_protocol(),
+                    extra.cluster
+                ),
+            ),
+            virtual_host(
+                "all",
+                &["*"],
+                &route("all", &format!("cluster = \"backend\"\n{}", extra.route)),
+            ),
+            extra.more.to_owned(),
+        ]
+        .concat();
+        let proxy = Proxy::start(&config, driver, 1);
+        Self {
+            proxy,
+            upstream,
+            config,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The listener's address.
+    pub fn address(&self) -> SocketAddr {
+        self.proxy.listener("main")
+    }
+
+    /// Sends `request` in the pair's client protocol.
+    pub fn call(&self, pair: Pair, request: &Call) -> Answer {
+        call(pair, self.address(), request)
+    }
+
+    /// The access-log entry whose path is `path` (waits for it).
+    pub fn log_entry(&self, path: &str) -> Value {
+        wait_until(PATIENCE, format!("an access-log entry for {path}"), || {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|entry| entry["path"] == path)
+                .ok_or_else(|| format!("log so far:\n{text}"))
+        })
+    }
+
+    /// Waits until the upstream has seen the request it got on connection `conn` abandoned by
+    /// the proxy: an `event` line about that connection (`trickle-stopped`, `stall-gone`), its
+    /// stream reset, or the connection closed.
+    pub fn wait_abandoned(&self, conn: &str, event: &str) {
+        wait_until(
+            PATIENCE,
+            format!("the upstream to see its request on connection {conn} abandoned"),
+            || {
+                let seen = [event, "reset", "close"]
+                    .iter()
+                    .any(|e| self.upstream.events(e).iter().any(|w| w[1] == conn));
+                if seen {
+                    Ok(())
+                } else {
+                    Err(self.upstream.stdout())
+                }
+            },
+        );
     }
 }
 

@@ -8,6 +8,8 @@
 //!   attackers print one JSON object), output in files so nothing can block on a pipe.
 //! - [`Background`]: the same, started now and collected later (h2load next to an attack).
 //! - [`H2load`]: h2load's summary, parsed.
+//! - [`watch_connection_end`]: requests on one connection, then how the server ends it once idle
+//!   (`h2_idle.py`: GOAWAY, close).
 //! - [`rss`] and [`RssSampler`]: the proxy's resident memory, read from `/proc`.
 
 use std::fs::File;
@@ -284,6 +286,49 @@ pub fn run_json(name: &str, args: &[&str], timeout: Duration) -> Value {
             tail(&output.stderr, 40)
         )
     })
+}
+
+/// What `h2_idle.py` saw on one HTTP/2 connection, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionEnd {
+    /// `response ID STATUS`, `end ID` (END_STREAM), `reset ID CODE` (RST_STREAM),
+    /// `goaway CODE LAST`, `ping`, and last `eof` or `reset` when the server closed it.
+    pub events: Vec<String>,
+    /// `eof` (FIN) or `reset` (RST); `None` when it was still open at the end of the wait.
+    pub closed: Option<String>,
+}
+
+impl ConnectionEnd {
+    /// The index of the first event starting with `prefix` (`"goaway"`, `"end 1"`).
+    pub fn position(&self, prefix: &str) -> Option<usize> {
+        self.events.iter().position(|e| e.starts_with(prefix))
+    }
+}
+
+/// Opens one h2c connection to `port` on 127.0.0.1, GETs `paths` on it one after the other (each
+/// once the previous response has ended; a response may take up to 20 s), then sends nothing and
+/// waits at most `wait` for the server to end the connection (`tests/python/h2_idle.py`).
+pub fn watch_connection_end(port: u16, paths: &[&str], wait: Duration) -> ConnectionEnd {
+    let mut args = vec![
+        port.to_string(),
+        "--wait".to_owned(),
+        format!("{}", wait.as_secs_f64()),
+    ];
+    for path in paths {
+        args.push("--path".to_owned());
+        args.push((*path).to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = run_json("h2_idle.py", &args, wait + Duration::from_secs(40));
+    ConnectionEnd {
+        events: result["events"]
+            .as_array()
+            .expect("h2_idle.py prints its events")
+            .iter()
+            .map(|e| e.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        closed: result["closed"].as_str().map(str::to_owned),
+    }
 }
 
 /// h2load's summary of a run.

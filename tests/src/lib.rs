@@ -5,9 +5,10 @@
 //! share, so that later HTTP, HTTP/2 and reload tests reuse it instead of growing their own:
 //!
 //! - [`proxy`]: finding the binary, [`Proxy`] (start with a config on a chosen [`Driver`], wait for
-//!   `/ready`, map listener names to bound addresses, signal it, read its CPU time, open files and
-//!   TCP connections, print its log when a test fails), [`run_ringmesh`] for short-lived
-//!   commands, and [`tcp_listener`] to write the common L4 config.
+//!   `/ready`, map listener names to bound addresses, signal it, reload it through its file,
+//!   read its CPU time, open files and TCP connections, print its log when a test fails),
+//!   [`run_ringmesh`] for short-lived commands, and [`tcp_listener`] to write the common L4
+//!   config.
 //! - [`admin`]: a minimal HTTP/1.1 GET client for the admin API, the `/stats` JSON
 //!   ([`admin::Stats`]) and a Prometheus text parser ([`admin::Metrics`]).
 //! - [`peers`]: third-party servers as upstreams (uvicorn, hypercorn, aiohttp), a Python `h2`
@@ -18,7 +19,9 @@
 //! - [`client`]: client-side helpers: connect with timeouts, byte-exact exchanges, waiting for a
 //!   close, threads pinned to each core.
 //! - [`exchange`]: the four (client protocol × cluster protocol) pairs of the HTTP request path,
-//!   [`exchange_pairs!`] to generate a test per pair and driver, and one client for both protocols.
+//!   [`exchange_pairs!`] to generate a test per pair and driver, one client for both protocols
+//!   (whose request body may trickle), and a one-worker proxy in front of `h2_upstream.py` to run
+//!   them against.
 //! - [`wait`]: bounded polling. Tests never sleep to wait for readiness; they poll a condition
 //!   with a deadline and fail with the last state they saw.
 //!

@@ -220,12 +220,7 @@ impl ProxyBuilder {
         let config_path = dir.path().join("ringmesh.toml");
         let log_path = dir.path().join("ringmesh.log");
         let admin_file = dir.path().join("admin-address");
-        let config = if self.config.contains("[admin]") {
-            self.config
-        } else {
-            format!("[admin]\naddress = \"127.0.0.1:0\"\n\n{}", self.config)
-        };
-        std::fs::write(&config_path, config).expect("write the config");
+        std::fs::write(&config_path, with_admin(&self.config)).expect("write the config");
 
         let log = File::create(&log_path).expect("create the log file");
         let mut command = match self.nofile {
@@ -275,6 +270,15 @@ impl ProxyBuilder {
         );
         assert_eq!(stats.workers().len(), self.workers, "worker count");
         proxy
+    }
+}
+
+/// `config`, with an `[admin]` section listening on `127.0.0.1:0` in front if it has none.
+fn with_admin(config: &str) -> String {
+    if config.contains("[admin]") {
+        config.to_owned()
+    } else {
+        format!("[admin]\naddress = \"127.0.0.1:0\"\n\n{config}")
     }
 }
 
@@ -525,6 +529,50 @@ impl Proxy {
             }
         }
         files
+    }
+
+    /// The config generation the proxy runs, and the one each worker has applied, by worker id
+    /// (`/config_dump`).
+    pub fn generations(&self) -> (u64, Vec<u64>) {
+        let dump: Value = serde_json::from_str(&self.admin_get("/config_dump").body)
+            .expect("/config_dump is JSON");
+        let workers = dump["workers"]
+            .as_array()
+            .expect("/config_dump has workers")
+            .iter()
+            .map(|w| w["generation"].as_u64().expect("a worker's generation"))
+            .collect();
+        (
+            dump["generation"]
+                .as_u64()
+                .expect("/config_dump has a generation"),
+            workers,
+        )
+    }
+
+    /// Reloads through the file: rewrites it with `config` (with an `[admin]` section in front
+    /// when it has none, as at the start), sends SIGHUP, and waits until every worker runs the
+    /// next generation (a worker has closed the pooled connections to removed endpoints by
+    /// then). Returns that generation; panics if the reload is not applied.
+    pub fn reload_with_sighup(&self, config: &str) -> u64 {
+        let (current, _) = self.generations();
+        std::fs::write(&self.config_path, with_admin(config)).expect("rewrite the config");
+        self.signal(Signal::SIGHUP);
+        let next = current + 1;
+        wait_until(
+            PATIENCE,
+            format!("every worker to run generation {next}"),
+            || match self.generations() {
+                (generation, workers)
+                    if generation == next && workers.iter().all(|&g| g == next) =>
+                {
+                    Ok(next)
+                }
+                (generation, workers) => {
+                    Err(format!("generation {generation}, workers {workers:?}"))
+                }
+            },
+        )
     }
 
     /// Everything the proxy has logged so far.
