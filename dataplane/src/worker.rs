@@ -206,15 +206,19 @@ async fn housekeeping(core: Rc<Core>) {
         }
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(5) {
-            // The longest idle timeout of any cluster: checkout enforces each cluster's own.
-            let max_idle = snapshot
-                .clusters
-                .iter()
-                .map(|c| c.pool.idle_timeout)
-                .max()
-                .unwrap_or(Duration::from_secs(60));
-            core.pool.evict_idle(max_idle);
-            core.h2_pool.evict_idle(max_idle);
+            // Each endpoint's idle connections live as long as the shortest pool idle timeout
+            // of the clusters it belongs to; an endpoint no cluster has any more, not at all.
+            let mut idle: HashMap<SocketAddr, Duration> = HashMap::new();
+            for cluster in &snapshot.clusters {
+                for endpoint in cluster.endpoints.iter() {
+                    idle.entry(endpoint.address)
+                        .and_modify(|t| *t = (*t).min(cluster.pool.idle_timeout))
+                        .or_insert(cluster.pool.idle_timeout);
+                }
+            }
+            let limit = |endpoint: &SocketAddr| idle.get(endpoint).copied().unwrap_or_default();
+            core.pool.evict_idle(limit);
+            core.h2_pool.evict_idle(limit);
         }
     }
 }

@@ -229,13 +229,15 @@ impl Pool {
         }
     }
 
-    /// Closes idle connections older than `max_idle_age`; run periodically by each worker.
-    pub fn evict_idle(&self, max_idle_age: Duration) {
+    /// Closes idle connections older than their endpoint's `max_idle_age`; run periodically by
+    /// each worker.
+    pub fn evict_idle(&self, max_idle_age: impl Fn(&SocketAddr) -> Duration) {
         let now = Instant::now();
         let mut expired = Vec::new();
         {
             let mut inner = self.inner.borrow_mut();
-            for entry in inner.endpoints.values_mut() {
+            for (endpoint, entry) in inner.endpoints.iter_mut() {
+                let max_idle_age = max_idle_age(endpoint);
                 let (keep, old): (Vec<_>, Vec<_>) = std::mem::take(&mut entry.idle)
                     .into_iter()
                     .partition(|c| now.duration_since(c.idle_since) < max_idle_age);
@@ -425,7 +427,7 @@ mod tests {
         pool.release(pool.connect(reservation, stream), &LIMITS);
         assert_eq!(pool.idle_count(endpoint), 1);
         monoio::time::sleep(Duration::from_millis(20)).await;
-        pool.evict_idle(Duration::from_millis(10));
+        pool.evict_idle(|_| Duration::from_millis(10));
         assert_eq!(pool.idle_count(endpoint), 0);
         assert_eq!(pool.open_count(endpoint), 0);
     }

@@ -179,6 +179,12 @@ async fn serve_request(
         match read_request_head(core, conn, http).await {
             Ok(head) => head,
             Err(HeadError::Closed) => return After::Close,
+            Err(HeadError::Idle) => {
+                if let Some(listener) = snapshot.listener(listener_name) {
+                    listener.stats.workers.slot(core.id).idle_timeouts.inc();
+                }
+                return After::Close;
+            }
             Err(HeadError::Refused(reject, flags)) => {
                 reply_and_close(core, &snapshot, conn, out, reject, flags).await;
                 return After::Close;
@@ -357,6 +363,8 @@ fn snapshot_for(core: &Core, pinned: &SnapshotRef, listener_name: &str) -> (Snap
 enum HeadError {
     /// The client closed (or reset) the connection between requests: nothing to answer.
     Closed,
+    /// No request came within the listener's idle timeout: the proxy closes the connection.
+    Idle,
     /// The head broke a limit or the framing policy (`DPE`), or did not arrive within the header
     /// timeout (408, `DT`).
     Refused(Reject, ResponseFlags),
@@ -432,7 +440,7 @@ async fn read_request_head(
                 {
                     Err(e) if e.raw_os_error() == Some(STOPPED) => continue,
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        return Err(HeadError::Closed);
+                        return Err(HeadError::Idle);
                     }
                     read => read,
                 }

@@ -332,13 +332,13 @@ impl H2Pool {
         })
     }
 
-    /// Lets go of connections that have had no stream for `max_idle_age` (the longest idle
-    /// timeout of any cluster; checkout enforces each cluster's own), and of retired ones whose
-    /// streams have ended; run periodically by each worker.
-    pub fn evict_idle(&self, max_idle_age: Duration) {
+    /// Lets go of connections that have had no stream for their endpoint's `max_idle_age`, and of
+    /// retired ones whose streams have ended; run periodically by each worker.
+    pub fn evict_idle(&self, max_idle_age: impl Fn(&SocketAddr) -> Duration) {
         let now = Instant::now();
         let mut endpoints = self.endpoints.borrow_mut();
-        for entry in endpoints.values_mut() {
+        for (endpoint, entry) in endpoints.iter_mut() {
+            let max_idle_age = max_idle_age(endpoint);
             entry.open.retain(|c| {
                 c.active.get() > 0 || !(c.retired.get() || c.idle_for(now, max_idle_age))
             });
