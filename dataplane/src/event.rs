@@ -94,6 +94,68 @@ impl Drop for Wait<'_> {
     }
 }
 
+/// A one-shot signal with at most one waiter at a time: the signals between the two directions of
+/// an exchange ("stop watching", "the head is out"). Unlike [`Event`] it keeps its one waker in
+/// place, so a request that uses a few of them allocates nothing.
+#[derive(Default)]
+pub struct Signal {
+    fired: Cell<bool>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signal")
+            .field("fired", &self.fired.get())
+            .finish()
+    }
+}
+
+impl Signal {
+    /// Fires the signal and wakes its waiter.
+    pub fn fire(&self) {
+        self.fired.set(true);
+        if let Some(waker) = self.waiter.take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether the signal has fired.
+    pub fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    /// Resolves once the signal has fired. A second concurrent waiter would take the first one's
+    /// place; the exchange never has two.
+    pub fn wait(&self) -> SignalWait<'_> {
+        SignalWait { signal: self }
+    }
+}
+
+/// The future returned by [`Signal::wait`].
+#[derive(Debug)]
+pub struct SignalWait<'a> {
+    signal: &'a Signal,
+}
+
+impl Future for SignalWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.fired.get() {
+            return Poll::Ready(());
+        }
+        // Keep the stored waker when it wakes the same task: polls repeat often (every wake-up
+        // of the exchange's task), clones and drops of a waker are not free.
+        let waker = match self.signal.waiter.take() {
+            Some(stored) if stored.will_wake(cx.waker()) => stored,
+            _ => cx.waker().clone(),
+        };
+        self.signal.waiter.set(Some(waker));
+        Poll::Pending
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +173,20 @@ mod tests {
         waiter.await;
         // Once fired, it stays fired.
         event.wait().await;
+    }
+
+    #[monoio::test_all(timer_enabled = true)]
+    async fn signals_wake_their_waiter_once_fired() {
+        let signal = Rc::new(Signal::default());
+        let waiter = {
+            let signal = Rc::clone(&signal);
+            monoio::spawn(async move { signal.wait().await })
+        };
+        monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(!signal.is_fired());
+        signal.fire();
+        waiter.await;
+        signal.wait().await;
     }
 
     #[monoio::test_all(timer_enabled = true)]

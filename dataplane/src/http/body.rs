@@ -24,6 +24,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::h1::BodyFraming;
 use super::h1::chunked::{ChunkError, ChunkedDecoder};
 use super::io::{BODY_CHUNK, Reader, Writer};
+use crate::event::Signal;
 
 /// Why a body stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +256,8 @@ pub struct Hooks<'a> {
     /// Set as soon as the source's whole body has been read (before its last bytes are
     /// written).
     pub read_done: Option<&'a Cell<bool>>,
+    /// Fired once bytes (the message head first of all) have been written to the sink.
+    pub wrote: Option<&'a Signal>,
 }
 
 impl Hooks<'_> {
@@ -267,6 +270,12 @@ impl Hooks<'_> {
             return Err(PumpError::TooLarge);
         }
         Ok(())
+    }
+
+    fn wrote(&self) {
+        if let Some(wrote) = self.wrote {
+            wrote.fire();
+        }
     }
 
     fn source_done(&self) {
@@ -473,6 +482,7 @@ async fn h1_to_h1(
                 written.map_err(|_| PumpError::Sink(None))?;
             }
         }
+        hooks.wrote();
         buf.drain(..take);
         if done {
             if let Some(record) = hooks.record.as_deref_mut() {
@@ -544,6 +554,7 @@ async fn h1_to_h2(
             return end_h2(to, trailers);
         }
         let read = monoio::select! {
+            biased;
             read = reader.read_more(buf, BODY_CHUNK) => read,
             reset = poll_fn(|cx| to.poll_reset(cx)) => return Err(reset_error(reset)),
         };
@@ -572,6 +583,10 @@ async fn from_h2(
     sink: &mut Sink<'_>,
     hooks: &mut Hooks<'_>,
 ) -> Result<(), PumpError> {
+    // The head goes out now, not with the first DATA frame: the next hop should see the request
+    // even if its body is slow to come.
+    flush(sink).await?;
+    hooks.wrote();
     loop {
         let next = match sink {
             Sink::H2(to) => {
@@ -593,6 +608,7 @@ async fn from_h2(
                     record.push(|| chunk.clone(), n);
                 }
                 write_payload(sink, chunk).await?;
+                hooks.wrote();
                 let _ = from.flow_control().release_capacity(n);
             }
             Some(Err(e)) => return Err(PumpError::Source(e.reason())),

@@ -20,7 +20,7 @@ use super::headers;
 use super::io::{Reader, STOPPED, Writer};
 use super::reply::LocalReply;
 use super::upstream::{ResponseBody, ResponseHead};
-use crate::event::Event;
+use crate::event::Signal;
 use crate::routing::HeaderMutation;
 
 /// What an HTTP/1.1 request asks to turn its connection into, once the upstream agrees.
@@ -270,7 +270,10 @@ impl DownIn<'_> {
     /// HTTP/1.1 client's next bytes (a pipelined request, tunnel bytes after an upgrade) are
     /// kept; a close or reset is [`Failure::ClientGone`]. (An HTTP/2 client's reset is watched on
     /// the response side, where the stream's handle is.)
-    pub async fn watch_gone(&mut self, stop: &Event) -> Result<(), Failure> {
+    /// `start`: most responses come before it fires, and then no watch is needed at all (a read
+    /// that finds nothing arms a poll in the kernel and must be cancelled afterwards, two extra
+    /// operations that measured a third of HTTP/1.1 throughput when done per request).
+    pub async fn watch_gone(&mut self, stop: &Signal, start: &Signal) -> Result<(), Failure> {
         let DownIn::H1 {
             reader,
             buf,
@@ -281,12 +284,17 @@ impl DownIn<'_> {
             stop.wait().await;
             return Ok(());
         };
+        monoio::select! {
+            biased;
+            () = stop.wait() => return Ok(()),
+            () = start.wait() => {}
+        }
         loop {
             if buf.len() >= *watch_limit {
                 stop.wait().await;
                 return Ok(());
             }
-            match reader.read_more_until(buf, 4096, None, Some(stop)).await {
+            match reader.read_more_unless(buf, 4096, stop).await {
                 Ok(0) => return Err(Failure::ClientGone),
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(STOPPED) => return Ok(()),

@@ -22,7 +22,7 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
-use crate::event::Event;
+use crate::event::{Event, Signal};
 
 /// Body bytes moved per read.
 pub const BODY_CHUNK: usize = 64 * 1024;
@@ -129,6 +129,7 @@ impl Reader {
             }
         };
         let (why, (result, slice)) = monoio::select! {
+            biased;
             done = &mut read => (None, done),
             () = stopped => {
                 let _ = canceller.cancel();
@@ -147,6 +148,45 @@ impl Reader {
                 Ok(n)
             }
             (Err(e), _) => Err(e),
+        }
+    }
+}
+
+impl Reader {
+    /// Like [`Self::read_more_until`] with only `stop` (no timer: a smaller future, for a wait
+    /// that runs beside every exchange).
+    pub async fn read_more_unless(
+        &mut self,
+        buf: &mut Vec<u8>,
+        min_spare: usize,
+        stop: &Signal,
+    ) -> io::Result<usize> {
+        reserve(buf, min_spare);
+        let len = buf.len();
+        let owned = std::mem::take(buf);
+        let canceller = Canceller::new();
+        let mut read = std::pin::pin!(
+            self.half
+                .cancelable_read(owned.slice_mut(len..), canceller.handle())
+        );
+        let (stopped, (result, slice)) = monoio::select! {
+            biased;
+            done = &mut read => (false, done),
+            () = stop.wait() => {
+                let _ = canceller.cancel();
+                (true, read.await)
+            }
+        };
+        *buf = slice.into_inner();
+        match result {
+            Err(e) if stopped && e.raw_os_error() == Some(libc::ECANCELED) => {
+                Err(io::Error::from_raw_os_error(STOPPED))
+            }
+            Ok(n) => {
+                self.received += n as u64;
+                Ok(n)
+            }
+            Err(e) => Err(e),
         }
     }
 }
@@ -208,6 +248,7 @@ pub async fn read_stream_within(
     let mut read =
         std::pin::pin!(stream.cancelable_read(owned.slice_mut(len..), canceller.handle()));
     let (timed_out, (result, slice)) = monoio::select! {
+        biased;
         done = &mut read => (false, done),
         () = monoio::time::sleep(timeout) => {
             let _ = canceller.cancel();

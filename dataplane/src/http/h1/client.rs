@@ -36,7 +36,9 @@ pub async fn connection(
         }
         Checkout::Exhausted => Err(Unavailable::Exhausted),
         Checkout::New(reservation) => {
-            let stream = crate::upstream::connect(address, cluster.connect_timeout)
+            // Boxed: connecting is rare next to reuse, and its future (a connect under a timer)
+            // would otherwise make every request's future larger.
+            let stream = Box::pin(crate::upstream::connect(address, cluster.connect_timeout))
                 .await
                 .map_err(Unavailable::Connect)?;
             counters.connections.inc();

@@ -126,6 +126,11 @@ pub async fn serve(
             &mut log,
         )
         .await;
+        if let After::KeepAlive = after {
+            continue;
+        }
+        // Requests count their bytes as they end; what a connection moved besides (a head that
+        // never completed, a lingering close) is counted as it closes.
         count_bytes(&core, &pinned, &listener, &mut conn);
         match after {
             After::KeepAlive => continue,
@@ -266,7 +271,7 @@ async fn serve_request(
             }
         }
     };
-    let (decision, shape) = match parsed {
+    let (mut decision, shape) = match parsed {
         Ok(parsed) => parsed,
         Err(reject) => {
             let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
@@ -295,7 +300,7 @@ async fn serve_request(
         core,
         &snapshot,
         http,
-        decision,
+        &mut decision,
         &mut client,
         scratch,
         &mut record,
@@ -319,6 +324,9 @@ async fn serve_request(
             downstream: conn.peer,
         },
     );
+    let counters = listener.stats.workers.slot(core.id);
+    counters.bytes_received.add(conn.reader.take_received());
+    counters.bytes_sent.add(conn.writer.take_sent());
     match tunnel {
         Some(upstream) => After::Tunnel(upstream),
         None if keep_alive && body_done => After::KeepAlive,

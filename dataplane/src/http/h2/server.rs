@@ -109,21 +109,16 @@ pub async fn serve(
         match next {
             Next::Stream(Some(Ok((request, respond)))) => {
                 counters.h2_streams.inc();
-                let open = StreamOpen::new(&streams);
+                let open = StreamOpen::new(&streams, &tally);
                 let stream = super::stream::serve(
                     Rc::clone(&core),
                     Rc::clone(&listener_name),
                     peer,
                     request,
                     respond,
+                    open,
                 );
-                let (snapshot, tally) = (snapshot.clone(), Rc::clone(&tally));
-                let (core, name) = (Rc::clone(&core), Rc::clone(&listener_name));
-                monoio::spawn(crate::contain::contained("http2 stream", async move {
-                    stream.await;
-                    drop(open);
-                    count_bytes(&core, &snapshot, &name, &tally);
-                }));
+                monoio::spawn(crate::contain::contained("http2 stream", stream));
             }
             Next::IdleCheck => {
                 let idle = listener.idle_timeout.unwrap_or_default();
@@ -191,7 +186,7 @@ fn count_bytes(core: &Core, snapshot: &SnapshotRef, name: &str, tally: &ByteTall
 
 /// The streams open on a connection, for its idle timeout.
 #[derive(Debug)]
-struct Streams {
+pub struct Streams {
     active: Cell<usize>,
     /// When the last stream ended (or the connection started).
     idle_since: Cell<Instant>,
@@ -206,22 +201,35 @@ impl Default for Streams {
     }
 }
 
-/// Counts one open stream until dropped.
-struct StreamOpen(Rc<Streams>);
+/// One open stream of a connection, until dropped (its task's end). It also carries the
+/// connection's byte tally, which the stream adds to the listener's counters when it ends.
+#[derive(Debug)]
+pub struct StreamOpen {
+    streams: Rc<Streams>,
+    tally: Rc<ByteTally>,
+}
 
 impl StreamOpen {
-    fn new(streams: &Rc<Streams>) -> Self {
+    fn new(streams: &Rc<Streams>, tally: &Rc<ByteTally>) -> Self {
         streams.active.set(streams.active.get() + 1);
-        Self(Rc::clone(streams))
+        Self {
+            streams: Rc::clone(streams),
+            tally: Rc::clone(tally),
+        }
+    }
+
+    /// Adds what the connection moved so far to the listener's byte counters.
+    pub fn count_bytes(&self, core: &Core, snapshot: &SnapshotRef, name: &str) {
+        count_bytes(core, snapshot, name, &self.tally);
     }
 }
 
 impl Drop for StreamOpen {
     fn drop(&mut self) {
-        let active = self.0.active.get().saturating_sub(1);
-        self.0.active.set(active);
+        let active = self.streams.active.get().saturating_sub(1);
+        self.streams.active.set(active);
         if active == 0 {
-            self.0.idle_since.set(Instant::now());
+            self.streams.idle_since.set(Instant::now());
         }
     }
 }

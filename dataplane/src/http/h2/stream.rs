@@ -16,6 +16,7 @@ use h2::{Reason, RecvStream};
 use http::Request;
 use http::header::{CONTENT_LENGTH, HOST};
 
+use super::server::StreamOpen;
 use crate::core::Core;
 use crate::http::account::{self, LogFields};
 use crate::http::downstream::{Downstream, H2Client};
@@ -32,6 +33,7 @@ pub async fn serve(
     peer: SocketAddr,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
+    open: StreamOpen,
 ) {
     let started = Instant::now();
     let snapshot = core.snapshot();
@@ -88,7 +90,7 @@ pub async fn serve(
         peer_ip: peer.ip().to_string().into_bytes(),
         ..Scratch::default()
     };
-    let decision = if over_limits(&head, &http.limits) {
+    let mut decision = if over_limits(&head, &http.limits) {
         core.write_uuid(&mut scratch.request_id);
         Decision::Reply(Local::Failure(Failure::HeadTooLarge))
     } else {
@@ -115,7 +117,7 @@ pub async fn serve(
         &core,
         &snapshot,
         http,
-        decision,
+        &mut decision,
         &mut client,
         &mut scratch,
         &mut record,
@@ -134,6 +136,7 @@ pub async fn serve(
             downstream: peer,
         },
     );
+    open.count_bytes(&core, &snapshot, &listener_name);
 }
 
 /// Whether the head breaks the listener's limits on field count or head size, counting the size
