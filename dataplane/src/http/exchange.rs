@@ -179,7 +179,7 @@ pub struct Plan<'s> {
     /// The request head for the upstream (HTTP/1.1 bytes are in [`Scratch::upstream_head`]).
     pub request: UpstreamRequest,
     /// The shadow copy, when this request is mirrored.
-    pub mirror: Option<mirror::Shadow>,
+    pub mirror: Option<Box<mirror::Shadow>>,
     /// `HEAD` (no response body) and `CONNECT` (a 2xx starts a tunnel).
     pub is_head: bool,
     /// See above.

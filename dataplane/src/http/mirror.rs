@@ -54,7 +54,7 @@ impl Shadow {
         authority: &[u8],
         rules: &RequestRules<'_>,
         values: &mut Vec<u8>,
-    ) -> Option<Self> {
+    ) -> Option<Box<Self>> {
         let request = match wire {
             Wire::H1 => {
                 let mut bytes = Vec::with_capacity(512);
@@ -77,12 +77,18 @@ impl Shadow {
                 values,
             )?),
         };
-        Some(Self { cluster, request })
+        // Boxed: mirrored requests are few, and inline a shadow would grow every plan.
+        Some(Box::new(Self { cluster, request }))
     }
 }
 
 /// Sends `shadow` with `body` (`None`: the request had none) on a task of its own.
-pub fn send(core: &Rc<Core>, snapshot: &SnapshotRef, shadow: Shadow, body: Option<&Recording>) {
+pub fn send(
+    core: &Rc<Core>,
+    snapshot: &SnapshotRef,
+    shadow: Box<Shadow>,
+    body: Option<&Recording>,
+) {
     let core = Rc::clone(core);
     let snapshot = snapshot.clone();
     let body = body.cloned();
@@ -98,7 +104,7 @@ pub fn send(core: &Rc<Core>, snapshot: &SnapshotRef, shadow: Shadow, body: Optio
 async fn exchange_once(
     core: &Core,
     snapshot: &SnapshotRef,
-    shadow: Shadow,
+    shadow: Box<Shadow>,
     body: Option<Recording>,
 ) -> Result<(), Failure> {
     let Some(cluster) = snapshot.clusters.get(shadow.cluster) else {

@@ -86,8 +86,12 @@ pub async fn serve(
     if let Some(client) = head.forwarded_client(http.xff_trusted_hops) {
         record.client_ip = client;
     }
+    // Sized for a typical request up front: growing them piecemeal costs more than this.
     let mut scratch = Scratch {
         peer_ip: peer.ip().to_string().into_bytes(),
+        upstream_head: Vec::with_capacity(1024),
+        pending: Vec::with_capacity(1024),
+        request_id: Vec::with_capacity(64),
         ..Scratch::default()
     };
     let mut decision = if over_limits(&head, &http.limits) {
