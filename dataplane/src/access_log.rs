@@ -81,7 +81,7 @@ impl AccessLogSink {
 
 /// Why a response was not an ordinary proxied one (Envoy's response flags, same letters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ResponseFlags(u16);
+pub struct ResponseFlags(u32);
 
 impl ResponseFlags {
     /// NR: no route matched.
@@ -106,8 +106,17 @@ impl ResponseFlags {
     pub const DOWNSTREAM_TIMEOUT: Self = Self(1 << 9);
     /// SI: no byte moved either way for the stream idle timeout.
     pub const STREAM_IDLE_TIMEOUT: Self = Self(1 << 10);
+    /// URX: the request was retried as often as its policy allows (or its retry budget) and
+    /// the last attempt's answer is what the client got.
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: Self = Self(1 << 11);
+    /// RL: a local rate limit refused the request.
+    pub const RATE_LIMITED: Self = Self(1 << 12);
+    /// DI: fault injection delayed the request.
+    pub const DELAY_INJECTED: Self = Self(1 << 13);
+    /// FI: fault injection aborted the request.
+    pub const FAULT_INJECTED: Self = Self(1 << 14);
 
-    const NAMES: [(Self, &'static str); 11] = [
+    const NAMES: [(Self, &'static str); 15] = [
         (Self::NO_ROUTE, "NR"),
         (Self::UPSTREAM_CONNECT_FAILURE, "UF"),
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
@@ -119,6 +128,10 @@ impl ResponseFlags {
         (Self::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
         (Self::DOWNSTREAM_TIMEOUT, "DT"),
         (Self::STREAM_IDLE_TIMEOUT, "SI"),
+        (Self::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
+        (Self::RATE_LIMITED, "RL"),
+        (Self::DELAY_INJECTED, "DI"),
+        (Self::FAULT_INJECTED, "FI"),
     ];
 
     /// Adds `other`.
