@@ -580,12 +580,6 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
             "requests above the limit would be forwarded",
         ),
         (
-            format!("{BASE}retries = {{ attempts = 99 }}\n"),
-            "virtual_hosts[0].routes[0].retries",
-            "retries =",
-            "answered with its error, not retried",
-        ),
-        (
             format!("{BASE}fault = {{ abort = {{ percent = 1.0, status = 42 }} }}\n"),
             "virtual_hosts[0].routes[0].fault",
             "fault =",
