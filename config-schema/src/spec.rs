@@ -1058,20 +1058,28 @@ impl Default for PoolSpec {
     }
 }
 
-/// Circuit-breaker thresholds, per worker core. Exceeding one answers 503 at once.
+/// Circuit-breaker thresholds of a cluster, across all workers of the process. Exceeding one
+/// answers 503 (`UO`, `x-envoy-overloaded: true`; gRPC `UNAVAILABLE`) at once instead of
+/// queueing.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerSpec {
-    /// Upstream connections open at once.
+    /// Upstream connections open at once, across all workers (HTTP/1.1 and HTTP/2 pooled
+    /// connections, and L4 connections of tcp listeners). Beyond it no new connection is opened:
+    /// the request gets 503 with flag `UO` and `x-envoy-overloaded: true` (gRPC `UNAVAILABLE`); an
+    /// L4 connection is closed. Default 1024, as Envoy.
     #[serde(default = "CircuitBreakerSpec::default_limit")]
     pub max_connections: u32,
-    /// Requests waiting for a connection.
+    /// Requests waiting for a connection or stream (from checkout until one is at hand, the
+    /// connect included), across all workers; beyond it, 503 `UO` at once. Default 1024.
     #[serde(default = "CircuitBreakerSpec::default_limit")]
     pub max_pending_requests: u32,
-    /// Requests in flight.
+    /// Requests in flight to the cluster (each attempt, from checkout to the end of its
+    /// response), across all workers; beyond it, 503 `UO` at once. Default 1024.
     #[serde(default = "CircuitBreakerSpec::default_limit")]
     pub max_requests: u32,
-    /// Retries in flight.
+    /// Retries in flight to the cluster, across all workers; a retry beyond it is not made.
+    /// Default 3, as Envoy.
     #[serde(default = "CircuitBreakerSpec::default_max_retries")]
     pub max_retries: u32,
 }

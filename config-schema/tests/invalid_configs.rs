@@ -600,15 +600,6 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
         (
             BASE.replace(
                 "[\"127.0.0.1:8080\"]",
-                "[\"127.0.0.1:8080\"]\ncircuit_breaker = { max_requests = 0 }",
-            ),
-            "clusters[0].circuit_breaker",
-            "circuit_breaker",
-            "failing fast",
-        ),
-        (
-            BASE.replace(
-                "[\"127.0.0.1:8080\"]",
                 "[\"127.0.0.1:8080\"]\n[clusters.outlier_detection]\ninterval = \"0s\"",
             ),
             "clusters[0].outlier_detection",
@@ -720,4 +711,18 @@ fn header_and_cookie_hashing_are_rejected_on_clusters_that_get_tcp_connections()
         "[\"127.0.0.1:8080\"]\nlb_policy = \"ring_hash\"\nhash_policy = { header = \"x-user\" }",
     );
     parse(&text).expect("header hashing works for HTTP");
+}
+
+#[test]
+fn circuit_breaker_limit_of_zero_is_rejected() {
+    let text = BASE.replace(
+        "[\"127.0.0.1:8080\"]",
+        "[\"127.0.0.1:8080\"]\ncircuit_breaker = { max_requests = 0 }",
+    );
+    assert_rejected(
+        &text,
+        "clusters[0].circuit_breaker.max_requests",
+        line_of(&text, "circuit_breaker"),
+        "must be at least 1",
+    );
 }

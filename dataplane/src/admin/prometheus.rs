@@ -24,6 +24,7 @@ pub(super) fn render(shared: &Shared) -> String {
     listeners(&mut out, &snapshot);
     workers(&mut out, &snapshot);
     clusters(&mut out, &snapshot);
+    breakers(&mut out, &snapshot);
     routes(&mut out, &snapshot);
     istio_tcp(&mut out, &snapshot);
     istio_http(&mut out, &snapshot);
@@ -282,6 +283,51 @@ fn clusters(out: &mut String, snapshot: &Snapshot) {
                 "{name}{{cluster=\"{}\"}} {}",
                 escape(&cluster.name),
                 cluster.stats.sum(get)
+            );
+        }
+    }
+}
+
+/// Circuit breakers: remaining capacity and overflows per resource, for clusters that have one.
+fn breakers(out: &mut String, snapshot: &Snapshot) {
+    use crate::upstream::breaker::Resource;
+    let with_breaker = || {
+        snapshot
+            .clusters
+            .iter()
+            .filter_map(|c| c.breaker.as_ref().map(|b| (c, b)))
+    };
+    header(
+        out,
+        "ringmesh_cluster_circuit_breaker_remaining",
+        "gauge",
+        "What is left of a circuit breaker's limit, across workers.",
+    );
+    for (cluster, breaker) in with_breaker() {
+        for resource in Resource::ALL {
+            let _ = writeln!(
+                out,
+                "ringmesh_cluster_circuit_breaker_remaining{{cluster=\"{}\",resource=\"{}\"}} {}",
+                escape(&cluster.name),
+                resource.label(),
+                breaker.remaining(resource)
+            );
+        }
+    }
+    header(
+        out,
+        "ringmesh_cluster_circuit_breaker_overflow_total",
+        "counter",
+        "Requests or connections refused by a circuit breaker.",
+    );
+    for (cluster, breaker) in with_breaker() {
+        for resource in Resource::ALL {
+            let _ = writeln!(
+                out,
+                "ringmesh_cluster_circuit_breaker_overflow_total{{cluster=\"{}\",resource=\"{}\"}} {}",
+                escape(&cluster.name),
+                resource.label(),
+                breaker.overflows(resource)
             );
         }
     }

@@ -22,7 +22,8 @@ use super::h2::client::{H2ClientLimits, H2Stream};
 use super::headers::Fields;
 use crate::core::Core;
 use crate::snapshot::{Cluster, Snapshot};
-use crate::upstream::InFlightGuard;
+use crate::upstream::breaker::{self, Resource};
+use crate::upstream::{InFlightGuard, Permit};
 
 /// The protocol spoken to a cluster's endpoints, resolved for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +88,8 @@ pub enum Upstream {
         keep_alive: bool,
         /// Least-request accounting, for the attempt's life.
         _in_flight: Option<InFlightGuard>,
+        /// The circuit breaker's `max_requests` permit, for the attempt's life.
+        _admitted: Option<Permit>,
     },
     /// A stream on an HTTP/2 connection.
     H2 {
@@ -102,6 +105,8 @@ pub enum Upstream {
         received: Option<(http::response::Parts, RecvStream)>,
         /// Least-request accounting.
         _in_flight: Option<InFlightGuard>,
+        /// The circuit breaker's `max_requests` permit, for the attempt's life.
+        _admitted: Option<Permit>,
     },
 }
 
@@ -110,6 +115,10 @@ impl Upstream {
     /// balancer picks, or, if that one is full or fails, to the next endpoints in turn (nothing
     /// has been sent yet, so trying another is always safe). `fresh`: a retry after a stale
     /// connection, which takes a new HTTP/1.1 connection.
+    ///
+    /// With a circuit breaker, the attempt holds a `max_requests` permit for its life and a
+    /// `max_pending_requests` permit until it has a connection or stream; either limit reached is
+    /// [`Failure::Overflow`] at once, as is a new connection beyond `max_connections`.
     pub async fn checkout(
         core: &Core,
         snapshot: &Snapshot,
@@ -119,10 +128,16 @@ impl Upstream {
         fresh: bool,
     ) -> Result<Self, Failure> {
         let counters = cluster.stats.slot(core.id);
+        let breaker = cluster.breaker.as_ref();
+        let admitted =
+            breaker::admit(breaker, Resource::Requests).map_err(|()| Failure::Overflow)?;
+        let _pending =
+            breaker::admit(breaker, Resource::PendingRequests).map_err(|()| Failure::Overflow)?;
         let Some(first) = core.pick_endpoint(snapshot, cluster, hash) else {
             counters.no_endpoint.inc();
             return Err(Failure::NoHealthyUpstream);
         };
+        let mut admitted = Some(admitted);
         let endpoints = cluster.endpoints.len();
         let mut overflow = false;
         for attempt in 0..endpoints {
@@ -136,10 +151,11 @@ impl Upstream {
                         body: None,
                         keep_alive: false,
                         _in_flight: None,
+                        _admitted: None,
                     }),
                 Wire::H2 => core
                     .h2_pool
-                    .checkout(address, &H2ClientLimits::of(cluster))
+                    .checkout(address, &H2ClientLimits::of(cluster), breaker)
                     .await
                     .map(|stream| {
                         if stream.reused {
@@ -154,6 +170,7 @@ impl Upstream {
                             send: None,
                             received: None,
                             _in_flight: None,
+                            _admitted: None,
                         }
                     }),
             };
@@ -162,11 +179,18 @@ impl Upstream {
                     let guard = core.start_request(snapshot, cluster, index);
                     match &mut upstream {
                         Upstream::H1 {
-                            _in_flight: slot, ..
+                            _in_flight: slot,
+                            _admitted: permit,
+                            ..
                         }
                         | Upstream::H2 {
-                            _in_flight: slot, ..
-                        } => *slot = guard,
+                            _in_flight: slot,
+                            _admitted: permit,
+                            ..
+                        } => {
+                            *slot = guard;
+                            *permit = admitted.take().flatten();
+                        }
                     }
                     return Ok(upstream);
                 }
@@ -174,6 +198,7 @@ impl Upstream {
                     counters.pool_overflow.inc();
                     overflow = true;
                 }
+                Err(Unavailable::CircuitOpen) => overflow = true,
                 Err(Unavailable::Connect(e)) => {
                     if e.kind() == std::io::ErrorKind::TimedOut {
                         counters.connect_timeouts.inc();

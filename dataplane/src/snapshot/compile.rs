@@ -15,7 +15,7 @@ use super::{
 use crate::access_log::AccessLogSink;
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
-use crate::upstream::Balancer;
+use crate::upstream::{Balancer, Breaker};
 
 /// Compiles a validated config into the snapshot for `generation`.
 ///
@@ -41,14 +41,15 @@ pub fn compile(
                 continue;
             }
         };
-        let stats = previous
-            .clusters
-            .iter()
-            .find(|old| *old.name == *c.name && old.stats.len() == workers)
-            .map_or_else(
-                || Arc::new(PerWorker::new(workers)),
-                |old| Arc::clone(&old.stats),
-            );
+        let old = previous.clusters.iter().find(|old| *old.name == *c.name);
+        let stats = old.filter(|old| old.stats.len() == workers).map_or_else(
+            || Arc::new(PerWorker::new(workers)),
+            |old| Arc::clone(&old.stats),
+        );
+        let breaker = c
+            .circuit_breaker
+            .as_ref()
+            .map(|spec| Breaker::new(spec, old.and_then(|old| old.breaker.as_ref())));
         clusters.push(Arc::new(Cluster {
             name: c.name.as_str().into(),
             index,
@@ -73,6 +74,7 @@ pub fn compile(
                 max_streams: c.pool.max_streams_per_connection,
             },
             stats,
+            breaker,
         }));
     }
     if !errors.is_empty() {

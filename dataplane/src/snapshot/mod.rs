@@ -26,7 +26,7 @@ use config_schema::{ConfigSpec, L4Copy, LbPolicy, ListenerProtocol, UpstreamProt
 use crate::access_log::AccessLogSink;
 use crate::routing::RouteConfig;
 use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
-use crate::upstream::Balancer;
+use crate::upstream::{Balancer, Breaker};
 
 mod compile;
 mod settings;
@@ -136,6 +136,8 @@ pub struct Cluster {
     pub h2: H2ClusterSettings,
     /// Counters, carried across reloads by name.
     pub stats: Arc<PerWorker<ClusterCounters>>,
+    /// The circuit breaker, when the cluster has one (its counts carried across reloads by name).
+    pub breaker: Option<Breaker>,
 }
 
 /// One upstream endpoint.

@@ -5,7 +5,9 @@
 //! - [`hash`]: request hashing for consistent-hash policies (header, cookie, source IP).
 //! - [`rng`]: the per-core random generator.
 //! - [`connect()`]: opening a TCP connection to an endpoint (every upstream path uses it).
+//! - [`breaker`]: circuit breakers, process-wide per cluster.
 
+pub mod breaker;
 mod connect;
 mod consistent;
 pub mod hash;
@@ -14,6 +16,7 @@ pub mod rng;
 #[cfg(test)]
 mod tests;
 
+pub use breaker::{Breaker, Permit};
 pub use connect::connect;
 pub use hash::HashOn;
 pub use lb::{Balancer, InFlightGuard, LbError, LbState, LbStates};

@@ -57,6 +57,9 @@ pub struct Connection {
     pub reuses: u32,
     idle_since: Instant,
     _slot: Slot,
+    /// The cluster's `max_connections` permit, when its breaker is set: held while the connection
+    /// is open (pooled or not).
+    pub(crate) breaker: Option<crate::upstream::Permit>,
 }
 
 impl Connection {
@@ -212,6 +215,7 @@ impl Pool {
             reuses: 0,
             idle_since: Instant::now(),
             _slot: reservation.0,
+            breaker: None,
         }
     }
 
