@@ -893,6 +893,13 @@ pub struct ClusterSpec {
     /// Passive health checking: eject endpoints that keep failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// Panic threshold, in percent: when fewer than this share of the endpoints are usable (not
+    /// ejected by outlier detection, not failing active health checks), requests and connections
+    /// are balanced over all endpoints, as Envoy does, rather than overloading the few left. 0
+    /// turns panic mode off: with no usable endpoint the answer is 503 `UH`. Default 50, as
+    /// Envoy.
+    #[serde(default = "ClusterSpec::default_panic_threshold")]
+    pub panic_threshold: u32,
     /// TLS to the endpoints; absent = plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsSpec>,
@@ -901,6 +908,9 @@ pub struct ClusterSpec {
 impl ClusterSpec {
     fn default_connect_timeout() -> Duration {
         Duration::from_secs(5)
+    }
+    fn default_panic_threshold() -> u32 {
+        50
     }
 }
 
@@ -1093,26 +1103,51 @@ impl CircuitBreakerSpec {
     }
 }
 
-/// Outlier detection: eject an endpoint after consecutive failures, for a growing time.
+/// Outlier detection (passive health checking): an endpoint that keeps failing is ejected — it
+/// gets no traffic — for `base_ejection_time × times ejected` (at most `max_ejection_time`).
+/// Observations from every worker count toward one set of counters per endpoint, and an ejection
+/// applies to every worker. Local-origin failures (connect errors, resets, timeouts) have their
+/// own counter, as Envoy's `split_external_local_origin_errors`. Each ejection and return is
+/// logged.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetectionSpec {
-    /// Consecutive 5xx answers (or connect failures) that eject an endpoint.
-    #[serde(default = "OutlierDetectionSpec::default_consecutive_5xx")]
+    /// Consecutive 5xx responses from an endpoint that eject it; 0 turns this check off.
+    /// Default 5, as Envoy.
+    #[serde(default = "OutlierDetectionSpec::default_consecutive")]
     pub consecutive_5xx: u32,
-    /// How often ejections are re-evaluated.
+    /// Consecutive gateway failures (responses 502, 503 and 504) that eject an endpoint; 0 turns
+    /// this check off. Default 5, as Envoy (which, unlike ringmesh, enforces it only when
+    /// `enforcing_consecutive_gateway_failure` is raised from its default 0).
+    #[serde(default = "OutlierDetectionSpec::default_consecutive")]
+    pub consecutive_gateway_failure: u32,
+    /// Consecutive local-origin failures (connect refused or timed out, the connection reset or
+    /// closed before or during the response, the route timeout) that eject an endpoint; 0 turns
+    /// this check off. Default 5, as Envoy.
+    #[serde(default = "OutlierDetectionSpec::default_consecutive")]
+    pub consecutive_local_origin_failure: u32,
+    /// How often ejections are re-evaluated: an endpoint whose ejection time has passed is
+    /// returned (and logged) at the next sweep, and the ejection multiplier of an endpoint that
+    /// stayed in decreases by one per interval. (Traffic returns to it as soon as its time has
+    /// passed, whatever the interval.) Default 10 s, as Envoy.
     #[serde(default = "OutlierDetectionSpec::default_interval")]
     pub interval: Duration,
-    /// Ejection time; multiplied by the number of times the endpoint was ejected.
+    /// Ejection time; multiplied by the number of times the endpoint was ejected. Default 30 s,
+    /// as Envoy.
     #[serde(default = "OutlierDetectionSpec::default_base_ejection_time")]
     pub base_ejection_time: Duration,
-    /// Most endpoints ejected at once, as a percentage of the cluster.
+    /// The longest ejection (if shorter than `base_ejection_time`, that is the longest).
+    /// Default 300 s, as Envoy.
+    #[serde(default = "OutlierDetectionSpec::default_max_ejection_time")]
+    pub max_ejection_time: Duration,
+    /// Most endpoints ejected at once, as a percentage of the cluster; at least one endpoint can
+    /// always be ejected, as in Envoy. Default 10.
     #[serde(default = "OutlierDetectionSpec::default_max_ejection_percent")]
     pub max_ejection_percent: u32,
 }
 
 impl OutlierDetectionSpec {
-    fn default_consecutive_5xx() -> u32 {
+    fn default_consecutive() -> u32 {
         5
     }
     fn default_interval() -> Duration {
@@ -1120,6 +1155,9 @@ impl OutlierDetectionSpec {
     }
     fn default_base_ejection_time() -> Duration {
         Duration::from_secs(30)
+    }
+    fn default_max_ejection_time() -> Duration {
+        Duration::from_secs(300)
     }
     fn default_max_ejection_percent() -> u32 {
         10

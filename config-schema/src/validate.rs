@@ -993,11 +993,16 @@ impl<'a> Checker<'a> {
         }
         if let Some(outlier) = &cluster.outlier_detection {
             let p = format!("{path}.outlier_detection");
-            self.at_least(
-                &format!("{p}.consecutive_5xx"),
-                outlier.consecutive_5xx.into(),
-                1,
-            );
+            if outlier.consecutive_5xx == 0
+                && outlier.consecutive_gateway_failure == 0
+                && outlier.consecutive_local_origin_failure == 0
+            {
+                self.issue(
+                    &p,
+                    "consecutive_5xx, consecutive_gateway_failure and \
+                     consecutive_local_origin_failure are all 0: nothing would ever be ejected",
+                );
+            }
             if outlier.max_ejection_percent > 100 {
                 self.issue(format!("{p}.max_ejection_percent"), "must be at most 100");
             }
@@ -1009,6 +1014,15 @@ impl<'a> Checker<'a> {
                     self.issue(format!("{p}.{key}"), "must be greater than 0");
                 }
             }
+        }
+        if cluster.panic_threshold > 100 {
+            self.issue(
+                format!("{path}.panic_threshold"),
+                format!(
+                    "percentage must be between 0 and 100, got {}",
+                    cluster.panic_threshold
+                ),
+            );
         }
         if let Some(tls) = &cluster.tls {
             for (i, id) in tls.expected_spiffe_ids.iter().enumerate() {

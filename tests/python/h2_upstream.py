@@ -45,7 +45,7 @@ What a request gets depends on its path (the query string is ignored; `/headers`
                    `ok` on a connection's first request; when a later request arrives on the
                    same connection, the TCP connection is closed without an answer (a stale
                    pooled connection whose server went away)
-    anything else  `ok`
+    anything else  `ok`, with status 200 or `--status CODE`
 
 Every response carries `x-upstream: NAME` (`--name`) and `x-upstream-conn: C`.
 
@@ -77,6 +77,10 @@ def emit(*parts):
     print(*parts, flush=True)
 
 
+# `--status`: the status of "anything else" (an endpoint that fails every plain request).
+DEFAULT_STATUS = 200
+
+
 def body_for(path):
     """The status and body of a simple path, or None for the special ones."""
     if path.startswith("/bytes/"):
@@ -86,7 +90,7 @@ def body_for(path):
     if path.startswith("/status/"):
         code = int(path.split("/")[2])
         return code, f"status {code}".encode()
-    return 200, b"ok"
+    return DEFAULT_STATUS, b"ok"
 
 
 def delay_of(path):
@@ -605,7 +609,10 @@ async def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--name", default="upstream")
     parser.add_argument("--goaway-after", type=int, default=0)
+    parser.add_argument("--status", type=int, default=200)
     args = parser.parse_args()
+    global DEFAULT_STATUS
+    DEFAULT_STATUS = args.status
     server = Server(args.name, args.goaway_after)
     listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, backlog=1024)
     emit("listening", listener.sockets[0].getsockname()[1])

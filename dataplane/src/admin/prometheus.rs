@@ -25,6 +25,7 @@ pub(super) fn render(shared: &Shared) -> String {
     workers(&mut out, &snapshot);
     clusters(&mut out, &snapshot);
     breakers(&mut out, &snapshot);
+    endpoints(&mut out, &snapshot);
     routes(&mut out, &snapshot);
     istio_tcp(&mut out, &snapshot);
     istio_http(&mut out, &snapshot);
@@ -329,6 +330,54 @@ fn breakers(out: &mut String, snapshot: &Snapshot) {
                 resource.label(),
                 breaker.overflows(resource)
             );
+        }
+    }
+}
+
+/// Per-endpoint ejection and health state, for clusters with outlier detection or health checks.
+fn endpoints(out: &mut String, snapshot: &Snapshot) {
+    use crate::upstream::outlier::EndpointHealth;
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&EndpointHealth) -> u64,
+    );
+    let families: [Family; 3] = [
+        (
+            "ringmesh_endpoint_ejected",
+            "gauge",
+            "1 while outlier detection has the endpoint ejected.",
+            |e| u64::from(e.is_ejected()),
+        ),
+        (
+            "ringmesh_endpoint_healthy",
+            "gauge",
+            "1 while the endpoint passes active health checks (always without them).",
+            |e| u64::from(e.is_healthy()),
+        ),
+        (
+            "ringmesh_endpoint_ejections_total",
+            "counter",
+            "Times outlier detection ejected the endpoint.",
+            EndpointHealth::ejections,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        header(out, name, kind, help);
+        for cluster in &snapshot.clusters {
+            let Some(health) = &cluster.health else {
+                continue;
+            };
+            for endpoint in health.endpoints.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                    escape(&cluster.name),
+                    endpoint.address,
+                    get(endpoint)
+                );
+            }
         }
     }
 }

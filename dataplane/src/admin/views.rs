@@ -133,6 +133,20 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                     })
                     .collect::<serde_json::Map<_, _>>()
             });
+            let endpoint_health = c.health.as_ref().map(|h| {
+                h.endpoints
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "address": e.address.to_string(),
+                            "healthy": e.is_healthy(),
+                            "ejected": e.is_ejected(),
+                            "times_ejected": e.times_ejected(),
+                            "ejections": e.ejections(),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            });
             json!({
                 "name": &*c.name,
                 "endpoints": c.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),
@@ -141,6 +155,7 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                 "upstream_connect_timeouts": s.sum(|x| x.connect_timeouts.get()),
                 "no_endpoint": s.sum(|x| x.no_endpoint.get()),
                 "circuit_breaker": breaker,
+                "endpoint_health": endpoint_health,
             })
         })
         .collect();

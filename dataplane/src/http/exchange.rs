@@ -56,6 +56,7 @@ use crate::core::Core;
 use crate::event::Signal;
 use crate::routing::{DirectResponse, NoRoute, Route, RouteAction, shadow_host};
 use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
+use crate::upstream::outlier::Observation;
 
 /// The largest request body kept for a retry; bigger bodies are not retried.
 const REPLAY_LIMIT: usize = 64 * 1024;
@@ -487,7 +488,13 @@ async fn run<'s>(
         Err(failure) => {
             record.flags.insert(failure.flag());
             match failure {
-                Failure::Timeout => counters.timeouts.inc(),
+                Failure::Timeout => {
+                    counters.timeouts.inc();
+                    if let (Some(health), Some(endpoint)) = (&plan.cluster.health, record.upstream)
+                    {
+                        health.observe_address(endpoint, Observation::LocalFailure);
+                    }
+                }
                 Failure::UpstreamProtocol(_) => counters.protocol_errors.inc(),
                 _ => {}
             }
@@ -838,6 +845,10 @@ async fn attempt<'s>(
             },
         }
     };
+    upstream.observe(
+        plan.cluster,
+        result.as_ref().map(|_| record.status).map_err(|f| *f),
+    );
     match result {
         Ok(Received { tunnel: true }) => Ok(upstream.into_connection()),
         Ok(Received { tunnel: false }) => {

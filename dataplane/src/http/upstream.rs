@@ -23,6 +23,7 @@ use super::headers::Fields;
 use crate::core::Core;
 use crate::snapshot::{Cluster, Snapshot};
 use crate::upstream::breaker::{self, Resource};
+use crate::upstream::outlier::Observation;
 use crate::upstream::{InFlightGuard, Permit};
 
 /// The protocol spoken to a cluster's endpoints, resolved for one request.
@@ -90,6 +91,8 @@ pub enum Upstream {
         _in_flight: Option<InFlightGuard>,
         /// The circuit breaker's `max_requests` permit, for the attempt's life.
         _admitted: Option<Permit>,
+        /// The endpoint's index in the cluster (outlier detection).
+        index: usize,
     },
     /// A stream on an HTTP/2 connection.
     H2 {
@@ -107,6 +110,8 @@ pub enum Upstream {
         _in_flight: Option<InFlightGuard>,
         /// The circuit breaker's `max_requests` permit, for the attempt's life.
         _admitted: Option<Permit>,
+        /// The endpoint's index in the cluster (outlier detection).
+        index: usize,
     },
 }
 
@@ -130,18 +135,23 @@ impl Upstream {
         let counters = cluster.stats.slot(core.id);
         let breaker = cluster.breaker.as_ref();
         let admitted =
-            breaker::admit(breaker, Resource::Requests).map_err(|()| Failure::Overflow)?;
+            breaker::admit(breaker, Resource::Requests).map_err(|_| Failure::Overflow)?;
         let _pending =
-            breaker::admit(breaker, Resource::PendingRequests).map_err(|()| Failure::Overflow)?;
-        let Some(first) = core.pick_endpoint(snapshot, cluster, hash) else {
+            breaker::admit(breaker, Resource::PendingRequests).map_err(|_| Failure::Overflow)?;
+        let Some((first, skip_unusable)) = core.pick_usable(snapshot, cluster, hash) else {
             counters.no_endpoint.inc();
             return Err(Failure::NoHealthyUpstream);
         };
         let mut admitted = Some(admitted);
         let endpoints = cluster.endpoints.len();
         let mut overflow = false;
+        let mut tried = false;
         for attempt in 0..endpoints {
             let index = (first + attempt) % endpoints;
+            if skip_unusable && cluster.health.as_ref().is_some_and(|h| !h.is_usable(index)) {
+                continue;
+            }
+            tried = true;
             let address = cluster.endpoints[index].address;
             let opened = match wire {
                 Wire::H1 => h1::client::connection(core, cluster, address, fresh)
@@ -152,6 +162,7 @@ impl Upstream {
                         keep_alive: false,
                         _in_flight: None,
                         _admitted: None,
+                        index: 0,
                     }),
                 Wire::H2 => core
                     .h2_pool
@@ -171,6 +182,7 @@ impl Upstream {
                             received: None,
                             _in_flight: None,
                             _admitted: None,
+                            index: 0,
                         }
                     }),
             };
@@ -181,15 +193,18 @@ impl Upstream {
                         Upstream::H1 {
                             _in_flight: slot,
                             _admitted: permit,
+                            index: at,
                             ..
                         }
                         | Upstream::H2 {
                             _in_flight: slot,
                             _admitted: permit,
+                            index: at,
                             ..
                         } => {
                             *slot = guard;
                             *permit = admitted.take().flatten();
+                            *at = index;
                         }
                     }
                     return Ok(upstream);
@@ -206,14 +221,40 @@ impl Upstream {
                         counters.connect_failures.inc();
                     }
                     tracing::debug!(cluster = %cluster.name, endpoint = %address, error = %e, "upstream connect failed");
+                    if let Some(health) = &cluster.health {
+                        health.observe(index, Observation::LocalFailure);
+                    }
                 }
             }
         }
         Err(if overflow {
             Failure::Overflow
+        } else if !tried {
+            counters.no_endpoint.inc();
+            Failure::NoHealthyUpstream
         } else {
             Failure::ConnectFailed
         })
+    }
+
+    /// Tells outlier detection how the attempt on this endpoint ended: a response head with its
+    /// status, or a failure (only upstream resets and broken responses count, as local-origin
+    /// failures; failures of the client or the proxy say nothing about the endpoint).
+    pub fn observe(&self, cluster: &Cluster, outcome: Result<u16, Failure>) {
+        let Some(health) = &cluster.health else {
+            return;
+        };
+        let observation = match outcome {
+            Ok(status) => Observation::Response(status),
+            Err(
+                Failure::UpstreamReset { .. }
+                | Failure::UpstreamAborted
+                | Failure::UpstreamProtocol(_),
+            ) => Observation::LocalFailure,
+            Err(_) => return,
+        };
+        let (Upstream::H1 { index, .. } | Upstream::H2 { index, .. }) = self;
+        health.observe(*index, observation);
     }
 
     /// The endpoint.

@@ -21,6 +21,7 @@ use tracing::debug;
 use crate::core::Core;
 use crate::snapshot::{Cluster, Listener, Snapshot};
 use crate::upstream::breaker::{self, Resource};
+use crate::upstream::outlier::Observation;
 use crate::upstream::{InFlightGuard, Permit};
 
 /// Proxies one downstream connection to the listener's cluster until both sides are done.
@@ -75,7 +76,7 @@ pub async fn proxy(
 /// Why no upstream connection could be made.
 #[derive(Debug)]
 pub enum ConnectError {
-    /// The cluster has no endpoints.
+    /// The cluster has no endpoints (or none usable: ejected or failing health checks).
     NoEndpoint,
     /// The cluster's circuit breaker allows no more connections.
     Overflow,
@@ -115,21 +116,28 @@ pub async fn connect(
 ) -> Result<(TcpStream, Option<InFlightGuard>, Option<Permit>), ConnectError> {
     let counters = cluster.stats.slot(core.id);
     let permit = breaker::admit(cluster.breaker.as_ref(), Resource::Connections)
-        .map_err(|()| ConnectError::Overflow)?;
+        .map_err(|_| ConnectError::Overflow)?;
     let endpoints = &cluster.endpoints;
     let hash = cluster.balancer.connection_hash(peer.ip());
-    let Some(start) = core.pick_endpoint(snapshot, cluster, hash) else {
+    let Some((start, skip_unusable)) = core.pick_usable(snapshot, cluster, hash) else {
         counters.no_endpoint.inc();
         return Err(ConnectError::NoEndpoint);
     };
-    let mut last = std::io::Error::other("no attempt made");
+    let health = cluster.health.as_ref();
+    let mut last = std::io::Error::other("no usable endpoint");
     for attempt in 0..endpoints.len() {
         let index = (start + attempt) % endpoints.len();
+        if skip_unusable && health.is_some_and(|h| !h.is_usable(index)) {
+            continue;
+        }
         let endpoint = endpoints[index];
         let in_flight = core.start_request(snapshot, cluster, index);
         match crate::upstream::connect(endpoint.address, cluster.connect_timeout).await {
             Ok(stream) => {
                 counters.connections.inc();
+                if let Some(health) = health {
+                    health.observe(index, Observation::Connected);
+                }
                 return Ok((stream, in_flight, permit));
             }
             Err(e) => {
@@ -139,6 +147,9 @@ pub async fn connect(
                     counters.connect_failures.inc();
                 }
                 debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "connect attempt failed");
+                if let Some(health) = health {
+                    health.observe(index, Observation::LocalFailure);
+                }
                 last = e;
             }
         }

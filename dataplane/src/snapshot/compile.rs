@@ -15,6 +15,7 @@ use super::{
 use crate::access_log::AccessLogSink;
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
+use crate::upstream::outlier::ClusterHealth;
 use crate::upstream::{Balancer, Breaker};
 
 /// Compiles a validated config into the snapshot for `generation`.
@@ -75,6 +76,7 @@ pub fn compile(
             },
             stats,
             breaker,
+            health: ClusterHealth::new(c, false, old.and_then(|old| old.health.as_ref())),
         }));
     }
     if !errors.is_empty() {

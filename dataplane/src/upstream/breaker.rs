@@ -165,13 +165,17 @@ impl Drop for Permit {
     }
 }
 
+/// A breaker's limit was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
 /// A permit for `resource` of `breaker`, if the cluster has one: `Ok(None)` without a breaker,
-/// `Err(())` on overflow.
+/// `Err(Overflow)` when its limit is reached.
 #[inline]
-pub fn admit(breaker: Option<&Breaker>, resource: Resource) -> Result<Option<Permit>, ()> {
+pub fn admit(breaker: Option<&Breaker>, resource: Resource) -> Result<Option<Permit>, Overflow> {
     match breaker {
         None => Ok(None),
-        Some(breaker) => breaker.try_acquire(resource).map(Some).ok_or(()),
+        Some(breaker) => breaker.try_acquire(resource).map(Some).ok_or(Overflow),
     }
 }
 

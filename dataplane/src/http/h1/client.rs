@@ -40,7 +40,7 @@ pub async fn connection(
                 cluster.breaker.as_ref(),
                 crate::upstream::breaker::Resource::Connections,
             )
-            .map_err(|()| Unavailable::CircuitOpen)?;
+            .map_err(|_| Unavailable::CircuitOpen)?;
             // Boxed: connecting is rare next to reuse, and its future (a connect under a timer)
             // would otherwise make every request's future larger.
             let stream = Box::pin(crate::upstream::connect(address, cluster.connect_timeout))

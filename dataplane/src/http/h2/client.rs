@@ -240,7 +240,7 @@ impl H2Pool {
                         breaker,
                         crate::upstream::breaker::Resource::Connections,
                     )
-                    .map_err(|()| Unavailable::CircuitOpen)?;
+                    .map_err(|_| Unavailable::CircuitOpen)?;
                     let connecting = Rc::new(Connecting::default());
                     entry.connecting.push(Rc::clone(&connecting));
                     self.start_connect(endpoint, *limits, Rc::clone(&connecting), permit);
