@@ -893,6 +893,11 @@ pub struct ClusterSpec {
     /// Passive health checking: eject endpoints that keep failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// Active health checks: one checker per process probes every endpoint; an endpoint that
+    /// fails `unhealthy_threshold` checks in a row gets no traffic until it passes
+    /// `healthy_threshold` in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
     /// Panic threshold, in percent: when fewer than this share of the endpoints are usable (not
     /// ejected by outlier detection, not failing active health checks), requests and connections
     /// are balanced over all endpoints, as Envoy does, rather than overloading the few left. 0
@@ -1161,6 +1166,82 @@ impl OutlierDetectionSpec {
     }
     fn default_max_ejection_percent() -> u32 {
         10
+    }
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// An HTTP/1.1 `GET path` with `host` (`connection: close`); the check passes when the
+    /// status is one of `expected_statuses`. Speak HTTP/1.1 on the endpoints' port (an
+    /// HTTP/2-only endpoint fails it: use `tcp` there).
+    #[default]
+    Http,
+    /// A TCP connect; the check passes when the connection is accepted.
+    Tcp,
+}
+
+/// Active health checking of a cluster's endpoints. The checks run on one thread per process
+/// (not once per worker); their verdict applies to every worker at once. Endpoints start healthy
+/// (a proxy that started with every endpoint unhealthy would answer 503 until the first checks
+/// passed) and are taken out after `unhealthy_threshold` failed checks.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// `http` (default) or `tcp`.
+    #[serde(default)]
+    pub kind: HealthCheckKind,
+    /// HTTP checks: the request path. Default `/`.
+    #[serde(default = "HealthCheckSpec::default_path")]
+    pub path: String,
+    /// HTTP checks: the `Host` header. Default: the cluster's name, as Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// HTTP checks: statuses that pass. Default `[200]`, as Envoy.
+    #[serde(default = "HealthCheckSpec::default_expected_statuses")]
+    pub expected_statuses: Vec<u16>,
+    /// Time between the end of one check of an endpoint and the start of the next. Default 5 s.
+    #[serde(default = "HealthCheckSpec::default_interval")]
+    pub interval: Duration,
+    /// Time allowed for one check (connect, request and status line); longer is a failure.
+    /// Default 1 s.
+    #[serde(default = "HealthCheckSpec::default_timeout")]
+    pub timeout: Duration,
+    /// Checks that must pass in a row before an unhealthy endpoint gets traffic again.
+    /// Default 2.
+    #[serde(default = "HealthCheckSpec::default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Checks that must fail in a row before an endpoint gets no traffic. Default 3.
+    #[serde(default = "HealthCheckSpec::default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Up to this much random time added to each interval, so that checks of many endpoints
+    /// (and many proxies) spread out. Default 0 s.
+    #[serde(default = "HealthCheckSpec::default_jitter")]
+    pub jitter: Duration,
+}
+
+impl HealthCheckSpec {
+    fn default_path() -> String {
+        "/".to_owned()
+    }
+    fn default_expected_statuses() -> Vec<u16> {
+        vec![200]
+    }
+    fn default_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_healthy_threshold() -> u32 {
+        2
+    }
+    fn default_unhealthy_threshold() -> u32 {
+        3
+    }
+    fn default_jitter() -> Duration {
+        Duration::from_secs(0)
     }
 }
 

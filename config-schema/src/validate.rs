@@ -1015,6 +1015,48 @@ impl<'a> Checker<'a> {
                 }
             }
         }
+        if let Some(check) = &cluster.health_check {
+            let p = format!("{path}.health_check");
+            for (key, value) in [("interval", check.interval), ("timeout", check.timeout)] {
+                if value.is_zero() {
+                    self.issue(format!("{p}.{key}"), "must be greater than 0");
+                }
+            }
+            for (key, value) in [
+                ("healthy_threshold", check.healthy_threshold),
+                ("unhealthy_threshold", check.unhealthy_threshold),
+            ] {
+                self.at_least(&format!("{p}.{key}"), value.into(), 1);
+            }
+            if !check.path.starts_with('/') || check.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                self.issue(
+                    format!("{p}.path"),
+                    "must start with `/` and hold no spaces or control characters",
+                );
+            }
+            if let Some(host) = &check.host
+                && (host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f))
+            {
+                self.issue(
+                    format!("{p}.host"),
+                    "must be a non-empty host without spaces or control characters",
+                );
+            }
+            if check.expected_statuses.is_empty() {
+                self.issue(
+                    format!("{p}.expected_statuses"),
+                    "list at least one status: no check could ever pass",
+                );
+            }
+            for (i, status) in check.expected_statuses.iter().enumerate() {
+                if !(100..=599).contains(status) {
+                    self.issue(
+                        format!("{p}.expected_statuses[{i}]"),
+                        format!("{status} is not an HTTP status (100-599)"),
+                    );
+                }
+            }
+        }
         if cluster.panic_threshold > 100 {
             self.issue(
                 format!("{path}.panic_threshold"),

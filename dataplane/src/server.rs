@@ -5,6 +5,7 @@
 //!                          ControlRequests (reloads, shutdown, binary-upgrade handover) in order
 //! signal thread        ── SIGTERM/SIGINT → Shutdown, SIGHUP → reload the file
 //! admin thread         ── admin API on its own runtime; POST /reload, PUT /config, POST /drain
+//! health thread        ── active health checks and outlier-ejection sweeps, on its own runtime
 //! watch thread         ── with --watch: reload the file when it changes
 //! upgrade thread       ── with an upgrade socket: hands the listening sockets to a new process
 //! worker 0..N          ── one pinned monoio runtime each, serving connections

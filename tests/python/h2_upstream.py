@@ -49,6 +49,9 @@ What a request gets depends on its path (the query string is ignored; `/headers`
 
 Every response carries `x-upstream: NAME` (`--name`) and `x-upstream-conn: C`.
 
+`--status CODE`: the status of plain requests (default 200). `--port P`: listen on P (default: any
+free port), to restart an endpoint where it was.
+
 `--goaway-after N`: on each HTTP/2 connection, when stream N+1 opens, send GOAWAY(NO_ERROR) whose
 last stream is the N-th; finish the first N, never answer the rest, then close the connection. The
 stream that triggered the GOAWAY is always one the upstream did not process, so a client that
@@ -610,11 +613,14 @@ async def main():
     parser.add_argument("--name", default="upstream")
     parser.add_argument("--goaway-after", type=int, default=0)
     parser.add_argument("--status", type=int, default=200)
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     global DEFAULT_STATUS
     DEFAULT_STATUS = args.status
     server = Server(args.name, args.goaway_after)
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, backlog=1024)
+    listener = await asyncio.start_server(
+        server.handle, "127.0.0.1", args.port, backlog=1024, reuse_address=True
+    )
     emit("listening", listener.sockets[0].getsockname()[1])
     async with listener:
         await listener.serve_forever()

@@ -12,6 +12,10 @@
 //!    the panic threshold sends traffic to all when too few are usable (and with 0, 503 `UH`);
 //!    ejections and breaker counts survive a reload of an unchanged cluster; per-endpoint
 //!    metrics and `/stats`.
+//! 3. **active health checks** — an HTTP check (path, host) takes a stopped endpoint out (no
+//!    failed request after it is marked) and puts it back when it is restarted on the same port;
+//!    a TCP check takes a refusing endpoint of a tcp cluster out; `/stats` and the
+//!    `ringmesh_endpoint_healthy` gauge show each endpoint's health.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -30,6 +34,7 @@ use tests::{Driver, Metrics, Proxy, both_drivers, exchange_pairs, tcp_listener, 
 exchange_pairs!(
     breaker_max_requests_overflow_is_503_uo_at_once,
     outlier_5xx_endpoint_is_ejected_and_returns,
+    http_health_check_takes_a_stopped_endpoint_out_and_puts_it_back,
 );
 exchange_pairs!(@h2_clients breaker_overflow_grpc_is_unavailable);
 both_drivers!(
@@ -39,6 +44,7 @@ both_drivers!(
     outlier_max_ejection_percent_keeps_at_least_one_ejectable,
     panic_threshold_uses_all_endpoints_and_zero_answers_uh,
     ejections_and_breaker_counts_survive_a_reload,
+    tcp_health_check_takes_a_refusing_endpoint_out,
 );
 
 /// The host every routed request uses.
@@ -595,4 +601,128 @@ fn ejections_and_breaker_counts_survive_a_reload(driver: Driver) {
             "the new route applies: {answer:?}"
         );
     }
+}
+
+// === 3. Active health checks ===
+
+/// Waits until `ringmesh_endpoint_healthy` of `endpoint` is `want`.
+fn wait_healthy(proxy: &Proxy, cluster: &str, endpoint: SocketAddr, want: f64) {
+    wait_until(
+        PATIENCE,
+        format!("{endpoint} healthy = {want}"),
+        || match endpoint_metric(&proxy.metrics(), "healthy", cluster, endpoint) {
+            v if v == want => Ok(()),
+            other => Err(format!("healthy = {other}")),
+        },
+    );
+}
+
+/// Two endpoints with an HTTP health check on `/healthz` with `host = "health.test"`: both stay
+/// healthy while they answer; one stopped is marked unhealthy, and from then on every request is
+/// answered by the other (no 502); restarted on the same port it is marked healthy again and
+/// takes traffic.
+fn http_health_check_takes_a_stopped_endpoint_out_and_puts_it_back(pair: Pair, driver: Driver) {
+    let a = PyServer::start("h2_upstream.py", &["--name", "a"]);
+    let b = PyServer::start("h2_upstream.py", &["--name", "b"]);
+    let (a_address, b_address) = (a.address(), b.address());
+    let mesh = Mesh::start(
+        driver,
+        &[a_address, b_address],
+        pair.cluster_protocol(),
+        "health_check = { path = \"/healthz\", host = \"health.test\", interval = \"100ms\", timeout = \"1s\", unhealthy_threshold = 2, healthy_threshold = 2, jitter = \"20ms\" }",
+    );
+    let check = a.wait_event("received", |w| {
+        w.get(5).map(String::as_str) == Some("/healthz")
+    });
+    assert_eq!(check[3], "HTTP/1.1", "the check speaks HTTP/1.1: {check:?}");
+    assert_eq!(check[6], "health.test", "the check's Host: {check:?}");
+    let metrics = mesh.proxy.metrics();
+    assert_eq!(
+        endpoint_metric(&metrics, "healthy", "backend", a_address),
+        1.0
+    );
+    assert_eq!(
+        endpoint_metric(&metrics, "healthy", "backend", b_address),
+        1.0
+    );
+    for i in 0..2 {
+        let answer = mesh.call(pair, &format!("/both/{i}"));
+        assert_eq!(answer.status, Some(200), "{answer:?}");
+    }
+
+    drop(b);
+    wait_healthy(&mesh.proxy, "backend", b_address, 0.0);
+    let stats = endpoint_stats(&mesh.proxy, "backend", b_address);
+    assert_eq!(stats["healthy"], false, "{stats}");
+    assert!(
+        stats["health_check_failures"].as_u64() >= Some(2),
+        "{stats}"
+    );
+    for i in 0..4 {
+        let answer = mesh.call(pair, &format!("/one/{i}"));
+        assert_eq!(
+            answer.status,
+            Some(200),
+            "no failure once marked: {answer:?}"
+        );
+        assert_eq!(answer.header("x-upstream"), Some("a"), "{answer:?}");
+    }
+
+    let port = b_address.port().to_string();
+    let _b2 = PyServer::start("h2_upstream.py", &["--name", "b2", "--port", &port]);
+    wait_healthy(&mesh.proxy, "backend", b_address, 1.0);
+    assert_eq!(
+        endpoint_stats(&mesh.proxy, "backend", b_address)["healthy"],
+        true
+    );
+    let mut n = 0;
+    wait_until(PATIENCE, "the restarted endpoint to take traffic", || {
+        n += 1;
+        let answer = mesh.call(pair, &format!("/back/{n}"));
+        match answer.header("x-upstream") {
+            Some("b2") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let log = mesh.proxy.log();
+    assert!(log.contains("health check: endpoint unhealthy"), "{log}");
+    assert!(log.contains("health check: endpoint healthy"), "{log}");
+}
+
+/// A tcp cluster with a TCP health check: the refusing endpoint is marked unhealthy, and then no
+/// connection is attempted to it.
+fn tcp_health_check_takes_a_refusing_endpoint_out(driver: Driver) {
+    let upstream = Upstream::echo();
+    let refused = refused_address();
+    let config = tcp_listener(
+        "db",
+        &[refused, upstream.address()],
+        "",
+        "health_check = { kind = \"tcp\", interval = \"100ms\", unhealthy_threshold = 1 }",
+    );
+    let proxy = Proxy::start(&config, driver, 2);
+    wait_healthy(&proxy, "db", refused, 0.0);
+    assert_eq!(
+        endpoint_metric(&proxy.metrics(), "healthy", "db", upstream.address()),
+        1.0
+    );
+    let failures = |m: &Metrics| {
+        m.value(
+            "ringmesh_cluster_upstream_connect_failures_total",
+            &[("cluster", "db")],
+        )
+    };
+    let address = proxy.listener("db");
+    for _ in 0..6 {
+        let mut stream = connect(address);
+        stream.write_all(b"ping").expect("write");
+        let mut buffer = [0u8; 4];
+        stream.read_exact(&mut buffer).expect("echo");
+        assert_eq!(&buffer, b"ping");
+    }
+    assert_eq!(
+        failures(&proxy.metrics()),
+        0.0,
+        "no connection went to the unhealthy endpoint"
+    );
 }

@@ -343,7 +343,7 @@ fn endpoints(out: &mut String, snapshot: &Snapshot) {
         &'static str,
         fn(&EndpointHealth) -> u64,
     );
-    let families: [Family; 3] = [
+    let families: [Family; 4] = [
         (
             "ringmesh_endpoint_ejected",
             "gauge",
@@ -361,6 +361,12 @@ fn endpoints(out: &mut String, snapshot: &Snapshot) {
             "counter",
             "Times outlier detection ejected the endpoint.",
             EndpointHealth::ejections,
+        ),
+        (
+            "ringmesh_endpoint_health_check_failures_total",
+            "counter",
+            "Active health checks of the endpoint that failed.",
+            EndpointHealth::check_failures,
         ),
     ];
     for (name, kind, help, get) in families {

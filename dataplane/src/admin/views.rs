@@ -143,6 +143,7 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                             "ejected": e.is_ejected(),
                             "times_ejected": e.times_ejected(),
                             "ejections": e.ejections(),
+                            "health_check_failures": e.check_failures(),
                         })
                     })
                     .collect::<Vec<_>>()

@@ -76,7 +76,7 @@ pub fn compile(
             },
             stats,
             breaker,
-            health: ClusterHealth::new(c, false, old.and_then(|old| old.health.as_ref())),
+            health: ClusterHealth::new(c, old.and_then(|old| old.health.as_ref())),
         }));
     }
     if !errors.is_empty() {

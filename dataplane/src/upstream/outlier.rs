@@ -39,7 +39,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use config_schema::{ClusterSpec, OutlierDetectionSpec};
+use config_schema::{ClusterSpec, HealthCheckKind, HealthCheckSpec, OutlierDetectionSpec};
 
 /// Milliseconds since the first call in this process (monotonic; 0 is reserved for "not ejected",
 /// so the clock starts at 1).
@@ -100,6 +100,8 @@ pub struct EndpointHealth {
     ejections: AtomicU64,
     /// The active health checks' verdict (true until a check says otherwise).
     healthy: AtomicBool,
+    /// Active health checks that failed.
+    check_failures: AtomicU64,
 }
 
 impl EndpointHealth {
@@ -113,6 +115,7 @@ impl EndpointHealth {
             times_ejected: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            check_failures: AtomicU64::new(0),
         }
     }
 
@@ -145,6 +148,16 @@ impl EndpointHealth {
     #[inline]
     pub fn is_usable(&self) -> bool {
         self.is_healthy() && !self.is_ejected()
+    }
+
+    /// Counts a failed active health check.
+    pub fn check_failed(&self) {
+        self.check_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Active health checks that failed since the endpoint first appeared.
+    pub fn check_failures(&self) -> u64 {
+        self.check_failures.load(Ordering::Relaxed)
     }
 
     /// Ejections since the endpoint first appeared.
@@ -191,6 +204,47 @@ impl OutlierPolicy {
     }
 }
 
+/// Active health-check settings, compiled (see `health.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckPolicy {
+    /// HTTP or TCP.
+    pub kind: HealthCheckKind,
+    /// The HTTP/1.1 request, whole (`GET path`, `host`, `connection: close`).
+    pub request: Box<[u8]>,
+    /// Statuses that pass.
+    pub expected_statuses: Box<[u16]>,
+    /// Time between checks of one endpoint.
+    pub interval: Duration,
+    /// Time allowed for one check.
+    pub timeout: Duration,
+    /// Passes in a row that make an unhealthy endpoint healthy.
+    pub healthy_threshold: u32,
+    /// Failures in a row that make a healthy endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Up to this much random time added to each interval.
+    pub jitter: Duration,
+}
+
+impl CheckPolicy {
+    fn new(cluster: &str, spec: &HealthCheckSpec) -> Self {
+        let host = spec.host.as_deref().unwrap_or(cluster);
+        let request = format!(
+            "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: ringmesh-health-check\r\nconnection: close\r\n\r\n",
+            spec.path
+        );
+        Self {
+            kind: spec.kind,
+            request: request.into_bytes().into(),
+            expected_statuses: spec.expected_statuses.clone().into(),
+            interval: spec.interval.get(),
+            timeout: spec.timeout.get(),
+            healthy_threshold: spec.healthy_threshold,
+            unhealthy_threshold: spec.unhealthy_threshold,
+            jitter: spec.jitter.get(),
+        }
+    }
+}
+
 /// The usable-endpoint state of one cluster (see the module docs).
 #[derive(Debug)]
 pub struct ClusterHealth {
@@ -199,20 +253,17 @@ pub struct ClusterHealth {
     pub endpoints: Box<[Arc<EndpointHealth>]>,
     /// Outlier detection, when configured.
     pub outlier: Option<OutlierPolicy>,
+    /// Active health checks, when configured.
+    pub check: Option<CheckPolicy>,
     /// Panic threshold, in percent.
     pub panic_threshold: u32,
 }
 
 impl ClusterHealth {
-    /// The state for `spec` if it has outlier detection (or active health checks, `checked`),
-    /// carrying over each endpoint's state by address from `previous` (the same cluster before a
-    /// reload).
-    pub fn new(
-        spec: &ClusterSpec,
-        checked: bool,
-        previous: Option<&ClusterHealth>,
-    ) -> Option<Self> {
-        if spec.outlier_detection.is_none() && !checked {
+    /// The state for `spec` if it has outlier detection or active health checks, carrying over
+    /// each endpoint's state by address from `previous` (the same cluster before a reload).
+    pub fn new(spec: &ClusterSpec, previous: Option<&ClusterHealth>) -> Option<Self> {
+        if spec.outlier_detection.is_none() && spec.health_check.is_none() {
             return None;
         }
         let endpoints = spec
@@ -224,10 +275,21 @@ impl ClusterHealth {
                     .map_or_else(|| Arc::new(EndpointHealth::new(e.address)), Arc::clone)
             })
             .collect();
+        let endpoints: Box<[Arc<EndpointHealth>]> = endpoints;
+        if spec.health_check.is_none() {
+            // No checks any more: a verdict of the old ones must not keep an endpoint out.
+            for endpoint in endpoints.iter() {
+                endpoint.set_healthy(true);
+            }
+        }
         Some(Self {
             cluster: spec.name.as_str().into(),
             endpoints,
             outlier: spec.outlier_detection.as_ref().map(OutlierPolicy::new),
+            check: spec
+                .health_check
+                .as_ref()
+                .map(|c| CheckPolicy::new(&spec.name, c)),
             panic_threshold: spec.panic_threshold,
         })
     }
@@ -352,6 +414,11 @@ impl ClusterHealth {
         );
     }
 
+    /// The cluster's name.
+    pub fn cluster(&self) -> &Arc<str> {
+        &self.cluster
+    }
+
     /// The periodic sweep (health thread): returns endpoints whose ejection time has passed,
     /// logging each, and decreases the multiplier of endpoints that stayed in.
     pub fn sweep(&self) {
@@ -396,7 +463,7 @@ mod tests {
     fn consecutive_5xx_ejects_once_and_success_resets() {
         let spec =
             cluster("outlier_detection = { consecutive_5xx = 3, max_ejection_percent = 50 }");
-        let health = ClusterHealth::new(&spec, false, None).expect("configured");
+        let health = ClusterHealth::new(&spec, None).expect("configured");
         health.observe(0, Observation::Response(500));
         health.observe(0, Observation::Response(500));
         health.observe(0, Observation::Response(200));
@@ -417,7 +484,7 @@ mod tests {
         let spec = cluster(
             "outlier_detection = { consecutive_local_origin_failure = 1, max_ejection_percent = 1 }",
         );
-        let health = ClusterHealth::new(&spec, false, None).expect("configured");
+        let health = ClusterHealth::new(&spec, None).expect("configured");
         health.observe(0, Observation::LocalFailure);
         health.observe(1, Observation::LocalFailure);
         assert!(!health.is_usable(0), "at least one endpoint is ejectable");
@@ -432,7 +499,7 @@ mod tests {
         let spec = cluster(
             "panic_threshold = 50\noutlier_detection = { consecutive_gateway_failure = 1, consecutive_5xx = 0, max_ejection_percent = 100 }",
         );
-        let health = ClusterHealth::new(&spec, false, None).expect("configured");
+        let health = ClusterHealth::new(&spec, None).expect("configured");
         health.observe(0, Observation::Response(503));
         health.observe(1, Observation::Response(502));
         assert_eq!(health.walk_mode(0), Some(true), "half usable: skip");
@@ -446,7 +513,7 @@ mod tests {
         let spec = cluster(
             "outlier_detection = { base_ejection_time = \"10s\", max_ejection_time = \"25s\" }",
         );
-        let health = ClusterHealth::new(&spec, false, None).expect("configured");
+        let health = ClusterHealth::new(&spec, None).expect("configured");
         let policy = health.outlier.as_ref().expect("policy");
         assert_eq!(policy.ejection_time(1), Duration::from_secs(10));
         assert_eq!(policy.ejection_time(2), Duration::from_secs(20));
@@ -457,11 +524,11 @@ mod tests {
     fn state_carries_over_by_address() {
         let spec =
             cluster("outlier_detection = { consecutive_5xx = 1, max_ejection_percent = 100 }");
-        let first = ClusterHealth::new(&spec, false, None).expect("configured");
+        let first = ClusterHealth::new(&spec, None).expect("configured");
         first.observe(1, Observation::Response(500));
         let mut moved = spec.clone();
         moved.endpoints.remove(0);
-        let second = ClusterHealth::new(&moved, false, Some(&first)).expect("configured");
+        let second = ClusterHealth::new(&moved, Some(&first)).expect("configured");
         assert!(!second.is_usable(0), "127.0.0.1:2 is still ejected");
         assert!(Arc::ptr_eq(&first.endpoints[1], &second.endpoints[0]));
     }
