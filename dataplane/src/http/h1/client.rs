@@ -47,9 +47,7 @@ pub async fn connection(
                 .await
                 .map_err(Unavailable::Connect)?;
             counters.connections.inc();
-            let mut connection = core.pool.connect(reservation, stream);
-            connection.breaker = permit;
-            Ok(connection)
+            Ok(core.pool.connect_with(reservation, stream, permit))
         }
     }
 }
