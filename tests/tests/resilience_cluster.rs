@@ -3,7 +3,8 @@
 //!
 //! 1. **circuit breakers** — `max_requests` with a stalled first request: the next one is refused
 //!    at once with 503, flag `UO` and `x-envoy-overloaded: true` (a gRPC client: trailers-only
-//!    `UNAVAILABLE`); `max_connections` on a tcp cluster closes the connection beyond the limit;
+//!    `UNAVAILABLE`); `max_pending_requests` with a first request stuck connecting, the same;
+//!    `max_connections` on a tcp cluster closes the connection beyond the limit;
 //!    the remaining-capacity gauges and overflow counters on `/stats/prometheus` and `/stats`.
 //! 2. **outlier detection** — an endpoint answering 503 (of two) is ejected after
 //!    `consecutive_5xx`, traffic goes to the other, and it returns after `base_ejection_time`,
@@ -27,12 +28,13 @@ use tests::client::{Closed, connect, wait_closed};
 use tests::exchange::{Answer, Call, Extra, Pair, Setup, call, hold};
 use tests::h2::PyServer;
 use tests::http::{access_log_config, cluster, http_listener, route, virtual_host};
-use tests::upstream::{Upstream, refused_address};
+use tests::upstream::{Blackhole, Upstream, refused_address};
 use tests::wait::PATIENCE;
 use tests::{Driver, Metrics, Proxy, both_drivers, exchange_pairs, tcp_listener, wait_until};
 
 exchange_pairs!(
     breaker_max_requests_overflow_is_503_uo_at_once,
+    breaker_max_pending_requests_overflow_is_503_uo,
     outlier_5xx_endpoint_is_ejected_and_returns,
     http_health_check_takes_a_stopped_endpoint_out_and_puts_it_back,
 );
@@ -119,6 +121,41 @@ fn breaker_max_requests_overflow_is_503_uo_at_once(pair: Pair, driver: Driver) {
         cluster["circuit_breaker"]["requests"]["limit"], 1,
         "{cluster}"
     );
+}
+
+/// `max_pending_requests = 1` and an endpoint whose connects hang: while the first request
+/// waits for its connection, the next is refused at once with 503 `UO`.
+fn breaker_max_pending_requests_overflow_is_503_uo(pair: Pair, driver: Driver) {
+    let blackhole = Blackhole::new();
+    let mesh = Mesh::start(
+        driver,
+        &[blackhole.address()],
+        pair.cluster_protocol(),
+        "connect_timeout = \"30s\"\ncircuit_breaker = { max_pending_requests = 1 }",
+    );
+    let _held = hold(
+        pair,
+        mesh.proxy.listener("main"),
+        &Call::get(HOST, "/pending"),
+    );
+    let labels = [("cluster", "backend"), ("resource", "pending_requests")];
+    wait_until(
+        PATIENCE,
+        "the first request to wait for its connection",
+        || match mesh
+            .proxy
+            .metrics()
+            .value("ringmesh_cluster_circuit_breaker_remaining", &labels)
+        {
+            0.0 => Ok(()),
+            other => Err(format!("remaining = {other}")),
+        },
+    );
+    let next = mesh.call(pair, "/next");
+    assert_eq!(next.status, Some(503), "{next:?}");
+    assert_eq!(next.header("x-envoy-overloaded"), Some("true"), "{next:?}");
+    let entry = mesh.log_entry("/next");
+    assert_eq!(entry["response_flags"], "UO", "{entry}");
 }
 
 /// The same with a gRPC request: trailers-only `grpc-status: 14` (UNAVAILABLE), flag `UO`.
