@@ -42,11 +42,16 @@ pub fn compile(
                 continue;
             }
         };
+        let stats = previous
+            .clusters
+            .iter()
+            .find(|old| *old.name == *c.name && old.stats.len() == workers)
+            .map_or_else(
+                || Arc::new(PerWorker::new(workers)),
+                |old| Arc::clone(&old.stats),
+            );
+        // Breaker counts and endpoint health carry over by name, whatever the worker count.
         let old = previous.clusters.iter().find(|old| *old.name == *c.name);
-        let stats = old.filter(|old| old.stats.len() == workers).map_or_else(
-            || Arc::new(PerWorker::new(workers)),
-            |old| Arc::clone(&old.stats),
-        );
         let breaker = c
             .circuit_breaker
             .as_ref()
