@@ -963,6 +963,18 @@ pub struct ClusterSpec {
     /// (default: 20 % of requests plus 10 per second, over 10 s).
     #[serde(default)]
     pub retry_budget: RetryBudgetSpec,
+    /// Active health checks: one checker per process probes every endpoint; an endpoint that
+    /// fails `unhealthy_threshold` checks in a row gets no traffic until it passes
+    /// `healthy_threshold` in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+    /// Panic threshold, in percent: when fewer than this share of the endpoints are usable (not
+    /// ejected by outlier detection, not failing active health checks), requests and connections
+    /// are balanced over all endpoints, as Envoy does, rather than overloading the few left. 0
+    /// turns panic mode off: with no usable endpoint the answer is 503 `UH`. Default 50, as
+    /// Envoy.
+    #[serde(default = "ClusterSpec::default_panic_threshold")]
+    pub panic_threshold: u32,
     /// TLS to the endpoints; absent = plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsSpec>,
@@ -971,6 +983,9 @@ pub struct ClusterSpec {
 impl ClusterSpec {
     fn default_connect_timeout() -> Duration {
         Duration::from_secs(5)
+    }
+    fn default_panic_threshold() -> u32 {
+        50
     }
 }
 
@@ -1128,20 +1143,28 @@ impl Default for PoolSpec {
     }
 }
 
-/// Circuit-breaker thresholds, per worker core. Exceeding one answers 503 at once.
+/// Circuit-breaker thresholds of a cluster, across all workers of the process. Exceeding one
+/// answers 503 (`UO`, `x-envoy-overloaded: true`; gRPC `UNAVAILABLE`) at once instead of
+/// queueing.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerSpec {
-    /// Upstream connections open at once.
+    /// Upstream connections open at once, across all workers (HTTP/1.1 and HTTP/2 pooled
+    /// connections, and L4 connections of tcp listeners). Beyond it no new connection is opened:
+    /// the request gets 503 with flag `UO` and `x-envoy-overloaded: true` (gRPC `UNAVAILABLE`); an
+    /// L4 connection is closed. Default 1024, as Envoy.
     #[serde(default = "CircuitBreakerSpec::default_limit")]
     pub max_connections: u32,
-    /// Requests waiting for a connection.
+    /// Requests waiting for a connection or stream (from checkout until one is at hand, the
+    /// connect included), across all workers; beyond it, 503 `UO` at once. Default 1024.
     #[serde(default = "CircuitBreakerSpec::default_limit")]
     pub max_pending_requests: u32,
-    /// Requests in flight.
+    /// Requests in flight to the cluster (each attempt, from checkout to the end of its
+    /// response), across all workers; beyond it, 503 `UO` at once. Default 1024.
     #[serde(default = "CircuitBreakerSpec::default_limit")]
     pub max_requests: u32,
-    /// Retries in flight.
+    /// Retries in flight to the cluster, across all workers; a retry beyond it is not made.
+    /// Default 3, as Envoy.
     #[serde(default = "CircuitBreakerSpec::default_max_retries")]
     pub max_retries: u32,
 }
@@ -1155,26 +1178,51 @@ impl CircuitBreakerSpec {
     }
 }
 
-/// Outlier detection: eject an endpoint after consecutive failures, for a growing time.
+/// Outlier detection (passive health checking): an endpoint that keeps failing is ejected — it
+/// gets no traffic — for `base_ejection_time × times ejected` (at most `max_ejection_time`).
+/// Observations from every worker count toward one set of counters per endpoint, and an ejection
+/// applies to every worker. Local-origin failures (connect errors, resets, timeouts) have their
+/// own counter, as Envoy's `split_external_local_origin_errors`. Each ejection and return is
+/// logged.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetectionSpec {
-    /// Consecutive 5xx answers (or connect failures) that eject an endpoint.
-    #[serde(default = "OutlierDetectionSpec::default_consecutive_5xx")]
+    /// Consecutive 5xx responses from an endpoint that eject it; 0 turns this check off.
+    /// Default 5, as Envoy.
+    #[serde(default = "OutlierDetectionSpec::default_consecutive")]
     pub consecutive_5xx: u32,
-    /// How often ejections are re-evaluated.
+    /// Consecutive gateway failures (responses 502, 503 and 504) that eject an endpoint; 0 turns
+    /// this check off. Default 5, as Envoy (which, unlike ringmesh, enforces it only when
+    /// `enforcing_consecutive_gateway_failure` is raised from its default 0).
+    #[serde(default = "OutlierDetectionSpec::default_consecutive")]
+    pub consecutive_gateway_failure: u32,
+    /// Consecutive local-origin failures (connect refused or timed out, the connection reset or
+    /// closed before or during the response, the route timeout) that eject an endpoint; 0 turns
+    /// this check off. Default 5, as Envoy.
+    #[serde(default = "OutlierDetectionSpec::default_consecutive")]
+    pub consecutive_local_origin_failure: u32,
+    /// How often ejections are re-evaluated: an endpoint whose ejection time has passed is
+    /// returned (and logged) at the next sweep, and the ejection multiplier of an endpoint that
+    /// stayed in decreases by one per interval. (Traffic returns to it as soon as its time has
+    /// passed, whatever the interval.) Default 10 s, as Envoy.
     #[serde(default = "OutlierDetectionSpec::default_interval")]
     pub interval: Duration,
-    /// Ejection time; multiplied by the number of times the endpoint was ejected.
+    /// Ejection time; multiplied by the number of times the endpoint was ejected. Default 30 s,
+    /// as Envoy.
     #[serde(default = "OutlierDetectionSpec::default_base_ejection_time")]
     pub base_ejection_time: Duration,
-    /// Most endpoints ejected at once, as a percentage of the cluster.
+    /// The longest ejection (if shorter than `base_ejection_time`, that is the longest).
+    /// Default 300 s, as Envoy.
+    #[serde(default = "OutlierDetectionSpec::default_max_ejection_time")]
+    pub max_ejection_time: Duration,
+    /// Most endpoints ejected at once, as a percentage of the cluster; at least one endpoint can
+    /// always be ejected, as in Envoy. Default 10.
     #[serde(default = "OutlierDetectionSpec::default_max_ejection_percent")]
     pub max_ejection_percent: u32,
 }
 
 impl OutlierDetectionSpec {
-    fn default_consecutive_5xx() -> u32 {
+    fn default_consecutive() -> u32 {
         5
     }
     fn default_interval() -> Duration {
@@ -1183,8 +1231,87 @@ impl OutlierDetectionSpec {
     fn default_base_ejection_time() -> Duration {
         Duration::from_secs(30)
     }
+    fn default_max_ejection_time() -> Duration {
+        Duration::from_secs(300)
+    }
     fn default_max_ejection_percent() -> u32 {
         10
+    }
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// An HTTP/1.1 `GET path` with `host` (`connection: close`); the check passes when the
+    /// status is one of `expected_statuses`. Speak HTTP/1.1 on the endpoints' port (an
+    /// HTTP/2-only endpoint fails it: use `tcp` there).
+    #[default]
+    Http,
+    /// A TCP connect; the check passes when the connection is accepted.
+    Tcp,
+}
+
+/// Active health checking of a cluster's endpoints. The checks run on one thread per process
+/// (not once per worker); their verdict applies to every worker at once. Endpoints start healthy
+/// (a proxy that started with every endpoint unhealthy would answer 503 until the first checks
+/// passed) and are taken out after `unhealthy_threshold` failed checks.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// `http` (default) or `tcp`.
+    #[serde(default)]
+    pub kind: HealthCheckKind,
+    /// HTTP checks: the request path. Default `/`.
+    #[serde(default = "HealthCheckSpec::default_path")]
+    pub path: String,
+    /// HTTP checks: the `Host` header. Default: the cluster's name, as Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// HTTP checks: statuses that pass. Default `[200]`, as Envoy.
+    #[serde(default = "HealthCheckSpec::default_expected_statuses")]
+    pub expected_statuses: Vec<u16>,
+    /// Time between the end of one check of an endpoint and the start of the next. Default 5 s.
+    #[serde(default = "HealthCheckSpec::default_interval")]
+    pub interval: Duration,
+    /// Time allowed for one check (connect, request and status line); longer is a failure.
+    /// Default 1 s.
+    #[serde(default = "HealthCheckSpec::default_timeout")]
+    pub timeout: Duration,
+    /// Checks that must pass in a row before an unhealthy endpoint gets traffic again.
+    /// Default 2.
+    #[serde(default = "HealthCheckSpec::default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Checks that must fail in a row before an endpoint gets no traffic. Default 3.
+    #[serde(default = "HealthCheckSpec::default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Up to this much random time added to each interval, so that checks of many endpoints
+    /// (and many proxies) spread out. Default 0 s.
+    #[serde(default = "HealthCheckSpec::default_jitter")]
+    pub jitter: Duration,
+}
+
+impl HealthCheckSpec {
+    fn default_path() -> String {
+        "/".to_owned()
+    }
+    fn default_expected_statuses() -> Vec<u16> {
+        vec![200]
+    }
+    fn default_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_healthy_threshold() -> u32 {
+        2
+    }
+    fn default_unhealthy_threshold() -> u32 {
+        3
+    }
+    fn default_jitter() -> Duration {
+        Duration::from_secs(0)
     }
 }
 

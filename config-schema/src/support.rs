@@ -48,8 +48,6 @@ pub const NOT_SUPPORTED: &[Unsupported] = &[
     Unsupported { path: "virtual_hosts[].rate_limit", consequence: "rate limiting — requests above the limit would be forwarded, none refused; remove rate_limit from this virtual host" },
     Unsupported { path: "virtual_hosts[].routes[].fault", consequence: "fault injection — no request would be delayed or aborted; remove fault from this route" },
     Unsupported { path: "virtual_hosts[].routes[].rate_limit", consequence: "rate limiting — requests above the limit would be forwarded, none refused; remove rate_limit from this route" },
-    Unsupported { path: "clusters[].circuit_breaker", consequence: "circuit breaking — requests beyond these limits would queue or be forwarded instead of failing fast; remove circuit_breaker from this cluster" },
-    Unsupported { path: "clusters[].outlier_detection", consequence: "outlier detection — an endpoint that keeps failing would never be ejected; remove outlier_detection from this cluster" },
 ];
 
 /// The entry for the key at `path` (a concrete path such as `clusters[2].tls`), if it is not

@@ -1019,11 +1019,16 @@ impl<'a> Checker<'a> {
         }
         if let Some(outlier) = &cluster.outlier_detection {
             let p = format!("{path}.outlier_detection");
-            self.at_least(
-                &format!("{p}.consecutive_5xx"),
-                outlier.consecutive_5xx.into(),
-                1,
-            );
+            if outlier.consecutive_5xx == 0
+                && outlier.consecutive_gateway_failure == 0
+                && outlier.consecutive_local_origin_failure == 0
+            {
+                self.issue(
+                    &p,
+                    "consecutive_5xx, consecutive_gateway_failure and \
+                     consecutive_local_origin_failure are all 0: nothing would ever be ejected",
+                );
+            }
             if outlier.max_ejection_percent > 100 {
                 self.issue(format!("{p}.max_ejection_percent"), "must be at most 100");
             }
@@ -1047,6 +1052,57 @@ impl<'a> Checker<'a> {
             self.issue(
                 format!("{path}.retry_budget.ttl"),
                 "whole seconds, from 1s to 60s",
+            );
+        }
+        if let Some(check) = &cluster.health_check {
+            let p = format!("{path}.health_check");
+            for (key, value) in [("interval", check.interval), ("timeout", check.timeout)] {
+                if value.is_zero() {
+                    self.issue(format!("{p}.{key}"), "must be greater than 0");
+                }
+            }
+            for (key, value) in [
+                ("healthy_threshold", check.healthy_threshold),
+                ("unhealthy_threshold", check.unhealthy_threshold),
+            ] {
+                self.at_least(&format!("{p}.{key}"), value.into(), 1);
+            }
+            if !check.path.starts_with('/') || check.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                self.issue(
+                    format!("{p}.path"),
+                    "must start with `/` and hold no spaces or control characters",
+                );
+            }
+            if let Some(host) = &check.host
+                && (host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f))
+            {
+                self.issue(
+                    format!("{p}.host"),
+                    "must be a non-empty host without spaces or control characters",
+                );
+            }
+            if check.expected_statuses.is_empty() {
+                self.issue(
+                    format!("{p}.expected_statuses"),
+                    "list at least one status: no check could ever pass",
+                );
+            }
+            for (i, status) in check.expected_statuses.iter().enumerate() {
+                if !(100..=599).contains(status) {
+                    self.issue(
+                        format!("{p}.expected_statuses[{i}]"),
+                        format!("{status} is not an HTTP status (100-599)"),
+                    );
+                }
+            }
+        }
+        if cluster.panic_threshold > 100 {
+            self.issue(
+                format!("{path}.panic_threshold"),
+                format!(
+                    "percentage must be between 0 and 100, got {}",
+                    cluster.panic_threshold
+                ),
             );
         }
         if let Some(tls) = &cluster.tls {

@@ -591,24 +591,6 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
             "rate_limit =",
             "remove rate_limit from this route",
         ),
-        (
-            BASE.replace(
-                "[\"127.0.0.1:8080\"]",
-                "[\"127.0.0.1:8080\"]\ncircuit_breaker = { max_requests = 0 }",
-            ),
-            "clusters[0].circuit_breaker",
-            "circuit_breaker",
-            "failing fast",
-        ),
-        (
-            BASE.replace(
-                "[\"127.0.0.1:8080\"]",
-                "[\"127.0.0.1:8080\"]\n[clusters.outlier_detection]\ninterval = \"0s\"",
-            ),
-            "clusters[0].outlier_detection",
-            "[clusters.outlier_detection]",
-            "never be ejected",
-        ),
     ];
     for (text, path, line_text, needle) in &cases {
         let errors = errors_of(text);
@@ -714,4 +696,46 @@ fn header_and_cookie_hashing_are_rejected_on_clusters_that_get_tcp_connections()
         "[\"127.0.0.1:8080\"]\nlb_policy = \"ring_hash\"\nhash_policy = { header = \"x-user\" }",
     );
     parse(&text).expect("header hashing works for HTTP");
+}
+
+#[test]
+fn circuit_breaker_limit_of_zero_is_rejected() {
+    let text = BASE.replace(
+        "[\"127.0.0.1:8080\"]",
+        "[\"127.0.0.1:8080\"]\ncircuit_breaker = { max_requests = 0 }",
+    );
+    assert_rejected(
+        &text,
+        "clusters[0].circuit_breaker.max_requests",
+        line_of(&text, "circuit_breaker"),
+        "must be at least 1",
+    );
+}
+
+#[test]
+fn outlier_detection_that_can_never_eject_is_rejected() {
+    let text = BASE.replace(
+        "[\"127.0.0.1:8080\"]",
+        "[\"127.0.0.1:8080\"]\n[clusters.outlier_detection]\nconsecutive_5xx = 0\nconsecutive_gateway_failure = 0\nconsecutive_local_origin_failure = 0",
+    );
+    assert_rejected(
+        &text,
+        "clusters[0].outlier_detection",
+        line_of(&text, "[clusters.outlier_detection]"),
+        "nothing would ever be ejected",
+    );
+}
+
+#[test]
+fn panic_threshold_over_100_is_rejected() {
+    let text = BASE.replace(
+        "[\"127.0.0.1:8080\"]",
+        "[\"127.0.0.1:8080\"]\npanic_threshold = 150",
+    );
+    assert_rejected(
+        &text,
+        "clusters[0].panic_threshold",
+        line_of(&text, "panic_threshold"),
+        "between 0 and 100",
+    );
 }

@@ -109,6 +109,30 @@ impl Core {
         })
     }
 
+    /// Where a request or connection to `cluster` starts its walk over the endpoints, and whether
+    /// the walk skips unusable endpoints (ejected, failing health checks): the load balancer's
+    /// pick, re-picked up to twice while it lands on an unusable endpoint (walking on from an
+    /// unusable pick would hand its whole share to its neighbour). Without outlier detection or
+    /// health checks this is [`Self::pick_endpoint`]. `None`: no endpoint may be used.
+    pub fn pick_usable(
+        &self,
+        snapshot: &Snapshot,
+        cluster: &Cluster,
+        hash: Option<u64>,
+    ) -> Option<(usize, bool)> {
+        let mut first = self.pick_endpoint(snapshot, cluster, hash)?;
+        let Some(health) = &cluster.health else {
+            return Some((first, false));
+        };
+        for _ in 0..2 {
+            if health.is_usable(first) {
+                break;
+            }
+            first = self.pick_endpoint(snapshot, cluster, hash)?;
+        }
+        health.walk_mode(first).map(|skip| (first, skip))
+    }
+
     /// Marks a request as in flight on `endpoint` until the guard drops (least-request reads it).
     pub fn start_request(
         &self,

@@ -5,6 +5,7 @@
 //!                          ControlRequests (reloads, shutdown, binary-upgrade handover) in order
 //! signal thread        ── SIGTERM/SIGINT → Shutdown, SIGHUP → reload the file
 //! admin thread         ── admin API on its own runtime; POST /reload, PUT /config, POST /drain
+//! health thread        ── active health checks and outlier-ejection sweeps, on its own runtime
 //! watch thread         ── with --watch: reload the file when it changes
 //! upgrade thread       ── with an upgrade socket: hands the listening sockets to a new process
 //! worker 0..N          ── one pinned monoio runtime each, serving connections
@@ -169,6 +170,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     if options.watch {
         crate::watch::spawn(path.clone(), control.clone())?;
     }
+    crate::upstream::health::spawn(Arc::clone(&shared))
+        .context("cannot start the health thread")?;
     let admin_address = AdminAddress::parse(&config.spec.admin.address).map_err(|e| anyhow!(e))?;
     let admin = start_admin(
         &admin_address,

@@ -60,9 +60,12 @@ What a request gets depends on its path (the query string is ignored; `/headers`
                    (UNAVAILABLE), later ones `grpc-status: 0`, under HTTP 200
     /fail-on/NAME/CODE
                    CODE when this server's `--name` is NAME, else `ok from NAME`
-    anything else  `ok`
+    anything else  `ok`, with status 200 or `--status CODE`
 
 Every response carries `x-upstream: NAME` (`--name`) and `x-upstream-conn: C`.
+
+`--status CODE`: the status of plain requests (default 200). `--port P`: listen on P (default: any
+free port), to restart an endpoint where it was.
 
 `--goaway-after N`: on each HTTP/2 connection, when stream N+1 opens, send GOAWAY(NO_ERROR) whose
 last stream is the N-th; finish the first N, never answer the rest, then close the connection. The
@@ -91,6 +94,9 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 def emit(*parts):
     print(*parts, flush=True)
 
+
+# `--status`: the status of "anything else" (an endpoint that fails every plain request).
+DEFAULT_STATUS = 200
 
 # Requests seen per KEY of the /flaky, /slow-first, /reset-first and /grpc-flaky paths.
 TRIES = {}
@@ -135,7 +141,7 @@ def body_for(path, name="", attempt=None):
     if path.startswith("/status/"):
         code = int(path.split("/")[2])
         return code, f"status {code}".encode()
-    return 200, b"ok"
+    return DEFAULT_STATUS, b"ok"
 
 
 def delay_of(path):
@@ -687,9 +693,15 @@ async def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--name", default="upstream")
     parser.add_argument("--goaway-after", type=int, default=0)
+    parser.add_argument("--status", type=int, default=200)
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
+    global DEFAULT_STATUS
+    DEFAULT_STATUS = args.status
     server = Server(args.name, args.goaway_after)
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, backlog=1024)
+    listener = await asyncio.start_server(
+        server.handle, "127.0.0.1", args.port, backlog=1024, reuse_address=True
+    )
     emit("listening", listener.sockets[0].getsockname()[1])
     async with listener:
         await listener.serve_forever()

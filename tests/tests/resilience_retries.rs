@@ -12,6 +12,7 @@
 //!   upstream on every pair and from a grpcio server;
 //! - a retry goes to another endpoint than the one that failed;
 //! - a body bigger than the replay buffer is not retried, and the access log says so;
+//! - a circuit breaker's `max_retries` bounds retries in flight (0: none at all);
 //! - under a 100 % failing upstream, the retry budget holds the upstream's load to the budget's
 //!   ratio plus its floor, whatever `attempts` says.
 //!
@@ -33,6 +34,7 @@ exchange_pairs!(
     the_route_timeout_bounds_all_tries_together,
     grpc_unavailable_is_retried_under_unavailable,
     a_body_bigger_than_the_replay_buffer_is_not_retried_and_the_log_says_why,
+    the_circuit_breaker_max_retries_stops_retries,
 );
 both_drivers!(
     a_retry_goes_to_another_endpoint_than_the_one_that_failed,
@@ -248,6 +250,28 @@ fn a_body_bigger_than_the_replay_buffer_is_not_retried_and_the_log_says_why(
     let path = "/flaky/1/503/small";
     let answer = setup.call(pair, &Call::post(HOST, path, 1000));
     assert_eq!(answer.status, Some(200), "{answer:?}");
+}
+
+fn the_circuit_breaker_max_retries_stops_retries(pair: Pair, driver: Driver) {
+    let setup = Setup::start(
+        pair,
+        driver,
+        Extra {
+            cluster: "circuit_breaker = { max_retries = 0 }",
+            route: "retries = { attempts = 3, retry_on = [\"5xx\"], backoff = \"5ms\" }",
+            ..Extra::default()
+        },
+    );
+    let path = "/flaky/1/503/a";
+    let answer = setup.call(pair, &Call::get(HOST, path));
+    assert_eq!(answer.status, Some(503), "{answer:?}");
+    assert_eq!(tries_of(&setup, path).len(), 1);
+    let entry = setup.log_entry(path);
+    assert_eq!(
+        entry["retry_stopped"], "circuit_breaker_max_retries",
+        "{entry}"
+    );
+    assert!(flags(&entry).contains("URX"), "{entry}");
 }
 
 fn a_retry_goes_to_another_endpoint_than_the_one_that_failed(driver: Driver) {

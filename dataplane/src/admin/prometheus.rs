@@ -24,6 +24,8 @@ pub(super) fn render(shared: &Shared) -> String {
     listeners(&mut out, &snapshot);
     workers(&mut out, &snapshot);
     clusters(&mut out, &snapshot);
+    breakers(&mut out, &snapshot);
+    endpoints(&mut out, &snapshot);
     routes(&mut out, &snapshot);
     istio_tcp(&mut out, &snapshot);
     istio_http(&mut out, &snapshot);
@@ -295,6 +297,105 @@ fn clusters(out: &mut String, snapshot: &Snapshot) {
                 escape(&cluster.name),
                 cluster.stats.sum(get)
             );
+        }
+    }
+}
+
+/// Circuit breakers: remaining capacity and overflows per resource, for clusters that have one.
+fn breakers(out: &mut String, snapshot: &Snapshot) {
+    use crate::upstream::breaker::Resource;
+    let with_breaker = || {
+        snapshot
+            .clusters
+            .iter()
+            .filter_map(|c| c.breaker.as_ref().map(|b| (c, b)))
+    };
+    header(
+        out,
+        "ringmesh_cluster_circuit_breaker_remaining",
+        "gauge",
+        "What is left of a circuit breaker's limit, across workers.",
+    );
+    for (cluster, breaker) in with_breaker() {
+        for resource in Resource::ALL {
+            let _ = writeln!(
+                out,
+                "ringmesh_cluster_circuit_breaker_remaining{{cluster=\"{}\",resource=\"{}\"}} {}",
+                escape(&cluster.name),
+                resource.label(),
+                breaker.remaining(resource)
+            );
+        }
+    }
+    header(
+        out,
+        "ringmesh_cluster_circuit_breaker_overflow_total",
+        "counter",
+        "Requests or connections refused by a circuit breaker.",
+    );
+    for (cluster, breaker) in with_breaker() {
+        for resource in Resource::ALL {
+            let _ = writeln!(
+                out,
+                "ringmesh_cluster_circuit_breaker_overflow_total{{cluster=\"{}\",resource=\"{}\"}} {}",
+                escape(&cluster.name),
+                resource.label(),
+                breaker.overflows(resource)
+            );
+        }
+    }
+}
+
+/// Per-endpoint ejection and health state, for clusters with outlier detection or health checks.
+fn endpoints(out: &mut String, snapshot: &Snapshot) {
+    use crate::upstream::outlier::EndpointHealth;
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&EndpointHealth) -> u64,
+    );
+    let families: [Family; 4] = [
+        (
+            "ringmesh_endpoint_ejected",
+            "gauge",
+            "1 while outlier detection has the endpoint ejected.",
+            |e| u64::from(e.is_ejected()),
+        ),
+        (
+            "ringmesh_endpoint_healthy",
+            "gauge",
+            "1 while the endpoint passes active health checks (always without them).",
+            |e| u64::from(e.is_healthy()),
+        ),
+        (
+            "ringmesh_endpoint_ejections_total",
+            "counter",
+            "Times outlier detection ejected the endpoint.",
+            EndpointHealth::ejections,
+        ),
+        (
+            "ringmesh_endpoint_health_check_failures_total",
+            "counter",
+            "Active health checks of the endpoint that failed.",
+            EndpointHealth::check_failures,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        header(out, name, kind, help);
+        for cluster in &snapshot.clusters {
+            let Some(health) = &cluster.health else {
+                continue;
+            };
+            for endpoint in health.endpoints.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                    escape(&cluster.name),
+                    endpoint.address,
+                    get(endpoint)
+                );
+            }
         }
     }
 }

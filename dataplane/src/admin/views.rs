@@ -118,6 +118,36 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
         .iter()
         .map(|c| {
             let s = &c.stats;
+            let breaker = c.breaker.as_ref().map(|b| {
+                crate::upstream::breaker::Resource::ALL
+                    .iter()
+                    .map(|&r| {
+                        (
+                            r.label().to_owned(),
+                            json!({
+                                "limit": b.limit(r),
+                                "remaining": b.remaining(r),
+                                "overflows": b.overflows(r),
+                            }),
+                        )
+                    })
+                    .collect::<serde_json::Map<_, _>>()
+            });
+            let endpoint_health = c.health.as_ref().map(|h| {
+                h.endpoints
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "address": e.address.to_string(),
+                            "healthy": e.is_healthy(),
+                            "ejected": e.is_ejected(),
+                            "times_ejected": e.times_ejected(),
+                            "ejections": e.ejections(),
+                            "health_check_failures": e.check_failures(),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            });
             json!({
                 "name": &*c.name,
                 "endpoints": c.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),
@@ -125,6 +155,8 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                 "upstream_connect_failures": s.sum(|x| x.connect_failures.get()),
                 "upstream_connect_timeouts": s.sum(|x| x.connect_timeouts.get()),
                 "no_endpoint": s.sum(|x| x.no_endpoint.get()),
+                "circuit_breaker": breaker,
+                "endpoint_health": endpoint_health,
             })
         })
         .collect();

@@ -188,6 +188,8 @@ pub enum Unavailable {
     Exhausted,
     /// Connecting (or the HTTP/2 handshake) failed or timed out.
     Connect(std::io::Error),
+    /// A new connection would exceed the cluster's `circuit_breaker.max_connections`.
+    CircuitOpen,
 }
 
 /// A `grpc-timeout` value for `remaining` (at most 8 digits, in the coarsest unit that keeps

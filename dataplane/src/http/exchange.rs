@@ -60,6 +60,7 @@ use crate::core::Core;
 use crate::event::Signal;
 use crate::routing::{DirectResponse, NoRoute, Route, RouteAction, shadow_host};
 use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
+use crate::upstream::outlier::Observation;
 
 /// The largest request body kept for a retry; bigger bodies are not retried.
 const REPLAY_LIMIT: usize = 64 * 1024;
@@ -473,6 +474,7 @@ async fn run<'s>(
     let retries = Retries::new(
         plan.route.retries.as_ref(),
         &plan.cluster.retry_budget,
+        plan.cluster.breaker.as_ref(),
         plan.cluster.stats.slot(core.id),
     );
     let context = Context {
@@ -505,7 +507,16 @@ async fn run<'s>(
         Err(failure) => {
             record.flags.insert(failure.flag());
             match failure {
-                Failure::Timeout | Failure::PerTryTimeout => counters.timeouts.inc(),
+                Failure::PerTryTimeout => counters.timeouts.inc(),
+                Failure::Timeout => {
+                    counters.timeouts.inc();
+                    // The attempt was dropped where it stood (a per-try timeout is observed
+                    // where the try ends, in `attempts`).
+                    if let (Some(health), Some(endpoint)) = (&plan.cluster.health, record.upstream)
+                    {
+                        health.observe_address(endpoint, Observation::LocalFailure);
+                    }
+                }
                 Failure::UpstreamProtocol(_) => counters.protocol_errors.inc(),
                 _ => {}
             }
@@ -682,6 +693,12 @@ async fn attempts<'s>(
             Err(failure) => Some(failure),
         };
         if let Some(failure) = failure {
+            if failure == Failure::PerTryTimeout
+                && let (Some(health), Some(endpoint)) = (&plan.cluster.health, record.upstream)
+            {
+                // The try was dropped where it stood: outlier detection hears of it here.
+                health.observe_address(endpoint, Observation::LocalFailure);
+            }
             if progress.response_started.get() {
                 return Err(failure);
             }
@@ -931,6 +948,14 @@ async fn attempt<'s>(
             },
         }
     };
+    upstream.observe(
+        plan.cluster,
+        match &result {
+            Ok(Received::Discarded { status }) => Ok(*status),
+            Ok(Received::Relayed { .. }) => Ok(record.status),
+            Err(failure) => Err(*failure),
+        },
+    );
     match result {
         Ok(Received::Relayed { tunnel: true }) => Ok(Attempted::Done(upstream.into_connection())),
         Ok(Received::Relayed { tunnel: false }) => {
@@ -942,7 +967,7 @@ async fn attempt<'s>(
             Ok(Attempted::Done(None))
         }
         // The unread response goes with its connection (HTTP/1.1) or stream (HTTP/2).
-        Ok(Received::Discarded) => {
+        Ok(Received::Discarded { .. }) => {
             upstream.finish(core, plan.cluster, false);
             Ok(Attempted::Discarded)
         }
@@ -986,7 +1011,10 @@ enum Received {
         tunnel: bool,
     },
     /// The response asked for a retry, which was granted: the client saw none of it.
-    Discarded,
+    Discarded {
+        /// Its status (outlier detection counts it).
+        status: u16,
+    },
 }
 
 /// The response side of an attempt: the head (while watching for the client giving up), then
@@ -1024,15 +1052,15 @@ async fn receive<'s>(
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse().ok());
         if retries.on_response(head.status, grpc_status, request_whole) {
-            return None;
+            return Err(head.status);
         }
         record.status = head.status;
-        Some(down_out.start_response(head, &plan.route.response_headers, request_read.get()))
+        Ok(down_out.start_response(head, &plan.route.response_headers, request_read.get()))
     })?;
-    let Some(started) = started else {
-        return Ok(Received::Discarded);
+    let started = match started {
+        Ok(started) => started?,
+        Err(status) => return Ok(Received::Discarded { status }),
     };
-    let started = started?;
     counters.response(record.status);
     progress.response_started.set(true);
     if started.body

@@ -10,7 +10,8 @@
 //!    the connection's, not the endpoint's.
 //! 2. **The route's policy** (`routes[].retries`): up to `attempts` retries on the conditions of
 //!    `retry_on` (Envoy's names and meanings), each after a full-jitter backoff, on another endpoint
-//!    where the cluster has one, and only while the cluster's [`RetryBudget`] allows.
+//!    where the cluster has one, and only while the cluster's [`RetryBudget`] allows and, with a
+//!    circuit breaker, while its `max_retries` has room (the permit is held for the retry's life).
 //!
 //! Never retried: anything once the client has the response head; a request whose body is not at
 //! hand (bigger than the replay buffer, or abandoned mid-upload by an HTTP/1.1 client). A
@@ -20,7 +21,7 @@
 //! A response with a retriable status is discarded before the client sees anything (its HTTP/1.1
 //! connection is closed, its HTTP/2 stream reset); the last attempt's response is relayed as it is.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use config_schema::RetryOn;
@@ -29,7 +30,7 @@ use super::error::{Failure, Retry};
 use crate::access_log::ResponseFlags;
 use crate::routing::RetryPolicy;
 use crate::stats::ClusterCounters;
-use crate::upstream::RetryBudget;
+use crate::upstream::{Breaker, Permit, RetryBudget};
 
 /// Why a retry that a condition asked for did not happen (the access log's `retry_stopped`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub enum Stopped {
     Attempts,
     /// The cluster's retry budget was spent.
     Budget,
+    /// The cluster's circuit breaker had no room for another retry in flight (`max_retries`).
+    Breaker,
     /// The request body is not at hand to send again.
     BodyNotKept,
 }
@@ -48,6 +51,7 @@ impl Stopped {
         match self {
             Stopped::Attempts => "attempts_exhausted",
             Stopped::Budget => "budget_exhausted",
+            Stopped::Breaker => "circuit_breaker_max_retries",
             Stopped::BodyNotKept => "body_not_kept",
         }
     }
@@ -58,7 +62,10 @@ impl Stopped {
 pub struct Retries<'a> {
     policy: Option<&'a RetryPolicy>,
     budget: &'a RetryBudget,
+    breaker: Option<&'a Breaker>,
     counters: &'a ClusterCounters,
+    /// The `max_retries` permit of the retry in flight.
+    permit: RefCell<Option<Permit>>,
     /// Policy retries taken so far.
     taken: Cell<u32>,
     /// The safety retry was taken.
@@ -77,11 +84,12 @@ pub enum Verdict {
 }
 
 impl<'a> Retries<'a> {
-    /// The state for a request on a route with `policy`, to a cluster with `budget`. Counts the
-    /// request in the budget when the route may retry.
+    /// The state for a request on a route with `policy`, to a cluster with `budget` and
+    /// `breaker`. Counts the request in the budget when the route may retry.
     pub fn new(
         policy: Option<&'a RetryPolicy>,
         budget: &'a RetryBudget,
+        breaker: Option<&'a Breaker>,
         counters: &'a ClusterCounters,
     ) -> Self {
         if policy.is_some_and(|p| p.attempts > 0) {
@@ -90,7 +98,9 @@ impl<'a> Retries<'a> {
         Self {
             policy: policy.filter(|p| p.attempts > 0),
             budget,
+            breaker,
             counters,
+            permit: RefCell::new(None),
             taken: Cell::new(0),
             safety_taken: Cell::new(false),
             stopped: Cell::new(None),
@@ -164,12 +174,22 @@ impl<'a> Retries<'a> {
         })
     }
 
-    /// Takes a policy retry if attempts, budget and body allow.
+    /// Takes a policy retry if attempts, body, breaker and budget allow.
     fn take(&self, policy: &RetryPolicy, body_at_hand: bool) -> Verdict {
+        // The previous retry is over: its breaker permit goes back before another is asked for.
+        self.permit.borrow_mut().take();
+        let mut permit = None;
         let stop = if self.taken.get() >= policy.attempts {
             Some(Stopped::Attempts)
         } else if !body_at_hand {
             Some(Stopped::BodyNotKept)
+        } else if let Some(breaker) = self.breaker
+            && {
+                permit = breaker.try_retry();
+                permit.is_none()
+            }
+        {
+            Some(Stopped::Breaker)
         } else if !self.budget.withdraw(Instant::now()) {
             self.counters.retry_overflow.inc();
             Some(Stopped::Budget)
@@ -180,6 +200,7 @@ impl<'a> Retries<'a> {
             self.stopped.set(Some(stop));
             return Verdict::Stop;
         }
+        *self.permit.borrow_mut() = permit;
         self.taken.set(self.taken.get() + 1);
         self.counters.retries.inc();
         Verdict::Again(Duration::ZERO)
@@ -258,7 +279,7 @@ mod tests {
     fn the_safety_retry_is_taken_once_without_a_policy() {
         let budget = generous_budget();
         let counters = ClusterCounters::default();
-        let retries = Retries::new(None, &budget, &counters);
+        let retries = Retries::new(None, &budget, None, &counters);
         let unprocessed = Failure::UpstreamReset {
             retry: Retry::Unprocessed,
         };
@@ -273,7 +294,7 @@ mod tests {
         let stale = Failure::UpstreamReset {
             retry: Retry::IfIdempotent,
         };
-        let retries = Retries::new(None, &budget, &counters);
+        let retries = Retries::new(None, &budget, None, &counters);
         assert_eq!(retries.after_failure(stale, false, true), Verdict::Stop);
         assert_eq!(
             retries.after_failure(stale, true, true),
@@ -287,7 +308,7 @@ mod tests {
         let budget = generous_budget();
         let counters = ClusterCounters::default();
         let policy = policy(2, &[RetryOn::GatewayError]);
-        let retries = Retries::new(Some(&policy), &budget, &counters);
+        let retries = Retries::new(Some(&policy), &budget, None, &counters);
         assert!(retries.on_response(503, None, true));
         assert!(
             !retries.on_response(500, None, true),
@@ -326,7 +347,7 @@ mod tests {
         ];
         for &(on, failure, expected) in cases {
             let policy = policy(1, on);
-            let retries = Retries::new(Some(&policy), &budget, &counters);
+            let retries = Retries::new(Some(&policy), &budget, None, &counters);
             let verdict = retries.after_failure(failure, false, true);
             assert_eq!(verdict != Verdict::Stop, expected, "{on:?} {failure:?}");
         }
@@ -339,7 +360,7 @@ mod tests {
                 RetryOn::ResourceExhausted,
             ],
         );
-        let retries = Retries::new(Some(&policy), &budget, &counters);
+        let retries = Retries::new(Some(&policy), &budget, None, &counters);
         assert!(retries.on_response(409, None, true));
         assert!(retries.on_response(418, None, true));
         assert!(!retries.on_response(404, None, true));
@@ -354,7 +375,7 @@ mod tests {
         let budget = generous_budget();
         let counters = ClusterCounters::default();
         let policy = policy(3, &[RetryOn::ServerError]);
-        let retries = Retries::new(Some(&policy), &budget, &counters);
+        let retries = Retries::new(Some(&policy), &budget, None, &counters);
         assert!(!retries.on_response(503, None, false));
         assert_eq!(retries.outcome().1, Some(Stopped::BodyNotKept));
     }
@@ -368,10 +389,38 @@ mod tests {
         });
         let counters = ClusterCounters::default();
         let policy = policy(3, &[RetryOn::ServerError]);
-        let retries = Retries::new(Some(&policy), &budget, &counters);
+        let retries = Retries::new(Some(&policy), &budget, None, &counters);
         assert!(!retries.on_response(503, None, true));
         assert_eq!(retries.outcome().1, Some(Stopped::Budget));
         assert_eq!(counters.retry_overflow.get(), 1);
+    }
+
+    #[test]
+    fn the_breaker_bounds_retries_in_flight() {
+        let budget = generous_budget();
+        let counters = ClusterCounters::default();
+        let spec = config_schema::CircuitBreakerSpec {
+            max_connections: 100,
+            max_pending_requests: 100,
+            max_requests: 100,
+            max_retries: 1,
+        };
+        let breaker = Breaker::new(&spec, None);
+        let policy = policy(5, &[RetryOn::ServerError]);
+        let first = Retries::new(Some(&policy), &budget, Some(&breaker), &counters);
+        let second = Retries::new(Some(&policy), &budget, Some(&breaker), &counters);
+        assert!(first.on_response(503, None, true));
+        // One retry in flight in the process: another exchange's retry is refused...
+        assert!(!second.on_response(503, None, true));
+        assert_eq!(second.outcome().1, Some(Stopped::Breaker));
+        // ...and the first exchange's next retry may go, its previous one being over.
+        assert!(first.on_response(503, None, true));
+        drop(first);
+        let third = Retries::new(Some(&policy), &budget, Some(&breaker), &counters);
+        assert!(
+            third.on_response(503, None, true),
+            "the permit went back with its exchange"
+        );
     }
 
     #[test]
@@ -379,7 +428,7 @@ mod tests {
         let budget = generous_budget();
         let counters = ClusterCounters::default();
         let policy = policy(10, &[RetryOn::ServerError]);
-        let retries = Retries::new(Some(&policy), &budget, &counters);
+        let retries = Retries::new(Some(&policy), &budget, None, &counters);
         assert_eq!(
             retries.backoff(u64::MAX),
             Duration::ZERO,

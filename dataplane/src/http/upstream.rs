@@ -22,7 +22,9 @@ use super::h2::client::{H2ClientLimits, H2Stream};
 use super::headers::Fields;
 use crate::core::Core;
 use crate::snapshot::{Cluster, Snapshot};
-use crate::upstream::InFlightGuard;
+use crate::upstream::breaker::{self, Resource};
+use crate::upstream::outlier::Observation;
+use crate::upstream::{InFlightGuard, Permit};
 
 /// The protocol spoken to a cluster's endpoints, resolved for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +89,10 @@ pub enum Upstream {
         keep_alive: bool,
         /// Least-request accounting, for the attempt's life.
         _in_flight: Option<InFlightGuard>,
+        /// The circuit breaker's `max_requests` permit, for the attempt's life.
+        _admitted: Option<Permit>,
+        /// The endpoint's index in the cluster (outlier detection).
+        index: usize,
     },
     /// A stream on an HTTP/2 connection.
     H2 {
@@ -102,6 +108,10 @@ pub enum Upstream {
         received: Option<(http::response::Parts, RecvStream)>,
         /// Least-request accounting.
         _in_flight: Option<InFlightGuard>,
+        /// The circuit breaker's `max_requests` permit, for the attempt's life.
+        _admitted: Option<Permit>,
+        /// The endpoint's index in the cluster (outlier detection).
+        index: usize,
     },
 }
 
@@ -111,6 +121,10 @@ impl Upstream {
     /// has been sent yet, so trying another is always safe). `fresh`: a retry after a stale
     /// connection, which takes a new HTTP/1.1 connection. `avoid`: an endpoint that just failed
     /// this request; when the pick is that one, the next is taken instead (if there is another).
+    ///
+    /// With a circuit breaker, the attempt holds a `max_requests` permit for its life and a
+    /// `max_pending_requests` permit until it has a connection or stream; either limit reached is
+    /// [`Failure::Overflow`] at once, as is a new connection beyond `max_connections`.
     pub async fn checkout(
         core: &Core,
         snapshot: &Snapshot,
@@ -121,17 +135,28 @@ impl Upstream {
         avoid: Option<SocketAddr>,
     ) -> Result<Self, Failure> {
         let counters = cluster.stats.slot(core.id);
-        let Some(mut first) = core.pick_endpoint(snapshot, cluster, hash) else {
+        let breaker = cluster.breaker.as_ref();
+        let admitted =
+            breaker::admit(breaker, Resource::Requests).map_err(|_| Failure::Overflow)?;
+        let _pending =
+            breaker::admit(breaker, Resource::PendingRequests).map_err(|_| Failure::Overflow)?;
+        let Some((mut first, skip_unusable)) = core.pick_usable(snapshot, cluster, hash) else {
             counters.no_endpoint.inc();
             return Err(Failure::NoHealthyUpstream);
         };
+        let mut admitted = Some(admitted);
         let endpoints = cluster.endpoints.len();
         if avoid.is_some_and(|avoid| cluster.endpoints[first].address == avoid) && endpoints > 1 {
             first = (first + 1) % endpoints;
         }
         let mut overflow = false;
+        let mut tried = false;
         for attempt in 0..endpoints {
             let index = (first + attempt) % endpoints;
+            if skip_unusable && cluster.health.as_ref().is_some_and(|h| !h.is_usable(index)) {
+                continue;
+            }
+            tried = true;
             let address = cluster.endpoints[index].address;
             let opened = match wire {
                 Wire::H1 => h1::client::connection(core, cluster, address, fresh)
@@ -141,10 +166,12 @@ impl Upstream {
                         body: None,
                         keep_alive: false,
                         _in_flight: None,
+                        _admitted: None,
+                        index: 0,
                     }),
                 Wire::H2 => core
                     .h2_pool
-                    .checkout(address, &H2ClientLimits::of(cluster))
+                    .checkout(address, &H2ClientLimits::of(cluster), breaker)
                     .await
                     .map(|stream| {
                         if stream.reused {
@@ -159,6 +186,8 @@ impl Upstream {
                             send: None,
                             received: None,
                             _in_flight: None,
+                            _admitted: None,
+                            index: 0,
                         }
                     }),
             };
@@ -167,11 +196,21 @@ impl Upstream {
                     let guard = core.start_request(snapshot, cluster, index);
                     match &mut upstream {
                         Upstream::H1 {
-                            _in_flight: slot, ..
+                            _in_flight: slot,
+                            _admitted: permit,
+                            index: at,
+                            ..
                         }
                         | Upstream::H2 {
-                            _in_flight: slot, ..
-                        } => *slot = guard,
+                            _in_flight: slot,
+                            _admitted: permit,
+                            index: at,
+                            ..
+                        } => {
+                            *slot = guard;
+                            *permit = admitted.take().flatten();
+                            *at = index;
+                        }
                     }
                     return Ok(upstream);
                 }
@@ -179,6 +218,7 @@ impl Upstream {
                     counters.pool_overflow.inc();
                     overflow = true;
                 }
+                Err(Unavailable::CircuitOpen) => overflow = true,
                 Err(Unavailable::Connect(e)) => {
                     if e.kind() == std::io::ErrorKind::TimedOut {
                         counters.connect_timeouts.inc();
@@ -186,14 +226,40 @@ impl Upstream {
                         counters.connect_failures.inc();
                     }
                     tracing::debug!(cluster = %cluster.name, endpoint = %address, error = %e, "upstream connect failed");
+                    if let Some(health) = &cluster.health {
+                        health.observe(index, Observation::LocalFailure);
+                    }
                 }
             }
         }
         Err(if overflow {
             Failure::Overflow
+        } else if !tried {
+            counters.no_endpoint.inc();
+            Failure::NoHealthyUpstream
         } else {
             Failure::ConnectFailed
         })
+    }
+
+    /// Tells outlier detection how the attempt on this endpoint ended: a response head with its
+    /// status, or a failure (only upstream resets and broken responses count, as local-origin
+    /// failures; failures of the client or the proxy say nothing about the endpoint).
+    pub fn observe(&self, cluster: &Cluster, outcome: Result<u16, Failure>) {
+        let Some(health) = &cluster.health else {
+            return;
+        };
+        let observation = match outcome {
+            Ok(status) => Observation::Response(status),
+            Err(
+                Failure::UpstreamReset { .. }
+                | Failure::UpstreamAborted
+                | Failure::UpstreamProtocol(_),
+            ) => Observation::LocalFailure,
+            Err(_) => return,
+        };
+        let (Upstream::H1 { index, .. } | Upstream::H2 { index, .. }) = self;
+        health.observe(*index, observation);
     }
 
     /// The endpoint.

@@ -5,6 +5,9 @@
 //! until one accepts within the cluster's connect timeout, and then hands both sockets to
 //! [`copy::bidirectional`] (or [`splice::bidirectional`]). The connection counts as in flight on
 //! its endpoint for its whole life, so `least_request` balances open connections.
+//!
+//! A cluster with a circuit breaker admits a connection only within `max_connections` (across
+//! workers, for the connection's life); beyond it the client's connection is closed at once.
 
 pub mod copy;
 pub mod splice;
@@ -17,7 +20,9 @@ use tracing::debug;
 
 use crate::core::Core;
 use crate::snapshot::{Cluster, Listener, Snapshot};
-use crate::upstream::InFlightGuard;
+use crate::upstream::breaker::{self, Resource};
+use crate::upstream::outlier::Observation;
+use crate::upstream::{InFlightGuard, Permit};
 
 /// Proxies one downstream connection to the listener's cluster until both sides are done.
 pub async fn proxy(
@@ -32,8 +37,9 @@ pub async fn proxy(
         debug!(listener = %listener.name, %peer, "no cluster for opaque traffic; closing");
         return;
     };
-    // `in_flight` is held until the connection ends: least-request counts open connections.
-    let (upstream, in_flight) = match connect(core, snapshot, cluster, peer).await {
+    // `in_flight` is held until the connection ends: least-request counts open connections; so is
+    // the breaker's permit.
+    let (upstream, in_flight, permit) = match connect(core, snapshot, cluster, peer).await {
         Ok(connected) => connected,
         Err(e) => {
             debug!(listener = %listener.name, cluster = %cluster.name, %peer, error = %e, "upstream connect failed");
@@ -64,13 +70,16 @@ pub async fn proxy(
         debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
     }
     drop(in_flight);
+    drop(permit);
 }
 
 /// Why no upstream connection could be made.
 #[derive(Debug)]
 pub enum ConnectError {
-    /// The cluster has no endpoints.
+    /// The cluster has no endpoints (or none usable: ejected or failing health checks).
     NoEndpoint,
+    /// The cluster's circuit breaker allows no more connections.
+    Overflow,
     /// Every endpoint refused, failed or timed out; the last error is kept.
     AllFailed {
         attempts: usize,
@@ -82,6 +91,9 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::NoEndpoint => f.write_str("cluster has no endpoints"),
+            ConnectError::Overflow => {
+                f.write_str("circuit breaker: the cluster's max_connections is reached")
+            }
             ConnectError::AllFailed { attempts, last } => {
                 write!(f, "all {attempts} endpoints failed; last error: {last}")
             }
@@ -94,29 +106,39 @@ impl std::error::Error for ConnectError {}
 /// Connects to the cluster, starting at the endpoint its load balancer picks and trying each
 /// endpoint once, in order, until one accepts. The guard marks the connection as in flight on the
 /// endpoint it reached (for least-request balancing) until it is dropped; it is counted from the
-/// start of the attempt, so connections still being set up count too.
+/// start of the attempt, so connections still being set up count too. The permit is the circuit
+/// breaker's, when the cluster has one.
 pub async fn connect(
     core: &Core,
     snapshot: &Snapshot,
     cluster: &Cluster,
     peer: SocketAddr,
-) -> Result<(TcpStream, Option<InFlightGuard>), ConnectError> {
+) -> Result<(TcpStream, Option<InFlightGuard>, Option<Permit>), ConnectError> {
     let counters = cluster.stats.slot(core.id);
+    let permit = breaker::admit(cluster.breaker.as_ref(), Resource::Connections)
+        .map_err(|_| ConnectError::Overflow)?;
     let endpoints = &cluster.endpoints;
     let hash = cluster.balancer.connection_hash(peer.ip());
-    let Some(start) = core.pick_endpoint(snapshot, cluster, hash) else {
+    let Some((start, skip_unusable)) = core.pick_usable(snapshot, cluster, hash) else {
         counters.no_endpoint.inc();
         return Err(ConnectError::NoEndpoint);
     };
-    let mut last = std::io::Error::other("no attempt made");
+    let health = cluster.health.as_ref();
+    let mut last = std::io::Error::other("no usable endpoint");
     for attempt in 0..endpoints.len() {
         let index = (start + attempt) % endpoints.len();
+        if skip_unusable && health.is_some_and(|h| !h.is_usable(index)) {
+            continue;
+        }
         let endpoint = endpoints[index];
         let in_flight = core.start_request(snapshot, cluster, index);
         match crate::upstream::connect(endpoint.address, cluster.connect_timeout).await {
             Ok(stream) => {
                 counters.connections.inc();
-                return Ok((stream, in_flight));
+                if let Some(health) = health {
+                    health.observe(index, Observation::Connected);
+                }
+                return Ok((stream, in_flight, permit));
             }
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::TimedOut {
@@ -125,6 +147,9 @@ pub async fn connect(
                     counters.connect_failures.inc();
                 }
                 debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "connect attempt failed");
+                if let Some(health) = health {
+                    health.observe(index, Observation::LocalFailure);
+                }
                 last = e;
             }
         }

@@ -15,7 +15,8 @@ use super::{
 use crate::access_log::AccessLogSink;
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
-use crate::upstream::{Balancer, RetryBudget};
+use crate::upstream::outlier::ClusterHealth;
+use crate::upstream::{Balancer, Breaker, RetryBudget};
 
 /// Compiles a validated config into the snapshot for `generation`.
 ///
@@ -53,6 +54,12 @@ pub fn compile(
                 || Arc::new(RetryBudget::new(&c.retry_budget)),
                 |old| Arc::clone(&old.retry_budget),
             );
+        // Breaker counts and endpoint health carry over by name, whatever the worker count.
+        let old = previous.clusters.iter().find(|old| *old.name == *c.name);
+        let breaker = c
+            .circuit_breaker
+            .as_ref()
+            .map(|spec| Breaker::new(spec, old.and_then(|old| old.breaker.as_ref())));
         clusters.push(Arc::new(Cluster {
             name: c.name.as_str().into(),
             index,
@@ -78,6 +85,8 @@ pub fn compile(
             },
             retry_budget,
             stats,
+            breaker,
+            health: ClusterHealth::new(c, old.and_then(|old| old.health.as_ref())),
         }));
     }
     if !errors.is_empty() {

@@ -26,7 +26,8 @@ use config_schema::{ConfigSpec, L4Copy, LbPolicy, ListenerProtocol, UpstreamProt
 use crate::access_log::AccessLogSink;
 use crate::routing::RouteConfig;
 use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
-use crate::upstream::{Balancer, RetryBudget};
+use crate::upstream::outlier::ClusterHealth;
+use crate::upstream::{Balancer, Breaker, RetryBudget};
 
 mod compile;
 mod settings;
@@ -138,6 +139,11 @@ pub struct Cluster {
     pub retry_budget: Arc<RetryBudget>,
     /// Counters, carried across reloads by name.
     pub stats: Arc<PerWorker<ClusterCounters>>,
+    /// The circuit breaker, when the cluster has one (its counts carried across reloads by name).
+    pub breaker: Option<Breaker>,
+    /// Which endpoints may take traffic, when the cluster has outlier detection or health checks
+    /// (per-endpoint state carried across reloads by address).
+    pub health: Option<ClusterHealth>,
 }
 
 /// One upstream endpoint.

@@ -6,16 +6,24 @@
 //! - [`rng`]: the per-core random generator.
 //! - [`connect()`]: opening a TCP connection to an endpoint (every upstream path uses it).
 //! - [`budget`]: a cluster's retry budget, shared by the workers.
+//! - [`breaker`]: circuit breakers, process-wide per cluster.
+//! - [`outlier`]: which endpoints may take traffic — outlier detection, health-check verdicts,
+//!   the panic threshold — process-wide per endpoint.
+//! - [`health`]: the health thread (outlier sweeps, active health checks), one per process.
 
+pub mod breaker;
 pub mod budget;
 mod connect;
 mod consistent;
 pub mod hash;
+pub mod health;
 pub mod lb;
+pub mod outlier;
 pub mod rng;
 #[cfg(test)]
 mod tests;
 
+pub use breaker::{Breaker, Permit};
 pub use budget::RetryBudget;
 pub use connect::connect;
 pub use hash::HashOn;

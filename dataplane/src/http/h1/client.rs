@@ -36,13 +36,18 @@ pub async fn connection(
         }
         Checkout::Exhausted => Err(Unavailable::Exhausted),
         Checkout::New(reservation) => {
+            let permit = crate::upstream::breaker::admit(
+                cluster.breaker.as_ref(),
+                crate::upstream::breaker::Resource::Connections,
+            )
+            .map_err(|_| Unavailable::CircuitOpen)?;
             // Boxed: connecting is rare next to reuse, and its future (a connect under a timer)
             // would otherwise make every request's future larger.
             let stream = Box::pin(crate::upstream::connect(address, cluster.connect_timeout))
                 .await
                 .map_err(Unavailable::Connect)?;
             counters.connections.inc();
-            Ok(core.pool.connect(reservation, stream))
+            Ok(core.pool.connect_with(reservation, stream, permit))
         }
     }
 }

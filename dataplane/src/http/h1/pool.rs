@@ -78,6 +78,9 @@ impl Connection {
 struct Slot {
     pool: Rc<RefCell<Inner>>,
     endpoint: SocketAddr,
+    /// The opening cluster's `max_connections` permit, when its circuit breaker is set: held
+    /// while the connection is open (pooled, in use, or a tunnel).
+    breaker: Option<crate::upstream::Permit>,
 }
 
 impl Drop for Slot {
@@ -167,6 +170,7 @@ impl Pool {
                         break Checkout::New(Reservation(Slot {
                             pool: Rc::clone(&self.inner),
                             endpoint,
+                            breaker: None,
                         }));
                     }
                 }
@@ -194,12 +198,25 @@ impl Pool {
                 let reservation = Reservation(Slot {
                     pool: Rc::clone(&self.inner),
                     endpoint,
+                    breaker: None,
                 });
                 (Checkout::New(reservation), closed)
             }
         };
         drop(closed);
         checkout
+    }
+
+    /// Turns a reservation into a connection over `stream`, holding `breaker` (the cluster's
+    /// `max_connections` permit, if it has a circuit breaker) for the connection's life.
+    pub fn connect_with(
+        &self,
+        mut reservation: Reservation,
+        stream: TcpStream,
+        breaker: Option<crate::upstream::Permit>,
+    ) -> Connection {
+        reservation.0.breaker = breaker;
+        self.connect(reservation, stream)
     }
 
     /// Turns a reservation into a connection over `stream`.

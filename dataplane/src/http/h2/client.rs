@@ -62,6 +62,9 @@ struct Connection {
     idle_since: Cell<Instant>,
     /// Set when the connection ended, received GOAWAY, or failed a request.
     retired: Rc<Cell<bool>>,
+    /// The opening cluster's `max_connections` permit, when its breaker is set: held while the
+    /// connection is in the pool.
+    _breaker: Option<crate::upstream::Permit>,
 }
 
 impl Connection {
@@ -190,11 +193,13 @@ impl H2Pool {
     }
 
     /// A stream slot to `endpoint`: on an open connection with spare streams, else on one being
-    /// established with unclaimed streams, else on a new connection.
+    /// established with unclaimed streams, else on a new connection (which takes a permit of
+    /// `breaker`, the cluster's circuit breaker, if it has one).
     pub async fn checkout(
         &self,
         endpoint: SocketAddr,
         limits: &H2ClientLimits,
+        breaker: Option<&crate::upstream::Breaker>,
     ) -> Result<H2Stream, Unavailable> {
         let connecting = {
             let mut endpoints = self.endpoints.borrow_mut();
@@ -231,9 +236,14 @@ impl H2Pool {
                     {
                         return Err(Unavailable::Exhausted);
                     }
+                    let permit = crate::upstream::breaker::admit(
+                        breaker,
+                        crate::upstream::breaker::Resource::Connections,
+                    )
+                    .map_err(|_| Unavailable::CircuitOpen)?;
                     let connecting = Rc::new(Connecting::default());
                     entry.connecting.push(Rc::clone(&connecting));
-                    self.start_connect(endpoint, *limits, Rc::clone(&connecting));
+                    self.start_connect(endpoint, *limits, Rc::clone(&connecting), permit);
                     connecting
                 }
             }
@@ -269,12 +279,13 @@ impl H2Pool {
         endpoint: SocketAddr,
         limits: H2ClientLimits,
         connecting: Rc<Connecting>,
+        permit: Option<crate::upstream::Permit>,
     ) {
         let pool = self.clone();
         monoio::spawn(crate::contain::contained(
             "http2 upstream connect",
             async move {
-                let result = pool.connect(endpoint, &limits).await;
+                let result = pool.connect(endpoint, &limits, permit).await;
                 let mut endpoints = pool.endpoints.borrow_mut();
                 let entry = endpoints.entry(endpoint).or_default();
                 entry.connecting.retain(|c| !Rc::ptr_eq(c, &connecting));
@@ -300,6 +311,7 @@ impl H2Pool {
         &self,
         endpoint: SocketAddr,
         limits: &H2ClientLimits,
+        permit: Option<crate::upstream::Permit>,
     ) -> io::Result<Connection> {
         let stream = crate::upstream::connect(endpoint, limits.connect_timeout).await?;
         let io = H2Io::client(stream)?;
@@ -329,6 +341,7 @@ impl H2Pool {
             active: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
             retired,
+            _breaker: permit,
         })
     }
 
