@@ -34,6 +34,7 @@ pub mod event;
 pub mod http;
 pub mod l4;
 pub mod listener;
+pub mod policy;
 pub mod reload;
 pub mod routing;
 pub mod server;

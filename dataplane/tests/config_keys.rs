@@ -18,9 +18,10 @@
 //! A key added to the format fails this test until it has a sample and one of these holds.
 //!
 //! "Compiled" is necessary evidence, not sufficient: a field of the snapshot that the request path
-//! never reads would pass. Route retries, faults and rate limits are such fields today (compiled
-//! by `routing`, not yet used by the HTTP path), which is why `NOT_SUPPORTED` rejects them; taking
-//! their lines out is for the change that makes the HTTP path use them.
+//! never reads would pass. Route retries are such a field today (compiled by `routing`, not yet
+//! used by the HTTP path), which is why `NOT_SUPPORTED` rejects them; taking their line out is for
+//! the change that makes the HTTP path use them. Rate limits and faults are used
+//! (`tests/tests/resilience_front.rs` shows it through the binary).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -236,6 +237,9 @@ const SAMPLES: &[Sample] = &[
     ("listeners[].http2.control_frames_per_second", None, Add(Web, "http2.control_frames_per_second = 50")),
     ("listeners[].http2.control_frame_burst", None, Add(Web, "http2.control_frame_burst = 50")),
     ("listeners[].http2.max_consecutive_empty_frames", None, Add(Web, "http2.max_consecutive_empty_frames = 5")),
+    ("listeners[].rate_limit.requests_per_second", Some(Add(Web, "rate_limit = { requests_per_second = 10 }")), Add(Web, "rate_limit = { requests_per_second = 20 }")),
+    ("listeners[].rate_limit.burst", Some(Add(Web, "rate_limit = { requests_per_second = 10 }")), Add(Web, "rate_limit = { requests_per_second = 10, burst = 5 }")),
+    ("listeners[].rate_limit.key", Some(Add(Web, "rate_limit = { requests_per_second = 10 }")), Add(Web, "rate_limit = { requests_per_second = 10, key = \"client_ip\" }")),
     ("listeners[].tls.mode", None, Add(Web, "tls = { mode = \"terminate\", cert = \"/etc/ringmesh/cert.pem\", key = \"/etc/ringmesh/key.pem\" }")),
     ("listeners[].tls.cert", None, Add(Web, "tls = { cert = \"/etc/ringmesh/cert.pem\", key = \"/etc/ringmesh/key.pem\" }")),
     ("listeners[].tls.key", None, Add(Web, "tls = { cert = \"/etc/ringmesh/cert.pem\", key = \"/etc/ringmesh/key.pem\" }")),
@@ -275,8 +279,9 @@ const SAMPLES: &[Sample] = &[
     // [[virtual_hosts]]
     ("virtual_hosts[].name", None, Replace("name = \"w\"", "name = \"x\"")),
     ("virtual_hosts[].domains", None, Replace("[\"w.example\"]", "[\"x.example\"]")),
-    ("virtual_hosts[].rate_limit.requests_per_second", None, Add(Vhost, "rate_limit = { requests_per_second = 10 }")),
-    ("virtual_hosts[].rate_limit.burst", None, Add(Vhost, "rate_limit = { requests_per_second = 10, burst = 5 }")),
+    ("virtual_hosts[].rate_limit.requests_per_second", Some(Add(Vhost, "rate_limit = { requests_per_second = 10 }")), Add(Vhost, "rate_limit = { requests_per_second = 20 }")),
+    ("virtual_hosts[].rate_limit.burst", Some(Add(Vhost, "rate_limit = { requests_per_second = 10 }")), Add(Vhost, "rate_limit = { requests_per_second = 10, burst = 5 }")),
+    ("virtual_hosts[].rate_limit.key", Some(Add(Vhost, "rate_limit = { requests_per_second = 10 }")), Add(Vhost, "rate_limit = { requests_per_second = 10, key = { header = \"x-user\" } }")),
     // [[virtual_hosts.routes]]
     ("virtual_hosts[].routes[].name", None, Add(Route, "name = \"everything\"")),
     ("virtual_hosts[].routes[].match.path_prefix", None, Replace("match.path_prefix = \"/\"", "match.path_prefix = \"/api\"")),
@@ -319,13 +324,19 @@ const SAMPLES: &[Sample] = &[
     ("virtual_hosts[].routes[].retries.per_try_timeout", None, Add(Route, "retries = { attempts = 2, per_try_timeout = \"1s\" }")),
     ("virtual_hosts[].routes[].retries.retry_on", None, Add(Route, "retries = { attempts = 2, retry_on = [\"5xx\"] }")),
     ("virtual_hosts[].routes[].retries.backoff", None, Add(Route, "retries = { attempts = 2, backoff = \"10ms\" }")),
-    ("virtual_hosts[].routes[].fault.delay.percent", None, Add(Route, "fault.delay = { percent = 10.0, fixed = \"1s\" }")),
-    ("virtual_hosts[].routes[].fault.delay.fixed", None, Add(Route, "fault.delay = { percent = 10.0, fixed = \"2s\" }")),
-    ("virtual_hosts[].routes[].fault.abort.percent", None, Add(Route, "fault.abort = { percent = 10.0, status = 503 }")),
-    ("virtual_hosts[].routes[].fault.abort.status", None, Add(Route, "fault.abort = { percent = 10.0, status = 429 }")),
-    ("virtual_hosts[].routes[].fault.abort.grpc_status", None, Add(Route, "fault.abort = { percent = 10.0, status = 503, grpc_status = 14 }")),
-    ("virtual_hosts[].routes[].rate_limit.requests_per_second", None, Add(Route, "rate_limit = { requests_per_second = 10 }")),
-    ("virtual_hosts[].routes[].rate_limit.burst", None, Add(Route, "rate_limit = { requests_per_second = 10, burst = 5 }")),
+    ("virtual_hosts[].routes[].fault.delay.percent", Some(Add(Route, "fault.delay = { percent = 10.0, fixed = \"1s\" }")), Add(Route, "fault.delay = { percent = 20.0, fixed = \"1s\" }")),
+    ("virtual_hosts[].routes[].fault.delay.fixed", Some(Add(Route, "fault.delay = { percent = 10.0, fixed = \"1s\" }")), Add(Route, "fault.delay = { percent = 10.0, fixed = \"2s\" }")),
+    ("virtual_hosts[].routes[].fault.abort.percent", Some(Add(Route, "fault.abort = { percent = 10.0, status = 503 }")), Add(Route, "fault.abort = { percent = 20.0, status = 503 }")),
+    ("virtual_hosts[].routes[].fault.abort.status", Some(Add(Route, "fault.abort = { percent = 10.0, status = 503 }")), Add(Route, "fault.abort = { percent = 10.0, status = 429 }")),
+    ("virtual_hosts[].routes[].fault.abort.grpc_status", Some(Add(Route, "fault.abort = { percent = 10.0, status = 503 }")), Add(Route, "fault.abort = { percent = 10.0, status = 503, grpc_status = 14 }")),
+    ("virtual_hosts[].routes[].fault.headers[].name", Some(Add(Route, "fault = { abort = { percent = 10.0, status = 503 }, headers = [{ name = \"x-a\", present = true }] }")), Add(Route, "fault = { abort = { percent = 10.0, status = 503 }, headers = [{ name = \"x-b\", present = true }] }")),
+    ("virtual_hosts[].routes[].fault.headers[].exact", Some(Add(Route, "fault = { abort = { percent = 10.0, status = 503 }, headers = [{ name = \"x-a\", present = true }] }")), Add(Route, "fault = { abort = { percent = 10.0, status = 503 }, headers = [{ name = \"x-a\", exact = \"1\" }] }")),
+    ("virtual_hosts[].routes[].fault.headers[].prefix", Some(Add(Route, "fault = { abort = { percent = 10.0, status = 503 }, headers = [{ name = \"x-a\", present = true }] }")), Add(Route, "fault = { abort = { percent = 10.0, status = 503 }, headers = [{ name = \"x-a\", prefix = \"1\" }] }")),
+    ("virtual_hosts[].routes[].fault.headers[].regex", Some(Add(Route, "fault = { abort = { percent = 10.0, status = 503 }, headers = [{ name = \"x-a\", present = true }] }")), Add(Route, "fault = { abort = { percent = 10.0, status = 503 }, headers = [{ name = \"x-a\", regex = \"[0-9]+\" }] }")),
+    ("virtual_hosts[].routes[].fault.headers[].present", Some(Add(Route, "fault = { abort = { percent = 10.0, status = 503 }, headers = [{ name = \"x-a\", present = true }] }")), Add(Route, "fault = { abort = { percent = 10.0, status = 503 }, headers = [{ name = \"x-a\", present = false }] }")),
+    ("virtual_hosts[].routes[].rate_limit.requests_per_second", Some(Add(Route, "rate_limit = { requests_per_second = 10 }")), Add(Route, "rate_limit = { requests_per_second = 20 }")),
+    ("virtual_hosts[].routes[].rate_limit.burst", Some(Add(Route, "rate_limit = { requests_per_second = 10 }")), Add(Route, "rate_limit = { requests_per_second = 10, burst = 5 }")),
+    ("virtual_hosts[].routes[].rate_limit.key", Some(Add(Route, "rate_limit = { requests_per_second = 10 }")), Add(Route, "rate_limit = { requests_per_second = 10, key = \"client_ip\" }")),
 ];
 
 /// How the evidence classified a key.

@@ -7,8 +7,11 @@
 //! **[`decide`]** (synchronous, over the head the codec still holds):
 //! 1. **route** — virtual host by Host, then the route by path/method/headers/query, on the
 //!    snapshot current *now* (keep-alive and HTTP/2 connections see reloads at once);
-//! 2. **body limit** — a declared length over the route's (or listener's) limit is a 413 before
-//!    anything goes upstream;
+//! 2. **admission** — the local rate limits of the listener, the virtual host and the route
+//!    (429, flag `RL`), then the route's fault injection: an abort is answered here (flag `FI`), a
+//!    delay is carried in the plan (flag `DI`; see `policy`);
+//!    then the **body limit** — a declared length over the route's (or listener's) limit is a 413
+//!    before anything goes upstream;
 //! 3. **local actions** — redirects and direct responses are answered here;
 //! 4. **cluster** — the weighted split's pick; the mirror sample; the hash for consistent-hash
 //!    balancing; the deadline (the route's timeout or the client's `grpc-timeout`, whichever is
@@ -17,6 +20,7 @@
 //!    HTTP/2 request, with the header rules of `headers.rs`.
 //!
 //! **[`run`]** (the exchange, under the deadline and the stream idle timeout):
+//! - an injected fault delay is slept first, outside the deadline and the idle timeout;
 //! 6. **upstream** — a pooled or new HTTP/1.1 connection, or a stream on a pooled HTTP/2
 //!    connection (`upstream.rs`), from the load balancer's pick;
 //! 7. **`100 Continue`** — sent by the proxy once an upstream is at hand (never forwarded);
@@ -54,7 +58,10 @@ use super::upstream::{UpIn, Upstream, UpstreamRequest, Wire};
 use crate::access_log::ResponseFlags;
 use crate::core::Core;
 use crate::event::Signal;
-use crate::routing::{DirectResponse, NoRoute, Route, RouteAction, shadow_host};
+use crate::routing::{
+    DirectResponse, RateLimitKey, RequestView, Route, RouteAction, RouteMatch, RouteTable,
+    shadow_host,
+};
 use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
 
 /// The largest request body kept for a retry; bigger bodies are not retried.
@@ -146,6 +153,8 @@ pub enum Local<'s> {
     Direct(&'s DirectResponse),
     /// A redirect; the location is in [`Scratch::location`].
     Redirect(u16),
+    /// An injected abort after an injected delay.
+    Delayed(Failure, Duration),
 }
 
 /// What to do with a request.
@@ -184,6 +193,8 @@ pub struct Plan<'s> {
     pub is_head: bool,
     /// See above.
     pub is_connect: bool,
+    /// An injected fault delay, slept before the first attempt.
+    pub delay: Option<Duration>,
 }
 
 /// Stages 1–5: what to do with `head`, arriving on `listener` of `snapshot` from `peer`.
@@ -205,17 +216,22 @@ pub fn decide<'s>(
     }
 
     // 1. Route.
-    let matched = match &http.routes {
-        Some(table) => table.find(head, &mut core.match_scratch.borrow_mut()),
-        None => Err(NoRoute::NoVirtualHost),
+    let Some(table) = &http.routes else {
+        return Decision::Reply(Local::Failure(Failure::NoRoute));
     };
-    let Ok(found) = matched else {
+    let Ok(found) = table.find(head, &mut core.match_scratch.borrow_mut()) else {
         return Decision::Reply(Local::Failure(Failure::NoRoute));
     };
     let route = found.route;
     record.route = Some(route);
 
-    // 2. The body limit: the route's, else the listener's; 0 means unlimited.
+    // 2. Admission.
+    let delay = match admit(core, snapshot, listener, table, found, head, record) {
+        Ok(delay) => delay,
+        Err(local) => return Decision::Reply(local),
+    };
+
+    // The body limit: the route's, else the listener's; 0 means unlimited.
     let limit = route.max_request_body.unwrap_or(http.max_request_body);
     let body_limit = (limit > 0).then_some(limit);
     if let (RequestBody::Length(n), Some(limit)) = (head.body, body_limit)
@@ -275,6 +291,8 @@ pub fn decide<'s>(
     } else {
         scratch.grpc_timeout.clear();
     }
+    // An injected delay counts against no timeout: the deadline starts after it.
+    let deadline = deadline.map(|d| d + delay.unwrap_or_default());
 
     // 5. The upstream request.
     let target: &[u8] = match (&route.rewrite, head.upgrade) {
@@ -388,7 +406,77 @@ pub fn decide<'s>(
         mirror,
         is_head: head.is_head(),
         is_connect: head.upgrade == Some(Upgrade::Connect),
+        delay,
     })
+}
+
+/// Stage 2: the local rate limits — listener, virtual host, route, each consuming from its
+/// bucket when it admits — then the route's fault. Returns the injected delay, if any, or the
+/// local answer. A listener, virtual host or route without a policy costs one branch.
+fn admit<'s>(
+    core: &Core,
+    snapshot: &'s Snapshot,
+    listener: &'s Listener,
+    table: &RouteTable,
+    found: RouteMatch<'s>,
+    head: &RequestHead<'_>,
+    record: &mut Record<'s>,
+) -> Result<Option<Duration>, Local<'s>> {
+    let route = found.route;
+    let limiters = [
+        listener.rate_limit.as_ref(),
+        found
+            .virtual_host
+            .rate_limit
+            .as_ref()
+            .and_then(|_| snapshot.policies.virtual_hosts.get(found.virtual_host.id))
+            .and_then(Option::as_ref),
+        route
+            .rate_limit
+            .as_ref()
+            .and_then(|_| snapshot.policies.routes.get(route.id))
+            .and_then(Option::as_ref),
+    ];
+    for limiter in limiters.into_iter().flatten() {
+        let admitted = match &limiter.limit.key {
+            RateLimitKey::Global => limiter.admit(b"", core.id),
+            RateLimitKey::ClientIp => limiter.admit_ip(record.client_ip, core.id),
+            RateLimitKey::Header(name) => limiter.admit(head.header(name).unwrap_or(b""), core.id),
+        };
+        if let Err(limited) = admitted {
+            return Err(Local::Failure(Failure::RateLimited(limited)));
+        }
+    }
+    let Some(fault) = &route.fault else {
+        return Ok(None);
+    };
+    if !table.fault_applies(fault, head, &mut core.match_scratch.borrow_mut()) {
+        return Ok(None);
+    }
+    let injected = crate::policy::fault::draw(fault, core.random());
+    let counters = snapshot.route_stats.get(route.id).map(|(_, s)| s.slot(core.id));
+    if injected.delay.is_some() {
+        record.flags.insert(ResponseFlags::DELAY_INJECTED);
+        if let Some(counters) = counters {
+            counters.fault_delays.inc();
+        }
+    }
+    match injected.abort {
+        None => Ok(injected.delay),
+        Some((status, grpc_status)) => {
+            if let Some(counters) = counters {
+                counters.fault_aborts.inc();
+            }
+            let failure = Failure::FaultAbort {
+                status,
+                grpc_status,
+            };
+            Err(match injected.delay {
+                Some(delay) => Local::Delayed(failure, delay),
+                None => Local::Failure(failure),
+            })
+        }
+    }
 }
 
 /// The protocol to speak to `cluster` for a client speaking `client`: the cluster's, and for
@@ -426,6 +514,11 @@ pub async fn serve<'s>(
             record.flags.insert(failure.flag());
             LocalReply::failure(failure)
         }
+        Local::Delayed(failure, delay) => {
+            monoio::time::sleep(delay).await;
+            record.flags.insert(failure.flag());
+            LocalReply::failure(failure)
+        }
         Local::Direct(direct) => {
             LocalReply::direct(direct.status, &direct.body, &direct.content_type)
         }
@@ -453,6 +546,10 @@ async fn run<'s>(
     scratch: &mut Scratch,
     record: &mut Record<'s>,
 ) -> Option<Connection> {
+    if let Some(delay) = plan.delay {
+        // The injected delay, before the deadline's and the idle timeout's clocks start.
+        monoio::time::sleep(delay).await;
+    }
     let progress = Progress::default();
     // The body is kept while it may still be replayed or mirrored.
     let keep = if plan.mirror.is_some() {
