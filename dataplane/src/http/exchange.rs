@@ -454,7 +454,10 @@ fn admit<'s>(
         return Ok(None);
     }
     let injected = crate::policy::fault::draw(fault, core.random());
-    let counters = snapshot.route_stats.get(route.id).map(|(_, s)| s.slot(core.id));
+    let counters = snapshot
+        .route_stats
+        .get(route.id)
+        .map(|(_, s)| s.slot(core.id));
     if injected.delay.is_some() {
         record.flags.insert(ResponseFlags::DELAY_INJECTED);
         if let Some(counters) = counters {

@@ -186,7 +186,10 @@ impl<'a> LocalReply<'a> {
                 headers.insert("x-ratelimit-limit", value);
             }
             headers.insert("x-ratelimit-remaining", HeaderValue::from(0u32));
-            headers.insert("x-ratelimit-reset", HeaderValue::from(limited.reset_seconds));
+            headers.insert(
+                "x-ratelimit-reset",
+                HeaderValue::from(limited.reset_seconds),
+            );
         }
         if let (true, Some(code)) = (grpc_client, self.grpc_status) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));

@@ -107,9 +107,10 @@ impl RateLimiter {
         previous: Option<&RateLimiter>,
         workers: usize,
     ) -> Self {
-        let stats = previous
-            .filter(|p| p.stats.len() == workers)
-            .map_or_else(|| Arc::new(PerWorker::new(workers)), |p| Arc::clone(&p.stats));
+        let stats = previous.filter(|p| p.stats.len() == workers).map_or_else(
+            || Arc::new(PerWorker::new(workers)),
+            |p| Arc::clone(&p.stats),
+        );
         let buckets = match previous.filter(|p| p.limit == limit) {
             Some(p) => Arc::clone(&p.buckets),
             None => {

@@ -52,7 +52,8 @@ mod tests;
 
 pub use action::{
     DirectResponse, FaultAbort, FaultPolicy, HeaderMutation, Mirror, PathRewrite, RateLimit,
-    RateLimitKey, Redirect, RetryOnSet, RetryPolicy, Route, RouteAction, Share, WeightedClusters, shadow_host,
+    RateLimitKey, Redirect, RetryOnSet, RetryPolicy, Route, RouteAction, Share, WeightedClusters,
+    shadow_host,
 };
 pub use compile::{RouteCompileError, compile, rate_limit};
 pub use regex::MatchScratch;

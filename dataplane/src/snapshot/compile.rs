@@ -141,7 +141,9 @@ pub fn compile(
                         "listener",
                         l.name.as_str().into(),
                         routing::rate_limit(limit),
-                        previous.listener(&l.name).and_then(|old| old.rate_limit.as_ref()),
+                        previous
+                            .listener(&l.name)
+                            .and_then(|old| old.rate_limit.as_ref()),
                         workers,
                     )
                 }),
