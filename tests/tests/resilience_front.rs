@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::exchange::{Call, Extra, Pair, Setup};
-use tests::h2::{PyServer, h2load, run_json};
+use tests::h2::{H2load, PyServer, h2load, run_json};
 use tests::http::{Client, cluster, http_listener, request_bytes, route, virtual_host};
 use tests::upstream::Upstream;
 use tests::{Driver, Proxy, both_drivers, exchange_pairs, tcp_listener};
@@ -38,6 +38,7 @@ use tests::{Driver, Proxy, both_drivers, exchange_pairs, tcp_listener};
 both_drivers!(
     rate_limit_holds_for_the_process_over_one_http1_connection,
     rate_limit_holds_for_the_process_over_one_http2_connection,
+    rate_limit_holds_for_the_process_with_connections_on_both_workers,
     grpc_clients_get_resource_exhausted_and_the_fault_grpc_status,
     client_ip_key_gives_each_client_its_own_bucket,
     header_key_and_virtual_host_limits,
@@ -61,13 +62,9 @@ const RATE: u64 = 100;
 const BURST: u64 = 100;
 const SECONDS: u64 = 10;
 
-/// A two-worker proxy whose only route is limited to [`RATE`] requests/s, burst [`BURST`], in
-/// front of `h2_upstream.py` (HTTP/1.1 cluster), loaded for [`SECONDS`] s at three times the rate
-/// over ONE connection (`h2` false: HTTP/1.1) by h2load. The admitted (2xx) count must be
-/// within ±10 % of `RATE × SECONDS + BURST`: a limit split between workers would admit half,
-/// a per-worker limit would pass this but not hold with traffic on both workers, which the
-/// single shared bucket does by construction.
-fn rate_limit_holds(driver: Driver, h2: bool) {
+/// `h2_upstream.py` (HTTP/1.1 cluster) and a two-worker proxy whose only route, `limited`, allows
+/// [`RATE`] requests/s with a burst of [`BURST`].
+fn limited_proxy(driver: Driver) -> (Proxy, PyServer) {
     let upstream = PyServer::start("h2_upstream.py", &["--name", "primary"]);
     let config = [
         http_listener("main", ""),
@@ -84,25 +81,45 @@ fn rate_limit_holds(driver: Driver, h2: bool) {
         ),
     ]
     .concat();
-    let proxy = Proxy::start(&config, driver, 2);
-    let url = format!("http://{}/", proxy.listener("main"));
-    let duration = format!("{SECONDS}");
-    let rps = format!("{}", RATE * 3);
-    let mut args = vec!["-c", "1", "-m", "1", "-D", &duration, "--rps", &rps];
+    (Proxy::start(&config, driver, 2), upstream)
+}
+
+/// h2load arguments for one connection offering `rps` requests/s for `seconds` to `url`.
+fn load_args(h2: bool, seconds: u64, rps: u64, url: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["-c", "1", "-m", "1", "-D"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend([seconds.to_string(), "--rps".into(), rps.to_string()]);
     if !h2 {
-        args.push("--h1");
+        args.push("--h1".into());
     }
-    args.push(&url);
-    let run = h2load(&args, RUN);
-    let admitted = run.status[0];
-    let refused = run.status[2];
-    let expected = RATE * SECONDS + BURST;
+    args.push(url.to_owned());
+    args
+}
+
+/// Panics unless `admitted` is within ±10 % of `RATE × seconds + BURST`.
+fn assert_admitted(admitted: u64, seconds: u64, output: &str) {
+    let expected = RATE * seconds + BURST;
     let (low, high) = (expected * 9 / 10, expected * 11 / 10);
     assert!(
         (low..=high).contains(&admitted),
-        "admitted {admitted}, expected {expected} ± 10 % ({low}..={high}); h2load:\n{}",
-        run.output
+        "admitted {admitted}, expected {expected} ± 10 % ({low}..={high}); h2load:\n{output}"
     );
+}
+
+/// The limit loaded for [`SECONDS`] s at three times the rate over ONE connection (`h2` false:
+/// HTTP/1.1) by h2load, so one worker serves everything: the admitted (2xx) count must be within
+/// ±10 % of `RATE × SECONDS + BURST` (a limit split between the two workers would admit about
+/// half), and the refusals are counted as the client saw them.
+fn rate_limit_holds(driver: Driver, h2: bool) {
+    let (proxy, _upstream) = limited_proxy(driver);
+    let url = format!("http://{}/", proxy.listener("main"));
+    let args = load_args(h2, SECONDS, RATE * 3, &url);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = h2load(&args, RUN);
+    assert_admitted(run.status[0], SECONDS, &run.output);
+    let refused = run.status[2];
     assert!(refused > 0, "the load exceeded the limit: {}", run.output);
     // Every request came over one connection, so one worker served them all.
     let accepted = proxy.stats().per_worker("main", "accepted");
@@ -120,6 +137,33 @@ fn rate_limit_holds(driver: Driver, h2: bool) {
         counted as u64, refused,
         "refusals counted as the client saw them"
     );
+}
+
+/// The same limit with load on both workers: two h2load processes at once, pinned to CPU 0 and
+/// CPU 1 (each listening socket takes the connections whose packets its CPU handles,
+/// `SO_INCOMING_CPU`), each offering twice the rate over one connection for 5 s. Both workers
+/// serve requests, and together they admit `RATE × 5 + BURST` ± 10 %: the bucket is one for
+/// the process, not one per worker (which would admit about twice that).
+fn rate_limit_holds_for_the_process_with_connections_on_both_workers(driver: Driver) {
+    const SPREAD_SECONDS: u64 = 5;
+    let (proxy, _upstream) = limited_proxy(driver);
+    let url = format!("http://{}/", proxy.listener("main"));
+    let runs: Vec<_> = ["0", "1"]
+        .iter()
+        .map(|cpu| {
+            let mut command = Command::new(tests::tool("taskset"));
+            command.args(["-c", cpu]).arg(tests::tool("h2load"));
+            command.args(load_args(false, SPREAD_SECONDS, RATE * 2, &url));
+            tests::h2::Background::start(command)
+        })
+        .collect();
+    let outputs: Vec<_> = runs.into_iter().map(|run| run.finish(RUN)).collect();
+    let parsed: Vec<H2load> = outputs.iter().map(|o| H2load::parse(&o.stdout)).collect();
+    let all: String = parsed.iter().map(|p| p.output.as_str()).collect();
+    let admitted: u64 = parsed.iter().map(|p| p.status[0]).sum();
+    let accepted = proxy.stats().per_worker("main", "accepted");
+    assert_eq!(accepted, [1, 1], "one connection on each worker");
+    assert_admitted(admitted, SPREAD_SECONDS, &all);
 }
 
 fn rate_limit_holds_for_the_process_over_one_http1_connection(driver: Driver) {
