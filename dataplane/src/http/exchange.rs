@@ -413,6 +413,7 @@ pub fn decide<'s>(
 /// Stage 2: the local rate limits — listener, virtual host, route, each consuming from its
 /// bucket when it admits — then the route's fault. Returns the injected delay, if any, or the
 /// local answer. A listener, virtual host or route without a policy costs one branch.
+#[inline]
 fn admit<'s>(
     core: &Core,
     snapshot: &'s Snapshot,

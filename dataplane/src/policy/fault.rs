@@ -38,3 +38,45 @@ pub fn draw(fault: &FaultPolicy, random: u64) -> Injected {
 fn sample_high(share: Share, random: u64) -> bool {
     share.sample(random >> 32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::FaultAbort;
+
+    fn policy(delay_percent: f64, abort_percent: f64) -> FaultPolicy {
+        FaultPolicy {
+            delay: Some((Share::from_percent(delay_percent), Duration::from_millis(5))),
+            abort: Some(FaultAbort {
+                share: Share::from_percent(abort_percent),
+                status: 503,
+                grpc_status: Some(14),
+            }),
+            when: Default::default(),
+        }
+    }
+
+    #[test]
+    fn delay_and_abort_are_drawn_independently() {
+        // Low half decides the delay, high half the abort.
+        let half = policy(50.0, 50.0);
+        let low = 0x0000_0001_u64;
+        let high = 0xffff_ffff_u64;
+        assert_eq!(
+            draw(&half, low | (high << 32)),
+            Injected {
+                delay: Some(Duration::from_millis(5)),
+                abort: None
+            }
+        );
+        assert_eq!(
+            draw(&half, high | (low << 32)),
+            Injected {
+                delay: None,
+                abort: Some((503, Some(14)))
+            }
+        );
+        assert_eq!(draw(&policy(0.0, 100.0), 0).delay, None);
+        assert_eq!(draw(&policy(100.0, 0.0), u64::MAX).abort, None);
+    }
+}
