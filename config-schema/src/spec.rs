@@ -835,12 +835,19 @@ pub struct FaultSpec {
     pub abort: Option<FaultAbortSpec>,
 }
 
+impl FaultSpec {
+    fn all() -> f64 {
+        100.0
+    }
+}
+
 /// A fixed delay on a share of requests, before the request goes upstream. The delay does not
 /// count against the route timeout or the stream idle timeout.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultDelaySpec {
-    /// Share of requests delayed, 0–100.
+    /// Share of requests delayed, 0–100 (default: all, as in Istio when no percentage is given).
+    #[serde(default = "FaultSpec::all")]
     pub percent: f64,
     /// How long.
     pub fixed: Duration,
@@ -850,7 +857,8 @@ pub struct FaultDelaySpec {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbortSpec {
-    /// Share of requests aborted, 0–100.
+    /// Share of requests aborted, 0–100 (default: all, as in Istio when no percentage is given).
+    #[serde(default = "FaultSpec::all")]
     pub percent: f64,
     /// HTTP status (200–599).
     pub status: u16,

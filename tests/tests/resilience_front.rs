@@ -643,13 +643,14 @@ fn fault_delay_holds_the_request_and_is_flagged_di(pair: Pair, driver: Driver) {
 
 // === 7. Header-gated fault ===
 
-/// Abort 100 % with 503, only for requests carrying `x-chaos: on`: the others pass.
+/// Abort with 503 (no percentage: all requests, as in Istio), only for requests carrying
+/// `x-chaos: on`: the others pass.
 fn header_gated_fault_hits_only_requests_with_the_header(pair: Pair, driver: Driver) {
     let setup = Setup::start(
         pair,
         driver,
         Extra {
-            route: "fault = { abort = { percent = 100.0, status = 503 }, headers = [{ name = \"x-chaos\", exact = \"on\" }] }",
+            route: "fault = { abort = { status = 503 }, headers = [{ name = \"x-chaos\", exact = \"on\" }] }",
             ..Extra::default()
         },
     );
@@ -671,8 +672,11 @@ fn header_gated_fault_hits_only_requests_with_the_header(pair: Pair, driver: Dri
 
 // === 8. Reload ===
 
-/// No limit, then a reload adds one (1/s, burst 1): the next two requests on the same keep-alive
-/// connection are 200 and 429; a reload removing it lets the next requests through.
+/// No limit; then a reload adds one (1/s, burst 5): on the same keep-alive connection the next
+/// five requests pass and the sixth gets 429. A reload that changes the route but not its limit
+/// keeps the bucket (carried over by route name): of five more requests at most the tokens that
+/// came back during the reload pass — fewer than five, where a fresh bucket would pass all five.
+/// A reload removing the limit lets the next requests through.
 fn reload_adds_and_removes_a_limit_for_the_next_request(driver: Driver) {
     let upstream = PyServer::start("h2_upstream.py", &["--name", "primary"]);
     let config = |route_lines: &str| {
@@ -689,22 +693,24 @@ fn reload_adds_and_removes_a_limit_for_the_next_request(driver: Driver) {
     };
     let proxy = Proxy::start(&config(""), driver, 2);
     let mut client = Client::connect(proxy.listener("main"));
-    let get = |client: &mut Client| {
-        client
-            .request(&request_bytes("GET", "/", "svc.test", &[], b""))
-            .status
+    let mut get = |n: usize| -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                client
+                    .request(&request_bytes("GET", "/", "svc.test", &[], b""))
+                    .status
+            })
+            .collect()
     };
-    assert_eq!(
-        [get(&mut client), get(&mut client), get(&mut client)],
-        [200; 3]
-    );
-    proxy.reload_with_sighup(&config(
-        "rate_limit = { requests_per_second = 1, burst = 1 }",
-    ));
-    assert_eq!([get(&mut client), get(&mut client)], [200, 429]);
+    assert_eq!(get(3), [200; 3]);
+    let limit = "rate_limit = { requests_per_second = 1, burst = 5 }";
+    proxy.reload_with_sighup(&config(limit));
+    assert_eq!(get(6), [200, 200, 200, 200, 200, 429]);
+    proxy.reload_with_sighup(&config(&format!("{limit}\ntimeout = \"30s\"")));
+    let after = get(5);
+    let passed = after.iter().filter(|&&s| s == 200).count();
+    assert!(passed < 5, "the bucket was carried over: {after:?}");
+    assert!(after.iter().all(|&s| s == 200 || s == 429), "{after:?}");
     proxy.reload_with_sighup(&config(""));
-    assert_eq!(
-        [get(&mut client), get(&mut client), get(&mut client)],
-        [200; 3]
-    );
+    assert_eq!(get(3), [200; 3]);
 }
