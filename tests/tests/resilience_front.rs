@@ -51,6 +51,7 @@ exchange_pairs!(
     fault_delay_holds_the_request_and_is_flagged_di,
     header_gated_fault_hits_only_requests_with_the_header,
 );
+exchange_pairs!(@h2_clients an_http2_client_that_leaves_during_a_delay_is_not_forwarded);
 
 /// Time allowed for one client run.
 const RUN: Duration = Duration::from_secs(90);
@@ -639,6 +640,39 @@ fn fault_delay_holds_the_request_and_is_flagged_di(pair: Pair, driver: Driver) {
         metrics.value("ringmesh_fault_delays_total", &[("route", "all")]),
         1.0
     );
+}
+
+/// A 100 % delay of 2 s: an HTTP/2 client that gives up after 0.3 s (closes its connection)
+/// ends the exchange during the delay, so the upstream never sees that request — shown by a
+/// second request, sent after the first client left and delayed the same, reaching it alone.
+fn an_http2_client_that_leaves_during_a_delay_is_not_forwarded(pair: Pair, driver: Driver) {
+    let setup = Setup::start(
+        pair,
+        driver,
+        Extra {
+            route: "fault.delay = { fixed = \"2s\" }",
+            ..Extra::default()
+        },
+    );
+    let port = setup.address().port().to_string();
+    let gave_up = run_json(
+        "h2_client.py",
+        &[&port, "--path", "/left", "--timeout", "0.3"],
+        RUN,
+    );
+    assert_eq!(gave_up["error"], "timed out", "{gave_up}");
+    assert_eq!(gave_up["status"], Value::Null, "{gave_up}");
+    let after = setup.call(pair, &Call::get("svc.test", "/after"));
+    assert_eq!(after.status, Some(200), "{after:?}");
+    let paths: Vec<String> = setup
+        .upstream
+        .events("stream")
+        .iter()
+        .filter_map(|w| w.get(4).cloned())
+        .collect();
+    assert_eq!(paths, ["/after"], "{}", setup.upstream.stdout());
+    let entry = setup.log_entry("/left");
+    assert_eq!(entry["response_flags"], "DC,DI", "{entry}");
 }
 
 // === 7. Header-gated fault ===

@@ -551,8 +551,21 @@ async fn run<'s>(
     record: &mut Record<'s>,
 ) -> Option<Connection> {
     if let Some(delay) = plan.delay {
-        // The injected delay, before the deadline's and the idle timeout's clocks start.
-        monoio::time::sleep(delay).await;
+        // The injected delay, before the deadline's and the idle timeout's clocks start. An
+        // HTTP/2 client that resets its stream meanwhile ends the exchange here, so the upstream
+        // never sees the request (an HTTP/1.1 client's departure is noticed once the exchange
+        // runs, as without a delay).
+        let (_, mut out) = down.split(core.is_draining());
+        let gone = monoio::select! {
+            biased;
+            failure = out.gone() => Some(failure),
+            () = monoio::time::sleep(delay) => None,
+        };
+        if let Some(failure) = gone {
+            record.flags.insert(failure.flag());
+            record.status = failure.status();
+            return None;
+        }
     }
     let progress = Progress::default();
     // The body is kept while it may still be replayed or mirrored.
