@@ -614,32 +614,46 @@ fn fault_abort_at_10_percent_over_2000_requests(pair: Pair, driver: Driver) {
 // === 6. Fault delay ===
 
 /// A 100 % delay of 600 ms with a route timeout of 400 ms: the request succeeds (the delay does
-/// not count against the timeout), takes at least the delay, and is flagged `DI`.
+/// not count against the timeout), takes at least the delay, and is flagged `DI`. A route that
+/// answers itself (a direct response) is delayed the same.
 fn fault_delay_holds_the_request_and_is_flagged_di(pair: Pair, driver: Driver) {
     const DELAY: Duration = Duration::from_millis(600);
+    let direct = virtual_host(
+        "direct",
+        &["direct.test"],
+        &route(
+            "direct",
+            "direct_response = { status = 202, body = \"here\" }\nfault.delay = { percent = 100.0, fixed = \"600ms\" }",
+        ),
+    );
     let setup = Setup::start(
         pair,
         driver,
         Extra {
             route: "timeout = \"400ms\"\nfault.delay = { percent = 100.0, fixed = \"600ms\" }",
+            more: &direct,
             ..Extra::default()
         },
     );
-    let started = Instant::now();
-    let answer = setup.call(pair, &Call::get("svc.test", "/delayed"));
-    let took = started.elapsed();
-    assert_eq!(answer.status, Some(200), "{answer:?}");
-    assert!(
-        took >= DELAY,
-        "the request took {took:?}, less than the delay"
-    );
-    let entry = setup.log_entry("/delayed");
-    assert_eq!(entry["response_flags"], "DI", "{entry}");
+    for (host, path, status) in [
+        ("svc.test", "/delayed", 200),
+        ("direct.test", "/direct", 202),
+    ] {
+        let started = Instant::now();
+        let answer = setup.call(pair, &Call::get(host, path));
+        let took = started.elapsed();
+        assert_eq!(answer.status, Some(status), "{answer:?}");
+        assert!(took >= DELAY, "{path} took {took:?}, less than the delay");
+        let entry = setup.log_entry(path);
+        assert_eq!(entry["response_flags"], "DI", "{entry}");
+    }
     let metrics = setup.proxy.metrics();
-    assert_eq!(
-        metrics.value("ringmesh_fault_delays_total", &[("route", "all")]),
-        1.0
-    );
+    for route in ["all", "direct"] {
+        assert_eq!(
+            metrics.value("ringmesh_fault_delays_total", &[("route", route)]),
+            1.0
+        );
+    }
 }
 
 /// A 100 % delay of 2 s: an HTTP/2 client that gives up after 0.3 s (closes its connection)

@@ -153,8 +153,6 @@ pub enum Local<'s> {
     Direct(&'s DirectResponse),
     /// A redirect; the location is in [`Scratch::location`].
     Redirect(u16),
-    /// An injected abort after an injected delay.
-    Delayed(Failure, Duration),
 }
 
 /// What to do with a request.
@@ -164,6 +162,8 @@ pub enum Local<'s> {
 pub enum Decision<'s> {
     /// Answer here.
     Reply(Local<'s>),
+    /// Answer here after an injected fault delay.
+    Delayed(Local<'s>, Duration),
     /// Send it upstream.
     Forward(Plan<'s>),
 }
@@ -228,7 +228,7 @@ pub fn decide<'s>(
     // 2. Admission.
     let delay = match admit(core, snapshot, listener, table, found, head, record) {
         Ok(delay) => delay,
-        Err(local) => return Decision::Reply(local),
+        Err((local, delay)) => return reply(local, delay),
     };
 
     // The body limit: the route's, else the listener's; 0 means unlimited.
@@ -237,7 +237,7 @@ pub fn decide<'s>(
     if let (RequestBody::Length(n), Some(limit)) = (head.body, body_limit)
         && n > limit
     {
-        return Decision::Reply(Local::Failure(Failure::BodyTooLarge));
+        return reply(Local::Failure(Failure::BodyTooLarge), delay);
     }
 
     // 3. Local actions.
@@ -251,9 +251,9 @@ pub fn decide<'s>(
                 head.query.as_bytes(),
                 &mut scratch.location,
             );
-            return Decision::Reply(Local::Redirect(redirect.status));
+            return reply(Local::Redirect(redirect.status), delay);
         }
-        RouteAction::DirectResponse(direct) => return Decision::Reply(Local::Direct(direct)),
+        RouteAction::DirectResponse(direct) => return reply(Local::Direct(direct), delay),
         RouteAction::Cluster(_) | RouteAction::WeightedClusters(_) => {}
     }
 
@@ -261,15 +261,18 @@ pub fn decide<'s>(
     // the low bits.
     let random = core.random();
     let Some(cluster_index) = route.pick_cluster(random) else {
-        return Decision::Reply(Local::Failure(Failure::NoRoute));
+        return reply(Local::Failure(Failure::NoRoute), delay);
     };
     let cluster = &*snapshot.clusters[cluster_index];
     record.cluster = Some(cluster);
     let wire = wire_for(cluster, head.protocol);
     if head.upgrade.is_some() && wire == Wire::H2 {
-        return Decision::Reply(Local::Failure(Failure::Unsupported(
-            "upgrade is not supported toward an HTTP/2 cluster",
-        )));
+        return reply(
+            Local::Failure(Failure::Unsupported(
+                "upgrade is not supported toward an HTTP/2 cluster",
+            )),
+            delay,
+        );
     }
     let hash = cluster.balancer.request_hash(head, record.client_ip);
     let grpc_timeout = if head.grpc {
@@ -367,9 +370,10 @@ pub fn decide<'s>(
             match write_h2_request(head, target, host, framing, &rules, &mut scratch.values) {
                 Some(request) => UpstreamRequest::H2(request),
                 None => {
-                    return Decision::Reply(Local::Failure(Failure::BadRequest(
-                        "request cannot be sent over HTTP/2",
-                    )));
+                    return reply(
+                        Local::Failure(Failure::BadRequest("request cannot be sent over HTTP/2")),
+                        delay,
+                    );
                 }
             }
         }
@@ -410,6 +414,15 @@ pub fn decide<'s>(
     })
 }
 
+/// An answer made here, after the injected delay if there is one: a request the fault delays
+/// is delayed whatever answers it.
+fn reply(local: Local<'_>, delay: Option<Duration>) -> Decision<'_> {
+    match delay {
+        Some(delay) => Decision::Delayed(local, delay),
+        None => Decision::Reply(local),
+    }
+}
+
 /// Stage 2: the local rate limits — listener, virtual host, route, each consuming from its
 /// bucket when it admits — then the route's fault. Returns the injected delay, if any, or the
 /// local answer. A listener, virtual host or route without a policy costs one branch.
@@ -422,7 +435,7 @@ fn admit<'s>(
     found: RouteMatch<'s>,
     head: &RequestHead<'_>,
     record: &mut Record<'s>,
-) -> Result<Option<Duration>, Local<'s>> {
+) -> Result<Option<Duration>, (Local<'s>, Option<Duration>)> {
     let route = found.route;
     let limiters = [
         listener.rate_limit.as_ref(),
@@ -445,7 +458,7 @@ fn admit<'s>(
             RateLimitKey::Header(name) => limiter.admit(head.header(name).unwrap_or(b""), core.id),
         };
         if let Err(limited) = admitted {
-            return Err(Local::Failure(Failure::RateLimited(limited)));
+            return Err((Local::Failure(Failure::RateLimited(limited)), None));
         }
     }
     let Some(fault) = &route.fault else {
@@ -475,10 +488,7 @@ fn admit<'s>(
                 status,
                 grpc_status,
             };
-            Err(match injected.delay {
-                Some(delay) => Local::Delayed(failure, delay),
-                None => Local::Failure(failure),
-            })
+            Err((Local::Failure(failure), injected.delay))
         }
     }
 }
@@ -511,15 +521,16 @@ pub async fn serve<'s>(
         Decision::Forward(plan) => {
             return run(core, snapshot, http, plan, down, scratch, record).await;
         }
-        Decision::Reply(local) => local,
-    };
-    let reply = match *local {
-        Local::Failure(failure) => {
-            record.flags.insert(failure.flag());
-            LocalReply::failure(failure)
+        Decision::Reply(local) => *local,
+        Decision::Delayed(local, delay) => {
+            if !injected_delay(core, *delay, down, record).await {
+                return None;
+            }
+            *local
         }
-        Local::Delayed(failure, delay) => {
-            monoio::time::sleep(delay).await;
+    };
+    let reply = match local {
+        Local::Failure(failure) => {
             record.flags.insert(failure.flag());
             LocalReply::failure(failure)
         }
@@ -550,22 +561,10 @@ async fn run<'s>(
     scratch: &mut Scratch,
     record: &mut Record<'s>,
 ) -> Option<Connection> {
-    if let Some(delay) = plan.delay {
-        // The injected delay, before the deadline's and the idle timeout's clocks start. An
-        // HTTP/2 client that resets its stream meanwhile ends the exchange here, so the upstream
-        // never sees the request (an HTTP/1.1 client's departure is noticed once the exchange
-        // runs, as without a delay).
-        let (_, mut out) = down.split(core.is_draining());
-        let gone = monoio::select! {
-            biased;
-            failure = out.gone() => Some(failure),
-            () = monoio::time::sleep(delay) => None,
-        };
-        if let Some(failure) = gone {
-            record.flags.insert(failure.flag());
-            record.status = failure.status();
-            return None;
-        }
+    if let Some(delay) = plan.delay
+        && !injected_delay(core, delay, down, record).await
+    {
+        return None;
     }
     let progress = Progress::default();
     // The body is kept while it may still be replayed or mirrored.
@@ -644,6 +643,32 @@ async fn run<'s>(
         }
     }
     tunnel
+}
+
+/// Sleeps an injected fault delay, before the deadline's and the idle timeout's clocks start.
+/// Returns false when the client left meanwhile — an HTTP/2 client that reset its stream —
+/// which ends the exchange here, so the upstream never sees the request (an HTTP/1.1 client's
+/// departure is noticed once the exchange runs, as without a delay).
+async fn injected_delay(
+    core: &Core,
+    delay: Duration,
+    down: &mut Downstream<'_>,
+    record: &mut Record<'_>,
+) -> bool {
+    let (_, mut out) = down.split(core.is_draining());
+    let gone = monoio::select! {
+        biased;
+        failure = out.gone() => Some(failure),
+        () = monoio::time::sleep(delay) => None,
+    };
+    match gone {
+        None => true,
+        Some(failure) => {
+            record.flags.insert(failure.flag());
+            record.status = failure.status();
+            false
+        }
+    }
 }
 
 /// What every attempt of an exchange reads.
