@@ -45,6 +45,10 @@ pub enum TargetKind {
     /// ringmesh with `runtime.l4_copy = "splice"`: L4 scenarios only, to measure the zero-copy
     /// path against the buffered copy in the same run.
     RingmeshSplice,
+    /// ringmesh with every resilience policy configured on its route and cluster but none
+    /// triggering (the upstream answers 200 at once): HTTP scenarios only, to measure what the
+    /// policies cost against plain ringmesh in the same run.
+    RingmeshPolicies,
     /// nginx.
     Nginx,
     /// HAProxy.
@@ -58,6 +62,7 @@ impl TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::Ringmesh => "ringmesh",
             TargetKind::RingmeshSplice => "ringmesh-splice",
+            TargetKind::RingmeshPolicies => "ringmesh-policies",
             TargetKind::Nginx => "nginx",
             TargetKind::Haproxy => "haproxy",
         }
@@ -69,6 +74,7 @@ impl TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::Ringmesh => "ringmesh",
             TargetKind::RingmeshSplice => "ringmesh (splice)",
+            TargetKind::RingmeshPolicies => "ringmesh (policies)",
             TargetKind::Nginx => "nginx",
             TargetKind::Haproxy => "HAProxy",
         }
@@ -117,6 +123,8 @@ pub struct ProxyPlan {
     pub workers: usize,
     /// ringmesh only: L4 copies with `splice(2)` instead of buffers.
     pub splice: bool,
+    /// ringmesh only: every resilience policy configured, none triggering.
+    pub policies: bool,
 }
 
 /// nginx.conf for `plan`, with its pid, logs and temp files under `dir`.
@@ -256,12 +264,26 @@ pub fn ringmesh_config(plan: &ProxyPlan) -> String {
              cluster = \"upstream\"\n",
         ),
     }
+    if plan.policies && plan.front != Front::Tcp {
+        c.push_str(POLICIES_ROUTE);
+    }
     c.push_str(&format!(
         "\n[[clusters]]\nname = \"upstream\"\nendpoints = [\"{}\"]\n",
         plan.upstream
     ));
+    if plan.policies && plan.front != Front::Tcp {
+        c.push_str(POLICIES_CLUSTER);
+    }
     c
 }
+
+/// The route lines of `ringmesh-policies`: every route policy on, none triggering against an
+/// upstream that answers 200 at once.
+const POLICIES_ROUTE: &str = "timeout = \"30s\"\n\
+    retries = { attempts = 2, retry_on = [\"5xx\", \"reset\", \"unavailable\"], per_try_timeout = \"10s\" }\n";
+
+/// The cluster lines of `ringmesh-policies`.
+const POLICIES_CLUSTER: &str = "retry_budget = { ratio = 0.2, min_retries_per_second = 10 }\n";
 
 /// Where the proxies' binaries are, and how they run.
 #[derive(Debug, Clone)]
@@ -342,7 +364,12 @@ pub fn start(
                 "splice copies L4 (tcp) traffic only; HTTP scenarios measure ringmesh".into(),
             );
         }
-        TargetKind::Ringmesh | TargetKind::RingmeshSplice => {
+        TargetKind::RingmeshPolicies if front == Front::Tcp => {
+            return Err(
+                "the policies measured are HTTP ones; L4 scenarios measure ringmesh".into(),
+            );
+        }
+        TargetKind::Ringmesh | TargetKind::RingmeshSplice | TargetKind::RingmeshPolicies => {
             start_ringmesh(kind, front, upstream, settings, &dir)?
         }
         TargetKind::Nginx | TargetKind::Haproxy => {
@@ -386,6 +413,7 @@ fn start_peer(
         upstream,
         workers: settings.workers,
         splice: false,
+        policies: false,
     };
     let (binary, config_path, config, args) = match kind {
         TargetKind::Nginx => {
@@ -461,6 +489,7 @@ fn start_ringmesh(
         upstream,
         workers: settings.workers,
         splice: kind == TargetKind::RingmeshSplice,
+        policies: kind == TargetKind::RingmeshPolicies,
     };
     let config = dir.join("ringmesh.toml");
     std::fs::write(&config, ringmesh_config(&plan)).map_err(|e| e.to_string())?;
@@ -689,6 +718,24 @@ mod tests {
             upstream: "127.0.0.1:9999".parse().expect("addr"),
             workers: 2,
             splice: false,
+            policies: false,
+        }
+    }
+
+    /// The policies variant is a valid config with the policies on the route and the cluster.
+    #[test]
+    fn ringmesh_policies_config_passes_the_schema() {
+        for front in [Front::Http1, Front::H2] {
+            let text = ringmesh_config(&ProxyPlan {
+                policies: true,
+                ..plan(front)
+            });
+            let config = match config_schema::parse(&text) {
+                Ok(c) => c,
+                Err(errors) => panic!("{front:?}: {errors:?}\n{text}"),
+            };
+            let route = &config.spec.virtual_hosts[0].routes[0];
+            assert!(route.retries.is_some(), "{text}");
         }
     }
 

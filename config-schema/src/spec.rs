@@ -775,21 +775,31 @@ impl MirrorSpec {
     }
 }
 
-/// Retries with exponential backoff, bounded by a retry budget.
+/// Retries with exponential backoff, bounded by the cluster's retry budget
+/// (`clusters[].retry_budget`). Envoy's and Istio's semantics: see `docs/RESILIENCE.md`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
-    /// Retries after the first try.
+    /// Retries after the first try (Istio's `attempts`): 2 means at most three tries. At most 10.
     pub attempts: u32,
-    /// Time allowed per try (0 = only the route timeout).
+    /// Time allowed per try, from its start until its response is complete; a try that runs out
+    /// may be retried (conditions `5xx`, `gateway-error`, `reset`). Unset: only the route's
+    /// `timeout`, which covers all tries together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
-    /// Conditions that allow a retry.
+    /// Conditions that allow a retry (Envoy's `retry_on` names).
     #[serde(default = "RetrySpec::default_retry_on")]
     pub retry_on: Vec<RetryOn>,
-    /// First backoff interval; later ones double, with jitter.
+    /// Response statuses retried under `retriable-status-codes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status_codes: Vec<u16>,
+    /// First backoff interval. The n-th retry waits a random time between 0 and
+    /// `backoff × 2^(n-1)`, capped at `max_backoff` (full jitter, as Envoy).
     #[serde(default = "RetrySpec::default_backoff")]
     pub backoff: Duration,
+    /// Longest backoff interval (default: 10 × `backoff`, as Envoy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<Duration>,
 }
 
 impl RetrySpec {
@@ -801,21 +811,77 @@ impl RetrySpec {
     }
 }
 
-/// A condition under which a request may be retried.
+/// A condition under which a request may be retried (Envoy's `x-envoy-retry-on` and
+/// `x-envoy-retry-grpc-on` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RetryOn {
-    /// Any 5xx response.
+    /// Any 5xx response, and no response at all: connect failure, reset, refused stream, per-try
+    /// timeout.
     #[serde(rename = "5xx")]
     ServerError,
-    /// 502, 503 or 504.
+    /// A 502, 503 or 504 response, a connect failure, and a per-try timeout.
     GatewayError,
     /// The upstream connection could not be made.
     ConnectFailure,
-    /// The upstream reset the connection or stream before answering.
+    /// The upstream reset or closed the connection or stream before its response head, or the
+    /// try ran out of its per-try timeout before the head.
     Reset,
-    /// HTTP/2 REFUSED_STREAM or GOAWAY for an unprocessed stream.
+    /// HTTP/2 REFUSED_STREAM or a GOAWAY that excludes the stream (never processed).
     RefusedStream,
+    /// A 409 response.
+    #[serde(rename = "retriable-4xx")]
+    Retriable4xx,
+    /// A response whose status is in `retriable_status_codes`.
+    RetriableStatusCodes,
+    /// gRPC status CANCELLED (1) in the response headers.
+    Cancelled,
+    /// gRPC status DEADLINE_EXCEEDED (4) in the response headers.
+    DeadlineExceeded,
+    /// gRPC status RESOURCE_EXHAUSTED (8) in the response headers.
+    ResourceExhausted,
+    /// gRPC status UNAVAILABLE (14) in the response headers.
+    Unavailable,
+}
+
+/// How many retries a cluster takes, whatever its routes ask (Linkerd's retry budget): within
+/// any `ttl`, retries to the cluster are at most `ratio` × the requests sent to it by routes that
+/// retry, plus `min_retries_per_second` × `ttl`. Counted for the whole process.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSpec {
+    /// Retries allowed per request, 0–1 (0.2: one retry per five requests).
+    #[serde(default = "RetryBudgetSpec::default_ratio")]
+    pub ratio: f64,
+    /// Retries allowed per second whatever the ratio, so that a cluster with little traffic can
+    /// still retry.
+    #[serde(default = "RetryBudgetSpec::default_min_retries_per_second")]
+    pub min_retries_per_second: u32,
+    /// The window over which requests and retries are counted, 1–60 s.
+    #[serde(default = "RetryBudgetSpec::default_ttl")]
+    pub ttl: Duration,
+}
+
+impl RetryBudgetSpec {
+    fn default_ratio() -> f64 {
+        0.2
+    }
+    fn default_min_retries_per_second() -> u32 {
+        10
+    }
+    fn default_ttl() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+impl Default for RetryBudgetSpec {
+    fn default() -> Self {
+        Self {
+            ratio: Self::default_ratio(),
+            min_retries_per_second: Self::default_min_retries_per_second(),
+            ttl: Self::default_ttl(),
+        }
+    }
 }
 
 /// Fault injection (Istio `HTTPFaultInjection`). Delays and aborts apply to a share of requests,
@@ -930,6 +996,10 @@ pub struct ClusterSpec {
     /// Passive health checking: eject endpoints that keep failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// The retry budget: retries to this cluster are bounded by it, whatever the routes ask
+    /// (default: 20 % of requests plus 10 per second, over 10 s).
+    #[serde(default)]
+    pub retry_budget: RetryBudgetSpec,
     /// TLS to the endpoints; absent = plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsSpec>,

@@ -45,7 +45,6 @@ pub const NOT_SUPPORTED: &[Unsupported] = &[
     Unsupported { path: "listeners[].tls", consequence: "TLS on listeners — this listener would serve plaintext (and with sni_routes on a tcp listener, close every connection); remove [listeners.tls]" },
     Unsupported { path: "clusters[].tls", consequence: "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]" },
     Unsupported { path: "authorization_policies", consequence: "authorization policies — no request would be checked against them, so every request would be allowed; remove [[authorization_policies]]" },
-    Unsupported { path: "virtual_hosts[].routes[].retries", consequence: "retries — a request that failed upstream would be answered with its error, not retried (only a request the upstream provably never processed is sent again, as without this key); remove retries from this route" },
     Unsupported { path: "clusters[].circuit_breaker", consequence: "circuit breaking — requests beyond these limits would queue or be forwarded instead of failing fast; remove circuit_breaker from this cluster" },
     Unsupported { path: "clusters[].outlier_detection", consequence: "outlier detection — an endpoint that keeps failing would never be ejected; remove outlier_detection from this cluster" },
 ];
@@ -92,7 +91,8 @@ mod tests {
     fn patterns_match_every_list_element_and_nothing_else() {
         assert!(unsupported("clusters[0].tls").is_some());
         assert!(unsupported("clusters[12].tls").is_some());
-        assert!(unsupported("virtual_hosts[1].routes[3].retries").is_some());
+        assert!(unsupported("clusters[3].outlier_detection").is_some());
+        assert!(unsupported("virtual_hosts[1].routes[3].fault").is_none());
         assert!(unsupported("identity").is_some());
         assert!(unsupported("clusters[0].tls.sni").is_none());
         assert!(unsupported("clusters[].tls").is_none());

@@ -874,6 +874,32 @@ impl<'a> Checker<'a> {
         if retries.backoff.is_zero() {
             self.issue(format!("{path}.backoff"), "must be greater than 0");
         }
+        if let Some(max) = retries.max_backoff
+            && max.get() < retries.backoff.get()
+        {
+            self.issue(format!("{path}.max_backoff"), "must be at least `backoff`");
+        }
+        let wants_codes = retries.retry_on.contains(&RetryOn::RetriableStatusCodes);
+        if wants_codes && retries.retriable_status_codes.is_empty() {
+            self.issue(
+                format!("{path}.retriable_status_codes"),
+                "`retriable-status-codes` in retry_on needs at least one status here",
+            );
+        }
+        if !wants_codes && !retries.retriable_status_codes.is_empty() {
+            self.issue(
+                format!("{path}.retriable_status_codes"),
+                "these statuses are retried only with `retriable-status-codes` in retry_on",
+            );
+        }
+        for (i, &status) in retries.retriable_status_codes.iter().enumerate() {
+            if !(100..=599).contains(&status) {
+                self.issue(
+                    format!("{path}.retriable_status_codes[{i}]"),
+                    format!("an HTTP status is 100–599, got {status}"),
+                );
+            }
+        }
     }
 
     fn fault(&mut self, path: &str, fault: &FaultSpec) {
@@ -1028,6 +1054,19 @@ impl<'a> Checker<'a> {
                     self.issue(format!("{p}.{key}"), "must be greater than 0");
                 }
             }
+        }
+        let budget = &cluster.retry_budget;
+        if !(0.0..=1.0).contains(&budget.ratio) {
+            self.issue(
+                format!("{path}.retry_budget.ratio"),
+                format!("a ratio is between 0 and 1, got {}", budget.ratio),
+            );
+        }
+        if !(1..=60).contains(&budget.ttl.get().as_secs()) || budget.ttl.get().subsec_nanos() != 0 {
+            self.issue(
+                format!("{path}.retry_budget.ttl"),
+                "whole seconds, from 1s to 60s",
+            );
         }
         if let Some(tls) = &cluster.tls {
             for (i, id) in tls.expected_spiffe_ids.iter().enumerate() {

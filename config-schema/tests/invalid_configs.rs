@@ -571,12 +571,6 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
             "every request would be allowed",
         ),
         (
-            format!("{BASE}retries = {{ attempts = 99 }}\n"),
-            "virtual_hosts[0].routes[0].retries",
-            "retries =",
-            "answered with its error, not retried",
-        ),
-        (
             BASE.replace(
                 "[\"127.0.0.1:8080\"]",
                 "[\"127.0.0.1:8080\"]\ncircuit_breaker = { max_requests = 0 }",

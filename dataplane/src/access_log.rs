@@ -196,6 +196,10 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
     /// The client's address.
     pub downstream: SocketAddr,
+    /// Attempts made upstream (0 when answered locally).
+    pub attempts: u32,
+    /// Why a retry that a condition asked for did not happen (empty when none was stopped).
+    pub retry_stopped: &'a str,
 }
 
 /// A worker's access-log buffer.
@@ -264,11 +268,17 @@ impl AccessLogBuffer {
         entry.flags.write_to(out);
         out.push_str("\",\"request_id\":");
         json_string(out, entry.request_id);
-        let _ = writeln!(
+        let _ = write!(
             out,
-            ",\"downstream_remote_address\":\"{}\"}}",
-            entry.downstream
+            ",\"downstream_remote_address\":\"{}\",\"upstream_attempts\":{}",
+            entry.downstream, entry.attempts
         );
+        if !entry.retry_stopped.is_empty() {
+            out.push_str(",\"retry_stopped\":\"");
+            out.push_str(entry.retry_stopped);
+            out.push('"');
+        }
+        out.push_str("}\n");
         if self.text.len() >= FLUSH_BYTES {
             self.flush();
         }
@@ -385,6 +395,8 @@ mod tests {
             flags,
             request_id: "abc",
             downstream: "127.0.0.1:5555".parse().expect("addr"),
+            attempts: 3,
+            retry_stopped: "budget_exhausted",
         });
         buffer.flush();
         let batch = receiver.try_recv().expect("one batch");
@@ -397,5 +409,7 @@ mod tests {
         assert_eq!(value["response_flags"], "NR,UT");
         assert_eq!(value["duration_ms"], 1.5);
         assert!(value["upstream_host"].is_null());
+        assert_eq!(value["upstream_attempts"], 3);
+        assert_eq!(value["retry_stopped"], "budget_exhausted");
     }
 }

@@ -103,6 +103,10 @@ pub struct ClusterCounters {
     pub protocol_errors: Counter,
     /// Upstream responses that did not arrive in time.
     pub timeouts: Counter,
+    /// Retries sent by route retry policies (the safety retry of a stale connection is not one).
+    pub retries: Counter,
+    /// Retries that a policy asked for and the cluster's retry budget refused.
+    pub retry_overflow: Counter,
     /// Responses sent to clients for this cluster, by status code (index = code - 100), so that
     /// `istio_requests_total` can carry its `response_code` label.
     pub response_codes: Box<[Counter]>,
@@ -122,6 +126,8 @@ impl Default for ClusterCounters {
             pool_overflow: Counter::default(),
             protocol_errors: Counter::default(),
             timeouts: Counter::default(),
+            retries: Counter::default(),
+            retry_overflow: Counter::default(),
             response_codes: (100..600).map(|_| Counter::default()).collect(),
             duration: Histogram::default(),
         }

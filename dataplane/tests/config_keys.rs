@@ -18,10 +18,8 @@
 //! A key added to the format fails this test until it has a sample and one of these holds.
 //!
 //! "Compiled" is necessary evidence, not sufficient: a field of the snapshot that the request path
-//! never reads would pass. Route retries are such a field today (compiled by `routing`, not yet
-//! used by the HTTP path), which is why `NOT_SUPPORTED` rejects them; taking their line out is for
-//! the change that makes the HTTP path use them. Rate limits and faults are used
-//! (`tests/tests/resilience_front.rs` shows it through the binary).
+//! never reads would pass. A feature compiled before the request path uses it stays in
+//! `NOT_SUPPORTED` until the change that makes the path use it (with a test through the binary).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -270,6 +268,9 @@ const SAMPLES: &[Sample] = &[
     ("clusters[].outlier_detection.interval", None, Add(Cluster, "outlier_detection.interval = \"5s\"")),
     ("clusters[].outlier_detection.base_ejection_time", None, Add(Cluster, "outlier_detection.base_ejection_time = \"10s\"")),
     ("clusters[].outlier_detection.max_ejection_percent", None, Add(Cluster, "outlier_detection.max_ejection_percent = 50")),
+    ("clusters[].retry_budget.ratio", None, Add(Cluster, "retry_budget.ratio = 0.5")),
+    ("clusters[].retry_budget.min_retries_per_second", None, Add(Cluster, "retry_budget.min_retries_per_second = 1")),
+    ("clusters[].retry_budget.ttl", None, Add(Cluster, "retry_budget.ttl = \"5s\"")),
     ("clusters[].tls.sni", None, Add(Cluster, "tls = { ca = \"/etc/ringmesh/ca.pem\", sni = \"a.example\" }")),
     ("clusters[].tls.ca", None, Add(Cluster, "tls = { ca = \"/etc/ringmesh/ca.pem\" }")),
     ("clusters[].tls.cert", None, Add(Cluster, "tls = { ca = \"/etc/ringmesh/ca.pem\", cert = \"/etc/ringmesh/cert.pem\", key = \"/etc/ringmesh/key.pem\" }")),
@@ -324,6 +325,8 @@ const SAMPLES: &[Sample] = &[
     ("virtual_hosts[].routes[].retries.per_try_timeout", None, Add(Route, "retries = { attempts = 2, per_try_timeout = \"1s\" }")),
     ("virtual_hosts[].routes[].retries.retry_on", None, Add(Route, "retries = { attempts = 2, retry_on = [\"5xx\"] }")),
     ("virtual_hosts[].routes[].retries.backoff", None, Add(Route, "retries = { attempts = 2, backoff = \"10ms\" }")),
+    ("virtual_hosts[].routes[].retries.max_backoff", None, Add(Route, "retries = { attempts = 2, max_backoff = \"1s\" }")),
+    ("virtual_hosts[].routes[].retries.retriable_status_codes", Some(Add(Route, "retries = { attempts = 2, retry_on = [\"retriable-status-codes\"], retriable_status_codes = [503] }")), Add(Route, "retries = { attempts = 2, retry_on = [\"retriable-status-codes\"], retriable_status_codes = [418] }")),
     ("virtual_hosts[].routes[].fault.delay.percent", Some(Add(Route, "fault.delay = { percent = 10.0, fixed = \"1s\" }")), Add(Route, "fault.delay = { percent = 20.0, fixed = \"1s\" }")),
     ("virtual_hosts[].routes[].fault.delay.fixed", Some(Add(Route, "fault.delay = { percent = 10.0, fixed = \"1s\" }")), Add(Route, "fault.delay = { percent = 10.0, fixed = \"2s\" }")),
     ("virtual_hosts[].routes[].fault.abort.percent", Some(Add(Route, "fault.abort = { percent = 10.0, status = 503 }")), Add(Route, "fault.abort = { percent = 20.0, status = 503 }")),

@@ -90,6 +90,7 @@ fn bench(c: &mut Criterion) {
                 join_cookies: true,
                 keep_te_trailers: false,
                 grpc_timeout: None,
+                per_attempt: false,
             };
             b.iter(|| {
                 write_request_head(

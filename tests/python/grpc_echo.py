@@ -12,7 +12,9 @@ so no generated code is committed and the stubs always match the installed grpci
         runs one scenario against PORT (the proxy) and prints one JSON object
 
 Scenarios: unary, fail, server-stream, client-stream, bidi, deadline, cancel, call (any method,
-to see which status comes back).
+to see which status comes back), flaky (a unary call that the server fails with UNAVAILABLE the
+first `--failures` times for `--key`, counted across calls; the server prints `flaky-call KEY N`
+for each).
 """
 
 import argparse
@@ -21,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from concurrent import futures
 
@@ -53,8 +56,21 @@ def emit(*parts):
     print(*parts, flush=True)
 
 
+FLAKY = {}
+FLAKY_LOCK = threading.Lock()
+
+
 class Echo(pb_grpc.EchoServicer):
     def Unary(self, request, context):
+        if request.payload.startswith(b"flaky:"):
+            _, failures, key = request.payload.decode().split(":", 2)
+            with FLAKY_LOCK:
+                FLAKY[key] = FLAKY.get(key, 0) + 1
+                count = FLAKY[key]
+            emit("flaky-call", key, count)
+            if count <= int(failures):
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"flaky {count}")
+            return pb.Msg(seq=count, payload=b"ok")
         if request.payload == b"fail":
             context.set_trailing_metadata((("x-failure-detail", "on purpose"),))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, FAIL_MESSAGE)
@@ -210,6 +226,11 @@ def client(args):
             result["cancelled_at"] = time.monotonic()
             call.cancel()
             result["code"] = call.code().name
+        elif args.scenario == "flaky":
+            reply = stub.Unary(
+                pb.Msg(payload=f"flaky:{args.failures}:{args.key}".encode()), timeout=timeout
+            )
+            result.update(code="OK", seq=reply.seq)
         elif args.scenario == "call":
             # `--repeat N`: N calls in a row on one channel; `codes` lists every outcome and the
             # result describes the last one.
@@ -242,6 +263,8 @@ def main():
     parser.add_argument("port", type=int, nargs="?")
     parser.add_argument("scenario", nargs="?")
     parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--failures", type=int, default=0)
+    parser.add_argument("--key", default="")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--stall-after", type=int, default=0)
     parser.add_argument("--stall", type=float, default=0.0)

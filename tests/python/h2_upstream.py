@@ -45,6 +45,21 @@ What a request gets depends on its path (the query string is ignored; `/headers`
                    `ok` on a connection's first request; when a later request arrives on the
                    same connection, the TCP connection is closed without an answer (a stale
                    pooled connection whose server went away)
+    /flaky/N/CODE/KEY
+                   the first N requests with this KEY (counted across connections) get CODE,
+                   later ones 200; the body is `CODE try T attempt A` (T: this KEY's count, A:
+                   the request's `x-envoy-attempt-count`, `-` without one)
+    /slow-first/N/MS/KEY
+                   the first N requests with this KEY are answered `ok` after MS milliseconds,
+                   later ones at once
+    /reset-first/N/KEY
+                   the first N requests with this KEY get no answer: HTTP/2 resets the stream
+                   (INTERNAL_ERROR), HTTP/1.1 closes the connection; later ones `ok`
+    /grpc-flaky/N/KEY
+                   gRPC, trailers-only: the first N requests with this KEY get `grpc-status: 14`
+                   (UNAVAILABLE), later ones `grpc-status: 0`, under HTTP 200
+    /fail-on/NAME/CODE
+                   CODE when this server's `--name` is NAME, else `ok from NAME`
     anything else  `ok`
 
 Every response carries `x-upstream: NAME` (`--name`) and `x-upstream-conn: C`.
@@ -77,8 +92,42 @@ def emit(*parts):
     print(*parts, flush=True)
 
 
-def body_for(path):
+# Requests seen per KEY of the /flaky, /slow-first, /reset-first and /grpc-flaky paths.
+TRIES = {}
+
+
+def tries(path):
+    """Counts one more request on a counted path; returns its count."""
+    TRIES[path] = TRIES.get(path, 0) + 1
+    return TRIES[path]
+
+
+def reset_first(path):
+    """Whether this request to /reset-first/N/KEY goes unanswered."""
+    if not path.startswith("/reset-first/"):
+        return False
+    return tries(path) <= int(path.split("/")[2])
+
+
+def grpc_flaky(path):
+    """The grpc-status for /grpc-flaky/N/KEY, None for other paths."""
+    if not path.startswith("/grpc-flaky/"):
+        return None
+    return "14" if tries(path) <= int(path.split("/")[2]) else "0"
+
+
+def body_for(path, name="", attempt=None):
     """The status and body of a simple path, or None for the special ones."""
+    if path.startswith("/flaky/"):
+        n, code = (int(part) for part in path.split("/")[2:4])
+        count = tries(path)
+        status = code if count <= n else 200
+        return status, f"{status} try {count} attempt {attempt or '-'}".encode()
+    if path.startswith("/fail-on/"):
+        who, code = path.split("/")[2], int(path.split("/")[3])
+        if who == name:
+            return code, f"status {code} from {name}".encode()
+        return 200, f"ok from {name}".encode()
     if path.startswith("/bytes/"):
         n = int(path.split("/")[2])
         unit = b"0123456789"
@@ -92,6 +141,9 @@ def body_for(path):
 def delay_of(path):
     if path.startswith("/delay/"):
         return int(path.split("/")[2]) / 1000.0
+    if path.startswith("/slow-first/"):
+        n, ms = (int(part) for part in path.split("/")[2:4])
+        return ms / 1000.0 if tries(path) <= n else 0.0
     return 0.0
 
 
@@ -410,6 +462,20 @@ class H2Conn:
             while not self.gone(stream):
                 await asyncio.sleep(0.05)
             return
+        if reset_first(path):
+            self.conn.reset_stream(stream.id, error_code=h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.flush()
+            return
+        grpc_status = grpc_flaky(path)
+        if grpc_status is not None:
+            response = self.base_headers(200) + [
+                ("content-type", "application/grpc"),
+                ("grpc-status", grpc_status),
+                ("grpc-message", "flaky" if grpc_status != "0" else ""),
+            ]
+            self.conn.send_headers(stream.id, response, end_stream=True)
+            self.flush()
+            return
         delay = delay_of(path)
         if delay:
             await asyncio.sleep(delay)
@@ -435,7 +501,7 @@ class H2Conn:
                 "HTTP/2",
             )
         else:
-            status, body = body_for(path)
+            status, body = body_for(path, self.server.name, headers.get("x-envoy-attempt-count"))
         response = self.base_headers(status) + [("content-length", str(len(body)))]
         self.conn.send_headers(stream.id, response, end_stream=not body)
         if body:
@@ -526,6 +592,20 @@ class H1Conn:
                 while await self.reader.read(65536):
                     pass
                 return
+            if reset_first(path):
+                self.writer.transport.abort()
+                return
+            grpc_status = grpc_flaky(path)
+            if grpc_status is not None:
+                self.writer.write(
+                    (
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+                        f"grpc-status: {grpc_status}\r\ncontent-length: 0\r\n"
+                        f"x-upstream: {self.server.name}\r\n\r\n"
+                    ).encode()
+                )
+                await self.writer.drain()
+                continue
             if path.startswith("/trickle/"):
                 n, ms = (int(part) for part in path.split("/")[2:4])
                 base = f"x-upstream: {self.server.name}\r\nx-upstream-conn: {self.id}\r\n"
@@ -595,7 +675,9 @@ class H1Conn:
                         method, target, named.get("host"), headers, trailers, bytes(body), "HTTP/1.1"
                     )
                 else:
-                    status, payload = body_for(path)
+                    status, payload = body_for(
+                        path, self.server.name, named.get("x-envoy-attempt-count")
+                    )
                 head = f"HTTP/1.1 {status} X\r\ncontent-length: {len(payload)}\r\n".encode()
                 self.writer.write(head + base + b"\r\n" + payload)
             await self.writer.drain()

@@ -55,6 +55,7 @@ fn color(kind: TargetKind) -> &'static str {
         TargetKind::Direct => "#7f7f7f",
         TargetKind::Ringmesh => "#1f77b4",
         TargetKind::RingmeshSplice => "#17becf",
+        TargetKind::RingmeshPolicies => "#9467bd",
         TargetKind::Nginx => "#2ca02c",
         TargetKind::Haproxy => "#ff7f0e",
     }

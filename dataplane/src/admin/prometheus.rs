@@ -271,6 +271,18 @@ const CLUSTER_METRICS: &[Family<ClusterCounters>] = &[
         "Upstream responses that did not arrive in time.",
         |c| c.timeouts.get(),
     ),
+    (
+        "upstream_retries_total",
+        "counter",
+        "Retries sent by route retry policies.",
+        |c| c.retries.get(),
+    ),
+    (
+        "upstream_retry_overflow_total",
+        "counter",
+        "Retries refused by the cluster's retry budget.",
+        |c| c.retry_overflow.get(),
+    ),
 ];
 
 fn clusters(out: &mut String, snapshot: &Snapshot) {

@@ -69,5 +69,7 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         flags: record.flags,
         request_id: std::str::from_utf8(fields.request_id).unwrap_or_default(),
         downstream: fields.downstream,
+        attempts: record.attempts,
+        retry_stopped: record.retry_stopped.map_or("", |stopped| stopped.as_str()),
     });
 }

@@ -190,6 +190,11 @@ impl Recording {
         }
     }
 
+    /// The most payload bytes kept.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Whether everything read so far is kept (a retry can replay it).
     pub fn is_whole(&self) -> bool {
         !self.overflowed

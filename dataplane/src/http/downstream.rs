@@ -401,7 +401,19 @@ impl DownOut<'_> {
                     head.body
                 };
                 let (sink, length) = match body {
-                    ResponseBody::None => (None, None),
+                    // An HTTP/2 answer that ended with its HEADERS frame (a gRPC trailers-only
+                    // answer, say) has no body, but an HTTP/1.1 client learns that only from
+                    // `content-length: 0` — without it, it would read until the connection
+                    // closes. HEAD answers, tunnels and bodiless statuses need no length.
+                    ResponseBody::None => {
+                        let bodiless =
+                            head.status < 200 || head.status == 204 || head.status == 304;
+                        let unframed = !*head_request
+                            && !tunnel
+                            && !bodiless
+                            && head.fields.get("content-length").is_none();
+                        (None, unframed.then_some(0))
+                    }
                     ResponseBody::Length(n) => (Some(SinkFraming::Length), Some(n)),
                     ResponseBody::Chunked | ResponseBody::Stream if !client_10 => {
                         (Some(SinkFraming::Chunked), None)

@@ -58,6 +58,8 @@ pub enum Failure {
     UpstreamAborted,
     /// The route (or gRPC) deadline passed.
     Timeout,
+    /// The attempt ran out of its route's `per_try_timeout`.
+    PerTryTimeout,
     /// No byte moved either way for the listener's `stream_idle_timeout`.
     StreamIdle,
     /// The request body outgrew the limit.
@@ -95,6 +97,7 @@ impl Failure {
             | Failure::UpstreamProtocol(_)
             | Failure::UpstreamAborted
             | Failure::Timeout
+            | Failure::PerTryTimeout
             | Failure::StreamIdle
             | Failure::Unsupported(_) => Fault::Upstream,
             Failure::BodyTooLarge
@@ -122,7 +125,7 @@ impl Failure {
             | Failure::UpstreamProtocol(_)
             | Failure::UpstreamAborted
             | Failure::Unsupported(_) => 502,
-            Failure::Timeout | Failure::StreamIdle => 504,
+            Failure::Timeout | Failure::PerTryTimeout | Failure::StreamIdle => 504,
             Failure::BodyTooLarge => 413,
             Failure::HeadTooLarge => 431,
             Failure::BadRequest(_) => 400,
@@ -146,6 +149,7 @@ impl Failure {
             | Failure::Unsupported(reason) => reason,
             Failure::UpstreamAborted => "upstream reset mid-response",
             Failure::Timeout => "upstream request timeout",
+            Failure::PerTryTimeout => "upstream per-try timeout",
             Failure::StreamIdle => "stream idle timeout",
             Failure::BodyTooLarge => "request body too large",
             Failure::HeadTooLarge => "request head too large",
@@ -169,7 +173,7 @@ impl Failure {
             Failure::UpstreamProtocol(_) | Failure::Unsupported(_) => {
                 ResponseFlags::UPSTREAM_PROTOCOL_ERROR
             }
-            Failure::Timeout => ResponseFlags::UPSTREAM_TIMEOUT,
+            Failure::Timeout | Failure::PerTryTimeout => ResponseFlags::UPSTREAM_TIMEOUT,
             Failure::StreamIdle => ResponseFlags::STREAM_IDLE_TIMEOUT,
             Failure::BodyTooLarge | Failure::HeadTooLarge | Failure::BadRequest(_) => {
                 ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR
@@ -186,7 +190,7 @@ impl Failure {
             Failure::Overflow | Failure::NoHealthyUpstream | Failure::ConnectFailed => {
                 grpc::code::UNAVAILABLE
             }
-            Failure::Timeout => grpc::code::DEADLINE_EXCEEDED,
+            Failure::Timeout | Failure::PerTryTimeout => grpc::code::DEADLINE_EXCEEDED,
             Failure::RateLimited(_) => grpc::code::RESOURCE_EXHAUSTED,
             Failure::FaultAbort {
                 grpc_status: Some(code),

@@ -27,9 +27,11 @@
 //! 8. **both directions at once** — the request body goes up while the response comes down
 //!    (full duplex: an upstream may answer before the upload ends); an early complete response
 //!    stops the upload; a client that goes away ends the exchange and closes the upstream;
-//! 9. **retry** — once, on a fresh connection, when the upstream provably did not process the
-//!    request, or (idempotent requests) a reused connection failed before any response byte,
-//!    and the body is at hand: this rule is the same for all four protocol pairs;
+//! 9. **retry** — the rule of `retry.rs`, the same for all four protocol pairs: once on a fresh
+//!    connection when the upstream provably did not process the request (or, idempotent, a
+//!    reused connection failed before any response byte); and as the route's policy says, on
+//!    failures and on retriable response heads, within the cluster's retry budget, after a
+//!    backoff, on another endpoint, each try under the per-try timeout;
 //! 10. **answer failures** — [`Failure`] → a local reply in the client's protocol while no
 //!     response byte was sent, an abort after;
 //! 11. **mirror** — a complete copy to the shadow cluster, once the request body is whole
@@ -50,10 +52,12 @@ use super::h1::BodyFraming;
 use super::h1::client::{RequestLine, write_request_head};
 use super::h1::pool::Connection;
 use super::h2::client::write_h2_request;
+use super::headers::ATTEMPT_COUNT;
 use super::headers::{Forwarding, RequestRules};
 use super::mirror;
 use super::reply::LocalReply;
 use super::request::{ClientProtocol, RequestBody, RequestHead, Upgrade};
+use super::retry::{Retries, Stopped, Verdict};
 use super::upstream::{UpIn, Upstream, UpstreamRequest, Wire};
 use crate::access_log::ResponseFlags;
 use crate::core::Core;
@@ -66,8 +70,6 @@ use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
 
 /// The largest request body kept for a retry; bigger bodies are not retried.
 const REPLAY_LIMIT: usize = 64 * 1024;
-/// Attempts per request: the first and one retry.
-const MAX_ATTEMPTS: u32 = 2;
 
 /// Buffers an exchange writes into, reused by every request on an HTTP/1.1 connection.
 #[derive(Debug, Default)]
@@ -121,6 +123,8 @@ pub struct Record<'s> {
     pub bytes_sent: u64,
     /// Attempts made upstream.
     pub attempts: u32,
+    /// Why a retry that a condition asked for did not happen.
+    pub retry_stopped: Option<Stopped>,
     /// The client's address (the peer, or the trusted `x-forwarded-for` entry).
     pub client_ip: IpAddr,
 }
@@ -139,6 +143,7 @@ impl Record<'_> {
             bytes_received: 0,
             bytes_sent: 0,
             attempts: 0,
+            retry_stopped: None,
             client_ip,
         }
     }
@@ -189,6 +194,8 @@ pub struct Plan<'s> {
     pub request: UpstreamRequest,
     /// The shadow copy, when this request is mirrored.
     pub mirror: Option<Box<mirror::Shadow>>,
+    /// A gRPC request: each attempt sends the time left as `grpc-timeout`.
+    pub grpc: bool,
     /// `HEAD` (no response body) and `CONNECT` (a 2xx starts a tunnel).
     pub is_head: bool,
     /// See above.
@@ -340,6 +347,7 @@ pub fn decide<'s>(
         join_cookies: wire == Wire::H1,
         keep_te_trailers: wire == Wire::H2,
         grpc_timeout: (!scratch.grpc_timeout.is_empty()).then_some(&scratch.grpc_timeout[..]),
+        per_attempt: route.retries.is_some(),
     };
     let framing = match head.body {
         RequestBody::None => BodyFraming::None,
@@ -408,6 +416,7 @@ pub fn decide<'s>(
         idempotent: head.is_idempotent(),
         request,
         mirror,
+        grpc: head.grpc,
         is_head: head.is_head(),
         is_connect: head.upgrade == Some(Upgrade::Connect),
         delay,
@@ -574,11 +583,17 @@ async fn run<'s>(
         REPLAY_LIMIT
     };
     let mut recording = (!down.body_done()).then(|| Recording::new(keep));
+    let retries = Retries::new(
+        plan.route.retries.as_ref(),
+        &plan.cluster.retry_budget,
+        plan.cluster.stats.slot(core.id),
+    );
     let context = Context {
         core,
         snapshot,
         plan,
         progress: &progress,
+        retries: &retries,
     };
     let mut timer = scratch.timer.take();
     let outcome = monoio::select! {
@@ -592,6 +607,9 @@ async fn run<'s>(
         }
     };
     scratch.timer = timer;
+    let (flags, stopped) = retries.outcome();
+    record.flags.insert(flags);
+    record.retry_stopped = stopped;
     record.bytes_received = progress.request_total.get();
     record.bytes_sent = progress.response_total.get();
     let counters = plan.cluster.stats.slot(core.id);
@@ -600,12 +618,14 @@ async fn run<'s>(
         Err(failure) => {
             record.flags.insert(failure.flag());
             match failure {
-                Failure::Timeout => counters.timeouts.inc(),
+                Failure::Timeout | Failure::PerTryTimeout => counters.timeouts.inc(),
                 Failure::UpstreamProtocol(_) => counters.protocol_errors.inc(),
                 _ => {}
             }
-            if matches!(failure, Failure::Timeout | Failure::StreamIdle)
-                || failure.fault() == Fault::Downstream
+            if matches!(
+                failure,
+                Failure::Timeout | Failure::PerTryTimeout | Failure::StreamIdle
+            ) || failure.fault() == Fault::Downstream
             {
                 // An interrupted exchange may have abandoned a read on the client, and a client
                 // that broke the protocol cannot be trusted to be in step: an HTTP/1.1
@@ -678,6 +698,7 @@ struct Context<'a, 's> {
     snapshot: &'s Snapshot,
     plan: &'a Plan<'s>,
     progress: &'a Progress,
+    retries: &'a Retries<'s>,
 }
 
 /// Where an exchange stands, shared by its two directions.
@@ -779,28 +800,62 @@ async fn attempts<'s>(
     recording: &mut Option<Recording>,
     record: &mut Record<'s>,
 ) -> Result<Option<Connection>, Failure> {
-    let Context { plan, progress, .. } = *context;
+    let Context {
+        core,
+        plan,
+        progress,
+        retries,
+        ..
+    } = *context;
     loop {
         record.attempts += 1;
-        let failure = match attempt(context, down, scratch, recording, record).await {
-            Ok(tunnel) => return Ok(tunnel),
-            Err(failure) => failure,
+        // One call site, so that the (large) attempt future has one slot in this one.
+        let tried = monoio::select! {
+            biased;
+            tried = attempt(context, down, scratch, recording, record) => tried,
+            failure = per_try_timer(retries.per_try_timeout()) => Err(failure),
         };
-        let retry = match failure.retry() {
-            Retry::No => false,
-            Retry::Unprocessed => true,
-            Retry::IfIdempotent => plan.idempotent,
+        let failure = match tried {
+            Ok(Attempted::Done(tunnel)) => return Ok(tunnel),
+            Ok(Attempted::Discarded) => None,
+            Err(failure) => Some(failure),
         };
-        let body_at_hand = recording.as_ref().is_none_or(Recording::is_whole);
-        if !retry
-            || record.attempts >= MAX_ATTEMPTS
-            || progress.response_started.get()
-            || !body_at_hand
-        {
-            return Err(failure);
+        if let Some(failure) = failure {
+            if progress.response_started.get() {
+                return Err(failure);
+            }
+            let body_at_hand = recording.as_ref().is_none_or(Recording::is_whole);
+            if retries.after_failure(failure, plan.idempotent, body_at_hand) == Verdict::Stop {
+                return Err(failure);
+            }
+            tracing::debug!(?failure, attempt = record.attempts, "retrying");
         }
-        tracing::debug!(?failure, "retrying on a fresh connection");
+        let backoff = retries.backoff(core.random());
+        if !backoff.is_zero() {
+            // On the heap: a timer inline would grow every request's future; only retries pay.
+            Box::pin(monoio::time::sleep(backoff)).await;
+        }
     }
+}
+
+/// Resolves when an attempt has run for `limit` (never without one).
+async fn per_try_timer(limit: Option<Duration>) -> Failure {
+    match limit {
+        Some(limit) => {
+            Box::pin(monoio::time::sleep(limit)).await;
+            Failure::PerTryTimeout
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// How an attempt that did not fail ended.
+#[derive(Debug)]
+enum Attempted {
+    /// The exchange is complete (the connection, when it became a tunnel).
+    Done(Option<Connection>),
+    /// The upstream's response asked for a retry, which was granted; the client saw nothing.
+    Discarded,
 }
 
 /// How one attempt's request side ended.
@@ -821,17 +876,28 @@ async fn attempt<'s>(
     scratch: &mut Scratch,
     recording: &mut Option<Recording>,
     record: &mut Record<'s>,
-) -> Result<Option<Connection>, Failure> {
+) -> Result<Attempted, Failure> {
     let Context {
         core,
         snapshot,
         plan,
         progress,
+        retries,
     } = *context;
     let first = record.attempts == 1;
-    // 6. An upstream connection or stream.
-    let mut upstream =
-        Upstream::checkout(core, snapshot, plan.cluster, plan.wire, plan.hash, !first).await?;
+    // 6. An upstream connection or stream: a policy retry goes elsewhere where it can.
+    let avoid = record.upstream.filter(|_| retries.avoid_last_endpoint());
+    let fresh = !first && avoid.is_none();
+    let mut upstream = Upstream::checkout(
+        core,
+        snapshot,
+        plan.cluster,
+        plan.wire,
+        plan.hash,
+        fresh,
+        avoid,
+    )
+    .await?;
     record.upstream = Some(upstream.endpoint());
     plan.cluster.stats.slot(core.id).requests.inc();
 
@@ -840,10 +906,35 @@ async fn attempt<'s>(
 
     let replaying = !first && recording.as_ref().is_some_and(|r| !r.is_empty());
     let body_follows = !down.body_done() || replaying;
+    // A route that retries tells each try its number and, for gRPC, the time left.
+    let mut count = itoa::Buffer::new();
+    let mut extra: [(&'static str, &[u8]); 2] = [(ATTEMPT_COUNT, b""), ("grpc-timeout", b"")];
+    let extra: &[(&'static str, &[u8])] = if retries.has_policy() {
+        extra[0].1 = count.format(record.attempts).as_bytes();
+        let left = [
+            plan.deadline
+                .map(|deadline| deadline.saturating_duration_since(Instant::now())),
+            retries.per_try_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match left.filter(|_| plan.grpc) {
+            Some(left) => {
+                grpc_timeout_value(left, &mut scratch.grpc_timeout);
+                extra[1].1 = &scratch.grpc_timeout;
+                &extra
+            }
+            None => &extra[..1],
+        }
+    } else {
+        &[]
+    };
     upstream
         .send_head(
             &plan.request,
             &scratch.upstream_head,
+            extra,
             &mut scratch.pending,
             !body_follows,
         )
@@ -873,6 +964,8 @@ async fn attempt<'s>(
     }
     let draining = core.is_draining();
     let counters = plan.cluster.stats.slot(core.id);
+    // The most request body bytes that can be sent again (a retry), `None` without a body.
+    let kept = recording.as_ref().map(Recording::limit);
     let result = {
         let (mut down_in, mut down_out) = down.split(draining);
         let (mut sink, mut up_in) = upstream.split(&mut scratch.pending, framing);
@@ -926,11 +1019,11 @@ async fn attempt<'s>(
             let outcome = receive(
                 &mut up_in,
                 &mut down_out,
-                plan,
-                progress,
+                context,
                 record,
                 counters,
                 &request_read,
+                kept,
             )
             .await;
             stop.fire();
@@ -978,14 +1071,19 @@ async fn attempt<'s>(
         }
     };
     match result {
-        Ok(Received { tunnel: true }) => Ok(upstream.into_connection()),
-        Ok(Received { tunnel: false }) => {
+        Ok(Received::Relayed { tunnel: true }) => Ok(Attempted::Done(upstream.into_connection())),
+        Ok(Received::Relayed { tunnel: false }) => {
             if !request_read.get() {
                 // A complete answer to a request still uploading: the upload stops here.
                 down.end_early();
             }
             upstream.finish(core, plan.cluster, request_sent.get());
-            Ok(None)
+            Ok(Attempted::Done(None))
+        }
+        // The unread response goes with its connection (HTTP/1.1) or stream (HTTP/2).
+        Ok(Received::Discarded) => {
+            upstream.finish(core, plan.cluster, false);
+            Ok(Attempted::Discarded)
         }
         Err(failure) => {
             upstream.finish(core, plan.cluster, false);
@@ -1020,23 +1118,34 @@ fn no_retry(failure: Failure) -> Failure {
 
 /// How the response side of an attempt ended.
 #[derive(Debug, Clone, Copy)]
-struct Received {
-    /// The upstream accepted an upgrade or CONNECT.
-    tunnel: bool,
+enum Received {
+    /// The response went to the client.
+    Relayed {
+        /// The upstream accepted an upgrade or CONNECT.
+        tunnel: bool,
+    },
+    /// The response asked for a retry, which was granted: the client saw none of it.
+    Discarded,
 }
 
 /// The response side of an attempt: the head (while watching for the client giving up), then
-/// the body. `request_read`: whether the client's whole request was read when the head arrived.
-#[allow(clippy::too_many_arguments)]
+/// the body. `request_read`: whether the client's whole request was read when the head arrived;
+/// `kept`: how much of a request body is kept for a retry.
 async fn receive<'s>(
     up_in: &mut UpIn<'_>,
     down_out: &mut DownOut<'_>,
-    plan: &Plan<'s>,
-    progress: &Progress,
+    context: &Context<'_, 's>,
     record: &mut Record<'s>,
     counters: &crate::stats::ClusterCounters,
     request_read: &Cell<bool>,
+    kept: Option<usize>,
 ) -> Result<Received, Failure> {
+    let Context {
+        plan,
+        progress,
+        retries,
+        ..
+    } = *context;
     let head = monoio::select! {
         biased;
         read = up_in.read_head() => read,
@@ -1044,9 +1153,25 @@ async fn receive<'s>(
     };
     head?;
     let started = up_in.relay_head(plan.is_head, plan.is_connect, |head| {
+        // A retriable answer is dropped here, before the client sees a byte of it, when the
+        // whole request is at hand to send again.
+        let request_whole = request_read.get()
+            && kept.is_none_or(|kept| progress.request_total.get() <= kept as u64);
+        let grpc_status = head
+            .fields
+            .get("grpc-status")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok());
+        if retries.on_response(head.status, grpc_status, request_whole) {
+            return None;
+        }
         record.status = head.status;
-        down_out.start_response(head, &plan.route.response_headers, request_read.get())
-    })??;
+        Some(down_out.start_response(head, &plan.route.response_headers, request_read.get()))
+    })?;
+    let Some(started) = started else {
+        return Ok(Received::Discarded);
+    };
+    let started = started?;
     counters.response(record.status);
     progress.response_started.set(true);
     if started.body
@@ -1073,7 +1198,7 @@ async fn receive<'s>(
             .await
             .map_err(|_| Failure::ClientGone)?;
     }
-    Ok(Received {
+    Ok(Received::Relayed {
         tunnel: started.tunnel,
     })
 }

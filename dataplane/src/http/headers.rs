@@ -147,7 +147,13 @@ pub struct RequestRules<'a> {
     pub keep_te_trailers: bool,
     /// The `grpc-timeout` to send in place of the client's (the time left of the deadline).
     pub grpc_timeout: Option<&'a [u8]>,
+    /// Each attempt adds its own `x-envoy-attempt-count` and `grpc-timeout` (a route that
+    /// retries): the client's are dropped and [`Self::grpc_timeout`] is not written.
+    pub per_attempt: bool,
 }
+
+/// The attempt number a route that retries sends upstream (Envoy's name): 1 for the first try.
+pub const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
 
 /// Whether `name` is connection-specific: hop-by-hop, or listed in `Connection`.
 pub fn is_connection_specific(name: &str, connection_tokens: &str) -> bool {
@@ -197,7 +203,12 @@ pub fn request_headers(
             }
             continue;
         }
-        if rules.grpc_timeout.is_some() && name.eq_ignore_ascii_case("grpc-timeout") {
+        if (rules.grpc_timeout.is_some() || rules.per_attempt)
+            && name.eq_ignore_ascii_case("grpc-timeout")
+        {
+            continue;
+        }
+        if rules.per_attempt && name.eq_ignore_ascii_case(ATTEMPT_COUNT) {
             continue;
         }
         if rules.join_cookies && name.eq_ignore_ascii_case("cookie") {
@@ -224,7 +235,7 @@ pub fn request_headers(
         out.push("x-forwarded-proto", rules.forwarding.proto.as_bytes());
     }
     out.push("x-request-id", rules.forwarding.request_id);
-    if let Some(timeout) = rules.grpc_timeout {
+    if let Some(timeout) = rules.grpc_timeout.filter(|_| !rules.per_attempt) {
         out.push("grpc-timeout", timeout);
     }
     if cookies == 1 {

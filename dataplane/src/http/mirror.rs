@@ -137,11 +137,11 @@ async fn exchange_once(
         }
     };
     let counters = cluster.stats.slot(core.id);
-    let mut upstream = Upstream::checkout(core, snapshot, cluster, wire, None, false).await?;
+    let mut upstream = Upstream::checkout(core, snapshot, cluster, wire, None, false, None).await?;
     counters.requests.inc();
     let mut pending = Vec::new();
     upstream
-        .send_head(&request, &head, &mut pending, length == 0)
+        .send_head(&request, &head, &[], &mut pending, length == 0)
         .await?;
     head.clear();
     let complete = {

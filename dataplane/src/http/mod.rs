@@ -8,14 +8,14 @@
 //! - [`request`]: the protocol-independent view of a request; [`headers`]: the header rules;
 //!   [`body`]: moving bodies between any two protocols; [`reply`]: local replies in each
 //!   protocol's form; [`error`]: the one failure type; [`account`]: metrics and the access log;
-//!   [`mirror`]: shadow copies.
+//!   [`mirror`]: shadow copies; [`retry`]: when an attempt is tried again.
 //! - [`downstream`] and [`upstream`]: the client and upstream sides of an exchange.
 //! - [`h1`]: HTTP/1.1 — strict parsing, the server ([`h1::server`]), the upstream client and
 //!   pool; [`h2`]: HTTP/2 — the server, the per-stream adapter, the upstream client and pool,
 //!   abuse limits; [`grpc`]: gRPC specifics; [`io`]: owned-buffer socket halves.
 //!
 //! Dependencies point one way: the codecs (`h1::server`, `h2::stream`) → `exchange` →
-//! {`downstream`, `upstream`, `body`, `headers`, `reply`, `mirror`, `account`} → {`h1`, `h2`
+//! {`downstream`, `upstream`, `body`, `headers`, `reply`, `mirror`, `retry`, `account`} → {`h1`, `h2`
 //! clients and pools, `io`}. Nothing below `exchange` decides how to answer a client.
 
 pub mod account;
@@ -32,6 +32,7 @@ pub mod io;
 pub mod mirror;
 pub mod reply;
 pub mod request;
+pub mod retry;
 pub mod upstream;
 
 use std::net::SocketAddr;

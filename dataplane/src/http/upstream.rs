@@ -109,7 +109,8 @@ impl Upstream {
     /// A connection (HTTP/1.1) or stream (HTTP/2) to the endpoint of `cluster` that the load
     /// balancer picks, or, if that one is full or fails, to the next endpoints in turn (nothing
     /// has been sent yet, so trying another is always safe). `fresh`: a retry after a stale
-    /// connection, which takes a new HTTP/1.1 connection.
+    /// connection, which takes a new HTTP/1.1 connection. `avoid`: an endpoint that just failed
+    /// this request; when the pick is that one, the next is taken instead (if there is another).
     pub async fn checkout(
         core: &Core,
         snapshot: &Snapshot,
@@ -117,13 +118,17 @@ impl Upstream {
         wire: Wire,
         hash: Option<u64>,
         fresh: bool,
+        avoid: Option<SocketAddr>,
     ) -> Result<Self, Failure> {
         let counters = cluster.stats.slot(core.id);
-        let Some(first) = core.pick_endpoint(snapshot, cluster, hash) else {
+        let Some(mut first) = core.pick_endpoint(snapshot, cluster, hash) else {
             counters.no_endpoint.inc();
             return Err(Failure::NoHealthyUpstream);
         };
         let endpoints = cluster.endpoints.len();
+        if avoid.is_some_and(|avoid| cluster.endpoints[first].address == avoid) && endpoints > 1 {
+            first = (first + 1) % endpoints;
+        }
         let mut overflow = false;
         for attempt in 0..endpoints {
             let index = (first + attempt) % endpoints;
@@ -201,17 +206,28 @@ impl Upstream {
 
     /// Starts the request. HTTP/1.1: `head` is queued in `pending`, to go out with the first
     /// body bytes; HTTP/2: the HEADERS frame is sent (ending the stream when `ends_stream`).
+    /// `extra`: fields this attempt adds to the head (the attempt count, the time left).
     pub async fn send_head(
         &mut self,
         request: &UpstreamRequest,
         head: &[u8],
+        extra: &[(&'static str, &[u8])],
         pending: &mut Vec<u8>,
         ends_stream: bool,
     ) -> Result<(), Failure> {
         match (self, request) {
             (Upstream::H1 { .. }, UpstreamRequest::H1(_)) => {
                 pending.clear();
-                pending.extend_from_slice(head);
+                match head.strip_suffix(b"\r\n") {
+                    Some(fields) if !extra.is_empty() => {
+                        pending.extend_from_slice(fields);
+                        for (name, value) in extra {
+                            h1::push_header(pending, name.as_bytes(), value);
+                        }
+                        pending.extend_from_slice(b"\r\n");
+                    }
+                    _ => pending.extend_from_slice(head),
+                }
                 Ok(())
             }
             (
@@ -233,9 +249,15 @@ impl Upstream {
                 if poll_fn(|cx| stream.send.poll_ready(cx)).await.is_err() {
                     return Err(refused(stream));
                 }
-                let sent = stream
-                    .send
-                    .send_request(clone_request(request), ends_stream);
+                let mut request = clone_request(request);
+                for (name, value) in extra {
+                    if let Ok(value) = http::HeaderValue::from_bytes(value) {
+                        request
+                            .headers_mut()
+                            .insert(http::HeaderName::from_static(name), value);
+                    }
+                }
+                let sent = stream.send.send_request(request, ends_stream);
                 let Ok((future, body)) = sent else {
                     return Err(refused(stream));
                 };

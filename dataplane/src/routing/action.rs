@@ -361,22 +361,32 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     /// Conditions that allow a retry.
     pub retry_on: RetryOnSet,
+    /// Statuses retried under `retriable-status-codes`.
+    pub retriable_status_codes: Box<[u16]>,
     /// First backoff interval (later ones double, with jitter).
     pub backoff: Duration,
+    /// Longest backoff interval.
+    pub max_backoff: Duration,
 }
 
 /// A set of [`RetryOn`] conditions as a bit set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetryOnSet(u8);
+pub struct RetryOnSet(u16);
 
 impl RetryOnSet {
-    fn bit(on: RetryOn) -> u8 {
-        match on {
-            RetryOn::ServerError => 1,
-            RetryOn::GatewayError => 2,
-            RetryOn::ConnectFailure => 4,
-            RetryOn::Reset => 8,
-            RetryOn::RefusedStream => 16,
+    fn bit(on: RetryOn) -> u16 {
+        1 << match on {
+            RetryOn::ServerError => 0,
+            RetryOn::GatewayError => 1,
+            RetryOn::ConnectFailure => 2,
+            RetryOn::Reset => 3,
+            RetryOn::RefusedStream => 4,
+            RetryOn::Retriable4xx => 5,
+            RetryOn::RetriableStatusCodes => 6,
+            RetryOn::Cancelled => 7,
+            RetryOn::DeadlineExceeded => 8,
+            RetryOn::ResourceExhausted => 9,
+            RetryOn::Unavailable => 10,
         }
     }
 

@@ -444,7 +444,11 @@ fn route(
             attempts: r.attempts,
             per_try_timeout: r.per_try_timeout.filter(|t| !t.is_zero()).map(|t| t.get()),
             retry_on: RetryOnSet::new(&r.retry_on),
+            retriable_status_codes: r.retriable_status_codes.clone().into(),
             backoff: r.backoff.get(),
+            max_backoff: r
+                .max_backoff
+                .map_or(r.backoff.get().saturating_mul(10), |max| max.get()),
         }),
         fault: spec.fault.as_ref().map(|f| FaultPolicy {
             when: Conditions {

@@ -785,7 +785,9 @@ fn route_settings_are_carried_compiled() {
         attempts: 3,
         per_try_timeout: Some("500ms".parse().expect("duration")),
         retry_on: vec![RetryOn::ServerError, RetryOn::Reset],
+        retriable_status_codes: Vec::new(),
         backoff: "25ms".parse().expect("duration"),
+        max_backoff: None,
     });
     route.fault = Some(config_schema::FaultSpec {
         headers: Vec::new(),

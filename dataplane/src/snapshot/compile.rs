@@ -16,7 +16,7 @@ use crate::access_log::AccessLogSink;
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
-use crate::upstream::Balancer;
+use crate::upstream::{Balancer, RetryBudget};
 
 /// Compiles a validated config into the snapshot for `generation`.
 ///
@@ -42,13 +42,17 @@ pub fn compile(
                 continue;
             }
         };
-        let stats = previous
-            .clusters
-            .iter()
-            .find(|old| *old.name == *c.name && old.stats.len() == workers)
+        let old = previous.clusters.iter().find(|old| *old.name == *c.name);
+        let stats = old.filter(|old| old.stats.len() == workers).map_or_else(
+            || Arc::new(PerWorker::new(workers)),
+            |old| Arc::clone(&old.stats),
+        );
+        // An unchanged budget keeps what it counted: a reload does not refill it.
+        let retry_budget = old
+            .filter(|old| old.retry_budget.is(&c.retry_budget))
             .map_or_else(
-                || Arc::new(PerWorker::new(workers)),
-                |old| Arc::clone(&old.stats),
+                || Arc::new(RetryBudget::new(&c.retry_budget)),
+                |old| Arc::clone(&old.retry_budget),
             );
         clusters.push(Arc::new(Cluster {
             name: c.name.as_str().into(),
@@ -73,6 +77,7 @@ pub fn compile(
             h2: H2ClusterSettings {
                 max_streams: c.pool.max_streams_per_connection,
             },
+            retry_budget,
             stats,
         }));
     }

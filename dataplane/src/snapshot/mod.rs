@@ -27,7 +27,7 @@ use crate::access_log::AccessLogSink;
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::RouteConfig;
 use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
-use crate::upstream::Balancer;
+use crate::upstream::{Balancer, RetryBudget};
 
 mod compile;
 mod settings;
@@ -140,6 +140,8 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// HTTP/2 connection settings.
     pub h2: H2ClusterSettings,
+    /// The retry budget, shared by all workers; carried across reloads while unchanged.
+    pub retry_budget: Arc<RetryBudget>,
     /// Counters, carried across reloads by name.
     pub stats: Arc<PerWorker<ClusterCounters>>,
 }

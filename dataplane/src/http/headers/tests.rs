@@ -45,6 +45,7 @@ fn rules<'a>(mutation: &'a HeaderMutation, trust_proto: bool, h2: bool) -> Reque
         join_cookies: !h2,
         keep_te_trailers: h2,
         grpc_timeout: None,
+        per_attempt: false,
     }
 }
 
