@@ -147,10 +147,9 @@ impl<'a> LocalReply<'a> {
             out.extend_from_slice(b"x-envoy-overloaded: true\r\n");
         }
         if let Some(limited) = self.rate_limit {
-            let mut value = Vec::with_capacity(48);
-            limit_value(limited, &mut value);
-            push_header(out, b"x-ratelimit-limit", &value);
-            out.extend_from_slice(b"x-ratelimit-remaining: 0\r\n");
+            out.extend_from_slice(b"x-ratelimit-limit: ");
+            limit_value(limited, out);
+            out.extend_from_slice(b"\r\nx-ratelimit-remaining: 0\r\n");
             out.extend_from_slice(b"x-ratelimit-reset: ");
             push_decimal(out, u64::from(limited.reset_seconds));
             out.extend_from_slice(b"\r\n");
@@ -290,6 +289,32 @@ mod tests {
         let (response, body) = LocalReply::direct(200, b"ok", "text/plain").h2_response(b"r", true);
         assert!(response.headers().get("grpc-status").is_none());
         assert_eq!(body.as_deref(), Some(&b"ok"[..]));
+    }
+
+    #[test]
+    fn rate_limited_replies_carry_the_ratelimit_headers() {
+        let limited = Limited {
+            requests_per_second: 100,
+            burst: 120,
+            reset_seconds: 1,
+        };
+        let mut out = Vec::new();
+        LocalReply::failure(Failure::RateLimited(limited)).write_h1(&mut out, b"", false, false);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(text.starts_with("HTTP/1.1 429 "), "{text}");
+        assert!(
+            text.contains("\r\nx-ratelimit-limit: 100, 100;w=1;burst=120\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nx-ratelimit-remaining: 0\r\n"), "{text}");
+        assert!(text.contains("\r\nx-ratelimit-reset: 1\r\n"), "{text}");
+        let (response, _) =
+            LocalReply::failure(Failure::RateLimited(limited)).h2_response(b"r", true);
+        assert_eq!(response.headers()["grpc-status"], "8");
+        assert_eq!(
+            response.headers()["x-ratelimit-limit"],
+            "100, 100;w=1;burst=120"
+        );
     }
 
     #[test]
