@@ -373,6 +373,11 @@ pub struct ListenerSpec {
     /// TLS on this listener; absent = plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTlsSpec>,
+    /// Local rate limit for the whole listener, across all workers. `tcp` listeners: new
+    /// connections per second (over the limit a connection is closed at accept and counted);
+    /// `http` and `auto` listeners: HTTP requests per second (over the limit: 429, flag `RL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 impl ListenerSpec {
@@ -548,7 +553,7 @@ pub struct VirtualHostSpec {
     /// then file order.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
-    /// Rate limit for the whole virtual host, per worker core.
+    /// Local rate limit for the whole virtual host, across all workers (429 over the limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
 }
@@ -599,7 +604,7 @@ pub struct RouteSpec {
     /// Fault injection for resilience testing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultSpec>,
-    /// Rate limit for this route, per worker core.
+    /// Local rate limit for this route, across all workers (429 over the limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
     /// Largest request body for this route (413 beyond); overrides the listener limit.
@@ -879,10 +884,15 @@ impl Default for RetryBudgetSpec {
     }
 }
 
-/// Fault injection. Delays and aborts apply to a share of requests.
+/// Fault injection (Istio `HTTPFaultInjection`). Delays and aborts apply to a share of requests,
+/// each drawn on its own: a request may be delayed, aborted, or delayed and then aborted.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
+    /// Only requests meeting all these header conditions are subject to the fault (to test in
+    /// production on one caller); empty = every request of the route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatchSpec>,
     /// Delay a share of requests before forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<FaultDelaySpec>,
@@ -891,11 +901,19 @@ pub struct FaultSpec {
     pub abort: Option<FaultAbortSpec>,
 }
 
-/// A fixed delay on a share of requests.
+impl FaultSpec {
+    fn all() -> f64 {
+        100.0
+    }
+}
+
+/// A fixed delay on a share of requests, before the request goes upstream. The delay does not
+/// count against the route timeout or the stream idle timeout.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultDelaySpec {
-    /// Share of requests delayed, 0–100.
+    /// Share of requests delayed, 0–100 (default: all, as in Istio when no percentage is given).
+    #[serde(default = "FaultSpec::all")]
     pub percent: f64,
     /// How long.
     pub fixed: Duration,
@@ -905,24 +923,43 @@ pub struct FaultDelaySpec {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbortSpec {
-    /// Share of requests aborted, 0–100.
+    /// Share of requests aborted, 0–100 (default: all, as in Istio when no percentage is given).
+    #[serde(default = "FaultSpec::all")]
     pub percent: f64,
     /// HTTP status (200–599).
     pub status: u16,
-    /// gRPC status for gRPC requests (default: derived from `status`).
+    /// gRPC status for gRPC requests, answered trailers-only (default: derived from `status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u32>,
 }
 
-/// A token bucket, kept per worker core (no cross-core state on the request path).
+/// A local rate limit: a token bucket shared by all workers of the process (exact whichever
+/// worker the traffic lands on). Over the limit a request gets 429 with `x-ratelimit-*` headers
+/// (gRPC: `RESOURCE_EXHAUSTED`) and the access-log flag `RL`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
-    /// Sustained requests per second.
+    /// Sustained requests (tcp listeners: connections) per second.
     pub requests_per_second: u32,
-    /// Bucket size (default: one second of requests).
+    /// Bucket size: how many may come at once after a quiet period (default: one second's worth).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// One bucket per key instead of one for everyone: `"client_ip"` (the peer, or the trusted
+    /// `x-forwarded-for` entry) or `{ header = "x-user" }` (the header's value; requests without
+    /// it share one bucket). Keys hash into a fixed table of 16384 buckets per limit, so memory
+    /// stays bounded; keys that collide share a bucket (stricter, never looser).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<RateLimitKeySpec>,
+}
+
+/// What a keyed rate limit keeps one bucket per.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RateLimitKeySpec {
+    /// The client's IP address.
+    ClientIp,
+    /// The value of this request header (HTTP only).
+    Header(String),
 }
 
 // === clusters ===

@@ -45,9 +45,6 @@ pub const NOT_SUPPORTED: &[Unsupported] = &[
     Unsupported { path: "listeners[].tls", consequence: "TLS on listeners — this listener would serve plaintext (and with sni_routes on a tcp listener, close every connection); remove [listeners.tls]" },
     Unsupported { path: "clusters[].tls", consequence: "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]" },
     Unsupported { path: "authorization_policies", consequence: "authorization policies — no request would be checked against them, so every request would be allowed; remove [[authorization_policies]]" },
-    Unsupported { path: "virtual_hosts[].rate_limit", consequence: "rate limiting — requests above the limit would be forwarded, none refused; remove rate_limit from this virtual host" },
-    Unsupported { path: "virtual_hosts[].routes[].fault", consequence: "fault injection — no request would be delayed or aborted; remove fault from this route" },
-    Unsupported { path: "virtual_hosts[].routes[].rate_limit", consequence: "rate limiting — requests above the limit would be forwarded, none refused; remove rate_limit from this route" },
 ];
 
 /// The entry for the key at `path` (a concrete path such as `clusters[2].tls`), if it is not
@@ -92,7 +89,9 @@ mod tests {
     fn patterns_match_every_list_element_and_nothing_else() {
         assert!(unsupported("clusters[0].tls").is_some());
         assert!(unsupported("clusters[12].tls").is_some());
-        assert!(unsupported("virtual_hosts[1].routes[3].fault").is_some());
+        assert!(unsupported("listeners[3].tls").is_some());
+        assert!(unsupported("virtual_hosts[1].routes[3].fault").is_none());
+        assert!(unsupported("clusters[3].outlier_detection").is_none());
         assert!(unsupported("identity").is_some());
         assert!(unsupported("clusters[0].tls.sni").is_none());
         assert!(unsupported("clusters[].tls").is_none());

@@ -340,6 +340,16 @@ impl<'a> Checker<'a> {
         if let Some(tls) = &listener.tls {
             self.listener_tls(&format!("{path}.tls"), tls, listener.protocol);
         }
+        if let Some(limit) = &listener.rate_limit {
+            let limit_path = format!("{path}.rate_limit");
+            self.rate_limit(&limit_path, limit);
+            if !http && matches!(limit.key, Some(RateLimitKeySpec::Header(_))) {
+                self.issue(
+                    format!("{limit_path}.key"),
+                    "a tcp listener limits connections, which have no headers: use key = \"client_ip\" or no key",
+                );
+            }
+        }
     }
 
     fn limits(&mut self, path: &str, limits: &HttpLimitsSpec) {
@@ -672,25 +682,7 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        for (i, header) in matcher.headers.iter().enumerate() {
-            let item = format!("{path}.headers[{i}]");
-            self.header_name(&format!("{item}.name"), &header.name);
-            let given = [
-                header.exact.is_some(),
-                header.prefix.is_some(),
-                header.regex.is_some(),
-                header.present.is_some(),
-            ];
-            if given.iter().filter(|g| **g).count() != 1 {
-                self.issue(
-                    &item,
-                    "give exactly one of exact, prefix, regex and present",
-                );
-            }
-            if let Some(pattern) = &header.regex {
-                self.regex(&format!("{item}.regex"), pattern);
-            }
-        }
+        self.header_matches(&format!("{path}.headers"), &matcher.headers);
         for (i, query) in matcher.query.iter().enumerate() {
             let item = format!("{path}.query[{i}]");
             if query.name.is_empty() {
@@ -705,6 +697,29 @@ impl<'a> Checker<'a> {
                 self.issue(&item, "give exactly one of exact, regex and present");
             }
             if let Some(pattern) = &query.regex {
+                self.regex(&format!("{item}.regex"), pattern);
+            }
+        }
+    }
+
+    /// Header conditions (route matches and fault injection's `headers`).
+    fn header_matches(&mut self, path: &str, headers: &[HeaderMatchSpec]) {
+        for (i, header) in headers.iter().enumerate() {
+            let item = format!("{path}[{i}]");
+            self.header_name(&format!("{item}.name"), &header.name);
+            let given = [
+                header.exact.is_some(),
+                header.prefix.is_some(),
+                header.regex.is_some(),
+                header.present.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() != 1 {
+                self.issue(
+                    &item,
+                    "give exactly one of exact, prefix, regex and present",
+                );
+            }
+            if let Some(pattern) = &header.regex {
                 self.regex(&format!("{item}.regex"), pattern);
             }
         }
@@ -888,6 +903,7 @@ impl<'a> Checker<'a> {
     }
 
     fn fault(&mut self, path: &str, fault: &FaultSpec) {
+        self.header_matches(&format!("{path}.headers"), &fault.headers);
         if let Some(delay) = &fault.delay {
             self.percent(&format!("{path}.delay.percent"), delay.percent);
         }
@@ -921,6 +937,9 @@ impl<'a> Checker<'a> {
         );
         if let Some(burst) = limit.burst {
             self.at_least(&format!("{path}.burst"), burst.into(), 1);
+        }
+        if let Some(RateLimitKeySpec::Header(name)) = &limit.key {
+            self.header_name(&format!("{path}.key.header"), name);
         }
     }
 

@@ -570,27 +570,6 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
             "[[authorization_policies]]",
             "every request would be allowed",
         ),
-        (
-            BASE.replace(
-                "domains = [\"*\"]",
-                "domains = [\"*\"]\nrate_limit = { requests_per_second = 0 }",
-            ),
-            "virtual_hosts[0].rate_limit",
-            "rate_limit =",
-            "requests above the limit would be forwarded",
-        ),
-        (
-            format!("{BASE}fault = {{ abort = {{ percent = 1.0, status = 42 }} }}\n"),
-            "virtual_hosts[0].routes[0].fault",
-            "fault =",
-            "no request would be delayed or aborted",
-        ),
-        (
-            format!("{BASE}rate_limit = {{ requests_per_second = 5 }}\n"),
-            "virtual_hosts[0].routes[0].rate_limit",
-            "rate_limit =",
-            "remove rate_limit from this route",
-        ),
     ];
     for (text, path, line_text, needle) in &cases {
         let errors = errors_of(text);

@@ -13,6 +13,8 @@
 //! - [`routing`]: HTTP route tables (virtual hosts, routes, precompiled actions), compiled per
 //!   generation and matched per request without allocation.
 //! - [`upstream`]: load balancers — immutable per-cluster tables plus per-core pick state.
+//! - [`policy`]: request admission — local rate limits (process-wide buckets held in the
+//!   snapshot) and fault injection.
 //! - [`admin`]: the admin API on its own thread.
 //! - [`stats`]: single-writer per-worker counters; [`event`]: a worker-local one-shot event.
 //!
@@ -20,7 +22,8 @@
 //!   buffer, random numbers), shared by the tasks on its thread.
 //!
 //! Imports form no circle: `server` → `reload`/`admin`/`upgrade`/`watch` → `worker` →
-//! `listener` → `http`, `l4` → `core` → `snapshot` → `routing`, `upstream`, `stats`, `event`
+//! `listener` → `http`, `l4` → `core` → `snapshot` → `policy` → `routing`, `upstream`, `stats`,
+//! `event`
 //! (`farm-studio look dataplane` draws it). The settings the protocol code honours are owned by
 //! `snapshot` (`snapshot::settings`), so the snapshot never imports a protocol module.
 
@@ -34,6 +37,7 @@ pub mod event;
 pub mod http;
 pub mod l4;
 pub mod listener;
+pub mod policy;
 pub mod reload;
 pub mod routing;
 pub mod server;

@@ -196,6 +196,16 @@ fn admit(
     };
     let counters = listener.stats.workers.slot(core.id);
     counters.accepted.inc();
+    // A tcp listener's rate limit counts new connections (an HTTP listener's counts requests, in
+    // the exchange). Over it, the connection is closed before anything is read or sent.
+    if listener.protocol == ListenerProtocol::Tcp
+        && let Some(limiter) = &listener.rate_limit
+        && limiter.admit_ip(peer.ip(), core.id).is_err()
+    {
+        counters.rejected.inc();
+        debug!(listener = %name, %peer, "refused: listener rate limit");
+        return;
+    }
     let Some(guard) = ConnectionGuard::admit(core, snapshot, name) else {
         counters.rejected.inc();
         debug!(listener = %name, %peer, "refused: listener at max_connections");

@@ -44,7 +44,8 @@ impl Counter {
 pub struct ListenerCounters {
     /// Connections accepted (including those then refused by `max_connections`).
     pub accepted: Counter,
-    /// Connections closed at once because the listener was at `max_connections`.
+    /// Connections closed at once because the listener was at `max_connections` or over its
+    /// connection rate limit.
     pub rejected: Counter,
     /// Served connections that have ended.
     pub closed: Counter,
@@ -211,6 +212,10 @@ pub struct RouteCounters {
     pub responses: [Counter; 5],
     /// Time from request head to end of response.
     pub duration: Histogram,
+    /// Requests answered by an injected fault abort.
+    pub fault_aborts: Counter,
+    /// Requests held by an injected fault delay.
+    pub fault_delays: Counter,
 }
 
 impl RouteCounters {

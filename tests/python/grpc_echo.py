@@ -232,12 +232,19 @@ def client(args):
             )
             result.update(code="OK", seq=reply.seq)
         elif args.scenario == "call":
+            # `--repeat N`: N calls in a row on one channel; `codes` lists every outcome and the
+            # result describes the last one.
             method = channel.unary_unary(args.method)
-            try:
-                method(b"", timeout=timeout)
-                result["code"] = "OK"
-            except grpc.RpcError as e:
-                result.update(status_of(e))
+            codes = []
+            for _ in range(args.repeat):
+                try:
+                    method(b"", timeout=timeout)
+                    result["code"] = "OK"
+                    result.pop("details", None)
+                except grpc.RpcError as e:
+                    result.update(status_of(e))
+                codes.append(result["code"])
+            result["codes"] = codes
         else:
             raise SystemExit(f"unknown scenario {args.scenario}")
     except grpc.RpcError as e:
@@ -265,6 +272,7 @@ def main():
     parser.add_argument("--deadline-ms", type=int, default=500)
     parser.add_argument("--method", default="/ringmesh.test.Echo/Unary")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     if args.mode == "server":
         serve()

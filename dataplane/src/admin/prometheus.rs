@@ -27,6 +27,7 @@ pub(super) fn render(shared: &Shared) -> String {
     breakers(&mut out, &snapshot);
     endpoints(&mut out, &snapshot);
     routes(&mut out, &snapshot);
+    policies(&mut out, &snapshot);
     istio_tcp(&mut out, &snapshot);
     istio_http(&mut out, &snapshot);
     out
@@ -438,6 +439,62 @@ fn routes(out: &mut String, snapshot: &Snapshot) {
             &labels,
             stats.iter().map(|c| &c.duration),
         );
+    }
+}
+
+/// Local rate limits (refusals by scope and name) and fault injection (by route).
+fn policies(out: &mut String, snapshot: &Snapshot) {
+    header(
+        out,
+        "ringmesh_rate_limited_total",
+        "counter",
+        "Requests (tcp listeners: connections) refused by a local rate limit, by scope \
+         (listener, virtual_host, route) and name.",
+    );
+    let limiters = snapshot
+        .listeners
+        .iter()
+        .filter_map(|l| l.rate_limit.as_ref())
+        .chain(snapshot.policies.all());
+    for limiter in limiters {
+        let _ = writeln!(
+            out,
+            "ringmesh_rate_limited_total{{scope=\"{}\",name=\"{}\"}} {}",
+            limiter.scope,
+            escape(&limiter.name),
+            limiter.refused()
+        );
+    }
+    let mut routes: Vec<&(Arc<str>, Arc<PerWorker<RouteCounters>>)> = snapshot
+        .route_stats
+        .iter()
+        .filter(|(name, _)| !name.is_empty())
+        .collect();
+    routes.sort_by(|a, b| a.0.cmp(&b.0));
+    let families: [Family<RouteCounters>; 2] = [
+        (
+            "ringmesh_fault_aborts_total",
+            "counter",
+            "Requests answered by an injected fault abort, by route.",
+            |c| c.fault_aborts.get(),
+        ),
+        (
+            "ringmesh_fault_delays_total",
+            "counter",
+            "Requests held by an injected fault delay, by route.",
+            |c| c.fault_delays.get(),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        header(out, name, kind, help);
+        for (route, stats) in &routes {
+            let _ = writeln!(
+                out,
+                "{name}{{route=\"{}\"}} {}",
+                escape(route),
+                stats.sum(get)
+            );
+        }
     }
 }
 

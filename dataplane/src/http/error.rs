@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::access_log::ResponseFlags;
 use crate::http::grpc;
+use crate::policy::Limited;
 
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +72,26 @@ pub enum Failure {
     ClientGone,
     /// The request cannot be carried to this cluster (an upgrade toward HTTP/2).
     Unsupported(&'static str),
+    /// A local rate limit refused the request (429, flag `RL`, gRPC `RESOURCE_EXHAUSTED`).
+    RateLimited(Limited),
+    /// Fault injection answered instead of forwarding (flag `FI`).
+    FaultAbort {
+        /// The HTTP status.
+        status: u16,
+        /// The gRPC status for gRPC clients (`None`: derived from `status`).
+        grpc_status: Option<u32>,
+    },
 }
 
 impl Failure {
     /// Who caused it.
     pub fn fault(self) -> Fault {
         match self {
-            Failure::NoRoute | Failure::NoHealthyUpstream | Failure::Overflow => Fault::Local,
+            Failure::NoRoute
+            | Failure::NoHealthyUpstream
+            | Failure::Overflow
+            | Failure::RateLimited(_)
+            | Failure::FaultAbort { .. } => Fault::Local,
             Failure::ConnectFailed
             | Failure::UpstreamReset { .. }
             | Failure::UpstreamProtocol(_)
@@ -117,6 +131,8 @@ impl Failure {
             Failure::BadRequest(_) => 400,
             // Nobody reads it; the access log shows what the proxy would have answered.
             Failure::ClientGone => 499,
+            Failure::RateLimited(_) => 429,
+            Failure::FaultAbort { status, .. } => status,
         }
     }
 
@@ -138,6 +154,9 @@ impl Failure {
             Failure::BodyTooLarge => "request body too large",
             Failure::HeadTooLarge => "request head too large",
             Failure::ClientGone => "client went away",
+            // Envoy's texts, which clients and dashboards already match on.
+            Failure::RateLimited(_) => "local_rate_limited",
+            Failure::FaultAbort { .. } => "fault filter abort",
         }
     }
 
@@ -160,6 +179,8 @@ impl Failure {
                 ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR
             }
             Failure::ClientGone => ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+            Failure::RateLimited(_) => ResponseFlags::RATE_LIMITED,
+            Failure::FaultAbort { .. } => ResponseFlags::FAULT_INJECTED,
         }
     }
 
@@ -170,6 +191,11 @@ impl Failure {
                 grpc::code::UNAVAILABLE
             }
             Failure::Timeout | Failure::PerTryTimeout => grpc::code::DEADLINE_EXCEEDED,
+            Failure::RateLimited(_) => grpc::code::RESOURCE_EXHAUSTED,
+            Failure::FaultAbort {
+                grpc_status: Some(code),
+                ..
+            } => code,
             other => grpc::status_for_http(other.status()),
         }
     }

@@ -7,8 +7,11 @@
 //! **[`decide`]** (synchronous, over the head the codec still holds):
 //! 1. **route** — virtual host by Host, then the route by path/method/headers/query, on the
 //!    snapshot current *now* (keep-alive and HTTP/2 connections see reloads at once);
-//! 2. **body limit** — a declared length over the route's (or listener's) limit is a 413 before
-//!    anything goes upstream;
+//! 2. **admission** — the local rate limits of the listener, the virtual host and the route
+//!    (429, flag `RL`), then the route's fault injection: an abort is answered here (flag `FI`), a
+//!    delay is carried in the plan (flag `DI`; see `policy`);
+//!    then the **body limit** — a declared length over the route's (or listener's) limit is a 413
+//!    before anything goes upstream;
 //! 3. **local actions** — redirects and direct responses are answered here;
 //! 4. **cluster** — the weighted split's pick; the mirror sample; the hash for consistent-hash
 //!    balancing; the deadline (the route's timeout or the client's `grpc-timeout`, whichever is
@@ -17,6 +20,7 @@
 //!    HTTP/2 request, with the header rules of `headers.rs`.
 //!
 //! **[`run`]** (the exchange, under the deadline and the stream idle timeout):
+//! - an injected fault delay is slept first, outside the deadline and the idle timeout;
 //! 6. **upstream** — a pooled or new HTTP/1.1 connection, or a stream on a pooled HTTP/2
 //!    connection (`upstream.rs`), from the load balancer's pick;
 //! 7. **`100 Continue`** — sent by the proxy once an upstream is at hand (never forwarded);
@@ -58,7 +62,10 @@ use super::upstream::{UpIn, Upstream, UpstreamRequest, Wire};
 use crate::access_log::ResponseFlags;
 use crate::core::Core;
 use crate::event::Signal;
-use crate::routing::{DirectResponse, NoRoute, Route, RouteAction, shadow_host};
+use crate::routing::{
+    DirectResponse, RateLimitKey, RequestView, Route, RouteAction, RouteMatch, RouteTable,
+    shadow_host,
+};
 use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
 use crate::upstream::outlier::Observation;
 
@@ -161,6 +168,8 @@ pub enum Local<'s> {
 pub enum Decision<'s> {
     /// Answer here.
     Reply(Local<'s>),
+    /// Answer here after an injected fault delay.
+    Delayed(Local<'s>, Duration),
     /// Send it upstream.
     Forward(Plan<'s>),
 }
@@ -192,6 +201,8 @@ pub struct Plan<'s> {
     pub is_head: bool,
     /// See above.
     pub is_connect: bool,
+    /// An injected fault delay, slept before the first attempt.
+    pub delay: Option<Duration>,
 }
 
 /// Stages 1–5: what to do with `head`, arriving on `listener` of `snapshot` from `peer`.
@@ -213,23 +224,28 @@ pub fn decide<'s>(
     }
 
     // 1. Route.
-    let matched = match &http.routes {
-        Some(table) => table.find(head, &mut core.match_scratch.borrow_mut()),
-        None => Err(NoRoute::NoVirtualHost),
+    let Some(table) = &http.routes else {
+        return Decision::Reply(Local::Failure(Failure::NoRoute));
     };
-    let Ok(found) = matched else {
+    let Ok(found) = table.find(head, &mut core.match_scratch.borrow_mut()) else {
         return Decision::Reply(Local::Failure(Failure::NoRoute));
     };
     let route = found.route;
     record.route = Some(route);
 
-    // 2. The body limit: the route's, else the listener's; 0 means unlimited.
+    // 2. Admission.
+    let delay = match admit(core, snapshot, listener, table, found, head, record) {
+        Ok(delay) => delay,
+        Err((local, delay)) => return reply(local, delay),
+    };
+
+    // The body limit: the route's, else the listener's; 0 means unlimited.
     let limit = route.max_request_body.unwrap_or(http.max_request_body);
     let body_limit = (limit > 0).then_some(limit);
     if let (RequestBody::Length(n), Some(limit)) = (head.body, body_limit)
         && n > limit
     {
-        return Decision::Reply(Local::Failure(Failure::BodyTooLarge));
+        return reply(Local::Failure(Failure::BodyTooLarge), delay);
     }
 
     // 3. Local actions.
@@ -243,9 +259,9 @@ pub fn decide<'s>(
                 head.query.as_bytes(),
                 &mut scratch.location,
             );
-            return Decision::Reply(Local::Redirect(redirect.status));
+            return reply(Local::Redirect(redirect.status), delay);
         }
-        RouteAction::DirectResponse(direct) => return Decision::Reply(Local::Direct(direct)),
+        RouteAction::DirectResponse(direct) => return reply(Local::Direct(direct), delay),
         RouteAction::Cluster(_) | RouteAction::WeightedClusters(_) => {}
     }
 
@@ -253,15 +269,18 @@ pub fn decide<'s>(
     // the low bits.
     let random = core.random();
     let Some(cluster_index) = route.pick_cluster(random) else {
-        return Decision::Reply(Local::Failure(Failure::NoRoute));
+        return reply(Local::Failure(Failure::NoRoute), delay);
     };
     let cluster = &*snapshot.clusters[cluster_index];
     record.cluster = Some(cluster);
     let wire = wire_for(cluster, head.protocol);
     if head.upgrade.is_some() && wire == Wire::H2 {
-        return Decision::Reply(Local::Failure(Failure::Unsupported(
-            "upgrade is not supported toward an HTTP/2 cluster",
-        )));
+        return reply(
+            Local::Failure(Failure::Unsupported(
+                "upgrade is not supported toward an HTTP/2 cluster",
+            )),
+            delay,
+        );
     }
     let hash = cluster.balancer.request_hash(head, record.client_ip);
     let grpc_timeout = if head.grpc {
@@ -283,6 +302,8 @@ pub fn decide<'s>(
     } else {
         scratch.grpc_timeout.clear();
     }
+    // An injected delay counts against no timeout: the deadline starts after it.
+    let deadline = deadline.map(|d| d + delay.unwrap_or_default());
 
     // 5. The upstream request.
     let target: &[u8] = match (&route.rewrite, head.upgrade) {
@@ -358,9 +379,10 @@ pub fn decide<'s>(
             match write_h2_request(head, target, host, framing, &rules, &mut scratch.values) {
                 Some(request) => UpstreamRequest::H2(request),
                 None => {
-                    return Decision::Reply(Local::Failure(Failure::BadRequest(
-                        "request cannot be sent over HTTP/2",
-                    )));
+                    return reply(
+                        Local::Failure(Failure::BadRequest("request cannot be sent over HTTP/2")),
+                        delay,
+                    );
                 }
             }
         }
@@ -398,7 +420,87 @@ pub fn decide<'s>(
         grpc: head.grpc,
         is_head: head.is_head(),
         is_connect: head.upgrade == Some(Upgrade::Connect),
+        delay,
     })
+}
+
+/// An answer made here, after the injected delay if there is one: a request the fault delays
+/// is delayed whatever answers it.
+fn reply(local: Local<'_>, delay: Option<Duration>) -> Decision<'_> {
+    match delay {
+        Some(delay) => Decision::Delayed(local, delay),
+        None => Decision::Reply(local),
+    }
+}
+
+/// Stage 2: the local rate limits — listener, virtual host, route, each consuming from its
+/// bucket when it admits — then the route's fault. Returns the injected delay, if any, or the
+/// local answer. A listener, virtual host or route without a policy costs one branch.
+#[inline]
+fn admit<'s>(
+    core: &Core,
+    snapshot: &'s Snapshot,
+    listener: &'s Listener,
+    table: &RouteTable,
+    found: RouteMatch<'s>,
+    head: &RequestHead<'_>,
+    record: &mut Record<'s>,
+) -> Result<Option<Duration>, (Local<'s>, Option<Duration>)> {
+    let route = found.route;
+    let limiters = [
+        listener.rate_limit.as_ref(),
+        found
+            .virtual_host
+            .rate_limit
+            .as_ref()
+            .and_then(|_| snapshot.policies.virtual_hosts.get(found.virtual_host.id))
+            .and_then(Option::as_ref),
+        route
+            .rate_limit
+            .as_ref()
+            .and_then(|_| snapshot.policies.routes.get(route.id))
+            .and_then(Option::as_ref),
+    ];
+    for limiter in limiters.into_iter().flatten() {
+        let admitted = match &limiter.limit.key {
+            RateLimitKey::Global => limiter.admit(b"", core.id),
+            RateLimitKey::ClientIp => limiter.admit_ip(record.client_ip, core.id),
+            RateLimitKey::Header(name) => limiter.admit(head.header(name).unwrap_or(b""), core.id),
+        };
+        if let Err(limited) = admitted {
+            return Err((Local::Failure(Failure::RateLimited(limited)), None));
+        }
+    }
+    let Some(fault) = &route.fault else {
+        return Ok(None);
+    };
+    if !table.fault_applies(fault, head, &mut core.match_scratch.borrow_mut()) {
+        return Ok(None);
+    }
+    let injected = crate::policy::fault::draw(fault, core.random());
+    let counters = snapshot
+        .route_stats
+        .get(route.id)
+        .map(|(_, s)| s.slot(core.id));
+    if injected.delay.is_some() {
+        record.flags.insert(ResponseFlags::DELAY_INJECTED);
+        if let Some(counters) = counters {
+            counters.fault_delays.inc();
+        }
+    }
+    match injected.abort {
+        None => Ok(injected.delay),
+        Some((status, grpc_status)) => {
+            if let Some(counters) = counters {
+                counters.fault_aborts.inc();
+            }
+            let failure = Failure::FaultAbort {
+                status,
+                grpc_status,
+            };
+            Err((Local::Failure(failure), injected.delay))
+        }
+    }
 }
 
 /// The protocol to speak to `cluster` for a client speaking `client`: the cluster's, and for
@@ -429,9 +531,15 @@ pub async fn serve<'s>(
         Decision::Forward(plan) => {
             return run(core, snapshot, http, plan, down, scratch, record).await;
         }
-        Decision::Reply(local) => local,
+        Decision::Reply(local) => *local,
+        Decision::Delayed(local, delay) => {
+            if !injected_delay(core, *delay, down, record).await {
+                return None;
+            }
+            *local
+        }
     };
-    let reply = match *local {
+    let reply = match local {
         Local::Failure(failure) => {
             record.flags.insert(failure.flag());
             LocalReply::failure(failure)
@@ -463,6 +571,11 @@ async fn run<'s>(
     scratch: &mut Scratch,
     record: &mut Record<'s>,
 ) -> Option<Connection> {
+    if let Some(delay) = plan.delay
+        && !injected_delay(core, delay, down, record).await
+    {
+        return None;
+    }
     let progress = Progress::default();
     // The body is kept while it may still be replayed or mirrored.
     let keep = if plan.mirror.is_some() {
@@ -561,6 +674,32 @@ async fn run<'s>(
         }
     }
     tunnel
+}
+
+/// Sleeps an injected fault delay, before the deadline's and the idle timeout's clocks start.
+/// Returns false when the client left meanwhile — an HTTP/2 client that reset its stream —
+/// which ends the exchange here, so the upstream never sees the request (an HTTP/1.1 client's
+/// departure is noticed once the exchange runs, as without a delay).
+async fn injected_delay(
+    core: &Core,
+    delay: Duration,
+    down: &mut Downstream<'_>,
+    record: &mut Record<'_>,
+) -> bool {
+    let (_, mut out) = down.split(core.is_draining());
+    let gone = monoio::select! {
+        biased;
+        failure = out.gone() => Some(failure),
+        () = monoio::time::sleep(delay) => None,
+    };
+    match gone {
+        None => true,
+        Some(failure) => {
+            record.flags.insert(failure.flag());
+            record.status = failure.status();
+            false
+        }
+    }
 }
 
 /// What every attempt of an exchange reads.

@@ -12,6 +12,7 @@ use http::{HeaderValue, Response, StatusCode};
 use super::error::Failure;
 use super::grpc;
 use super::h1::{push_decimal, push_header};
+use crate::policy::Limited;
 
 /// The body of a local reply.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +66,8 @@ pub struct LocalReply<'a> {
     pub grpc_status: Option<u32>,
     /// `x-envoy-overloaded: true` (the proxy shed the request).
     pub overloaded: bool,
+    /// `x-ratelimit-*` headers (a local rate limit refused the request).
+    pub rate_limit: Option<Limited>,
 }
 
 impl<'a> LocalReply<'a> {
@@ -76,6 +79,10 @@ impl<'a> LocalReply<'a> {
             location: None,
             grpc_status: Some(failure.grpc_status()),
             overloaded: failure.overloaded(),
+            rate_limit: match failure {
+                Failure::RateLimited(limited) => Some(limited),
+                _ => None,
+            },
         }
     }
 
@@ -87,6 +94,7 @@ impl<'a> LocalReply<'a> {
             location: None,
             grpc_status: None,
             overloaded: false,
+            rate_limit: None,
         }
     }
 
@@ -98,6 +106,7 @@ impl<'a> LocalReply<'a> {
             location: Some(location),
             grpc_status: None,
             overloaded: false,
+            rate_limit: None,
         }
     }
 
@@ -137,6 +146,14 @@ impl<'a> LocalReply<'a> {
         if self.overloaded {
             out.extend_from_slice(b"x-envoy-overloaded: true\r\n");
         }
+        if let Some(limited) = self.rate_limit {
+            out.extend_from_slice(b"x-ratelimit-limit: ");
+            limit_value(limited, out);
+            out.extend_from_slice(b"\r\nx-ratelimit-remaining: 0\r\n");
+            out.extend_from_slice(b"x-ratelimit-reset: ");
+            push_decimal(out, u64::from(limited.reset_seconds));
+            out.extend_from_slice(b"\r\n");
+        }
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -160,6 +177,18 @@ impl<'a> LocalReply<'a> {
         }
         if self.overloaded {
             headers.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        }
+        if let Some(limited) = self.rate_limit {
+            let mut value = Vec::with_capacity(48);
+            limit_value(limited, &mut value);
+            if let Ok(value) = HeaderValue::from_bytes(&value) {
+                headers.insert("x-ratelimit-limit", value);
+            }
+            headers.insert("x-ratelimit-remaining", HeaderValue::from(0u32));
+            headers.insert(
+                "x-ratelimit-reset",
+                HeaderValue::from(limited.reset_seconds),
+            );
         }
         if let (true, Some(code)) = (grpc_client, self.grpc_status) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -196,6 +225,18 @@ impl<'a> LocalReply<'a> {
         self.body.write(&mut body);
         (response, Some(Bytes::from(body)))
     }
+}
+
+/// The `x-ratelimit-limit` value (draft-ietf-httpapi-ratelimit-headers-03): the quota, then
+/// the policy — that quota per 1-second window, with the bucket size as the `burst` extension
+/// parameter: `100, 100;w=1;burst=120`.
+fn limit_value(limited: Limited, out: &mut Vec<u8>) {
+    let rps = u64::from(limited.requests_per_second);
+    push_decimal(out, rps);
+    out.extend_from_slice(b", ");
+    push_decimal(out, rps);
+    out.extend_from_slice(b";w=1;burst=");
+    push_decimal(out, u64::from(limited.burst));
 }
 
 #[cfg(test)]
@@ -248,6 +289,32 @@ mod tests {
         let (response, body) = LocalReply::direct(200, b"ok", "text/plain").h2_response(b"r", true);
         assert!(response.headers().get("grpc-status").is_none());
         assert_eq!(body.as_deref(), Some(&b"ok"[..]));
+    }
+
+    #[test]
+    fn rate_limited_replies_carry_the_ratelimit_headers() {
+        let limited = Limited {
+            requests_per_second: 100,
+            burst: 120,
+            reset_seconds: 1,
+        };
+        let mut out = Vec::new();
+        LocalReply::failure(Failure::RateLimited(limited)).write_h1(&mut out, b"", false, false);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(text.starts_with("HTTP/1.1 429 "), "{text}");
+        assert!(
+            text.contains("\r\nx-ratelimit-limit: 100, 100;w=1;burst=120\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nx-ratelimit-remaining: 0\r\n"), "{text}");
+        assert!(text.contains("\r\nx-ratelimit-reset: 1\r\n"), "{text}");
+        let (response, _) =
+            LocalReply::failure(Failure::RateLimited(limited)).h2_response(b"r", true);
+        assert_eq!(response.headers()["grpc-status"], "8");
+        assert_eq!(
+            response.headers()["x-ratelimit-limit"],
+            "100, 100;w=1;burst=120"
+        );
     }
 
     #[test]

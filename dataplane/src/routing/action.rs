@@ -35,7 +35,7 @@ pub struct Route {
     pub retries: Option<RetryPolicy>,
     /// Fault injection.
     pub fault: Option<FaultPolicy>,
-    /// Per-core token bucket for this route.
+    /// Local rate limit of this route (its state lives in `policy`, by route id).
     pub rate_limit: Option<RateLimit>,
     /// Largest request body in bytes (0 = unlimited); `None` = the listener's limit.
     pub max_request_body: Option<u64>,
@@ -403,12 +403,14 @@ impl RetryOnSet {
 }
 
 /// Fault injection, compiled.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct FaultPolicy {
     /// Delay `share` of requests by the duration.
     pub delay: Option<(Share, Duration)>,
     /// Answer `share` of requests with an error instead of forwarding.
     pub abort: Option<FaultAbort>,
+    /// Only requests meeting these header conditions are subject to the fault (none: all).
+    pub(crate) when: Conditions,
 }
 
 /// An injected error answer.
@@ -422,11 +424,24 @@ pub struct FaultAbort {
     pub grpc_status: Option<u32>,
 }
 
-/// A per-core token bucket's parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A local rate limit's parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RateLimit {
     /// Sustained requests per second.
     pub requests_per_second: u32,
     /// Bucket size (defaults to one second of requests).
     pub burst: u32,
+    /// What the buckets are kept per.
+    pub key: RateLimitKey,
+}
+
+/// What a rate limit keeps one bucket per.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateLimitKey {
+    /// One bucket for every request.
+    Global,
+    /// One per client IP.
+    ClientIp,
+    /// One per value of this (lower-case) request header.
+    Header(Box<str>),
 }

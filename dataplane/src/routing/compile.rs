@@ -6,12 +6,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use config_schema::{
     ConfigSpec, HeaderMatchSpec, HeaderMutationSpec, ListenerProtocol, QueryMatchSpec,
-    RateLimitSpec, RouteSpec, VirtualHostSpec,
+    RateLimitKeySpec, RateLimitSpec, RouteSpec, VirtualHostSpec,
 };
 
 use super::action::{
     DirectResponse, FaultAbort, FaultPolicy, HeaderMutation, Mirror, PathRewrite, RateLimit,
-    Redirect, RetryOnSet, RetryPolicy, Route, RouteAction, Share, WeightedClusters,
+    RateLimitKey, Redirect, RetryOnSet, RetryPolicy, Route, RouteAction, Share, WeightedClusters,
 };
 use super::matcher::{Conditions, HeaderCondition, HeaderTest, QueryCondition, QueryTest};
 use super::regex::RegexArena;
@@ -72,6 +72,7 @@ pub fn compile(
         let path = format!("virtual_hosts[{i}]");
         vhosts.push(Arc::new(virtual_host(
             &path,
+            i,
             vhost,
             clusters,
             &mut arena,
@@ -170,6 +171,7 @@ pub(crate) fn normalize_prefix(p: &str) -> &str {
 
 fn virtual_host(
     path: &str,
+    id: usize,
     spec: &VirtualHostSpec,
     clusters: &HashMap<&str, usize>,
     arena: &mut RegexArena,
@@ -229,6 +231,7 @@ fn virtual_host(
     };
     Ok(VirtualHost {
         name: spec.name.as_str().into(),
+        id,
         rate_limit: spec.rate_limit.as_ref().map(rate_limit),
         routes: routes.into(),
         exact: boxed(exact),
@@ -416,6 +419,18 @@ fn route(
         query,
     };
 
+    let fault_headers = spec
+        .fault
+        .as_ref()
+        .map(|f| {
+            f.headers
+                .iter()
+                .enumerate()
+                .map(|(i, h)| header_condition(&format!("{path}.fault.headers[{i}]"), h, arena))
+                .collect::<Result<Box<[_]>, _>>()
+        })
+        .transpose()?;
+
     Ok(Route {
         name,
         id,
@@ -436,6 +451,11 @@ fn route(
                 .map_or(r.backoff.get().saturating_mul(10), |max| max.get()),
         }),
         fault: spec.fault.as_ref().map(|f| FaultPolicy {
+            when: Conditions {
+                methods: Box::default(),
+                headers: fault_headers.unwrap_or_default(),
+                query: Box::default(),
+            },
             delay: f
                 .delay
                 .as_ref()
@@ -522,9 +542,17 @@ fn header_mutation(spec: &HeaderMutationSpec) -> HeaderMutation {
     }
 }
 
-fn rate_limit(spec: &RateLimitSpec) -> RateLimit {
+/// A rate limit's parameters (also for listeners, compiled in `snapshot`).
+pub fn rate_limit(spec: &RateLimitSpec) -> RateLimit {
     RateLimit {
         requests_per_second: spec.requests_per_second,
         burst: spec.burst.unwrap_or(spec.requests_per_second),
+        key: match &spec.key {
+            None => RateLimitKey::Global,
+            Some(RateLimitKeySpec::ClientIp) => RateLimitKey::ClientIp,
+            Some(RateLimitKeySpec::Header(name)) => {
+                RateLimitKey::Header(name.to_ascii_lowercase().into())
+            }
+        },
     }
 }

@@ -52,9 +52,10 @@ mod tests;
 
 pub use action::{
     DirectResponse, FaultAbort, FaultPolicy, HeaderMutation, Mirror, PathRewrite, RateLimit,
-    Redirect, RetryOnSet, RetryPolicy, Route, RouteAction, Share, WeightedClusters, shadow_host,
+    RateLimitKey, Redirect, RetryOnSet, RetryPolicy, Route, RouteAction, Share, WeightedClusters,
+    shadow_host,
 };
-pub use compile::{RouteCompileError, compile};
+pub use compile::{RouteCompileError, compile, rate_limit};
 pub use regex::MatchScratch;
 pub use request::{H1Request, RequestView, split_target};
 pub use table::{NoRoute, RouteConfig, RouteMatch, RouteTable, VirtualHost};

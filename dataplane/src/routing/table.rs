@@ -55,7 +55,10 @@ impl LenSet {
 pub struct VirtualHost {
     /// Stable name.
     pub name: Arc<str>,
-    /// Per-core token bucket for the whole virtual host.
+    /// Dense index of the virtual host in its config generation (its position in the config),
+    /// for per-virtual-host state kept in vectors (`policy`).
+    pub id: usize,
+    /// Local rate limit of the whole virtual host (its state lives in `policy`, by id).
     pub rate_limit: Option<RateLimit>,
     /// Routes in config order.
     pub routes: Box<[Route]>,
@@ -317,6 +320,17 @@ impl RouteTable {
             virtual_host: vhost,
             route,
         })
+    }
+
+    /// Whether `req` meets the header conditions of `fault` (a fault of a route of this table).
+    #[inline]
+    pub fn fault_applies<R: RequestView + ?Sized>(
+        &self,
+        fault: &super::FaultPolicy,
+        req: &R,
+        scratch: &mut MatchScratch,
+    ) -> bool {
+        fault.when.headers.is_empty() || fault.when.matches(req, &self.regexes, scratch)
     }
 
     /// The virtual host serving `host` (a Host header value; case and port are ignored).

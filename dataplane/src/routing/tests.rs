@@ -776,6 +776,7 @@ fn route_settings_are_carried_compiled() {
     let rate_limit = |requests_per_second, burst| config_schema::RateLimitSpec {
         requests_per_second,
         burst,
+        key: None,
     };
     let vhost = &mut config.spec.virtual_hosts[0];
     vhost.rate_limit = Some(rate_limit(100, None));
@@ -789,6 +790,7 @@ fn route_settings_are_carried_compiled() {
         max_backoff: None,
     });
     route.fault = Some(config_schema::FaultSpec {
+        headers: Vec::new(),
         delay: Some(config_schema::FaultDelaySpec {
             percent: 10.0,
             fixed: "1s".parse().expect("duration"),
@@ -808,7 +810,8 @@ fn route_settings_are_carried_compiled() {
         vhost.rate_limit,
         Some(RateLimit {
             requests_per_second: 100,
-            burst: 100
+            burst: 100,
+            key: RateLimitKey::Global,
         })
     );
     let r = &vhost.routes[0];
@@ -847,7 +850,8 @@ fn route_settings_are_carried_compiled() {
         r.rate_limit,
         Some(RateLimit {
             requests_per_second: 50,
-            burst: 5
+            burst: 5,
+            key: RateLimitKey::Global,
         })
     );
     assert_eq!(r.max_request_body, Some(1 << 20));

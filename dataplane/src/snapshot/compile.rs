@@ -13,6 +13,7 @@ use super::{
     Listener, ListenerStats, PoolLimits, Snapshot,
 };
 use crate::access_log::AccessLogSink;
+use crate::policy::{Policies, RateLimiter};
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
 use crate::upstream::outlier::ClusterHealth;
@@ -149,6 +150,17 @@ pub fn compile(
                 http,
                 l4_copy: spec.runtime.l4_copy,
                 stats,
+                rate_limit: l.rate_limit.as_ref().map(|limit| {
+                    RateLimiter::new(
+                        "listener",
+                        l.name.as_str().into(),
+                        routing::rate_limit(limit),
+                        previous
+                            .listener(&l.name)
+                            .and_then(|old| old.rate_limit.as_ref()),
+                        workers,
+                    )
+                }),
             }
         })
         .collect();
@@ -159,6 +171,7 @@ pub fn compile(
         .collect();
 
     let route_stats = route_stats(&routes, previous, workers);
+    let policies = Policies::compile(&routes, &previous.policies, workers);
     let access_log = match &spec.telemetry.access_log {
         None => None,
         Some(log) => match previous
@@ -184,6 +197,7 @@ pub fn compile(
         routes,
         route_stats,
         access_log,
+        policies,
         listener_index,
     })
 }

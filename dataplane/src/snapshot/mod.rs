@@ -24,6 +24,7 @@ use arc_swap::{ArcSwap, Cache};
 use config_schema::{ConfigSpec, L4Copy, LbPolicy, ListenerProtocol, UpstreamProtocol};
 
 use crate::access_log::AccessLogSink;
+use crate::policy::{Policies, RateLimiter};
 use crate::routing::RouteConfig;
 use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
 use crate::upstream::outlier::ClusterHealth;
@@ -55,6 +56,8 @@ pub struct Snapshot {
     pub route_stats: Vec<(Arc<str>, Arc<PerWorker<RouteCounters>>)>,
     /// Where access-log lines go, if anywhere.
     pub access_log: Option<AccessLogSink>,
+    /// Rate limiters of virtual hosts and routes, by id; carried across reloads by name.
+    pub policies: Policies,
     listener_index: HashMap<Arc<str>, usize>,
 }
 
@@ -74,6 +77,7 @@ impl Snapshot {
             routes: RouteConfig::default(),
             route_stats: Vec::new(),
             access_log: None,
+            policies: Policies::default(),
             listener_index: HashMap::new(),
         }
     }
@@ -102,6 +106,8 @@ pub struct Listener {
     pub l4_copy: L4Copy,
     /// Counters, carried across reloads by name.
     pub stats: Arc<ListenerStats>,
+    /// Local rate limit: tcp listeners, new connections; http and auto listeners, HTTP requests.
+    pub rate_limit: Option<RateLimiter>,
 }
 
 /// Counters and the connection gauge of one listener.

@@ -488,6 +488,7 @@ async fn reply_and_close(
         location: None,
         grpc_status: None,
         overloaded: false,
+        rate_limit: None,
     };
     reply.write_h1(out, b"", true, false);
     let _ = conn.writer.write_all(out).await;
