@@ -278,12 +278,21 @@ pub fn ringmesh_config(plan: &ProxyPlan) -> String {
 }
 
 /// The route lines of `ringmesh-policies`: every route policy on, none triggering against an
-/// upstream that answers 200 at once.
+/// upstream that answers 200 at once — a timeout, retries, a rate limit far above any rate a
+/// benchmark reaches (it still takes its bucket's compare-and-swap per request), and a fault
+/// that only a header the generator never sends would trigger (its condition is checked per
+/// request).
 const POLICIES_ROUTE: &str = "timeout = \"30s\"\n\
-    retries = { attempts = 2, retry_on = [\"5xx\", \"reset\", \"unavailable\"], per_try_timeout = \"10s\" }\n";
+    retries = { attempts = 2, retry_on = [\"5xx\", \"reset\", \"unavailable\"], per_try_timeout = \"10s\" }\n\
+    rate_limit = { requests_per_second = 4000000000 }\n\
+    fault = { abort = { status = 503 }, delay = { fixed = \"1s\" }, headers = [{ name = \"x-bench-fault\", present = true }] }\n";
 
-/// The cluster lines of `ringmesh-policies`.
-const POLICIES_CLUSTER: &str = "retry_budget = { ratio = 0.2, min_retries_per_second = 10 }\n";
+/// The cluster lines of `ringmesh-policies`: a retry budget, breakers no benchmark reaches,
+/// outlier detection, and a TCP health check of the upstream every 5 s.
+const POLICIES_CLUSTER: &str = "retry_budget = { ratio = 0.2, min_retries_per_second = 10 }\n\
+    circuit_breaker = { max_connections = 1000000, max_pending_requests = 1000000, max_requests = 1000000, max_retries = 1000 }\n\
+    outlier_detection = { consecutive_5xx = 5 }\n\
+    health_check = { kind = \"tcp\", interval = \"5s\" }\n";
 
 /// Where the proxies' binaries are, and how they run.
 #[derive(Debug, Clone)]
@@ -736,6 +745,10 @@ mod tests {
             };
             let route = &config.spec.virtual_hosts[0].routes[0];
             assert!(route.retries.is_some(), "{text}");
+            assert!(route.rate_limit.is_some() && route.fault.is_some(), "{text}");
+            let cluster = &config.spec.clusters[0];
+            assert!(cluster.circuit_breaker.is_some(), "{text}");
+            assert!(cluster.outlier_detection.is_some() && cluster.health_check.is_some());
         }
     }
 
