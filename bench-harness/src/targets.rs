@@ -745,7 +745,10 @@ mod tests {
             };
             let route = &config.spec.virtual_hosts[0].routes[0];
             assert!(route.retries.is_some(), "{text}");
-            assert!(route.rate_limit.is_some() && route.fault.is_some(), "{text}");
+            assert!(
+                route.rate_limit.is_some() && route.fault.is_some(),
+                "{text}"
+            );
             let cluster = &config.spec.clusters[0];
             assert!(cluster.circuit_breaker.is_some(), "{text}");
             assert!(cluster.outlier_detection.is_some() && cluster.health_check.is_some());

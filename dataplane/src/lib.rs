@@ -12,16 +12,18 @@
 //! - [`l4`]: opaque TCP proxying (connect with fallback, bidirectional copy with half-close).
 //! - [`routing`]: HTTP route tables (virtual hosts, routes, precompiled actions), compiled per
 //!   generation and matched per request without allocation.
-//! - [`upstream`]: load balancers — immutable per-cluster tables plus per-core pick state.
+//! - [`upstream`]: load balancers — immutable per-cluster tables plus per-core pick state — and
+//!   the process-wide cluster policies (retry budgets, circuit breakers, outlier detection and
+//!   health verdicts).
+//! - [`health`]: the health thread, one per process: active health checks and outlier sweeps.
 //! - [`policy`]: request admission — local rate limits (process-wide buckets held in the
 //!   snapshot) and fault injection.
 //! - [`admin`]: the admin API on its own thread.
 //! - [`stats`]: single-writer per-worker counters; [`event`]: a worker-local one-shot event.
-//!
 //! - [`core`]: a worker's own state (snapshot reader, load-balancer state, pools, access-log
 //!   buffer, random numbers), shared by the tasks on its thread.
 //!
-//! Imports form no circle: `server` → `reload`/`admin`/`upgrade`/`watch` → `worker` →
+//! Imports form no circle: `server` → `reload`/`admin`/`upgrade`/`watch`/`health` → `worker` →
 //! `listener` → `http`, `l4` → `core` → `snapshot` → `policy` → `routing`, `upstream`, `stats`,
 //! `event`
 //! (`farm-studio look dataplane` draws it). The settings the protocol code honours are owned by
@@ -34,6 +36,7 @@ pub mod contain;
 pub mod core;
 pub mod driver;
 pub mod event;
+pub mod health;
 pub mod http;
 pub mod l4;
 pub mod listener;

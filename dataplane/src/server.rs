@@ -170,8 +170,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     if options.watch {
         crate::watch::spawn(path.clone(), control.clone())?;
     }
-    crate::upstream::health::spawn(Arc::clone(&shared))
-        .context("cannot start the health thread")?;
+    crate::health::spawn(Arc::clone(&shared)).context("cannot start the health thread")?;
     let admin_address = AdminAddress::parse(&config.spec.admin.address).map_err(|e| anyhow!(e))?;
     let admin = start_admin(
         &admin_address,

@@ -9,14 +9,12 @@
 //! - [`breaker`]: circuit breakers, process-wide per cluster.
 //! - [`outlier`]: which endpoints may take traffic — outlier detection, health-check verdicts,
 //!   the panic threshold — process-wide per endpoint.
-//! - [`health`]: the health thread (outlier sweeps, active health checks), one per process.
 
 pub mod breaker;
 pub mod budget;
 mod connect;
 mod consistent;
 pub mod hash;
-pub mod health;
 pub mod lb;
 pub mod outlier;
 pub mod rng;

@@ -532,34 +532,4 @@ mod tests {
         assert!(!second.is_usable(0), "127.0.0.1:2 is still ejected");
         assert!(Arc::ptr_eq(&first.endpoints[1], &second.endpoints[0]));
     }
-
-    #[test]
-    fn compile_carries_breaker_counts_and_endpoint_state_over_a_reload() {
-        use crate::snapshot::{Snapshot, compile};
-        use crate::upstream::breaker::Resource;
-        let text = "[[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n\
-                    circuit_breaker = { max_requests = 2 }\n\
-                    outlier_detection = { consecutive_5xx = 1, max_ejection_percent = 100 }\n";
-        let config = config_schema::parse(text).expect("valid");
-        let first = compile(&config, 1, 2, &Snapshot::empty()).expect("compiles");
-        let cluster = &first.clusters[0];
-        let permit = cluster
-            .breaker
-            .as_ref()
-            .and_then(|b| b.try_acquire(Resource::Requests))
-            .expect("permit");
-        if let Some(health) = &cluster.health {
-            health.observe(1, Observation::Response(503));
-        }
-        // The same cluster compiled again, as a reload with one worker fewer does.
-        let second = compile(&config, 2, 1, &first).expect("compiles");
-        let cluster = &second.clusters[0];
-        let breaker = cluster.breaker.as_ref().expect("breaker");
-        assert_eq!(breaker.in_use(Resource::Requests), 1);
-        drop(permit);
-        assert_eq!(breaker.in_use(Resource::Requests), 0);
-        let health = cluster.health.as_ref().expect("health");
-        assert!(!health.is_usable(1), "still ejected");
-        assert!(health.is_usable(0));
-    }
 }

@@ -204,7 +204,7 @@ impl Default for Streams {
 /// One open stream of a connection, until dropped (its task's end). It also carries the
 /// connection's byte tally, which the stream adds to the listener's counters when it ends.
 #[derive(Debug)]
-pub struct StreamOpen {
+struct StreamOpen {
     streams: Rc<Streams>,
     tally: Rc<ByteTally>,
 }
@@ -217,9 +217,10 @@ impl StreamOpen {
             tally: Rc::clone(tally),
         }
     }
+}
 
-    /// Adds what the connection moved so far to the listener's byte counters.
-    pub fn count_bytes(&self, core: &Core, snapshot: &SnapshotRef, name: &str) {
+impl super::stream::StreamHandle for StreamOpen {
+    fn count_bytes(&self, core: &Core, snapshot: &SnapshotRef, name: &str) {
         count_bytes(core, snapshot, name, &self.tally);
     }
 }

@@ -16,7 +16,6 @@ use h2::{Reason, RecvStream};
 use http::Request;
 use http::header::{CONTENT_LENGTH, HOST};
 
-use super::server::StreamOpen;
 use crate::core::Core;
 use crate::http::account::{self, LogFields};
 use crate::http::downstream::{Downstream, H2Client};
@@ -24,7 +23,15 @@ use crate::http::error::Failure;
 use crate::http::exchange::{self, Decision, Local, Record, Scratch};
 use crate::http::headers::Fields;
 use crate::http::request::{ClientProtocol, RequestBody, RequestHead};
-use crate::snapshot::HeadLimits;
+use crate::snapshot::{HeadLimits, SnapshotRef};
+
+/// What the connection gives each of its streams: a handle that counts the stream as open until
+/// dropped, and adds the connection's bytes to the listener's counters when asked. (A trait, so
+/// that the stream adapter does not depend on the connection that serves it.)
+pub trait StreamHandle {
+    /// Adds what the connection moved so far to the listener's byte counters.
+    fn count_bytes(&self, core: &Core, snapshot: &SnapshotRef, listener: &str);
+}
 
 /// Serves one HTTP/2 stream, start to end.
 pub async fn serve(
@@ -33,7 +40,7 @@ pub async fn serve(
     peer: SocketAddr,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    open: StreamOpen,
+    open: impl StreamHandle,
 ) {
     let started = Instant::now();
     let snapshot = core.snapshot();

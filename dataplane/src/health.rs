@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use config_schema::HealthCheckKind;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
-use super::outlier::{CheckPolicy, EndpointHealth};
-use super::rng::FastRng;
 use crate::shared::Shared;
+use crate::upstream::outlier::{CheckPolicy, EndpointHealth};
+use crate::upstream::rng::FastRng;
 
 /// How often the thread looks at the snapshot: the resolution of sweeps and check times.
 const TICK: Duration = Duration::from_millis(50);
