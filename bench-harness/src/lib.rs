@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod compare;
 pub mod crosscheck;
+pub mod flapping;
 pub mod hist;
 pub mod http1;
 pub mod iperf;
@@ -29,6 +30,7 @@ pub mod runtime;
 pub mod stats;
 pub mod sys;
 pub mod targets;
+pub mod timeline;
 pub mod upstream;
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ fn start_upstream(io: Io) -> UpstreamAddrs {
         cores: vec![],
         io,
         payload: 100,
+        flap: None,
     })
     .expect("upstream starts")
 }
