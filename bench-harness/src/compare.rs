@@ -159,46 +159,29 @@ pub struct UpstreamProcess {
 impl UpstreamProcess {
     /// Starts `ringmesh-bench upstream` (this executable) and reads the addresses it bound.
     pub fn start(spec: &CompareSpec) -> anyhow::Result<Self> {
-        Self::spawn(
-            &spec.load_cores,
-            spec.io,
-            spec.upstream_threads,
-            spec.payload,
-            &[
-                "--http",
-                "127.0.0.1:0",
-                "--h2",
-                "127.0.0.1:0",
-                "--echo",
-                "127.0.0.1:0",
-            ],
-        )
-    }
-
-    /// Starts `ringmesh-bench upstream ARGS…` pinned to `cores` and reads the addresses it bound.
-    pub fn spawn(
-        cores: &[usize],
-        io: Io,
-        threads: usize,
-        payload: usize,
-        args: &[&str],
-    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find this executable")?;
-        let mut cmd = sys::pinned_command(&exe, cores);
-        cmd.arg("upstream")
-            .args(args)
-            .arg("--print-addresses")
-            .arg("--threads")
-            .arg(threads.to_string())
-            .arg("--io")
-            .arg(io.name())
-            .arg("--payload")
-            .arg(payload.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if !cores.is_empty() {
-            cmd.arg("--cores").arg(sys::core_list(cores));
+        let mut cmd = sys::pinned_command(&exe, &spec.load_cores);
+        cmd.args([
+            "upstream",
+            "--http",
+            "127.0.0.1:0",
+            "--h2",
+            "127.0.0.1:0",
+            "--echo",
+            "127.0.0.1:0",
+            "--print-addresses",
+        ])
+        .arg("--threads")
+        .arg(spec.upstream_threads.to_string())
+        .arg("--io")
+        .arg(spec.io.name())
+        .arg("--payload")
+        .arg(spec.payload.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        if !spec.load_cores.is_empty() {
+            cmd.arg("--cores").arg(sys::core_list(&spec.load_cores));
         }
         let mut child = cmd.spawn().context("cannot start the upstream")?;
         let stdout = child.stdout.take().context("upstream stdout")?;

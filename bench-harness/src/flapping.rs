@@ -7,8 +7,9 @@
 //!                                                 └► upstream 3   (upstreams: load cores)
 //! ```
 //!
-//! The upstreams are `ringmesh-bench upstream` child processes; the flapping one is down during
-//! the first `down` of every `period`, counted from the Unix epoch ([`crate::upstream::Flap`]).
+//! The upstreams are built-in ones ([`crate::upstream`]) running in this process, like the
+//! generator, on the load cores; the flapping one is down during the first `down` of every
+//! `period`, counted from the Unix epoch ([`crate::upstream::Flap`]).
 //! Each variant starts its own ringmesh (so no ejection carries over), and its measurement window
 //! starts on a cycle boundary ([`crate::load::TimelineSpec::align_to`]), so both variants see the
 //! same phases at the same offsets and their curves can share an axis. Per time bucket the
@@ -28,14 +29,14 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{UpstreamProcess, log};
+use crate::compare::log;
 use crate::hist::Percentiles;
 use crate::load::{self, ErrorCounts, LoadSpec, Mode, Protocol, TimelineSpec};
 use crate::runtime::Io;
 use crate::sys::{self, Machine};
 use crate::targets::{self, TargetKind, TargetSettings};
 use crate::timeline::BucketSummary;
-use crate::upstream::Flap;
+use crate::upstream::{self, Flap, UpstreamSpec};
 
 /// The two configurations of ringmesh compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,35 +343,22 @@ pub fn run(spec: &FlappingSpec) -> anyhow::Result<FlappingReport> {
         warnings.push(format!("Could not pin the harness itself to core {core}."));
     }
 
-    let flap_args = [
-        format!("{}ms", spec.flap.period.as_millis()),
-        format!("{}ms", spec.flap.down.as_millis()),
-    ];
-    let mut upstreams = Vec::with_capacity(spec.endpoints);
+    // In this process, like the generator, pinned to the load cores; they serve until it exits.
+    let mut endpoints = Vec::with_capacity(spec.endpoints);
     for i in 0..spec.endpoints {
-        let mut args = vec!["--http", "127.0.0.1:0"];
-        if i == 0 {
-            args.extend([
-                "--flap-period",
-                &flap_args[0],
-                "--flap-down",
-                &flap_args[1],
-                "--flap-mode",
-                spec.flap.mode.name(),
-            ]);
-        }
-        upstreams.push(UpstreamProcess::spawn(
-            &spec.load_cores,
-            spec.io,
-            1,
-            spec.payload,
-            &args,
-        )?);
+        let addrs = upstream::start(&UpstreamSpec {
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            h2: None,
+            echo: None,
+            threads: 1,
+            cores: spec.load_cores.clone(),
+            io: spec.io,
+            payload: spec.payload,
+            flap: (i == 0).then_some(spec.flap),
+        })
+        .context("cannot start an upstream")?;
+        endpoints.push(addrs.http.context("an upstream did not bind HTTP")?);
     }
-    let endpoints: Vec<SocketAddr> = upstreams
-        .iter()
-        .map(|u| u.addrs.http.context("an upstream did not bind HTTP"))
-        .collect::<anyhow::Result<_>>()?;
     log(&format!(
         "upstreams: {} (the first flaps: down {:?} of every {:?}, {})",
         endpoints
@@ -398,7 +386,6 @@ pub fn run(spec: &FlappingSpec) -> anyhow::Result<FlappingReport> {
         }
         variants.push(report);
     }
-    drop(upstreams);
 
     Ok(FlappingReport {
         meta: FlappingMeta {

@@ -1187,6 +1187,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn aligned_lead_starts_the_window_on_a_cycle_boundary() {
+        let ms = Duration::from_millis;
+        let period = ms(5000);
+        // 12.3 s after the epoch, 20 ms lead, 1 s warm-up: the window can start at 13.32 s at the
+        // earliest, so it starts at 15 s, i.e. the run starts at 14 s, 1.7 s from now.
+        let lead = aligned_lead(ms(12_300), ms(20), ms(1000), period);
+        assert_eq!(lead, ms(1700));
+        assert_eq!(
+            (ms(12_300) + lead + ms(1000)).as_nanos() % period.as_nanos(),
+            0
+        );
+        // Exactly on a boundary already: no extra wait.
+        assert_eq!(aligned_lead(ms(3980), ms(20), ms(1000), period), ms(20));
+        // No period: just the lead.
+        assert_eq!(aligned_lead(ms(1), ms(20), ms(0), Duration::ZERO), ms(20));
+    }
+
+    #[test]
     fn h1_requests_are_well_formed() {
         let mut spec = test_spec(Protocol::Http1, "127.0.0.1:1".parse().expect("addr"));
         let lane = H1Lane::new(&spec);
