@@ -11,6 +11,9 @@
 //!   self-contained HTML page ([`report`]). It checks itself: generator headroom against direct,
 //!   generator-bound runs, and runs that missed their rate.
 //! * [`crosscheck`] — compares the open-loop latency against `h2load --rps`.
+//! * [`flapping`] — ringmesh in front of a cluster with one flapping endpoint
+//!   ([`upstream::Flap`]), without and with retries + outlier detection: success rate and
+//!   latency per time bucket ([`timeline`]), JSON, Markdown and HTML.
 //!
 //! The method is `shared/design/BENCH-METHOD.md`; how to run it and what each number means is in
 //! `BENCHMARKS.md` at the repository root.
