@@ -7,6 +7,7 @@ use super::fmt_us;
 use super::html::{self, TimeSeries, ValueAxis};
 use crate::flapping::{FlappingReport, Variant, VariantReport, down_phases};
 use crate::hist::Percentiles;
+use crate::upstream::FlapMode;
 
 /// Colour of a variant in the charts.
 fn color(v: Variant) -> &'static str {
@@ -54,10 +55,9 @@ pub fn summary(r: &FlappingReport) -> String {
         s,
         "| cluster | {} endpoints; the first is down ({}) for {:.1} s of every {:.1} s |",
         m.endpoints,
-        if m.flap.mode.name() == "503" {
-            "answers 503"
-        } else {
-            "resets connections"
+        match m.flap.mode {
+            FlapMode::Status503 => "answers 503",
+            FlapMode::Reset => "resets connections",
         },
         m.flap.down.as_secs_f64(),
         m.flap.period.as_secs_f64()
@@ -199,6 +199,8 @@ pub fn charts(r: &FlappingReport) -> String {
             .map(|v| TimeSeries {
                 label: v.variant.title().to_owned(),
                 color: color(v.variant),
+                // Both runs sit at 100 % while the endpoint is up: keep the first one visible.
+                dashed: v.variant == Variant::Resilient,
                 points: v.timeline.iter().map(|b| (b.t_s + half, f(b))).collect(),
             })
             .collect()

@@ -460,6 +460,8 @@ pub struct TimeSeries {
     pub label: String,
     /// Stroke colour.
     pub color: &'static str,
+    /// Dashed, so that it stays visible where it runs on top of another line.
+    pub dashed: bool,
     /// The points, in time order.
     pub points: Vec<(f64, Option<f64>)>,
 }
@@ -576,8 +578,13 @@ pub fn time_chart(
             }
             let _ = write!(
                 s,
-                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.8\" points=\"{}\"/>",
+                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.8\"{} points=\"{}\"/>",
                 series.color,
+                if series.dashed {
+                    " stroke-dasharray=\"6 3\""
+                } else {
+                    ""
+                },
                 pts.join(" ")
             );
         }
@@ -736,6 +743,7 @@ mod tests {
             TimeSeries {
                 label: "a".into(),
                 color: "#d62728",
+                dashed: false,
                 points: vec![
                     (0.0, Some(0.5)),
                     (0.25, None),
@@ -746,6 +754,7 @@ mod tests {
             TimeSeries {
                 label: "b <&>".into(),
                 color: "#1f77b4",
+                dashed: true,
                 points: vec![(0.0, Some(1.0)), (0.25, Some(f64::NAN))],
             },
         ];
