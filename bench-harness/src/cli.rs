@@ -5,6 +5,7 @@
 //! ringmesh-bench load --target ADDR ...   # one load run against anything
 //! ringmesh-bench upstream ...             # the built-in upstream, standalone
 //! ringmesh-bench crosscheck               # open-loop latency vs h2load --rps
+//! ringmesh-bench flapping                 # one flapping endpoint, without and with resilience
 //! ringmesh-bench report report.json       # re-render Markdown and HTML from a JSON report
 //! ```
 
@@ -17,12 +18,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::compare::{self, CompareSpec, Scenario};
+use crate::flapping::{self, FlappingSpec, Policies};
 use crate::load::{self, LoadSpec, Mode, NoMonitor, Protocol};
 use crate::report::{self, CompareReport};
 use crate::runtime::{self, Io};
 use crate::sys;
 use crate::targets::{TargetKind, TargetSettings};
-use crate::upstream::{self, UpstreamSpec};
+use crate::upstream::{self, Flap, FlapMode, UpstreamSpec};
 
 /// ringmesh-bench: latency and throughput of ringmesh, nginx and HAProxy, side by side.
 #[derive(Debug, Parser)]
@@ -43,6 +45,9 @@ enum Command {
     Upstream(UpstreamArgs),
     /// Compare the open-loop latency against `h2load --rps` on the built-in upstream.
     Crosscheck(CrosscheckArgs),
+    /// ringmesh in front of 3 endpoints of which one flaps, without and with retries + outlier
+    /// detection: success rate and latency over time; JSON + Markdown + HTML report.
+    Flapping(FlappingArgs),
     /// Re-render report.md and report.html from a report.json.
     Report {
         /// The JSON report.
@@ -287,6 +292,94 @@ struct UpstreamArgs {
     /// Print the bound addresses as one JSON line on stdout.
     #[arg(long)]
     print_addresses: bool,
+    /// Make the HTTP/1.1 listener flap: one cycle every this long (anchored to the Unix epoch).
+    #[arg(long, value_parser = parse_duration, requires = "flap_down")]
+    flap_period: Option<Duration>,
+    /// Down time at the start of each flapping cycle.
+    #[arg(long, value_parser = parse_duration, requires = "flap_period")]
+    flap_down: Option<Duration>,
+    /// What a request gets while the upstream is down.
+    #[arg(long, value_enum, default_value = "503")]
+    flap_mode: FlapMode,
+}
+
+#[derive(Debug, Args)]
+struct FlappingArgs {
+    /// Requests per second (open loop, HTTP/1.1).
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Generator connections.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    connections: usize,
+    /// Measured time per variant.
+    #[arg(long, short = 'd', value_parser = parse_duration, default_value = "20s")]
+    duration: Duration,
+    /// Warm-up before it.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    warmup: Duration,
+    /// Time bucket of the curves.
+    #[arg(long, value_parser = parse_duration, default_value = "250ms")]
+    bucket: Duration,
+    /// Time allowed per request.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    timeout: Duration,
+    /// Response body bytes.
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// Endpoints in the cluster; the first one flaps.
+    #[arg(long, default_value_t = 3)]
+    endpoints: usize,
+    /// One flapping cycle.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    flap_period: Duration,
+    /// Down time at the start of each cycle.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    flap_down: Duration,
+    /// What a request to the flapping endpoint gets while it is down.
+    #[arg(long, value_enum, default_value = "503")]
+    flap_mode: FlapMode,
+    /// Resilient variant: `retries.attempts`.
+    #[arg(long, default_value_t = 2)]
+    attempts: u32,
+    /// Resilient variant: `outlier_detection.consecutive_5xx`.
+    #[arg(long, default_value_t = 3)]
+    consecutive_5xx: u32,
+    /// Resilient variant: `outlier_detection.base_ejection_time`.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    base_ejection_time: Duration,
+    /// Resilient variant: `outlier_detection.max_ejection_time`.
+    #[arg(long, value_parser = parse_duration, default_value = "4s")]
+    max_ejection_time: Duration,
+    /// Resilient variant: `outlier_detection.interval`.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    interval: Duration,
+    /// ringmesh workers.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Cores for ringmesh (default: the first --workers cores).
+    #[arg(long, value_parser = parse_cores)]
+    proxy_cores: Option<Cores>,
+    /// Cores for the generator and the upstreams (default: the remaining cores).
+    #[arg(long, value_parser = parse_cores)]
+    load_cores: Option<Cores>,
+    /// Do not pin anything.
+    #[arg(long)]
+    no_pin: bool,
+    /// I/O driver of ringmesh.
+    #[arg(long, value_enum, default_value = "auto")]
+    io: Io,
+    /// I/O driver of the generator and the upstreams.
+    #[arg(long, value_enum, default_value = "auto")]
+    load_io: Io,
+    /// The ringmesh binary (default: next to this one, else target/release/ringmesh).
+    #[arg(long)]
+    ringmesh: Option<PathBuf>,
+    /// Output directory (default: target/bench/flapping-<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +409,7 @@ pub fn main() -> ExitCode {
         Command::Load(args) => load_cmd(args),
         Command::Upstream(args) => upstream_cmd(args),
         Command::Crosscheck(args) => crosscheck_cmd(args),
+        Command::Flapping(args) => flapping_cmd(args),
         Command::Report { json } => report_cmd(&json),
     };
     match result {
@@ -346,34 +440,43 @@ fn default_ringmesh() -> PathBuf {
     PathBuf::from("target/release/ringmesh")
 }
 
-fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
-    let quick = a.quick;
+/// Proxy and load cores: as given, else the first `workers` available cores for the proxy and
+/// the rest for the load; unpinned (both empty) when asked or when there is only one core.
+fn split_cores(
+    no_pin: bool,
+    workers: usize,
+    proxy: Option<Cores>,
+    load: Option<Cores>,
+) -> (Vec<usize>, Vec<usize>) {
+    if no_pin {
+        return (Vec::new(), Vec::new());
+    }
     let available = runtime::available_cores();
-    let workers = a.workers.max(1);
-    let (proxy_cores, load_cores) = if a.no_pin {
+    let proxy = proxy
+        .map(|c| c.0)
+        .unwrap_or_else(|| available.iter().copied().take(workers).collect());
+    let load = load.map(|c| c.0).unwrap_or_else(|| {
+        available
+            .iter()
+            .copied()
+            .filter(|c| !proxy.contains(c))
+            .collect()
+    });
+    if load.is_empty() {
+        eprintln!(
+            "ringmesh-bench: only {} core(s) available: running unpinned",
+            available.len()
+        );
         (Vec::new(), Vec::new())
     } else {
-        let proxy = a
-            .proxy_cores
-            .map(|c| c.0)
-            .unwrap_or_else(|| available.iter().copied().take(workers).collect());
-        let load = a.load_cores.map(|c| c.0).unwrap_or_else(|| {
-            available
-                .iter()
-                .copied()
-                .filter(|c| !proxy.contains(c))
-                .collect()
-        });
-        if load.is_empty() {
-            eprintln!(
-                "ringmesh-bench: only {} core(s) available: running unpinned",
-                available.len()
-            );
-            (Vec::new(), Vec::new())
-        } else {
-            (proxy, load)
-        }
-    };
+        (proxy, load)
+    }
+}
+
+fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
+    let quick = a.quick;
+    let workers = a.workers.max(1);
+    let (proxy_cores, load_cores) = split_cores(a.no_pin, workers, a.proxy_cores, a.load_cores);
     let duration = a.duration.unwrap_or(if quick {
         Duration::from_millis(1500)
     } else {
@@ -507,6 +610,75 @@ pub fn write_report(report: &CompareReport, dir: &Path) -> anyhow::Result<String
     Ok(markdown)
 }
 
+fn flapping_cmd(a: FlappingArgs) -> anyhow::Result<ExitCode> {
+    let workers = a.workers.max(1);
+    let (proxy_cores, load_cores) = split_cores(a.no_pin, workers, a.proxy_cores, a.load_cores);
+    if a.rate.is_nan() || a.rate <= 0.0 {
+        anyhow::bail!("--rate must be positive");
+    }
+    let out_dir = a.out.unwrap_or_else(|| {
+        let stamp = sys::utc_timestamp(SystemTime::now()).replace(':', "");
+        PathBuf::from("target/bench").join(format!("flapping-{stamp}"))
+    });
+    let out_dir = std::path::absolute(&out_dir)
+        .with_context(|| format!("cannot resolve {}", out_dir.display()))?;
+    let spec = FlappingSpec {
+        flap: Flap {
+            period: a.flap_period,
+            down: a.flap_down,
+            mode: a.flap_mode,
+        },
+        endpoints: a.endpoints,
+        rate: a.rate,
+        connections: a.connections.max(1),
+        duration: a.duration,
+        warmup: a.warmup,
+        bucket: a.bucket,
+        timeout: a.timeout,
+        payload: a.payload,
+        policies: Policies {
+            attempts: a.attempts,
+            consecutive_5xx: a.consecutive_5xx,
+            base_ejection_time: a.base_ejection_time,
+            max_ejection_time: a.max_ejection_time,
+            interval: a.interval,
+        },
+        load_cores,
+        io: a.load_io,
+        targets_settings: TargetSettings {
+            ringmesh: a.ringmesh.unwrap_or_else(default_ringmesh),
+            nginx: "nginx".into(),
+            haproxy: "haproxy".into(),
+            workers,
+            cores: proxy_cores,
+            io: a.io,
+            dir: out_dir.join("targets"),
+        },
+        out_dir: out_dir.clone(),
+        command: command_line(),
+        progress: !a.no_progress,
+    };
+    let report = flapping::run(&spec)?;
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(
+        out_dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let markdown = report::flapping::markdown(&report);
+    std::fs::write(out_dir.join("report.md"), &markdown)?;
+    std::fs::write(out_dir.join("report.html"), report::flapping::html(&report))?;
+    println!("{}", report::flapping::summary(&report));
+    eprintln!(
+        "ringmesh-bench: wrote {0}/report.json, {0}/report.md (with the per-bucket table), {0}/report.html",
+        out_dir.display()
+    );
+    Ok(if report.variants.iter().all(|v| v.skipped.is_none()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn report_cmd(json: &Path) -> anyhow::Result<ExitCode> {
     let text =
         std::fs::read_to_string(json).with_context(|| format!("cannot read {}", json.display()))?;
@@ -618,6 +790,14 @@ fn upstream_cmd(a: UpstreamArgs) -> anyhow::Result<ExitCode> {
         cores: a.cores.map(|c| c.0).unwrap_or_default(),
         io: a.io,
         payload: a.payload,
+        flap: match (a.flap_period, a.flap_down) {
+            (Some(period), Some(down)) => Some(Flap {
+                period,
+                down,
+                mode: a.flap_mode,
+            }),
+            _ => None,
+        },
     };
     let addrs = upstream::start(&spec)?;
     if a.print_addresses {
@@ -647,6 +827,7 @@ fn crosscheck_cmd(a: CrosscheckArgs) -> anyhow::Result<ExitCode> {
         cores: cores.clone(),
         io: a.io,
         payload: 1024,
+        flap: None,
     })?;
     let addr = addrs.http.context("upstream did not bind")?;
     let check = crate::crosscheck::run(addr, a.rate, a.connections, a.duration, &cores, a.io);

@@ -11,6 +11,9 @@
 //!   self-contained HTML page ([`report`]). It checks itself: generator headroom against direct,
 //!   generator-bound runs, and runs that missed their rate.
 //! * [`crosscheck`] — compares the open-loop latency against `h2load --rps`.
+//! * [`flapping`] — ringmesh in front of a cluster with one flapping endpoint
+//!   ([`upstream::Flap`]), without and with retries + outlier detection: success rate and
+//!   latency per time bucket ([`timeline`]), JSON, Markdown and HTML.
 //!
 //! The method is `shared/design/BENCH-METHOD.md`; how to run it and what each number means is in
 //! `BENCHMARKS.md` at the repository root.
@@ -18,6 +21,7 @@
 pub mod cli;
 pub mod compare;
 pub mod crosscheck;
+pub mod flapping;
 pub mod hist;
 pub mod http1;
 pub mod iperf;
@@ -29,6 +33,7 @@ pub mod runtime;
 pub mod stats;
 pub mod sys;
 pub mod targets;
+pub mod timeline;
 pub mod upstream;
 
 #[cfg(test)]

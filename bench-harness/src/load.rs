@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use monoio::buf::IoBufMut;
@@ -37,6 +37,7 @@ use crate::pace::{LaneClock, LaneSchedule, PreciseTimer, Timing};
 use crate::progress::Progress;
 use crate::runtime::{self, Io};
 use crate::sys;
+use crate::timeline::{BucketSummary, Timeline};
 
 /// An open-loop run must complete at least this share of its target rate to be valid.
 pub const MIN_RATE_FRACTION: f64 = 0.97;
@@ -284,6 +285,35 @@ pub struct LoadRun {
     pub report: LoadReport,
     /// The latency histogram behind `report.latency`.
     pub latency: LatencyHist,
+    /// Per-bucket results, when asked for ([`run_timed`]).
+    pub timeline: Vec<BucketSummary>,
+    /// When the measurement window started, on the wall clock (for aligning it with events
+    /// outside the generator, such as a flapping upstream's cycle).
+    pub window_start: SystemTime,
+}
+
+/// Results per time bucket ([`crate::timeline`]), and where the window starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimelineSpec {
+    /// Bucket width.
+    pub bucket: Duration,
+    /// Start the measurement window at a whole multiple of this since the Unix epoch (wall
+    /// clock), after the warm-up; `None` starts it as soon as the connections are up.
+    pub align_to: Option<Duration>,
+}
+
+/// How long after `now` (wall clock, since the Unix epoch) the run must start so that its
+/// measurement window, `warmup` after the start, begins on a whole multiple of `period`, with at
+/// least `lead` to get going.
+pub fn aligned_lead(now: Duration, lead: Duration, warmup: Duration, period: Duration) -> Duration {
+    let period_ns = period.as_nanos();
+    if period_ns == 0 {
+        return lead;
+    }
+    let earliest = (now + lead + warmup).as_nanos();
+    let aligned = earliest.div_ceil(period_ns) * period_ns;
+    let wait = u64::try_from(aligned - earliest).unwrap_or(u64::MAX);
+    lead + Duration::from_nanos(wait)
 }
 
 /// Hooks for the caller, called on the caller's thread: at the start and end of the measurement
@@ -332,6 +362,15 @@ pub enum RequestError {
 /// connection could be made, a thread could not be created); failures of individual requests
 /// are counted in the result.
 pub fn run(spec: &LoadSpec, monitor: &mut dyn Monitor) -> anyhow::Result<LoadRun> {
+    run_timed(spec, monitor, None)
+}
+
+/// [`run`], also recording results per time bucket when `timeline` is set.
+pub fn run_timed(
+    spec: &LoadSpec,
+    monitor: &mut dyn Monitor,
+    timeline: Option<TimelineSpec>,
+) -> anyhow::Result<LoadRun> {
     let threads = spec.threads.clamp(1, spec.connections.max(1));
     let lanes_total = spec.lanes();
     let progress_counters: Vec<Arc<ThreadProgress>> = (0..threads)
@@ -356,6 +395,7 @@ pub fn run(spec: &LoadSpec, monitor: &mut dyn Monitor) -> anyhow::Result<LoadRun
                 let io = spec.io;
                 let ctx = ThreadCtx {
                     spec,
+                    timeline: timeline.map(|t| t.bucket),
                     index: t,
                     threads,
                     lanes_total,
@@ -379,7 +419,17 @@ pub fn run(spec: &LoadSpec, monitor: &mut dyn Monitor) -> anyhow::Result<LoadRun
             break;
         }
     }
-    let start = Instant::now() + Duration::from_millis(20);
+    let (now, wall_now) = (Instant::now(), SystemTime::now());
+    let lead = Duration::from_millis(20);
+    let lead = match timeline.and_then(|t| t.align_to) {
+        Some(period) => match wall_now.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(since_epoch) => aligned_lead(since_epoch, lead, spec.warmup, period),
+            Err(_) => lead,
+        },
+        None => lead,
+    };
+    let start = now + lead;
+    let wall_window_start = wall_now + lead + spec.warmup;
     for tx in &start_txs {
         let _ = tx.send(failure.is_none().then_some(start));
     }
@@ -448,7 +498,13 @@ pub fn run(spec: &LoadSpec, monitor: &mut dyn Monitor) -> anyhow::Result<LoadRun
     let mut lag = LatencyHist::new();
     let mut errors = ErrorCounts::default();
     let (mut completed, mut cpu) = (0u64, 0.0f64);
+    let mut buckets: Option<Timeline> = None;
     for out in &outputs {
+        match (&mut buckets, &out.stats.timeline) {
+            (Some(all), Some(t)) => all.merge(t),
+            (None, Some(t)) => buckets = Some(t.clone()),
+            _ => {}
+        }
         latency.merge(&out.stats.latency);
         uncorrected.merge(&out.stats.uncorrected);
         lag.merge(&out.stats.lag);
@@ -492,7 +548,12 @@ pub fn run(spec: &LoadSpec, monitor: &mut dyn Monitor) -> anyhow::Result<LoadRun
         generator_cpu_s: cpu,
         verdict: judge(target_rate, achieved, completed, errors.total()),
     };
-    Ok(LoadRun { report, latency })
+    Ok(LoadRun {
+        report,
+        latency,
+        timeline: buckets.map(|t| t.summary()).unwrap_or_default(),
+        window_start: wall_window_start,
+    })
 }
 
 /// Written by one generator thread, read by the caller for the progress bar.
@@ -504,6 +565,8 @@ struct ThreadProgress {
 
 struct ThreadCtx {
     spec: LoadSpec,
+    /// Bucket width of the timeline, if one is kept.
+    timeline: Option<Duration>,
     index: usize,
     threads: usize,
     lanes_total: usize,
@@ -517,6 +580,8 @@ struct ThreadStats {
     lag: LatencyHist,
     completed: u64,
     errors: ErrorCounts,
+    /// Per-bucket results of the window, if asked for.
+    timeline: Option<Timeline>,
     /// Responses and failures at any time (warm-up included), for progress.
     all_completed: u64,
     all_errors: u64,
@@ -551,7 +616,12 @@ async fn thread_main(
     };
     let window_start = start + ctx.spec.warmup;
     let end = window_start + ctx.spec.duration;
-    let stats = Rc::new(RefCell::new(ThreadStats::default()));
+    let stats = Rc::new(RefCell::new(ThreadStats {
+        timeline: ctx
+            .timeline
+            .map(|width| Timeline::new(window_start, width, ctx.spec.duration)),
+        ..ThreadStats::default()
+    }));
 
     let cpu = Rc::new(Cell::new(0.0));
     let meter = {
@@ -725,7 +795,9 @@ async fn lane_loop(mut lane: Lane, ctx: LaneCtx) {
             Ok(()) => record_success(&ctx, &timing, corrected),
             Err(e) => {
                 record_error(&ctx, intended, &e);
-                failed = true;
+                // A non-2xx answer leaves the connection usable (`request` drops it when the
+                // server said close); anything else leaves it in an unknown state.
+                failed = !matches!(e, RequestError::Status(_));
                 if matches!(e, RequestError::Connect(_)) {
                     // Do not spin against a target that refuses connections.
                     monoio::time::sleep(Duration::from_millis(10)).await;
@@ -753,6 +825,9 @@ fn record_success(ctx: &LaneCtx, t: &Timing, corrected: Duration) {
     }
     s.completed += 1;
     s.latency.record(corrected);
+    if let Some(timeline) = s.timeline.as_mut() {
+        timeline.record(t.intended, Some(corrected));
+    }
     s.uncorrected.record(t.uncorrected());
     if ctx.schedule.is_some() {
         s.lag.record(t.generator_lag());
@@ -765,6 +840,9 @@ fn record_error(ctx: &LaneCtx, intended: Instant, e: &RequestError) {
     ctx.progress.errors.store(s.all_errors, Ordering::Relaxed);
     if intended >= ctx.window_start && intended < ctx.end {
         s.errors.count(e);
+        if let Some(timeline) = s.timeline.as_mut() {
+            timeline.record(intended, None);
+        }
     }
 }
 
@@ -1106,6 +1184,24 @@ pub(crate) mod tests {
             .describe()
             .contains("latency not reported")
         );
+    }
+
+    #[test]
+    fn aligned_lead_starts_the_window_on_a_cycle_boundary() {
+        let ms = Duration::from_millis;
+        let period = ms(5000);
+        // 12.3 s after the epoch, 20 ms lead, 1 s warm-up: the window can start at 13.32 s at the
+        // earliest, so it starts at 15 s, i.e. the run starts at 14 s, 1.7 s from now.
+        let lead = aligned_lead(ms(12_300), ms(20), ms(1000), period);
+        assert_eq!(lead, ms(1700));
+        assert_eq!(
+            (ms(12_300) + lead + ms(1000)).as_nanos() % period.as_nanos(),
+            0
+        );
+        // Exactly on a boundary already: no extra wait.
+        assert_eq!(aligned_lead(ms(3980), ms(20), ms(1000), period), ms(20));
+        // No period: just the lead.
+        assert_eq!(aligned_lead(ms(1), ms(20), ms(0), Duration::ZERO), ms(20));
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn start_upstream(io: Io) -> UpstreamAddrs {
         cores: vec![],
         io,
         payload: 100,
+        flap: None,
     })
     .expect("upstream starts")
 }
@@ -257,4 +258,169 @@ fn upstream_handles_pipelining_and_chunked_bodies() {
             "{text}"
         );
     }
+}
+
+/// A flapping upstream fails requests (503, or a reset) in its down phases and serves them in its
+/// up phases, and the timeline accounts for every request of the window.
+#[test]
+fn a_flapping_upstream_fails_only_some_requests() {
+    use crate::load::TimelineSpec;
+    use crate::upstream::{Flap, FlapMode};
+    for io in drivers() {
+        for mode in [FlapMode::Status503, FlapMode::Reset] {
+            let flap = Flap {
+                period: Duration::from_millis(400),
+                down: Duration::from_millis(200),
+                mode,
+            };
+            let up = upstream::start(&UpstreamSpec {
+                http: Some(([127, 0, 0, 1], 0).into()),
+                h2: None,
+                echo: None,
+                threads: 1,
+                cores: vec![],
+                io,
+                payload: 64,
+                flap: Some(flap),
+            })
+            .expect("upstream starts");
+            let mut spec = test_spec(Protocol::Http1, up.http.expect("bound"));
+            spec.io = io;
+            spec.mode = Mode::Open { rate: 400.0 };
+            spec.duration = Duration::from_millis(800);
+            let timeline = TimelineSpec {
+                bucket: Duration::from_millis(100),
+                align_to: Some(flap.period),
+            };
+            let run = load::run_timed(&spec, &mut NoMonitor, Some(timeline)).expect("runs");
+            let r = &run.report;
+            let e = &r.errors;
+            assert!(r.completed > 0, "{io:?} {mode:?}: {r:?}");
+            assert!(e.total() > 0, "{io:?} {mode:?}: nothing failed: {r:?}");
+            match mode {
+                FlapMode::Status503 => assert_eq!(e.total(), e.status, "{io:?}: {e:?}"),
+                FlapMode::Reset => {
+                    assert_eq!(e.status, 0, "{io:?}: {e:?}");
+                    assert!(e.io > 0, "{io:?}: {e:?}");
+                }
+            }
+            assert_eq!(run.timeline.len(), 8, "{io:?} {mode:?}");
+            let ok: u64 = run.timeline.iter().map(|b| b.ok).sum();
+            let failed: u64 = run.timeline.iter().map(|b| b.failed).sum();
+            assert_eq!((ok, failed), (r.completed, e.total()), "{io:?} {mode:?}");
+        }
+    }
+}
+
+/// The ringmesh binary to run `flapping` against: a built one that accepts its config (a stale
+/// build without retries or outlier detection rejects it), else `None`.
+fn ringmesh_for_flapping() -> Option<std::path::PathBuf> {
+    use crate::flapping::{Policies, Variant, ringmesh_config};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = ringmesh_config(
+        Variant::Resilient,
+        &["127.0.0.1:1".parse().expect("addr")],
+        1,
+        &Policies {
+            attempts: 2,
+            consecutive_5xx: 3,
+            base_ejection_time: Duration::from_secs(1),
+            max_ejection_time: Duration::from_secs(1),
+            interval: Duration::from_secs(1),
+        },
+    );
+    let path = std::env::temp_dir().join(format!("rmb-flap-{}.toml", std::process::id()));
+    std::fs::write(&path, config).ok()?;
+    let found = ["target/release/ringmesh", "target/debug/ringmesh"]
+        .iter()
+        .map(|p| root.join(p))
+        .find(|bin| {
+            bin.is_file()
+                && std::process::Command::new(bin)
+                    .arg("validate")
+                    .arg(&path)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+        });
+    let _ = std::fs::remove_file(&path);
+    found
+}
+
+/// `flapping` end to end, small: both variants run through a real ringmesh and report curves and
+/// counters. Skipped without a ringmesh build that supports the policies.
+#[test]
+fn flapping_runs_both_variants_through_ringmesh() {
+    use crate::flapping::{self, FlappingSpec, Policies, Variant};
+    use crate::targets::TargetSettings;
+    use crate::upstream::{Flap, FlapMode};
+    let Some(ringmesh) = ringmesh_for_flapping() else {
+        eprintln!(
+            "skipped: no ringmesh build accepts the flapping config (cargo build -p dataplane)"
+        );
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("rmb-flapping-{}", std::process::id()));
+    let spec = FlappingSpec {
+        flap: Flap {
+            period: Duration::from_millis(1000),
+            down: Duration::from_millis(400),
+            mode: FlapMode::Status503,
+        },
+        endpoints: 3,
+        rate: 300.0,
+        connections: 4,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(200),
+        bucket: Duration::from_millis(250),
+        timeout: Duration::from_secs(2),
+        payload: 64,
+        policies: Policies {
+            attempts: 2,
+            consecutive_5xx: 3,
+            base_ejection_time: Duration::from_millis(500),
+            max_ejection_time: Duration::from_millis(1000),
+            interval: Duration::from_millis(200),
+        },
+        load_cores: vec![],
+        io: Io::Auto,
+        targets_settings: TargetSettings {
+            ringmesh,
+            nginx: "nginx".into(),
+            haproxy: "haproxy".into(),
+            workers: 1,
+            cores: vec![],
+            io: Io::Auto,
+            dir: dir.join("targets"),
+        },
+        out_dir: dir.clone(),
+        command: "test".into(),
+        progress: false,
+    };
+    let report = flapping::run(&spec).expect("runs");
+    assert_eq!(report.variants.len(), 2);
+    for v in &report.variants {
+        assert_eq!(v.skipped, None, "{:?}", v.variant);
+        assert_eq!(v.timeline.len(), 6, "{:?}", v.variant);
+        let (ok, failed) = v
+            .timeline
+            .iter()
+            .fold((0, 0), |(ok, failed), b| (ok + b.ok, failed + b.failed));
+        assert_eq!((ok, failed), (v.ok, v.errors.total()), "{:?}", v.variant);
+        assert!(v.ok > 0, "{:?}: {v:?}", v.variant);
+    }
+    let plain = &report.variants[0];
+    assert_eq!(plain.variant, Variant::Plain);
+    assert!(
+        plain.errors.status > 0,
+        "the flapping endpoint's 503s reach the client: {plain:?}"
+    );
+    let resilient = &report.variants[1];
+    assert!(
+        resilient.retries.is_some(),
+        "retries are read from /stats/prometheus"
+    );
+    let html = crate::report::flapping::html(&report);
+    assert!(html.contains("<svg") && !html.contains("NaN"), "{html}");
+    assert!(crate::report::flapping::markdown(&report).contains("| retries + outlier detection |"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -326,6 +326,8 @@ pub struct RunningTarget {
     pub version: String,
     /// Extra facts (ringmesh's I/O driver).
     pub detail: Option<String>,
+    /// ringmesh's admin API.
+    pub admin: Option<SocketAddr>,
 }
 
 impl RunningTarget {
@@ -367,6 +369,7 @@ pub fn start(
             child: None,
             version: String::new(),
             detail: None,
+            admin: None,
         },
         TargetKind::RingmeshSplice if front != Front::Tcp => {
             return Err(
@@ -474,6 +477,7 @@ fn start_peer(
         child: Some(child),
         version,
         detail: None,
+        admin: None,
     };
     wait_listening(&mut target, dir)?;
     Ok(target)
@@ -486,12 +490,6 @@ fn start_ringmesh(
     settings: &TargetSettings,
     dir: &Path,
 ) -> Result<RunningTarget, String> {
-    if !settings.ringmesh.is_file() {
-        return Err(format!(
-            "{} not found (build it: cargo build --release -p dataplane)",
-            settings.ringmesh.display()
-        ));
-    }
     let plan = ProxyPlan {
         front,
         port: 0,
@@ -500,8 +498,25 @@ fn start_ringmesh(
         splice: kind == TargetKind::RingmeshSplice,
         policies: kind == TargetKind::RingmeshPolicies,
     };
+    launch_ringmesh(kind, &ringmesh_config(&plan), settings, dir)
+}
+
+/// Starts ringmesh with `config` (written to `dir/ringmesh.toml`), pinned to the proxy cores, and
+/// waits until its admin API says it is ready; the target's address is its first listener's.
+pub fn launch_ringmesh(
+    kind: TargetKind,
+    config_text: &str,
+    settings: &TargetSettings,
+    dir: &Path,
+) -> Result<RunningTarget, String> {
+    if !settings.ringmesh.is_file() {
+        return Err(format!(
+            "{} not found (build it: cargo build --release -p dataplane)",
+            settings.ringmesh.display()
+        ));
+    }
     let config = dir.join("ringmesh.toml");
-    std::fs::write(&config, ringmesh_config(&plan)).map_err(|e| e.to_string())?;
+    std::fs::write(&config, config_text).map_err(|e| e.to_string())?;
     let admin_file = dir.join("admin-address");
     let _ = std::fs::remove_file(&admin_file);
     let log = std::fs::File::create(dir.join("stderr.log")).map_err(|e| e.to_string())?;
@@ -527,6 +542,7 @@ fn start_ringmesh(
         child: Some(child),
         version: version_of(&settings.ringmesh, "--version"),
         detail: None,
+        admin: None,
     };
     let deadline = Instant::now() + READY_TIMEOUT;
     let admin = loop {
@@ -546,6 +562,7 @@ fn start_ringmesh(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    target.admin = Some(admin);
     let (_, listeners) =
         admin_get(admin, "/listeners").map_err(|e| format!("admin /listeners: {e}"))?;
     let listeners: serde_json::Value =
@@ -695,7 +712,7 @@ fn log_tail(dir: &Path) -> String {
 }
 
 /// One GET to the ringmesh admin API (one request per connection): `(status, body)`.
-fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(

@@ -8,12 +8,20 @@
 //!
 //! Each thread runs its own runtime, optionally pinned, and accepts on a duplicate of the same
 //! listening socket.
+//!
+//! For the `flapping` benchmark the HTTP/1.1 listener can *flap* ([`Flap`]): during the "down"
+//! part of a fixed cycle it answers every request with a 503, or closes the connection without
+//! answering (a reset), and serves normally otherwise. The cycle is anchored to the Unix epoch of
+//! the wall clock, not to the process start, so that several processes (the upstream and the load
+//! generator, which aligns its measurement window to the cycle) agree on the phase without talking
+//! to each other.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
+use std::time::{Duration, SystemTime};
 
 use socket2::{Domain, Socket, Type};
 
@@ -50,7 +58,74 @@ pub struct UpstreamSpec {
     pub io: Io,
     /// Response body size when the path does not ask for one.
     pub payload: usize,
+    /// Make the HTTP/1.1 listener flap (h2c and echo never do).
+    pub flap: Option<Flap>,
 }
+
+/// What a flapping upstream does to a request during a down phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum FlapMode {
+    /// Answer `503 Service Unavailable` (the connection stays open).
+    #[value(name = "503")]
+    #[serde(rename = "503")]
+    Status503,
+    /// Close the connection without answering; the listener has `SO_LINGER` 0 (accepted sockets
+    /// inherit it), so the close is a TCP reset.
+    Reset,
+}
+
+impl FlapMode {
+    /// Name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlapMode::Status503 => "503",
+            FlapMode::Reset => "reset",
+        }
+    }
+}
+
+/// A fixed flapping cycle: down during `[k·period, k·period + down)` after the Unix epoch, for
+/// every whole `k`, up otherwise. Deterministic: the phase is a function of the wall clock only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flap {
+    /// Length of one cycle.
+    pub period: Duration,
+    /// The down part at the start of each cycle (`< period`).
+    pub down: Duration,
+    /// What happens to requests while down.
+    pub mode: FlapMode,
+}
+
+impl Flap {
+    /// Whether the upstream is down `since_epoch` after the Unix epoch.
+    pub fn is_down_at(&self, since_epoch: Duration) -> bool {
+        let period = self.period.as_nanos();
+        period > 0 && since_epoch.as_nanos() % period < self.down.as_nanos()
+    }
+
+    /// Whether the upstream is down now.
+    pub fn is_down(&self) -> bool {
+        // A clock before 1970 is not a flapping phase: serve.
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .is_ok_and(|t| self.is_down_at(t))
+    }
+
+    /// Checks `0 < down < period`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.down.is_zero() || self.down >= self.period {
+            return Err(format!(
+                "flap down time ({:?}) must be above 0 and below the period ({:?})",
+                self.down, self.period
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The answer of a flapping upstream during a down phase.
+const UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
 
 /// The addresses actually bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,10 +145,19 @@ const BACKLOG: i32 = 4096;
 
 /// Binds the listeners and starts the server threads; they serve until the process exits.
 pub fn start(spec: &UpstreamSpec) -> io::Result<UpstreamAddrs> {
-    let bind = |addr: Option<SocketAddr>| -> io::Result<Option<StdListener>> {
+    if let Some(flap) = &spec.flap {
+        flap.validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    }
+    let flap_resets = spec.flap.is_some_and(|f| f.mode == FlapMode::Reset);
+    let bind = |addr: Option<SocketAddr>, resets: bool| -> io::Result<Option<StdListener>> {
         addr.map(|a| {
             let socket = Socket::new(Domain::for_address(a), Type::STREAM, None)?;
             socket.set_reuse_address(true)?;
+            if resets {
+                // Inherited by accepted sockets: closing one mid-request sends a reset.
+                socket.set_linger(Some(Duration::ZERO))?;
+            }
             socket.bind(&a.into())?;
             socket.listen(BACKLOG)?;
             socket.set_nonblocking(true)?;
@@ -81,9 +165,9 @@ pub fn start(spec: &UpstreamSpec) -> io::Result<UpstreamAddrs> {
         })
         .transpose()
     };
-    let http = bind(spec.http)?;
-    let h2 = bind(spec.h2)?;
-    let echo = bind(spec.echo)?;
+    let http = bind(spec.http, flap_resets)?;
+    let h2 = bind(spec.h2, false)?;
+    let echo = bind(spec.echo, false)?;
     let addrs = UpstreamAddrs {
         http: http.as_ref().map(StdListener::local_addr).transpose()?,
         h2: h2.as_ref().map(StdListener::local_addr).transpose()?,
@@ -93,7 +177,7 @@ pub fn start(spec: &UpstreamSpec) -> io::Result<UpstreamAddrs> {
         let clone = |l: &Option<StdListener>| l.as_ref().map(StdListener::try_clone).transpose();
         let (http, h2, echo) = (clone(&http)?, clone(&h2)?, clone(&echo)?);
         let core = (!spec.cores.is_empty()).then(|| spec.cores[t % spec.cores.len()]);
-        let (io, payload) = (spec.io, spec.payload);
+        let (io, payload, flap) = (spec.io, spec.payload, spec.flap);
         std::thread::Builder::new()
             .name(format!("upstream-{t}"))
             .spawn(move || {
@@ -103,7 +187,11 @@ pub fn start(spec: &UpstreamSpec) -> io::Result<UpstreamAddrs> {
                 let served = runtime::block_on(io, async move {
                     let responses = Rc::new(Responses::new(payload));
                     if let Some(l) = http {
-                        monoio::spawn(accept_loop(l, responses.clone(), Protocol::Http));
+                        let flapping = Rc::new(Responses {
+                            flap,
+                            ..Responses::new(payload)
+                        });
+                        monoio::spawn(accept_loop(l, flapping, Protocol::Http));
                     }
                     if let Some(l) = h2 {
                         monoio::spawn(accept_loop(l, responses.clone(), Protocol::H2));
@@ -163,6 +251,8 @@ async fn accept_loop(listener: StdListener, responses: Rc<Responses>, protocol: 
 #[derive(Debug)]
 struct Responses {
     default: usize,
+    /// The flapping cycle of this listener, if it flaps.
+    flap: Option<Flap>,
     http: RefCell<HashMap<usize, Rc<[u8]>>>,
     bodies: RefCell<HashMap<usize, Bytes>>,
 }
@@ -171,6 +261,7 @@ impl Responses {
     fn new(default: usize) -> Self {
         Self {
             default: default.min(MAX_PAYLOAD),
+            flap: None,
             http: RefCell::new(HashMap::new()),
             bodies: RefCell::new(HashMap::new()),
         }
@@ -219,7 +310,19 @@ async fn serve_http(mut stream: TcpStream, responses: &Responses) -> io::Result<
                 if !reader.is_done() {
                     break;
                 }
-                out.extend_from_slice(&responses.http(*size));
+                // Judged when the request is complete, i.e. when it would be answered.
+                match responses.flap.filter(Flap::is_down).map(|f| f.mode) {
+                    None => out.extend_from_slice(&responses.http(*size)),
+                    Some(FlapMode::Status503) => out.extend_from_slice(UNAVAILABLE),
+                    Some(FlapMode::Reset) => {
+                        // Answers already batched go out; this request gets none.
+                        if !out.is_empty() {
+                            let (res, _) = stream.write_all(out).await;
+                            res?;
+                        }
+                        return Ok(());
+                    }
+                }
                 close = *closing;
                 pending = None;
                 if close {

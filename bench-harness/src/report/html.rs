@@ -452,6 +452,188 @@ pub fn bar_chart(title: &str, groups: &[BarGroup], fmt: &dyn Fn(f64) -> String) 
     s
 }
 
+/// One line of a [`time_chart`]: points `(seconds, value)`, `None` where there is no value (the
+/// line breaks there).
+#[derive(Debug, Clone)]
+pub struct TimeSeries {
+    /// Legend text.
+    pub label: String,
+    /// Stroke colour.
+    pub color: &'static str,
+    /// Dashed, so that it stays visible where it runs on top of another line.
+    pub dashed: bool,
+    /// The points, in time order.
+    pub points: Vec<(f64, Option<f64>)>,
+}
+
+/// The value axis of a [`time_chart`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueAxis {
+    /// Linear from 0 to this value.
+    Linear(f64),
+    /// Logarithmic over the data's decades.
+    Log,
+}
+
+/// Values over time: one line per series, shaded bands (e.g. when an upstream was down) behind
+/// them, seconds on x from 0 to `x_max`.
+pub fn time_chart(
+    title: &str,
+    x_max: f64,
+    axis: ValueAxis,
+    fmt: &dyn Fn(f64) -> String,
+    series: &[TimeSeries],
+    bands: &[(f64, f64)],
+) -> String {
+    let values = || {
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().filter_map(|p| p.1))
+    };
+    let x_max = if x_max > 0.0 { x_max } else { 1.0 };
+    let (ylo, yhi, log) = match axis {
+        ValueAxis::Linear(top) => (0.0, if top > 0.0 { top } else { 1.0 }, false),
+        ValueAxis::Log => {
+            let (lo, hi) = values()
+                .filter(|v| v.is_finite())
+                .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+                    (lo.min(v.max(1.0)), hi.max(v.max(1.0)))
+                });
+            if !lo.is_finite() {
+                return String::new();
+            }
+            let lo = lo.log10().floor();
+            (lo, hi.log10().ceil().max(lo + 1.0), true)
+        }
+    };
+    let px = |x: f64| LEFT + (x.clamp(0.0, x_max) / x_max) * (W - LEFT - RIGHT);
+    let py = |v: f64| {
+        let v = if log { v.max(1.0).log10() } else { v };
+        H - BOTTOM - ((v - ylo) / (yhi - ylo)).clamp(0.0, 1.0) * (H - TOP - BOTTOM)
+    };
+    let mut s = svg_open(title);
+    for &(from, to) in bands {
+        let _ = write!(
+            s,
+            "<rect x=\"{:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#f6d5d5\">\
+             <title>upstream down {from:.2}–{to:.2} s</title></rect>",
+            px(from),
+            (px(to) - px(from)).max(0.0),
+            H - TOP - BOTTOM
+        );
+    }
+    // y grid: quarters of a linear axis; 1-2-5 per decade of a log one.
+    let ticks: Vec<f64> = if log {
+        let mut t = Vec::new();
+        let mut decade = ylo;
+        while decade <= yhi {
+            for m in [1.0, 2.0, 5.0] {
+                let v = m * 10f64.powf(decade);
+                if v.log10() <= yhi + 1e-9 {
+                    t.push(v);
+                }
+            }
+            decade += 1.0;
+        }
+        t
+    } else {
+        (0..=4).map(|i| yhi * f64::from(i) / 4.0).collect()
+    };
+    for v in ticks {
+        let y = py(v);
+        let _ = write!(
+            s,
+            "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
+             <text x=\"{}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{}</text>",
+            W - RIGHT,
+            LEFT - 4.0,
+            y + 3.0,
+            escape(&fmt(v))
+        );
+    }
+    // x grid: about eight whole-second steps.
+    let step = nice_ceiling(x_max / 8.0).max(0.001);
+    let mut x = 0.0;
+    while x <= x_max + 1e-9 {
+        let sx = px(x);
+        let _ = write!(
+            s,
+            "<line x1=\"{sx:.1}\" x2=\"{sx:.1}\" y1=\"{TOP}\" y2=\"{}\" stroke=\"#eee\"/>\
+             <text x=\"{sx:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{} s</text>",
+            H - BOTTOM,
+            H - BOTTOM + 14.0,
+            fmt_seconds(x)
+        );
+        x += step;
+    }
+    for series in series {
+        // One polyline per run of points with a value.
+        for run in series.points.split(|p| p.1.is_none_or(|v| !v.is_finite())) {
+            let pts: Vec<String> = run
+                .iter()
+                .filter_map(|&(t, v)| Some(format!("{:.1},{:.1}", px(t), py(v?))))
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            let _ = write!(
+                s,
+                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.8\"{} points=\"{}\"/>",
+                series.color,
+                if series.dashed {
+                    " stroke-dasharray=\"6 3\""
+                } else {
+                    ""
+                },
+                pts.join(" ")
+            );
+        }
+    }
+    let mut lx = LEFT;
+    let ly = H - 16.0;
+    for series in series {
+        let _ = write!(
+            s,
+            "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{ly:.1}\" font-size=\"11\">{}</text>",
+            ly - 10.0,
+            series.color,
+            lx + 16.0,
+            escape(&series.label)
+        );
+        lx += 34.0 + 6.5 * series.label.chars().count() as f64;
+    }
+    if !bands.is_empty() {
+        let _ = write!(
+            s,
+            "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"#f6d5d5\"/>\
+             <text x=\"{:.1}\" y=\"{ly:.1}\" font-size=\"11\">upstream down</text>",
+            ly - 10.0,
+            lx + 16.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Seconds without trailing zeros: 0, 2.5, 10.
+fn fmt_seconds(x: f64) -> String {
+    let t = format!("{x:.2}");
+    t.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// A whole page around `body` (already HTML), in the report's style.
+pub fn page(title: &str, body: &str, footer: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
+         {body}\n<footer>{footer}</footer>\n</body>\n</html>\n",
+        title = escape(title),
+        footer = escape(footer),
+    )
+}
+
 fn svg_open(title: &str) -> String {
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
@@ -557,6 +739,53 @@ mod tests {
         assert!(bars.contains("<rect"), "{bars}");
         assert!(bars.contains("n/a"));
         assert!(!bars.contains("NaN"), "{bars}");
+        let lines = [
+            TimeSeries {
+                label: "a".into(),
+                color: "#d62728",
+                dashed: false,
+                points: vec![
+                    (0.0, Some(0.5)),
+                    (0.25, None),
+                    (0.5, Some(1.0)),
+                    (0.75, Some(1.0)),
+                ],
+            },
+            TimeSeries {
+                label: "b <&>".into(),
+                color: "#1f77b4",
+                dashed: true,
+                points: vec![(0.0, Some(1.0)), (0.25, Some(f64::NAN))],
+            },
+        ];
+        let pct = |v: f64| format!("{:.0} %", v * 100.0);
+        let t = time_chart(
+            "s",
+            1.0,
+            ValueAxis::Linear(1.0),
+            &pct,
+            &lines,
+            &[(0.0, 0.5)],
+        );
+        assert!(t.starts_with("<svg") && t.ends_with("</svg>\n"), "{t}");
+        // The gap splits the first line in two; the second has one point left.
+        assert_eq!(t.matches("<polyline").count(), 3, "{t}");
+        assert!(
+            t.contains("b &lt;&amp;&gt;") && t.contains("upstream down"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("NaN") && !t.contains("inf") && !t.contains("<script"),
+            "{t}"
+        );
+        let us = |v: f64| fmt_us(v);
+        let log = time_chart("l", 20.0, ValueAxis::Log, &us, &lines, &[]);
+        assert!(log.contains("<polyline") && !log.contains("NaN"), "{log}");
+        assert_eq!(
+            time_chart("e", 1.0, ValueAxis::Log, &us, &[], &[]),
+            String::new(),
+            "no data, no chart"
+        );
         assert_eq!(nice_ceiling(7.3), 10.0);
         assert_eq!(nice_ceiling(120_000.0), 200_000.0);
     }

@@ -5,6 +5,7 @@
 //! summaries computed from them; `ringmesh-bench report FILE.json` re-renders the Markdown and
 //! HTML from it without running anything.
 
+pub mod flapping;
 pub mod html;
 pub mod markdown;
 
