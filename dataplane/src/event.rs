@@ -125,6 +125,11 @@ impl Signal {
         self.fired.get()
     }
 
+    /// Makes the signal unfired again, for its next use.
+    pub fn reset(&self) {
+        self.fired.set(false);
+    }
+
     /// Resolves once the signal has fired. A second concurrent waiter would take the first one's
     /// place; the exchange never has two.
     pub fn wait(&self) -> SignalWait<'_> {

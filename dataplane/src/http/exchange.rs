@@ -725,6 +725,11 @@ struct Progress {
     response_started: Cell<bool>,
     /// Fired by the watchdog when the request side starts watching the client for going away.
     watch: Signal,
+    /// When the attempt under way must be over (a route's `per_try_timeout`), set by `attempts`
+    /// before each attempt; the watchdog fires `try_expired` then.
+    try_deadline: Cell<Option<Instant>>,
+    /// See `try_deadline`.
+    try_expired: Signal,
 }
 
 /// How long an exchange runs before the proxy starts watching an HTTP/1.1 client for going away
@@ -737,8 +742,9 @@ const TIMER_SLACK: Duration = Duration::from_millis(5);
 /// The exchange's one timer: resolves with the failure when the `deadline` passes, or when no
 /// body byte moved for `idle` (checked every `idle`, so an idle exchange ends between one and
 /// two idle periods after its last byte); on the way, fires `progress.watch` after
-/// [`WATCH_AFTER`]. One timer rather than one per concern, made once per connection (`timer`)
-/// and reset for each request.
+/// [`WATCH_AFTER`], and `progress.try_expired` when the attempt under way passes its per-try
+/// deadline (`progress.try_deadline`). One timer rather than one per concern, made once per
+/// connection (`timer`) and reset for each request.
 async fn watchdog(
     deadline: Option<Instant>,
     idle: Option<Duration>,
@@ -749,12 +755,29 @@ async fn watchdog(
     let mut watch_at = Some(start + WATCH_AFTER);
     let mut idle_check = idle.map(|idle| (start + idle, progress.activity.get()));
     loop {
-        let next = [deadline, watch_at, idle_check.map(|(at, _)| at)]
-            .into_iter()
-            .flatten()
-            .min();
+        // `attempts` sets a per-try deadline while this future waits, in the same task: every
+        // poll below compares it with the one this wait was planned with, and plans again when
+        // it changed.
+        let planned_try = progress.try_deadline.get();
+        let next = [
+            deadline,
+            watch_at,
+            idle_check.map(|(at, _)| at),
+            planned_try,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let Some(next) = next else {
-            return std::future::pending().await;
+            std::future::poll_fn(|_| {
+                if progress.try_deadline.get() == planned_try {
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
+            continue;
         };
         let until = monoio::time::Instant::from_std(next);
         match timer.as_mut() {
@@ -770,6 +793,9 @@ async fn watchdog(
             let near = next.checked_sub(TIMER_SLACK).unwrap_or(next);
             let mut registered: Option<std::task::Waker> = None;
             std::future::poll_fn(|cx| {
+                if progress.try_deadline.get() != planned_try {
+                    return std::task::Poll::Ready(());
+                }
                 let fresh = registered
                     .as_ref()
                     .is_none_or(|waker| !waker.will_wake(cx.waker()));
@@ -790,6 +816,10 @@ async fn watchdog(
         if watch_at.is_some_and(|at| now >= at) {
             progress.watch.fire();
             watch_at = None;
+        }
+        if progress.try_deadline.get().is_some_and(|at| now >= at) {
+            progress.try_deadline.set(None);
+            progress.try_expired.fire();
         }
         if let (Some(idle), Some((at, seen))) = (idle, idle_check)
             && now >= at
@@ -818,14 +848,22 @@ async fn attempts<'s>(
         retries,
         ..
     } = *context;
+    let per_try = retries.per_try_timeout();
     loop {
         record.attempts += 1;
+        // The per-try deadline is kept by the exchange's one timer (`watchdog`): a timer of its
+        // own per attempt would cost a registration, an allocation and a clock read per request.
+        if let Some(limit) = per_try {
+            progress.try_expired.reset();
+            progress.try_deadline.set(Some(Instant::now() + limit));
+        }
         // One call site, so that the (large) attempt future has one slot in this one.
         let tried = monoio::select! {
             biased;
             tried = attempt(context, down, scratch, recording, record) => tried,
-            failure = per_try_timer(retries.per_try_timeout()) => Err(failure),
+            () = per_try_expired(progress, per_try.is_some()) => Err(Failure::PerTryTimeout),
         };
+        progress.try_deadline.set(None);
         let failure = match tried {
             Ok(Attempted::Done(tunnel)) => return Ok(tunnel),
             Ok(Attempted::Discarded) => None,
@@ -855,14 +893,13 @@ async fn attempts<'s>(
     }
 }
 
-/// Resolves when an attempt has run for `limit` (never without one).
-async fn per_try_timer(limit: Option<Duration>) -> Failure {
-    match limit {
-        Some(limit) => {
-            Box::pin(monoio::time::sleep(limit)).await;
-            Failure::PerTryTimeout
-        }
-        None => std::future::pending().await,
+/// Resolves when the watchdog says the attempt's per-try deadline passed (never when there is
+/// none).
+async fn per_try_expired(progress: &Progress, armed: bool) {
+    if armed {
+        progress.try_expired.wait().await;
+    } else {
+        std::future::pending::<()>().await;
     }
 }
 
