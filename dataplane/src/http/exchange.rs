@@ -879,7 +879,14 @@ async fn attempts<'s>(
             if progress.response_started.get() {
                 return Err(failure);
             }
-            let body_at_hand = recording.as_ref().is_none_or(Recording::is_whole);
+            // A try cut by its per-try timeout was dropped where it stood: a read from an
+            // HTTP/1.1 client may have gone with bytes in it, so an upload still under way is
+            // no longer whole. (An HTTP/2 stream keeps its unread DATA.)
+            let cut_mid_upload = failure == Failure::PerTryTimeout
+                && !down.body_done()
+                && matches!(down, Downstream::H1(_));
+            let body_at_hand =
+                recording.as_ref().is_none_or(Recording::is_whole) && !cut_mid_upload;
             if retries.after_failure(failure, plan.idempotent, body_at_hand) == Verdict::Stop {
                 return Err(failure);
             }
