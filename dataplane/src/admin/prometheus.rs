@@ -304,45 +304,38 @@ fn clusters(out: &mut String, snapshot: &Snapshot) {
 
 /// Circuit breakers: remaining capacity and overflows per resource, for clusters that have one.
 fn breakers(out: &mut String, snapshot: &Snapshot) {
+    use crate::upstream::Breaker;
     use crate::upstream::breaker::Resource;
-    let with_breaker = || {
-        snapshot
-            .clusters
-            .iter()
-            .filter_map(|c| c.breaker.as_ref().map(|b| (c, b)))
-    };
-    header(
-        out,
-        "ringmesh_cluster_circuit_breaker_remaining",
-        "gauge",
-        "What is left of a circuit breaker's limit, across workers.",
-    );
-    for (cluster, breaker) in with_breaker() {
-        for resource in Resource::ALL {
-            let _ = writeln!(
-                out,
-                "ringmesh_cluster_circuit_breaker_remaining{{cluster=\"{}\",resource=\"{}\"}} {}",
-                escape(&cluster.name),
-                resource.label(),
-                breaker.remaining(resource)
-            );
-        }
-    }
-    header(
-        out,
-        "ringmesh_cluster_circuit_breaker_overflow_total",
-        "counter",
-        "Requests or connections refused by a circuit breaker.",
-    );
-    for (cluster, breaker) in with_breaker() {
-        for resource in Resource::ALL {
-            let _ = writeln!(
-                out,
-                "ringmesh_cluster_circuit_breaker_overflow_total{{cluster=\"{}\",resource=\"{}\"}} {}",
-                escape(&cluster.name),
-                resource.label(),
-                breaker.overflows(resource)
-            );
+    type Read = fn(&Breaker, Resource) -> u64;
+    let families: [(&str, &str, &str, Read); 2] = [
+        (
+            "ringmesh_cluster_circuit_breaker_remaining",
+            "gauge",
+            "What is left of a circuit breaker's limit, across workers.",
+            |b, r| u64::from(b.remaining(r)),
+        ),
+        (
+            "ringmesh_cluster_circuit_breaker_overflow_total",
+            "counter",
+            "Requests or connections refused by a circuit breaker.",
+            Breaker::overflows,
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        header(out, name, kind, help);
+        for cluster in &snapshot.clusters {
+            let Some(breaker) = &cluster.breaker else {
+                continue;
+            };
+            for resource in Resource::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster=\"{}\",resource=\"{}\"}} {}",
+                    escape(&cluster.name),
+                    resource.label(),
+                    read(breaker, resource)
+                );
+            }
         }
     }
 }

@@ -585,6 +585,7 @@ async fn run<'s>(
     };
     let mut recording = (!down.body_done()).then(|| Recording::new(keep));
     let retries = Retries::new(
+        record.started,
         plan.route.retries.as_ref(),
         &plan.cluster.retry_budget,
         plan.cluster.breaker.as_ref(),

@@ -84,16 +84,18 @@ pub enum Verdict {
 }
 
 impl<'a> Retries<'a> {
-    /// The state for a request on a route with `policy`, to a cluster with `budget` and
-    /// `breaker`. Counts the request in the budget when the route may retry.
+    /// The state for a request that arrived at `started` on a route with `policy`, to a cluster
+    /// with `budget` and `breaker`. Counts the request in the budget when the route may retry
+    /// (at its arrival: the budget counts whole seconds, so no fresh clock read is needed).
     pub fn new(
+        started: Instant,
         policy: Option<&'a RetryPolicy>,
         budget: &'a RetryBudget,
         breaker: Option<&'a Breaker>,
         counters: &'a ClusterCounters,
     ) -> Self {
         if policy.is_some_and(|p| p.attempts > 0) {
-            budget.deposit(Instant::now());
+            budget.deposit(started);
         }
         Self {
             policy: policy.filter(|p| p.attempts > 0),
@@ -279,7 +281,7 @@ mod tests {
     fn the_safety_retry_is_taken_once_without_a_policy() {
         let budget = generous_budget();
         let counters = ClusterCounters::default();
-        let retries = Retries::new(None, &budget, None, &counters);
+        let retries = Retries::new(Instant::now(), None, &budget, None, &counters);
         let unprocessed = Failure::UpstreamReset {
             retry: Retry::Unprocessed,
         };
@@ -294,7 +296,7 @@ mod tests {
         let stale = Failure::UpstreamReset {
             retry: Retry::IfIdempotent,
         };
-        let retries = Retries::new(None, &budget, None, &counters);
+        let retries = Retries::new(Instant::now(), None, &budget, None, &counters);
         assert_eq!(retries.after_failure(stale, false, true), Verdict::Stop);
         assert_eq!(
             retries.after_failure(stale, true, true),
@@ -308,7 +310,7 @@ mod tests {
         let budget = generous_budget();
         let counters = ClusterCounters::default();
         let policy = policy(2, &[RetryOn::GatewayError]);
-        let retries = Retries::new(Some(&policy), &budget, None, &counters);
+        let retries = Retries::new(Instant::now(), Some(&policy), &budget, None, &counters);
         assert!(retries.on_response(503, None, true));
         assert!(
             !retries.on_response(500, None, true),
@@ -347,7 +349,7 @@ mod tests {
         ];
         for &(on, failure, expected) in cases {
             let policy = policy(1, on);
-            let retries = Retries::new(Some(&policy), &budget, None, &counters);
+            let retries = Retries::new(Instant::now(), Some(&policy), &budget, None, &counters);
             let verdict = retries.after_failure(failure, false, true);
             assert_eq!(verdict != Verdict::Stop, expected, "{on:?} {failure:?}");
         }
@@ -360,7 +362,7 @@ mod tests {
                 RetryOn::ResourceExhausted,
             ],
         );
-        let retries = Retries::new(Some(&policy), &budget, None, &counters);
+        let retries = Retries::new(Instant::now(), Some(&policy), &budget, None, &counters);
         assert!(retries.on_response(409, None, true));
         assert!(retries.on_response(418, None, true));
         assert!(!retries.on_response(404, None, true));
@@ -375,7 +377,7 @@ mod tests {
         let budget = generous_budget();
         let counters = ClusterCounters::default();
         let policy = policy(3, &[RetryOn::ServerError]);
-        let retries = Retries::new(Some(&policy), &budget, None, &counters);
+        let retries = Retries::new(Instant::now(), Some(&policy), &budget, None, &counters);
         assert!(!retries.on_response(503, None, false));
         assert_eq!(retries.outcome().1, Some(Stopped::BodyNotKept));
     }
@@ -389,7 +391,7 @@ mod tests {
         });
         let counters = ClusterCounters::default();
         let policy = policy(3, &[RetryOn::ServerError]);
-        let retries = Retries::new(Some(&policy), &budget, None, &counters);
+        let retries = Retries::new(Instant::now(), Some(&policy), &budget, None, &counters);
         assert!(!retries.on_response(503, None, true));
         assert_eq!(retries.outcome().1, Some(Stopped::Budget));
         assert_eq!(counters.retry_overflow.get(), 1);
@@ -407,8 +409,20 @@ mod tests {
         };
         let breaker = Breaker::new(&spec, None);
         let policy = policy(5, &[RetryOn::ServerError]);
-        let first = Retries::new(Some(&policy), &budget, Some(&breaker), &counters);
-        let second = Retries::new(Some(&policy), &budget, Some(&breaker), &counters);
+        let first = Retries::new(
+            Instant::now(),
+            Some(&policy),
+            &budget,
+            Some(&breaker),
+            &counters,
+        );
+        let second = Retries::new(
+            Instant::now(),
+            Some(&policy),
+            &budget,
+            Some(&breaker),
+            &counters,
+        );
         assert!(first.on_response(503, None, true));
         // One retry in flight in the process: another exchange's retry is refused...
         assert!(!second.on_response(503, None, true));
@@ -416,7 +430,13 @@ mod tests {
         // ...and the first exchange's next retry may go, its previous one being over.
         assert!(first.on_response(503, None, true));
         drop(first);
-        let third = Retries::new(Some(&policy), &budget, Some(&breaker), &counters);
+        let third = Retries::new(
+            Instant::now(),
+            Some(&policy),
+            &budget,
+            Some(&breaker),
+            &counters,
+        );
         assert!(
             third.on_response(503, None, true),
             "the permit went back with its exchange"
@@ -428,7 +448,7 @@ mod tests {
         let budget = generous_budget();
         let counters = ClusterCounters::default();
         let policy = policy(10, &[RetryOn::ServerError]);
-        let retries = Retries::new(Some(&policy), &budget, None, &counters);
+        let retries = Retries::new(Instant::now(), Some(&policy), &budget, None, &counters);
         assert_eq!(
             retries.backoff(u64::MAX),
             Duration::ZERO,
