@@ -214,12 +214,20 @@ pub struct ListenerTlsSpec {
     /// `terminate` decrypts here; `passthrough` routes on the ClientHello's SNI without decrypting.
     #[serde(default)]
     pub mode: TlsMode,
-    /// PEM certificate chain (required for `terminate` unless `[identity]` is set).
+    /// PEM certificate chain (required for `terminate` unless `[identity]` is set): the default
+    /// certificate, for clients whose SNI no entry of `certificates` names, or that send none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<String>,
     /// PEM private key for `cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Certificates chosen by the SNI the client sends (exact names and `*.suffix`); the first
+    /// entry naming the SNI wins, exact names before wildcards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<SniCertificateSpec>,
+    /// Lowest TLS version accepted: `"1.2"` (TLS 1.2 and 1.3) or `"1.3"` (TLS 1.3 only).
+    #[serde(default)]
+    pub min_version: TlsVersion,
     /// PEM CA bundle that client certificates must chain to (enables mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<String>,
@@ -241,6 +249,31 @@ impl ListenerTlsSpec {
     fn default_alpn() -> Vec<String> {
         vec!["h2".to_owned(), "http/1.1".to_owned()]
     }
+}
+
+/// A certificate a TLS listener presents to clients that ask for one of its names (SNI).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificateSpec {
+    /// Host names this certificate serves: exact (`api.example`) or `*.suffix` (`*.example`,
+    /// which matches `a.example` but not `example` or `a.b.example`).
+    pub server_names: Vec<String>,
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key for `cert`.
+    pub key: String,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+pub enum TlsVersion {
+    /// TLS 1.2 (and anything newer).
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 /// How a TLS listener treats the TLS session.

@@ -42,8 +42,11 @@ pub const NOT_SUPPORTED_YET: &str = "not supported yet";
 pub const NOT_SUPPORTED: &[Unsupported] = &[
     Unsupported { path: "identity", consequence: "workload identity (SPIFFE mTLS) — this node would present no certificate and verify no peer, so its traffic would be plaintext and unauthenticated; remove [identity]" },
     Unsupported { path: "telemetry.tracing", consequence: "tracing — no span would be sampled, recorded or exported (traceparent headers pass through as any other header); remove [telemetry.tracing]" },
-    Unsupported { path: "listeners[].tls", consequence: "TLS on listeners — this listener would serve plaintext (and with sni_routes on a tcp listener, close every connection); remove [listeners.tls]" },
-    Unsupported { path: "clusters[].tls", consequence: "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]" },
+    Unsupported { path: "listeners[].tls.client_ca", consequence: "client certificate verification (mTLS) — clients would not be asked for a certificate, so any client would be served; remove listeners.tls.client_ca" },
+    Unsupported { path: "listeners[].tls.require_client_cert", consequence: "client certificate verification (mTLS) — clients without a certificate would be served; remove listeners.tls.require_client_cert" },
+    Unsupported { path: "listeners[].tls.allowed_spiffe_ids", consequence: "client SPIFFE identity checks — any client would be served whatever its identity; remove listeners.tls.allowed_spiffe_ids" },
+    Unsupported { path: "listeners[].tls.sni_routes", consequence: "SNI passthrough routing — every connection to this listener would be closed; remove listeners.tls.sni_routes" },
+    Unsupported { path: "clusters[].tls.expected_spiffe_ids", consequence: "upstream SPIFFE identity checks — any upstream the CA bundle vouches for would be trusted whatever its identity; remove clusters.tls.expected_spiffe_ids" },
     Unsupported { path: "authorization_policies", consequence: "authorization policies — no request would be checked against them, so every request would be allowed; remove [[authorization_policies]]" },
 ];
 
@@ -87,15 +90,22 @@ mod tests {
 
     #[test]
     fn patterns_match_every_list_element_and_nothing_else() {
-        assert!(unsupported("clusters[0].tls").is_some());
-        assert!(unsupported("clusters[12].tls").is_some());
-        assert!(unsupported("listeners[3].tls").is_some());
+        assert!(unsupported("clusters[0].tls.expected_spiffe_ids").is_some());
+        assert!(unsupported("clusters[12].tls.expected_spiffe_ids").is_some());
+        assert!(unsupported("listeners[3].tls.client_ca").is_some());
+        assert!(unsupported("listeners[0].tls.require_client_cert").is_some());
+        assert!(unsupported("listeners[0].tls.allowed_spiffe_ids").is_some());
+        assert!(unsupported("listeners[7].tls.sni_routes").is_some());
         assert!(unsupported("virtual_hosts[1].routes[3].fault").is_none());
         assert!(unsupported("clusters[3].outlier_detection").is_none());
         assert!(unsupported("identity").is_some());
+        // TLS itself is built: the sections and their other keys pass.
+        assert!(unsupported("clusters[0].tls").is_none());
+        assert!(unsupported("listeners[0].tls").is_none());
         assert!(unsupported("clusters[0].tls.sni").is_none());
-        assert!(unsupported("clusters[].tls").is_none());
-        assert!(unsupported("clusters[x].tls").is_none());
+        assert!(unsupported("listeners[0].tls.certificates").is_none());
+        assert!(unsupported("clusters[].tls.expected_spiffe_ids").is_none());
+        assert!(unsupported("clusters[x].tls.expected_spiffe_ids").is_none());
         assert!(unsupported("clusters[0].pool").is_none());
         assert!(unsupported("listeners").is_none());
     }

@@ -434,6 +434,17 @@ impl<'a> Checker<'a> {
                 }
             }
             TlsMode::Passthrough => {
+                // The one value (not key) of the TLS section this build does not act on, so it
+                // is refused here rather than in `support`.
+                self.issue(
+                    format!("{path}.mode"),
+                    format!(
+                        "{}: TLS passthrough — the listener cannot route by SNI without \
+                         terminating, so every connection would be closed; remove mode = \
+                         \"passthrough\"",
+                        crate::support::NOT_SUPPORTED_YET
+                    ),
+                );
                 if protocol != ListenerProtocol::Tcp {
                     self.issue(
                         format!("{path}.mode"),
@@ -452,6 +463,26 @@ impl<'a> Checker<'a> {
         }
         if tls.cert.is_some() != tls.key.is_some() {
             self.issue(path, "`cert` and `key` go together");
+        }
+        for (i, entry) in tls.certificates.iter().enumerate() {
+            let at = format!("{path}.certificates[{i}]");
+            if tls.mode == TlsMode::Passthrough {
+                self.issue(&at, "not used in passthrough mode");
+            }
+            if entry.server_names.is_empty() {
+                self.issue(
+                    format!("{at}.server_names"),
+                    "name at least one host name (exact or *.suffix)",
+                );
+            }
+            for (j, name) in entry.server_names.iter().enumerate() {
+                if !is_domain_pattern(name) || name == "*" {
+                    self.issue(
+                        format!("{at}.server_names[{j}]"),
+                        format!("invalid server name {name:?}: expected a host name or *.suffix"),
+                    );
+                }
+            }
         }
         if tls.require_client_cert && tls.client_ca.is_none() && !self.has_identity {
             self.issue(

@@ -7,9 +7,10 @@
 //! published, so such a config is rejected whole with the TOML path and line of each missing
 //! file. Relative paths are relative to the proxy's working directory.
 //!
-//! Today only the admin token file can reach these checks: `config_schema::parse` rejects
-//! `[identity]` and TLS as not supported yet (`config_schema::support`). The certificate checks
-//! are kept for when the data plane serves TLS.
+//! The certificates and keys of `[listeners.tls]` and `[clusters.tls]` are checked here for
+//! existence; that they parse and that each key fits its certificate is checked when the proxy
+//! compiles the snapshot (`dataplane::tls::config`). `[identity]` is still rejected as not
+//! supported yet (`config_schema::support`).
 
 use std::path::Path;
 
@@ -59,6 +60,11 @@ pub fn referenced(config: &Config) -> Vec<FileRef> {
             let at = format!("listeners[{i}].tls");
             add(format!("{at}.cert"), "certificate", tls.cert.as_ref());
             add(format!("{at}.key"), "private key", tls.key.as_ref());
+            for (j, entry) in tls.certificates.iter().enumerate() {
+                let at = format!("{at}.certificates[{j}]");
+                add(format!("{at}.cert"), "certificate", Some(&entry.cert));
+                add(format!("{at}.key"), "private key", Some(&entry.key));
+            }
             add(
                 format!("{at}.client_ca"),
                 "CA bundle",

@@ -47,6 +47,7 @@ pub mod server;
 pub mod shared;
 pub mod snapshot;
 pub mod stats;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 pub mod watch;

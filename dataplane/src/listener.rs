@@ -19,6 +19,8 @@ use std::time::Duration;
 use config_schema::ListenerProtocol;
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
+
+use crate::tls::transport::Transport;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
@@ -254,8 +256,14 @@ async fn serve(
         return;
     };
     let _ = stream.set_nodelay(true);
+    if let Some(tls) = &listener.tls {
+        serve_tls(&core, &snapshot, listener, tls, name, stream, peer).await;
+        drop(guard);
+        return;
+    }
     match listener.protocol {
         ListenerProtocol::Tcp => {
+            let stream = Transport::Plain(stream);
             crate::l4::proxy(&core, &snapshot, listener, stream, peer, Vec::new()).await;
         }
         ListenerProtocol::Http | ListenerProtocol::Auto => {
@@ -263,6 +271,49 @@ async fn serve(
         }
     }
     drop(guard);
+}
+
+/// Bound on a TLS handshake on a tcp listener (HTTP listeners use their header timeout): a client
+/// that goes silent mid-handshake cannot hold a connection longer.
+const TCP_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Terminates TLS on an accepted connection, then serves the plaintext as the listener's
+/// protocol says (ALPN choosing HTTP/2 or HTTP/1.1; tcp listeners copy it to their cluster).
+async fn serve_tls(
+    core: &Rc<Core>,
+    snapshot: &SnapshotRef,
+    listener: &crate::snapshot::Listener,
+    tls: &crate::tls::ServerTls,
+    name: Rc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let timeout = listener
+        .http
+        .as_ref()
+        .map_or(TCP_TLS_HANDSHAKE_TIMEOUT, |http| {
+            http.request_header_timeout
+        });
+    let counters = listener.stats.workers.slot(core.id);
+    let (stream, info) = match crate::tls::accept(stream, tls, timeout).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            counters.tls_handshake_errors.inc();
+            debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    counters.tls_handshakes.inc();
+    match listener.protocol {
+        ListenerProtocol::Tcp => {
+            let stream = Transport::Tls(Box::new(stream), Box::new(info));
+            crate::l4::proxy(core, snapshot, listener, stream, peer, Vec::new()).await;
+        }
+        ListenerProtocol::Http | ListenerProtocol::Auto => {
+            crate::http::serve_tls(Rc::clone(core), snapshot.clone(), name, stream, info, peer)
+                .await;
+        }
+    }
 }
 
 /// Exponential pause after accept errors: 10 ms doubling to 1 s.

@@ -57,6 +57,10 @@ pub struct ListenerCounters {
     pub bytes_sent: Counter,
     /// Connections closed by the idle timeout.
     pub idle_timeouts: Counter,
+    /// TLS handshakes completed (TLS listeners).
+    pub tls_handshakes: Counter,
+    /// TLS handshakes that failed or timed out (TLS listeners).
+    pub tls_handshake_errors: Counter,
     /// HTTP/2 streams accepted.
     pub h2_streams: Counter,
     /// HTTP/2 connections that failed with a protocol error.
@@ -91,6 +95,8 @@ pub struct ClusterCounters {
     pub connect_failures: Counter,
     /// Upstream connect attempts that timed out.
     pub connect_timeouts: Counter,
+    /// Upstream TLS handshakes that failed or timed out (clusters with TLS).
+    pub tls_handshake_errors: Counter,
     /// Connections or requests that found no endpoint to try.
     pub no_endpoint: Counter,
     /// HTTP requests sent upstream.
@@ -120,6 +126,7 @@ impl Default for ClusterCounters {
             connections: Counter::default(),
             connect_failures: Counter::default(),
             connect_timeouts: Counter::default(),
+            tls_handshake_errors: Counter::default(),
             no_endpoint: Counter::default(),
             requests: Counter::default(),
             pool_reuse: Counter::default(),

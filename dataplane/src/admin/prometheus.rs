@@ -149,6 +149,18 @@ const LISTENER_METRICS: &[Family<ListenerCounters>] = &[
         |c| c.bytes_sent.get(),
     ),
     (
+        "tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed.",
+        |c| c.tls_handshakes.get(),
+    ),
+    (
+        "tls_handshake_errors_total",
+        "counter",
+        "TLS handshakes that failed or timed out.",
+        |c| c.tls_handshake_errors.get(),
+    ),
+    (
         "http2_streams_total",
         "counter",
         "HTTP/2 streams accepted.",
@@ -236,6 +248,12 @@ const CLUSTER_METRICS: &[Family<ClusterCounters>] = &[
         "counter",
         "Upstream connects that timed out.",
         |c| c.connect_timeouts.get(),
+    ),
+    (
+        "upstream_tls_handshake_errors_total",
+        "counter",
+        "Upstream TLS handshakes that failed or timed out.",
+        |c| c.tls_handshake_errors.get(),
     ),
     (
         "no_endpoint_total",

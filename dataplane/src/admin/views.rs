@@ -101,6 +101,10 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                 "idle_timeouts": w.sum(|c| c.idle_timeouts.get()),
                 "bytes_received": w.sum(|c| c.bytes_received.get()),
                 "bytes_sent": w.sum(|c| c.bytes_sent.get()),
+                "tls": {
+                    "handshakes": w.sum(|c| c.tls_handshakes.get()),
+                    "handshake_errors": w.sum(|c| c.tls_handshake_errors.get()),
+                },
                 "http2": {
                     "streams": w.sum(|c| c.h2_streams.get()),
                     "protocol_errors": w.sum(|c| c.h2_protocol_errors.get()),
@@ -154,6 +158,7 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                 "upstream_connections": s.sum(|x| x.connections.get()),
                 "upstream_connect_failures": s.sum(|x| x.connect_failures.get()),
                 "upstream_connect_timeouts": s.sum(|x| x.connect_timeouts.get()),
+                "upstream_tls_handshake_errors": s.sum(|x| x.tls_handshake_errors.get()),
                 "no_endpoint": s.sum(|x| x.no_endpoint.get()),
                 "circuit_breaker": breaker,
                 "endpoint_health": endpoint_health,

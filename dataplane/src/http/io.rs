@@ -18,11 +18,11 @@ use std::time::Duration;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
-    OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
 
 use crate::event::{Event, Signal};
+use crate::tls::transport::{self, ReadHalf, Transport, WriteHalf};
 
 /// Body bytes moved per read.
 pub const BODY_CHUNK: usize = 64 * 1024;
@@ -30,10 +30,18 @@ pub const BODY_CHUNK: usize = 64 * 1024;
 /// Why [`Reader::read_more_until`] returned without bytes.
 pub const STOPPED: i32 = libc::ECANCELED;
 
-/// Splits a connection into its two halves.
+/// Splits a plain TCP connection into its two halves.
 pub fn split(stream: TcpStream) -> (Reader, Writer) {
-    let fd = stream.as_raw_fd();
-    let (read, write) = stream.into_split();
+    split_transport(Transport::Plain(stream))
+}
+
+/// Splits a connection, plain or TLS, into its two halves.
+pub fn split_transport(transport: Transport) -> (Reader, Writer) {
+    let fd = match &transport {
+        Transport::Plain(stream) => stream.as_raw_fd(),
+        Transport::Tls(stream, _) => stream.socket().as_raw_fd(),
+    };
+    let (read, write) = transport.split();
     (
         Reader {
             half: read,
@@ -49,14 +57,14 @@ pub fn split(stream: TcpStream) -> (Reader, Writer) {
 
 /// Joins the halves of one connection again (to hand it to a byte tunnel). `None` if they belong
 /// to different connections, which the callers never do.
-pub fn reunite(reader: Reader, writer: Writer) -> Option<TcpStream> {
-    reader.half.reunite(writer.half).ok()
+pub fn reunite(reader: Reader, writer: Writer) -> Option<Transport> {
+    transport::reunite(reader.half, writer.half)
 }
 
 /// The receiving half of a connection.
 #[derive(Debug)]
 pub struct Reader {
-    half: OwnedReadHalf<TcpStream>,
+    half: ReadHalf,
     fd: RawFd,
     received: u64,
 }
@@ -64,7 +72,7 @@ pub struct Reader {
 /// The sending half of a connection.
 #[derive(Debug)]
 pub struct Writer {
-    half: OwnedWriteHalf<TcpStream>,
+    half: WriteHalf,
     sent: u64,
 }
 
@@ -88,10 +96,16 @@ impl Reader {
     /// bytes first. Returns the number of bytes read; 0 means the peer closed its side.
     pub async fn read_more(&mut self, buf: &mut Vec<u8>, min_spare: usize) -> io::Result<usize> {
         reserve(buf, min_spare);
-        let len = buf.len();
-        let owned = std::mem::take(buf);
-        let (result, slice) = self.half.read(owned.slice_mut(len..)).await;
-        *buf = slice.into_inner();
+        let result = match &mut self.half {
+            ReadHalf::Plain(half) => {
+                let len = buf.len();
+                let owned = std::mem::take(buf);
+                let (result, slice) = half.read(owned.slice_mut(len..)).await;
+                *buf = slice.into_inner();
+                result
+            }
+            ReadHalf::Tls(stream) => transport::read_tls(stream, buf, std::future::pending()).await,
+        };
         if let Ok(n) = result {
             self.received += n as u64;
         }
@@ -109,13 +123,6 @@ impl Reader {
         stop: Option<&Event>,
     ) -> io::Result<usize> {
         reserve(buf, min_spare);
-        let len = buf.len();
-        let owned = std::mem::take(buf);
-        let canceller = Canceller::new();
-        let mut read = std::pin::pin!(
-            self.half
-                .cancelable_read(owned.slice_mut(len..), canceller.handle())
-        );
         let timer = async {
             match timeout {
                 Some(limit) => monoio::time::sleep(limit).await,
@@ -128,6 +135,29 @@ impl Reader {
                 None => std::future::pending().await,
             }
         };
+        let half = match &mut self.half {
+            ReadHalf::Plain(half) => half,
+            ReadHalf::Tls(stream) => {
+                // The TLS read is cancel-safe: racing it is enough.
+                let why = async {
+                    monoio::select! {
+                        biased;
+                        () = stopped => io::Error::from_raw_os_error(STOPPED),
+                        () = timer => io::Error::new(io::ErrorKind::TimedOut, "read timed out"),
+                    }
+                };
+                let result = transport::read_tls(stream, buf, why).await;
+                if let Ok(n) = result {
+                    self.received += n as u64;
+                }
+                return result;
+            }
+        };
+        let len = buf.len();
+        let owned = std::mem::take(buf);
+        let canceller = Canceller::new();
+        let mut read =
+            std::pin::pin!(half.cancelable_read(owned.slice_mut(len..), canceller.handle()));
         let (why, (result, slice)) = monoio::select! {
             biased;
             done = &mut read => (None, done),
@@ -162,13 +192,25 @@ impl Reader {
         stop: &Signal,
     ) -> io::Result<usize> {
         reserve(buf, min_spare);
+        let half = match &mut self.half {
+            ReadHalf::Plain(half) => half,
+            ReadHalf::Tls(stream) => {
+                let why = async {
+                    stop.wait().await;
+                    io::Error::from_raw_os_error(STOPPED)
+                };
+                let result = transport::read_tls(stream, buf, why).await;
+                if let Ok(n) = result {
+                    self.received += n as u64;
+                }
+                return result;
+            }
+        };
         let len = buf.len();
         let owned = std::mem::take(buf);
         let canceller = Canceller::new();
-        let mut read = std::pin::pin!(
-            self.half
-                .cancelable_read(owned.slice_mut(len..), canceller.handle())
-        );
+        let mut read =
+            std::pin::pin!(half.cancelable_read(owned.slice_mut(len..), canceller.handle()));
         let (stopped, (result, slice)) = monoio::select! {
             biased;
             done = &mut read => (false, done),
@@ -199,31 +241,43 @@ impl Writer {
 
     /// Writes all of `buf`; the buffer comes back in place, unchanged.
     pub async fn write_all(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
-        let owned = std::mem::take(buf);
-        let n = owned.len();
-        let (result, owned) = self.half.write_all(owned).await;
-        *buf = owned;
-        result.map(|_| self.sent += n as u64)
+        let n = buf.len();
+        self.write_prefix(buf, n).await
     }
 
     /// Writes `buf[..n]`; the buffer comes back in place, unchanged.
     pub async fn write_prefix(&mut self, buf: &mut Vec<u8>, n: usize) -> io::Result<()> {
-        let owned = std::mem::take(buf);
-        let (result, slice) = self.half.write_all(owned.slice(..n)).await;
-        *buf = slice.into_inner();
-        result.map(|_| self.sent += n as u64)
+        let result = match &mut self.half {
+            WriteHalf::Plain(half) => {
+                let owned = std::mem::take(buf);
+                let (result, slice) = half.write_all(owned.slice(..n)).await;
+                *buf = slice.into_inner();
+                result.map(drop)
+            }
+            WriteHalf::Tls(stream) => match buf.get(..n) {
+                Some(bytes) => transport::write_tls(stream, bytes).await,
+                None => Err(io::ErrorKind::InvalidInput.into()),
+            },
+        };
+        result.map(|()| self.sent += n as u64)
     }
 
     /// Writes `bytes` (an HTTP/2 DATA frame's payload) without copying it.
     pub async fn write_bytes(&mut self, bytes: bytes::Bytes) -> io::Result<()> {
         let n = bytes.len();
-        let (result, _) = self.half.write_all(bytes).await;
-        result.map(|_| self.sent += n as u64)
+        let result = match &mut self.half {
+            WriteHalf::Plain(half) => half.write_all(bytes).await.0.map(drop),
+            WriteHalf::Tls(stream) => transport::write_tls(stream, &bytes).await,
+        };
+        result.map(|()| self.sent += n as u64)
     }
 
-    /// Sends FIN: the peer sees the end of what this side sends.
+    /// Sends FIN (after close_notify on TLS): the peer sees the end of what this side sends.
     pub async fn shutdown(&mut self) -> io::Result<()> {
-        self.half.shutdown().await
+        match &mut self.half {
+            WriteHalf::Plain(half) => half.shutdown().await,
+            WriteHalf::Tls(stream) => transport::shutdown_tls(stream).await,
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
 use crate::stats::{Counter, ListenerCounters};
+use crate::tls::transport::{ReadHalf, Transport, WriteHalf};
 
 /// First buffer size of a direction.
 const INITIAL_BUFFER: usize = 16 * 1024;
@@ -71,6 +72,89 @@ pub async fn bidirectional(
         () = idle_expired(&last_activity, idle) => {
             counters.idle_timeouts.inc();
             Err(CopyError::Idle(idle))
+        }
+    }
+}
+
+/// Like [`bidirectional`] for connections that may be TLS on either side: plain pairs take the
+/// plain path unchanged; otherwise the halves are copied (decrypting and encrypting in between).
+pub async fn bidirectional_transport(
+    downstream: Transport,
+    upstream: Transport,
+    idle_timeout: Option<Duration>,
+    counters: &ListenerCounters,
+) -> Result<(), CopyError> {
+    let (downstream, upstream) = match (downstream, upstream) {
+        (Transport::Plain(down), Transport::Plain(up)) => {
+            return bidirectional(down, up, idle_timeout, counters).await;
+        }
+        pair => pair,
+    };
+    let (down_read, down_write) = downstream.split();
+    let (up_read, up_write) = upstream.split();
+    bidirectional_halves(
+        (down_read, down_write),
+        (up_read, up_write),
+        idle_timeout,
+        counters,
+    )
+    .await
+}
+
+/// Copies between two split connections, plain or TLS, as [`bidirectional`] does.
+pub async fn bidirectional_halves(
+    downstream: (ReadHalf, WriteHalf),
+    upstream: (ReadHalf, WriteHalf),
+    idle_timeout: Option<Duration>,
+    counters: &ListenerCounters,
+) -> Result<(), CopyError> {
+    let last_activity = Cell::new(Instant::now());
+    let upload = one_way_halves(
+        downstream.0,
+        upstream.1,
+        &counters.bytes_received,
+        &last_activity,
+    );
+    let download = one_way_halves(
+        upstream.0,
+        downstream.1,
+        &counters.bytes_sent,
+        &last_activity,
+    );
+    let both = both_directions(upload, download);
+    let Some(idle) = idle_timeout else {
+        return both.await.map_err(CopyError::Io);
+    };
+    monoio::select! {
+        result = both => result.map_err(CopyError::Io),
+        () = idle_expired(&last_activity, idle) => {
+            counters.idle_timeouts.inc();
+            Err(CopyError::Idle(idle))
+        }
+    }
+}
+
+/// [`one_way`] over transport halves.
+async fn one_way_halves(
+    mut from: ReadHalf,
+    mut to: WriteHalf,
+    bytes: &Counter,
+    last_activity: &Cell<Instant>,
+) -> io::Result<()> {
+    let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
+    loop {
+        buffer.clear();
+        let n = from.read_vec(&mut buffer, 1).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        last_activity.set(Instant::now());
+        bytes.add(n as u64);
+        let filled = n == buffer.capacity();
+        to.write_vec(&mut buffer).await?;
+        last_activity.set(Instant::now());
+        if filled && buffer.capacity() < BULK_BUFFER {
+            buffer = Vec::with_capacity(BULK_BUFFER);
         }
     }
 }

@@ -20,6 +20,7 @@ use tracing::debug;
 
 use crate::core::Core;
 use crate::snapshot::{Cluster, Listener, Snapshot};
+use crate::tls::transport::Transport;
 use crate::upstream::breaker::{self, Resource};
 use crate::upstream::outlier::Observation;
 use crate::upstream::{InFlightGuard, Permit};
@@ -29,7 +30,7 @@ pub async fn proxy(
     core: &Core,
     snapshot: &Snapshot,
     listener: &Listener,
-    downstream: TcpStream,
+    downstream: Transport,
     peer: SocketAddr,
     mut initial: Vec<u8>,
 ) {
@@ -47,7 +48,57 @@ pub async fn proxy(
         }
     };
     let counters = listener.stats.workers.slot(core.id);
-    let mut upstream = upstream;
+    let upstream = match &cluster.tls {
+        None => Transport::Plain(upstream),
+        Some(tls) => {
+            // Originate TLS to the endpoint; the plaintext is copied in between.
+            let address = upstream.peer_addr().unwrap_or(peer);
+            match crate::tls::connect(
+                upstream,
+                tls,
+                core.id,
+                false,
+                address,
+                cluster.connect_timeout,
+            )
+            .await
+            {
+                Ok((stream, info)) => Transport::Tls(Box::new(stream), Box::new(info)),
+                Err(e) => {
+                    cluster.stats.slot(core.id).tls_handshake_errors.inc();
+                    debug!(listener = %listener.name, cluster = %cluster.name, %peer, error = %e, "upstream TLS handshake failed");
+                    return;
+                }
+            }
+        }
+    };
+    let (downstream, mut upstream) = match (downstream, upstream) {
+        (Transport::Plain(down), Transport::Plain(up)) => (down, up),
+        (downstream, upstream) => {
+            // TLS on either side: the buffered copy through the TLS sessions (splice cannot
+            // move decrypted bytes).
+            let (up_read, mut up_write) = upstream.split();
+            if !initial.is_empty() {
+                counters.bytes_received.add(initial.len() as u64);
+                if up_write.write_vec(&mut initial).await.is_err() {
+                    return;
+                }
+            }
+            let outcome = copy::bidirectional_halves(
+                downstream.split(),
+                (up_read, up_write),
+                listener.idle_timeout,
+                counters,
+            )
+            .await;
+            if let Err(e) = outcome {
+                debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
+            }
+            drop(in_flight);
+            drop(permit);
+            return;
+        }
+    };
     if !initial.is_empty() {
         // Bytes read while detecting the protocol go first.
         counters.bytes_received.add(initial.len() as u64);

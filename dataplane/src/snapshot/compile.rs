@@ -16,14 +16,15 @@ use crate::access_log::AccessLogSink;
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
+use crate::tls::{ClientTls, ServerTls};
 use crate::upstream::outlier::ClusterHealth;
 use crate::upstream::{Balancer, Breaker, RetryBudget};
 
 /// Compiles a validated config into the snapshot for `generation`.
 ///
 /// Stats objects whose names survive from `previous` are reused. Compilation reports errors that
-/// validation cannot see (once TLS lands: unreadable certificate files) in the same located form as
-/// validation errors; today every validated config compiles.
+/// validation cannot see (TLS files that do not load, a key that does not fit its certificate) in
+/// the same located form as validation errors.
 pub fn compile(
     config: &Config,
     generation: u64,
@@ -61,6 +62,19 @@ pub fn compile(
             .circuit_breaker
             .as_ref()
             .map(|spec| Breaker::new(spec, old.and_then(|old| old.breaker.as_ref())));
+        let tls = match &c.tls {
+            Some(tls) => match ClientTls::from_spec(tls, c.protocol, workers) {
+                Ok(tls) => Some(Arc::new(tls)),
+                Err(e) => {
+                    errors.push(config.error_at(
+                        &tls_path(&format!("clusters[{index}].tls"), &e.at),
+                        e.message,
+                    ));
+                    continue;
+                }
+            },
+            None => None,
+        };
         clusters.push(Arc::new(Cluster {
             name: c.name.as_str().into(),
             index,
@@ -88,6 +102,7 @@ pub fn compile(
             stats,
             breaker,
             health: ClusterHealth::new(c, old.and_then(|old| old.health.as_ref())),
+            tls,
         }));
     }
     if !errors.is_empty() {
@@ -101,10 +116,26 @@ pub fn compile(
     let routes =
         routing::compile(spec, &cluster_index).map_err(|e| vec![route_error(config, &e)])?;
 
+    let mut tls_errors = Vec::new();
     let listeners: Vec<Listener> = spec
         .listeners
         .iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(index, l)| {
+            // Files are read at every reload: a SIGHUP picks up renewed certificates.
+            let tls = l
+                .tls
+                .as_ref()
+                .and_then(|tls| match ServerTls::from_spec(tls) {
+                    Ok(tls) => Some(Arc::new(tls)),
+                    Err(e) => {
+                        tls_errors.push(config.error_at(
+                            &tls_path(&format!("listeners[{index}].tls"), &e.at),
+                            e.message,
+                        ));
+                        None
+                    }
+                });
             let stats = previous
                 .listener(&l.name)
                 .filter(|old| old.stats.workers.len() == workers)
@@ -161,9 +192,13 @@ pub fn compile(
                         workers,
                     )
                 }),
+                tls,
             }
         })
         .collect();
+    if !tls_errors.is_empty() {
+        return Err(tls_errors);
+    }
     let listener_index = listeners
         .iter()
         .enumerate()
@@ -200,6 +235,15 @@ pub fn compile(
         policies,
         listener_index,
     })
+}
+
+/// The TOML path of a TLS loading error: the section, then the key below it.
+fn tls_path(section: &str, at: &str) -> String {
+    if at.is_empty() {
+        section.to_owned()
+    } else {
+        format!("{section}.{at}")
+    }
 }
 
 /// Compiles `[listeners.http2]` into server settings.

@@ -108,6 +108,8 @@ pub struct Listener {
     pub stats: Arc<ListenerStats>,
     /// Local rate limit: tcp listeners, new connections; http and auto listeners, HTTP requests.
     pub rate_limit: Option<RateLimiter>,
+    /// TLS termination, when the listener has `[listeners.tls]`.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// Counters and the connection gauge of one listener.
@@ -150,6 +152,8 @@ pub struct Cluster {
     /// Which endpoints may take traffic, when the cluster has outlier detection or health checks
     /// (per-endpoint state carried across reloads by address).
     pub health: Option<ClusterHealth>,
+    /// TLS to the endpoints, when the cluster has `[clusters.tls]`.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 /// One upstream endpoint.

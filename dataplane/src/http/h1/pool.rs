@@ -67,7 +67,7 @@ impl Connection {
 
     /// Takes the connection apart to use it as a tunnel; it never returns to the pool, and it
     /// counts against the endpoint's cap until the returned reservation is dropped.
-    pub fn into_parts(self) -> Option<(TcpStream, Vec<u8>, Reservation)> {
+    pub fn into_parts(self) -> Option<(crate::tls::transport::Transport, Vec<u8>, Reservation)> {
         let stream = super::super::io::reunite(self.reader, self.writer)?;
         Some((stream, self.buf, Reservation(self._slot)))
     }

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
+use crate::tls::transport::Transport;
 use tracing::debug;
 
 use super::pool::Connection;
@@ -92,14 +92,14 @@ pub async fn serve(
     core: Rc<Core>,
     pinned: SnapshotRef,
     listener: Rc<str>,
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     initial: Vec<u8>,
     head_started: Option<Instant>,
 ) {
     let mut buf = initial;
     buf.reserve(READ_BUFFER.saturating_sub(buf.len()));
-    let (mut reader, writer) = io::split(stream);
+    let (mut reader, writer) = io::split_transport(stream);
     reader.count_received(buf.len());
     let mut conn = Conn {
         reader,
@@ -555,30 +555,32 @@ async fn tunnel(core: &Core, listener_name: &str, conn: Conn, upstream: Connecti
         mut buf,
         ..
     } = conn;
-    let (Some(mut client), Some((mut upstream_stream, mut upstream_leftover, slot))) =
+    let (Some(client), Some((upstream_stream, mut upstream_leftover, slot))) =
         (io::reunite(reader, writer), upstream.into_parts())
     else {
         return;
     };
-    use monoio::io::AsyncWriteRentExt as _;
-    if !buf.is_empty() {
-        let (written, _) = upstream_stream.write_all(std::mem::take(&mut buf)).await;
-        if written.is_err() {
-            return;
-        }
+    let (client_read, mut client_write) = client.split();
+    let (upstream_read, mut upstream_write) = upstream_stream.split();
+    if !buf.is_empty() && upstream_write.write_vec(&mut buf).await.is_err() {
+        return;
     }
-    if !upstream_leftover.is_empty() {
-        let (written, _) = client
-            .write_all(std::mem::take(&mut upstream_leftover))
-            .await;
-        if written.is_err() {
-            return;
-        }
+    if !upstream_leftover.is_empty()
+        && client_write
+            .write_vec(&mut upstream_leftover)
+            .await
+            .is_err()
+    {
+        return;
     }
     let counters = listener.stats.workers.slot(core.id);
-    let outcome =
-        crate::l4::copy::bidirectional(client, upstream_stream, listener.idle_timeout, counters)
-            .await;
+    let outcome = crate::l4::copy::bidirectional_halves(
+        (client_read, client_write),
+        (upstream_read, upstream_write),
+        listener.idle_timeout,
+        counters,
+    )
+    .await;
     if let Err(e) = outcome {
         debug!(error = %e, "tunnel ended");
     }

@@ -314,7 +314,7 @@ impl H2Pool {
         permit: Option<crate::upstream::Permit>,
     ) -> io::Result<Connection> {
         let stream = crate::upstream::connect(endpoint, limits.connect_timeout).await?;
-        let io = H2Io::client(stream)?;
+        let io = H2Io::client(crate::tls::transport::Transport::Plain(stream))?;
         let handshake = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

@@ -17,11 +17,28 @@ use std::task::{Context, Poll};
 
 use monoio::io::IntoPollIo;
 use monoio::io::poll_io::{AsyncRead, AsyncWrite, ReadBuf};
-use monoio::net::TcpStream;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 
 use super::guard::FrameGuard;
 use crate::event::Event;
+use crate::tls::TlsStream;
+use crate::tls::transport::Transport;
+
+/// The socket under `h2`: plain, or a TLS session over the same bridge.
+#[derive(Debug)]
+enum Socket {
+    Plain(TcpStreamPoll),
+    Tls(Box<TlsStream>),
+}
+
+impl Socket {
+    fn new(transport: Transport) -> io::Result<Self> {
+        match transport {
+            Transport::Plain(stream) => Ok(Socket::Plain(stream.into_poll_io()?)),
+            Transport::Tls(stream, _) => Ok(Socket::Tls(stream)),
+        }
+    }
+}
 
 /// Bytes a connection moved, for the listener's byte counters (the connection task adds them to
 /// the counters as streams end).
@@ -41,7 +58,7 @@ impl ByteTally {
 /// A socket for `h2`.
 #[derive(Debug)]
 pub struct H2Io {
-    inner: TcpStreamPoll,
+    inner: Socket,
     /// Inbound connections only: what the connection moved.
     tally: Option<Rc<ByteTally>>,
     /// Bytes read before the connection was handed to `h2`, replayed first.
@@ -55,14 +72,14 @@ impl H2Io {
     /// An inbound connection: replays `initial`, and checks every byte with `guard`, firing
     /// `tripped` when a limit breaks.
     pub fn server(
-        stream: TcpStream,
+        stream: Transport,
         initial: Vec<u8>,
         guard: Rc<RefCell<FrameGuard>>,
         tripped: Rc<Event>,
         tally: Rc<ByteTally>,
     ) -> io::Result<Self> {
         Ok(Self {
-            inner: stream.into_poll_io()?,
+            inner: Socket::new(stream)?,
             tally: Some(tally),
             replay: initial,
             replayed: 0,
@@ -71,9 +88,9 @@ impl H2Io {
     }
 
     /// An outbound connection to an upstream.
-    pub fn client(stream: TcpStream) -> io::Result<Self> {
+    pub fn client(stream: Transport) -> io::Result<Self> {
         Ok(Self {
-            inner: stream.into_poll_io()?,
+            inner: Socket::new(stream)?,
             tally: None,
             replay: Vec::new(),
             replayed: 0,
@@ -129,7 +146,11 @@ impl AsyncRead for H2Io {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let read = match &mut this.inner {
+            Socket::Plain(socket) => Pin::new(socket).poll_read(cx, buf),
+            Socket::Tls(socket) => Pin::new(&mut **socket).poll_read(cx, buf),
+        };
+        match read {
             Poll::Ready(Ok(())) => {
                 this.inspect(&buf.filled()[before..]);
                 this.count(buf.filled().len() - before, 0);
@@ -147,7 +168,10 @@ impl AsyncWrite for H2Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let written = match &mut this.inner {
+            Socket::Plain(socket) => Pin::new(socket).poll_write(cx, buf),
+            Socket::Tls(socket) => Pin::new(&mut **socket).poll_write(cx, buf),
+        };
         if let Poll::Ready(Ok(n)) = written {
             this.count(0, n);
         }
@@ -160,7 +184,10 @@ impl AsyncWrite for H2Io {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let written = match &mut this.inner {
+            Socket::Plain(socket) => Pin::new(socket).poll_write_vectored(cx, bufs),
+            Socket::Tls(socket) => Pin::new(&mut **socket).poll_write_vectored(cx, bufs),
+        };
         if let Poll::Ready(Ok(n)) = written {
             this.count(0, n);
         }
@@ -168,14 +195,20 @@ impl AsyncWrite for H2Io {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        matches!(self.inner, Socket::Plain(_))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        match &mut self.get_mut().inner {
+            Socket::Plain(socket) => Pin::new(socket).poll_flush(cx),
+            Socket::Tls(socket) => Pin::new(&mut **socket).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        match &mut self.get_mut().inner {
+            Socket::Plain(socket) => Pin::new(socket).poll_shutdown(cx),
+            Socket::Tls(socket) => Pin::new(&mut **socket).poll_shutdown(cx),
+        }
     }
 }

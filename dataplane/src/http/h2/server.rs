@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::tls::transport::Transport;
 use bytes::Bytes;
 use h2::Reason;
-use monoio::net::TcpStream;
 use tracing::debug;
 
 use super::guard::{Abuse, FrameGuard};
@@ -34,7 +34,7 @@ pub async fn serve(
     core: Rc<Core>,
     snapshot: SnapshotRef,
     listener_name: Rc<str>,
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     initial: Vec<u8>,
 ) {
