@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use config_schema::HealthCheckKind;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
 use crate::shared::Shared;
 use crate::upstream::outlier::{CheckPolicy, EndpointHealth};
@@ -108,6 +107,7 @@ async fn run(shared: Arc<Shared>) {
                 });
                 monoio::spawn(check(
                     Arc::clone(&cluster.name),
+                    cluster.tls.clone(),
                     policy.clone(),
                     Arc::clone(endpoint),
                     Rc::clone(state),
@@ -132,12 +132,17 @@ async fn run(shared: Arc<Shared>) {
 /// One check of `endpoint`, and what it changes.
 async fn check(
     cluster: Arc<str>,
+    tls: Option<Arc<crate::tls::ClientTls>>,
     policy: CheckPolicy,
     endpoint: Arc<EndpointHealth>,
     state: Rc<RefCell<CheckState>>,
     jitter: Duration,
 ) {
-    let outcome = monoio::time::timeout(policy.timeout, probe(&policy, endpoint.address)).await;
+    let outcome = monoio::time::timeout(
+        policy.timeout,
+        probe(&policy, tls.as_deref(), endpoint.address),
+    )
+    .await;
     let passed = matches!(outcome, Ok(Ok(true)));
     let mut state = state.borrow_mut();
     state.running = false;
@@ -165,19 +170,37 @@ async fn check(
 }
 
 /// Whether `address` passes the check (an error: it does not).
-async fn probe(policy: &CheckPolicy, address: SocketAddr) -> std::io::Result<bool> {
-    let mut stream = monoio::net::TcpStream::connect(address).await?;
+///
+/// On a cluster with TLS, a `tcp` check passes once the TLS handshake does, and an `http`
+/// check is sent over TLS: the check tests what requests will meet.
+async fn probe(
+    policy: &CheckPolicy,
+    tls: Option<&crate::tls::ClientTls>,
+    address: SocketAddr,
+) -> std::io::Result<bool> {
+    let stream = monoio::net::TcpStream::connect(address).await?;
+    let stream = match tls {
+        None => crate::tls::transport::Transport::Plain(stream),
+        Some(tls) => {
+            // The health thread is no worker: it uses the last worker's session cache.
+            let (stream, info) =
+                crate::tls::connect(stream, tls, usize::MAX, false, address, policy.timeout)
+                    .await
+                    .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
+            crate::tls::transport::Transport::Tls(Box::new(stream), Box::new(info))
+        }
+    };
     if policy.kind == HealthCheckKind::Tcp {
         return Ok(true);
     }
-    let (written, _) = stream.write_all(policy.request.to_vec()).await;
-    written?;
+    let (mut read, mut write) = stream.split();
+    let mut request = policy.request.to_vec();
+    write.write_vec(&mut request).await?;
     let mut head: Vec<u8> = Vec::with_capacity(256);
-    let mut buffer = vec![0u8; 512];
+    let mut buffer = Vec::with_capacity(512);
     while !head.windows(2).any(|w| w == b"\r\n") && head.len() < MAX_STATUS_LINE {
-        let (read, returned) = stream.read(buffer).await;
-        buffer = returned;
-        let n = read?;
+        buffer.clear();
+        let n = read.read_vec(&mut buffer, 512).await?;
         if n == 0 {
             break;
         }

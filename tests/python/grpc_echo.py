@@ -9,7 +9,8 @@ so no generated code is committed and the stubs always match the installed grpci
         server saw its call end early: T is time.monotonic(), comparable across processes),
         `bidi-done N`
     grpc_echo.py client PORT SCENARIO [options]
-        runs one scenario against PORT (the proxy) and prints one JSON object
+        runs one scenario against PORT (the proxy) and prints one JSON object; with
+        `--tls-ca FILE --tls-name NAME`, over TLS channel credentials
 
 Scenarios: unary, fail, server-stream, client-stream, bidi, deadline, cancel, call (any method,
 to see which status comes back), flaky (a unary call that the server fails with UNAVAILABLE the
@@ -159,9 +160,23 @@ def status_of(error):
 
 
 def client(args):
-    channel = grpc.insecure_channel(
-        f"127.0.0.1:{args.port}", options=[("grpc.enable_http_proxy", 0)]
-    )
+    if args.tls_ca:
+        # TLS channel credentials: verify the proxy's certificate with the test CA, as the name
+        # given (the certificate's name, not 127.0.0.1).
+        with open(args.tls_ca, "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        channel = grpc.secure_channel(
+            f"127.0.0.1:{args.port}",
+            credentials,
+            options=[
+                ("grpc.enable_http_proxy", 0),
+                ("grpc.ssl_target_name_override", args.tls_name),
+            ],
+        )
+    else:
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{args.port}", options=[("grpc.enable_http_proxy", 0)]
+        )
     stub = pb_grpc.EchoStub(channel)
     timeout = args.timeout
     result = {"scenario": args.scenario}
@@ -273,6 +288,8 @@ def main():
     parser.add_argument("--method", default="/ringmesh.test.Echo/Unary")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--tls-ca", default="")
+    parser.add_argument("--tls-name", default="localhost")
     args = parser.parse_args()
     if args.mode == "server":
         serve()

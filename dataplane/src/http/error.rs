@@ -216,6 +216,9 @@ pub enum Unavailable {
     Connect(std::io::Error),
     /// A new connection would exceed the cluster's `circuit_breaker.max_connections`.
     CircuitOpen,
+    /// The TLS handshake with the endpoint failed or timed out (an untrusted certificate, a
+    /// name mismatch, a refused client certificate, ALPN not agreed).
+    Tls(std::io::Error),
 }
 
 /// A `grpc-timeout` value for `remaining` (at most 8 digits, in the coarsest unit that keeps

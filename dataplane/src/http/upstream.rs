@@ -171,7 +171,12 @@ impl Upstream {
                     }),
                 Wire::H2 => core
                     .h2_pool
-                    .checkout(address, &H2ClientLimits::of(cluster), breaker)
+                    .checkout(
+                        address,
+                        &H2ClientLimits::of(cluster),
+                        breaker,
+                        cluster.tls.as_ref().map(|tls| (tls, core.id)),
+                    )
                     .await
                     .map(|stream| {
                         if stream.reused {
@@ -219,6 +224,13 @@ impl Upstream {
                     overflow = true;
                 }
                 Err(Unavailable::CircuitOpen) => overflow = true,
+                Err(Unavailable::Tls(e)) => {
+                    counters.tls_handshake_errors.inc();
+                    tracing::debug!(cluster = %cluster.name, endpoint = %address, error = %e, "upstream TLS handshake failed");
+                    if let Some(health) = &cluster.health {
+                        health.observe(index, Observation::LocalFailure);
+                    }
+                }
                 Err(Unavailable::Connect(e)) => {
                     if e.kind() == std::io::ErrorKind::TimedOut {
                         counters.connect_timeouts.inc();

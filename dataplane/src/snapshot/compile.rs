@@ -102,6 +102,10 @@ pub fn compile(
             stats,
             breaker,
             health: ClusterHealth::new(c, old.and_then(|old| old.health.as_ref())),
+            tls_key: c
+                .tls
+                .as_ref()
+                .map_or(0, |spec| tls_fingerprint(spec, c.protocol)),
             tls,
         }));
     }
@@ -235,6 +239,17 @@ pub fn compile(
         policies,
         listener_index,
     })
+}
+
+/// A fingerprint of a cluster's TLS settings (never 0): equal settings share pooled connections,
+/// across clusters and reloads. The files' contents are not part of it: connections made before
+/// a certificate was renewed stay pooled until they idle out.
+fn tls_fingerprint(
+    spec: &config_schema::UpstreamTlsSpec,
+    protocol: config_schema::UpstreamProtocol,
+) -> u64 {
+    let text = format!("{spec:?}{protocol:?}");
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes()).max(1)
 }
 
 /// The TOML path of a TLS loading error: the section, then the key below it.

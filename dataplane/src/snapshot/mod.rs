@@ -154,6 +154,9 @@ pub struct Cluster {
     pub health: Option<ClusterHealth>,
     /// TLS to the endpoints, when the cluster has `[clusters.tls]`.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// A fingerprint of `tls` (0: plaintext), part of the upstream pools' keys, so that
+    /// connections made with other TLS settings are never handed out for this cluster.
+    pub tls_key: u64,
 }
 
 /// One upstream endpoint.

@@ -66,6 +66,16 @@ impl TlsInfo {
     }
 }
 
+impl HandshakeError {
+    /// The kind of I/O error this is.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            HandshakeError::TimedOut(_) => io::ErrorKind::TimedOut,
+            HandshakeError::Failed(e) => e.kind(),
+        }
+    }
+}
+
 /// Why a TLS handshake did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {

@@ -27,3 +27,20 @@ pub use connect::connect;
 pub use hash::HashOn;
 pub use lb::{Balancer, InFlightGuard, LbError, LbState, LbStates};
 pub use rng::FastRng;
+
+/// What an upstream connection pool is keyed by: the endpoint and the TLS it is spoken with, so
+/// that a plaintext connection and a TLS one (or two with different TLS settings: CA, client
+/// certificate, SNI, ALPN) to the same address never stand in for each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The endpoint.
+    pub address: std::net::SocketAddr,
+    /// 0 for plaintext; else the cluster's TLS fingerprint ([`crate::snapshot::Cluster::tls_key`]).
+    pub tls: u64,
+}
+
+impl From<std::net::SocketAddr> for PoolKey {
+    fn from(address: std::net::SocketAddr) -> Self {
+        Self { address, tls: 0 }
+    }
+}

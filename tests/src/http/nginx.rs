@@ -43,6 +43,12 @@ impl Nginx {
     /// document root (a directory inside the instance's own directory, created empty and
     /// filled by `fill_root` before the start).
     pub fn start(locations: &str, fill_root: impl Fn(&Path)) -> Self {
+        Self::start_with("", locations, fill_root)
+    }
+
+    /// Like [`Self::start`], with `listen_params` after the address of the `listen` directive
+    /// (`ssl`, `ssl http2`); `locations` may then carry the `ssl_*` directives.
+    pub fn start_with(listen_params: &str, locations: &str, fill_root: impl Fn(&Path)) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ringmesh-nginx-")
             .tempdir()
@@ -54,7 +60,7 @@ impl Nginx {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let address = SocketAddr::from(([127, 0, 0, 1], port));
-            write_config(dir.path(), address, locations);
+            write_config(dir.path(), address, listen_params, locations);
             let _ = std::fs::remove_file(dir.path().join("error.log"));
             let mut child = Command::new(crate::tool("nginx"))
                 .arg("-p")
@@ -163,7 +169,7 @@ fn free_port() -> u16 {
     listener.local_addr().expect("probe address").port()
 }
 
-fn write_config(dir: &Path, address: SocketAddr, locations: &str) {
+fn write_config(dir: &Path, address: SocketAddr, listen_params: &str, locations: &str) {
     let path = |name: &str| -> PathBuf { dir.join(name) };
     let config = format!(
         r#"
@@ -187,7 +193,7 @@ http {{
     keepalive_timeout 120s;
     default_type text/plain;
     server {{
-        listen {address};
+        listen {address} {listen_params};
         root {root};
 {locations}
     }}

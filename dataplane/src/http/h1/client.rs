@@ -13,6 +13,8 @@ use crate::http::headers::{self, RequestRules};
 use crate::http::io::{BODY_CHUNK, Reader};
 use crate::http::request::RequestHead;
 use crate::snapshot::Cluster;
+use crate::tls::transport::Transport;
+use crate::upstream::PoolKey;
 
 /// A connection to `address` of `cluster`: a pooled one if one is idle (and quiet), else a new
 /// one within the pool's cap. With `fresh`, pooled connections are passed over: a retry after a
@@ -24,10 +26,14 @@ pub async fn connection(
     fresh: bool,
 ) -> Result<Connection, Unavailable> {
     let counters = cluster.stats.slot(core.id);
+    let key = PoolKey {
+        address,
+        tls: cluster.tls_key,
+    };
     let checkout = if fresh {
-        core.pool.reserve(address, &cluster.pool)
+        core.pool.reserve(key, &cluster.pool)
     } else {
-        core.pool.checkout(address, &cluster.pool)
+        core.pool.checkout(key, &cluster.pool)
     };
     match checkout {
         Checkout::Reused(connection) => {
@@ -46,6 +52,22 @@ pub async fn connection(
             let stream = Box::pin(crate::upstream::connect(address, cluster.connect_timeout))
                 .await
                 .map_err(Unavailable::Connect)?;
+            let stream = match &cluster.tls {
+                None => Transport::Plain(stream),
+                Some(tls) => {
+                    let (stream, info) = Box::pin(crate::tls::connect(
+                        stream,
+                        tls,
+                        core.id,
+                        false,
+                        address,
+                        cluster.connect_timeout,
+                    ))
+                    .await
+                    .map_err(|e| Unavailable::Tls(std::io::Error::new(e.kind(), e.to_string())))?;
+                    Transport::Tls(Box::new(stream), Box::new(info))
+                }
+            };
             counters.connections.inc();
             Ok(core.pool.connect_with(reservation, stream, permit))
         }

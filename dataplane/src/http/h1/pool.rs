@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::http::io::{Reader, Writer, split};
+use crate::http::io::{Reader, Writer, split_transport};
 use crate::snapshot::PoolLimits;
+use crate::tls::transport::Transport;
+use crate::upstream::PoolKey;
 
 /// Initial read buffer of an upstream connection.
 const READ_BUFFER: usize = 16 * 1024;
@@ -34,7 +36,7 @@ struct EndpointPool {
 
 #[derive(Debug, Default)]
 struct Inner {
-    endpoints: HashMap<SocketAddr, EndpointPool>,
+    endpoints: HashMap<PoolKey, EndpointPool>,
 }
 
 /// A worker's upstream connections. Cheap to clone (one `Rc`).
@@ -62,6 +64,11 @@ pub struct Connection {
 impl Connection {
     /// The endpoint this connection goes to.
     pub fn endpoint(&self) -> SocketAddr {
+        self._slot.endpoint.address
+    }
+
+    /// Its key in the pool (endpoint and TLS).
+    pub fn key(&self) -> PoolKey {
         self._slot.endpoint
     }
 
@@ -77,7 +84,7 @@ impl Connection {
 #[derive(Debug)]
 struct Slot {
     pool: Rc<RefCell<Inner>>,
-    endpoint: SocketAddr,
+    endpoint: PoolKey,
     /// The opening cluster's `max_connections` permit, when its circuit breaker is set: held
     /// while the connection is open (pooled, in use, or a tunnel).
     breaker: Option<crate::upstream::Permit>,
@@ -144,7 +151,8 @@ impl Pool {
 
     /// Takes the most recently used idle connection to `endpoint` that has not timed out, or
     /// reserves room for a new one.
-    pub fn checkout(&self, endpoint: SocketAddr, limits: &PoolLimits) -> Checkout {
+    pub fn checkout(&self, endpoint: impl Into<PoolKey>, limits: &PoolLimits) -> Checkout {
+        let endpoint = endpoint.into();
         let now = Instant::now();
         // Connections too old to trust (the upstream may be closing them) are dropped after the
         // borrow ends, because dropping one frees its slot in this same pool.
@@ -183,7 +191,8 @@ impl Pool {
     /// Reserves room for a new connection to `endpoint`, passing over idle ones (a retry after a
     /// stale connection wants a fresh one). At the cap, the oldest idle connection is closed to
     /// make room.
-    pub fn reserve(&self, endpoint: SocketAddr, limits: &PoolLimits) -> Checkout {
+    pub fn reserve(&self, endpoint: impl Into<PoolKey>, limits: &PoolLimits) -> Checkout {
+        let endpoint = endpoint.into();
         let (checkout, closed) = {
             let mut inner = self.inner.borrow_mut();
             let entry = inner.endpoints.entry(endpoint).or_default();
@@ -212,16 +221,21 @@ impl Pool {
     pub fn connect_with(
         &self,
         mut reservation: Reservation,
-        stream: TcpStream,
+        stream: Transport,
         breaker: Option<crate::upstream::Permit>,
     ) -> Connection {
         reservation.0.breaker = breaker;
-        self.connect(reservation, stream)
+        self.connect_transport(reservation, stream)
     }
 
-    /// Turns a reservation into a connection over `stream`.
+    /// Turns a reservation into a connection over plain `stream`.
     pub fn connect(&self, reservation: Reservation, stream: TcpStream) -> Connection {
-        let (reader, writer) = split(stream);
+        self.connect_transport(reservation, Transport::Plain(stream))
+    }
+
+    /// Turns a reservation into a connection over `stream`, plain or TLS.
+    pub fn connect_transport(&self, reservation: Reservation, stream: Transport) -> Connection {
+        let (reader, writer) = split_transport(stream);
         Connection {
             reader,
             writer,
@@ -239,7 +253,7 @@ impl Pool {
             return;
         }
         let mut inner = self.inner.borrow_mut();
-        let entry = inner.endpoints.entry(connection.endpoint()).or_default();
+        let entry = inner.endpoints.entry(connection.key()).or_default();
         if entry.idle.len() < limits.max_idle as usize {
             connection.idle_since = Instant::now();
             entry.idle.push(connection);
@@ -254,7 +268,7 @@ impl Pool {
         {
             let mut inner = self.inner.borrow_mut();
             for (endpoint, entry) in inner.endpoints.iter_mut() {
-                let max_idle_age = max_idle_age(endpoint);
+                let max_idle_age = max_idle_age(&endpoint.address);
                 let (keep, old): (Vec<_>, Vec<_>) = std::mem::take(&mut entry.idle)
                     .into_iter()
                     .partition(|c| now.duration_since(c.idle_since) < max_idle_age);
@@ -276,7 +290,7 @@ impl Pool {
         {
             let mut inner = self.inner.borrow_mut();
             for (endpoint, entry) in inner.endpoints.iter_mut() {
-                if !live(endpoint) {
+                if !live(&endpoint.address) {
                     closed.append(&mut entry.idle);
                 }
             }
@@ -286,20 +300,20 @@ impl Pool {
     }
 
     /// Idle connections to `endpoint` (for stats and tests).
-    pub fn idle_count(&self, endpoint: SocketAddr) -> usize {
+    pub fn idle_count(&self, endpoint: impl Into<PoolKey>) -> usize {
         self.inner
             .borrow()
             .endpoints
-            .get(&endpoint)
+            .get(&endpoint.into())
             .map_or(0, |e| e.idle.len())
     }
 
     /// Open connections to `endpoint`, busy and idle.
-    pub fn open_count(&self, endpoint: SocketAddr) -> u32 {
+    pub fn open_count(&self, endpoint: impl Into<PoolKey>) -> u32 {
         self.inner
             .borrow()
             .endpoints
-            .get(&endpoint)
+            .get(&endpoint.into())
             .map_or(0, |e| e.open)
     }
 }

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ use super::io::H2Io;
 use crate::event::Event;
 use crate::http::error::Unavailable;
 use crate::snapshot::Cluster;
+use crate::tls::ClientTls;
+use crate::tls::transport::Transport;
+use crate::upstream::PoolKey;
 
 /// Flow-control windows toward upstreams: large enough that one stream can fill a fast link
 /// without waiting for WINDOW_UPDATEs, small enough to bound memory per stream.
@@ -41,6 +45,8 @@ pub struct H2ClientLimits {
     pub connect_timeout: Duration,
     /// A connection without streams for this long is closed.
     pub idle_timeout: Duration,
+    /// The cluster's TLS fingerprint (0: plaintext), part of the pool key.
+    pub tls_key: u64,
 }
 
 impl H2ClientLimits {
@@ -51,6 +57,7 @@ impl H2ClientLimits {
             max_connections: cluster.pool.max_connections,
             connect_timeout: cluster.connect_timeout,
             idle_timeout: cluster.pool.idle_timeout,
+            tls_key: cluster.tls_key,
         }
     }
 }
@@ -93,7 +100,8 @@ impl std::fmt::Debug for Connection {
 
 /// What establishing a connection came to: the connection, or why it failed (`io::Error` is not
 /// `Clone`, and every waiter needs its own).
-type ConnectOutcome = Result<Rc<Connection>, (io::ErrorKind, String)>;
+/// A failed connect: the error's kind and message, and whether it was the TLS handshake.
+type ConnectOutcome = Result<Rc<Connection>, (io::ErrorKind, String, bool)>;
 
 /// A connection being established. Streams that find every open connection full claim one of
 /// its streams and wait for it, rather than each opening a connection of its own: a burst of
@@ -155,7 +163,7 @@ struct Endpoint {
 /// A worker's upstream HTTP/2 connections, by endpoint address.
 #[derive(Debug, Default, Clone)]
 pub struct H2Pool {
-    endpoints: Rc<RefCell<HashMap<SocketAddr, Endpoint>>>,
+    endpoints: Rc<RefCell<HashMap<PoolKey, Endpoint>>>,
 }
 
 /// A stream slot on a connection: holds the connection's handle and counts against its stream
@@ -200,10 +208,15 @@ impl H2Pool {
         endpoint: SocketAddr,
         limits: &H2ClientLimits,
         breaker: Option<&crate::upstream::Breaker>,
+        tls: Option<(&Arc<ClientTls>, usize)>,
     ) -> Result<H2Stream, Unavailable> {
+        let key = PoolKey {
+            address: endpoint,
+            tls: limits.tls_key,
+        };
         let connecting = {
             let mut endpoints = self.endpoints.borrow_mut();
-            let entry = endpoints.entry(endpoint).or_default();
+            let entry = endpoints.entry(key).or_default();
             let now = Instant::now();
             entry.open.retain(|c| {
                 !(c.retired.get() || c.idle_for(now, limits.idle_timeout)) || c.active.get() > 0
@@ -243,7 +256,8 @@ impl H2Pool {
                     .map_err(|_| Unavailable::CircuitOpen)?;
                     let connecting = Rc::new(Connecting::default());
                     entry.connecting.push(Rc::clone(&connecting));
-                    self.start_connect(endpoint, *limits, Rc::clone(&connecting), permit);
+                    let tls = tls.map(|(tls, worker)| (Arc::clone(tls), worker));
+                    self.start_connect(key, *limits, tls, Rc::clone(&connecting), permit);
                     connecting
                 }
             }
@@ -265,7 +279,12 @@ impl H2Pool {
                     connection,
                 })
             }
-            Some(Err((kind, message))) => Err(Unavailable::Connect(io::Error::new(kind, message))),
+            Some(Err((kind, message, false))) => {
+                Err(Unavailable::Connect(io::Error::new(kind, message)))
+            }
+            Some(Err((kind, message, true))) => {
+                Err(Unavailable::Tls(io::Error::new(kind, message)))
+            }
             None => Err(Unavailable::Connect(io::Error::other(
                 "HTTP/2 connect ended without an outcome",
             ))),
@@ -276,8 +295,9 @@ impl H2Pool {
     /// waiting on it even if the request that started it gives up.
     fn start_connect(
         &self,
-        endpoint: SocketAddr,
+        key: PoolKey,
         limits: H2ClientLimits,
+        tls: Option<(Arc<ClientTls>, usize)>,
         connecting: Rc<Connecting>,
         permit: Option<crate::upstream::Permit>,
     ) {
@@ -285,9 +305,16 @@ impl H2Pool {
         monoio::spawn(crate::contain::contained(
             "http2 upstream connect",
             async move {
-                let result = pool.connect(endpoint, &limits, permit).await;
+                let result = pool
+                    .connect(
+                        key.address,
+                        &limits,
+                        tls.as_ref().map(|(tls, worker)| (&**tls, *worker)),
+                        permit,
+                    )
+                    .await;
                 let mut endpoints = pool.endpoints.borrow_mut();
-                let entry = endpoints.entry(endpoint).or_default();
+                let entry = endpoints.entry(key).or_default();
                 entry.connecting.retain(|c| !Rc::ptr_eq(c, &connecting));
                 let outcome = match result {
                     Ok(connection) => {
@@ -298,7 +325,7 @@ impl H2Pool {
                         entry.open.push(Rc::clone(&connection));
                         Ok(connection)
                     }
-                    Err(e) => Err((e.kind(), e.to_string())),
+                    Err((e, tls)) => Err((e.kind(), e.to_string(), tls)),
                 };
                 drop(endpoints);
                 *connecting.outcome.borrow_mut() = Some(outcome);
@@ -311,10 +338,36 @@ impl H2Pool {
         &self,
         endpoint: SocketAddr,
         limits: &H2ClientLimits,
+        tls: Option<(&ClientTls, usize)>,
         permit: Option<crate::upstream::Permit>,
-    ) -> io::Result<Connection> {
-        let stream = crate::upstream::connect(endpoint, limits.connect_timeout).await?;
-        let io = H2Io::client(crate::tls::transport::Transport::Plain(stream))?;
+    ) -> Result<Connection, (io::Error, bool)> {
+        let plain = |e| (e, false);
+        let stream = crate::upstream::connect(endpoint, limits.connect_timeout)
+            .await
+            .map_err(plain)?;
+        let stream = match tls {
+            None => Transport::Plain(stream),
+            Some((tls, worker)) => {
+                let (stream, info) = crate::tls::connect(
+                    stream,
+                    tls,
+                    worker,
+                    true,
+                    endpoint,
+                    limits.connect_timeout,
+                )
+                .await
+                .map_err(|e| (io::Error::new(e.kind(), e.to_string()), true))?;
+                if info.alpn.is_some() && !info.is_h2() {
+                    return Err((
+                        io::Error::other("the upstream did not accept ALPN h2"),
+                        true,
+                    ));
+                }
+                Transport::Tls(Box::new(stream), Box::new(info))
+            }
+        };
+        let io = H2Io::client(stream).map_err(plain)?;
         let handshake = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -322,8 +375,13 @@ impl H2Pool {
             .handshake::<_, Bytes>(io);
         let (send, connection) = monoio::time::timeout(limits.connect_timeout, handshake)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "HTTP/2 handshake timed out"))?
-            .map_err(io::Error::other)?;
+            .map_err(|_| {
+                plain(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "HTTP/2 handshake timed out",
+                ))
+            })?
+            .map_err(|e| plain(io::Error::other(e)))?;
         let retired = Rc::new(Cell::new(false));
         let driver_retired = Rc::clone(&retired);
         // The connection future does the I/O for every stream on it; it ends on GOAWAY or error.
@@ -351,7 +409,7 @@ impl H2Pool {
         let now = Instant::now();
         let mut endpoints = self.endpoints.borrow_mut();
         for (endpoint, entry) in endpoints.iter_mut() {
-            let max_idle_age = max_idle_age(endpoint);
+            let max_idle_age = max_idle_age(&endpoint.address);
             entry.open.retain(|c| {
                 c.active.get() > 0 || !(c.retired.get() || c.idle_for(now, max_idle_age))
             });
@@ -364,7 +422,7 @@ impl H2Pool {
     pub fn close_except(&self, live: impl Fn(&SocketAddr) -> bool) {
         let mut endpoints = self.endpoints.borrow_mut();
         for (endpoint, entry) in endpoints.iter_mut() {
-            if !live(endpoint) {
+            if !live(&endpoint.address) {
                 for connection in &entry.open {
                     connection.retired.set(true);
                 }
@@ -374,18 +432,18 @@ impl H2Pool {
     }
 
     /// Streams open to `endpoint` on this core (for tests and stats).
-    pub fn active_streams(&self, endpoint: SocketAddr) -> u32 {
+    pub fn active_streams(&self, endpoint: impl Into<PoolKey>) -> u32 {
         self.endpoints
             .borrow()
-            .get(&endpoint)
+            .get(&endpoint.into())
             .map_or(0, |e| e.open.iter().map(|c| c.active.get()).sum())
     }
 
     /// Connections open to `endpoint` on this core.
-    pub fn connections(&self, endpoint: SocketAddr) -> usize {
+    pub fn connections(&self, endpoint: impl Into<PoolKey>) -> usize {
         self.endpoints
             .borrow()
-            .get(&endpoint)
+            .get(&endpoint.into())
             .map_or(0, |e| e.open.iter().filter(|c| !c.retired.get()).count())
     }
 }
