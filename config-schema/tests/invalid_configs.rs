@@ -544,23 +544,51 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
             "[telemetry.tracing]",
             "no span would be sampled",
         ),
+        // TLS itself is built; the nested keys for mTLS, SPIFFE and passthrough are not.
         (
             BASE.replace(
                 "protocol = \"auto\"",
-                "protocol = \"auto\"\ntls = { mode = \"terminate\" }",
+                "protocol = \"auto\"\ntls = { cert = \"c.pem\", key = \"k.pem\", client_ca = \"ca.pem\" }",
             ),
-            "listeners[0].tls",
+            "listeners[0].tls.client_ca",
             "tls = {",
-            "this listener would serve plaintext",
+            "clients would not be asked for a certificate",
+        ),
+        (
+            BASE.replace(
+                "protocol = \"auto\"",
+                "protocol = \"auto\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nrequire_client_cert = true",
+            ),
+            "listeners[0].tls.require_client_cert",
+            "require_client_cert = true",
+            "clients without a certificate would be served",
+        ),
+        (
+            BASE.replace(
+                "protocol = \"auto\"",
+                "protocol = \"auto\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nallowed_spiffe_ids = [\"nonsense\"]",
+            ),
+            "listeners[0].tls.allowed_spiffe_ids",
+            "allowed_spiffe_ids = ",
+            "whatever its identity",
+        ),
+        (
+            BASE.replace(
+                "protocol = \"auto\"",
+                "protocol = \"auto\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nsni_routes = { \"a.example\" = \"nope\" }",
+            ),
+            "listeners[0].tls.sni_routes",
+            "sni_routes = ",
+            "SNI passthrough routing",
         ),
         (
             BASE.replace(
                 "[\"127.0.0.1:9000\"]",
-                "[\"127.0.0.1:9000\"]\ntls.expected_spiffe_ids = [\"nonsense\"]",
+                "[\"127.0.0.1:9000\"]\ntls = { ca = \"ca.pem\", expected_spiffe_ids = [\"nonsense\"] }",
             ),
-            "clusters[1].tls",
-            "tls.expected_spiffe_ids",
-            "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]",
+            "clusters[1].tls.expected_spiffe_ids",
+            "tls = { ca",
+            "upstream SPIFFE identity checks",
         ),
         (
             format!(
@@ -587,7 +615,8 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
 }
 
 /// TLS passthrough with SNI routes on a tcp listener is rejected too (today every connection
-/// would be closed); without it the listener has nowhere to send connections, which is said too.
+/// would be closed): the mode value and the routes, each at its line; without them the listener
+/// has nowhere to send connections, which is said too.
 #[test]
 fn sni_routes_on_a_tcp_listener_are_rejected() {
     let text = format!(
@@ -596,9 +625,15 @@ fn sni_routes_on_a_tcp_listener_are_rejected() {
     );
     assert_rejected(
         &text,
-        "listeners[2].tls",
-        line_of(&text, "[listeners.tls]"),
-        "not supported yet: TLS on listeners",
+        "listeners[2].tls.mode",
+        line_of(&text, "mode = \"passthrough\""),
+        "not supported yet: TLS passthrough",
+    );
+    assert_rejected(
+        &text,
+        "listeners[2].tls.sni_routes",
+        line_of(&text, "sni_routes = "),
+        "not supported yet: SNI passthrough routing",
     );
     assert_rejected(
         &text,
@@ -606,7 +641,7 @@ fn sni_routes_on_a_tcp_listener_are_rejected() {
         line_of(&text, "name = \"sni\"") - 1,
         "needs a `cluster`",
     );
-    assert_eq!(errors_of(&text).len(), 2);
+    assert_eq!(errors_of(&text).len(), 3, "{:#?}", errors_of(&text));
 }
 
 #[test]

@@ -165,13 +165,15 @@ name = "a"
 endpoints = ["127.0.0.1:1"]
 "#;
         let mut config = config_schema::parse(text).expect("valid");
-        // `parse` rejects TLS until the data plane serves it (`config_schema::support`); the file
-        // checks are ready for it, so they are tested on TLS settings added to the parsed spec.
-        // Those have no line of their own: errors about them point at their listener or cluster.
+        // TLS settings added to the parsed spec (so that `client_ca`, still rejected by `parse`,
+        // could be set too). They have no line of their own: errors about them point at their
+        // listener or cluster.
         config.spec.listeners[0].tls = Some(config_schema::ListenerTlsSpec {
             mode: config_schema::TlsMode::Terminate,
             cert: Some(present.display().to_string()),
             key: Some("/nonexistent/key.pem".to_owned()),
+            certificates: Vec::new(),
+            min_version: config_schema::TlsVersion::Tls12,
             client_ca: None,
             require_client_cert: false,
             allowed_spiffe_ids: Vec::new(),

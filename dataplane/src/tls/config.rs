@@ -294,6 +294,19 @@ pub struct SniResolver {
 }
 
 impl SniResolver {
+    #[cfg(test)]
+    pub(super) fn for_tests(
+        exact: Vec<(Box<str>, Arc<CertifiedKey>)>,
+        wildcard: Vec<(Box<str>, Arc<CertifiedKey>)>,
+        default: Option<Arc<CertifiedKey>>,
+    ) -> Self {
+        Self {
+            exact,
+            wildcard,
+            default,
+        }
+    }
+
     /// The certificate for `sni`.
     pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(sni) = sni {
