@@ -200,6 +200,9 @@ pub struct Entry<'a> {
     pub attempts: u32,
     /// Why a retry that a condition asked for did not happen (empty when none was stopped).
     pub retry_stopped: &'a str,
+    /// The server name the client asked for in its TLS ClientHello (SNI); empty without TLS or
+    /// without SNI.
+    pub sni: &'a str,
 }
 
 /// A worker's access-log buffer.
@@ -277,6 +280,11 @@ impl AccessLogBuffer {
             out.push_str(",\"retry_stopped\":\"");
             out.push_str(entry.retry_stopped);
             out.push('"');
+        }
+        if !entry.sni.is_empty() {
+            // Envoy's name for it (%REQUESTED_SERVER_NAME%).
+            out.push_str(",\"requested_server_name\":");
+            json_string(out, entry.sni);
         }
         out.push_str("}\n");
         if self.text.len() >= FLUSH_BYTES {
@@ -397,6 +405,7 @@ mod tests {
             downstream: "127.0.0.1:5555".parse().expect("addr"),
             attempts: 3,
             retry_stopped: "budget_exhausted",
+            sni: "a.example",
         });
         buffer.flush();
         let batch = receiver.try_recv().expect("one batch");
@@ -411,5 +420,6 @@ mod tests {
         assert!(value["upstream_host"].is_null());
         assert_eq!(value["upstream_attempts"], 3);
         assert_eq!(value["retry_stopped"], "budget_exhausted");
+        assert_eq!(value["requested_server_name"], "a.example");
     }
 }

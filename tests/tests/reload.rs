@@ -362,9 +362,9 @@ fn invalid_configs_are_rejected_whole_and_change_nothing(driver: Driver) {
         "the config in force is unchanged"
     );
     assert!(
-        proxy
-            .log()
-            .contains("listeners[0].tls.client_ca: not supported yet: client certificate verification"),
+        proxy.log().contains(
+            "listeners[0].tls.client_ca: not supported yet: client certificate verification"
+        ),
         "errors are logged with their path"
     );
 

@@ -43,6 +43,7 @@ both_drivers!(
     upstream_tls_to_nginx_with_a_client_certificate,
     upstream_with_the_wrong_ca_fails_the_handshake,
     h2_cluster_speaks_http2_over_tls,
+    the_access_log_names_the_sni,
     tcp_listener_originates_tls_to_its_cluster,
 );
 
@@ -150,6 +151,18 @@ fn tls_http_proxy(
     listener_extra: &str,
     tls_extra: &str,
 ) -> Proxy {
+    tls_http_proxy_with(pki, driver, upstream, listener_extra, tls_extra, "")
+}
+
+/// [`tls_http_proxy`] with `more` appended to the config.
+fn tls_http_proxy_with(
+    pki: &Pki,
+    driver: Driver,
+    upstream: SocketAddr,
+    listener_extra: &str,
+    tls_extra: &str,
+    more: &str,
+) -> Proxy {
     let config = format!(
         r#"
 [[listeners]]
@@ -170,6 +183,7 @@ cluster = "app"
 [[clusters]]
 name = "app"
 endpoints = ["{upstream}"]
+{more}
 "#,
         tls = listener_tls(pki, tls_extra),
     );
@@ -920,4 +934,38 @@ endpoints = ["127.0.0.1:9"]
         "the error names the key: {}",
         finished.stderr
     );
+}
+
+fn the_access_log_names_the_sni(driver: Driver) {
+    let pki = Pki::new();
+    let app = named_upstream();
+    let log = pki.path("access.log");
+    let proxy = tls_http_proxy_with(
+        &pki,
+        driver,
+        app.address(),
+        "",
+        "",
+        &tests::http::access_log_config(&log),
+    );
+    let port = proxy.listener("tls").port().to_string();
+    for (version, path) in [("--http1.1", "/h1"), ("--http2", "/h2")] {
+        let out = curl([
+            version,
+            "--cacert",
+            &pki.p("ca.pem"),
+            "--resolve",
+            &format!("x.b.example:{port}:127.0.0.1"),
+            &format!("https://x.b.example:{port}{path}"),
+        ]);
+        assert_eq!(out.stdout_text(), "app", "{version}: {}", out.stderr);
+    }
+    let entries = tests::http::access_log(&log, 2);
+    for path in ["/h1", "/h2"] {
+        let entry = entries
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap_or_else(|| panic!("no access-log entry for {path}: {entries:?}"));
+        assert_eq!(entry["requested_server_name"], "x.b.example", "{entry}");
+    }
 }

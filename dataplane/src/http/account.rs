@@ -27,6 +27,8 @@ pub struct LogFields<'a> {
     pub request_id: &'a [u8],
     /// The client connection's address.
     pub downstream: SocketAddr,
+    /// The TLS SNI the client sent (empty: none, or no TLS).
+    pub sni: &'a str,
 }
 
 /// Records one finished request: the route's status class and duration, the cluster's duration
@@ -71,5 +73,6 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         downstream: fields.downstream,
         attempts: record.attempts,
         retry_stopped: record.retry_stopped.map_or("", |stopped| stopped.as_str()),
+        sni: fields.sni,
     });
 }

@@ -158,7 +158,7 @@ async fn reads_given_up_mid_way_lose_no_byte() {
     while got.len() < data.len() && round < 100_000 {
         round += 1;
         let mut buf = Vec::with_capacity(4096);
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             // Dropped: the future is abandoned whether or not it had bytes ready.
             let read = transport::read_tls(&stream, &mut buf, std::future::pending());
             let _ = monoio::time::timeout(Duration::from_micros(1), read).await;

@@ -73,6 +73,8 @@ struct Conn {
     peer: SocketAddr,
     /// When the first byte of the next head arrived, if it already has (protocol detection).
     head_started: Option<Instant>,
+    /// The TLS SNI the client sent, for the access log.
+    sni: Option<Box<str>>,
 }
 
 /// Copies of the request's fields for the access log (the read buffer moves on before the
@@ -99,6 +101,7 @@ pub async fn serve(
 ) {
     let mut buf = initial;
     buf.reserve(READ_BUFFER.saturating_sub(buf.len()));
+    let sni = stream.tls_info().and_then(|info| info.sni.clone());
     let (mut reader, writer) = io::split_transport(stream);
     reader.count_received(buf.len());
     let mut conn = Conn {
@@ -108,6 +111,7 @@ pub async fn serve(
         scanned: 0,
         peer,
         head_started,
+        sni,
     };
     let mut scratch = Scratch {
         peer_ip: peer.ip().to_string().into_bytes(),
@@ -322,6 +326,7 @@ async fn serve_request(
             protocol: log.protocol.unwrap_or(ClientProtocol::Http11),
             request_id: &scratch.request_id,
             downstream: conn.peer,
+            sni: conn.sni.as_deref().unwrap_or_default(),
         },
     );
     let counters = listener.stats.workers.slot(core.id);
@@ -507,6 +512,7 @@ async fn reply_and_close(
             protocol: ClientProtocol::Http11,
             request_id: b"",
             downstream: conn.peer,
+            sni: conn.sni.as_deref().unwrap_or_default(),
         },
     );
 }

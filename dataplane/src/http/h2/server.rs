@@ -49,6 +49,9 @@ pub async fn serve(
     let tripped = Event::new();
     let guard = Rc::new(RefCell::new(FrameGuard::new(settings.guard)));
     let tally = Rc::new(ByteTally::default());
+    let sni: Option<Rc<str>> = stream
+        .tls_info()
+        .and_then(|info| info.sni.as_deref().map(Rc::from));
     let Ok(io) = H2Io::server(
         stream,
         initial,
@@ -114,6 +117,7 @@ pub async fn serve(
                     Rc::clone(&core),
                     Rc::clone(&listener_name),
                     peer,
+                    sni.clone(),
                     request,
                     respond,
                     open,

@@ -38,6 +38,7 @@ pub async fn serve(
     core: Rc<Core>,
     listener_name: Rc<str>,
     peer: SocketAddr,
+    sni: Option<Rc<str>>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     open: impl StreamHandle,
@@ -145,6 +146,7 @@ pub async fn serve(
             protocol: ClientProtocol::Http2,
             request_id: &scratch.request_id,
             downstream: peer,
+            sni: sni.as_deref().unwrap_or_default(),
         },
     );
     open.count_bytes(&core, &snapshot, &listener_name);
