@@ -10,6 +10,8 @@
 //! - [`worker`]: one pinned monoio runtime per core; [`driver`] picks io_uring or epoll.
 //! - [`listener`]: `SO_REUSEPORT` + `SO_INCOMING_CPU` sockets per worker and the accept loop.
 //! - [`l4`]: opaque TCP proxying (connect with fallback, bidirectional copy with half-close).
+//! - [`tls`]: TLS with rustls over monoio's poll-io bridge (both drivers): termination on
+//!   listeners, origination to clusters, plain-or-TLS transport halves, configs from PEM files.
 //! - [`routing`]: HTTP route tables (virtual hosts, routes, precompiled actions), compiled per
 //!   generation and matched per request without allocation.
 //! - [`upstream`]: load balancers — immutable per-cluster tables plus per-core pick state — and
@@ -24,8 +26,8 @@
 //!   buffer, random numbers), shared by the tasks on its thread.
 //!
 //! Imports form no circle: `server` → `reload`/`admin`/`upgrade`/`watch`/`health` → `worker` →
-//! `listener` → `http`, `l4` → `core` → `snapshot` → `policy` → `routing`, `upstream`, `stats`,
-//! `event`
+//! `listener` → `http`, `l4` → `core` → `snapshot` → `policy` → `routing`, `upstream`, `tls`,
+//! `stats`, `event`
 //! (`farm-studio look dataplane` draws it). The settings the protocol code honours are owned by
 //! `snapshot` (`snapshot::settings`), so the snapshot never imports a protocol module.
 

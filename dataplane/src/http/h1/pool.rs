@@ -462,4 +462,29 @@ mod tests {
         assert_eq!(pool.idle_count(endpoint), 0);
         assert_eq!(pool.open_count(endpoint), 0);
     }
+
+    #[monoio::test_all(timer_enabled = true)]
+    async fn connections_with_other_tls_settings_never_stand_in() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = listener.local_addr().expect("addr");
+        let pool = Pool::new();
+        let plain = PoolKey::from(endpoint);
+        let tls = PoolKey {
+            address: endpoint,
+            tls: 7,
+        };
+        let Checkout::New(reservation) = pool.checkout(plain, &LIMITS) else {
+            panic!("room expected")
+        };
+        let stream = TcpStream::connect_addr(endpoint).await.expect("connect");
+        pool.release(pool.connect(reservation, stream), &LIMITS);
+        assert_eq!(pool.idle_count(plain), 1);
+        // The idle plaintext connection is not handed out for the TLS key, nor counted there.
+        assert!(matches!(pool.checkout(tls, &LIMITS), Checkout::New(_)));
+        assert_eq!(pool.idle_count(plain), 1);
+        assert!(matches!(pool.checkout(plain, &LIMITS), Checkout::Reused(_)));
+        // Removing the endpoint closes its idle connections of every kind.
+        pool.close_idle_except(|_| false);
+        assert_eq!(pool.idle_count(tls), 0);
+    }
 }
