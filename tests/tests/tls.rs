@@ -695,6 +695,11 @@ fn tls_nginx(pki: &Pki, listen: &str) -> Nginx {
         location / {{
             return 200 "nginx $server_protocol $ssl_client_s_dn $ssl_session_reused\n";
         }}
+        # Every request on a new connection: a new handshake, which may resume the session.
+        location /mtls/fresh {{
+            keepalive_timeout 0;
+            return 200 "nginx $server_protocol $ssl_client_s_dn $ssl_session_reused\n";
+        }}
 "#,
         crt = pki.p("localhost.crt"),
         key = pki.p("localhost.key"),
@@ -747,13 +752,21 @@ endpoints = ["{nginx}"]
 [clusters.tls]
 sni = "localhost"
 ca = "{ca}"
+
+[[clusters]]
+name = "byip"
+endpoints = ["{nginx}"]
+[clusters.tls]
+ca = "{ca}"
+cert = "{client_crt}"
+key = "{client_key}"
 "#,
         nginx = nginx.address(),
         ca = pki.p("ca.pem"),
         client_crt = pki.p("client.crt"),
         client_key = pki.p("client.key"),
     );
-    let proxy = plain_proxy_to(driver, &["mtls", "nocert"], &clusters);
+    let proxy = plain_proxy_to(driver, &["mtls", "nocert", "byip"], &clusters);
     let main = proxy.listener("main");
     // Several requests: the first connections' sessions resume later ones, and the pool reuses.
     for i in 0..5 {
@@ -771,6 +784,32 @@ ca = "{ca}"
             "nginx saw the client certificate: {body}"
         );
     }
+    // New connections resume the worker's cached session (nginx: `$ssl_session_reused` = "r"):
+    // at most one full handshake per worker.
+    let mut resumed = 0;
+    for i in 0..6 {
+        let out = curl(["-i", &format!("http://{main}/mtls/fresh/{i}")]);
+        let response = out.response();
+        assert_eq!(response.status, 200);
+        let body = String::from_utf8_lossy(&response.body).into_owned();
+        if body.trim_end().ends_with(" r") {
+            resumed += 1;
+        }
+    }
+    assert!(
+        resumed >= 6 - proxy.workers(),
+        "{resumed} of 6 handshakes resumed"
+    );
+    // Without `sni`, nothing is sent as SNI and the certificate is verified for the endpoint's IP
+    // address (the nginx certificate names 127.0.0.1).
+    let out = curl(["-i", &format!("http://{main}/byip")]);
+    let response = out.response();
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
     // Without a client certificate nginx completes the handshake and refuses the request itself.
     let out = curl(["-i", &format!("http://{main}/nocert")]);
     let response = out.response();

@@ -9,6 +9,13 @@
 //!   builders that take a verifier or certificate resolver from elsewhere (SPIFFE identities).
 //! - [`accept`] and [`connect`]: one handshake each, bounded in time, giving a [`TlsStream`] and
 //!   the [`TlsInfo`] the connection carries.
+//!
+//! Why not `monoio-rustls` (0.4, no commit since May 2024): it reads and writes through buffers of
+//! its own over monoio's owned-buffer I/O (one more copy each way), its halves come from monoio's
+//! generic `Split` over an `UnsafeCell`, and a read future dropped mid-way under io_uring loses
+//! what the kernel had read (its zero-copy mode says outright that futures must not be dropped).
+//! The HTTP/1.1 path abandons reads at deadlines and drains, so that would lose bytes. The adapter
+//! here is ~300 lines on rustls's `Connection` and the poll-io bridge that `h2` already uses.
 
 pub mod config;
 pub mod stream;
