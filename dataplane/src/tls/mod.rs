@@ -12,9 +12,10 @@
 //!
 //! Why not `monoio-rustls` (0.4, no commit since May 2024): it reads and writes through buffers of
 //! its own over monoio's owned-buffer I/O (one more copy each way), its halves come from monoio's
-//! generic `Split` over an `UnsafeCell`, and a read future dropped mid-way under io_uring loses
-//! what the kernel had read (its zero-copy mode says outright that futures must not be dropped).
-//! The HTTP/1.1 path abandons reads at deadlines and drains, so that would lose bytes. The adapter
+//! generic `Split` over an `UnsafeCell`, and it offers no cancelable read: like any owned-buffer
+//! read, one dropped mid-way under io_uring can lose what the kernel had already read (its
+//! zero-copy mode says outright that its futures must not be dropped). The HTTP/1.1 path gives up
+//! reads at deadlines and drains, so it needs reads that lose nothing when abandoned. The adapter
 //! here is ~300 lines on rustls's `Connection` and the poll-io bridge that `h2` already uses.
 
 pub mod config;
