@@ -237,18 +237,14 @@ pub struct ListenerTlsSpec {
     /// Client SPIFFE IDs accepted (exact, or a `spiffe://domain/prefix/*` pattern); empty = any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_spiffe_ids: Vec<String>,
-    /// ALPN protocols offered, in order of preference.
-    #[serde(default = "ListenerTlsSpec::default_alpn")]
+    /// ALPN protocols offered, in order of preference. Empty (the default): `h2` and `http/1.1` on
+    /// `http` and `auto` listeners; none on `tcp` listeners, whose clients' bytes are copied as
+    /// they come and must not be told that the proxy speaks HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alpn: Vec<String>,
     /// TLS passthrough: SNI host name (exact or `*.suffix`) to cluster.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sni_routes: BTreeMap<String, String>,
-}
-
-impl ListenerTlsSpec {
-    fn default_alpn() -> Vec<String> {
-        vec!["h2".to_owned(), "http/1.1".to_owned()]
-    }
 }
 
 /// A certificate a TLS listener presents to clients that ask for one of its names (SNI).

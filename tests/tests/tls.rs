@@ -531,6 +531,21 @@ endpoints = ["{echo}"]
         size,
     );
     assert_eq!(line, format!("{size} True TLSv1.3"));
+    // A tcp listener does not offer ALPN by default: its bytes are copied, not spoken as HTTP.
+    let ca = pki.p("ca.pem");
+    let (_, text) = s_client(
+        proxy.listener("tls"),
+        &[
+            "-CAfile",
+            &ca,
+            "-servername",
+            "localhost",
+            "-alpn",
+            "h2,http/1.1",
+        ],
+        b"",
+    );
+    assert!(text.contains("No ALPN negotiated"), "{text}");
 }
 
 fn large_bodies_cross_tls_intact_both_ways(driver: Driver) {

@@ -130,7 +130,7 @@ pub fn compile(
             let tls = l
                 .tls
                 .as_ref()
-                .and_then(|tls| match ServerTls::from_spec(tls) {
+                .and_then(|tls| match ServerTls::from_spec(tls, l.protocol) {
                     Ok(tls) => Some(Arc::new(tls)),
                     Err(e) => {
                         tls_errors.push(config.error_at(

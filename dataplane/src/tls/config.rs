@@ -16,7 +16,9 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use config_schema::{ListenerTlsSpec, TlsVersion, UpstreamProtocol, UpstreamTlsSpec};
+use config_schema::{
+    ListenerProtocol, ListenerTlsSpec, TlsVersion, UpstreamProtocol, UpstreamTlsSpec,
+};
 use rustls::client::ResolvesClientCert;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -158,8 +160,12 @@ pub fn client_config(
 
 impl ServerTls {
     /// Loads a listener's `[listeners.tls]` (mode `terminate`): the default certificate and the
-    /// per-SNI ones.
-    pub fn from_spec(spec: &ListenerTlsSpec) -> Result<Self, TlsConfigError> {
+    /// per-SNI ones. ALPN: as configured, else `h2` and `http/1.1` on HTTP listeners and none on
+    /// tcp listeners.
+    pub fn from_spec(
+        spec: &ListenerTlsSpec,
+        protocol: ListenerProtocol,
+    ) -> Result<Self, TlsConfigError> {
         let default = match (&spec.cert, &spec.key) {
             (Some(cert), Some(key)) => Some(load_certified_key(cert, key)?),
             _ => None,
@@ -181,7 +187,13 @@ impl ServerTls {
                 }
             }
         }
-        let config = server_config(Arc::new(resolver), None, spec.min_version, &spec.alpn)
+        let default_alpn = [String::from("h2"), String::from("http/1.1")];
+        let alpn: &[String] = match (spec.alpn.is_empty(), protocol) {
+            (false, _) => &spec.alpn,
+            (true, ListenerProtocol::Tcp) => &[],
+            (true, ListenerProtocol::Http | ListenerProtocol::Auto) => &default_alpn,
+        };
+        let config = server_config(Arc::new(resolver), None, spec.min_version, alpn)
             .map_err(|e| TlsConfigError::new("", e.to_string()))?;
         Ok(Self {
             config: Arc::new(config),

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use config_schema::{ListenerTlsSpec, SniCertificateSpec, TlsMode, TlsVersion, UpstreamProtocol};
+use config_schema::{
+    ListenerProtocol, ListenerTlsSpec, SniCertificateSpec, TlsMode, TlsVersion, UpstreamProtocol,
+};
 use monoio::net::{TcpListener, TcpStream};
 
 use super::config::{SniResolver, load_certified_key};
@@ -47,7 +49,8 @@ fn client_tls(protocol: UpstreamProtocol) -> ClientTls {
 
 /// A connected pair after both handshakes: (server side, client side).
 async fn pair(alpn: &[&str], h2: bool) -> ((TlsStream, TlsInfo), (TlsStream, TlsInfo)) {
-    let server_tls = ServerTls::from_spec(&server_spec(alpn)).expect("server config loads");
+    let server_tls = ServerTls::from_spec(&server_spec(alpn), ListenerProtocol::Http)
+        .expect("server config loads");
     let client = client_tls(UpstreamProtocol::Auto);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().expect("address");
@@ -185,7 +188,7 @@ fn sni_picks_exact_then_wildcard_then_default() {
         cert: fixture("cert.pem"),
         key: fixture("key.pem"),
     }];
-    assert!(ServerTls::from_spec(&spec).is_ok());
+    assert!(ServerTls::from_spec(&spec, ListenerProtocol::Http).is_ok());
     let key = load_certified_key(&fixture("cert.pem"), &fixture("key.pem")).expect("loads");
     let resolver = SniResolver::for_tests(
         vec![("a.example".into(), Arc::clone(&key))],
@@ -207,15 +210,17 @@ fn sni_picks_exact_then_wildcard_then_default() {
 fn files_that_do_not_load_are_errors_at_their_key() {
     let mut spec = server_spec(&[]);
     spec.cert = Some(fixture("missing.pem"));
-    let error = ServerTls::from_spec(&spec).expect_err("missing file");
+    let error = ServerTls::from_spec(&spec, ListenerProtocol::Http).expect_err("missing file");
     assert_eq!(error.at, "cert");
     let mut spec = server_spec(&[]);
     spec.key = Some(fixture("cert.pem"));
-    let error = ServerTls::from_spec(&spec).expect_err("a certificate is no key");
+    let error =
+        ServerTls::from_spec(&spec, ListenerProtocol::Http).expect_err("a certificate is no key");
     assert_eq!(error.at, "key");
     let mut spec = server_spec(&[]);
     spec.key = Some(fixture("other-key.pem"));
-    let error = ServerTls::from_spec(&spec).expect_err("a key of another certificate");
+    let error = ServerTls::from_spec(&spec, ListenerProtocol::Http)
+        .expect_err("a key of another certificate");
     assert_eq!(error.at, "key");
     assert!(error.message.contains("does not fit"), "{}", error.message);
     let mut spec = server_spec(&[]);
@@ -224,6 +229,6 @@ fn files_that_do_not_load_are_errors_at_their_key() {
         cert: fixture("cert.pem"),
         key: fixture("nope.pem"),
     }];
-    let error = ServerTls::from_spec(&spec).expect_err("missing key");
+    let error = ServerTls::from_spec(&spec, ListenerProtocol::Http).expect_err("missing key");
     assert_eq!(error.at, "certificates[0].key");
 }
