@@ -287,7 +287,8 @@ pub enum TlsMode {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsSpec {
-    /// SNI sent to the upstream.
+    /// SNI sent to the upstream, and the name its certificate is verified for. Absent: no SNI is
+    /// sent and the certificate must name the endpoint's IP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
     /// PEM CA bundle to verify the upstream (default: the `[identity]` trust bundle).
@@ -302,7 +303,8 @@ pub struct UpstreamTlsSpec {
     /// SPIFFE IDs the upstream must present; empty = any identity in the trust bundle.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expected_spiffe_ids: Vec<String>,
-    /// ALPN protocols offered to the upstream.
+    /// ALPN protocols offered to the upstream. Empty (the default): `http/1.1` on HTTP/1.1
+    /// connections and tcp listeners' connections, `h2` on HTTP/2 connections.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alpn: Vec<String>,
 }

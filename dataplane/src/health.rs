@@ -183,10 +183,16 @@ async fn probe(
         None => crate::tls::transport::Transport::Plain(stream),
         Some(tls) => {
             // The health thread is no worker: it uses the last worker's session cache.
-            let (stream, info) =
-                crate::tls::connect(stream, tls, usize::MAX, false, address, policy.timeout)
-                    .await
-                    .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
+            let (stream, info) = crate::tls::connect(
+                stream,
+                tls,
+                usize::MAX,
+                crate::tls::Carries::Http1,
+                address,
+                policy.timeout,
+            )
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
             crate::tls::transport::Transport::Tls(Box::new(stream), Box::new(info))
         }
     };

@@ -57,7 +57,7 @@ pub async fn proxy(
                 upstream,
                 tls,
                 core.id,
-                false,
+                crate::tls::Carries::Opaque,
                 address,
                 cluster.connect_timeout,
             )

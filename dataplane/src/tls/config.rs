@@ -49,6 +49,17 @@ impl TlsConfigError {
     }
 }
 
+/// What an upstream TLS connection carries, which decides the ALPN it offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carries {
+    /// HTTP/1.1 (pooled connections, health checks): ALPN `http/1.1`.
+    Http1,
+    /// HTTP/2: ALPN `h2`.
+    Http2,
+    /// A tcp listener's bytes: no ALPN.
+    Opaque,
+}
+
 /// A listener's TLS termination.
 #[derive(Debug)]
 pub struct ServerTls {
@@ -63,6 +74,8 @@ pub struct ClientTls {
     h1: Box<[Arc<ClientConfig>]>,
     /// The same for HTTP/2 connections (ALPN `h2`).
     h2: Box<[Arc<ClientConfig>]>,
+    /// The same for opaque (L4) connections (no ALPN unless configured).
+    opaque: Box<[Arc<ClientConfig>]>,
     /// The configured SNI; without it, the endpoint's IP address is verified and no SNI is sent.
     sni: Option<ServerName<'static>>,
 }
@@ -259,29 +272,54 @@ impl ClientTls {
         };
         // A cluster speaks one protocol per connection: HTTP/1.1 connections offer `http/1.1`,
         // HTTP/2 connections `h2` (an `auto` cluster opens both kinds), unless `alpn` is set.
+        // Opaque (L4) connections offer no ALPN unless `alpn` is set: their bytes are the
+        // client's, not HTTP the proxy speaks.
         let h1 = make(&offer(b"http/1.1"))?;
         let h2 = match protocol {
             UpstreamProtocol::H1 => h1.clone(),
             UpstreamProtocol::H2 | UpstreamProtocol::Auto => make(&offer(b"h2"))?,
         };
-        Ok(Self { h1, h2, sni })
+        let opaque = if spec.alpn.is_empty() {
+            make(&[])?
+        } else {
+            h1.clone()
+        };
+        Ok(Self {
+            h1,
+            h2,
+            opaque,
+            sni,
+        })
     }
 
     /// A cluster's TLS from configs built elsewhere (a SPIFFE verifier): `make` is called per
-    /// worker and protocol (`true`: HTTP/2), so that each worker has its own session caches.
+    /// worker and per kind of connection, so that each worker has its own session caches.
     pub fn from_configs(
         workers: usize,
         sni: Option<ServerName<'static>>,
-        mut make: impl FnMut(bool) -> ClientConfig,
+        mut make: impl FnMut(Carries) -> ClientConfig,
     ) -> Self {
-        let h1 = (0..workers.max(1)).map(|_| Arc::new(make(false))).collect();
-        let h2 = (0..workers.max(1)).map(|_| Arc::new(make(true))).collect();
-        Self { h1, h2, sni }
+        let mut each = |carries| -> Box<[Arc<ClientConfig>]> {
+            (0..workers.max(1))
+                .map(|_| Arc::new(make(carries)))
+                .collect()
+        };
+        Self {
+            h1: each(Carries::Http1),
+            h2: each(Carries::Http2),
+            opaque: each(Carries::Opaque),
+            sni,
+        }
     }
 
-    /// Worker `worker`'s config for an HTTP/2 (`h2`) or other connection.
-    pub fn config(&self, worker: usize, h2: bool) -> Arc<ClientConfig> {
-        let configs = if h2 { &self.h2 } else { &self.h1 };
+    /// Worker `worker`'s config for a connection that carries `carries`.
+    pub fn config(&self, worker: usize, carries: Carries) -> Arc<ClientConfig> {
+        let configs = match carries {
+            Carries::Http1 => &self.h1,
+            Carries::Http2 => &self.h2,
+            Carries::Opaque => &self.opaque,
+        };
+        // Never empty: built for at least one worker.
         Arc::clone(&configs[worker % configs.len().max(1)])
     }
 

@@ -31,7 +31,7 @@ use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use rustls::crypto::CryptoProvider;
 
-pub use config::{ClientTls, ServerTls};
+pub use config::{Carries, ClientTls, ServerTls};
 pub use stream::TlsStream;
 
 /// The process's one crypto provider (`ring`).
@@ -112,11 +112,11 @@ pub async fn connect(
     stream: TcpStream,
     tls: &ClientTls,
     worker: usize,
-    h2: bool,
+    carries: Carries,
     address: SocketAddr,
     timeout: Duration,
 ) -> Result<(TlsStream, TlsInfo), HandshakeError> {
-    let conn = rustls::ClientConnection::new(tls.config(worker, h2), tls.server_name(address))
+    let conn = rustls::ClientConnection::new(tls.config(worker, carries), tls.server_name(address))
         .map_err(|e| HandshakeError::Failed(io::Error::other(e)))?;
     handshake(stream, conn.into(), timeout).await
 }

@@ -48,7 +48,7 @@ fn client_tls(protocol: UpstreamProtocol) -> ClientTls {
 }
 
 /// A connected pair after both handshakes: (server side, client side).
-async fn pair(alpn: &[&str], h2: bool) -> ((TlsStream, TlsInfo), (TlsStream, TlsInfo)) {
+async fn pair(alpn: &[&str], carries: Carries) -> ((TlsStream, TlsInfo), (TlsStream, TlsInfo)) {
     let server_tls = ServerTls::from_spec(&server_spec(alpn), ListenerProtocol::Http)
         .expect("server config loads");
     let client = client_tls(UpstreamProtocol::Auto);
@@ -62,27 +62,38 @@ async fn pair(alpn: &[&str], h2: bool) -> ((TlsStream, TlsInfo), (TlsStream, Tls
     };
     let connect = async {
         let stream = TcpStream::connect_addr(address).await.expect("connect");
-        super::connect(stream, &client, 0, h2, address, Duration::from_secs(10))
-            .await
-            .expect("client handshake")
+        super::connect(
+            stream,
+            &client,
+            0,
+            carries,
+            address,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("client handshake")
     };
     monoio::join!(accept, connect)
 }
 
 #[monoio::test_all(timer_enabled = true)]
 async fn handshake_negotiates_alpn_and_sni() {
-    let ((_, server), (_, client)) = pair(&["h2", "http/1.1"], true).await;
+    let ((_, server), (_, client)) = pair(&["h2", "http/1.1"], Carries::Http2).await;
     assert_eq!(server.sni.as_deref(), Some("sample.example"));
     assert!(server.is_h2());
     assert!(client.is_h2());
     assert_eq!(server.peer_principal, None);
-    let ((_, server), _) = pair(&["h2", "http/1.1"], false).await;
+    let ((_, server), _) = pair(&["h2", "http/1.1"], Carries::Http1).await;
     assert_eq!(server.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    // Opaque (L4) connections offer no ALPN.
+    let ((_, server), (_, client)) = pair(&["h2", "http/1.1"], Carries::Opaque).await;
+    assert_eq!(server.alpn, None);
+    assert_eq!(client.alpn, None);
 }
 
 #[monoio::test_all(timer_enabled = true)]
 async fn halves_carry_bytes_both_ways_and_close_notify_ends_the_stream() {
-    let ((server, server_info), (client, client_info)) = pair(&["http/1.1"], false).await;
+    let ((server, server_info), (client, client_info)) = pair(&["http/1.1"], Carries::Http1).await;
     let (mut server_read, mut server_write) =
         Transport::Tls(Box::new(server), Box::new(server_info)).split();
     let (mut client_read, mut client_write) =
@@ -129,7 +140,7 @@ async fn halves_carry_bytes_both_ways_and_close_notify_ends_the_stream() {
 
 #[monoio::test_all(timer_enabled = true)]
 async fn reads_given_up_mid_way_lose_no_byte() {
-    let ((server, server_info), (client, client_info)) = pair(&["http/1.1"], false).await;
+    let ((server, server_info), (client, client_info)) = pair(&["http/1.1"], Carries::Http1).await;
     let (server_read, _server_write) =
         Transport::Tls(Box::new(server), Box::new(server_info)).split();
     let (_client_read, mut client_write) =

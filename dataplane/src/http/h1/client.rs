@@ -59,7 +59,7 @@ pub async fn connection(
                         stream,
                         tls,
                         core.id,
-                        false,
+                        crate::tls::Carries::Http1,
                         address,
                         cluster.connect_timeout,
                     ))

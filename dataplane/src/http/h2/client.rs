@@ -352,7 +352,7 @@ impl H2Pool {
                     stream,
                     tls,
                     worker,
-                    true,
+                    crate::tls::Carries::Http2,
                     endpoint,
                     limits.connect_timeout,
                 )
