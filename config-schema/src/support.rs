@@ -44,7 +44,6 @@ pub const NOT_SUPPORTED: &[Unsupported] = &[
     Unsupported { path: "telemetry.tracing", consequence: "tracing — no span would be sampled, recorded or exported (traceparent headers pass through as any other header); remove [telemetry.tracing]" },
     Unsupported { path: "listeners[].tls", consequence: "TLS on listeners — this listener would serve plaintext (and with sni_routes on a tcp listener, close every connection); remove [listeners.tls]" },
     Unsupported { path: "clusters[].tls", consequence: "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]" },
-    Unsupported { path: "authorization_policies", consequence: "authorization policies — no request would be checked against them, so every request would be allowed; remove [[authorization_policies]]" },
 ];
 
 /// The entry for the key at `path` (a concrete path such as `clusters[2].tls`), if it is not

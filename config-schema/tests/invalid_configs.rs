@@ -562,14 +562,6 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
             "tls.expected_spiffe_ids",
             "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]",
         ),
-        (
-            format!(
-                "{BASE}\n[[authorization_policies]]\nname = \"p\"\naction = \"maybe\"\nlisteners = [\"nope\"]\n"
-            ),
-            "authorization_policies",
-            "[[authorization_policies]]",
-            "every request would be allowed",
-        ),
     ];
     for (text, path, line_text, needle) in &cases {
         let errors = errors_of(text);

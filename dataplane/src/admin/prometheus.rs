@@ -8,8 +8,10 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use crate::policy::authz::{AuthzCounters, NO_ALLOW_MATCHED};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
+use config_schema::AuthorizationAction;
 use std::sync::Arc;
 
 use crate::stats::{
@@ -28,6 +30,7 @@ pub(super) fn render(shared: &Shared) -> String {
     endpoints(&mut out, &snapshot);
     routes(&mut out, &snapshot);
     policies(&mut out, &snapshot);
+    authz(&mut out, &snapshot);
     istio_tcp(&mut out, &snapshot);
     istio_http(&mut out, &snapshot);
     out
@@ -432,6 +435,56 @@ fn routes(out: &mut String, snapshot: &Snapshot) {
             &labels,
             stats.iter().map(|c| &c.duration),
         );
+    }
+}
+
+/// Authorization policies: decisions by listener and policy (`policy="-"`: refused because no
+/// allow policy matched).
+fn authz(out: &mut String, snapshot: &Snapshot) {
+    type Pick = fn(&AuthzCounters) -> u64;
+    let families: [(&str, &str, AuthorizationAction, Pick); 3] = [
+        (
+            "ringmesh_authz_denied_total",
+            "Requests (tcp listeners: connections) refused by authorization, by listener and the deny policy that matched (\"-\": no allow policy matched).",
+            AuthorizationAction::Deny,
+            |c| c.denied.get(),
+        ),
+        (
+            "ringmesh_authz_allowed_total",
+            "Requests (tcp listeners: connections) let through by an allow policy, by listener and policy.",
+            AuthorizationAction::Allow,
+            |c| c.allowed.get(),
+        ),
+        (
+            "ringmesh_authz_audited_total",
+            "Requests (tcp listeners: connections) matched by an audit policy, by listener and policy.",
+            AuthorizationAction::Audit,
+            |c| c.audited.get(),
+        ),
+    ];
+    for (name, help, wanted, pick) in families {
+        header(out, name, "counter", help);
+        for listener in &snapshot.listeners {
+            let Some(authz) = &listener.authz else {
+                continue;
+            };
+            let rows = authz
+                .policies
+                .iter()
+                .filter(|a| a.policy.action == wanted)
+                .map(|a| (&*a.policy.name, &a.counters));
+            let no_match = (wanted == AuthorizationAction::Deny)
+                .then_some((NO_ALLOW_MATCHED, &authz.no_allow_matched));
+            for (policy, counters) in rows.chain(no_match) {
+                let total: u64 = counters.iter().map(pick).sum();
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{}\",policy=\"{}\"}} {total}",
+                    escape(&listener.name),
+                    escape(policy)
+                );
+            }
+        }
     }
 }
 

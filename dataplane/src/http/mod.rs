@@ -30,6 +30,7 @@ pub mod h2;
 pub mod headers;
 pub mod io;
 pub mod mirror;
+pub mod normalize;
 pub mod reply;
 pub mod request;
 pub mod retry;

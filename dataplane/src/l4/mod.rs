@@ -16,9 +16,11 @@ use std::net::SocketAddr;
 
 use config_schema::L4Copy;
 use monoio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::core::Core;
+use crate::event::Signal;
+use crate::policy::authz::{self, Tracked};
 use crate::snapshot::{Cluster, Listener, Snapshot};
 use crate::upstream::breaker::{self, Resource};
 use crate::upstream::outlier::Observation;
@@ -37,6 +39,17 @@ pub async fn proxy(
         debug!(listener = %listener.name, %peer, "no cluster for opaque traffic; closing");
         return;
     };
+    // Authorization at connect, before anything goes upstream. The connection is registered
+    // first, so that a reload between here and the end of the connection re-checks it.
+    let registration = core.l4_connections.register(Tracked {
+        listener: listener.name.as_ref().into(),
+        peer,
+        destination_port: listener.local_addr.port(),
+        revoked: Signal::default(),
+    });
+    if !authorized(core, listener, &registration.tracked) {
+        return;
+    }
     // `in_flight` is held until the connection ends: least-request counts open connections; so is
     // the breaker's permit.
     let (upstream, in_flight, permit) = match connect(core, snapshot, cluster, peer).await {
@@ -58,19 +71,54 @@ pub async fn proxy(
             return;
         }
     }
-    let outcome = match listener.l4_copy {
-        L4Copy::Buffer => {
-            copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
-        }
-        L4Copy::Splice => {
-            splice::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+    let copy = async {
+        match listener.l4_copy {
+            L4Copy::Buffer => {
+                copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+            }
+            L4Copy::Splice => {
+                splice::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+            }
         }
     };
-    if let Err(e) = outcome {
-        debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
+    // A reload whose policies no longer let this connection through fires `revoked`: the copy
+    // is dropped, which closes both sockets (bytes in flight are lost, as the policy wants).
+    monoio::select! {
+        outcome = copy => {
+            if let Err(e) = outcome {
+                debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = registration.tracked.revoked.wait() => {
+            info!(listener = %listener.name, %peer, "connection closed: a reloaded authorization policy denies it");
+        }
     }
+    drop(registration);
     drop(in_flight);
     drop(permit);
+}
+
+/// Checks a new connection against the authorization policies of its listener in the snapshot
+/// current now (the connection's own may be older). Counts and logs a denial.
+fn authorized(core: &Core, listener: &Listener, tracked: &Tracked) -> bool {
+    let current = core.snapshot();
+    let authz = match current.listener(&listener.name) {
+        Some(now) => now.authz.as_ref(),
+        None => listener.authz.as_ref(),
+    };
+    let Some(authz) = authz else {
+        return true;
+    };
+    let verdict = authz.evaluate(&tracked.input(), core.id);
+    if !verdict.allowed {
+        info!(
+            listener = %listener.name,
+            peer = %tracked.peer,
+            policy = verdict.policy.unwrap_or(authz::NO_ALLOW_MATCHED),
+            "connection denied by authorization policy"
+        );
+    }
+    verdict.allowed
 }
 
 /// Why no upstream connection could be made.

@@ -10,9 +10,10 @@ use config_schema::{Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProt
 
 use super::{
     Cluster, Endpoint, GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
-    Listener, ListenerStats, PoolLimits, Snapshot,
+    Listener, ListenerStats, PathRules, PoolLimits, Snapshot,
 };
 use crate::access_log::AccessLogSink;
+use crate::policy::authz::{self, ListenerAuthz};
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
@@ -101,6 +102,7 @@ pub fn compile(
     let routes =
         routing::compile(spec, &cluster_index).map_err(|e| vec![route_error(config, &e)])?;
 
+    let authz_policies = authz::compile_all(&spec.authorization_policies);
     let listeners: Vec<Listener> = spec
         .listeners
         .iter()
@@ -134,6 +136,11 @@ pub fn compile(
                 xff_trusted_hops: l.xff_trusted_hops,
                 routes: routes.listener(&l.name).cloned(),
                 h2: h2_settings(&l.http2, &l.limits),
+                paths: PathRules {
+                    normalize: l.normalize_path,
+                    merge_slashes: l.merge_slashes,
+                    escaped_slashes: l.path_with_escaped_slashes,
+                },
             });
             Listener {
                 name: l.name.as_str().into(),
@@ -161,6 +168,15 @@ pub fn compile(
                         workers,
                     )
                 }),
+                authz: ListenerAuthz::compile(
+                    &l.name,
+                    &authz_policies,
+                    previous
+                        .listener(&l.name)
+                        .filter(|old| old.stats.workers.len() == workers)
+                        .and_then(|old| old.authz.as_ref()),
+                    workers,
+                ),
             }
         })
         .collect();

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use config_schema::EscapedSlashes;
+
 use crate::routing::RouteTable;
 
 /// The HTTP settings of a listener.
@@ -27,6 +29,26 @@ pub struct HttpSettings {
     pub routes: Option<Arc<RouteTable>>,
     /// HTTP/2 server settings and abuse limits.
     pub h2: H2ServerSettings,
+    /// How request paths are normalized (`http::normalize`).
+    pub paths: PathRules,
+}
+
+/// A listener's path rules (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathRules {
+    /// Decode unreserved escapes, check escapes, remove dot segments.
+    pub normalize: bool,
+    /// Merge runs of slashes.
+    pub merge_slashes: bool,
+    /// What `%2F` and `%5C` become.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl PathRules {
+    /// No rule at all: paths go through untouched.
+    pub fn is_off(&self) -> bool {
+        !self.normalize && !self.merge_slashes && self.escaped_slashes == EscapedSlashes::Keep
+    }
 }
 
 /// The size limits of a request head.
