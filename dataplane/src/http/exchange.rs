@@ -5,8 +5,12 @@
 //! functions:
 //!
 //! **[`decide`]** (synchronous, over the head the codec still holds):
+//! 0. **path normalization** (`normalize.rs`) — what routing matches, authorization sees and the
+//!    upstream receives; a path that cannot be normalized is a 400;
 //! 1. **route** — virtual host by Host, then the route by path/method/headers/query, on the
-//!    snapshot current *now* (keep-alive and HTTP/2 connections see reloads at once);
+//!    snapshot current *now* (keep-alive and HTTP/2 connections see reloads at once); then
+//!    **authorization** (`policy::authz`; 403, flag `RBAC`), answered before a missing route's
+//!    404 and before any admission policy, as Envoy's RBAC filter runs before its router;
 //! 2. **admission** — the local rate limits of the listener, the virtual host and the route
 //!    (429, flag `RL`), then the route's fault injection: an abort is answered here (flag `FI`), a
 //!    delay is carried in the plan (flag `DI`; see `policy`);
