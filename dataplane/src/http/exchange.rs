@@ -253,14 +253,18 @@ pub fn decide<'s>(
                     scratch.path.push(b'?');
                     scratch.path.extend_from_slice(head.query.as_bytes());
                 }
-                // Decoding yields only unreserved ASCII, so valid UTF-8 stays valid.
-                let Ok(target) = std::str::from_utf8(&scratch.path) else {
+                // Decoding yields only unreserved ASCII and segments are cut at '/', so valid
+                // UTF-8 stays valid; should it not, the request is refused, not forwarded.
+                let Some((target, path)) = std::str::from_utf8(&scratch.path)
+                    .ok()
+                    .and_then(|target| Some((target, target.get(..path_len)?)))
+                else {
                     return Decision::Reply(Local::Failure(Failure::BadRequest(
                         "path cannot be normalized",
                     )));
                 };
                 normalized = RequestHead {
-                    path: &target[..path_len],
+                    path,
                     target,
                     ..*head
                 };
