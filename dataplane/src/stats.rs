@@ -69,6 +69,8 @@ pub struct ListenerCounters {
     pub h2_abuse_continuation_flood: Counter,
     /// HTTP/2 connections closed for a run of empty frames.
     pub h2_abuse_empty_frames: Counter,
+    /// Open L4 connections closed because a reload's authorization policies deny them.
+    pub authz_revoked: Counter,
 }
 
 impl ListenerCounters {

@@ -200,10 +200,17 @@ fn recheck_l4(core: &Core, snapshot: &Snapshot) {
         return;
     }
     let revoked = core.l4_connections.recheck(|tracked| {
-        snapshot
-            .listener(&tracked.listener)
-            .and_then(|listener| listener.authz.as_ref())
-            .is_none_or(|authz| authz.passes(&tracked.input()))
+        let Some(listener) = snapshot.listener(&tracked.listener) else {
+            return true;
+        };
+        let passes = listener
+            .authz
+            .as_ref()
+            .is_none_or(|authz| authz.passes(&tracked.input()));
+        if !passes {
+            listener.stats.workers.slot(core.id).authz_revoked.inc();
+        }
+        passes
     });
     if revoked > 0 {
         info!(

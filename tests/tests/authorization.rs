@@ -590,4 +590,13 @@ rules = [{ from = [{ ip_blocks = ["127.0.0.1/32"] }] }]
             .contains("a reloaded authorization policy denies it"),
         "the revocation is logged"
     );
+    let metrics = proxy.metrics();
+    assert_eq!(
+        metrics.value(
+            "ringmesh_listener_authz_revoked_total",
+            &[("listener", "db")]
+        ),
+        1.0
+    );
+    assert_eq!(proxy.stats().listener_counter("db", "authz_revoked"), 1);
 }

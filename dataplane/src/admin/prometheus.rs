@@ -187,6 +187,12 @@ const LISTENER_METRICS: &[Family<ListenerCounters>] = &[
         "HTTP/2 connections closed for a run of empty frames.",
         |c| c.h2_abuse_empty_frames.get(),
     ),
+    (
+        "authz_revoked_total",
+        "counter",
+        "Open L4 connections closed because a reload's authorization policies deny them.",
+        |c| c.authz_revoked.get(),
+    ),
 ];
 
 fn listeners(out: &mut String, snapshot: &Snapshot) {

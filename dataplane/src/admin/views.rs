@@ -99,6 +99,7 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                 "rejected": w.sum(|c| c.rejected.get()),
                 "accept_errors": w.sum(|c| c.accept_errors.get()),
                 "idle_timeouts": w.sum(|c| c.idle_timeouts.get()),
+                "authz_revoked": w.sum(|c| c.authz_revoked.get()),
                 "bytes_received": w.sum(|c| c.bytes_received.get()),
                 "bytes_sent": w.sum(|c| c.bytes_sent.get()),
                 "http2": {
