@@ -17,7 +17,9 @@
 //! 6. **Audit** policies are logged and counted, not enforced.
 //! 7. **tcp listeners**: a deny by `ip_blocks` closes the connection before anything is
 //!    forwarded; a rule with HTTP-only fields fails closed in an allow policy (never matches)
-//!    and in a deny policy (matches).
+//!    and in a deny policy (matches); on an `auto` listener an opaque connection is refused by
+//!    an allow policy on paths before its fallback cluster is connected, and `remote.ip` sees
+//!    the client after `xff_trusted_hops`.
 //! 8. **Reload** changes the policies for the next request, and the **live re-check** closes an
 //!    open tcp connection whose source a reload denies, while one from another source runs on.
 
@@ -42,6 +44,7 @@ both_drivers!(
     tcp_listeners_deny_at_connect_and_http_only_rules_fail_closed,
     a_reload_changes_policies_for_the_next_request,
     a_reload_that_denies_a_source_closes_its_open_tcp_connection,
+    auto_listeners_check_opaque_connections_and_remote_ip,
 );
 
 /// Time allowed for one client run.
@@ -511,6 +514,78 @@ rules = [{ to = [{ methods = ["DELETE"] }] }]
             .log()
             .contains("connection denied by authorization policy"),
         "a log line names the denial"
+    );
+}
+
+/// An `auto` listener with an opaque fallback cluster and two policies: an allow policy on
+/// paths lets `/ok` through and refuses `/no`, and refuses every opaque connection (an HTTP-only
+/// rule never matches on TCP), which is closed before the fallback cluster is connected; a deny
+/// policy on `remote.ip` (the client after `xff_trusted_hops = 1`) refuses one forwarded client
+/// and not another.
+fn auto_listeners_check_opaque_connections_and_remote_ip(driver: Driver) {
+    let upstream = HttpUpstream::named("backend");
+    let echo = Upstream::echo();
+    let config = format!(
+        r#"
+[[listeners]]
+name = "edge"
+address = "127.0.0.1:0"
+protocol = "auto"
+cluster = "opaque"
+xff_trusted_hops = 1
+
+[[clusters]]
+name = "opaque"
+endpoints = ["{echo}"]
+
+[[authorization_policies]]
+name = "web-paths"
+action = "allow"
+rules = [{{ to = [{{ paths = ["/ok*"] }}] }}]
+
+[[authorization_policies]]
+name = "not-that-client"
+action = "deny"
+rules = [{{ when = [{{ key = "remote.ip", values = ["198.51.100.7/32"] }}] }}]
+{rest}"#,
+        echo = echo.address(),
+        rest = [
+            cluster("backend", &[upstream.address()], ""),
+            virtual_host("all", &["*"], &route("all", "cluster = \"backend\"")),
+        ]
+        .concat()
+    );
+    let proxy = Proxy::start(&config, driver, 2);
+    let base = format!("http://{}", proxy.listener("edge"));
+    assert_eq!(status(&[&format!("{base}/ok")]), 200);
+    assert_eq!(status(&[&format!("{base}/no")]), 403);
+    let forwarded = |client: &str| format!("x-forwarded-for: {client}");
+    assert_eq!(
+        status(&["-H", &forwarded("198.51.100.7"), &format!("{base}/ok")]),
+        403
+    );
+    assert_eq!(
+        status(&["-H", &forwarded("198.51.100.8"), &format!("{base}/ok")]),
+        200
+    );
+    let mut opaque = tests::client::connect(proxy.listener("edge"));
+    std::io::Write::write_all(&mut opaque, b"\x00\x01 not http").expect("write opaque bytes");
+    tests::client::wait_closed(&mut opaque, CLOSE_DEADLINE);
+    assert_eq!(
+        echo.accepted(),
+        0,
+        "the fallback cluster was never connected"
+    );
+    assert_eq!(upstream.request_count(), 2);
+    let metrics = proxy.metrics();
+    let labels = |policy| [("listener", "edge"), ("policy", policy)];
+    assert_eq!(
+        metrics.value("ringmesh_authz_denied_total", &labels("-")),
+        2.0
+    );
+    assert_eq!(
+        metrics.value("ringmesh_authz_denied_total", &labels("not-that-client")),
+        1.0
     );
 }
 
