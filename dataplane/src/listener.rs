@@ -256,7 +256,7 @@ async fn serve(
     let _ = stream.set_nodelay(true);
     match listener.protocol {
         ListenerProtocol::Tcp => {
-            crate::l4::proxy(&core, &snapshot, listener, stream, peer, Vec::new()).await;
+            crate::l4::proxy(&core, &snapshot, listener, &name, stream, peer, Vec::new()).await;
         }
         ListenerProtocol::Http | ListenerProtocol::Auto => {
             crate::http::serve(Rc::clone(&core), snapshot.clone(), name, stream, peer).await;

@@ -87,7 +87,16 @@ pub async fn serve(
             .await;
         }
         Verdict::Opaque if opaque_fallback => {
-            crate::l4::proxy(&core, &snapshot, listener, stream, peer, initial).await;
+            crate::l4::proxy(
+                &core,
+                &snapshot,
+                listener,
+                &listener_name,
+                stream,
+                peer,
+                initial,
+            )
+            .await;
         }
         Verdict::Http2 => {
             h2::server::serve(core, snapshot.clone(), listener_name, stream, peer, initial).await

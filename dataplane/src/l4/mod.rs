@@ -13,6 +13,7 @@ pub mod copy;
 pub mod splice;
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use config_schema::L4Copy;
 use monoio::net::TcpStream;
@@ -27,10 +28,13 @@ use crate::upstream::outlier::Observation;
 use crate::upstream::{InFlightGuard, Permit};
 
 /// Proxies one downstream connection to the listener's cluster until both sides are done.
+/// `name` is the listener's name as the worker holds it (the registry of open connections keeps
+/// it without a copy).
 pub async fn proxy(
     core: &Core,
     snapshot: &Snapshot,
     listener: &Listener,
+    name: &Rc<str>,
     downstream: TcpStream,
     peer: SocketAddr,
     mut initial: Vec<u8>,
@@ -42,7 +46,7 @@ pub async fn proxy(
     // Authorization at connect, before anything goes upstream. The connection is registered
     // first, so that a reload between here and the end of the connection re-checks it.
     let registration = core.l4_connections.register(Tracked {
-        listener: listener.name.as_ref().into(),
+        listener: Rc::clone(name),
         peer,
         destination_port: listener.local_addr.port(),
         revoked: Signal::default(),
