@@ -255,9 +255,20 @@ async fn serve(
     };
     let _ = stream.set_nodelay(true);
     match listener.protocol {
-        ListenerProtocol::Tcp => {
-            crate::l4::proxy(&core, &snapshot, listener, stream, peer, Vec::new()).await;
-        }
+        ListenerProtocol::Tcp => match &listener.passthrough {
+            Some(passthrough) => {
+                crate::l4::passthrough::serve(
+                    &core,
+                    &snapshot,
+                    listener,
+                    passthrough,
+                    stream,
+                    peer,
+                )
+                .await;
+            }
+            None => crate::l4::proxy(&core, &snapshot, listener, stream, peer, Vec::new()).await,
+        },
         ListenerProtocol::Http | ListenerProtocol::Auto => {
             crate::http::serve(Rc::clone(&core), snapshot.clone(), name, stream, peer).await;
         }

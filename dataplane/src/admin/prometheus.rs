@@ -184,6 +184,30 @@ const LISTENER_METRICS: &[Family<ListenerCounters>] = &[
         "HTTP/2 connections closed for a run of empty frames.",
         |c| c.h2_abuse_empty_frames.get(),
     ),
+    (
+        "sni_routed_total",
+        "counter",
+        "TLS passthrough: connections sent where an SNI route says.",
+        |c| c.sni_routed.get(),
+    ),
+    (
+        "sni_defaulted_total",
+        "counter",
+        "TLS passthrough: connections sent to the default cluster (no SNI, no route for it, or no ClientHello).",
+        |c| c.sni_defaulted.get(),
+    ),
+    (
+        "sni_no_route_total",
+        "counter",
+        "TLS passthrough: connections closed for want of a route and of a default cluster.",
+        |c| c.sni_no_route.get(),
+    ),
+    (
+        "sni_timeouts_total",
+        "counter",
+        "TLS passthrough: connections closed because no whole ClientHello arrived in time.",
+        |c| c.sni_timeouts.get(),
+    ),
 ];
 
 fn listeners(out: &mut String, snapshot: &Snapshot) {

@@ -8,8 +8,14 @@
 //!
 //! A cluster with a circuit breaker admits a connection only within `max_connections` (across
 //! workers, for the connection's life); beyond it the client's connection is closed at once.
+//!
+//! A tcp listener with TLS passthrough goes through [`passthrough`] first: it reads the
+//! ClientHello (without terminating TLS), picks the cluster by its SNI ([`sni`]), and hands the
+//! connection to [`forward`] with the bytes it read, which go to the upstream first and untouched.
 
 pub mod copy;
+pub mod passthrough;
+pub mod sni;
 pub mod splice;
 
 use std::net::SocketAddr;
@@ -31,12 +37,26 @@ pub async fn proxy(
     listener: &Listener,
     downstream: TcpStream,
     peer: SocketAddr,
-    mut initial: Vec<u8>,
+    initial: Vec<u8>,
 ) {
     let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
         debug!(listener = %listener.name, %peer, "no cluster for opaque traffic; closing");
         return;
     };
+    forward(core, snapshot, listener, cluster, downstream, peer, initial).await;
+}
+
+/// Connects to `cluster`, writes `initial` (bytes already read from the client) to it first, then
+/// copies both ways until both sides are done.
+pub async fn forward(
+    core: &Core,
+    snapshot: &Snapshot,
+    listener: &Listener,
+    cluster: &Cluster,
+    downstream: TcpStream,
+    peer: SocketAddr,
+    mut initial: Vec<u8>,
+) {
     // `in_flight` is held until the connection ends: least-request counts open connections; so is
     // the breaker's permit.
     let (upstream, in_flight, permit) = match connect(core, snapshot, cluster, peer).await {
@@ -49,7 +69,7 @@ pub async fn proxy(
     let counters = listener.stats.workers.slot(core.id);
     let mut upstream = upstream;
     if !initial.is_empty() {
-        // Bytes read while detecting the protocol go first.
+        // Bytes read while detecting the protocol or reading the ClientHello go first.
         counters.bytes_received.add(initial.len() as u64);
         let (result, _) =
             monoio::io::AsyncWriteRentExt::write_all(&mut upstream, std::mem::take(&mut initial))

@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
-use config_schema::{Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProtocol};
+use config_schema::{Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProtocol, TlsMode};
 
 use super::{
     Cluster, Endpoint, GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
     Listener, ListenerStats, PoolLimits, Snapshot,
 };
 use crate::access_log::AccessLogSink;
+use crate::l4::passthrough::Passthrough;
+use crate::l4::sni::SniRoutes;
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
@@ -161,6 +163,22 @@ pub fn compile(
                         workers,
                     )
                 }),
+                // Validation keeps passthrough to tcp listeners, and every route's cluster
+                // exists.
+                passthrough: l
+                    .tls
+                    .as_ref()
+                    .filter(|tls| {
+                        tls.mode == TlsMode::Passthrough && l.protocol == ListenerProtocol::Tcp
+                    })
+                    .map(|tls| Passthrough {
+                        routes: SniRoutes::new(tls.sni_routes.iter().filter_map(
+                            |(name, cluster)| {
+                                Some((name.as_str(), *cluster_index.get(cluster.as_str())?))
+                            },
+                        )),
+                        hello_timeout: l.request_header_timeout.get(),
+                    }),
             }
         })
         .collect();

@@ -24,6 +24,7 @@ use arc_swap::{ArcSwap, Cache};
 use config_schema::{ConfigSpec, L4Copy, LbPolicy, ListenerProtocol, UpstreamProtocol};
 
 use crate::access_log::AccessLogSink;
+use crate::l4::passthrough::Passthrough;
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::RouteConfig;
 use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
@@ -108,6 +109,9 @@ pub struct Listener {
     pub stats: Arc<ListenerStats>,
     /// Local rate limit: tcp listeners, new connections; http and auto listeners, HTTP requests.
     pub rate_limit: Option<RateLimiter>,
+    /// TLS passthrough (tcp listeners): SNI routes and the ClientHello timeout. The default
+    /// cluster is [`Listener::cluster`].
+    pub passthrough: Option<Passthrough>,
 }
 
 /// Counters and the connection gauge of one listener.
