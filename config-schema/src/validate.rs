@@ -1266,15 +1266,22 @@ const PROTECTED_HEADERS: &[&str] = &[
     "proxy-connection",
 ];
 
-/// Clusters that tcp listeners, and `auto` listeners for non-HTTP traffic, forward connections
-/// to, each with the first such listener (index and name).
+/// Clusters that tcp listeners (their `cluster` and TLS passthrough routes), and `auto` listeners
+/// for non-HTTP traffic, forward connections to, each with the first such listener (index and
+/// name).
 fn l4_clusters(listeners: &[ListenerSpec]) -> HashMap<&str, (usize, &str)> {
     let mut clusters = HashMap::new();
     for (index, listener) in listeners.iter().enumerate() {
         if listener.protocol == ListenerProtocol::Http {
             continue;
         }
-        if let Some(cluster) = &listener.cluster {
+        // TLS passthrough routes send connections too.
+        let sni_clusters = listener
+            .tls
+            .iter()
+            .filter(|tls| tls.mode == TlsMode::Passthrough)
+            .flat_map(|tls| tls.sni_routes.values());
+        for cluster in listener.cluster.iter().chain(sni_clusters) {
             clusters
                 .entry(cluster.as_str())
                 .or_insert((index, listener.name.as_str()));

@@ -695,6 +695,17 @@ fn header_and_cookie_hashing_are_rejected_on_clusters_that_get_tcp_connections()
         "[\"127.0.0.1:8080\"]\nlb_policy = \"ring_hash\"\nhash_policy = { header = \"x-user\" }",
     );
     parse(&text).expect("header hashing works for HTTP");
+    // A cluster that a TLS passthrough route sends connections to gets TCP connections too.
+    let text = text.replace(
+        "cluster = \"db\"\n",
+        "cluster = \"db\"\ntls = { mode = \"passthrough\", sni_routes = { \"*.web.example\" = \"web\" } }\n",
+    );
+    assert_rejected(
+        &text,
+        "clusters[0].hash_policy.header",
+        line_of(&text, "hash_policy"),
+        "hashing on a header needs HTTP requests, but listener \"db\" (listeners[1]) forwards TCP",
+    );
 }
 
 #[test]

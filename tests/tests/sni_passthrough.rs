@@ -36,6 +36,7 @@ both_drivers!(
     megabytes_arrive_byte_exact,
     megabytes_arrive_byte_exact_through_splice,
     a_reload_that_changes_a_route_applies_to_new_connections,
+    the_chosen_clusters_circuit_breaker_applies,
 );
 
 const MIB: usize = 1024 * 1024;
@@ -642,4 +643,75 @@ fn a_reload_that_changes_a_route_applies_to_new_connections(driver: Driver) {
     // The wildcard route is gone with the reload: its names now go to the default.
     let seen = s_client(tls, Some("x.internal.example"), None, &backends.ca);
     assert_eq!(seen.subject, "fallback", "{}", seen.output);
+}
+
+/// A passthrough connection is an ordinary L4 connection of the cluster its SNI picked: that
+/// cluster's circuit breaker (`max_connections = 1`) closes a second one while the first is open,
+/// and admits the next once the first ended.
+fn the_chosen_clusters_circuit_breaker_applies(driver: Driver) {
+    let hello = capture_client_hello(|port| {
+        let mut c = Command::new(tests::tool("openssl"));
+        c.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(["-servername", "held.example"]);
+        c
+    });
+    // Holds each connection until the proxy closes it.
+    let holder = Upstream::spawn(|stream, _| {
+        let _ = tests::upstream::read_all(&stream);
+    });
+    let config = format!(
+        r#"
+[[listeners]]
+name = "tls"
+address = "127.0.0.1:0"
+protocol = "tcp"
+tls = {{ mode = "passthrough", sni_routes = {{ "held.example" = "held" }} }}
+
+[[clusters]]
+name = "held"
+endpoints = ["{}"]
+circuit_breaker = {{ max_connections = 1 }}
+"#,
+        holder.address()
+    );
+    let proxy = Proxy::start(&config, driver, 2);
+    let tls = proxy.listener("tls");
+    let open = |hello: &[u8]| {
+        let mut stream = client::connect(tls);
+        stream.write_all(hello).expect("send the ClientHello");
+        stream
+    };
+
+    let first = open(&hello);
+    tests::wait_until(PATIENCE, "the first connection upstream", || {
+        match holder.accepted() {
+            1 => Ok(()),
+            n => Err(format!("{n} accepted")),
+        }
+    });
+    let mut second = open(&hello);
+    let closed = wait_closed(&mut second, PATIENCE);
+    assert!(matches!(closed, Closed::Eof | Closed::Reset));
+    let overflows = proxy.metrics().sum(
+        "ringmesh_cluster_circuit_breaker_overflow_total",
+        &[("cluster", "held")],
+    );
+    assert_eq!(overflows, 1.0);
+    assert_eq!(
+        holder.accepted(),
+        1,
+        "the breaker kept the second one from the upstream"
+    );
+
+    drop(first);
+    let mut later = Vec::new();
+    tests::wait_until(PATIENCE, "a connection after the first ended", || {
+        if holder.accepted() == 2 {
+            return Ok(());
+        }
+        later.push(open(&hello));
+        Err(format!("{} accepted", holder.accepted()))
+    });
+    // Routing comes before the breaker: every attempt was routed.
+    wait_sni_metric(&proxy, "tls", "routed", 2.0 + later.len() as f64);
 }
