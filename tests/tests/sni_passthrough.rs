@@ -515,8 +515,8 @@ fn capture_client_hello(client: impl FnOnce(u16) -> Command) -> Vec<u8> {
     hello
 }
 
-/// The ClientHellos of real openssl and curl clients, captured here, reach the upstream chosen by
-/// their SNI exactly as they were sent.
+/// The ClientHellos of real openssl and curl clients, captured here, and one grown past a TLS
+/// record, reach the upstream chosen by their SNI exactly as they were sent.
 fn the_client_hellos_of_openssl_and_curl_are_forwarded_byte_for_byte(driver: Driver) {
     let (seen_tx, seen_rx) = mpsc::channel::<Vec<u8>>();
     let expected_len = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -560,7 +560,11 @@ endpoints = ["{}"]
             .arg(format!("https://Curl.Recorded.Example:{port}/"));
         c
     };
-    let hellos = [capture_client_hello(openssl), capture_client_hello(curl)];
+    let openssl_hello = capture_client_hello(openssl);
+    // The same ClientHello grown past 16 KiB by a padding extension, so it spans two records and
+    // several reads.
+    let big = padded_into_records(&openssl_hello, 20_000);
+    let hellos = [openssl_hello, capture_client_hello(curl), big];
     for hello in hellos {
         expected_len.store(hello.len(), std::sync::atomic::Ordering::Release);
         let mut stream = client::connect(tls);
@@ -570,7 +574,37 @@ endpoints = ["{}"]
             .expect("the recorder got the ClientHello");
         assert!(seen == hello, "the ClientHello arrived altered");
     }
-    wait_sni_metric(&proxy, "tls", "routed", 2.0);
+    wait_sni_metric(&proxy, "tls", "routed", 3.0);
+}
+
+/// `hello` (one record holding one ClientHello) with a padding extension (RFC 7685) of `extra`
+/// bytes added, sent as records of at most 16 KiB.
+fn padded_into_records(hello: &[u8], extra: usize) -> Vec<u8> {
+    let message = &hello[5..];
+    // Walk to the extensions: handshake header, version, random, session id, suites,
+    // compression.
+    let mut at = 4 + 2 + 32;
+    at += 1 + usize::from(message[at]);
+    at += 2 + usize::from(u16::from_be_bytes([message[at], message[at + 1]]));
+    at += 1 + usize::from(message[at]);
+    let extensions = usize::from(u16::from_be_bytes([message[at], message[at + 1]]));
+    let mut body = message[4..].to_vec();
+    let length = u16::try_from(extensions + 4 + extra).expect("extensions fit in 64 KiB");
+    body[at - 4..at - 2].copy_from_slice(&length.to_be_bytes());
+    body.extend_from_slice(&21u16.to_be_bytes());
+    body.extend_from_slice(&u16::try_from(extra).expect("padding fits").to_be_bytes());
+    body.resize(body.len() + extra, 0);
+    let mut whole = vec![1u8];
+    whole.extend_from_slice(&u32::try_from(body.len()).expect("small").to_be_bytes()[1..]);
+    whole.extend_from_slice(&body);
+    let mut wire = Vec::new();
+    for record in whole.chunks(16 * 1024) {
+        wire.extend_from_slice(&[22, 3, 1]);
+        wire.extend_from_slice(&u16::try_from(record.len()).expect("a record").to_be_bytes());
+        wire.extend_from_slice(record);
+    }
+    assert!(wire.len() > 16 * 1024 + 5, "more than one record");
+    wire
 }
 
 /// A client that connects and says nothing is closed once the listener's

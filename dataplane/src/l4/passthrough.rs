@@ -8,9 +8,10 @@
 //! holds a key and never sees plaintext.
 //!
 //! What is counted (per listener, `ringmesh_listener_sni_*`): routed by an SNI route, sent to the
-//! default (no SNI, an SNI no route names, not a ClientHello, or the client ended its side before
-//! a whole one), closed for want of a default, and closed because the ClientHello did not arrive
+//! default (no SNI, an SNI no route names, not a ClientHello, or the client ended its side after
+//! part of one), closed for want of a default, and closed because the ClientHello did not arrive
 //! within the timeout (as Envoy's TLS inspector does when its listener-filter timeout passes).
+//! A client that resets, or closes without sending a byte, is simply closed.
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,8 +40,10 @@ const READ_SIZE: usize = 4096;
 
 /// Why the ClientHello read ended without a decision of [`sni::parse`].
 enum Ended {
-    /// The client closed its side (or the connection failed) first.
+    /// The client closed its side (FIN) first.
     Closed,
+    /// The connection failed (reset).
+    Failed,
     /// The timeout passed.
     TimedOut,
 }
@@ -72,15 +75,23 @@ pub async fn serve(
             Ok(0) => break Err(Ended::Closed),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => break Err(Ended::TimedOut),
-            Err(_) => break Err(Ended::Closed),
+            Err(_) => break Err(Ended::Failed),
         }
     };
+    // A client that is gone, or that closed without a byte, has nothing to forward.
+    if matches!(hello, Err(Ended::Failed))
+        || (buf.is_empty() && matches!(hello, Err(Ended::Closed)))
+    {
+        counters.bytes_received.add(buf.len() as u64);
+        debug!(listener = %listener.name, %peer, read = buf.len(), "client gone before its ClientHello");
+        return;
+    }
     let (name, why): (Option<ServerName>, &str) = match hello {
         Ok(Hello::Complete(Some(name))) => (Some(name), "no SNI route"),
         Ok(Hello::Complete(None)) => (None, "no SNI"),
         Ok(Hello::Invalid(why)) => (None, why),
-        Ok(Hello::Incomplete) | Err(Ended::Closed) => {
-            (None, "the client ended before a whole ClientHello")
+        Ok(Hello::Incomplete) | Err(Ended::Closed | Ended::Failed) => {
+            (None, "the client ended its side before a whole ClientHello")
         }
         Err(Ended::TimedOut) => {
             counters.sni_timeouts.inc();
