@@ -24,16 +24,7 @@ use tracing::debug;
 
 use super::sni::{self, Hello, ServerName};
 use crate::core::Core;
-use crate::snapshot::{Listener, Snapshot};
-
-/// A passthrough listener's routing, compiled.
-#[derive(Debug)]
-pub struct Passthrough {
-    /// SNI routes to cluster indices.
-    pub routes: sni::SniRoutes,
-    /// Time allowed for the whole ClientHello, from accept.
-    pub hello_timeout: Duration,
-}
+use crate::snapshot::{Listener, PassthroughSettings, Snapshot};
 
 /// Bytes asked of each read while the ClientHello comes in: most arrive in one read of this.
 const READ_SIZE: usize = 4096;
@@ -54,7 +45,7 @@ pub async fn serve(
     core: &Core,
     snapshot: &Snapshot,
     listener: &Listener,
-    passthrough: &Passthrough,
+    passthrough: &PassthroughSettings,
     mut downstream: TcpStream,
     peer: SocketAddr,
 ) {

@@ -13,13 +13,9 @@
 //! picks. A ClientHello that fits in its first record (nearly all do) is parsed in place; one
 //! spread over records is put together in a buffer first.
 //!
-//! [`SniRoutes`] implements the matching rule of Envoy's and Istio's `server_names`: names
-//! compare case-insensitively; an exact name wins; otherwise the wildcard with the longest
-//! suffix wins, `*.example.com` standing for one or more whole labels (so it matches
-//! `a.example.com` and `a.b.example.com`, and not `example.com`).
+//! The route table the name is looked up in is `routing::sni`.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 /// The most bytes read while looking for a ClientHello. Real ones are 200 B to 2 KiB, with
 /// post-quantum key shares and padding still under 16 KiB; Envoy's TLS inspector stops at 64 KiB
@@ -324,47 +320,6 @@ impl<'a> Cursor<'a> {
     fn u16_prefixed(&mut self) -> Option<&'a [u8]> {
         let n = self.u16()?;
         self.take(usize::from(n))
-    }
-}
-
-/// The SNI routes of a passthrough listener, compiled: names lowercased, wildcards kept by their
-/// suffix. Ordered maps, so that a snapshot prints the same every time it is compiled.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SniRoutes {
-    /// Exact host name to cluster index.
-    exact: BTreeMap<Box<str>, usize>,
-    /// `*.suffix` by `suffix` to cluster index.
-    wildcard: BTreeMap<Box<str>, usize>,
-}
-
-impl SniRoutes {
-    /// Compiles `(pattern, cluster index)` pairs; patterns are validated host names or
-    /// `*.suffix` (config validation).
-    pub fn new<'a>(routes: impl IntoIterator<Item = (&'a str, usize)>) -> Self {
-        let mut table = Self::default();
-        for (pattern, cluster) in routes {
-            let pattern = pattern.to_ascii_lowercase();
-            match pattern.strip_prefix("*.") {
-                Some(suffix) => table.wildcard.insert(suffix.into(), cluster),
-                None => table.exact.insert(pattern.into(), cluster),
-            };
-        }
-        table
-    }
-
-    /// The cluster for `name` (lowercased, as [`ServerName`] is): the exact route, else the
-    /// wildcard with the longest suffix that leaves at least one whole label in front.
-    pub fn find(&self, name: &str) -> Option<usize> {
-        if let Some(&cluster) = self.exact.get(name) {
-            return Some(cluster);
-        }
-        if self.wildcard.is_empty() {
-            return None;
-        }
-        // Each dot that has a label before it starts a candidate suffix, longest first.
-        name.char_indices()
-            .filter(|&(i, c)| c == '.' && i > 0)
-            .find_map(|(i, _)| self.wildcard.get(name.get(i + 1..)?).copied())
     }
 }
 

@@ -10,12 +10,11 @@ use config_schema::{Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProt
 
 use super::{
     Cluster, Endpoint, GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
-    Listener, ListenerStats, PoolLimits, Snapshot,
+    Listener, ListenerStats, PassthroughSettings, PoolLimits, Snapshot,
 };
 use crate::access_log::AccessLogSink;
-use crate::l4::passthrough::Passthrough;
-use crate::l4::sni::SniRoutes;
 use crate::policy::{Policies, RateLimiter};
+use crate::routing::sni::SniRoutes;
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
 use crate::upstream::outlier::ClusterHealth;
@@ -171,7 +170,7 @@ pub fn compile(
                     .filter(|tls| {
                         tls.mode == TlsMode::Passthrough && l.protocol == ListenerProtocol::Tcp
                     })
-                    .map(|tls| Passthrough {
+                    .map(|tls| PassthroughSettings {
                         routes: SniRoutes::new(tls.sni_routes.iter().filter_map(
                             |(name, cluster)| {
                                 Some((name.as_str(), *cluster_index.get(cluster.as_str())?))

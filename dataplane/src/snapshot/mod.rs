@@ -24,7 +24,6 @@ use arc_swap::{ArcSwap, Cache};
 use config_schema::{ConfigSpec, L4Copy, LbPolicy, ListenerProtocol, UpstreamProtocol};
 
 use crate::access_log::AccessLogSink;
-use crate::l4::passthrough::Passthrough;
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::RouteConfig;
 use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
@@ -36,7 +35,8 @@ mod settings;
 
 pub use compile::compile;
 pub use settings::{
-    GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings, PoolLimits,
+    GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
+    PassthroughSettings, PoolLimits,
 };
 
 /// Everything a worker needs to serve traffic, for one config generation.
@@ -111,7 +111,7 @@ pub struct Listener {
     pub rate_limit: Option<RateLimiter>,
     /// TLS passthrough (tcp listeners): SNI routes and the ClientHello timeout. The default
     /// cluster is [`Listener::cluster`].
-    pub passthrough: Option<Passthrough>,
+    pub passthrough: Option<PassthroughSettings>,
 }
 
 /// Counters and the connection gauge of one listener.

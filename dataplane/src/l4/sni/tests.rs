@@ -1,7 +1,6 @@
 //! The ClientHello parser against real ClientHellos (captured from `openssl s_client` and curl
 //! into `testdata/`; `tests/tests/sni_passthrough.rs` captures fresh ones through the binary),
-//! refragmented, padded past one record, truncated at every byte, and mutated at random; and the
-//! SNI route table.
+//! refragmented, padded past one record, truncated at every byte, and mutated at random.
 
 use super::*;
 
@@ -250,28 +249,4 @@ fn random_and_mutated_input_never_panics() {
             assert!(ServerName::new(name.as_str().as_bytes()).is_some());
         }
     }
-}
-
-#[test]
-fn routes_match_exact_first_then_the_longest_wildcard() {
-    let routes = SniRoutes::new([
-        ("API.example", 0),
-        ("*.internal.example", 1),
-        ("*.deep.internal.example", 2),
-        ("*.example", 3),
-        ("exact.internal.example", 4),
-    ]);
-    let find = |name: &str| routes.find(name);
-    assert_eq!(find("api.example"), Some(0));
-    assert_eq!(find("x.internal.example"), Some(1));
-    assert_eq!(find("a.b.internal.example"), Some(1));
-    assert_eq!(find("x.deep.internal.example"), Some(2));
-    assert_eq!(find("deep.internal.example"), Some(1));
-    assert_eq!(find("exact.internal.example"), Some(4));
-    // A wildcard needs a whole label in front: `*.internal.example` is not `internal.example`.
-    assert_eq!(find("internal.example"), Some(3));
-    assert_eq!(find("example"), None);
-    assert_eq!(find(".example"), None);
-    assert_eq!(find("other.test"), None);
-    assert_eq!(SniRoutes::default().find("api.example"), None);
 }
