@@ -30,6 +30,10 @@ const CLIENT_HELLO: u8 = 1;
 const SERVER_NAME: u16 = 0;
 /// The largest TLS plaintext record (RFC 8446 §5.1).
 const MAX_RECORD: usize = 1 << 14;
+/// The most TLS records a ClientHello may be spread over. Real clients use one (four at the size
+/// limit); tools that split it to get past middleboxes use a handful. Beyond this it is treated
+/// as not a usable ClientHello, which bounds the work per read however a client fragments.
+const MAX_RECORDS: usize = 64;
 /// The longest DNS name.
 const MAX_NAME: usize = 255;
 
@@ -119,6 +123,11 @@ enum NotYet {
 
 /// The first handshake message, put together from as many records as it spans, or what to say
 /// instead: `Incomplete` while more bytes could complete it.
+///
+/// This runs again after every read, so it does little until the message is whole: it walks the
+/// record headers (at most [`MAX_RECORDS`]), adding up the handshake bytes, and copies nothing
+/// before they are all there — a client trickling a fragmented ClientHello a byte at a time
+/// costs a few header reads per byte, not a copy of everything so far.
 fn handshake_message(buf: &[u8]) -> Result<Cow<'_, [u8]>, NotYet> {
     // A TLS record starts with type 22 and version 3.x: decide on the first bytes, so that a
     // client speaking something else goes to the default at once.
@@ -130,48 +139,80 @@ fn handshake_message(buf: &[u8]) -> Result<Cow<'_, [u8]>, NotYet> {
     }
     let buf = buf.get(..MAX_HELLO).unwrap_or(buf);
     let mut records = Cursor::new(buf);
-    // Handshake bytes of the records seen so far: borrowed while they come from one record.
-    let mut message: Cow<'_, [u8]> = Cow::Borrowed(&[]);
+    // The handshake header, gathered across fragments; handshake bytes seen; the message's
+    // whole length once its header is known.
+    let mut head = [0u8; 4];
+    let mut have = 0usize;
+    let mut whole: Option<usize> = None;
+    let mut count = 0usize;
     loop {
-        let Some(header) = records.take(5) else {
-            return Err(incomplete_unless_full(buf));
-        };
-        let mut header = Cursor::new(header);
-        let content_type = header.u8().unwrap_or_default();
-        let major = header.u8().unwrap_or_default();
-        let _minor = header.u8();
-        let length = usize::from(header.u16().unwrap_or_default());
-        if content_type != HANDSHAKE || major != 3 {
-            // TLS 1.3 forbids interleaving other records with a fragmented handshake message.
+        if let Some(whole) = whole
+            && have >= whole
+        {
+            return Ok(assemble(buf, whole));
+        }
+        if count == MAX_RECORDS {
             return Err(NotYet::Invalid(
-                "a record that is not a handshake inside the ClientHello",
+                "a ClientHello spread over too many records",
             ));
         }
-        if length == 0 || length > MAX_RECORD {
-            return Err(NotYet::Invalid("a handshake record of impossible length"));
+        let (length, fragment) =
+            next_record(&mut records).ok_or_else(|| incomplete_unless_full(buf))??;
+        count += 1;
+        for (slot, &byte) in head.iter_mut().skip(have).zip(fragment) {
+            *slot = byte;
         }
-        let fragment = records.take_up_to(length);
-        message = match message {
-            Cow::Borrowed([]) => Cow::Borrowed(fragment),
-            joined => {
-                let mut joined = joined.into_owned();
-                joined.extend_from_slice(fragment);
-                Cow::Owned(joined)
-            }
-        };
-        if let Some(whole) = whole_message(&message)? {
-            return Ok(match message {
-                Cow::Borrowed(bytes) => Cow::Borrowed(bytes.get(..whole).unwrap_or(bytes)),
-                Cow::Owned(mut bytes) => {
-                    bytes.truncate(whole);
-                    Cow::Owned(bytes)
-                }
-            });
+        have += fragment.len();
+        if whole.is_none() && have >= head.len() {
+            whole = Some(message_length(head)?);
         }
-        if fragment.len() < length {
+        if fragment.len() < length && whole.is_none_or(|whole| have < whole) {
             return Err(incomplete_unless_full(buf));
         }
     }
+}
+
+/// The next record's declared length and the part of its fragment there is: `None` when its
+/// header is not all there, an error when it cannot belong to a ClientHello.
+fn next_record<'a>(records: &mut Cursor<'a>) -> Option<Result<(usize, &'a [u8]), NotYet>> {
+    let mut header = Cursor::new(records.take(5)?);
+    let content_type = header.u8().unwrap_or_default();
+    let major = header.u8().unwrap_or_default();
+    let _minor = header.u8();
+    let length = usize::from(header.u16().unwrap_or_default());
+    if content_type != HANDSHAKE || major != 3 {
+        // TLS 1.3 forbids interleaving other records with a fragmented handshake message.
+        return Some(Err(NotYet::Invalid(
+            "a record that is not a handshake inside the ClientHello",
+        )));
+    }
+    if length == 0 || length > MAX_RECORD {
+        return Some(Err(NotYet::Invalid(
+            "a handshake record of impossible length",
+        )));
+    }
+    Some(Ok((length, records.take_up_to(length))))
+}
+
+/// The first `whole` handshake bytes of `buf`'s records, which [`handshake_message`] checked are
+/// there: borrowed when the first record holds them all (nearly always), else copied together.
+fn assemble(buf: &[u8], whole: usize) -> Cow<'_, [u8]> {
+    let mut records = Cursor::new(buf);
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(Ok((_, fragment))) = next_record(&mut records) {
+        if joined.is_empty() && fragment.len() >= whole {
+            return Cow::Borrowed(fragment.get(..whole).unwrap_or(fragment));
+        }
+        if joined.is_empty() {
+            joined.reserve(whole);
+        }
+        let wanted = whole.saturating_sub(joined.len());
+        joined.extend_from_slice(fragment.get(..wanted).unwrap_or(fragment));
+        if joined.len() >= whole {
+            break;
+        }
+    }
+    Cow::Owned(joined)
 }
 
 /// `Incomplete`, unless [`MAX_HELLO`] bytes are already there.
@@ -183,23 +224,19 @@ fn incomplete_unless_full(buf: &[u8]) -> NotYet {
     }
 }
 
-/// The length of the whole first handshake message (header included) if `message` holds all of
-/// it; `None` if more is needed.
-fn whole_message(message: &[u8]) -> Result<Option<usize>, NotYet> {
-    let mut cursor = Cursor::new(message);
-    let (Some(kind), Some(length)) = (cursor.u8(), cursor.u24()) else {
-        return Ok(None);
-    };
+/// The length of the whole first handshake message, header included, from its header.
+fn message_length(head: [u8; 4]) -> Result<usize, NotYet> {
+    let [kind, a, b, c] = head;
     if kind != CLIENT_HELLO {
         return Err(NotYet::Invalid(
             "the first handshake message is not a ClientHello",
         ));
     }
-    let whole = 4 + length;
+    let whole = 4 + (usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c));
     if whole > MAX_HELLO {
         return Err(NotYet::Invalid("a ClientHello over the size limit"));
     }
-    Ok((message.len() >= whole).then_some(whole))
+    Ok(whole)
 }
 
 /// The host name in a whole ClientHello message (handshake header included), if any.
@@ -305,11 +342,6 @@ impl<'a> Cursor<'a> {
     fn u16(&mut self) -> Option<u16> {
         let bytes = self.take(2)?;
         Some(u16::from_be_bytes(bytes.try_into().ok()?))
-    }
-
-    fn u24(&mut self) -> Option<usize> {
-        let bytes = self.take(3)?;
-        Some(bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b)))
     }
 
     fn u8_prefixed(&mut self) -> Option<&'a [u8]> {

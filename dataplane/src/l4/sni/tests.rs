@@ -83,7 +83,9 @@ fn bytes_after_the_client_hello_do_not_matter() {
 
 #[test]
 fn a_client_hello_split_into_many_records_is_put_together() {
-    for size in [1, 2, 3, 7, 100, 511] {
+    assert_eq!(message(CURL).len(), 512);
+    // 64 records of 8 bytes is the most allowed.
+    for size in [8, 9, 16, 100, 511] {
         let split = records(message(CURL), size);
         assert_eq!(
             name(&split).as_deref(),
@@ -98,6 +100,22 @@ fn a_client_hello_split_into_many_records_is_put_together() {
                 "{size}: cut at {cut}"
             );
         }
+    }
+}
+
+#[test]
+fn a_client_hello_in_more_than_64_records_is_invalid() {
+    for size in [1, 7] {
+        let split = records(message(CURL), size);
+        assert!(
+            matches!(parse(&split), Hello::Invalid(_)),
+            "records of {size}"
+        );
+        // Decided once 64 records are there without the whole message, not at the end.
+        assert!(matches!(
+            parse(&split[..65 * (5 + size)]),
+            Hello::Invalid(_)
+        ));
     }
 }
 
