@@ -403,6 +403,15 @@ fn no_sni_unknown_sni_and_non_tls_bytes_go_to_the_default_cluster(driver: Driver
         metrics.value("ringmesh_listener_sni_routed_total", &[("listener", "tls")]),
         0.0
     );
+    // Istio's TCP metrics are per listener here, and a passthrough listener's connections go to
+    // several clusters: none is named for them.
+    assert_eq!(
+        metrics.value(
+            "istio_tcp_connections_opened_total",
+            &[("listener", "tls"), ("destination_service", "unknown")]
+        ),
+        6.0
+    );
 }
 
 /// On the listener without a default cluster, no SNI, an unknown SNI and non-TLS bytes are

@@ -630,15 +630,19 @@ fn istio_tcp(out: &mut String, snapshot: &Snapshot) {
     for (name, kind, help, get) in FAMILIES {
         header(out, name, kind, help);
         for listener in &snapshot.listeners {
-            let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
-                continue;
+            // The counters are per listener. A TLS passthrough listener sends its connections to
+            // the clusters its SNI routes pick, so one cluster cannot be named for them.
+            let destination = match (&listener.passthrough, listener.cluster) {
+                (Some(_), _) => "unknown",
+                (None, Some(cluster)) => &*snapshot.clusters[cluster].name,
+                (None, None) => continue,
             };
             let _ = writeln!(
                 out,
                 "{name}{{reporter=\"destination\",source_workload=\"{}\",destination_service=\"{}\",\
                  connection_security_policy=\"none\",listener=\"{}\"}} {}",
                 escape(source),
-                escape(&cluster.name),
+                escape(destination),
                 escape(&listener.name),
                 listener.stats.workers.sum(get)
             );
