@@ -36,7 +36,7 @@ both_drivers!(
     megabytes_arrive_byte_exact,
     megabytes_arrive_byte_exact_through_splice,
     a_reload_that_changes_a_route_applies_to_new_connections,
-    the_chosen_clusters_circuit_breaker_applies,
+    the_chosen_clusters_circuit_breaker_and_the_listener_limit_apply,
 );
 
 const MIB: usize = 1024 * 1024;
@@ -690,16 +690,19 @@ fn a_reload_that_changes_a_route_applies_to_new_connections(driver: Driver) {
 
 /// A passthrough connection is an ordinary L4 connection of the cluster its SNI picked: that
 /// cluster's circuit breaker (`max_connections = 1`) closes a second one while the first is open,
-/// and admits the next once the first ended.
-fn the_chosen_clusters_circuit_breaker_applies(driver: Driver) {
+/// and admits the next once the first ended. The listener's own `max_connections` applies too.
+fn the_chosen_clusters_circuit_breaker_and_the_listener_limit_apply(driver: Driver) {
     let hello = capture_client_hello(|port| {
         let mut c = Command::new(tests::tool("openssl"));
         c.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
             .args(["-servername", "held.example"]);
         c
     });
-    // Holds each connection until the proxy closes it.
+    // Hold each connection until the proxy closes it.
     let holder = Upstream::spawn(|stream, _| {
+        let _ = tests::upstream::read_all(&stream);
+    });
+    let free = Upstream::spawn(|stream, _| {
         let _ = tests::upstream::read_all(&stream);
     });
     let config = format!(
@@ -710,12 +713,24 @@ address = "127.0.0.1:0"
 protocol = "tcp"
 tls = {{ mode = "passthrough", sni_routes = {{ "held.example" = "held" }} }}
 
+[[listeners]]
+name = "limited"
+address = "127.0.0.1:0"
+protocol = "tcp"
+max_connections = 1
+tls = {{ mode = "passthrough", sni_routes = {{ "held.example" = "free" }} }}
+
 [[clusters]]
 name = "held"
-endpoints = ["{}"]
+endpoints = ["{held}"]
 circuit_breaker = {{ max_connections = 1 }}
+
+[[clusters]]
+name = "free"
+endpoints = ["{free}"]
 "#,
-        holder.address()
+        held = holder.address(),
+        free = free.address(),
     );
     let proxy = Proxy::start(&config, driver, 2);
     let tls = proxy.listener("tls");
@@ -757,4 +772,34 @@ circuit_breaker = {{ max_connections = 1 }}
     });
     // Routing comes before the breaker: every attempt was routed.
     wait_sni_metric(&proxy, "tls", "routed", 2.0 + later.len() as f64);
+
+    // The listener's max_connections holds too: with one passthrough connection open, the next
+    // is closed at accept, before its ClientHello is read.
+    let limited = proxy.listener("limited");
+    let mut first = client::connect(limited);
+    first.write_all(&hello).expect("send the ClientHello");
+    tests::wait_until(
+        PATIENCE,
+        "the limited listener's connection upstream",
+        || match free.accepted() {
+            1 => Ok(()),
+            n => Err(format!("{n} accepted")),
+        },
+    );
+    let mut refused = client::connect(limited);
+    let _ = refused.write_all(&hello);
+    let closed = wait_closed(&mut refused, PATIENCE);
+    assert!(matches!(closed, Closed::Eof | Closed::Reset));
+    proxy.wait_listener_counter("limited", "rejected", 1);
+    assert_eq!(free.accepted(), 1);
+    let metrics = proxy.metrics();
+    assert_eq!(
+        metrics.value(
+            "ringmesh_listener_sni_routed_total",
+            &[("listener", "limited")]
+        ),
+        1.0,
+        "the refused connection was never read"
+    );
+    drop(first);
 }

@@ -1,6 +1,12 @@
 //! The ClientHello parser against real ClientHellos (captured from `openssl s_client` and curl
 //! into `testdata/`; `tests/tests/sni_passthrough.rs` captures fresh ones through the binary),
 //! refragmented, padded past one record, truncated at every byte, and mutated at random.
+//!
+//! The files are the bytes each client wrote to a listening socket that never answered, up to
+//! the end of its first record: `openssl s_client -connect 127.0.0.1:PORT` with
+//! `-servername api.example` (TLS 1.3), `-servername x.internal.example -tls1_2`, and
+//! `-noservername` (OpenSSL 3.0), and `curl --resolve Api.Example:PORT:127.0.0.1
+//! https://Api.Example:PORT/` (curl 7.88).
 
 use super::*;
 
