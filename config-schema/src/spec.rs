@@ -211,7 +211,9 @@ pub struct IdentitySpec {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsSpec {
-    /// `terminate` decrypts here; `passthrough` routes on the ClientHello's SNI without decrypting.
+    /// `terminate` decrypts here; `passthrough` (tcp listeners only) routes on the ClientHello's
+    /// SNI without decrypting: the proxy reads the ClientHello, picks the cluster from
+    /// `sni_routes`, and forwards every byte untouched, those it read first.
     #[serde(default)]
     pub mode: TlsMode,
     /// PEM certificate chain (required for `terminate` unless `[identity]` is set).
@@ -232,13 +234,18 @@ pub struct ListenerTlsSpec {
     /// ALPN protocols offered, in order of preference.
     #[serde(default = "ListenerTlsSpec::default_alpn")]
     pub alpn: Vec<String>,
-    /// TLS passthrough: SNI host name (exact or `*.suffix`) to cluster.
+    /// TLS passthrough: SNI host name to cluster. Names match case-insensitively; an exact name
+    /// wins over a wildcard, and among wildcards the longest suffix wins. `*.example.com` stands
+    /// for one or more whole labels (it matches `a.example.com` and `a.b.example.com`, not
+    /// `example.com`), as Envoy's and Istio's `server_names`. A connection whose ClientHello has
+    /// no SNI, an SNI no route names, or is not a well-formed TLS ClientHello goes to the
+    /// listener's `cluster` (the default), or is closed when the listener has none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sni_routes: BTreeMap<String, String>,
 }
 
 impl ListenerTlsSpec {
-    fn default_alpn() -> Vec<String> {
+    pub(crate) fn default_alpn() -> Vec<String> {
         vec!["h2".to_owned(), "http/1.1".to_owned()]
     }
 }
@@ -341,7 +348,9 @@ pub struct ListenerSpec {
     /// forwards anything else to `cluster` when set.
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// Destination cluster for `tcp` listeners, and for non-HTTP traffic on `auto` listeners.
+    /// Destination cluster for `tcp` listeners, and for non-HTTP traffic on `auto` listeners. On a
+    /// tcp listener with TLS passthrough, the default for connections that no SNI route takes
+    /// (absent: such connections are closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
     /// Virtual hosts served on this HTTP listener; empty = all of them.
@@ -353,7 +362,8 @@ pub struct ListenerSpec {
     /// Close a connection with no bytes in either direction for this long (0 = never).
     #[serde(default = "ListenerSpec::default_idle_timeout")]
     pub idle_timeout: Duration,
-    /// HTTP: time allowed to receive a complete request head.
+    /// HTTP: time allowed to receive a complete request head. TLS passthrough: time allowed to
+    /// receive the whole ClientHello, counted from accept (then the connection is closed).
     #[serde(default = "ListenerSpec::default_request_header_timeout")]
     pub request_header_timeout: Duration,
     /// HTTP: end a request (HTTP/1.1 exchange or HTTP/2 stream) when no body byte moved in

@@ -24,12 +24,42 @@ pub struct Unsupported {
     /// What would have gone wrong had the key been accepted, and what to do; the error message is
     /// `not supported yet: ` followed by this.
     pub consequence: &'static str,
+    /// A form of the key that the data plane does act on, accepted although the key is listed.
+    pub except: Option<Accepted>,
+}
+
+/// The form of an otherwise unsupported subtree that the data plane acts on: the subtree is
+/// accepted when its table sets `key` to the string `value`, and then only `keys` are acted on
+/// (validation refuses the others in that form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The key (directly in the subtree's table) that selects the form.
+    pub key: &'static str,
+    /// Its value in the accepted form.
+    pub value: &'static str,
+    /// The keys of the subtree that the data plane acts on in that form.
+    pub keys: &'static [&'static str],
 }
 
 impl Unsupported {
     /// The error message for this key.
     pub fn message(&self) -> String {
         format!("{NOT_SUPPORTED_YET}: {}", self.consequence)
+    }
+
+    /// Whether a subtree whose table gives `get(key)` for its string keys is the accepted form.
+    pub fn accepts<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.except
+            .is_some_and(|form| get(form.key) == Some(form.value))
+    }
+
+    /// Whether schema key `key` (`listeners[].tls.mode`) is acted on in the accepted form.
+    pub fn acted_on_in_accepted_form(&self, key: &str) -> bool {
+        self.except.is_some_and(|form| {
+            key.strip_prefix(self.path)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|rest| form.keys.contains(&rest))
+        })
     }
 }
 
@@ -40,10 +70,13 @@ pub const NOT_SUPPORTED_YET: &str = "not supported yet";
 /// acting on its key.
 #[rustfmt::skip]
 pub const NOT_SUPPORTED: &[Unsupported] = &[
-    Unsupported { path: "identity", consequence: "workload identity (SPIFFE mTLS) — this node would present no certificate and verify no peer, so its traffic would be plaintext and unauthenticated; remove [identity]" },
-    Unsupported { path: "telemetry.tracing", consequence: "tracing — no span would be sampled, recorded or exported (traceparent headers pass through as any other header); remove [telemetry.tracing]" },
-    Unsupported { path: "listeners[].tls", consequence: "TLS on listeners — this listener would serve plaintext (and with sni_routes on a tcp listener, close every connection); remove [listeners.tls]" },
-    Unsupported { path: "clusters[].tls", consequence: "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]" },
+    Unsupported { path: "identity", consequence: "workload identity (SPIFFE mTLS) — this node would present no certificate and verify no peer, so its traffic would be plaintext and unauthenticated; remove [identity]", except: None },
+    Unsupported { path: "telemetry.tracing", consequence: "tracing — no span would be sampled, recorded or exported (traceparent headers pass through as any other header); remove [telemetry.tracing]", except: None },
+    // TLS termination arrives with the TLS transport; until then only passthrough (SNI routing
+    // without decrypting, `l4::passthrough`) is acted on, and validation keeps it to tcp
+    // listeners and refuses the terminate-only keys beside it.
+    Unsupported { path: "listeners[].tls", consequence: "TLS termination on listeners — this listener would serve plaintext (only mode = \"passthrough\" on a tcp listener is supported); remove [listeners.tls]", except: Some(Accepted { key: "mode", value: "passthrough", keys: &["mode", "sni_routes"] }) },
+    Unsupported { path: "clusters[].tls", consequence: "upstream TLS — traffic to this cluster would leave in plaintext; remove [clusters.tls]", except: None },
 ];
 
 /// The entry for the key at `path` (a concrete path such as `clusters[2].tls`), if it is not
@@ -97,6 +130,19 @@ mod tests {
         assert!(unsupported("clusters[x].tls").is_none());
         assert!(unsupported("clusters[0].pool").is_none());
         assert!(unsupported("listeners").is_none());
+    }
+
+    #[test]
+    fn listener_tls_is_accepted_in_passthrough_form_only() {
+        let entry = unsupported("listeners[0].tls").expect("listed");
+        assert!(entry.accepts(|key| (key == "mode").then_some("passthrough")));
+        assert!(!entry.accepts(|key| (key == "mode").then_some("terminate")));
+        assert!(!entry.accepts(|_| None));
+        assert!(entry.acted_on_in_accepted_form("listeners[].tls.sni_routes"));
+        assert!(entry.acted_on_in_accepted_form("listeners[].tls.mode"));
+        assert!(!entry.acted_on_in_accepted_form("listeners[].tls.cert"));
+        let clusters = unsupported("clusters[0].tls").expect("listed");
+        assert!(!clusters.accepts(|_| Some("passthrough")));
     }
 
     #[test]

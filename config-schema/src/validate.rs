@@ -432,6 +432,9 @@ impl<'a> Checker<'a> {
                         "sni_routes apply only to passthrough mode",
                     );
                 }
+                if tls.cert.is_some() != tls.key.is_some() {
+                    self.issue(path, "`cert` and `key` go together");
+                }
             }
             TlsMode::Passthrough => {
                 if protocol != ListenerProtocol::Tcp {
@@ -440,18 +443,23 @@ impl<'a> Checker<'a> {
                         "passthrough forwards encrypted bytes: use it on a tcp listener",
                     );
                 }
+                // The terminate-only keys would be ignored: the proxy never decrypts here.
                 for (key, set) in [
                     ("cert", tls.cert.is_some()),
+                    ("key", tls.key.is_some()),
                     ("client_ca", tls.client_ca.is_some()),
+                    ("require_client_cert", tls.require_client_cert),
+                    ("allowed_spiffe_ids", !tls.allowed_spiffe_ids.is_empty()),
+                    ("alpn", tls.alpn != ListenerTlsSpec::default_alpn()),
                 ] {
                     if set {
-                        self.issue(format!("{path}.{key}"), "not used in passthrough mode");
+                        self.issue(
+                            format!("{path}.{key}"),
+                            "not used in passthrough mode (the proxy does not decrypt)",
+                        );
                     }
                 }
             }
-        }
-        if tls.cert.is_some() != tls.key.is_some() {
-            self.issue(path, "`cert` and `key` go together");
         }
         if tls.require_client_cert && tls.client_ca.is_none() && !self.has_identity {
             self.issue(
@@ -470,12 +478,47 @@ impl<'a> Checker<'a> {
                 );
             }
         }
+        // Names are matched case-insensitively, so two keys that differ only in case would be
+        // one route with two clusters: each is reported, naming the other.
+        let mut by_name: HashMap<String, Vec<&str>> = HashMap::new();
+        for host in tls.sni_routes.keys() {
+            by_name
+                .entry(host.to_ascii_lowercase())
+                .or_default()
+                .push(host);
+        }
         for (host, cluster) in &tls.sni_routes {
-            let key = format!("{path}.sni_routes.{host:?}");
-            if !is_domain_pattern(host) || host == "*" {
+            let key = crate::load::join_key(&format!("{path}.sni_routes"), host);
+            if host == "*" {
                 self.issue(
                     &key,
-                    format!("invalid SNI host {host:?}: expected a host name or *.suffix"),
+                    "`*` is not an SNI route: connections that match no route go to the \
+                     listener's `cluster`",
+                );
+            } else if !is_domain_pattern(host) {
+                self.issue(
+                    &key,
+                    format!(
+                        "invalid SNI host {host:?}: expected a host name or *.suffix (the `*` \
+                         stands for one or more whole labels)"
+                    ),
+                );
+            }
+            let same: Vec<&str> = by_name
+                .get(&host.to_ascii_lowercase())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|other| *other != host)
+                .collect();
+            if !same.is_empty() {
+                self.issue(
+                    &key,
+                    format!(
+                        "SNI host {host:?} is listed twice, also as {} (names match \
+                         case-insensitively)",
+                        same.join(", ")
+                    ),
                 );
             }
             self.cluster_ref(&key, cluster);
@@ -1357,15 +1400,22 @@ const PROTECTED_HEADERS: &[&str] = &[
     "proxy-connection",
 ];
 
-/// Clusters that tcp listeners, and `auto` listeners for non-HTTP traffic, forward connections
-/// to, each with the first such listener (index and name).
+/// Clusters that tcp listeners (their `cluster` and TLS passthrough routes), and `auto` listeners
+/// for non-HTTP traffic, forward connections to, each with the first such listener (index and
+/// name).
 fn l4_clusters(listeners: &[ListenerSpec]) -> HashMap<&str, (usize, &str)> {
     let mut clusters = HashMap::new();
     for (index, listener) in listeners.iter().enumerate() {
         if listener.protocol == ListenerProtocol::Http {
             continue;
         }
-        if let Some(cluster) = &listener.cluster {
+        // TLS passthrough routes send connections too.
+        let sni_clusters = listener
+            .tls
+            .iter()
+            .filter(|tls| tls.mode == TlsMode::Passthrough)
+            .flat_map(|tls| tls.sni_routes.values());
+        for cluster in listener.cluster.iter().chain(sni_clusters) {
             clusters
                 .entry(cluster.as_str())
                 .or_insert((index, listener.name.as_str()));

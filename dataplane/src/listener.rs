@@ -255,9 +255,23 @@ async fn serve(
     };
     let _ = stream.set_nodelay(true);
     match listener.protocol {
-        ListenerProtocol::Tcp => {
-            crate::l4::proxy(&core, &snapshot, listener, &name, stream, peer, Vec::new()).await;
-        }
+        ListenerProtocol::Tcp => match &listener.passthrough {
+            Some(passthrough) => {
+                crate::l4::passthrough::serve(
+                    &core,
+                    &snapshot,
+                    listener,
+                    &name,
+                    passthrough,
+                    stream,
+                    peer,
+                )
+                .await;
+            }
+            None => {
+                crate::l4::proxy(&core, &snapshot, listener, &name, stream, peer, Vec::new()).await
+            }
+        },
         ListenerProtocol::Http | ListenerProtocol::Auto => {
             crate::http::serve(Rc::clone(&core), snapshot.clone(), name, stream, peer).await;
         }

@@ -364,7 +364,7 @@ fn invalid_configs_are_rejected_whole_and_change_nothing(driver: Driver) {
     assert!(
         proxy
             .log()
-            .contains("listeners[0].tls: not supported yet: TLS on listeners"),
+            .contains("listeners[0].tls: not supported yet: TLS termination on listeners"),
         "errors are logged with their path"
     );
 

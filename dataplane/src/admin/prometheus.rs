@@ -193,6 +193,30 @@ const LISTENER_METRICS: &[Family<ListenerCounters>] = &[
         "Open L4 connections closed because a reload's authorization policies deny them.",
         |c| c.authz_revoked.get(),
     ),
+    (
+        "sni_routed_total",
+        "counter",
+        "TLS passthrough: connections sent where an SNI route says.",
+        |c| c.sni_routed.get(),
+    ),
+    (
+        "sni_defaulted_total",
+        "counter",
+        "TLS passthrough: connections sent to the default cluster (no SNI, no route for it, or no ClientHello).",
+        |c| c.sni_defaulted.get(),
+    ),
+    (
+        "sni_no_route_total",
+        "counter",
+        "TLS passthrough: connections closed for want of a route and of a default cluster.",
+        |c| c.sni_no_route.get(),
+    ),
+    (
+        "sni_timeouts_total",
+        "counter",
+        "TLS passthrough: connections closed because no whole ClientHello arrived in time.",
+        |c| c.sni_timeouts.get(),
+    ),
 ];
 
 fn listeners(out: &mut String, snapshot: &Snapshot) {
@@ -665,15 +689,19 @@ fn istio_tcp(out: &mut String, snapshot: &Snapshot) {
     for (name, kind, help, get) in FAMILIES {
         header(out, name, kind, help);
         for listener in &snapshot.listeners {
-            let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
-                continue;
+            // The counters are per listener. A TLS passthrough listener sends its connections to
+            // the clusters its SNI routes pick, so one cluster cannot be named for them.
+            let destination = match (&listener.passthrough, listener.cluster) {
+                (Some(_), _) => "unknown",
+                (None, Some(cluster)) => &*snapshot.clusters[cluster].name,
+                (None, None) => continue,
             };
             let _ = writeln!(
                 out,
                 "{name}{{reporter=\"destination\",source_workload=\"{}\",destination_service=\"{}\",\
                  connection_security_policy=\"none\",listener=\"{}\"}} {}",
                 escape(source),
-                escape(&cluster.name),
+                escape(destination),
                 escape(&listener.name),
                 listener.stats.workers.sum(get)
             );

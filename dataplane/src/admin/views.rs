@@ -110,6 +110,12 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                     "continuation_flood": w.sum(|c| c.h2_abuse_continuation_flood.get()),
                     "empty_frames": w.sum(|c| c.h2_abuse_empty_frames.get()),
                 },
+                "sni": {
+                    "routed": w.sum(|c| c.sni_routed.get()),
+                    "defaulted": w.sum(|c| c.sni_defaulted.get()),
+                    "no_route": w.sum(|c| c.sni_no_route.get()),
+                    "timeouts": w.sum(|c| c.sni_timeouts.get()),
+                },
                 "per_worker": per_worker,
             })
         })

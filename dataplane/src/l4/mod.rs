@@ -8,8 +8,14 @@
 //!
 //! A cluster with a circuit breaker admits a connection only within `max_connections` (across
 //! workers, for the connection's life); beyond it the client's connection is closed at once.
+//!
+//! A tcp listener with TLS passthrough goes through [`passthrough`] first: it reads the
+//! ClientHello (without terminating TLS), picks the cluster by its SNI ([`sni`]), and hands the
+//! connection to [`forward`] with the bytes it read, which go to the upstream first and untouched.
 
 pub mod copy;
+pub mod passthrough;
+pub mod sni;
 pub mod splice;
 
 use std::net::SocketAddr;
@@ -37,18 +43,58 @@ pub async fn proxy(
     name: &Rc<str>,
     downstream: TcpStream,
     peer: SocketAddr,
-    mut initial: Vec<u8>,
+    initial: Vec<u8>,
 ) {
     let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
         debug!(listener = %listener.name, %peer, "no cluster for opaque traffic; closing");
         return;
     };
+    let inbound = Inbound {
+        stream: downstream,
+        peer,
+        initial,
+        sni: None,
+    };
+    forward(core, snapshot, listener, name, cluster, inbound).await;
+}
+
+/// A downstream connection on its way to a cluster.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The client's connection.
+    pub stream: TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Bytes already read from the client (while detecting the protocol or reading the
+    /// ClientHello): they go upstream first, untouched.
+    pub initial: Vec<u8>,
+    /// The server name of a passthrough connection's ClientHello, for authorization.
+    pub sni: Option<Box<str>>,
+}
+
+/// Checks the connection against the listener's authorization policies, connects to `cluster`,
+/// writes the bytes already read to it first, then copies both ways until both sides are done.
+pub async fn forward(
+    core: &Core,
+    snapshot: &Snapshot,
+    listener: &Listener,
+    name: &Rc<str>,
+    cluster: &Cluster,
+    inbound: Inbound,
+) {
+    let Inbound {
+        stream: downstream,
+        peer,
+        mut initial,
+        sni,
+    } = inbound;
     // Authorization at connect, before anything goes upstream. The connection is registered
     // first, so that a reload between here and the end of the connection re-checks it.
     let registration = core.l4_connections.register(Tracked {
         listener: Rc::clone(name),
         peer,
         destination_port: listener.local_addr.port(),
+        sni,
         revoked: Signal::default(),
     });
     if !authorized(core, listener, &registration.tracked) {
@@ -66,7 +112,7 @@ pub async fn proxy(
     let counters = listener.stats.workers.slot(core.id);
     let mut upstream = upstream;
     if !initial.is_empty() {
-        // Bytes read while detecting the protocol go first.
+        // Bytes read while detecting the protocol or reading the ClientHello go first.
         counters.bytes_received.add(initial.len() as u64);
         let (result, _) =
             monoio::io::AsyncWriteRentExt::write_all(&mut upstream, std::mem::take(&mut initial))

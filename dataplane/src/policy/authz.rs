@@ -643,6 +643,8 @@ pub struct Tracked {
     pub peer: SocketAddr,
     /// The port it arrived on.
     pub destination_port: u16,
+    /// The server name of its TLS ClientHello (TLS passthrough listeners).
+    pub sni: Option<Box<str>>,
     /// Fired when a reload's policies no longer let the connection through.
     pub revoked: Signal,
 }
@@ -654,7 +656,7 @@ impl Tracked {
             source_ip: self.peer.ip(),
             remote_ip: self.peer.ip(),
             principal: None,
-            sni: None,
+            sni: self.sni.as_deref(),
             destination_port: self.destination_port,
             http: None,
         }

@@ -6,15 +6,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
-use config_schema::{Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProtocol};
+use config_schema::{Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProtocol, TlsMode};
 
 use super::{
     Cluster, Endpoint, GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
-    Listener, ListenerStats, PathRules, PoolLimits, Snapshot,
+    Listener, ListenerStats, PassthroughSettings, PathRules, PoolLimits, Snapshot,
 };
 use crate::access_log::AccessLogSink;
 use crate::policy::authz::{self, ListenerAuthz};
 use crate::policy::{Policies, RateLimiter};
+use crate::routing::sni::SniRoutes;
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
 use crate::upstream::outlier::ClusterHealth;
@@ -177,6 +178,22 @@ pub fn compile(
                         .and_then(|old| old.authz.as_ref()),
                     workers,
                 ),
+                // Validation keeps passthrough to tcp listeners, and every route's cluster
+                // exists.
+                passthrough: l
+                    .tls
+                    .as_ref()
+                    .filter(|tls| {
+                        tls.mode == TlsMode::Passthrough && l.protocol == ListenerProtocol::Tcp
+                    })
+                    .map(|tls| PassthroughSettings {
+                        routes: SniRoutes::new(tls.sni_routes.iter().filter_map(
+                            |(name, cluster)| {
+                                Some((name.as_str(), *cluster_index.get(cluster.as_str())?))
+                            },
+                        )),
+                        hello_timeout: l.request_header_timeout.get(),
+                    }),
             }
         })
         .collect();

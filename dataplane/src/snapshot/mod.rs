@@ -36,8 +36,8 @@ mod settings;
 
 pub use compile::compile;
 pub use settings::{
-    GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings, PathRules,
-    PoolLimits,
+    GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
+    PassthroughSettings, PathRules, PoolLimits,
 };
 
 /// Everything a worker needs to serve traffic, for one config generation.
@@ -112,6 +112,9 @@ pub struct Listener {
     pub rate_limit: Option<RateLimiter>,
     /// The authorization policies that apply to this listener; `None` when none does.
     pub authz: Option<ListenerAuthz>,
+    /// TLS passthrough (tcp listeners): SNI routes and the ClientHello timeout. The default
+    /// cluster is [`Listener::cluster`].
+    pub passthrough: Option<PassthroughSettings>,
 }
 
 /// Counters and the connection gauge of one listener.

@@ -9,6 +9,16 @@ use std::time::Duration;
 use config_schema::EscapedSlashes;
 
 use crate::routing::RouteTable;
+use crate::routing::sni::SniRoutes;
+
+/// A TLS passthrough listener's routing (the default cluster is the listener's `cluster`).
+#[derive(Debug)]
+pub struct PassthroughSettings {
+    /// SNI routes to cluster indices.
+    pub routes: SniRoutes,
+    /// Time allowed for the whole ClientHello, from accept.
+    pub hello_timeout: Duration,
+}
 
 /// The HTTP settings of a listener.
 #[derive(Debug)]

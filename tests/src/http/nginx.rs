@@ -43,6 +43,20 @@ impl Nginx {
     /// document root (a directory inside the instance's own directory, created empty and
     /// filled by `fill_root` before the start).
     pub fn start(locations: &str, fill_root: impl Fn(&Path)) -> Self {
+        Self::start_inner(None, locations, fill_root)
+    }
+
+    /// Like [`Nginx::start`], serving HTTPS only, with the PEM certificate chain and key at
+    /// `cert` and `key` (TLS 1.2 and 1.3).
+    pub fn start_tls(cert: &Path, key: &Path, locations: &str, fill_root: impl Fn(&Path)) -> Self {
+        Self::start_inner(Some((cert, key)), locations, fill_root)
+    }
+
+    fn start_inner(
+        tls: Option<(&Path, &Path)>,
+        locations: &str,
+        fill_root: impl Fn(&Path),
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ringmesh-nginx-")
             .tempdir()
@@ -54,7 +68,7 @@ impl Nginx {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let address = SocketAddr::from(([127, 0, 0, 1], port));
-            write_config(dir.path(), address, locations);
+            write_config(dir.path(), address, tls, locations);
             let _ = std::fs::remove_file(dir.path().join("error.log"));
             let mut child = Command::new(crate::tool("nginx"))
                 .arg("-p")
@@ -163,8 +177,17 @@ fn free_port() -> u16 {
     listener.local_addr().expect("probe address").port()
 }
 
-fn write_config(dir: &Path, address: SocketAddr, locations: &str) {
+fn write_config(dir: &Path, address: SocketAddr, tls: Option<(&Path, &Path)>, locations: &str) {
     let path = |name: &str| -> PathBuf { dir.join(name) };
+    let listen = match tls {
+        None => format!("listen {address};"),
+        Some((cert, key)) => format!(
+            "listen {address} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        \
+             ssl_protocols TLSv1.2 TLSv1.3;",
+            cert.display(),
+            key.display()
+        ),
+    };
     let config = format!(
         r#"
 daemon off;
@@ -187,7 +210,7 @@ http {{
     keepalive_timeout 120s;
     default_type text/plain;
     server {{
-        listen {address};
+        {listen}
         root {root};
 {locations}
     }}

@@ -911,9 +911,16 @@ fn policies_apply_to_their_listeners_and_counters_carry_over() {
         listener: "db".into(),
         peer: "10.0.0.1:5000".parse().expect("address"),
         destination_port: 5432,
+        sni: None,
         revoked: Signal::default(),
     };
     assert!(!db.evaluate(&input.input(), 0).allowed);
+    // A passthrough connection's ClientHello name reaches `connection.sni` conditions.
+    let passthrough = Tracked {
+        sni: Some("db.example".into()),
+        ..input
+    };
+    assert_eq!(passthrough.input().sni, Some("db.example"));
     let again = ListenerAuthz::compile("db", &compiled, Some(&db), 1).expect("applies");
     assert_eq!(again.policies[0].counters.slot(0).denied.get(), 1);
 }
@@ -925,6 +932,7 @@ fn the_registry_revokes_what_no_longer_passes_and_forgets_dropped_connections() 
         listener: "db".into(),
         peer: format!("{ip}:4000").parse().expect("address"),
         destination_port: 5432,
+        sni: None,
         revoked: Signal::default(),
     };
     let a = registry.register(tracked("10.0.0.1"));
