@@ -134,7 +134,7 @@ impl SourceMap {
 }
 
 /// Appends a key to a TOML path, quoting keys that are not bare.
-fn join_key(path: &str, key: &str) -> String {
+pub(crate) fn join_key(path: &str, key: &str) -> String {
     let bare = !key.is_empty()
         && key
             .chars()
@@ -255,7 +255,8 @@ pub(crate) fn deserialize(text: &str) -> Result<Loaded, Vec<ConfigError>> {
 }
 
 /// Takes every key that the data plane does not act on yet ([`support::NOT_SUPPORTED`]) out of
-/// `table`, the table at `path`, with one error at each. What is taken out is not deserialized, so
+/// `table`, the table at `path`, with one error at each (a subtree in the form an entry accepts,
+/// [`support::Accepted`], stays). What is taken out is not deserialized, so
 /// a rejected subtree gives that one error and no errors about its contents.
 fn reject_unsupported(
     table: &mut DeTable<'_>,
@@ -266,12 +267,16 @@ fn reject_unsupported(
     let mut rejected = Vec::new();
     for (key, value) in table.iter_mut() {
         let child = join_key(path, key.get_ref());
+        let accepted_form = |entry: &support::Unsupported| match value.get_ref() {
+            DeValue::Table(sub) => entry.accepts(|key| sub.get(key)?.get_ref().as_str()),
+            _ => false,
+        };
         match support::unsupported(&child) {
-            Some(entry) => {
+            Some(entry) if !accepted_form(entry) => {
                 errors.push(source.key_error_at(&child, entry.message()));
                 rejected.push(key.get_ref().clone().into_owned());
             }
-            None => reject_unsupported_in(value.get_mut(), &child, source, errors),
+            _ => reject_unsupported_in(value.get_mut(), &child, source, errors),
         }
     }
     for key in rejected {

@@ -211,7 +211,9 @@ pub struct IdentitySpec {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsSpec {
-    /// `terminate` decrypts here; `passthrough` routes on the ClientHello's SNI without decrypting.
+    /// `terminate` decrypts here; `passthrough` (tcp listeners only) routes on the ClientHello's
+    /// SNI without decrypting: the proxy reads the ClientHello, picks the cluster from
+    /// `sni_routes`, and forwards every byte untouched, those it read first.
     #[serde(default)]
     pub mode: TlsMode,
     /// PEM certificate chain (required for `terminate` unless `[identity]` is set): the default
@@ -242,7 +244,12 @@ pub struct ListenerTlsSpec {
     /// they come and must not be told that the proxy speaks HTTP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alpn: Vec<String>,
-    /// TLS passthrough: SNI host name (exact or `*.suffix`) to cluster.
+    /// TLS passthrough: SNI host name to cluster. Names match case-insensitively; an exact name
+    /// wins over a wildcard, and among wildcards the longest suffix wins. `*.example.com` stands
+    /// for one or more whole labels (it matches `a.example.com` and `a.b.example.com`, not
+    /// `example.com`), as Envoy's and Istio's `server_names`. A connection whose ClientHello has
+    /// no SNI, an SNI no route names, or is not a well-formed TLS ClientHello goes to the
+    /// listener's `cluster` (the default), or is closed when the listener has none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sni_routes: BTreeMap<String, String>,
 }
@@ -372,7 +379,9 @@ pub struct ListenerSpec {
     /// forwards anything else to `cluster` when set.
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// Destination cluster for `tcp` listeners, and for non-HTTP traffic on `auto` listeners.
+    /// Destination cluster for `tcp` listeners, and for non-HTTP traffic on `auto` listeners. On a
+    /// tcp listener with TLS passthrough, the default for connections that no SNI route takes
+    /// (absent: such connections are closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
     /// Virtual hosts served on this HTTP listener; empty = all of them.
@@ -384,7 +393,8 @@ pub struct ListenerSpec {
     /// Close a connection with no bytes in either direction for this long (0 = never).
     #[serde(default = "ListenerSpec::default_idle_timeout")]
     pub idle_timeout: Duration,
-    /// HTTP: time allowed to receive a complete request head.
+    /// HTTP: time allowed to receive a complete request head. TLS passthrough: time allowed to
+    /// receive the whole ClientHello, counted from accept (then the connection is closed).
     #[serde(default = "ListenerSpec::default_request_header_timeout")]
     pub request_header_timeout: Duration,
     /// HTTP: end a request (HTTP/1.1 exchange or HTTP/2 stream) when no body byte moved in
@@ -401,6 +411,24 @@ pub struct ListenerSpec {
     /// HTTP/2 server settings and abuse limits.
     #[serde(default)]
     pub http2: Http2Spec,
+    /// HTTP: normalize request paths before routing, authorization and forwarding (Envoy's
+    /// `normalize_path`): RFC 3986 dot-segment removal (`/a/../b` → `/b`, `..` above the root
+    /// dropped), percent-escapes of unreserved characters decoded (`%61` → `a`), the other
+    /// escapes' hex upper-cased. The upstream receives the normalized path. A path with an
+    /// invalid escape or an escaped control character is refused with 400. On by default (Istio's
+    /// default, `BASE`): a policy on `/admin` must not be bypassed by `/./admin`.
+    #[serde(default = "default_true")]
+    pub normalize_path: bool,
+    /// HTTP: merge runs of slashes in the path into one (`//admin` → `/admin`), Envoy's
+    /// `merge_slashes`. On by default (Istio's `MERGE_SLASHES`; Envoy and Istio's `BASE` leave
+    /// it off): a policy on `/admin` must not be bypassed by `//admin`.
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
+    /// HTTP: what to do with `%2F` and `%5C` (escaped `/` and `\`) in a path, Envoy's
+    /// `path_with_escaped_slashes_action`: `keep` (forward unchanged, the default), `reject`
+    /// (400), or `decode` (to `/`, then normalize and merge as configured).
+    #[serde(default)]
+    pub path_with_escaped_slashes: EscapedSlashes,
     /// TLS on this listener; absent = plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTlsSpec>,
@@ -421,6 +449,19 @@ impl ListenerSpec {
     fn default_stream_idle_timeout() -> Duration {
         Duration::from_secs(300)
     }
+}
+
+/// What a listener does with escaped slashes (`%2F`, `%5C`) in request paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Forward them unchanged (Envoy's `KEEP_UNCHANGED`): `/a%2Fb` is one segment.
+    #[default]
+    Keep,
+    /// Refuse the request with 400 (`REJECT_REQUEST`).
+    Reject,
+    /// Decode them to `/` before normalizing (`UNESCAPE_AND_FORWARD`): `/a%2Fb` is `/a/b`.
+    Decode,
 }
 
 /// The protocol a listener speaks.
@@ -1385,47 +1426,138 @@ impl HealthCheckSpec {
 
 // === authorization ===
 
-/// An authorization policy, in the spirit of Istio's AuthorizationPolicy. Deny policies are checked
-/// first; if any allow policy applies to a listener, a request must match one of its rules.
+/// An authorization policy with Istio's AuthorizationPolicy semantics (as ztunnel evaluates
+/// them): a request (or, on a tcp listener, a connection) is refused if any `deny` policy
+/// matches; otherwise, if any `allow` policy applies to its listener, one of them must match;
+/// `audit` policies only mark what they match in the access log and metrics. See
+/// `docs/AUTHORIZATION.md`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
-    /// Unique name (the deny reason in access logs and metrics).
+    /// Unique name: the policy named in access logs and the `policy` label of the
+    /// `ringmesh_authz_*_total` metrics.
     pub name: String,
-    /// `allow` or `deny`.
+    /// `allow`, `deny` or `audit`.
     pub action: AuthorizationAction,
     /// Listeners the policy applies to; empty = all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<String>,
-    /// The policy matches a request that matches any rule.
+    /// The policy matches what matches any rule. No rules: the policy matches nothing (an
+    /// `allow` policy without rules therefore denies everything on its listeners, as in Istio);
+    /// `rules = [{}]` matches everything.
     #[serde(default)]
     pub rules: Vec<AuthorizationRuleSpec>,
 }
 
-/// What a policy does with the requests it matches.
+/// What a policy does with what it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthorizationAction {
-    /// Let matching requests through.
+    /// Let matching requests through; once any allow policy applies to a listener, requests that
+    /// match none are refused.
     Allow,
-    /// Refuse matching requests with 403.
+    /// Refuse matching requests (403, flag `RBAC`; gRPC `PERMISSION_DENIED`) and connections
+    /// (closed). Checked before allow policies.
     Deny,
+    /// Mark matching requests in the access log (`authz_audit`) and count them; no effect on the
+    /// decision.
+    Audit,
 }
 
-/// One rule; every given field must match. Lists match when any element matches.
+/// One rule: `from`, `to` and `when` must all match (an empty list matches anything). Within
+/// `from` and `to` any one element must match; all `when` conditions must match.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationRuleSpec {
-    /// Peer SPIFFE IDs (exact, or ending in `/*` for a prefix; `*` = any authenticated peer).
+    /// Sources; the rule matches a source that matches any of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<AuthorizationSourceSpec>,
+    /// Operations; the rule matches a request that matches any of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<AuthorizationOperationSpec>,
+    /// Further conditions, all of which must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<AuthorizationConditionSpec>,
+}
+
+/// Who sends: every field given must match. Strings match exactly, by prefix (`abc*`), by
+/// suffix (`*abc`), or `*` (present).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationSourceSpec {
+    /// Peer identities in Istio's form `<trust-domain>/ns/<namespace>/sa/<service-account>`
+    /// (a `spiffe://` prefix is accepted); `*` = any authenticated peer. A peer without an
+    /// identity (plaintext) matches none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<String>,
-    /// Source addresses in CIDR form.
+    /// Matches a peer whose identity matches none of these (a peer without one included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub source_ips: Vec<String>,
-    /// Request methods.
+    pub not_principals: Vec<String>,
+    /// Peer namespaces, taken from the identity's `/ns/<namespace>/` segment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Matches a peer whose namespace matches none of these (a peer without one included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_namespaces: Vec<String>,
+    /// The connection's source address, as CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single
+    /// addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_blocks: Vec<String>,
+    /// Matches a source address in none of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ip_blocks: Vec<String>,
+}
+
+/// What is asked for: every field given must match. `hosts`, `methods` and `paths` (and their
+/// `not_` forms) exist only in HTTP; on opaque TCP a rule using them never matches in an `allow`
+/// or `audit` policy and matches (by its other fields) in a `deny` policy — fail closed, as Istio.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationOperationSpec {
+    /// Request hosts (Host or `:authority`, the port ignored unless written), case-insensitive:
+    /// exact, `*.example.com`, `api.*`, or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Matches a host that matches none of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_hosts: Vec<String>,
+    /// Destination ports: the port of the listener the connection arrived on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Matches a destination port not listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ports: Vec<u16>,
+    /// Request methods (`GET`, ...), exactly as sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
-    /// Paths: exact, or ending in `*` for a prefix.
+    /// Matches a method not listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
+    /// Request paths after normalization (see the listener's `normalize_path`), without the
+    /// query: exact, prefix (`/api/*`), suffix (`*.png`) or `*`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// Matches a path that matches none of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
+    /// Compare `paths` and `not_paths` ignoring ASCII case (`/ADMIN` matches `/admin`). Off by
+    /// default, as in Istio, whose paths are case-sensitive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paths_ignore_case: bool,
+}
+
+/// One condition on an attribute of the request or connection.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationConditionSpec {
+    /// The attribute: `request.headers[<name>]` (HTTP only), `source.ip` and `remote.ip`
+    /// (CIDRs; `remote.ip` is the client after `xff_trusted_hops`), `source.principal`,
+    /// `source.namespace`, `destination.port`, or `connection.sni`.
+    pub key: String,
+    /// The condition holds when the attribute matches any of these (exact, `abc*`, `*abc`, `*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// The condition holds when the attribute matches none of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_values: Vec<String>,
 }

@@ -432,43 +432,39 @@ impl<'a> Checker<'a> {
                         "sni_routes apply only to passthrough mode",
                     );
                 }
+                if tls.cert.is_some() != tls.key.is_some() {
+                    self.issue(path, "`cert` and `key` go together");
+                }
             }
             TlsMode::Passthrough => {
-                // The one value (not key) of the TLS section this build does not act on, so it
-                // is refused here rather than in `support`.
-                self.issue(
-                    format!("{path}.mode"),
-                    format!(
-                        "{}: TLS passthrough — the listener cannot route by SNI without \
-                         terminating, so every connection would be closed; remove mode = \
-                         \"passthrough\"",
-                        crate::support::NOT_SUPPORTED_YET
-                    ),
-                );
                 if protocol != ListenerProtocol::Tcp {
                     self.issue(
                         format!("{path}.mode"),
                         "passthrough forwards encrypted bytes: use it on a tcp listener",
                     );
                 }
+                // The terminate-only keys would be ignored: the proxy never decrypts here.
                 for (key, set) in [
                     ("cert", tls.cert.is_some()),
+                    ("key", tls.key.is_some()),
                     ("client_ca", tls.client_ca.is_some()),
+                    ("require_client_cert", tls.require_client_cert),
+                    ("allowed_spiffe_ids", !tls.allowed_spiffe_ids.is_empty()),
+                    ("alpn", !tls.alpn.is_empty()),
+                    ("certificates", !tls.certificates.is_empty()),
+                    ("min_version", tls.min_version != TlsVersion::Tls12),
                 ] {
                     if set {
-                        self.issue(format!("{path}.{key}"), "not used in passthrough mode");
+                        self.issue(
+                            format!("{path}.{key}"),
+                            "not used in passthrough mode (the proxy does not decrypt)",
+                        );
                     }
                 }
             }
         }
-        if tls.cert.is_some() != tls.key.is_some() {
-            self.issue(path, "`cert` and `key` go together");
-        }
         for (i, entry) in tls.certificates.iter().enumerate() {
             let at = format!("{path}.certificates[{i}]");
-            if tls.mode == TlsMode::Passthrough {
-                self.issue(&at, "not used in passthrough mode");
-            }
             if entry.server_names.is_empty() {
                 self.issue(
                     format!("{at}.server_names"),
@@ -501,12 +497,47 @@ impl<'a> Checker<'a> {
                 );
             }
         }
+        // Names are matched case-insensitively, so two keys that differ only in case would be
+        // one route with two clusters: each is reported, naming the other.
+        let mut by_name: HashMap<String, Vec<&str>> = HashMap::new();
+        for host in tls.sni_routes.keys() {
+            by_name
+                .entry(host.to_ascii_lowercase())
+                .or_default()
+                .push(host);
+        }
         for (host, cluster) in &tls.sni_routes {
-            let key = format!("{path}.sni_routes.{host:?}");
-            if !is_domain_pattern(host) || host == "*" {
+            let key = crate::load::join_key(&format!("{path}.sni_routes"), host);
+            if host == "*" {
                 self.issue(
                     &key,
-                    format!("invalid SNI host {host:?}: expected a host name or *.suffix"),
+                    "`*` is not an SNI route: connections that match no route go to the \
+                     listener's `cluster`",
+                );
+            } else if !is_domain_pattern(host) {
+                self.issue(
+                    &key,
+                    format!(
+                        "invalid SNI host {host:?}: expected a host name or *.suffix (the `*` \
+                         stands for one or more whole labels)"
+                    ),
+                );
+            }
+            let same: Vec<&str> = by_name
+                .get(&host.to_ascii_lowercase())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|other| *other != host)
+                .collect();
+            if !same.is_empty() {
+                self.issue(
+                    &key,
+                    format!(
+                        "SNI host {host:?} is listed twice, also as {} (names match \
+                         case-insensitively)",
+                        same.join(", ")
+                    ),
                 );
             }
             self.cluster_ref(&key, cluster);
@@ -1211,34 +1242,168 @@ impl<'a> Checker<'a> {
         }
         for (r, rule) in policy.rules.iter().enumerate() {
             let rule_path = format!("{path}.rules[{r}]");
-            for (i, principal) in rule.principals.iter().enumerate() {
-                self.spiffe_pattern(&format!("{rule_path}.principals[{i}]"), principal);
-            }
-            for (i, cidr) in rule.source_ips.iter().enumerate() {
-                if !is_cidr(cidr) {
-                    self.issue(
-                        format!("{rule_path}.source_ips[{i}]"),
-                        format!("invalid CIDR {cidr:?}"),
-                    );
+            for (f, from) in rule.from.iter().enumerate() {
+                let p = format!("{rule_path}.from[{f}]");
+                let fields = [
+                    ("principals", &from.principals),
+                    ("not_principals", &from.not_principals),
+                    ("namespaces", &from.namespaces),
+                    ("not_namespaces", &from.not_namespaces),
+                    ("ip_blocks", &from.ip_blocks),
+                    ("not_ip_blocks", &from.not_ip_blocks),
+                ];
+                self.authz_element(&p, "source", fields.iter().all(|(_, v)| v.is_empty()));
+                for (key, values) in &fields[..4] {
+                    self.authz_strings(&format!("{p}.{key}"), values);
+                }
+                for (key, values) in &fields[4..] {
+                    self.authz_cidrs(&format!("{p}.{key}"), values);
                 }
             }
-            for (i, method) in rule.methods.iter().enumerate() {
-                if !is_token(method) {
-                    self.issue(
-                        format!("{rule_path}.methods[{i}]"),
-                        format!("invalid method {method:?}"),
-                    );
+            for (t, to) in rule.to.iter().enumerate() {
+                let p = format!("{rule_path}.to[{t}]");
+                let strings = [
+                    ("hosts", &to.hosts),
+                    ("not_hosts", &to.not_hosts),
+                    ("methods", &to.methods),
+                    ("not_methods", &to.not_methods),
+                    ("paths", &to.paths),
+                    ("not_paths", &to.not_paths),
+                ];
+                let empty = strings.iter().all(|(_, v)| v.is_empty())
+                    && to.ports.is_empty()
+                    && to.not_ports.is_empty();
+                self.authz_element(&p, "operation", empty);
+                for (key, values) in strings {
+                    self.authz_strings(&format!("{p}.{key}"), values);
+                }
+                for (key, values) in [("paths", &to.paths), ("not_paths", &to.not_paths)] {
+                    for (i, v) in values.iter().enumerate() {
+                        if !(v.starts_with('/') || v.starts_with('*')) {
+                            self.issue(
+                                format!("{p}.{key}[{i}]"),
+                                format!("a path starts with '/' (or '*' for a suffix), got {v:?}"),
+                            );
+                        }
+                    }
+                }
+                for (key, values) in [("methods", &to.methods), ("not_methods", &to.not_methods)] {
+                    for (i, m) in values.iter().enumerate() {
+                        if !is_token(m.trim_start_matches('*').trim_end_matches('*')) && m != "*" {
+                            self.issue(format!("{p}.{key}[{i}]"), format!("invalid method {m:?}"));
+                        }
+                    }
+                }
+                for (key, ports) in [("ports", &to.ports), ("not_ports", &to.not_ports)] {
+                    for (i, port) in ports.iter().enumerate() {
+                        if *port == 0 {
+                            self.issue(format!("{p}.{key}[{i}]"), "port 0 is never a destination");
+                        }
+                    }
                 }
             }
-            for (i, p) in rule.paths.iter().enumerate() {
-                if !p.starts_with('/') && p != "*" {
-                    self.issue(
-                        format!("{rule_path}.paths[{i}]"),
-                        format!("a path starts with '/', got {p:?}"),
-                    );
-                }
+            for (w, when) in rule.when.iter().enumerate() {
+                let p = format!("{rule_path}.when[{w}]");
+                self.authz_condition(&p, when);
             }
         }
+    }
+
+    /// A `from` or `to` element with no field would match everything, which is rarely meant
+    /// (Istio refuses it too): say so.
+    fn authz_element(&mut self, path: &str, what: &str, empty: bool) {
+        if empty {
+            self.issue(
+                path,
+                format!("an empty {what} matches everything: give at least one field, or leave the list out"),
+            );
+        }
+    }
+
+    /// Match strings: exact, `abc*`, `*abc` or `*`; no empty string, no `*` inside.
+    fn authz_strings(&mut self, path: &str, values: &[String]) {
+        for (i, v) in values.iter().enumerate() {
+            let inner = v.strip_prefix('*').unwrap_or(v);
+            let inner = inner.strip_suffix('*').unwrap_or(inner);
+            let both = v.len() > 1 && v.starts_with('*') && v.ends_with('*');
+            if v.is_empty() || both || inner.contains('*') {
+                self.issue(
+                    format!("{path}[{i}]"),
+                    format!(
+                        "{v:?} is not a match: write it exactly, as a prefix `abc*`, a suffix `*abc`, or `*`"
+                    ),
+                );
+            } else if inner.bytes().any(|b| b.is_ascii_control()) {
+                self.issue(
+                    format!("{path}[{i}]"),
+                    format!("{v:?} holds a control character"),
+                );
+            }
+        }
+    }
+
+    fn authz_cidrs(&mut self, path: &str, values: &[String]) {
+        for (i, cidr) in values.iter().enumerate() {
+            if !is_cidr(cidr) {
+                self.issue(
+                    format!("{path}[{i}]"),
+                    format!("invalid CIDR {cidr:?}: expected an address or address/prefix-length (10.0.0.0/8, 2001:db8::/32)"),
+                );
+            }
+        }
+    }
+
+    fn authz_condition(&mut self, path: &str, when: &AuthorizationConditionSpec) {
+        if when.values.is_empty() && when.not_values.is_empty() {
+            self.issue(
+                path,
+                "a condition needs `values` or `not_values` (a condition on nothing is always false)",
+            );
+        }
+        let key = when.key.as_str();
+        let header = key
+            .strip_prefix("request.headers[")
+            .and_then(|rest| rest.strip_suffix(']'));
+        let key_path = format!("{path}.key");
+        match (key, header) {
+            (_, Some(name)) => {
+                if !is_token(name) {
+                    self.issue(key_path, format!("invalid header name {name:?} in {key:?}"));
+                }
+            }
+            ("source.ip" | "remote.ip", None) => {
+                self.authz_cidrs(&format!("{path}.values"), &when.values);
+                self.authz_cidrs(&format!("{path}.not_values"), &when.not_values);
+                return;
+            }
+            ("destination.port", None) => {
+                for (list, values) in [("values", &when.values), ("not_values", &when.not_values)] {
+                    for (i, v) in values.iter().enumerate() {
+                        if !v.parse::<u16>().is_ok_and(|p| p > 0) {
+                            self.issue(
+                                format!("{path}.{list}[{i}]"),
+                                format!("{v:?} is not a port (1-65535)"),
+                            );
+                        }
+                    }
+                }
+                return;
+            }
+            ("source.principal" | "source.namespace" | "connection.sni", None) => {}
+            _ => {
+                self.issue(
+                    key_path,
+                    format!(
+                        "unknown condition key {key:?}: use request.headers[<name>], source.ip, \
+                         remote.ip, source.principal, source.namespace, destination.port or \
+                         connection.sni"
+                    ),
+                );
+                return;
+            }
+        }
+        self.authz_strings(&format!("{path}.values"), &when.values);
+        self.authz_strings(&format!("{path}.not_values"), &when.not_values);
     }
 }
 
@@ -1254,15 +1419,22 @@ const PROTECTED_HEADERS: &[&str] = &[
     "proxy-connection",
 ];
 
-/// Clusters that tcp listeners, and `auto` listeners for non-HTTP traffic, forward connections
-/// to, each with the first such listener (index and name).
+/// Clusters that tcp listeners (their `cluster` and TLS passthrough routes), and `auto` listeners
+/// for non-HTTP traffic, forward connections to, each with the first such listener (index and
+/// name).
 fn l4_clusters(listeners: &[ListenerSpec]) -> HashMap<&str, (usize, &str)> {
     let mut clusters = HashMap::new();
     for (index, listener) in listeners.iter().enumerate() {
         if listener.protocol == ListenerProtocol::Http {
             continue;
         }
-        if let Some(cluster) = &listener.cluster {
+        // TLS passthrough routes send connections too.
+        let sni_clusters = listener
+            .tls
+            .iter()
+            .filter(|tls| tls.mode == TlsMode::Passthrough)
+            .flat_map(|tls| tls.sni_routes.values());
+        for cluster in listener.cluster.iter().chain(sni_clusters) {
             clusters
                 .entry(cluster.as_str())
                 .or_insert((index, listener.name.as_str()));

@@ -574,29 +574,12 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
         ),
         (
             BASE.replace(
-                "protocol = \"auto\"",
-                "protocol = \"auto\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nsni_routes = { \"a.example\" = \"nope\" }",
-            ),
-            "listeners[0].tls.sni_routes",
-            "sni_routes = ",
-            "SNI passthrough routing",
-        ),
-        (
-            BASE.replace(
                 "[\"127.0.0.1:9000\"]",
                 "[\"127.0.0.1:9000\"]\ntls = { ca = \"ca.pem\", expected_spiffe_ids = [\"nonsense\"] }",
             ),
             "clusters[1].tls.expected_spiffe_ids",
             "tls = { ca",
             "upstream SPIFFE identity checks",
-        ),
-        (
-            format!(
-                "{BASE}\n[[authorization_policies]]\nname = \"p\"\naction = \"maybe\"\nlisteners = [\"nope\"]\n"
-            ),
-            "authorization_policies",
-            "[[authorization_policies]]",
-            "every request would be allowed",
         ),
     ];
     for (text, path, line_text, needle) in &cases {
@@ -614,34 +597,59 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
     }
 }
 
-/// TLS passthrough with SNI routes on a tcp listener is rejected too (today every connection
-/// would be closed): the mode value and the routes, each at its line; without them the listener
-/// has nowhere to send connections, which is said too.
+/// TLS passthrough with SNI routes on a tcp listener is accepted (the data plane routes on the
+/// SNI, `l4::passthrough`), with no `cluster` as well: then connections no route takes are
+/// closed. Terminate mode has no SNI routes, and passthrough on an HTTP listener is
+/// refused.
 #[test]
-fn sni_routes_on_a_tcp_listener_are_rejected() {
-    let text = format!(
+fn sni_routes_on_a_tcp_listener_are_accepted_in_passthrough_mode() {
+    let passthrough = format!(
         "{BASE}\n[[listeners]]\nname = \"sni\"\naddress = \"127.0.0.1:15443\"\nprotocol = \"tcp\"\n\
-         [listeners.tls]\nmode = \"passthrough\"\nsni_routes = {{ \"db.example.com\" = \"db\" }}\n"
+         [listeners.tls]\nmode = \"passthrough\"\nsni_routes = {{ \"db.example.com\" = \"db\", \"*.Example.org\" = \"db\" }}\n"
     );
+    let config = config_schema::parse(&passthrough).expect("passthrough is accepted");
+    let tls = config.spec.listeners[2].tls.as_ref().expect("tls");
+    assert_eq!(tls.mode, config_schema::TlsMode::Passthrough);
+    assert_eq!(tls.sni_routes.len(), 2);
+
+    let terminate = passthrough.replace("mode = \"passthrough\"", "mode = \"terminate\"");
     assert_rejected(
-        &text,
-        "listeners[2].tls.mode",
-        line_of(&text, "mode = \"passthrough\""),
-        "not supported yet: TLS passthrough",
-    );
-    assert_rejected(
-        &text,
+        &terminate,
         "listeners[2].tls.sni_routes",
-        line_of(&text, "sni_routes = "),
-        "not supported yet: SNI passthrough routing",
+        line_of(&terminate, "sni_routes = "),
+        "sni_routes apply only to passthrough mode",
     );
+    // Without passthrough, the listener has nowhere to send connections.
     assert_rejected(
-        &text,
+        &terminate,
         "listeners[2]",
-        line_of(&text, "name = \"sni\"") - 1,
+        line_of(&terminate, "name = \"sni\"") - 1,
         "needs a `cluster`",
     );
-    assert_eq!(errors_of(&text).len(), 3, "{:#?}", errors_of(&text));
+    // And terminating needs a certificate.
+    assert_rejected(
+        &terminate,
+        "listeners[2].tls",
+        line_of(&terminate, "[listeners.tls]"),
+        "needs `cert` and `key`",
+    );
+    assert_eq!(
+        errors_of(&terminate).len(),
+        3,
+        "{:#?}",
+        errors_of(&terminate)
+    );
+
+    let on_http = passthrough.replace(
+        "protocol = \"tcp\"\n[listeners.tls]",
+        "protocol = \"http\"\n[listeners.tls]",
+    );
+    assert_rejected(
+        &on_http,
+        "listeners[2].tls.mode",
+        line_of(&on_http, "mode = \"passthrough\""),
+        "use it on a tcp listener",
+    );
 }
 
 #[test]
@@ -710,6 +718,17 @@ fn header_and_cookie_hashing_are_rejected_on_clusters_that_get_tcp_connections()
         "[\"127.0.0.1:8080\"]\nlb_policy = \"ring_hash\"\nhash_policy = { header = \"x-user\" }",
     );
     parse(&text).expect("header hashing works for HTTP");
+    // A cluster that a TLS passthrough route sends connections to gets TCP connections too.
+    let text = text.replace(
+        "cluster = \"db\"\n",
+        "cluster = \"db\"\ntls = { mode = \"passthrough\", sni_routes = { \"*.web.example\" = \"web\" } }\n",
+    );
+    assert_rejected(
+        &text,
+        "clusters[0].hash_policy.header",
+        line_of(&text, "hash_policy"),
+        "hashing on a header needs HTTP requests, but listener \"db\" (listeners[1]) forwards TCP",
+    );
 }
 
 #[test]

@@ -115,8 +115,10 @@ impl ResponseFlags {
     pub const DELAY_INJECTED: Self = Self(1 << 13);
     /// FI: fault injection aborted the request.
     pub const FAULT_INJECTED: Self = Self(1 << 14);
+    /// RBAC: an authorization policy refused the request.
+    pub const RBAC_DENIED: Self = Self(1 << 15);
 
-    const NAMES: [(Self, &'static str); 15] = [
+    const NAMES: [(Self, &'static str); 16] = [
         (Self::NO_ROUTE, "NR"),
         (Self::UPSTREAM_CONNECT_FAILURE, "UF"),
         (Self::NO_HEALTHY_UPSTREAM, "UH"),
@@ -132,6 +134,7 @@ impl ResponseFlags {
         (Self::RATE_LIMITED, "RL"),
         (Self::DELAY_INJECTED, "DI"),
         (Self::FAULT_INJECTED, "FI"),
+        (Self::RBAC_DENIED, "RBAC"),
     ];
 
     /// Adds `other`.
@@ -200,6 +203,11 @@ pub struct Entry<'a> {
     pub attempts: u32,
     /// Why a retry that a condition asked for did not happen (empty when none was stopped).
     pub retry_stopped: &'a str,
+    /// The authorization policy that decided (`-`: refused because no allow policy matched;
+    /// empty when no policy applies or none decided).
+    pub authz_policy: &'a str,
+    /// The first audit policy that matched (empty when none did).
+    pub authz_audit: &'a str,
     /// The server name the client asked for in its TLS ClientHello (SNI); empty without TLS or
     /// without SNI.
     pub sni: &'a str,
@@ -280,6 +288,14 @@ impl AccessLogBuffer {
             out.push_str(",\"retry_stopped\":\"");
             out.push_str(entry.retry_stopped);
             out.push('"');
+        }
+        if !entry.authz_policy.is_empty() {
+            out.push_str(",\"authz_policy\":");
+            json_string(out, entry.authz_policy);
+        }
+        if !entry.authz_audit.is_empty() {
+            out.push_str(",\"authz_audit\":");
+            json_string(out, entry.authz_audit);
         }
         if !entry.sni.is_empty() {
             // Envoy's name for it (%REQUESTED_SERVER_NAME%).
@@ -405,6 +421,8 @@ mod tests {
             downstream: "127.0.0.1:5555".parse().expect("addr"),
             attempts: 3,
             retry_stopped: "budget_exhausted",
+            authz_policy: "no-admin",
+            authz_audit: "",
             sni: "a.example",
         });
         buffer.flush();
@@ -420,6 +438,8 @@ mod tests {
         assert!(value["upstream_host"].is_null());
         assert_eq!(value["upstream_attempts"], 3);
         assert_eq!(value["retry_stopped"], "budget_exhausted");
+        assert_eq!(value["authz_policy"], "no-admin");
+        assert!(value.get("authz_audit").is_none());
         assert_eq!(value["requested_server_name"], "a.example");
     }
 }

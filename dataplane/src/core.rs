@@ -10,6 +10,7 @@ use crate::access_log::AccessLogBuffer;
 use crate::event::Event;
 use crate::http::h1::pool::Pool;
 use crate::http::h2::client::H2Pool;
+use crate::policy::authz::Registry;
 use crate::routing::MatchScratch;
 use crate::snapshot::{Cluster, Snapshot, SnapshotReader, SnapshotRef};
 use crate::upstream::{InFlightGuard, LbState, LbStates};
@@ -38,6 +39,8 @@ pub struct Core {
     pub match_scratch: RefCell<MatchScratch>,
     /// wyrand state: weighted splits, mirror sampling, request ids.
     rng: Cell<u64>,
+    /// Open L4 connections, for the live re-check of authorization policies after a reload.
+    pub l4_connections: Registry,
 }
 
 impl Core {
@@ -59,6 +62,7 @@ impl Core {
             access_log: RefCell::new(AccessLogBuffer::default()),
             match_scratch: RefCell::new(MatchScratch::new()),
             rng: Cell::new(seed),
+            l4_connections: Registry::default(),
         }
     }
 

@@ -262,10 +262,24 @@ async fn serve(
         return;
     }
     match listener.protocol {
-        ListenerProtocol::Tcp => {
-            let stream = Transport::Plain(stream);
-            crate::l4::proxy(&core, &snapshot, listener, stream, peer, Vec::new()).await;
-        }
+        ListenerProtocol::Tcp => match &listener.passthrough {
+            Some(passthrough) => {
+                crate::l4::passthrough::serve(
+                    &core,
+                    &snapshot,
+                    listener,
+                    &name,
+                    passthrough,
+                    stream,
+                    peer,
+                )
+                .await;
+            }
+            None => {
+                let stream = Transport::Plain(stream);
+                crate::l4::proxy(&core, &snapshot, listener, &name, stream, peer, Vec::new()).await
+            }
+        },
         ListenerProtocol::Http | ListenerProtocol::Auto => {
             crate::http::serve(Rc::clone(&core), snapshot.clone(), name, stream, peer).await;
         }
@@ -307,7 +321,7 @@ async fn serve_tls(
     match listener.protocol {
         ListenerProtocol::Tcp => {
             let stream = Transport::Tls(Box::new(stream), Box::new(info));
-            crate::l4::proxy(core, snapshot, listener, stream, peer, Vec::new()).await;
+            crate::l4::proxy(core, snapshot, listener, &name, stream, peer, Vec::new()).await;
         }
         ListenerProtocol::Http | ListenerProtocol::Auto => {
             crate::http::serve_tls(Rc::clone(core), snapshot.clone(), name, stream, info, peer)

@@ -73,6 +73,17 @@ pub struct ListenerCounters {
     pub h2_abuse_continuation_flood: Counter,
     /// HTTP/2 connections closed for a run of empty frames.
     pub h2_abuse_empty_frames: Counter,
+    /// Open L4 connections closed because a reload's authorization policies deny them.
+    pub authz_revoked: Counter,
+    /// TLS passthrough: connections sent where an SNI route says.
+    pub sni_routed: Counter,
+    /// TLS passthrough: connections sent to the listener's default cluster (no SNI, an SNI no
+    /// route names, or no well-formed ClientHello).
+    pub sni_defaulted: Counter,
+    /// TLS passthrough: connections closed because no route took them and there is no default.
+    pub sni_no_route: Counter,
+    /// TLS passthrough: connections closed because no whole ClientHello arrived in time.
+    pub sni_timeouts: Counter,
 }
 
 impl ListenerCounters {

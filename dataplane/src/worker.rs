@@ -24,6 +24,7 @@ use crate::driver::{self, IoDriver};
 use crate::event::Event;
 use crate::listener;
 use crate::shared::Shared;
+use crate::snapshot::Snapshot;
 
 /// What the control thread asks of a worker.
 #[derive(Debug)]
@@ -171,6 +172,8 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                     .close_idle_except(|endpoint| live.contains(endpoint));
                 core.h2_pool
                     .close_except(|endpoint| live.contains(endpoint));
+                // Open L4 connections that the new policies deny are closed (ztunnel's re-check).
+                recheck_l4(&core, &snapshot);
                 shared.workers[id]
                     .generation
                     .store(generation, Ordering::Release);
@@ -186,6 +189,36 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                 break;
             }
         }
+    }
+}
+
+/// Re-checks every open L4 connection of this worker against the policies of `snapshot` and
+/// revokes those that no longer pass. A connection whose listener is gone keeps running (it
+/// keeps the snapshot it started with, and its listener's policies with it).
+fn recheck_l4(core: &Core, snapshot: &Snapshot) {
+    if core.l4_connections.is_empty() {
+        return;
+    }
+    let revoked = core.l4_connections.recheck(|tracked| {
+        let Some(listener) = snapshot.listener(&tracked.listener) else {
+            return true;
+        };
+        let passes = listener
+            .authz
+            .as_ref()
+            .is_none_or(|authz| authz.passes(&tracked.input()));
+        if !passes {
+            listener.stats.workers.slot(core.id).authz_revoked.inc();
+        }
+        passes
+    });
+    if revoked > 0 {
+        info!(
+            worker = core.id,
+            revoked,
+            generation = snapshot.generation,
+            "authorization re-check closed open connections"
+        );
     }
 }
 

@@ -200,3 +200,87 @@ fn routing_and_picking_do_not_allocate() {
         "allocations during {matched} lookups and picks"
     );
 }
+
+/// Headers for the authorization input.
+struct Headers;
+
+impl dataplane::policy::authz::HeaderSource for Headers {
+    fn header_value(&self, lower_name: &str) -> Option<&[u8]> {
+        (lower_name == "x-user").then_some(b"alice".as_slice())
+    }
+}
+
+/// Evaluating authorization policies over a request, and normalizing a path that is already
+/// normal, allocate nothing.
+#[test]
+fn authorization_and_normal_paths_do_not_allocate() {
+    use dataplane::http::normalize::{PathRules, normalize};
+    use dataplane::policy::authz::{self, AuthzInput, HttpAttributes, ListenerAuthz};
+
+    let config = config_schema::parse(
+        r#"
+        [[authorization_policies]]
+        name = "no-admin"
+        action = "deny"
+        rules = [{ to = [{ paths = ["/admin*"], paths_ignore_case = true, methods = ["GET", "POST"] }] }]
+        [[authorization_policies]]
+        name = "office"
+        action = "allow"
+        rules = [
+          { from = [{ ip_blocks = ["10.0.0.0/8", "2001:db8::/32"], not_principals = ["*/sa/evil"] }] },
+          { when = [{ key = "request.headers[x-user]", values = ["ali*"] }] },
+        ]
+        [[authorization_policies]]
+        name = "watch"
+        action = "audit"
+        rules = [{ to = [{ hosts = ["*.example.com"] }] }]
+        "#,
+    )
+    .unwrap_or_else(|e| panic!("valid policies: {e:?}"));
+    let compiled = authz::compile_all(&config.spec.authorization_policies);
+    let listener = ListenerAuthz::compile("web", &compiled, None, 1).expect("policies apply");
+    let headers = Headers;
+    let rules = PathRules {
+        normalize: true,
+        merge_slashes: true,
+        escaped_slashes: config_schema::EscapedSlashes::Keep,
+    };
+    let mut out = Vec::new();
+    let run = |n: usize, out: &mut Vec<u8>| {
+        let mut allowed = 0;
+        for i in 0..n {
+            let path = if i % 2 == 0 {
+                "/api/items/42"
+            } else {
+                "/Admin/x"
+            };
+            assert_eq!(normalize(path.as_bytes(), &rules, out), Ok(false));
+            let input = AuthzInput {
+                source_ip: IpAddr::from([192, 168, 0, 1]),
+                remote_ip: IpAddr::from([192, 168, 0, 1]),
+                principal: Some("spiffe://td/ns/shop/sa/web"),
+                sni: None,
+                destination_port: 8080,
+                http: Some(HttpAttributes {
+                    method: "GET",
+                    host: "a.example.com:8080",
+                    path,
+                    headers: &headers,
+                }),
+            };
+            if listener.evaluate(&input, 0).allowed {
+                allowed += 1;
+            }
+        }
+        allowed
+    };
+    assert_eq!(run(4, &mut out), 2);
+    let before = allocations();
+    let allowed = run(10_000, &mut out);
+    assert_eq!(
+        allocations() - before,
+        0,
+        "allocations during 10,000 evaluations"
+    );
+    assert_eq!(allowed, 5_000, "allowed by the header rule, /Admin denied");
+}

@@ -698,13 +698,11 @@ fn garbage_instead_of_a_client_hello_is_closed(driver: Driver) {
     assert_eq!(out.stdout_text(), "app", "{}", out.stderr);
 }
 
-/// nginx over TLS with `localhost.crt`, requiring client certificates from the test CA, answering
-/// with the protocol and the client's subject.
-fn tls_nginx(pki: &Pki, listen: &str) -> Nginx {
+/// nginx over TLS with `localhost.crt` (HTTP/2 by ALPN too with `h2`), requiring client
+/// certificates from the test CA, answering with the protocol and the client's subject.
+fn tls_nginx(pki: &Pki, h2: bool) -> Nginx {
     let locations = format!(
         r#"
-        ssl_certificate {crt};
-        ssl_certificate_key {key};
         ssl_client_certificate {ca};
         ssl_verify_client on;
         location / {{
@@ -716,11 +714,14 @@ fn tls_nginx(pki: &Pki, listen: &str) -> Nginx {
             return 200 "nginx $server_protocol $ssl_client_s_dn $ssl_session_reused\n";
         }}
 "#,
-        crt = pki.p("localhost.crt"),
-        key = pki.p("localhost.key"),
         ca = pki.p("ca.pem"),
     );
-    Nginx::start_with(listen, &locations, |_: &Path| {})
+    let (cert, key) = (pki.path("localhost.crt"), pki.path("localhost.key"));
+    if h2 {
+        Nginx::start_tls_h2(&cert, &key, &locations, |_: &Path| {})
+    } else {
+        Nginx::start_tls(&cert, &key, &locations, |_: &Path| {})
+    }
 }
 
 /// A plain `http` listener `main` with routes `/NAME` to cluster `NAME` for each of `clusters`
@@ -749,7 +750,7 @@ domains = ["*"]
 
 fn upstream_tls_to_nginx_with_a_client_certificate(driver: Driver) {
     let pki = Pki::new();
-    let nginx = tls_nginx(&pki, "ssl");
+    let nginx = tls_nginx(&pki, false);
     let clusters = format!(
         r#"
 [[clusters]]
@@ -838,7 +839,7 @@ key = "{client_key}"
 
 fn upstream_with_the_wrong_ca_fails_the_handshake(driver: Driver) {
     let pki = Pki::new();
-    let nginx = tls_nginx(&pki, "ssl");
+    let nginx = tls_nginx(&pki, false);
     let clusters = format!(
         r#"
 [[clusters]]
@@ -878,7 +879,7 @@ key = "{client_key}"
 
 fn h2_cluster_speaks_http2_over_tls(driver: Driver) {
     let pki = Pki::new();
-    let nginx = tls_nginx(&pki, "ssl http2");
+    let nginx = tls_nginx(&pki, true);
     let clusters = format!(
         r#"
 [[clusters]]
@@ -914,7 +915,7 @@ key = "{client_key}"
 
 fn tcp_listener_originates_tls_to_its_cluster(driver: Driver) {
     let pki = Pki::new();
-    let nginx = tls_nginx(&pki, "ssl");
+    let nginx = tls_nginx(&pki, false);
     let config = format!(
         r#"
 [[listeners]]

@@ -8,8 +8,10 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use crate::policy::authz::{AuthzCounters, NO_ALLOW_MATCHED};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
+use config_schema::AuthorizationAction;
 use std::sync::Arc;
 
 use crate::stats::{
@@ -28,6 +30,7 @@ pub(super) fn render(shared: &Shared) -> String {
     endpoints(&mut out, &snapshot);
     routes(&mut out, &snapshot);
     policies(&mut out, &snapshot);
+    authz(&mut out, &snapshot);
     istio_tcp(&mut out, &snapshot);
     istio_http(&mut out, &snapshot);
     out
@@ -195,6 +198,36 @@ const LISTENER_METRICS: &[Family<ListenerCounters>] = &[
         "counter",
         "HTTP/2 connections closed for a run of empty frames.",
         |c| c.h2_abuse_empty_frames.get(),
+    ),
+    (
+        "authz_revoked_total",
+        "counter",
+        "Open L4 connections closed because a reload's authorization policies deny them.",
+        |c| c.authz_revoked.get(),
+    ),
+    (
+        "sni_routed_total",
+        "counter",
+        "TLS passthrough: connections sent where an SNI route says.",
+        |c| c.sni_routed.get(),
+    ),
+    (
+        "sni_defaulted_total",
+        "counter",
+        "TLS passthrough: connections sent to the default cluster (no SNI, no route for it, or no ClientHello).",
+        |c| c.sni_defaulted.get(),
+    ),
+    (
+        "sni_no_route_total",
+        "counter",
+        "TLS passthrough: connections closed for want of a route and of a default cluster.",
+        |c| c.sni_no_route.get(),
+    ),
+    (
+        "sni_timeouts_total",
+        "counter",
+        "TLS passthrough: connections closed because no whole ClientHello arrived in time.",
+        |c| c.sni_timeouts.get(),
     ),
 ];
 
@@ -453,6 +486,56 @@ fn routes(out: &mut String, snapshot: &Snapshot) {
     }
 }
 
+/// Authorization policies: decisions by listener and policy (`policy="-"`: refused because no
+/// allow policy matched).
+fn authz(out: &mut String, snapshot: &Snapshot) {
+    type Pick = fn(&AuthzCounters) -> u64;
+    let families: [(&str, &str, AuthorizationAction, Pick); 3] = [
+        (
+            "ringmesh_authz_denied_total",
+            "Requests (tcp listeners: connections) refused by authorization, by listener and the deny policy that matched (\"-\": no allow policy matched).",
+            AuthorizationAction::Deny,
+            |c| c.denied.get(),
+        ),
+        (
+            "ringmesh_authz_allowed_total",
+            "Requests (tcp listeners: connections) let through by an allow policy, by listener and policy.",
+            AuthorizationAction::Allow,
+            |c| c.allowed.get(),
+        ),
+        (
+            "ringmesh_authz_audited_total",
+            "Requests (tcp listeners: connections) matched by an audit policy, by listener and policy.",
+            AuthorizationAction::Audit,
+            |c| c.audited.get(),
+        ),
+    ];
+    for (name, help, wanted, pick) in families {
+        header(out, name, "counter", help);
+        for listener in &snapshot.listeners {
+            let Some(authz) = &listener.authz else {
+                continue;
+            };
+            let rows = authz
+                .policies
+                .iter()
+                .filter(|a| a.policy.action == wanted)
+                .map(|a| (&*a.policy.name, &a.counters));
+            let no_match = (wanted == AuthorizationAction::Deny)
+                .then_some((NO_ALLOW_MATCHED, &authz.no_allow_matched));
+            for (policy, counters) in rows.chain(no_match) {
+                let total: u64 = counters.iter().map(pick).sum();
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{}\",policy=\"{}\"}} {total}",
+                    escape(&listener.name),
+                    escape(policy)
+                );
+            }
+        }
+    }
+}
+
 /// Local rate limits (refusals by scope and name) and fault injection (by route).
 fn policies(out: &mut String, snapshot: &Snapshot) {
     header(
@@ -624,15 +707,19 @@ fn istio_tcp(out: &mut String, snapshot: &Snapshot) {
     for (name, kind, help, get) in FAMILIES {
         header(out, name, kind, help);
         for listener in &snapshot.listeners {
-            let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
-                continue;
+            // The counters are per listener. A TLS passthrough listener sends its connections to
+            // the clusters its SNI routes pick, so one cluster cannot be named for them.
+            let destination = match (&listener.passthrough, listener.cluster) {
+                (Some(_), _) => "unknown",
+                (None, Some(cluster)) => &*snapshot.clusters[cluster].name,
+                (None, None) => continue,
             };
             let _ = writeln!(
                 out,
                 "{name}{{reporter=\"destination\",source_workload=\"{}\",destination_service=\"{}\",\
                  connection_security_policy=\"none\",listener=\"{}\"}} {}",
                 escape(source),
-                escape(&cluster.name),
+                escape(destination),
                 escape(&listener.name),
                 listener.stats.workers.sum(get)
             );

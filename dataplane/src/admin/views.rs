@@ -99,6 +99,7 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                 "rejected": w.sum(|c| c.rejected.get()),
                 "accept_errors": w.sum(|c| c.accept_errors.get()),
                 "idle_timeouts": w.sum(|c| c.idle_timeouts.get()),
+                "authz_revoked": w.sum(|c| c.authz_revoked.get()),
                 "bytes_received": w.sum(|c| c.bytes_received.get()),
                 "bytes_sent": w.sum(|c| c.bytes_sent.get()),
                 "tls": {
@@ -112,6 +113,12 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                     "control_flood": w.sum(|c| c.h2_abuse_control_flood.get()),
                     "continuation_flood": w.sum(|c| c.h2_abuse_continuation_flood.get()),
                     "empty_frames": w.sum(|c| c.h2_abuse_empty_frames.get()),
+                },
+                "sni": {
+                    "routed": w.sum(|c| c.sni_routed.get()),
+                    "defaulted": w.sum(|c| c.sni_defaulted.get()),
+                    "no_route": w.sum(|c| c.sni_no_route.get()),
+                    "timeouts": w.sum(|c| c.sni_timeouts.get()),
                 },
                 "per_worker": per_worker,
             })

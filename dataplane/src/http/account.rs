@@ -73,6 +73,8 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         downstream: fields.downstream,
         attempts: record.attempts,
         retry_stopped: record.retry_stopped.map_or("", |stopped| stopped.as_str()),
+        authz_policy: record.authz_policy.unwrap_or_default(),
+        authz_audit: record.authz_audit.unwrap_or_default(),
         sni: fields.sni,
     });
 }

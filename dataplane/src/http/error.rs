@@ -74,6 +74,9 @@ pub enum Failure {
     Unsupported(&'static str),
     /// A local rate limit refused the request (429, flag `RL`, gRPC `RESOURCE_EXHAUSTED`).
     RateLimited(Limited),
+    /// An authorization policy refused the request (403, flag `RBAC`, gRPC
+    /// `PERMISSION_DENIED`).
+    Denied,
     /// Fault injection answered instead of forwarding (flag `FI`).
     FaultAbort {
         /// The HTTP status.
@@ -91,6 +94,7 @@ impl Failure {
             | Failure::NoHealthyUpstream
             | Failure::Overflow
             | Failure::RateLimited(_)
+            | Failure::Denied
             | Failure::FaultAbort { .. } => Fault::Local,
             Failure::ConnectFailed
             | Failure::UpstreamReset { .. }
@@ -132,6 +136,7 @@ impl Failure {
             // Nobody reads it; the access log shows what the proxy would have answered.
             Failure::ClientGone => 499,
             Failure::RateLimited(_) => 429,
+            Failure::Denied => 403,
             Failure::FaultAbort { status, .. } => status,
         }
     }
@@ -156,6 +161,7 @@ impl Failure {
             Failure::ClientGone => "client went away",
             // Envoy's texts, which clients and dashboards already match on.
             Failure::RateLimited(_) => "local_rate_limited",
+            Failure::Denied => "RBAC: access denied",
             Failure::FaultAbort { .. } => "fault filter abort",
         }
     }
@@ -180,6 +186,7 @@ impl Failure {
             }
             Failure::ClientGone => ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
             Failure::RateLimited(_) => ResponseFlags::RATE_LIMITED,
+            Failure::Denied => ResponseFlags::RBAC_DENIED,
             Failure::FaultAbort { .. } => ResponseFlags::FAULT_INJECTED,
         }
     }
@@ -192,6 +199,7 @@ impl Failure {
             }
             Failure::Timeout | Failure::PerTryTimeout => grpc::code::DEADLINE_EXCEEDED,
             Failure::RateLimited(_) => grpc::code::RESOURCE_EXHAUSTED,
+            Failure::Denied => grpc::code::PERMISSION_DENIED,
             Failure::FaultAbort {
                 grpc_status: Some(code),
                 ..

@@ -5,8 +5,12 @@
 //! functions:
 //!
 //! **[`decide`]** (synchronous, over the head the codec still holds):
+//! 0. **path normalization** (`normalize.rs`) — what routing matches, authorization sees and the
+//!    upstream receives; a path that cannot be normalized is a 400;
 //! 1. **route** — virtual host by Host, then the route by path/method/headers/query, on the
-//!    snapshot current *now* (keep-alive and HTTP/2 connections see reloads at once);
+//!    snapshot current *now* (keep-alive and HTTP/2 connections see reloads at once); then
+//!    **authorization** (`policy::authz`; 403, flag `RBAC`), answered before a missing route's
+//!    404 and before any admission policy, as Envoy's RBAC filter runs before its router;
 //! 2. **admission** — the local rate limits of the listener, the virtual host and the route
 //!    (429, flag `RL`), then the route's fault injection: an abort is answered here (flag `FI`), a
 //!    delay is carried in the plan (flag `DI`; see `policy`);
@@ -55,6 +59,7 @@ use super::h2::client::write_h2_request;
 use super::headers::ATTEMPT_COUNT;
 use super::headers::{Forwarding, RequestRules};
 use super::mirror;
+use super::normalize;
 use super::reply::LocalReply;
 use super::request::{ClientProtocol, RequestBody, RequestHead, Upgrade};
 use super::retry::{Retries, Stopped, Verdict};
@@ -62,6 +67,7 @@ use super::upstream::{UpIn, Upstream, UpstreamRequest, Wire};
 use crate::access_log::ResponseFlags;
 use crate::core::Core;
 use crate::event::Signal;
+use crate::policy::authz::{self, AuthzInput, HttpAttributes, ListenerAuthz};
 use crate::routing::{
     DirectResponse, RateLimitKey, RequestView, Route, RouteAction, RouteMatch, RouteTable,
     shadow_host,
@@ -91,6 +97,9 @@ pub struct Scratch {
     pub request_id: Vec<u8>,
     /// The client's address as text (`x-forwarded-for`); rendered once per connection.
     pub peer_ip: Vec<u8>,
+    /// The normalized request target (path, then `?` and the query), when normalization
+    /// changed the path.
+    pub path: Vec<u8>,
     /// The exchange's timer (see [`watchdog`]), kept for the next request on the connection:
     /// resetting a timer costs less than making one.
     pub timer: Option<Timer>,
@@ -128,6 +137,12 @@ pub struct Record<'s> {
     pub retry_stopped: Option<Stopped>,
     /// The client's address (the peer, or the trusted `x-forwarded-for` entry).
     pub client_ip: IpAddr,
+    /// The connection's peer address.
+    pub peer_ip: IpAddr,
+    /// The authorization policy that decided (see `policy::authz::Verdict`).
+    pub authz_policy: Option<&'s str>,
+    /// The first audit policy that matched.
+    pub authz_audit: Option<&'s str>,
 }
 
 impl Record<'_> {
@@ -146,6 +161,9 @@ impl Record<'_> {
             attempts: 0,
             retry_stopped: None,
             client_ip,
+            peer_ip: client_ip,
+            authz_policy: None,
+            authz_audit: None,
         }
     }
 }
@@ -223,15 +241,65 @@ pub fn decide<'s>(
         None => core.write_uuid(&mut scratch.request_id),
     }
 
-    // 1. Route.
-    let Some(table) = &http.routes else {
-        return Decision::Reply(Local::Failure(Failure::NoRoute));
+    // 0. The path, normalized once: what routing matches, authorization sees and the upstream
+    // receives. A CONNECT target is an authority, an OPTIONS `*` no path: both are left alone.
+    let normalized;
+    let head = if head.path.starts_with('/') && head.upgrade != Some(Upgrade::Connect) {
+        match normalize::normalize(head.path.as_bytes(), &http.paths, &mut scratch.path) {
+            Ok(false) => head,
+            Ok(true) => {
+                let path_len = scratch.path.len();
+                if !head.query.is_empty() {
+                    scratch.path.push(b'?');
+                    scratch.path.extend_from_slice(head.query.as_bytes());
+                }
+                // Decoding yields only unreserved ASCII and segments are cut at '/', so valid
+                // UTF-8 stays valid; should it not, the request is refused, not forwarded.
+                let Some((target, path)) = std::str::from_utf8(&scratch.path)
+                    .ok()
+                    .and_then(|target| Some((target, target.get(..path_len)?)))
+                else {
+                    return Decision::Reply(Local::Failure(Failure::BadRequest(
+                        "path cannot be normalized",
+                    )));
+                };
+                normalized = RequestHead {
+                    path,
+                    target,
+                    ..*head
+                };
+                &normalized
+            }
+            Err(refused) => {
+                return Decision::Reply(Local::Failure(Failure::BadRequest(refused.reason())));
+            }
+        }
+    } else {
+        head
     };
-    let Ok(found) = table.find(head, &mut core.match_scratch.borrow_mut()) else {
+
+    // 1. Route; then authorization, which answers first: a refused client learns nothing about
+    // which paths are routed (Envoy's RBAC filter also runs before the router's 404).
+    let found = http.routes.as_ref().and_then(|table| {
+        Some((
+            table,
+            table
+                .find(head, &mut core.match_scratch.borrow_mut())
+                .ok()?,
+        ))
+    });
+    if let Some((_, found)) = found {
+        record.route = Some(found.route);
+    }
+    if let Some(authz) = &listener.authz
+        && !authorize(core, listener, authz, head, record)
+    {
+        return Decision::Reply(Local::Failure(Failure::Denied));
+    }
+    let Some((table, found)) = found else {
         return Decision::Reply(Local::Failure(Failure::NoRoute));
     };
     let route = found.route;
-    record.route = Some(route);
 
     // 2. Admission.
     let delay = match admit(core, snapshot, listener, table, found, head, record) {
@@ -431,6 +499,40 @@ fn reply(local: Local<'_>, delay: Option<Duration>) -> Decision<'_> {
         Some(delay) => Decision::Delayed(local, delay),
         None => Decision::Reply(local),
     }
+}
+
+/// Authorization (`policy::authz`): the listener's policies over the request, with the peer's
+/// identity once mTLS provides one. Records the deciding and the auditing policy for the access
+/// log; returns whether the request may go on.
+#[inline]
+fn authorize<'s>(
+    core: &Core,
+    listener: &'s Listener,
+    authz: &'s ListenerAuthz,
+    head: &RequestHead<'_>,
+    record: &mut Record<'s>,
+) -> bool {
+    let input = AuthzInput {
+        source_ip: record.peer_ip,
+        remote_ip: record.client_ip,
+        // Filled by the mTLS integration: the connection's verified SPIFFE ID and SNI.
+        principal: None,
+        sni: None,
+        destination_port: listener.local_addr.port(),
+        http: Some(HttpAttributes {
+            method: head.method,
+            host: head.authority,
+            path: head.path,
+            headers: head,
+        }),
+    };
+    let verdict = authz.evaluate(&input, core.id);
+    record.authz_audit = verdict.audit;
+    record.authz_policy = match (verdict.allowed, verdict.policy) {
+        (false, None) => Some(authz::NO_ALLOW_MATCHED),
+        (_, policy) => policy,
+    };
+    verdict.allowed
 }
 
 /// Stage 2: the local rate limits — listener, virtual host, route, each consuming from its

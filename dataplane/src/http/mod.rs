@@ -30,6 +30,7 @@ pub mod h2;
 pub mod headers;
 pub mod io;
 pub mod mirror;
+pub mod normalize;
 pub mod reply;
 pub mod request;
 pub mod retry;
@@ -88,8 +89,16 @@ pub async fn serve(
             .await;
         }
         Verdict::Opaque if opaque_fallback => {
-            let stream = Transport::Plain(stream);
-            crate::l4::proxy(&core, &snapshot, listener, stream, peer, initial).await;
+            crate::l4::proxy(
+                &core,
+                &snapshot,
+                listener,
+                &listener_name,
+                Transport::Plain(stream),
+                peer,
+                initial,
+            )
+            .await;
         }
         Verdict::Http2 => {
             let stream = Transport::Plain(stream);

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use super::grpc;
 use super::headers::Fields;
+use crate::policy::authz::HeaderSource;
 use crate::routing::RequestView;
 
 /// The protocol a client speaks.
@@ -126,6 +127,13 @@ impl<'a> RequestHead<'a> {
             }
         }
         None
+    }
+}
+
+impl HeaderSource for RequestHead<'_> {
+    #[inline]
+    fn header_value(&self, lower_name: &str) -> Option<&[u8]> {
+        RequestView::header(self, lower_name)
     }
 }
 

@@ -8,17 +8,26 @@
 //!
 //! A cluster with a circuit breaker admits a connection only within `max_connections` (across
 //! workers, for the connection's life); beyond it the client's connection is closed at once.
+//!
+//! A tcp listener with TLS passthrough goes through [`passthrough`] first: it reads the
+//! ClientHello (without terminating TLS), picks the cluster by its SNI ([`sni`]), and hands the
+//! connection to [`forward`] with the bytes it read, which go to the upstream first and untouched.
 
 pub mod copy;
+pub mod passthrough;
+pub mod sni;
 pub mod splice;
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use config_schema::L4Copy;
 use monoio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::core::Core;
+use crate::event::Signal;
+use crate::policy::authz::{self, Tracked};
 use crate::snapshot::{Cluster, Listener, Snapshot};
 use crate::tls::transport::Transport;
 use crate::upstream::breaker::{self, Resource};
@@ -26,18 +35,75 @@ use crate::upstream::outlier::Observation;
 use crate::upstream::{InFlightGuard, Permit};
 
 /// Proxies one downstream connection to the listener's cluster until both sides are done.
+/// `name` is the listener's name as the worker holds it (the registry of open connections keeps
+/// it without a copy).
 pub async fn proxy(
     core: &Core,
     snapshot: &Snapshot,
     listener: &Listener,
+    name: &Rc<str>,
     downstream: Transport,
     peer: SocketAddr,
-    mut initial: Vec<u8>,
+    initial: Vec<u8>,
 ) {
     let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
         debug!(listener = %listener.name, %peer, "no cluster for opaque traffic; closing");
         return;
     };
+    // A terminated TLS connection's SNI reaches `connection.sni` conditions, as a passthrough
+    // connection's does.
+    let sni = downstream.tls_info().and_then(|info| info.sni.clone());
+    let inbound = Inbound {
+        stream: downstream,
+        peer,
+        initial,
+        sni,
+    };
+    forward(core, snapshot, listener, name, cluster, inbound).await;
+}
+
+/// A downstream connection on its way to a cluster.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The client's connection (TLS when a tcp listener terminates it).
+    pub stream: Transport,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Bytes already read from the client (while detecting the protocol or reading the
+    /// ClientHello): they go upstream first, untouched.
+    pub initial: Vec<u8>,
+    /// The server name of a passthrough connection's ClientHello, for authorization.
+    pub sni: Option<Box<str>>,
+}
+
+/// Checks the connection against the listener's authorization policies, connects to `cluster`,
+/// writes the bytes already read to it first, then copies both ways until both sides are done.
+pub async fn forward(
+    core: &Core,
+    snapshot: &Snapshot,
+    listener: &Listener,
+    name: &Rc<str>,
+    cluster: &Cluster,
+    inbound: Inbound,
+) {
+    let Inbound {
+        stream: downstream,
+        peer,
+        mut initial,
+        sni,
+    } = inbound;
+    // Authorization at connect, before anything goes upstream. The connection is registered
+    // first, so that a reload between here and the end of the connection re-checks it.
+    let registration = core.l4_connections.register(Tracked {
+        listener: Rc::clone(name),
+        peer,
+        destination_port: listener.local_addr.port(),
+        sni,
+        revoked: Signal::default(),
+    });
+    if !authorized(core, listener, &registration.tracked) {
+        return;
+    }
     // `in_flight` is held until the connection ends: least-request counts open connections; so is
     // the breaker's permit.
     let (upstream, in_flight, permit) = match connect(core, snapshot, cluster, peer).await {
@@ -84,15 +150,21 @@ pub async fn proxy(
                     return;
                 }
             }
-            let outcome = copy::bidirectional_halves(
+            let copy = copy::bidirectional_halves(
                 downstream.split(),
                 (up_read, up_write),
                 listener.idle_timeout,
                 counters,
-            )
-            .await;
-            if let Err(e) = outcome {
-                debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
+            );
+            monoio::select! {
+                outcome = copy => {
+                    if let Err(e) = outcome {
+                        debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
+                    }
+                }
+                () = registration.tracked.revoked.wait() => {
+                    info!(listener = %listener.name, %peer, "connection closed: a reloaded authorization policy denies it");
+                }
             }
             drop(in_flight);
             drop(permit);
@@ -100,7 +172,7 @@ pub async fn proxy(
         }
     };
     if !initial.is_empty() {
-        // Bytes read while detecting the protocol go first.
+        // Bytes read while detecting the protocol or reading the ClientHello go first.
         counters.bytes_received.add(initial.len() as u64);
         let (result, _) =
             monoio::io::AsyncWriteRentExt::write_all(&mut upstream, std::mem::take(&mut initial))
@@ -109,19 +181,54 @@ pub async fn proxy(
             return;
         }
     }
-    let outcome = match listener.l4_copy {
-        L4Copy::Buffer => {
-            copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
-        }
-        L4Copy::Splice => {
-            splice::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+    let copy = async {
+        match listener.l4_copy {
+            L4Copy::Buffer => {
+                copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+            }
+            L4Copy::Splice => {
+                splice::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+            }
         }
     };
-    if let Err(e) = outcome {
-        debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
+    // A reload whose policies no longer let this connection through fires `revoked`: the copy
+    // is dropped, which closes both sockets (bytes in flight are lost, as the policy wants).
+    monoio::select! {
+        outcome = copy => {
+            if let Err(e) = outcome {
+                debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = registration.tracked.revoked.wait() => {
+            info!(listener = %listener.name, %peer, "connection closed: a reloaded authorization policy denies it");
+        }
     }
+    drop(registration);
     drop(in_flight);
     drop(permit);
+}
+
+/// Checks a new connection against the authorization policies of its listener in the snapshot
+/// current now (the connection's own may be older). Counts and logs a denial.
+fn authorized(core: &Core, listener: &Listener, tracked: &Tracked) -> bool {
+    let current = core.snapshot();
+    let authz = match current.listener(&listener.name) {
+        Some(now) => now.authz.as_ref(),
+        None => listener.authz.as_ref(),
+    };
+    let Some(authz) = authz else {
+        return true;
+    };
+    let verdict = authz.evaluate(&tracked.input(), core.id);
+    if !verdict.allowed {
+        info!(
+            listener = %listener.name,
+            peer = %tracked.peer,
+            policy = verdict.policy.unwrap_or(authz::NO_ALLOW_MATCHED),
+            "connection denied by authorization policy"
+        );
+    }
+    verdict.allowed
 }
 
 /// Why no upstream connection could be made.

@@ -1,5 +1,5 @@
-//! Request-admission policies and their process-wide state: local rate limits
-//! ([`rate_limit`]) and fault injection ([`fault`]).
+//! Request-admission policies and their process-wide state: authorization ([`authz`]), local
+//! rate limits ([`rate_limit`]) and fault injection ([`fault`]).
 //!
 //! The parameters are compiled by `routing` (routes, virtual hosts) and `snapshot` (listeners);
 //! the state that must hold across workers — the rate-limit buckets — lives here, in the
@@ -8,6 +8,7 @@
 //! one branch. The HTTP exchange applies them as one stage (`http::exchange::decide`), the L4
 //! accept path applies a tcp listener's limit to new connections (`listener::admit`).
 
+pub mod authz;
 pub mod fault;
 pub mod rate_limit;
 

@@ -1,5 +1,6 @@
 //! HTTP routing: virtual hosts by Host, routes by path, method, headers and query, and the
-//! precompiled actions of the chosen route.
+//! precompiled actions of the chosen route. (The SNI routes of TLS passthrough listeners are in
+//! [`sni`].)
 //!
 //! # Semantics
 //! - **Virtual host** by Host (case-insensitive, port ignored): an exact domain, else the longest
@@ -46,6 +47,7 @@ mod compile;
 mod matcher;
 mod regex;
 mod request;
+pub mod sni;
 mod table;
 #[cfg(test)]
 mod tests;

@@ -6,14 +6,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
-use config_schema::{Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProtocol};
+use config_schema::{Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProtocol, TlsMode};
 
 use super::{
     Cluster, Endpoint, GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
-    Listener, ListenerStats, PoolLimits, Snapshot,
+    Listener, ListenerStats, PassthroughSettings, PathRules, PoolLimits, Snapshot,
 };
 use crate::access_log::AccessLogSink;
+use crate::policy::authz::{self, ListenerAuthz};
 use crate::policy::{Policies, RateLimiter};
+use crate::routing::sni::SniRoutes;
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
 use crate::tls::{ClientTls, ServerTls};
@@ -120,16 +122,19 @@ pub fn compile(
     let routes =
         routing::compile(spec, &cluster_index).map_err(|e| vec![route_error(config, &e)])?;
 
+    let authz_policies = authz::compile_all(&spec.authorization_policies);
     let mut tls_errors = Vec::new();
     let listeners: Vec<Listener> = spec
         .listeners
         .iter()
         .enumerate()
         .map(|(index, l)| {
-            // Files are read at every reload: a SIGHUP picks up renewed certificates.
+            // Files are read at every reload: a SIGHUP picks up renewed certificates. Passthrough
+            // listeners never decrypt: only terminate mode loads certificates.
             let tls = l
                 .tls
                 .as_ref()
+                .filter(|tls| tls.mode == TlsMode::Terminate)
                 .and_then(|tls| match ServerTls::from_spec(tls, l.protocol) {
                     Ok(tls) => Some(Arc::new(tls)),
                     Err(e) => {
@@ -169,6 +174,11 @@ pub fn compile(
                 xff_trusted_hops: l.xff_trusted_hops,
                 routes: routes.listener(&l.name).cloned(),
                 h2: h2_settings(&l.http2, &l.limits),
+                paths: PathRules {
+                    normalize: l.normalize_path,
+                    merge_slashes: l.merge_slashes,
+                    escaped_slashes: l.path_with_escaped_slashes,
+                },
             });
             Listener {
                 name: l.name.as_str().into(),
@@ -196,6 +206,31 @@ pub fn compile(
                         workers,
                     )
                 }),
+                authz: ListenerAuthz::compile(
+                    &l.name,
+                    &authz_policies,
+                    previous
+                        .listener(&l.name)
+                        .filter(|old| old.stats.workers.len() == workers)
+                        .and_then(|old| old.authz.as_ref()),
+                    workers,
+                ),
+                // Validation keeps passthrough to tcp listeners, and every route's cluster
+                // exists.
+                passthrough: l
+                    .tls
+                    .as_ref()
+                    .filter(|tls| {
+                        tls.mode == TlsMode::Passthrough && l.protocol == ListenerProtocol::Tcp
+                    })
+                    .map(|tls| PassthroughSettings {
+                        routes: SniRoutes::new(tls.sni_routes.iter().filter_map(
+                            |(name, cluster)| {
+                                Some((name.as_str(), *cluster_index.get(cluster.as_str())?))
+                            },
+                        )),
+                        hello_timeout: l.request_header_timeout.get(),
+                    }),
                 tls,
             }
         })

@@ -24,6 +24,7 @@ use arc_swap::{ArcSwap, Cache};
 use config_schema::{ConfigSpec, L4Copy, LbPolicy, ListenerProtocol, UpstreamProtocol};
 
 use crate::access_log::AccessLogSink;
+use crate::policy::authz::ListenerAuthz;
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::RouteConfig;
 use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
@@ -35,7 +36,8 @@ mod settings;
 
 pub use compile::compile;
 pub use settings::{
-    GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings, PoolLimits,
+    GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
+    PassthroughSettings, PathRules, PoolLimits,
 };
 
 /// Everything a worker needs to serve traffic, for one config generation.
@@ -108,6 +110,11 @@ pub struct Listener {
     pub stats: Arc<ListenerStats>,
     /// Local rate limit: tcp listeners, new connections; http and auto listeners, HTTP requests.
     pub rate_limit: Option<RateLimiter>,
+    /// The authorization policies that apply to this listener; `None` when none does.
+    pub authz: Option<ListenerAuthz>,
+    /// TLS passthrough (tcp listeners): SNI routes and the ClientHello timeout. The default
+    /// cluster is [`Listener::cluster`].
+    pub passthrough: Option<PassthroughSettings>,
     /// TLS termination, when the listener has `[listeners.tls]`.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
 }

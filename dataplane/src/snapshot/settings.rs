@@ -6,7 +6,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use config_schema::EscapedSlashes;
+
 use crate::routing::RouteTable;
+use crate::routing::sni::SniRoutes;
+
+/// A TLS passthrough listener's routing (the default cluster is the listener's `cluster`).
+#[derive(Debug)]
+pub struct PassthroughSettings {
+    /// SNI routes to cluster indices.
+    pub routes: SniRoutes,
+    /// Time allowed for the whole ClientHello, from accept.
+    pub hello_timeout: Duration,
+}
 
 /// The HTTP settings of a listener.
 #[derive(Debug)]
@@ -27,6 +39,26 @@ pub struct HttpSettings {
     pub routes: Option<Arc<RouteTable>>,
     /// HTTP/2 server settings and abuse limits.
     pub h2: H2ServerSettings,
+    /// How request paths are normalized (`http::normalize`).
+    pub paths: PathRules,
+}
+
+/// A listener's path rules (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathRules {
+    /// Decode unreserved escapes, check escapes, remove dot segments.
+    pub normalize: bool,
+    /// Merge runs of slashes.
+    pub merge_slashes: bool,
+    /// What `%2F` and `%5C` become.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl PathRules {
+    /// No rule at all: paths go through untouched.
+    pub fn is_off(&self) -> bool {
+        !self.normalize && !self.merge_slashes && self.escaped_slashes == EscapedSlashes::Keep
+    }
 }
 
 /// The size limits of a request head.

@@ -43,12 +43,30 @@ impl Nginx {
     /// document root (a directory inside the instance's own directory, created empty and
     /// filled by `fill_root` before the start).
     pub fn start(locations: &str, fill_root: impl Fn(&Path)) -> Self {
-        Self::start_with("", locations, fill_root)
+        Self::start_inner(None, locations, fill_root)
     }
 
-    /// Like [`Self::start`], with `listen_params` after the address of the `listen` directive
-    /// (`ssl`, `ssl http2`); `locations` may then carry the `ssl_*` directives.
-    pub fn start_with(listen_params: &str, locations: &str, fill_root: impl Fn(&Path)) -> Self {
+    /// Like [`Nginx::start`], serving HTTPS only, with the PEM certificate chain and key at
+    /// `cert` and `key` (TLS 1.2 and 1.3).
+    pub fn start_tls(cert: &Path, key: &Path, locations: &str, fill_root: impl Fn(&Path)) -> Self {
+        Self::start_inner(Some((cert, key, false)), locations, fill_root)
+    }
+
+    /// Like [`Nginx::start_tls`], offering HTTP/2 by ALPN as well.
+    pub fn start_tls_h2(
+        cert: &Path,
+        key: &Path,
+        locations: &str,
+        fill_root: impl Fn(&Path),
+    ) -> Self {
+        Self::start_inner(Some((cert, key, true)), locations, fill_root)
+    }
+
+    fn start_inner(
+        tls: Option<(&Path, &Path, bool)>,
+        locations: &str,
+        fill_root: impl Fn(&Path),
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ringmesh-nginx-")
             .tempdir()
@@ -60,7 +78,7 @@ impl Nginx {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let address = SocketAddr::from(([127, 0, 0, 1], port));
-            write_config(dir.path(), address, listen_params, locations);
+            write_config(dir.path(), address, tls, locations);
             let _ = std::fs::remove_file(dir.path().join("error.log"));
             let mut child = Command::new(crate::tool("nginx"))
                 .arg("-p")
@@ -169,8 +187,23 @@ fn free_port() -> u16 {
     listener.local_addr().expect("probe address").port()
 }
 
-fn write_config(dir: &Path, address: SocketAddr, listen_params: &str, locations: &str) {
+fn write_config(
+    dir: &Path,
+    address: SocketAddr,
+    tls: Option<(&Path, &Path, bool)>,
+    locations: &str,
+) {
     let path = |name: &str| -> PathBuf { dir.join(name) };
+    let listen = match tls {
+        None => format!("listen {address};"),
+        Some((cert, key, http2)) => format!(
+            "listen {address} ssl{};\n        ssl_certificate {};\n        ssl_certificate_key {};\n        \
+             ssl_protocols TLSv1.2 TLSv1.3;",
+            if http2 { " http2" } else { "" },
+            cert.display(),
+            key.display()
+        ),
+    };
     let config = format!(
         r#"
 daemon off;
@@ -193,7 +226,7 @@ http {{
     keepalive_timeout 120s;
     default_type text/plain;
     server {{
-        listen {address} {listen_params};
+        {listen}
         root {root};
 {locations}
     }}
