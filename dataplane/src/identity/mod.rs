@@ -1,0 +1,45 @@
+//! Workload identity for mTLS: SPIFFE IDs, X.509-SVID verification, and the node's identity
+//! material with rotation.
+//!
+//! This module is self-contained: the TLS transport (`tls`) plugs it into its rustls configs.
+//!
+//! - [`spiffe`]: SPIFFE IDs (parse, validate, accessors, Istio's principal/namespace/service
+//!   account) and the patterns that match them (`allowed_spiffe_ids`, Istio `principals`).
+//! - [`verify`]: [`SpiffeClientVerifier`] (listeners) and [`SpiffeServerVerifier`] (upstreams),
+//!   rustls verifiers that check a peer's X.509-SVID per the X.509-SVID specification; every
+//!   refusal has a [`Reason`], counted in [`IdentityMetrics`]; [`peer_spiffe_id`] reads the
+//!   peer's ID after the handshake.
+//! - [`bundle`]: trust bundles per trust domain (federation) and what `/certs` shows of a CA.
+//! - [`store`]: the node's SVID, key and bundles behind one atomic pointer, reread when the files
+//!   change; it is the rustls certificate resolver of both sides and the verifiers' trust source.
+//! - [`metrics`]: handshake refusals by reason and reload errors, rendered for Prometheus.
+//!
+//! Wiring a listener (sketch):
+//!
+//! ```ignore
+//! let store = Store::open(IdentityFiles::from_spec(&spec), metrics)?;
+//! let _watcher = store.watch(store::POLL_INTERVAL)?;
+//! let verifier = SpiffeClientVerifier::new(store.clone(), true, allowed, store.metrics().clone());
+//! let config = rustls::ServerConfig::builder_with_provider(ring_provider)
+//!     .with_safe_default_protocol_versions()?
+//!     .with_client_cert_verifier(Arc::new(verifier))
+//!     .with_cert_resolver(store.clone());
+//! ```
+
+pub mod bundle;
+pub mod metrics;
+pub mod spiffe;
+pub mod store;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
+
+pub use bundle::{DomainBundle, FixedTrust, TrustBundles, TrustSource};
+pub use metrics::IdentityMetrics;
+pub use spiffe::{PrincipalPattern, SpiffeId, SpiffeIdError, SpiffeIdPattern};
+pub use store::{IdentityFiles, LoadError, Material, Reloaded, Store, Watcher};
+pub use verify::{
+    Reason, SpiffeClientVerifier, SpiffeServerVerifier, SvidError, peer_spiffe_id, refusal_reason,
+    verify_svid,
+};
