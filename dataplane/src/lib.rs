@@ -30,6 +30,7 @@
 //! `event`
 //! (`farm-studio look dataplane` draws it). The settings the protocol code honours are owned by
 //! `snapshot` (`snapshot::settings`), so the snapshot never imports a protocol module.
+//! [`identity`] imports no other module of the crate; `admin` and `shared` use it.
 
 pub mod access_log;
 pub mod admin;

@@ -15,7 +15,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::verify::Reason;
+use super::svid::Reason;
 
 /// The identity layer's counters, shared by the verifiers, the store and the admin thread.
 #[derive(Debug)]

@@ -9,7 +9,9 @@
 //!   rustls verifiers that check a peer's X.509-SVID per the X.509-SVID specification; every
 //!   refusal has a [`Reason`], counted in [`IdentityMetrics`]; [`peer_spiffe_id`] reads the
 //!   peer's ID after the handshake.
-//! - [`bundle`]: trust bundles per trust domain (federation) and what `/certs` shows of a CA.
+//! - [`svid`]: what makes a certificate an X.509-SVID (one URI SAN, a leaf SPIFFE ID), the
+//!   [`Reason`]s of refusal, and what `/certs` shows of a certificate.
+//! - [`bundle`]: trust bundles per trust domain (federation).
 //! - [`store`]: the node's SVID, key and bundles behind one atomic pointer, reread when the files
 //!   change; it is the rustls certificate resolver of both sides and the verifiers' trust source.
 //! - [`metrics`]: handshake refusals by reason and reload errors, rendered for Prometheus.
@@ -30,6 +32,7 @@ pub mod bundle;
 pub mod metrics;
 pub mod spiffe;
 pub mod store;
+pub mod svid;
 pub mod verify;
 
 #[cfg(test)]
@@ -39,7 +42,5 @@ pub use bundle::{DomainBundle, FixedTrust, TrustBundles, TrustSource};
 pub use metrics::IdentityMetrics;
 pub use spiffe::{PrincipalPattern, SpiffeId, SpiffeIdError, SpiffeIdPattern};
 pub use store::{IdentityFiles, LoadError, Material, Reloaded, Store, Watcher};
-pub use verify::{
-    Reason, SpiffeClientVerifier, SpiffeServerVerifier, SvidError, peer_spiffe_id, refusal_reason,
-    verify_svid,
-};
+pub use svid::{CertInfo, Reason, SvidError, peer_spiffe_id, refusal_reason};
+pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier, verify_svid};

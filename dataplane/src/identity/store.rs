@@ -49,10 +49,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tracing::{error, info};
 
-use super::bundle::{CertInfo, DomainBundle, TrustBundles, TrustSource, rfc3339};
+use super::bundle::{DomainBundle, TrustBundles, TrustSource};
 use super::metrics::IdentityMetrics;
 use super::spiffe::SpiffeId;
-use super::verify::single_uri_san;
+use super::svid::{CertInfo, rfc3339, single_uri_san};
 
 /// How often [`Store::watch`] looks at the files by default.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);

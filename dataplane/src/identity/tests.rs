@@ -98,7 +98,7 @@ impl Leaf {
     }
 
     fn serial(&self) -> String {
-        bundle::CertInfo::parse(&self.chain[0]).unwrap().serial
+        CertInfo::parse(&self.chain[0]).unwrap().serial
     }
 }
 
@@ -1018,7 +1018,7 @@ fn the_store_serves_its_svid_and_rotates_on_reload() {
             server.clone(),
         )
         .unwrap_or_else(|(s, e)| panic!("{s:?}: {e}"));
-        bundle::CertInfo::parse(&client.peer_certificates().unwrap()[0])
+        CertInfo::parse(&client.peer_certificates().unwrap()[0])
             .unwrap()
             .serial
     };

@@ -1,39 +1,46 @@
 //! X.509-SVID verification: rustls verifiers that accept a peer only if its certificate is a
 //! valid SVID of a trusted trust domain, and (optionally) one of the identities expected.
 //!
-//! What is checked, in this order, and why (section names of the X.509-SVID specification; the
-//! same checks as Istio's ztunnel, which also reads URI SANs with `x509-parser` after chain
-//! validation by webpki):
+//! What is checked, in this order, and why (section names of the X.509-SVID specification,
+//! `standards/X509-SVID.md`; the same checks as go-spiffe's `x509svid` and Istio's ztunnel, which
+//! also reads URI SANs with `x509-parser` after chain validation by webpki):
 //!
 //! 1. The leaf parses as X.509 ([`Reason::Malformed`] otherwise; x509-parser returns errors, it
 //!    does not panic, on arbitrary DER).
 //! 2. *2. SPIFFE ID*: exactly one URI SAN ([`Reason::NoUriSan`], [`Reason::MultipleUriSans`]),
 //!    which is a SPIFFE ID ([`Reason::NotSpiffe`] for another scheme, [`Reason::BadSpiffeId`] for
-//!    an invalid one, an upper-case `SPIFFE://` included) with a non-root path ("the SPIFFE ID of
-//!    a leaf SVID MUST have a non-root path component").
-//! 3. *4.1 Basic Constraints*: the leaf is not a CA ([`Reason::CaAsLeaf`]).
-//! 4. *4.3 Key Usage*: the extension is present with `digitalSignature`
+//!    an invalid one, an upper-case `SPIFFE://` included); *3.1 Leaf Certificates* and *5.2 Leaf
+//!    Validation*: with a non-root path.
+//! 3. *4.1 Basic Constraints*, *5.2 Leaf Validation*: the leaf is not a CA
+//!    ([`Reason::CaAsLeaf`]).
+//! 4. *4.3 Key Usage*, *5.2 Leaf Validation*: the extension is present with `digitalSignature`
 //!    ([`Reason::NoDigitalSignature`]) and without `keyCertSign`/`cRLSign`
-//!    ([`Reason::LeafCanSign`]).
+//!    ([`Reason::LeafCanSign`]). (That the extension is marked critical is not enforced, as
+//!    go-spiffe does not: it would refuse SVIDs of issuers that interoperate today.)
 //! 5. Algorithms: an RSA key under 2048 bits ([`Reason::WeakKey`]) or a SHA-1/MD5 signature on
 //!    any certificate of the chain ([`Reason::WeakSignature`]) is refused here explicitly, before
-//!    webpki (whose ring algorithms refuse both anyway) — so the reason is named, not inferred.
+//!    webpki. webpki with ring's algorithms refuses SHA-1 itself, but it takes an RSA-1024 *leaf*
+//!    signed by a strong CA (the leaf's key is only used in the handshake signature), so the key
+//!    size must be checked here.
 //! 6. Validity at the handshake's time ([`Reason::Expired`], [`Reason::NotYetValid`]).
-//! 7. *5.1 Path Validation*: the ID's trust domain has a bundle ([`Reason::WrongTrustDomain`]),
-//!    and the chain validates with webpki against **that domain's** bundle only, with rustls's
-//!    ring signature algorithms ([`Reason::UntrustedRoot`]; a chain that would validate against
-//!    another domain's bundle is [`Reason::WrongTrustDomain`]: a CA of one domain minting IDs of
-//!    another, which federation must not allow).
-//! 8. *5.2 Leaf Validation* (authorization of the ID): on the server side the client's ID is one
-//!    of the listener's `allowed_spiffe_ids`; on the client side the server's ID is one of the
-//!    cluster's `expected_spiffe_ids` (SPIFFE checks URI SANs, not DNS names, so the server name
-//!    rustls passes is ignored). An empty list allows any ID of a trusted domain
-//!    ([`Reason::UnexpectedIdentity`]).
+//! 7. *5.1 Path Validation*, and SPIFFE ID specification *3. SPIFFE Verifiable Identity
+//!    Document* ("an SVID is considered valid if it has been signed by an authority within the
+//!    SPIFFE ID's trust domain"): the ID's trust domain has a bundle
+//!    ([`Reason::WrongTrustDomain`]), and the chain validates with webpki against **that
+//!    domain's** bundle only, with rustls's ring signature algorithms and the extended key usage
+//!    of the side (serverAuth/clientAuth, when the extension is present; *4.4*)
+//!    ([`Reason::UntrustedRoot`]; a chain that would validate against another domain's bundle is
+//!    [`Reason::WrongTrustDomain`]: a CA of one domain minting IDs of another, which federation
+//!    must not allow).
+//! 8. Authorization of the ID (ztunnel's check of the URI SAN, not a DNS name): on the server
+//!    side the client's ID is one of the listener's `allowed_spiffe_ids`; on the client side the
+//!    server's ID is one of the cluster's `expected_spiffe_ids` (the server name rustls passes is
+//!    ignored). An empty list allows any ID of a trusted domain ([`Reason::UnexpectedIdentity`]).
 //!
 //! Each refusal is counted in [`IdentityMetrics`] under its [`Reason`], logged once with the
 //! reason and detail, and returned to rustls as
 //! `Error::InvalidCertificate(CertificateError::Other(..))` wrapping a [`SvidError`];
-//! [`refusal_reason`] gets the reason back from the error the handshake ends with. The transport
+//! [`super::refusal_reason`] gets the reason back from the error the handshake ends with. The transport
 //! must not count these errors again.
 //!
 //! The handshake signatures (CertificateVerify) are checked with the ring provider's
@@ -44,151 +51,16 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
-};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tracing::warn;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 use x509_parser::public_key::PublicKey;
 
 use super::bundle::{TrustBundles, TrustSource};
 use super::metrics::IdentityMetrics;
-use super::spiffe::{SpiffeId, SpiffeIdError, SpiffeIdPattern, any_matches};
-
-/// Why a peer certificate was refused: the `reason` label of
-/// `ringmesh_tls_handshake_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// The certificate (or one of the chain) does not parse.
-    Malformed,
-    /// The chain does not lead to a CA of the ID's trust-domain bundle.
-    UntrustedRoot,
-    /// No bundle for the ID's trust domain, or the chain leads to another domain's CA.
-    WrongTrustDomain,
-    /// No URI SAN.
-    NoUriSan,
-    /// More than one URI SAN.
-    MultipleUriSans,
-    /// The URI SAN is not a `spiffe:` URI.
-    NotSpiffe,
-    /// The URI SAN is a `spiffe:` URI but not a valid leaf SPIFFE ID.
-    BadSpiffeId,
-    /// A certificate of the chain is past its notAfter.
-    Expired,
-    /// A certificate of the chain is before its notBefore.
-    NotYetValid,
-    /// The leaf is a CA (basicConstraints cA true).
-    CaAsLeaf,
-    /// The leaf has no keyUsage, or keyUsage without digitalSignature.
-    NoDigitalSignature,
-    /// The leaf's keyUsage has keyCertSign or cRLSign.
-    LeafCanSign,
-    /// An RSA key under 2048 bits.
-    WeakKey,
-    /// A SHA-1 or MD5 signature, or an algorithm the ring provider does not accept.
-    WeakSignature,
-    /// A signature in the chain does not verify.
-    BadSignature,
-    /// The chain fails webpki for another reason (path length, name constraints, EKU, ...).
-    InvalidChain,
-    /// A valid SVID whose ID is not one of those allowed/expected.
-    UnexpectedIdentity,
-    /// The peer sent no certificate where one is required (rustls refuses this itself; the
-    /// transport counts it through [`refusal_reason`]).
-    NoCertificate,
-}
-
-impl Reason {
-    /// Every reason, in label order of the metric.
-    pub const ALL: [Reason; 18] = [
-        Reason::Malformed,
-        Reason::UntrustedRoot,
-        Reason::WrongTrustDomain,
-        Reason::NoUriSan,
-        Reason::MultipleUriSans,
-        Reason::NotSpiffe,
-        Reason::BadSpiffeId,
-        Reason::Expired,
-        Reason::NotYetValid,
-        Reason::CaAsLeaf,
-        Reason::NoDigitalSignature,
-        Reason::LeafCanSign,
-        Reason::WeakKey,
-        Reason::WeakSignature,
-        Reason::BadSignature,
-        Reason::InvalidChain,
-        Reason::UnexpectedIdentity,
-        Reason::NoCertificate,
-    ];
-
-    /// The stable label: metrics and logs use it, dashboards depend on it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Malformed => "malformed",
-            Reason::UntrustedRoot => "untrusted_root",
-            Reason::WrongTrustDomain => "wrong_trust_domain",
-            Reason::NoUriSan => "no_uri_san",
-            Reason::MultipleUriSans => "multiple_uri_sans",
-            Reason::NotSpiffe => "not_spiffe",
-            Reason::BadSpiffeId => "bad_spiffe_id",
-            Reason::Expired => "expired",
-            Reason::NotYetValid => "not_yet_valid",
-            Reason::CaAsLeaf => "ca_as_leaf",
-            Reason::NoDigitalSignature => "no_digital_signature",
-            Reason::LeafCanSign => "leaf_can_sign",
-            Reason::WeakKey => "weak_key",
-            Reason::WeakSignature => "weak_signature",
-            Reason::BadSignature => "bad_signature",
-            Reason::InvalidChain => "invalid_chain",
-            Reason::UnexpectedIdentity => "unexpected_identity",
-            Reason::NoCertificate => "no_certificate",
-        }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A refused peer certificate: the reason and a detail for the log.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}: {detail}")]
-pub struct SvidError {
-    /// Why, as counted.
-    pub reason: Reason,
-    /// What exactly (the ID, the trust domain, the webpki error).
-    pub detail: String,
-}
-
-impl SvidError {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
-        }
-    }
-
-    /// The rustls error a verifier returns for this refusal.
-    pub fn into_rustls(self) -> rustls::Error {
-        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(self))))
-    }
-}
-
-/// The reason of a handshake error: the verifiers' [`SvidError`], or rustls's own refusal of a
-/// missing client certificate. `None` for every other error (protocol, I/O).
-pub fn refusal_reason(error: &rustls::Error) -> Option<Reason> {
-    match error {
-        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
-            other.0.downcast_ref::<SvidError>().map(|e| e.reason)
-        }
-        rustls::Error::NoCertificatesPresented => Some(Reason::NoCertificate),
-        _ => None,
-    }
-}
+use super::spiffe::{SpiffeId, SpiffeIdPattern, any_matches};
+use super::svid::{Reason, SvidError, leaf_id, single_uri_san};
 
 /// Signature algorithms of rustls's ring provider: ECDSA P-256/P-384 with SHA-256/384, Ed25519,
 /// RSA PKCS#1 and PSS with 2048–8192-bit keys and SHA-256/384/512. No SHA-1, no RSA-1024.
@@ -209,64 +81,6 @@ const WEAK_SIGNATURE_OIDS: &[&str] = &[
 
 /// Smallest RSA modulus accepted, in bits (NIST SP 800-131A; ring's verifier minimum too).
 const MIN_RSA_BITS: usize = 2048;
-
-/// The one URI SAN of `cert`: `Err` with [`Reason::NoUriSan`], [`Reason::MultipleUriSans`] or
-/// [`Reason::Malformed`] otherwise.
-pub(crate) fn single_uri_san<'a>(cert: &X509Certificate<'a>) -> Result<&'a str, SvidError> {
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| SvidError::new(Reason::Malformed, format!("subjectAltName: {e}")))?
-        .ok_or_else(|| SvidError::new(Reason::NoUriSan, "no subjectAltName"))?;
-    let mut uris = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
-    match (uris.next(), uris.next()) {
-        (None, _) => Err(SvidError::new(Reason::NoUriSan, "no URI SAN")),
-        (Some(uri), None) => Ok(uri),
-        (Some(a), Some(b)) => Err(SvidError::new(
-            Reason::MultipleUriSans,
-            format!("URI SANs {a:?}, {b:?}, ..."),
-        )),
-    }
-}
-
-/// The leaf SPIFFE ID of `uri` (rule 2 of the module docs).
-fn leaf_id(uri: &str) -> Result<SpiffeId, SvidError> {
-    match SpiffeId::parse(uri) {
-        Ok(id) if id.path().is_empty() => Err(SvidError::new(
-            Reason::BadSpiffeId,
-            format!("{uri:?}: a leaf SVID's ID needs a path"),
-        )),
-        Ok(id) => Ok(id),
-        Err(SpiffeIdError::WrongScheme)
-            if !uri
-                .get(..7)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:")) =>
-        {
-            Err(SvidError::new(
-                Reason::NotSpiffe,
-                format!("URI SAN {uri:?} is not spiffe:"),
-            ))
-        }
-        Err(e) => Err(SvidError::new(Reason::BadSpiffeId, format!("{uri:?}: {e}"))),
-    }
-}
-
-/// The SPIFFE ID of a peer's certificate chain that a verifier of this module has accepted: the
-/// transport calls it after the handshake (`conn.peer_certificates()`) to fill the connection's
-/// peer principal. `None` when there is no certificate or its leaf has no single valid SPIFFE ID
-/// (which a handshake verified here cannot have).
-pub fn peer_spiffe_id(certs: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
-    let leaf = certs?.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    let uri = single_uri_san(&cert).ok()?;
-    leaf_id(uri).ok()
-}
 
 /// Verifies `end_entity` (+ `intermediates`) as an X.509-SVID at `now` against `bundles`, for
 /// `usage` (webpki's extended key usage: server or client auth, required only if the extension
