@@ -11,11 +11,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::TrustAnchor;
-
-use super::svid::CertInfo;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, TrustAnchor};
+
+use super::svid::{CertInfo, weak_key};
 
 /// Which CA certificates each trust domain trusts.
 #[derive(Debug, Default)]
@@ -35,7 +34,8 @@ pub struct DomainBundle {
 
 impl DomainBundle {
     /// Reads a PEM bundle: every `CERTIFICATE` block becomes a trust anchor. A bundle with no
-    /// certificate, or one that is not a certificate webpki can take as an anchor, is an error.
+    /// certificate, or with one that is not a certificate webpki can take as an anchor or has an
+    /// RSA key under 2048 bits (nothing it signs would verify), is an error.
     pub fn from_pem(source: &str, pem: &[u8]) -> Result<Self, String> {
         let mut anchors = Vec::new();
         let mut cas = Vec::new();
@@ -44,6 +44,9 @@ impl DomainBundle {
             let anchor = webpki::anchor_from_trusted_cert(&cert)
                 .map_err(|e| format!("certificate {i} is not a usable CA: {e}"))?
                 .to_owned();
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+                .map_err(|e| format!("certificate {i}: {e}"))?;
+            weak_key(&parsed, &format!("certificate {i}")).map_err(|e| e.detail)?;
             cas.push(CertInfo::parse(&cert).map_err(|e| format!("certificate {i}: {e}"))?);
             anchors.push(anchor);
         }

@@ -40,7 +40,7 @@ mod tests;
 
 pub use bundle::{DomainBundle, FixedTrust, TrustBundles, TrustSource};
 pub use metrics::IdentityMetrics;
-pub use spiffe::{PrincipalPattern, SpiffeId, SpiffeIdError, SpiffeIdPattern};
+pub use spiffe::{PrincipalPattern, SpiffeId, SpiffeIdError, SpiffeIdPattern, parse_patterns};
 pub use store::{IdentityFiles, LoadError, Material, Reloaded, Store, Watcher};
 pub use svid::{CertInfo, Reason, SvidError, peer_spiffe_id, refusal_reason};
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier, verify_svid};

@@ -265,6 +265,15 @@ impl fmt::Display for SpiffeIdPattern {
     }
 }
 
+/// Parses a config list (`allowed_spiffe_ids`, `expected_spiffe_ids`); the first invalid entry
+/// is the error, with its text.
+pub fn parse_patterns(texts: &[String]) -> Result<Vec<SpiffeIdPattern>, (String, SpiffeIdError)> {
+    texts
+        .iter()
+        .map(|text| SpiffeIdPattern::parse(text).map_err(|e| (text.clone(), e)))
+        .collect()
+}
+
 /// Whether `id` matches one of `patterns`; an empty list matches every ID.
 pub fn any_matches(patterns: &[SpiffeIdPattern], id: &SpiffeId) -> bool {
     patterns.is_empty() || patterns.iter().any(|p| p.matches(id))
@@ -420,6 +429,14 @@ mod tests {
         assert!(SpiffeIdPattern::parse("spiffe://td/a//*").is_err());
         assert!(SpiffeIdPattern::parse("SPIFFE://td/*").is_err());
         assert_eq!(under.to_string(), "spiffe://td/ns/a/*");
+
+        let list = parse_patterns(&["spiffe://td/a".into(), "spiffe://td/b/*".into()]);
+        assert_eq!(list.map(|l| l.len()), Ok(2));
+        let bad = parse_patterns(&["spiffe://td/a".into(), "spiffe://td/b/".into()]);
+        assert_eq!(
+            bad,
+            Err(("spiffe://td/b/".into(), SpiffeIdError::TrailingSlash))
+        );
 
         assert!(any_matches(&[], &id("spiffe://td/x")), "empty = any");
         assert!(!any_matches(

@@ -10,6 +10,7 @@ use rustls::{CertificateError, OtherError};
 use rustls_pki_types::CertificateDer;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
+use x509_parser::public_key::PublicKey;
 
 use super::spiffe::{SpiffeId, SpiffeIdError};
 
@@ -265,6 +266,21 @@ pub fn rfc3339(seconds: i64) -> String {
         rest % 3600 / 60,
         rest % 60
     )
+}
+
+/// Smallest RSA modulus accepted, in bits (NIST SP 800-131A; ring's verifier minimum too).
+const MIN_RSA_BITS: usize = 2048;
+
+/// [`Reason::WeakKey`] for an RSA key under [`MIN_RSA_BITS`]. (Also used on the CA certificates
+/// of a bundle: a weak root would sign nothing that verifies, so it is refused where it is read.)
+pub fn weak_key(cert: &X509Certificate<'_>, at: &str) -> Result<(), SvidError> {
+    match cert.public_key().parsed() {
+        Ok(PublicKey::RSA(rsa)) if rsa.key_size() < MIN_RSA_BITS => Err(SvidError::new(
+            Reason::WeakKey,
+            format!("{at} has an RSA key of {} bits", rsa.key_size()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -695,6 +695,109 @@ fn webpki_alone_refuses_sha1_but_not_an_rsa_1024_leaf_so_the_key_size_is_checked
 }
 
 #[test]
+fn rsa_1024_cas_are_refused_in_bundles_and_as_intermediates() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    std::fs::write(at("root.pem"), world.local.pem()).unwrap();
+    std::fs::write(at("root.key"), &world.local.key_pem).unwrap();
+    std::fs::write(
+        at("ca.ext"),
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    std::fs::write(
+        at("leaf.ext"),
+        format!("subjectAltName=URI:{GOOD}\nkeyUsage=critical,digitalSignature\n"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("the openssl CLI is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // An RSA-1024 intermediate signed by the good root, and a P-256 leaf signed by it.
+    run(&[
+        "req", "-new", "-nodes", "-newkey", "rsa:1024", "-subj", "/CN=weak", "-keyout", "weak.key",
+        "-out", "weak.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "weak.csr",
+        "-CA",
+        "root.pem",
+        "-CAkey",
+        "root.key",
+        "-set_serial",
+        "7",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        "ca.ext",
+        "-out",
+        "weak.pem",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-subj",
+        "/O=leaf",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "weak.pem",
+        "-CAkey",
+        "weak.key",
+        "-set_serial",
+        "8",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+    let read = |name: &str| CertificateDer::from_pem_file(at(name)).unwrap();
+    let error = verify_svid(
+        &world.bundles,
+        &read("leaf.pem"),
+        &[read("weak.pem")],
+        now(),
+        webpki::KeyUsage::client_auth(),
+    )
+    .unwrap_err();
+    assert_eq!(error.reason, Reason::WeakKey, "{error}");
+    // The same CA as a trust anchor: the bundle is refused when read.
+    let pem = std::fs::read(at("weak.pem")).unwrap();
+    let error = DomainBundle::from_pem("weak.pem", &pem).unwrap_err();
+    assert!(error.contains("RSA key of 1024 bits"), "{error}");
+}
+
+#[test]
 fn identities_outside_the_allowed_or_expected_sets_are_refused() {
     let world = World::new();
     let metrics = Arc::new(IdentityMetrics::new());

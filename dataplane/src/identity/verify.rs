@@ -17,8 +17,8 @@
 //!    ([`Reason::NoDigitalSignature`]) and without `keyCertSign`/`cRLSign`
 //!    ([`Reason::LeafCanSign`]). (That the extension is marked critical is not enforced, as
 //!    go-spiffe does not: it would refuse SVIDs of issuers that interoperate today.)
-//! 5. Algorithms: an RSA key under 2048 bits ([`Reason::WeakKey`]) or a SHA-1/MD5 signature on
-//!    any certificate of the chain ([`Reason::WeakSignature`]) is refused here explicitly, before
+//! 5. Algorithms: an RSA key under 2048 bits ([`Reason::WeakKey`]; bundles refuse such CAs when
+//!    read) or a SHA-1/MD5 signature on any certificate the peer sent ([`Reason::WeakSignature`]) is refused here explicitly, before
 //!    webpki. webpki with ring's algorithms refuses SHA-1 itself, but it takes an RSA-1024 *leaf*
 //!    signed by a strong CA (the leaf's key is only used in the handshake signature), so the key
 //!    size must be checked here.
@@ -55,12 +55,11 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tracing::warn;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::public_key::PublicKey;
 
 use super::bundle::{TrustBundles, TrustSource};
 use super::metrics::IdentityMetrics;
 use super::spiffe::{SpiffeId, SpiffeIdPattern, any_matches};
-use super::svid::{Reason, SvidError, leaf_id, single_uri_san};
+use super::svid::{Reason, SvidError, leaf_id, single_uri_san, weak_key};
 
 /// Signature algorithms of rustls's ring provider: ECDSA P-256/P-384 with SHA-256/384, Ed25519,
 /// RSA PKCS#1 and PSS with 2048–8192-bit keys and SHA-256/384/512. No SHA-1, no RSA-1024.
@@ -78,9 +77,6 @@ const WEAK_SIGNATURE_OIDS: &[&str] = &[
     "1.2.840.10045.4.1",
     "1.2.840.10040.4.3",
 ];
-
-/// Smallest RSA modulus accepted, in bits (NIST SP 800-131A; ring's verifier minimum too).
-const MIN_RSA_BITS: usize = 2048;
 
 /// Verifies `end_entity` (+ `intermediates`) as an X.509-SVID at `now` against `bundles`, for
 /// `usage` (webpki's extended key usage: server or client auth, required only if the extension
@@ -124,14 +120,7 @@ pub fn verify_svid(
             "keyUsage of a leaf has keyCertSign or cRLSign",
         )));
     }
-    if let Ok(PublicKey::RSA(rsa)) = leaf.public_key().parsed()
-        && rsa.key_size() < MIN_RSA_BITS
-    {
-        return Err(with_id(SvidError::new(
-            Reason::WeakKey,
-            format!("RSA key of {} bits", rsa.key_size()),
-        )));
-    }
+    weak_key(&leaf, "leaf").map_err(with_id)?;
     weak_signature(&leaf, "leaf").map_err(with_id)?;
     let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
     validity(&leaf, now_secs, "leaf").map_err(with_id)?;
@@ -143,6 +132,7 @@ pub fn verify_svid(
             ))
         })?;
         let at = format!("intermediate {i}");
+        weak_key(&cert, &at).map_err(with_id)?;
         weak_signature(&cert, &at).map_err(with_id)?;
         validity(&cert, now_secs, &at).map_err(with_id)?;
     }
