@@ -13,7 +13,9 @@
 //! reload). Material is checked before it is swapped in, and kept out when:
 //! a file cannot be read or does not parse; the key does not match the leaf; the leaf is expired
 //! or not yet valid; the leaf's SPIFFE ID (exactly one URI SAN, X.509-SVID section 2) is not in
-//! the configured trust domain; a bundle holds no usable CA certificate. Then the old material
+//! the configured trust domain; a bundle holds no usable CA certificate; the chain is not a valid
+//! SVID of its own domain's bundle by the checks its peers make (`verify`) — so a leaf from a new
+//! root that the bundle does not list yet is held back until the bundle has the root. Then the old material
 //! keeps serving, `ringmesh_cert_reload_errors_total` goes up, and an error line names the file
 //! and the reason. Because the certificate and key are separate files written one after the
 //! other, the watcher reports a refused content only once it has stayed the same for two polls
@@ -45,7 +47,7 @@ use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use serde_json::{Value, json};
 use tracing::{error, info};
 
@@ -53,6 +55,7 @@ use super::bundle::{DomainBundle, TrustBundles, TrustSource};
 use super::metrics::IdentityMetrics;
 use super::spiffe::SpiffeId;
 use super::svid::{CertInfo, rfc3339, single_uri_san};
+use super::verify::verify_svid;
 
 /// How often [`Store::watch`] looks at the files by default.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -233,6 +236,35 @@ fn build(files: &IdentityFiles, contents: Contents, now: i64) -> Result<Material
         let bundle = DomainBundle::from_pem(&file.display().to_string(), &text)
             .map_err(|e| LoadError::new(file, e))?;
         bundles.insert(domain, bundle);
+    }
+    // The node's own SVID must pass what its peers will check, against its own domain's bundle
+    // (as either side: it serves and it connects). A leaf from a new root that the bundle does
+    // not hold yet would fail every handshake; the old material keeps serving instead.
+    let at = UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(now).unwrap_or(0)));
+    let (leaf_der, intermediates) = certified
+        .cert
+        .split_first()
+        .ok_or_else(|| LoadError::new(&files.cert, "no PEM certificate in the file"))?;
+    let as_server = verify_svid(
+        &bundles,
+        leaf_der,
+        intermediates,
+        at,
+        webpki::KeyUsage::server_auth(),
+    );
+    if let Err(e) = as_server.and_then(|_| {
+        verify_svid(
+            &bundles,
+            leaf_der,
+            intermediates,
+            at,
+            webpki::KeyUsage::client_auth(),
+        )
+    }) {
+        return Err(LoadError::new(
+            &files.cert,
+            format!("is not a valid SVID of its own trust domain: {e}"),
+        ));
     }
     Ok(Material {
         id,

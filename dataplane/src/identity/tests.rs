@@ -1186,6 +1186,15 @@ fn bad_new_files_keep_the_old_material_and_count_an_error() {
     let foreign = world
         .partner
         .sign(&svid(&["spiffe://partner.example/ns/default/sa/api"]));
+    let unlisted_root = Ca::new("cluster.local root 2").sign(&svid(&[SERVER]));
+    let can_sign = world.local.sign(&{
+        let mut p = svid(&[SERVER]);
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+        ];
+        p
+    });
     let cert = node.files.cert.clone();
     let key = node.files.key.clone();
     let bundle = node.files.ca_bundle.clone();
@@ -1216,6 +1225,18 @@ fn bad_new_files_keep_the_old_material_and_count_an_error() {
             Box::new(|| node.write(&foreign)),
             &cert,
             "not in trust domain",
+        ),
+        (
+            "a leaf of a root the bundle does not list",
+            Box::new(|| node.write(&unlisted_root)),
+            &cert,
+            "untrusted_root",
+        ),
+        (
+            "a leaf that could sign certificates",
+            Box::new(|| node.write(&can_sign)),
+            &cert,
+            "leaf_can_sign",
         ),
         (
             "an empty bundle",
