@@ -269,7 +269,7 @@ pub fn rfc3339(seconds: i64) -> String {
 }
 
 /// Smallest RSA modulus accepted, in bits (NIST SP 800-131A; ring's verifier minimum too).
-const MIN_RSA_BITS: usize = 2048;
+pub const MIN_RSA_BITS: usize = 2048;
 
 /// [`Reason::WeakKey`] for an RSA key under [`MIN_RSA_BITS`]. (Also used on the CA certificates
 /// of a bundle: a weak root would sign nothing that verifies, so it is refused where it is read.)

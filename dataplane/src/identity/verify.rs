@@ -46,7 +46,7 @@
 //! The handshake signatures (CertificateVerify) are checked with the ring provider's
 //! `verify_tls12_signature`/`verify_tls13_signature` over the same algorithm list.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -63,8 +63,12 @@ use super::svid::{Reason, SvidError, leaf_id, single_uri_san, weak_key};
 
 /// Signature algorithms of rustls's ring provider: ECDSA P-256/P-384 with SHA-256/384, Ed25519,
 /// RSA PKCS#1 and PSS with 2048–8192-bit keys and SHA-256/384/512. No SHA-1, no RSA-1024.
+/// Taken once: building the provider allocates its cipher-suite and group lists.
 fn algorithms() -> WebPkiSupportedAlgorithms {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms
+    static ALGORITHMS: LazyLock<WebPkiSupportedAlgorithms> = LazyLock::new(|| {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms
+    });
+    *ALGORITHMS
 }
 
 /// OIDs of signature algorithms refused by name: sha1WithRSAEncryption, md5WithRSAEncryption,
