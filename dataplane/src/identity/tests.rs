@@ -1402,3 +1402,63 @@ fn certs_json_and_the_expiry_gauge_show_the_identity_and_the_cas() {
     assert!(text.contains("ringmesh_cert_reload_errors_total 0\n"));
     assert!(text.contains("# TYPE ringmesh_cert_expiry_seconds gauge\n"));
 }
+
+/// A log sink for [`logs_of`].
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What `run` logs on this thread, as text without colours.
+fn logs_of(run: impl FnOnce()) -> String {
+    let sink = Captured::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    let bytes = sink.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn refusals_and_refused_files_are_logged_with_their_reason() {
+    use rustls::server::danger::ClientCertVerifier as _;
+    let world = World::new();
+    let metrics = Arc::new(IdentityMetrics::new());
+    let listener = SpiffeClientVerifier::new(world.trust(), true, Vec::new(), Arc::clone(&metrics));
+    let rogue = world.rogue.sign(&svid(&[GOOD]));
+    let logs = logs_of(|| {
+        let _ = listener.verify_client_cert(&rogue.chain[0], &[], now());
+    });
+    assert!(logs.contains("WARN"), "{logs}");
+    assert!(logs.contains("reason=\"untrusted_root\""), "{logs}");
+    assert!(logs.contains(GOOD), "{logs}");
+
+    let first = world.local.sign(&svid(&[SERVER]));
+    let node = Node::new(&first, &world.local.pem(), None);
+    let store = Store::open(node.files.clone(), Arc::clone(&metrics)).unwrap();
+    write_atomically(&node.files.key, "not a key");
+    let logs = logs_of(|| {
+        let _ = store.reload();
+    });
+    assert!(logs.contains("ERROR"), "{logs}");
+    assert!(
+        logs.contains(&node.files.key.display().to_string()),
+        "{logs}"
+    );
+    assert!(logs.contains("not a PEM private key"), "{logs}");
+}
