@@ -203,8 +203,23 @@ pub struct IdentitySpec {
     pub cert: String,
     /// PEM private key for `cert`.
     pub key: String,
-    /// PEM trust bundle (CA certificates) for peers.
+    /// PEM trust bundle (CA certificates) of `trust_domain`: peers of this trust domain must chain
+    /// to it. It may hold the old and the new root together during a root rotation.
     pub ca_bundle: String,
+    /// Federation: other trust domains whose peers are accepted, each with its own bundle. A
+    /// peer's certificate must chain to the bundle of the trust domain in its SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_bundles: Vec<TrustBundleSpec>,
+}
+
+/// The trust bundle of a federated trust domain.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrustBundleSpec {
+    /// The trust domain, such as `partner.example`.
+    pub trust_domain: String,
+    /// PEM CA certificates that SVIDs of `trust_domain` chain to.
+    pub ca: String,
 }
 
 /// TLS on a listener.

@@ -263,6 +263,30 @@ impl<'a> Checker<'a> {
                 self.issue(format!("identity.{key}"), "must name a file");
             }
         }
+        let mut domains = BTreeSet::from([identity.trust_domain.as_str()]);
+        for (i, bundle) in identity.trust_bundles.iter().enumerate() {
+            let at = format!("identity.trust_bundles[{i}]");
+            if !is_trust_domain(&bundle.trust_domain) {
+                self.issue(
+                    format!("{at}.trust_domain"),
+                    format!(
+                        "invalid trust domain {:?}: use lowercase letters, digits, . - _",
+                        bundle.trust_domain
+                    ),
+                );
+            } else if !domains.insert(bundle.trust_domain.as_str()) {
+                self.issue(
+                    format!("{at}.trust_domain"),
+                    format!(
+                        "trust domain {:?} already has a bundle (the node's own is `ca_bundle`)",
+                        bundle.trust_domain
+                    ),
+                );
+            }
+            if bundle.ca.is_empty() {
+                self.issue(format!("{at}.ca"), "must name a file");
+            }
+        }
     }
 
     fn telemetry(&mut self, telemetry: &TelemetrySpec) {
@@ -1544,6 +1568,54 @@ mod tests {
         ] {
             assert!(!is_domain_pattern(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn federated_trust_bundles_deserialize_and_validate() {
+        // `parse` rejects [identity] until the data plane acts on it (`support`), so the section
+        // is deserialized and validated here directly.
+        let spec = |bundles: &str| -> ConfigSpec {
+            toml::from_str(&format!(
+                "[identity]\ntrust_domain = \"cluster.local\"\ncert = \"c\"\nkey = \"k\"\n\
+                 ca_bundle = \"b\"\n{bundles}"
+            ))
+            .expect("deserializes")
+        };
+        let ok = spec(
+            "[[identity.trust_bundles]]\ntrust_domain = \"partner.example\"\nca = \"p.pem\"\n",
+        );
+        let identity = ok.identity.as_ref().expect("identity");
+        assert_eq!(identity.trust_bundles.len(), 1);
+        assert_eq!(identity.trust_bundles[0].trust_domain, "partner.example");
+        assert_eq!(identity.trust_bundles[0].ca, "p.pem");
+        assert!(validate(&ok).is_empty(), "{:?}", validate(&ok));
+        assert!(validate(&spec("")).is_empty());
+
+        let bad = spec(
+            "trust_bundles = [\
+               { trust_domain = \"cluster.local\", ca = \"x\" },\
+               { trust_domain = \"Partner\", ca = \"y\" },\
+               { trust_domain = \"p.example\", ca = \"\" },\
+               { trust_domain = \"p.example\", ca = \"z\" }]\n",
+        );
+        let issues: Vec<_> = validate(&bad)
+            .into_iter()
+            .map(|i| (i.path, i.message))
+            .collect();
+        assert_eq!(issues.len(), 4, "{issues:?}");
+        assert_eq!(issues[0].0, "identity.trust_bundles[0].trust_domain");
+        assert!(issues[0].1.contains("already has a bundle"));
+        assert_eq!(issues[1].0, "identity.trust_bundles[1].trust_domain");
+        assert_eq!(issues[2].0, "identity.trust_bundles[2].ca");
+        assert_eq!(issues[3].0, "identity.trust_bundles[3].trust_domain");
+        assert!(
+            toml::from_str::<ConfigSpec>(
+                "[identity]\ntrust_domain = \"t\"\ncert = \"c\"\nkey = \"k\"\nca_bundle = \"b\"\n\
+                 [[identity.trust_bundles]]\ntrust_domain = \"p\"\nca = \"x\"\nextra = 1\n"
+            )
+            .is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! - [`health`]: the health thread, one per process: active health checks and outlier sweeps.
 //! - [`policy`]: request admission — local rate limits (process-wide buckets held in the
 //!   snapshot) and fault injection.
+//! - [`identity`]: SPIFFE workload identity for mTLS — X.509-SVID verifiers for rustls, the
+//!   node's SVID, key and trust bundles with rotation, `/certs`.
 //! - [`admin`]: the admin API on its own thread.
 //! - [`stats`]: single-writer per-worker counters; [`event`]: a worker-local one-shot event.
 //! - [`core`]: a worker's own state (snapshot reader, load-balancer state, pools, access-log
@@ -30,6 +32,7 @@
 //! `stats`, `event`
 //! (`farm-studio look dataplane` draws it). The settings the protocol code honours are owned by
 //! `snapshot` (`snapshot::settings`), so the snapshot never imports a protocol module.
+//! [`identity`] imports no other module of the crate; `admin` and `shared` use it.
 
 pub mod access_log;
 pub mod admin;
@@ -40,6 +43,7 @@ pub mod driver;
 pub mod event;
 pub mod health;
 pub mod http;
+pub mod identity;
 pub mod l4;
 pub mod listener;
 pub mod policy;

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwapOption;
+
 use crate::driver::IoDriver;
+use crate::identity::Store;
 use crate::snapshot::SnapshotStore;
 
 /// State shared by all threads of one ringmesh process.
@@ -28,6 +31,10 @@ pub struct Shared {
     pub reload_failures: AtomicU64,
     /// When the process started.
     pub started_at: SystemTime,
+    /// The node's identity material (`[identity]`), shown by `/certs` and the
+    /// `ringmesh_cert_*`/`ringmesh_tls_handshake_failures_total` metrics. Set by whoever opens the
+    /// store (the TLS transport, once it serves `[identity]`); empty until then.
+    pub identity: ArcSwapOption<Store>,
     /// The admin API's bearer token, resolved from the config in force (inline, environment or
     /// file) by the control thread at each reload. `None`: mutating endpoints are disabled.
     admin_token: Mutex<Option<Arc<str>>>,
@@ -59,6 +66,7 @@ impl Shared {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             started_at: SystemTime::now(),
+            identity: ArcSwapOption::empty(),
             admin_token: Mutex::new(None),
         }
     }

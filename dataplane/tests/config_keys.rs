@@ -177,6 +177,11 @@ type Sample = (&'static str, Option<Change>, Change);
 const IDENTITY: &str = "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", \
                         key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\" }";
 
+/// An `[identity]` that also trusts a federated trust domain.
+const IDENTITY_FEDERATED: &str = "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", \
+                                  key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\", \
+                                  trust_bundles = [{ trust_domain = \"partner.example\", ca = \"/etc/ringmesh/partner.pem\" }] }";
+
 /// One sample per leaf key of the schema. Samples of rejected keys are complete (required keys
 /// given), so that they are valid configs once the data plane acts on them; the change that makes
 /// it act on one gives its samples the baselines that make the comparison specific to the key.
@@ -206,6 +211,8 @@ const SAMPLES: &[Sample] = &[
     ("identity.cert", None, Add(Top, IDENTITY)),
     ("identity.key", None, Add(Top, IDENTITY)),
     ("identity.ca_bundle", None, Add(Top, IDENTITY)),
+    ("identity.trust_bundles[].trust_domain", None, Add(Top, IDENTITY_FEDERATED)),
+    ("identity.trust_bundles[].ca", None, Add(Top, IDENTITY_FEDERATED)),
     // [[authorization_policies]] (baseline: a deny policy on one source block)
     ("authorization_policies[].name", Some(Add(Top, "authorization_policies = [{ name = \"p\", action = \"deny\", rules = [{ from = [{ ip_blocks = [\"10.0.0.0/8\"] }] }] }]")), Add(Top, "authorization_policies = [{ name = \"q\", action = \"deny\", rules = [{ from = [{ ip_blocks = [\"10.0.0.0/8\"] }] }] }]")),
     ("authorization_policies[].action", Some(Add(Top, "authorization_policies = [{ name = \"p\", action = \"deny\", rules = [{ from = [{ ip_blocks = [\"10.0.0.0/8\"] }] }] }]")), Add(Top, "authorization_policies = [{ name = \"p\", action = \"allow\", rules = [{ from = [{ ip_blocks = [\"10.0.0.0/8\"] }] }] }]")),

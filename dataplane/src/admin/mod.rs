@@ -15,6 +15,7 @@
 //! | `GET /stats/prometheus` | Prometheus text format |
 //! | `GET /config_dump` | the active config as JSON, with its generation and each worker's |
 //! | `GET /listeners` | listener names and the addresses actually bound |
+//! | `GET /certs` | the node's SPIFFE identity (serial, ID, validity, seconds to expiry) and each trust bundle's CAs, as Envoy's `/certs`; empty lists when no `[identity]` is served |
 //! | `POST /reload` | reread the config file; `{"generation": N}` once every worker runs it, or 400 `{"errors": [...]}` |
 //! | `PUT /config` | apply the TOML config in the body (the file is not changed); answers as `/reload` |
 //! | `POST /drain` | stop accepting, finish open connections, exit (as SIGTERM) |
@@ -381,6 +382,7 @@ async fn handle(admin: &Admin, request: &Request) -> Response {
         "/stats" => Response::json(views::stats_json(shared)),
         "/config_dump" => Response::json(views::config_dump(shared)),
         "/listeners" => Response::json(views::listeners(shared)),
+        "/certs" => Response::json(views::certs(shared)),
         _ => Response::text(404, "not found\n"),
     }
 }
@@ -471,6 +473,58 @@ mod tests {
             Ok(AdminAddress::Unix("/run/ringmesh.sock".into()))
         );
         assert!(AdminAddress::parse("localhost:15000").is_err());
+    }
+
+    #[test]
+    fn certs_and_metrics_show_the_identity_once_a_store_is_set() {
+        use crate::identity::{IdentityFiles, IdentityMetrics, Store};
+        let shared = Shared::new(
+            crate::snapshot::SnapshotStore::new(crate::snapshot::Snapshot::empty()),
+            crate::driver::IoDriver::Epoll,
+            &[None],
+        );
+        let empty = views::certs(&shared);
+        assert_eq!(empty["identities"], serde_json::json!([]));
+        assert!(!prometheus::render(&shared).contains("ringmesh_cert_expiry_seconds"));
+
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut leaf = rcgen::CertificateParams::default();
+        let id = "spiffe://cluster.local/ns/default/sa/node";
+        leaf.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().expect("ia5"))];
+        leaf.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let leaf = leaf.signed_by(&key, &ca).expect("leaf");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = IdentityFiles {
+            trust_domain: "cluster.local".into(),
+            cert: dir.path().join("svid.pem"),
+            key: dir.path().join("key.pem"),
+            ca_bundle: dir.path().join("bundle.pem"),
+            trust_bundles: Vec::new(),
+        };
+        std::fs::write(&files.cert, leaf.pem()).expect("write");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write");
+        std::fs::write(&files.ca_bundle, ca.pem()).expect("write");
+        let store = Store::open(files, std::sync::Arc::new(IdentityMetrics::new())).expect("open");
+        shared.identity.store(Some(store));
+
+        let certs = views::certs(&shared);
+        assert_eq!(certs["identities"][0]["spiffe_id"], id);
+        assert_eq!(certs["trust_bundles"][0]["trust_domain"], "cluster.local");
+        let text = prometheus::render(&shared);
+        assert!(
+            text.contains(
+                "ringmesh_cert_expiry_seconds{cert=\"identity\",trust_domain=\"cluster.local\""
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringmesh_tls_handshake_failures_total{reason=\"untrusted_root\"} 0\n")
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Two views of the same counters: `ringmesh_listener_*` summed over workers (what dashboards
 //! usually want) and `ringmesh_worker_*` per listener and worker (to see imbalance between cores).
 //! TCP traffic is also reported under Istio's standard names (`istio_tcp_*`) so that existing
-//! Grafana and Kiali dashboards work unchanged.
+//! Grafana and Kiali dashboards work unchanged. When the node serves an identity, its metrics
+//! follow (`ringmesh_cert_expiry_seconds`, `ringmesh_cert_reload*_total`,
+//! `ringmesh_tls_handshake_failures_total`; `identity::Store::render_prometheus`).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -33,6 +35,9 @@ pub(super) fn render(shared: &Shared) -> String {
     authz(&mut out, &snapshot);
     istio_tcp(&mut out, &snapshot);
     istio_http(&mut out, &snapshot);
+    if let Some(identity) = shared.identity.load_full() {
+        identity.render_prometheus(&mut out, std::time::SystemTime::now());
+    }
     out
 }
 

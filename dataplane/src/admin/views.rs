@@ -1,4 +1,4 @@
-//! The read-only endpoints: `/stats`, `/config_dump`, `/listeners` as JSON. They only read the
+//! The read-only endpoints: `/stats`, `/config_dump`, `/listeners`, `/certs` as JSON. They only read the
 //! snapshot and the shared counters; nothing here changes anything.
 
 use std::sync::atomic::Ordering;
@@ -22,6 +22,15 @@ pub(super) fn config_dump(shared: &Shared) -> serde_json::Value {
         "workers": worker_generations(shared),
         "config": config,
     })
+}
+
+/// `GET /certs`: the identity store's view (`identity::Store::certs_json`), or empty lists when
+/// the node serves no identity.
+pub(super) fn certs(shared: &Shared) -> serde_json::Value {
+    match shared.identity.load_full() {
+        Some(store) => store.certs_json(std::time::SystemTime::now()),
+        None => json!({ "identities": [], "trust_bundles": [] }),
+    }
 }
 
 /// `GET /listeners`: names and the addresses actually bound.
