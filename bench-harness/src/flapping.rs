@@ -479,6 +479,8 @@ fn run_variant(spec: &FlappingSpec, variant: Variant, config: String) -> (Varian
         label: format!("flapping: {}", variant.title()),
         progress: spec.progress,
         align_lanes: false,
+        tls: None,
+        new_connection_per_request: false,
     };
     let mut counters = Counters::new(target.admin);
     let timeline = TimelineSpec {

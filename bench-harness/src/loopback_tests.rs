@@ -390,6 +390,7 @@ fn flapping_runs_both_variants_through_ringmesh() {
             cores: vec![],
             io: Io::Auto,
             dir: dir.join("targets"),
+            tls: None,
         },
         out_dir: dir.clone(),
         command: "test".into(),
