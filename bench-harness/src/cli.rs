@@ -24,7 +24,7 @@ use crate::report::{self, CompareReport};
 use crate::runtime::{self, Io};
 use crate::sys;
 use crate::targets::{TargetKind, TargetSettings};
-use crate::upstream::{self, Flap, FlapMode, UpstreamSpec};
+use crate::upstream::{self, Flap, FlapMode, UpstreamSpec, UpstreamTls};
 
 /// ringmesh-bench: latency and throughput of ringmesh, nginx and HAProxy, side by side.
 #[derive(Debug, Parser)]
@@ -279,6 +279,21 @@ struct UpstreamArgs {
     /// TCP echo listener.
     #[arg(long)]
     echo: Option<SocketAddr>,
+    /// HTTPS/1.1 listener (needs --tls-cert and --tls-key).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    https: Option<SocketAddr>,
+    /// HTTPS/1.1 listener that requires a client certificate signed by --tls-client-ca.
+    #[arg(long, requires_all = ["tls_cert", "tls_key", "tls_client_ca"])]
+    https_mtls: Option<SocketAddr>,
+    /// PEM certificate chain of the HTTPS listeners.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the HTTPS listeners.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle client certificates must chain to (--https-mtls).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
     /// Threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -583,29 +598,19 @@ fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
 
 /// Every target skipped where it should have run, as "scenario: target: reason".
 fn unexpected_skips(report: &CompareReport) -> Vec<String> {
-    let scenarios = report.scenarios.iter().map(|s| {
-        let name = s.name.as_str();
-        (
-            name,
-            name == "echo",
-            &s.targets,
-            matches!(name, "tls" | "mtls"),
-        )
-    });
-    let iperf = report
-        .iperf
+    let scenarios = report
+        .scenarios
         .iter()
-        .map(|i| ("iperf3", true, &i.targets, false));
+        .map(|s| (s.name.as_str(), s.name == "echo", &s.targets));
+    let iperf = report.iperf.iter().map(|i| ("iperf3", true, &i.targets));
     scenarios
         .chain(iperf)
-        .flat_map(|(name, l4, targets, tls)| {
+        .flat_map(|(name, l4, targets)| {
             targets.iter().filter_map(move |t| {
                 let reason = t.skipped.as_ref()?;
                 // Variants that do not apply to a scenario are skipped by design.
                 let not_here = (t.kind == TargetKind::RingmeshSplice && !l4)
-                    || (t.kind == TargetKind::RingmeshPolicies && l4)
-                    // The upstream speaks no TLS: no direct baseline in the TLS scenarios.
-                    || (t.kind == TargetKind::Direct && tls);
+                    || (t.kind == TargetKind::RingmeshPolicies && l4);
                 (!not_here).then(|| format!("{name}: {}: {reason}", t.kind))
             })
         })
@@ -796,7 +801,11 @@ fn print_load(r: &load::LoadReport) {
 }
 
 fn upstream_cmd(a: UpstreamArgs) -> anyhow::Result<ExitCode> {
-    let any = a.http.is_some() || a.h2.is_some() || a.echo.is_some();
+    let any = a.http.is_some()
+        || a.h2.is_some()
+        || a.echo.is_some()
+        || a.https.is_some()
+        || a.https_mtls.is_some();
     let loopback0: SocketAddr = ([127, 0, 0, 1], 0).into();
     let spec = UpstreamSpec {
         http: if any { a.http } else { Some(loopback0) },
@@ -814,16 +823,28 @@ fn upstream_cmd(a: UpstreamArgs) -> anyhow::Result<ExitCode> {
             }),
             _ => None,
         },
+        https: a.https,
+        https_mtls: a.https_mtls,
+        tls: match (a.tls_cert, a.tls_key) {
+            (Some(cert), Some(key)) => Some(UpstreamTls {
+                cert,
+                key,
+                client_ca: a.tls_client_ca.unwrap_or_default(),
+            }),
+            _ => None,
+        },
     };
     let addrs = upstream::start(&spec)?;
     if a.print_addresses {
         println!("{}", serde_json::to_string(&addrs)?);
     } else {
         eprintln!(
-            "upstream: http {:?}, h2 {:?}, echo {:?} ({} thread(s), io {})",
+            "upstream: http {:?}, h2 {:?}, echo {:?}, https {:?}, https-mtls {:?} ({} thread(s), io {})",
             addrs.http,
             addrs.h2,
             addrs.echo,
+            addrs.https,
+            addrs.https_mtls,
             spec.threads,
             spec.io.resolve().name()
         );
@@ -844,6 +865,9 @@ fn crosscheck_cmd(a: CrosscheckArgs) -> anyhow::Result<ExitCode> {
         io: a.io,
         payload: 1024,
         flap: None,
+        https: None,
+        https_mtls: None,
+        tls: None,
     })?;
     let addr = addrs.http.context("upstream did not bind")?;
     let check = crate::crosscheck::run(addr, a.rate, a.connections, a.duration, &cores, a.io);

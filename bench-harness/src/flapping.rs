@@ -355,6 +355,9 @@ pub fn run(spec: &FlappingSpec) -> anyhow::Result<FlappingReport> {
             io: spec.io,
             payload: spec.payload,
             flap: (i == 0).then_some(spec.flap),
+            https: None,
+            https_mtls: None,
+            tls: None,
         })
         .context("cannot start an upstream")?;
         endpoints.push(addrs.http.context("an upstream did not bind HTTP")?);

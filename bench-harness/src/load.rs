@@ -25,7 +25,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, IntoPollIo};
 use monoio::net::TcpStream;
 use serde::{Deserialize, Serialize};
@@ -38,7 +37,7 @@ use crate::progress::Progress;
 use crate::runtime::{self, Io};
 use crate::sys;
 use crate::timeline::{BucketSummary, Timeline};
-use crate::tls::{ClientTls, TlsConn};
+use crate::tls::{ClientTls, Conn, TlsConn};
 
 /// An open-loop run must complete at least this share of its target rate to be valid.
 pub const MIN_RATE_FRACTION: f64 = 0.97;
@@ -892,39 +891,6 @@ impl Lane {
     }
 }
 
-/// An HTTP/1.1 connection: plaintext or TLS.
-enum H1Conn {
-    Plain(TcpStream),
-    Tls(Box<TlsConn>),
-}
-
-impl H1Conn {
-    async fn write_all(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        match self {
-            H1Conn::Plain(tcp) => {
-                let (res, back) = tcp.write_all(data).await;
-                (res.map(|_| ()), back)
-            }
-            H1Conn::Tls(tls) => tls.write_all(data).await,
-        }
-    }
-
-    /// Appends what arrives to `buf`; `Ok(0)` when the peer closed.
-    async fn read_append(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        match self {
-            H1Conn::Plain(tcp) => {
-                let len = buf.len();
-                let (res, slice) = tcp.read(buf.slice_mut(len..)).await;
-                (res, slice.into_inner())
-            }
-            H1Conn::Tls(tls) => {
-                let res = tls.read_append(&mut buf).await;
-                (res, buf)
-            }
-        }
-    }
-}
-
 /// An HTTP/1.1 keep-alive connection (or one per request, see
 /// [`LoadSpec::new_connection_per_request`]).
 struct H1Lane {
@@ -932,7 +898,7 @@ struct H1Lane {
     timeout: Duration,
     tls: Option<ClientTls>,
     new_connection_per_request: bool,
-    stream: Option<H1Conn>,
+    stream: Option<Conn>,
     /// The request, prebuilt; moved into each write and back.
     request: Vec<u8>,
     buf: Vec<u8>,
@@ -971,11 +937,11 @@ impl H1Lane {
     }
 
     /// A new connection, with a full TLS handshake when TLS is on.
-    async fn connect(&self) -> Result<H1Conn, RequestError> {
+    async fn connect(&self) -> Result<Conn, RequestError> {
         let tcp = connect(self.addr, self.timeout).await?;
         Ok(match &self.tls {
-            None => H1Conn::Plain(tcp),
-            Some(client) => H1Conn::Tls(Box::new(
+            None => Conn::Plain(tcp),
+            Some(client) => Conn::Tls(Box::new(
                 TlsConn::connect(tcp, client)
                     .await
                     .map_err(RequestError::Connect)?,

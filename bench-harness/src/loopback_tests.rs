@@ -31,6 +31,9 @@ fn start_upstream(io: Io) -> UpstreamAddrs {
         io,
         payload: 100,
         flap: None,
+        https: None,
+        https_mtls: None,
+        tls: None,
     })
     .expect("upstream starts")
 }
@@ -282,6 +285,9 @@ fn a_flapping_upstream_fails_only_some_requests() {
                 io,
                 payload: 64,
                 flap: Some(flap),
+                https: None,
+                https_mtls: None,
+                tls: None,
             })
             .expect("upstream starts");
             let mut spec = test_spec(Protocol::Http1, up.http.expect("bound"));
@@ -556,5 +562,53 @@ fn the_generator_speaks_tls_keep_alive_and_one_handshake_per_request() {
             mtls,
             "mtls {mtls}"
         );
+    }
+}
+
+/// The built-in upstream serves HTTPS/1.1 (direct in the TLS scenarios): keep-alive and one
+/// handshake per request through the generator, and its mTLS listener refuses a client without a
+/// certificate.
+#[test]
+fn the_upstream_serves_https_and_requires_client_certificates_on_its_mtls_listener() {
+    let pki = crate::tls::Pki::generate(&std::env::temp_dir()).expect("pki");
+    for io in drivers() {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let up = upstream::start(&UpstreamSpec {
+            http: None,
+            h2: None,
+            echo: None,
+            threads: 1,
+            cores: vec![],
+            io,
+            payload: 100,
+            flap: None,
+            https: Some(any),
+            https_mtls: Some(any),
+            tls: Some(upstream::UpstreamTls {
+                cert: pki.files.cert.clone(),
+                key: pki.files.key.clone(),
+                client_ca: pki.files.ca.clone(),
+            }),
+        })
+        .expect("upstream starts");
+        for (mtls, addr) in [(false, up.https), (true, up.https_mtls)] {
+            let addr = addr.expect("bound");
+            for per_request in [false, true] {
+                let mut spec = test_spec(Protocol::Http1, addr);
+                spec.io = io;
+                spec.tls = Some(pki.client(mtls).expect("client"));
+                spec.new_connection_per_request = per_request;
+                let run = load::run(&spec, &mut NoMonitor).expect("runs");
+                let r = &run.report;
+                assert!(r.completed > 0, "{io:?} mtls {mtls} {per_request}: {r:?}");
+                assert_eq!(r.errors.total(), 0, "{io:?} mtls {mtls}: {:?}", r.errors);
+            }
+            let anonymous = pki.client(false).expect("client");
+            assert_eq!(
+                crate::tls::refuses_anonymous(addr, &anonymous),
+                mtls,
+                "{io:?} mtls {mtls}"
+            );
+        }
     }
 }

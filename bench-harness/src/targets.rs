@@ -475,9 +475,6 @@ pub fn start(
         (true, None) => return Err("no certificates for a TLS scenario (harness bug)".into()),
     };
     let mut target = match kind {
-        TargetKind::Direct if front.is_tls() => {
-            return Err(NO_TLS_UPSTREAM.into());
-        }
         TargetKind::Direct => RunningTarget {
             kind,
             address: upstream,
@@ -543,10 +540,6 @@ pub fn start(
     }
     Ok(target)
 }
-
-/// Why direct does not run in the TLS scenarios.
-pub const NO_TLS_UPSTREAM: &str = "not applicable: the built-in upstream speaks no TLS, so there \
-     is no direct TLS baseline (the tls and mtls scenarios compare the proxies with each other)";
 
 fn start_peer(
     kind: TargetKind,

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use rcgen::{
@@ -224,11 +225,12 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
-/// A TLS client session over a monoio TCP stream.
+/// A TLS session over a monoio TCP stream: the generator's client side, or the built-in
+/// upstream's server side (the `direct` target of the TLS scenarios).
 #[derive(Debug)]
 pub struct TlsConn {
     tcp: TcpStream,
-    tls: ClientConnection,
+    tls: rustls::Connection,
     /// Ciphertext read from the socket, not yet given to rustls.
     inbuf: Vec<u8>,
     /// Ciphertext rustls produced, being written.
@@ -236,11 +238,21 @@ pub struct TlsConn {
 }
 
 impl TlsConn {
-    /// Makes a full handshake over `tcp`.
+    /// Makes a full handshake over `tcp` as the client.
     pub async fn connect(tcp: TcpStream, client: &ClientTls) -> io::Result<Self> {
+        Self::handshake(tcp, client.connection()?.into()).await
+    }
+
+    /// Makes the server side of a handshake over `tcp`.
+    pub async fn accept(tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        let server = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        Self::handshake(tcp, server.into()).await
+    }
+
+    async fn handshake(tcp: TcpStream, tls: rustls::Connection) -> io::Result<Self> {
         let mut conn = Self {
             tcp,
-            tls: client.connection()?,
+            tls,
             inbuf: Vec::with_capacity(CIPHERTEXT_BUF),
             outbuf: Vec::with_capacity(4096),
         };
@@ -330,6 +342,78 @@ impl TlsConn {
             res?;
         }
         Ok(())
+    }
+}
+
+/// The built-in upstream's server config from the harness's PEM files: TLS 1.2 and 1.3, ALPN
+/// `http/1.1`, and with `client_ca` a client certificate required and verified against it.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)? {
+                roots.add(c?)?;
+            }
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()?,
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A connection, plaintext or TLS, with the two owned-buffer operations the generator's and the
+/// upstream's HTTP/1.1 code need.
+#[derive(Debug)]
+pub enum Conn {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS.
+    Tls(Box<TlsConn>),
+}
+
+impl Conn {
+    /// Writes all of `data`; gives the buffer back.
+    pub async fn write_all(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Conn::Plain(tcp) => {
+                let (res, back) = tcp.write_all(data).await;
+                (res.map(|_| ()), back)
+            }
+            Conn::Tls(tls) => tls.write_all(data).await,
+        }
+    }
+
+    /// Appends what arrives to `buf`; `Ok(0)` when the peer closed.
+    pub async fn read_append(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Conn::Plain(tcp) => {
+                let len = buf.len();
+                let (res, slice) = tcp.read(buf.slice_mut(len..)).await;
+                (res, slice.into_inner())
+            }
+            Conn::Tls(tls) => {
+                let res = tls.read_append(&mut buf).await;
+                (res, buf)
+            }
+        }
     }
 }
 
