@@ -14,8 +14,8 @@
 //!    says so.
 //!
 //! The TLS scenarios add a fifth step, **new handshakes per second**: closed loop, each request on
-//! a new connection with a full TLS 1.3 handshake, per target, rotated per round, with the
-//! proxy's CPU per 1000 handshakes. There, direct is the built-in upstream's own HTTPS listener
+//! a new connection with a full TLS 1.3 handshake, then the same with resumed sessions, per
+//! target, rotated per round, with the proxy's CPU per 1000 handshakes. There, direct is the built-in upstream's own HTTPS listener
 //! (with client certificates required in `mtls`), so the headroom check runs with the
 //! generator's TLS client; the report also checks the generator's own CPU at the headline rate
 //! ([`GENERATOR_CPU_LIMIT`]).
@@ -560,6 +560,7 @@ fn run_scenario(
                 ratios: Vec::new(),
                 runs,
                 handshakes: None,
+                resumed_handshakes: None,
             },
             Vec::new(),
         ));
@@ -783,12 +784,12 @@ fn run_scenario(
     // request on a new connection (TCP connect, full TLS 1.3 handshake, one request with
     // `Connection: close`), so the rate is handshakes per second and the proxy's CPU per 1000
     // requests is its CPU per 1000 handshakes (accept, handshake, one proxied request, close).
-    let handshakes = if scenario.is_tls() {
-        let hs_shape = Shape {
-            new_connection_per_request: true,
-            ..shape.clone()
-        };
-        let mut hs_runs = Vec::new();
+    // Then the same with session resumption: the client keeps the tickets (or session IDs) the
+    // target gives it and resumes with them; a fresh client cache per run, so no ticket of
+    // another target is offered.
+    let (mut handshakes, mut resumed_handshakes) = (None, None);
+    if scenario.is_tls() {
+        let mut hs_runs: [Vec<RunRecord>; 2] = [Vec::new(), Vec::new()];
         for round in 0..spec.rounds {
             for kind in rotation(&spec.targets, round) {
                 let Some(mut target) =
@@ -796,49 +797,77 @@ fn run_scenario(
                 else {
                     continue;
                 };
-                let label = format!("{name} r{}/{} {kind} handshakes", round + 1, spec.rounds);
-                let (record, _) = measure(
-                    spec,
-                    &hs_shape,
-                    &target,
-                    upstream,
-                    Mode::Closed,
-                    round,
-                    None,
-                    &label,
-                )?;
-                log(&format!(
-                    "{label}: {:.0} handshakes/s, proxy CPU {}, {} s/1k handshakes, bottleneck {}{}",
-                    record.load.achieved_rate,
-                    record
-                        .proxy_util
-                        .map_or("—".to_owned(), |u| format!("{:.0} %", u * 100.0)),
-                    record
-                        .cpu_per_1k
-                        .map_or("—".to_owned(), |c| format!("{c:.4}")),
-                    record.bottleneck.label(),
-                    errors_note(&record)
-                ));
-                hs_runs.push(record);
+                for (resumed, hs_runs) in [false, true].into_iter().zip(hs_runs.iter_mut()) {
+                    let hs_shape = Shape {
+                        new_connection_per_request: true,
+                        tls: shape
+                            .tls
+                            .as_ref()
+                            .map(|c| if resumed { c.resuming() } else { c.clone() }),
+                        ..shape.clone()
+                    };
+                    let label = format!(
+                        "{name} r{}/{} {kind} {} handshakes",
+                        round + 1,
+                        spec.rounds,
+                        if resumed { "resumed" } else { "full" }
+                    );
+                    let before = crate::tls::client_handshakes();
+                    let (mut record, _) = measure(
+                        spec,
+                        &hs_shape,
+                        &target,
+                        upstream,
+                        Mode::Closed,
+                        round,
+                        None,
+                        &label,
+                    )?;
+                    let after = crate::tls::client_handshakes();
+                    let (full, resumed_n) = (after.0 - before.0, after.1 - before.1);
+                    record.resumed_share = (full + resumed_n > 0)
+                        .then(|| resumed_n as f64 / (full + resumed_n) as f64);
+                    log(&format!(
+                        "{label}: {:.0} handshakes/s ({} resumed), proxy CPU {}, {} s/1k handshakes, bottleneck {}{}",
+                        record.load.achieved_rate,
+                        record
+                            .resumed_share
+                            .map_or("—".to_owned(), |s| format!("{:.0} %", s * 100.0)),
+                        record
+                            .proxy_util
+                            .map_or("—".to_owned(), |u| format!("{:.0} %", u * 100.0)),
+                        record
+                            .cpu_per_1k
+                            .map_or("—".to_owned(), |c| format!("{c:.4}")),
+                        record.bottleneck.label(),
+                        errors_note(&record)
+                    ));
+                    hs_runs.push(record);
+                }
                 target.stop();
             }
         }
-        let max: Vec<MaxSummary> = spec
-            .targets
-            .iter()
-            .filter(|k| status[*k].skipped.is_none())
-            .map(|&kind| summarise_max(kind, &hs_runs))
-            .collect();
-        ratios.extend(handshake_ratio_rows(spec, &hs_runs, &status));
-        Some(HandshakeReport {
-            connections: spec.max_connections,
-            resumption: false,
-            max,
-            runs: hs_runs,
-        })
-    } else {
-        None
-    };
+        for (resumed, hs_runs) in [false, true].into_iter().zip(hs_runs) {
+            let max: Vec<MaxSummary> = spec
+                .targets
+                .iter()
+                .filter(|k| status[*k].skipped.is_none())
+                .map(|&kind| summarise_max(kind, &hs_runs))
+                .collect();
+            ratios.extend(handshake_ratio_rows(spec, &hs_runs, &status, resumed));
+            let report = Some(HandshakeReport {
+                connections: spec.max_connections,
+                resumption: resumed,
+                max,
+                runs: hs_runs,
+            });
+            if resumed {
+                resumed_handshakes = report;
+            } else {
+                handshakes = report;
+            }
+        }
+    }
     if scenario.is_tls() {
         // The generator must not be what is measured: its own CPU at the headline rate.
         let shares: Vec<(TargetKind, f64)> = runs
@@ -933,6 +962,7 @@ fn run_scenario(
             ratios,
             runs,
             handshakes,
+            resumed_handshakes,
         },
         checks,
     ))
@@ -1103,6 +1133,7 @@ fn measure(
         foreign_cpu,
         bottleneck,
         generator_limited,
+        resumed_share: None,
     };
     Ok((record, run.latency))
 }
@@ -1360,6 +1391,7 @@ fn handshake_ratio_rows(
     spec: &CompareSpec,
     runs: &[RunRecord],
     status: &HashMap<TargetKind, TargetStatus>,
+    resumed: bool,
 ) -> Vec<RatioRow> {
     let proxies: Vec<TargetKind> = spec
         .targets
@@ -1367,6 +1399,7 @@ fn handshake_ratio_rows(
         .copied()
         .filter(|k| *k != TargetKind::Direct)
         .collect();
+    let kind = if resumed { "resumed" } else { "full" };
     let mut rows = Vec::new();
     for (i, &a) in proxies.iter().enumerate() {
         for &b in &proxies[i + 1..] {
@@ -1385,12 +1418,12 @@ fn handshake_ratio_rows(
                 },
             };
             rows.push(row(
-                "new TLS handshakes per second (full, closed loop)",
+                &format!("new TLS handshakes per second ({kind}, closed loop)"),
                 Better::Higher,
                 &|r| Some(r.load.achieved_rate),
             ));
             rows.push(row(
-                "CPU per 1000 new TLS handshakes",
+                &format!("CPU per 1000 new TLS handshakes ({kind})"),
                 Better::Lower,
                 &|r| r.cpu_per_1k,
             ));
@@ -1610,6 +1643,7 @@ mod tests {
             foreign_cpu: Some(0.0),
             bottleneck: Bottleneck::Target,
             generator_limited: false,
+            resumed_share: None,
         }
     }
 

@@ -928,7 +928,11 @@ impl H1Lane {
         Self {
             addr: spec.address,
             timeout: spec.timeout,
-            tls: spec.tls.clone(),
+            // A resuming client gets a session cache per lane (see `ClientTls::resuming`).
+            tls: spec
+                .tls
+                .as_ref()
+                .map(|c| if c.resumes { c.resuming() } else { c.clone() }),
             new_connection_per_request: spec.new_connection_per_request,
             stream: None,
             request,

@@ -566,7 +566,7 @@ fn the_generator_speaks_tls_keep_alive_and_one_handshake_per_request() {
 }
 
 /// The built-in upstream serves HTTPS/1.1 (direct in the TLS scenarios): keep-alive and one
-/// handshake per request through the generator, and its mTLS listener refuses a client without a
+/// handshake per request (full or resumed) through the generator, and its mTLS listener refuses a client without a
 /// certificate.
 #[test]
 fn the_upstream_serves_https_and_requires_client_certificates_on_its_mtls_listener() {
@@ -593,16 +593,22 @@ fn the_upstream_serves_https_and_requires_client_certificates_on_its_mtls_listen
         .expect("upstream starts");
         for (mtls, addr) in [(false, up.https), (true, up.https_mtls)] {
             let addr = addr.expect("bound");
-            for per_request in [false, true] {
+            let client = pki.client(mtls).expect("client");
+            for (per_request, resuming) in [(false, false), (true, false), (true, true)] {
                 let mut spec = test_spec(Protocol::Http1, addr);
                 spec.io = io;
-                spec.tls = Some(pki.client(mtls).expect("client"));
+                spec.tls = Some(if resuming {
+                    client.resuming()
+                } else {
+                    client.clone()
+                });
                 spec.new_connection_per_request = per_request;
                 let run = load::run(&spec, &mut NoMonitor).expect("runs");
                 let r = &run.report;
                 assert!(r.completed > 0, "{io:?} mtls {mtls} {per_request}: {r:?}");
                 assert_eq!(r.errors.total(), 0, "{io:?} mtls {mtls}: {:?}", r.errors);
             }
+            assert!(crate::tls::resumes(addr, &client), "{io:?} mtls {mtls}");
             let anonymous = pki.client(false).expect("client");
             assert_eq!(
                 crate::tls::refuses_anonymous(addr, &anonymous),

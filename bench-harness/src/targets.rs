@@ -526,6 +526,14 @@ pub fn start(
         // What the handshake negotiated, for the report; and in mTLS, that a client without a
         // certificate is really refused (else the target would not be doing the work measured).
         let mut facts = vec![tls::negotiated(target.address, client)?];
+        facts.push(
+            if tls::resumes(target.address, client) {
+                "resumes sessions"
+            } else {
+                "does NOT resume sessions (its resumed handshakes are full ones)"
+            }
+            .to_owned(),
+        );
         if front == Front::Mtls {
             if !tls::refuses_anonymous(target.address, &t.client) {
                 target.stop();

@@ -8,7 +8,8 @@
 //! - [`ClientTls`]: the generator's rustls client config (`ring` provider). It offers exactly one
 //!   choice — TLS 1.3, `TLS13_AES_128_GCM_SHA256`, X25519, ALPN `http/1.1` — so that nginx,
 //!   HAProxy and ringmesh all negotiate the same thing whatever their own preferences, and no
-//!   session resumption, so that every new connection is a full handshake.
+//!   session resumption, so that every new connection is a full handshake ([`ClientTls::resuming`]
+//!   is the same client with a session cache, for the resumed-handshake runs).
 //!   It does **not verify** the server's certificate (like `h2load`): the checks are the
 //!   client's CPU, and on 2 cores the generator's core must not saturate before the proxy's
 //!   does. The proxies' cost does not depend on what the client checks.
@@ -41,6 +42,19 @@ use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureSch
 pub const CLIENT_SPIFFE_ID: &str = "spiffe://bench.local/ns/bench/sa/client";
 /// The name the generator sends as SNI; the server leaf is for it and for 127.0.0.1.
 pub const SERVER_NAME: &str = "localhost";
+/// Client handshakes completed in this process, full and resumed (the generator's lanes only):
+/// `compare` reads them around each run to report which share of its handshakes resumed.
+pub static CLIENT_HANDSHAKES: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+/// `(full, resumed)` client handshakes so far.
+pub fn client_handshakes() -> (u64, u64) {
+    let get = |i: usize| CLIENT_HANDSHAKES[i].load(std::sync::atomic::Ordering::Relaxed);
+    (get(0), get(1))
+}
+
 /// Ciphertext read per socket read: one full TLS record and its overhead.
 const CIPHERTEXT_BUF: usize = 16 * 1024 + 512;
 
@@ -137,12 +151,14 @@ impl Drop for Pki {
 /// The generator's side of TLS: a rustls client config and the SNI it sends.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
-    /// The config, shared by all connections (it holds no session cache: resumption is off).
+    /// The config, shared by all connections (no session cache unless [`ClientTls::resuming`]).
     pub config: Arc<ClientConfig>,
     /// SNI.
     pub server_name: ServerName<'static>,
     /// Whether it presents a client certificate.
     pub has_client_cert: bool,
+    /// Whether it resumes sessions ([`ClientTls::resuming`]).
+    pub resumes: bool,
 }
 
 impl ClientTls {
@@ -167,7 +183,23 @@ impl ClientTls {
             config: Arc::new(config),
             server_name: ServerName::try_from(SERVER_NAME)?,
             has_client_cert,
+            resumes: false,
         })
+    }
+
+    /// The same client, but resuming sessions: a fresh in-memory cache of the tickets (TLS 1.3)
+    /// or session IDs it is given, offered on its next connections. The generator gives each
+    /// lane its own (rustls keeps at most 8 tickets per server name, fewer than the lanes that
+    /// connect at once), so a lane resumes with what its previous connection received, like a
+    /// returning client.
+    pub fn resuming(&self) -> Self {
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::in_memory_sessions(64);
+        Self {
+            config: Arc::new(config),
+            resumes: true,
+            ..self.clone()
+        }
     }
 
     fn connection(&self) -> io::Result<ClientConnection> {
@@ -240,7 +272,10 @@ pub struct TlsConn {
 impl TlsConn {
     /// Makes a full handshake over `tcp` as the client.
     pub async fn connect(tcp: TcpStream, client: &ClientTls) -> io::Result<Self> {
-        Self::handshake(tcp, client.connection()?.into()).await
+        let conn = Self::handshake(tcp, client.connection()?.into()).await?;
+        let resumed = conn.tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        CLIENT_HANDSHAKES[usize::from(resumed)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(conn)
     }
 
     /// Makes the server side of a handshake over `tcp`.
@@ -448,6 +483,30 @@ pub fn negotiated(address: SocketAddr, client: &ClientTls) -> Result<String, Str
             ""
         }
     ))
+}
+
+/// Whether `address` resumes a session: one request on a first connection (which takes in the
+/// session tickets the target sends), then a second handshake offering them.
+pub fn resumes(address: SocketAddr, client: &ClientTls) -> bool {
+    let resuming = client.resuming();
+    let Ok((mut conn, mut tcp)) = blocking_handshake(address, &resuming) else {
+        return false;
+    };
+    {
+        let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
+        if stream
+            .write_all(
+                b"GET /payload/16 HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n",
+            )
+            .is_err()
+        {
+            return false;
+        }
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+    }
+    blocking_handshake(address, &resuming)
+        .is_ok_and(|(c, _)| c.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
 }
 
 /// Whether `address` refuses an HTTP request from a client that presents no certificate (what an

@@ -172,6 +172,10 @@ pub struct RunRecord {
     pub bottleneck: Bottleneck,
     /// Open loop: the generator, not the target, made latency (large generator lag).
     pub generator_limited: bool,
+    /// TLS handshake runs: the share of the generator's handshakes (whole run, warm-up
+    /// included) that resumed a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_share: Option<f64>,
 }
 
 /// Maximum throughput of one target, over rounds.
@@ -301,10 +305,14 @@ pub struct ScenarioReport {
     /// TLS scenarios: new handshakes per second (absent in other scenarios and older reports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshakes: Option<HandshakeReport>,
+    /// TLS scenarios: the same with session resumption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_handshakes: Option<HandshakeReport>,
 }
 
 /// New TLS handshakes per second: closed loop, each request on a new connection with a full
-/// handshake (`resumption` false) and `Connection: close`.
+/// handshake (`resumption` false) or one resumed from the target's previous tickets, and
+/// `Connection: close`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HandshakeReport {
     /// Concurrent connections (lanes) of the closed loop.
