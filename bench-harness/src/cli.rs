@@ -24,7 +24,7 @@ use crate::report::{self, CompareReport};
 use crate::runtime::{self, Io};
 use crate::sys;
 use crate::targets::{TargetKind, TargetSettings};
-use crate::upstream::{self, Flap, FlapMode, UpstreamSpec};
+use crate::upstream::{self, Flap, FlapMode, UpstreamSpec, UpstreamTls};
 
 /// ringmesh-bench: latency and throughput of ringmesh, nginx and HAProxy, side by side.
 #[derive(Debug, Parser)]
@@ -120,7 +120,9 @@ struct CompareArgs {
         default_value = "direct,ringmesh,nginx,haproxy"
     )]
     targets: Vec<TargetKind>,
-    /// Scenarios (default: all; with --quick: http1,echo,iperf3).
+    /// Scenarios (default: http1,h2,echo,iperf3; with --quick: http1,echo,iperf3). `tls` and
+    /// `mtls` (HTTPS/1.1 terminated by the proxy, keep-alive CPU per request and new handshakes
+    /// per second) run only when named.
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
     /// Rounds; targets alternate within each (default 3; --quick 2).
@@ -277,6 +279,21 @@ struct UpstreamArgs {
     /// TCP echo listener.
     #[arg(long)]
     echo: Option<SocketAddr>,
+    /// HTTPS/1.1 listener (needs --tls-cert and --tls-key).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    https: Option<SocketAddr>,
+    /// HTTPS/1.1 listener that requires a client certificate signed by --tls-client-ca.
+    #[arg(long, requires_all = ["tls_cert", "tls_key", "tls_client_ca"])]
+    https_mtls: Option<SocketAddr>,
+    /// PEM certificate chain of the HTTPS listeners.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the HTTPS listeners.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle client certificates must chain to (--https-mtls).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
     /// Threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -536,6 +553,7 @@ fn compare_cmd(a: CompareArgs) -> anyhow::Result<ExitCode> {
             cores: proxy_cores,
             io: a.io,
             dir: out_dir.join("targets"),
+            tls: None,
         },
         out_dir: out_dir.clone(),
         quick,
@@ -653,6 +671,7 @@ fn flapping_cmd(a: FlappingArgs) -> anyhow::Result<ExitCode> {
             cores: proxy_cores,
             io: a.io,
             dir: out_dir.join("targets"),
+            tls: None,
         },
         out_dir: out_dir.clone(),
         command: command_line(),
@@ -714,6 +733,8 @@ fn load_cmd(a: LoadArgs) -> anyhow::Result<ExitCode> {
         label: format!("{} {}", a.protocol.name(), a.target),
         progress: true,
         align_lanes: false,
+        tls: None,
+        new_connection_per_request: false,
     };
     let run = load::run(&spec, &mut NoMonitor)?;
     let r = &run.report;
@@ -780,7 +801,11 @@ fn print_load(r: &load::LoadReport) {
 }
 
 fn upstream_cmd(a: UpstreamArgs) -> anyhow::Result<ExitCode> {
-    let any = a.http.is_some() || a.h2.is_some() || a.echo.is_some();
+    let any = a.http.is_some()
+        || a.h2.is_some()
+        || a.echo.is_some()
+        || a.https.is_some()
+        || a.https_mtls.is_some();
     let loopback0: SocketAddr = ([127, 0, 0, 1], 0).into();
     let spec = UpstreamSpec {
         http: if any { a.http } else { Some(loopback0) },
@@ -798,16 +823,28 @@ fn upstream_cmd(a: UpstreamArgs) -> anyhow::Result<ExitCode> {
             }),
             _ => None,
         },
+        https: a.https,
+        https_mtls: a.https_mtls,
+        tls: match (a.tls_cert, a.tls_key) {
+            (Some(cert), Some(key)) => Some(UpstreamTls {
+                cert,
+                key,
+                client_ca: a.tls_client_ca.unwrap_or_default(),
+            }),
+            _ => None,
+        },
     };
     let addrs = upstream::start(&spec)?;
     if a.print_addresses {
         println!("{}", serde_json::to_string(&addrs)?);
     } else {
         eprintln!(
-            "upstream: http {:?}, h2 {:?}, echo {:?} ({} thread(s), io {})",
+            "upstream: http {:?}, h2 {:?}, echo {:?}, https {:?}, https-mtls {:?} ({} thread(s), io {})",
             addrs.http,
             addrs.h2,
             addrs.echo,
+            addrs.https,
+            addrs.https_mtls,
             spec.threads,
             spec.io.resolve().name()
         );
@@ -828,6 +865,9 @@ fn crosscheck_cmd(a: CrosscheckArgs) -> anyhow::Result<ExitCode> {
         io: a.io,
         payload: 1024,
         flap: None,
+        https: None,
+        https_mtls: None,
+        tls: None,
     })?;
     let addr = addrs.http.context("upstream did not bind")?;
     let check = crate::crosscheck::run(addr, a.rate, a.connections, a.duration, &cores, a.io);

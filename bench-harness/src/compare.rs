@@ -1,6 +1,6 @@
 //! `compare`: direct, ringmesh, nginx and HAProxy side by side, in one run (BENCH-METHOD.md).
 //!
-//! Per scenario (HTTP/1.1, HTTP/2, TCP echo):
+//! Per scenario (HTTP/1.1, HTTP/2, TCP echo, and HTTPS/1.1 as `tls` and `mtls`):
 //!
 //! 1. **Maximum throughput.** Closed loop, each target in turn, rotated every round (round 1:
 //!    A B C D, round 2: B C D A, …) so slow drift of the shared machine does not favour one.
@@ -12,6 +12,13 @@
 //! 4. **Latency** at each fixed rate, open loop, each target in turn, rotated per round. Runs that
 //!    missed their rate or saw errors are refused (their latency is not reported) and the report
 //!    says so.
+//!
+//! The TLS scenarios add a fifth step, **new handshakes per second**: closed loop, each request on
+//! a new connection with a full TLS 1.3 handshake, then the same with resumed sessions, per
+//! target, rotated per round, with the proxy's CPU per 1000 handshakes. There, direct is the built-in upstream's own HTTPS listener
+//! (with client certificates required in `mtls`), so the headroom check runs with the
+//! generator's TLS client; the report also checks the generator's own CPU at the headline rate
+//! ([`GENERATOR_CPU_LIMIT`]).
 //!
 //! Around every run the harness samples the proxy's process-tree CPU time and RSS, the upstream's
 //! CPU, and every core's busy time, which gives CPU per 1000 requests (the headline on small
@@ -32,13 +39,14 @@ use crate::http1;
 use crate::iperf;
 use crate::load::{self, LoadSpec, MIN_RATE_FRACTION, Mode, Monitor, Protocol};
 use crate::report::{
-    Better, Bottleneck, Check, CompareReport, IdleMemory, LatencySummary, MaxSummary, Meta,
-    RateLevel, RatioRow, RunRecord, ScenarioReport, TargetStatus,
+    Better, Bottleneck, Check, CompareReport, HandshakeReport, IdleMemory, LatencySummary,
+    MaxSummary, Meta, RateLevel, RatioRow, RunRecord, ScenarioReport, TargetStatus,
 };
 use crate::runtime::Io;
 use crate::stats::{self, Spread};
 use crate::sys::{self, CoreTimes, Machine};
-use crate::targets::{self, Front, RunningTarget, TargetKind, TargetSettings};
+use crate::targets::{self, BenchTls, Front, RunningTarget, TargetKind, TargetSettings};
+use crate::tls::{ClientTls, Pki};
 use crate::upstream::UpstreamAddrs;
 
 /// A core busier than this is saturated.
@@ -49,6 +57,10 @@ pub const SATURATED: f64 = 0.90;
 pub const LAG_LIMIT_US: f64 = 100.0;
 /// Attempts to find fixed rates the generator can double against direct.
 pub const HEADROOM_ATTEMPTS: usize = 3;
+
+/// TLS scenarios: the generator's own CPU at the headline rate must stay below this share of a
+/// core, so that the proxy, not the generator's TLS, is what is measured.
+pub const GENERATOR_CPU_LIMIT: f64 = 0.5;
 
 /// Other processes taking more than this share of the bench cores make a run noisy.
 pub const NOISE_WARN: f64 = 0.05;
@@ -67,12 +79,17 @@ pub enum Scenario {
     Echo,
     /// iperf3 bulk throughput through an L4 proxy.
     Iperf3,
+    /// HTTPS/1.1 keep-alive: the proxy terminates TLS 1.3, plaintext HTTP/1.1 to the upstream;
+    /// plus new full handshakes per second (a connection per request).
+    Tls,
+    /// [`Scenario::Tls`] with a client certificate the proxy requires and verifies.
+    Mtls,
 }
 
 impl Scenario {
     fn protocol(self) -> Option<Protocol> {
         match self {
-            Scenario::Http1 => Some(Protocol::Http1),
+            Scenario::Http1 | Scenario::Tls | Scenario::Mtls => Some(Protocol::Http1),
             Scenario::H2 => Some(Protocol::H2),
             Scenario::Echo => Some(Protocol::Echo),
             Scenario::Iperf3 => None,
@@ -85,7 +102,41 @@ impl Scenario {
             Scenario::H2 => "HTTP/2 (h2c, multiplexed) to an HTTP/1.1 upstream",
             Scenario::Echo => "TCP echo (L4)",
             Scenario::Iperf3 => "iperf3 (L4 bulk)",
+            Scenario::Tls => {
+                "TLS: HTTPS/1.1 keep-alive, terminated by the proxy, to an HTTP/1.1 upstream"
+            }
+            Scenario::Mtls => {
+                "mTLS: HTTPS/1.1 keep-alive with a verified client certificate, to an HTTP/1.1 upstream"
+            }
         }
+    }
+
+    /// Short name for reports and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Http1 => "http1",
+            Scenario::H2 => "h2",
+            Scenario::Echo => "echo",
+            Scenario::Iperf3 => "iperf3",
+            Scenario::Tls => "tls",
+            Scenario::Mtls => "mtls",
+        }
+    }
+
+    /// What the proxies' listener speaks.
+    pub fn front(self) -> Front {
+        match self {
+            Scenario::Tls => Front::Tls,
+            Scenario::Mtls => Front::Mtls,
+            Scenario::H2 => Front::H2,
+            Scenario::Echo | Scenario::Iperf3 => Front::Tcp,
+            Scenario::Http1 => Front::Http1,
+        }
+    }
+
+    /// Whether the scenario terminates TLS.
+    pub fn is_tls(self) -> bool {
+        self.front().is_tls()
     }
 }
 
@@ -183,6 +234,16 @@ impl UpstreamProcess {
         if !spec.load_cores.is_empty() {
             cmd.arg("--cores").arg(sys::core_list(&spec.load_cores));
         }
+        if let Some(tls) = &spec.targets_settings.tls {
+            // direct's side of the TLS scenarios.
+            cmd.args(["--https", "127.0.0.1:0", "--https-mtls", "127.0.0.1:0"])
+                .arg("--tls-cert")
+                .arg(&tls.files.cert)
+                .arg("--tls-key")
+                .arg(&tls.files.key)
+                .arg("--tls-client-ca")
+                .arg(&tls.files.ca);
+        }
         let mut child = cmd.spawn().context("cannot start the upstream")?;
         let stdout = child.stdout.take().context("upstream stdout")?;
         let mut line = String::new();
@@ -214,6 +275,23 @@ impl Drop for UpstreamProcess {
 
 /// Runs the whole comparison.
 pub fn run(spec: &CompareSpec) -> anyhow::Result<CompareReport> {
+    // The TLS scenarios' certificates: generated for this run, removed when it ends.
+    let mut with_tls;
+    let mut _pki = None;
+    let spec = if spec.scenarios.iter().any(|s| s.is_tls()) && spec.targets_settings.tls.is_none() {
+        let pki =
+            Pki::generate(&std::env::temp_dir()).context("generating the TLS certificates")?;
+        with_tls = spec.clone();
+        with_tls.targets_settings.tls = Some(BenchTls {
+            files: pki.files.clone(),
+            client: pki.client(false)?,
+            mtls_client: pki.client(true)?,
+        });
+        _pki = Some(pki);
+        &with_tls
+    } else {
+        spec
+    };
     std::fs::create_dir_all(&spec.out_dir)
         .with_context(|| format!("cannot create {}", spec.out_dir.display()))?;
     std::fs::create_dir_all(&spec.targets_settings.dir)?;
@@ -249,10 +327,12 @@ pub fn run(spec: &CompareSpec) -> anyhow::Result<CompareReport> {
     }
     let upstream = UpstreamProcess::start(spec)?;
     log(&format!(
-        "upstream: http {:?}, h2 {:?}, echo {:?} (pid {}, cores {})",
+        "upstream: http {:?}, h2 {:?}, echo {:?}, https {:?}, https-mtls {:?} (pid {}, cores {})",
         upstream.addrs.http,
         upstream.addrs.h2,
         upstream.addrs.echo,
+        upstream.addrs.https,
+        upstream.addrs.https_mtls,
         upstream.pid(),
         sys::core_list(&spec.load_cores)
     ));
@@ -346,14 +426,29 @@ fn run_scenario(
     upstream: &UpstreamProcess,
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<(ScenarioReport, Vec<Check>)> {
-    let name = protocol.name();
-    let front = Front::for_protocol(protocol);
+    let name = scenario.name();
+    let front = scenario.front();
+    let tls_client: Option<ClientTls> = spec
+        .targets_settings
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_for(front))
+        .cloned();
+    let shape = Shape {
+        protocol,
+        tls: tls_client.clone(),
+        new_connection_per_request: false,
+    };
     let addrs = &upstream.addrs;
-    let (behind_proxy, direct) = match protocol {
-        Protocol::Http1 => (addrs.http, addrs.http),
+    let (behind_proxy, direct) = match (protocol, front) {
+        // The proxies terminate TLS and speak HTTP/1.1 upstream; direct is the upstream's own
+        // HTTPS listener.
+        (_, Front::Tls) => (addrs.http, addrs.https),
+        (_, Front::Mtls) => (addrs.http, addrs.https_mtls),
+        (Protocol::Http1, _) => (addrs.http, addrs.http),
         // Proxies speak HTTP/1.1 upstream; direct h2 talks to the upstream's h2c listener.
-        Protocol::H2 => (addrs.http, addrs.h2),
-        Protocol::Echo => (addrs.echo, addrs.echo),
+        (Protocol::H2, _) => (addrs.http, addrs.h2),
+        (Protocol::Echo, _) => (addrs.echo, addrs.echo),
     };
     let (Some(behind_proxy), Some(direct)) = (behind_proxy, direct) else {
         bail!("the upstream has no listener for {name}");
@@ -369,6 +464,7 @@ fn run_scenario(
                     skipped: None,
                     version: String::new(),
                     detail: None,
+                    tls: None,
                 },
             )
         })
@@ -394,6 +490,7 @@ fn run_scenario(
                 if let Some(s) = status.get_mut(&kind) {
                     s.version = t.version.clone();
                     s.detail = t.detail.clone();
+                    s.tls = t.tls.clone();
                 }
                 Some(t)
             }
@@ -417,7 +514,7 @@ fn run_scenario(
             let label = format!("{name} r{}/{} {kind} max", round + 1, spec.rounds);
             let (record, _) = measure(
                 spec,
-                protocol,
+                &shape,
                 &target,
                 upstream,
                 Mode::Closed,
@@ -462,6 +559,8 @@ fn run_scenario(
                 rates: Vec::new(),
                 ratios: Vec::new(),
                 runs,
+                handshakes: None,
+                resumed_handshakes: None,
             },
             Vec::new(),
         ));
@@ -491,7 +590,7 @@ fn run_scenario(
             let label = format!("{name} headroom 2×{top:.0}/s direct");
             let (record, _) = measure(
                 spec,
-                protocol,
+                &shape,
                 &target,
                 upstream,
                 Mode::Open { rate: 2.0 * top },
@@ -603,7 +702,7 @@ fn run_scenario(
                 );
                 let (record, hist) = measure(
                     spec,
-                    protocol,
+                    &shape,
                     &target,
                     upstream,
                     Mode::Open { rate },
@@ -631,7 +730,8 @@ fn run_scenario(
                 }
                 runs.push(record);
             }
-            if let (Some(pid), true) = (target.pid(), front != Front::H2) {
+            // Idle memory is measured with plaintext clients: not for H2 or the TLS fronts.
+            if let (Some(pid), true) = (target.pid(), matches!(front, Front::Http1 | Front::Tcp)) {
                 match idle_connection_memory(front, target.address, pid, spec.idle_connections) {
                     Ok(kib) => {
                         log(&format!(
@@ -678,7 +778,124 @@ fn run_scenario(
             targets,
         });
     }
-    let ratios = ratio_rows(spec, &runs, &status);
+    let mut ratios = ratio_rows(spec, &runs, &status);
+
+    // 4. TLS: new full handshakes per second. Closed loop over `--max-connections` lanes, each
+    // request on a new connection (TCP connect, full TLS 1.3 handshake, one request with
+    // `Connection: close`), so the rate is handshakes per second and the proxy's CPU per 1000
+    // requests is its CPU per 1000 handshakes (accept, handshake, one proxied request, close).
+    // Then the same with session resumption: the client keeps the tickets (or session IDs) the
+    // target gives it and resumes with them; a fresh client cache per run, so no ticket of
+    // another target is offered.
+    let (mut handshakes, mut resumed_handshakes) = (None, None);
+    if scenario.is_tls() {
+        let mut hs_runs: [Vec<RunRecord>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..spec.rounds {
+            for kind in rotation(&spec.targets, round) {
+                let Some(mut target) =
+                    start_target(kind, &mut status, &format!("{name}-handshakes-{round}"))
+                else {
+                    continue;
+                };
+                for (resumed, hs_runs) in [false, true].into_iter().zip(hs_runs.iter_mut()) {
+                    let hs_shape = Shape {
+                        new_connection_per_request: true,
+                        tls: shape
+                            .tls
+                            .as_ref()
+                            .map(|c| if resumed { c.resuming() } else { c.clone() }),
+                        ..shape.clone()
+                    };
+                    let label = format!(
+                        "{name} r{}/{} {kind} {} handshakes",
+                        round + 1,
+                        spec.rounds,
+                        if resumed { "resumed" } else { "full" }
+                    );
+                    let before = crate::tls::client_handshakes();
+                    let (mut record, _) = measure(
+                        spec,
+                        &hs_shape,
+                        &target,
+                        upstream,
+                        Mode::Closed,
+                        round,
+                        None,
+                        &label,
+                    )?;
+                    let after = crate::tls::client_handshakes();
+                    let (full, resumed_n) = (after.0 - before.0, after.1 - before.1);
+                    record.resumed_share = (full + resumed_n > 0)
+                        .then(|| resumed_n as f64 / (full + resumed_n) as f64);
+                    log(&format!(
+                        "{label}: {:.0} handshakes/s ({} resumed), proxy CPU {}, {} s/1k handshakes, bottleneck {}{}",
+                        record.load.achieved_rate,
+                        record
+                            .resumed_share
+                            .map_or("—".to_owned(), |s| format!("{:.0} %", s * 100.0)),
+                        record
+                            .proxy_util
+                            .map_or("—".to_owned(), |u| format!("{:.0} %", u * 100.0)),
+                        record
+                            .cpu_per_1k
+                            .map_or("—".to_owned(), |c| format!("{c:.4}")),
+                        record.bottleneck.label(),
+                        errors_note(&record)
+                    ));
+                    hs_runs.push(record);
+                }
+                target.stop();
+            }
+        }
+        for (resumed, hs_runs) in [false, true].into_iter().zip(hs_runs) {
+            let max: Vec<MaxSummary> = spec
+                .targets
+                .iter()
+                .filter(|k| status[*k].skipped.is_none())
+                .map(|&kind| summarise_max(kind, &hs_runs))
+                .collect();
+            ratios.extend(handshake_ratio_rows(spec, &hs_runs, &status, resumed));
+            let report = Some(HandshakeReport {
+                connections: spec.max_connections,
+                resumption: resumed,
+                max,
+                runs: hs_runs,
+            });
+            if resumed {
+                resumed_handshakes = report;
+            } else {
+                handshakes = report;
+            }
+        }
+    }
+    if scenario.is_tls() {
+        // The generator must not be what is measured: its own CPU at the headline rate.
+        let shares: Vec<(TargetKind, f64)> = runs
+            .iter()
+            .filter(|r| r.fraction == Some(spec.headline_fraction) && r.wall_s > 0.0)
+            .map(|r| (r.target, r.load.generator_cpu_s / r.wall_s))
+            .collect();
+        let worst = shares.iter().map(|s| s.1).max_by(f64::total_cmp);
+        checks.push(Check {
+            name: format!(
+                "{name}: the generator's own CPU at {:.0} % load stays below half a core",
+                spec.headline_fraction * 100.0
+            ),
+            passed: worst.map(|w| w < GENERATOR_CPU_LIMIT),
+            detail: if shares.is_empty() {
+                "no run at the headline rate".to_owned()
+            } else {
+                format!(
+                    "generator threads' CPU per run: {}",
+                    shares
+                        .iter()
+                        .map(|(k, c)| format!("{k} {:.0} %", c * 100.0))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+        });
+    }
 
     // Self-check: refused runs are reported as such.
     let refused: Vec<String> = runs
@@ -744,6 +961,8 @@ fn run_scenario(
             rates: levels,
             ratios,
             runs,
+            handshakes,
+            resumed_handshakes,
         },
         checks,
     ))
@@ -766,6 +985,16 @@ fn ordered_status(
         .iter()
         .filter_map(|k| status.remove(k))
         .collect()
+}
+
+/// What the generator speaks in a run.
+#[derive(Debug, Clone)]
+struct Shape {
+    protocol: Protocol,
+    /// HTTPS with this client.
+    tls: Option<ClientTls>,
+    /// A new connection (and TLS handshake) per request.
+    new_connection_per_request: bool,
 }
 
 /// Samples the proxy, the upstream and the cores around the measurement window.
@@ -806,7 +1035,7 @@ impl Monitor for RunMonitor {
 #[allow(clippy::too_many_arguments)]
 fn measure(
     spec: &CompareSpec,
-    protocol: Protocol,
+    shape: &Shape,
     target: &RunningTarget,
     upstream: &UpstreamProcess,
     mode: Mode,
@@ -816,7 +1045,7 @@ fn measure(
 ) -> anyhow::Result<(RunRecord, LatencyHist)> {
     let closed = matches!(mode, Mode::Closed);
     let load = LoadSpec {
-        protocol,
+        protocol: shape.protocol,
         address: target.address,
         host: "bench.local".to_owned(),
         path: format!("/payload/{}", spec.payload),
@@ -842,6 +1071,8 @@ fn measure(
         label: label.to_owned(),
         progress: spec.progress,
         align_lanes: false,
+        tls: shape.tls.clone(),
+        new_connection_per_request: shape.new_connection_per_request,
     };
     let mut monitor = RunMonitor {
         proxy: target.pid(),
@@ -902,6 +1133,7 @@ fn measure(
         foreign_cpu,
         bottleneck,
         generator_limited,
+        resumed_share: None,
     };
     Ok((record, run.latency))
 }
@@ -1154,6 +1386,52 @@ fn summarise_latency(
     }
 }
 
+/// Handshake ratios between every pair of proxies that ran, paired by round.
+fn handshake_ratio_rows(
+    spec: &CompareSpec,
+    runs: &[RunRecord],
+    status: &HashMap<TargetKind, TargetStatus>,
+    resumed: bool,
+) -> Vec<RatioRow> {
+    let proxies: Vec<TargetKind> = spec
+        .targets
+        .iter()
+        .copied()
+        .filter(|k| *k != TargetKind::Direct)
+        .collect();
+    let kind = if resumed { "resumed" } else { "full" };
+    let mut rows = Vec::new();
+    for (i, &a) in proxies.iter().enumerate() {
+        for &b in &proxies[i + 1..] {
+            let both_ran = [a, b]
+                .iter()
+                .all(|k| status.get(k).is_some_and(|s| s.skipped.is_none()));
+            let row = |metric: &str, better, f: &dyn Fn(&RunRecord) -> Option<f64>| RatioRow {
+                metric: metric.to_owned(),
+                a,
+                b,
+                better,
+                ratio: if both_ran {
+                    stats::paired_ratio(&per_round(runs, a, None, f), &per_round(runs, b, None, f))
+                } else {
+                    None
+                },
+            };
+            rows.push(row(
+                &format!("new TLS handshakes per second ({kind}, closed loop)"),
+                Better::Higher,
+                &|r| Some(r.load.achieved_rate),
+            ));
+            rows.push(row(
+                &format!("CPU per 1000 new TLS handshakes ({kind})"),
+                Better::Lower,
+                &|r| r.cpu_per_1k,
+            ));
+        }
+    }
+    rows
+}
+
 /// Ratios between every pair of proxies that ran, ringmesh first.
 fn ratio_rows(
     spec: &CompareSpec,
@@ -1365,6 +1643,7 @@ mod tests {
             foreign_cpu: Some(0.0),
             bottleneck: Bottleneck::Target,
             generator_limited: false,
+            resumed_share: None,
         }
     }
 

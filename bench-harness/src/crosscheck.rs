@@ -83,6 +83,8 @@ fn ours(
         label: "crosscheck".into(),
         progress: false,
         align_lanes: aligned,
+        tls: None,
+        new_connection_per_request: false,
     };
     load::run(&spec, &mut NoMonitor)
         .map(|r| r.report)

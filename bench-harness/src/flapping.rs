@@ -355,6 +355,9 @@ pub fn run(spec: &FlappingSpec) -> anyhow::Result<FlappingReport> {
             io: spec.io,
             payload: spec.payload,
             flap: (i == 0).then_some(spec.flap),
+            https: None,
+            https_mtls: None,
+            tls: None,
         })
         .context("cannot start an upstream")?;
         endpoints.push(addrs.http.context("an upstream did not bind HTTP")?);
@@ -479,6 +482,8 @@ fn run_variant(spec: &FlappingSpec, variant: Variant, config: String) -> (Varian
         label: format!("flapping: {}", variant.title()),
         progress: spec.progress,
         align_lanes: false,
+        tls: None,
+        new_connection_per_request: false,
     };
     let mut counters = Counters::new(target.admin);
     let timeline = TimelineSpec {

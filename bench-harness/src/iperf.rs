@@ -141,6 +141,7 @@ pub fn run(spec: &CompareSpec, warnings: &mut Vec<String>) -> IperfReport {
             skipped: None,
             version: String::new(),
             detail: None,
+            tls: None,
         })
         .collect();
     let mut report = IperfReport {

@@ -10,6 +10,8 @@
 //!   rounds, and reports medians, spreads and ratios ([`stats`]) as JSON, Markdown and a
 //!   self-contained HTML page ([`report`]). It checks itself: generator headroom against direct,
 //!   generator-bound runs, and runs that missed their rate.
+//! * [`tls`] — the `tls`/`mtls` scenarios' certificates (rcgen) and the generator's rustls
+//!   client over monoio.
 //! * [`crosscheck`] — compares the open-loop latency against `h2load --rps`.
 //! * [`flapping`] — ringmesh in front of a cluster with one flapping endpoint
 //!   ([`upstream::Flap`]), without and with retries + outlier detection: success rate and
@@ -34,6 +36,7 @@ pub mod stats;
 pub mod sys;
 pub mod targets;
 pub mod timeline;
+pub mod tls;
 pub mod upstream;
 
 #[cfg(test)]

@@ -25,7 +25,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, IntoPollIo};
 use monoio::net::TcpStream;
 use serde::{Deserialize, Serialize};
@@ -38,6 +37,7 @@ use crate::progress::Progress;
 use crate::runtime::{self, Io};
 use crate::sys;
 use crate::timeline::{BucketSummary, Timeline};
+use crate::tls::{ClientTls, Conn, TlsConn};
 
 /// An open-loop run must complete at least this share of its target rate to be valid.
 pub const MIN_RATE_FRACTION: f64 = 0.97;
@@ -125,6 +125,14 @@ pub struct LoadSpec {
     /// their requests go out in bursts of `lanes` (what `h2load --rps` does with several
     /// clients). Only for reproducing that tool's arrival pattern in the cross-check.
     pub align_lanes: bool,
+    /// HTTP/1.1 over TLS with this client config (the `tls` and `mtls` scenarios); HTTP/1.1
+    /// only.
+    pub tls: Option<ClientTls>,
+    /// HTTP/1.1: every request on a new connection (with `Connection: close`), so that each
+    /// request costs the target a TCP accept and, with [`LoadSpec::tls`], a full TLS handshake;
+    /// the connect and handshake are part of the request's time. A handshake that fails counts
+    /// as a connect error.
+    pub new_connection_per_request: bool,
 }
 
 impl LoadSpec {
@@ -371,6 +379,9 @@ pub fn run_timed(
     monitor: &mut dyn Monitor,
     timeline: Option<TimelineSpec>,
 ) -> anyhow::Result<LoadRun> {
+    if spec.protocol != Protocol::Http1 && (spec.tls.is_some() || spec.new_connection_per_request) {
+        anyhow::bail!("TLS and a connection per request are for HTTP/1.1 only");
+    }
     let threads = spec.threads.clamp(1, spec.connections.max(1));
     let lanes_total = spec.lanes();
     let progress_counters: Vec<Arc<ThreadProgress>> = (0..threads)
@@ -694,7 +705,7 @@ async fn connect_lanes(ctx: &ThreadCtx) -> Result<Vec<(usize, Lane)>, RequestErr
         match spec.protocol {
             Protocol::Http1 => {
                 let mut lane = H1Lane::new(spec);
-                lane.stream = Some(connect(spec.address, spec.timeout).await?);
+                lane.stream = Some(lane.connect().await?);
                 lanes.push((first, Lane::H1(lane)));
             }
             Protocol::Echo => {
@@ -867,7 +878,7 @@ impl Lane {
         match self {
             Lane::H1(l) => {
                 l.stream = None;
-                l.stream = Some(connect(l.addr, timeout).await?);
+                l.stream = Some(l.connect().await?);
                 Ok(())
             }
             Lane::Echo(l) => {
@@ -880,11 +891,14 @@ impl Lane {
     }
 }
 
-/// An HTTP/1.1 keep-alive connection.
+/// An HTTP/1.1 keep-alive connection (or one per request, see
+/// [`LoadSpec::new_connection_per_request`]).
 struct H1Lane {
     addr: SocketAddr,
     timeout: Duration,
-    stream: Option<TcpStream>,
+    tls: Option<ClientTls>,
+    new_connection_per_request: bool,
+    stream: Option<Conn>,
     /// The request, prebuilt; moved into each write and back.
     request: Vec<u8>,
     buf: Vec<u8>,
@@ -892,35 +906,67 @@ struct H1Lane {
 
 impl H1Lane {
     fn new(spec: &LoadSpec) -> Self {
+        let close = if spec.new_connection_per_request {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
         let mut request = if spec.request_body > 0 {
             format!(
-                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+                "POST {} HTTP/1.1\r\nHost: {}\r\n{close}Content-Length: {}\r\n\r\n",
                 spec.path, spec.host, spec.request_body
             )
             .into_bytes()
         } else {
-            format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", spec.path, spec.host).into_bytes()
+            format!(
+                "GET {} HTTP/1.1\r\nHost: {}\r\n{close}\r\n",
+                spec.path, spec.host
+            )
+            .into_bytes()
         };
         request.resize(request.len() + spec.request_body, b'r');
         Self {
             addr: spec.address,
             timeout: spec.timeout,
+            // A resuming client gets a session cache per lane (see `ClientTls::resuming`).
+            tls: spec
+                .tls
+                .as_ref()
+                .map(|c| if c.resumes { c.resuming() } else { c.clone() }),
+            new_connection_per_request: spec.new_connection_per_request,
             stream: None,
             request,
             buf: Vec::with_capacity(READ_BUF),
         }
     }
 
+    /// A new connection, with a full TLS handshake when TLS is on.
+    async fn connect(&self) -> Result<Conn, RequestError> {
+        let tcp = connect(self.addr, self.timeout).await?;
+        Ok(match &self.tls {
+            None => Conn::Plain(tcp),
+            Some(client) => Conn::Tls(Box::new(
+                TlsConn::connect(tcp, client)
+                    .await
+                    .map_err(RequestError::Connect)?,
+            )),
+        })
+    }
+
     async fn request(&mut self) -> Result<(), RequestError> {
+        if self.new_connection_per_request {
+            self.stream = None;
+        }
         if self.stream.is_none() {
-            // The server closed the previous response's connection: a new one is part of this
-            // request's time, as with any keep-alive client.
-            self.stream = Some(connect(self.addr, self.timeout).await?);
+            // The server closed the previous response's connection (or every request gets a
+            // new one): connecting is part of this request's time, as with any client.
+            self.stream = Some(self.connect().await?);
         }
         let Self {
             stream,
             request,
             buf,
+            new_connection_per_request,
             ..
         } = self;
         let Some(conn) = stream.as_mut() else {
@@ -938,9 +984,8 @@ impl H1Lane {
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(READ_BUF);
             }
-            let len = buf.len();
-            let (res, slice) = conn.read(std::mem::take(buf).slice_mut(len..)).await;
-            *buf = slice.into_inner();
+            let (res, back) = conn.read_append(std::mem::take(buf)).await;
+            *buf = back;
             if res.map_err(RequestError::Io)? == 0 {
                 return Err(RequestError::Closed);
             }
@@ -976,7 +1021,7 @@ impl H1Lane {
         let Some(head) = head else {
             return Err(RequestError::Closed);
         };
-        if head.close {
+        if head.close || *new_connection_per_request {
             *stream = None;
         }
         if !(200..300).contains(&head.status) {
@@ -1240,6 +1285,8 @@ pub(crate) mod tests {
             label: "test".into(),
             progress: false,
             align_lanes: false,
+            tls: None,
+            new_connection_per_request: false,
         }
     }
 }

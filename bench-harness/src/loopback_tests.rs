@@ -31,6 +31,9 @@ fn start_upstream(io: Io) -> UpstreamAddrs {
         io,
         payload: 100,
         flap: None,
+        https: None,
+        https_mtls: None,
+        tls: None,
     })
     .expect("upstream starts")
 }
@@ -282,6 +285,9 @@ fn a_flapping_upstream_fails_only_some_requests() {
                 io,
                 payload: 64,
                 flap: Some(flap),
+                https: None,
+                https_mtls: None,
+                tls: None,
             })
             .expect("upstream starts");
             let mut spec = test_spec(Protocol::Http1, up.http.expect("bound"));
@@ -390,6 +396,7 @@ fn flapping_runs_both_variants_through_ringmesh() {
             cores: vec![],
             io: Io::Auto,
             dir: dir.join("targets"),
+            tls: None,
         },
         out_dir: dir.clone(),
         command: "test".into(),
@@ -422,4 +429,192 @@ fn flapping_runs_both_variants_through_ringmesh() {
     assert!(html.contains("<svg") && !html.contains("NaN"), "{html}");
     assert!(crate::report::flapping::markdown(&report).contains("| retries + outlier detection |"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A blocking rustls HTTPS/1.1 server on its own threads (one per connection) that counts the
+/// handshakes it completed: the other side of the generator's TLS client.
+struct TlsServer {
+    addr: SocketAddr,
+    handshakes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn tls_server(pki: &crate::tls::Pki, client_ca: bool) -> TlsServer {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.files.cert)
+        .expect("cert")
+        .collect::<Result<_, _>>()
+        .expect("cert");
+    let key = PrivateKeyDer::from_pem_file(&pki.files.key).expect("key");
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = if client_ca {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(&pki.files.ca).expect("ca") {
+            roots.add(ca.expect("ca")).expect("root");
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = Arc::new(builder.with_single_cert(certs, key).expect("server config"));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let counter = handshakes.clone();
+    std::thread::spawn(move || {
+        // Bounded: far more connections than any test here makes.
+        for tcp in listener.incoming().take(100_000) {
+            let Ok(mut tcp) = tcp else { continue };
+            let (config, counter) = (config.clone(), counter.clone());
+            std::thread::spawn(move || {
+                let Ok(mut conn) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                while conn.is_handshaking() {
+                    if conn.complete_io(&mut tcp).is_err() {
+                        return;
+                    }
+                }
+                counter.fetch_add(1, Ordering::Relaxed);
+                let mut stream = rustls::StreamOwned::new(conn, tcp);
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                        pending.drain(..end + 4);
+                        let close = head.contains("connection: close");
+                        let answer: &[u8] = if close {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                        };
+                        if stream.write_all(answer).is_err() {
+                            return;
+                        }
+                        if close {
+                            stream.conn.send_close_notify();
+                            let _ = stream.flush();
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    TlsServer { addr, handshakes }
+}
+
+/// The generator speaks HTTPS/1.1: keep-alive (one handshake per connection) and a new
+/// connection per request (one full handshake per request), with and without a client
+/// certificate, and the probes report what was negotiated.
+#[test]
+fn the_generator_speaks_tls_keep_alive_and_one_handshake_per_request() {
+    use std::sync::atomic::Ordering;
+    let pki = crate::tls::Pki::generate(&std::env::temp_dir()).expect("pki");
+    for mtls in [false, true] {
+        let server = tls_server(&pki, mtls);
+        let client = pki.client(mtls).expect("client");
+        for io in drivers() {
+            for per_request in [false, true] {
+                let before = server.handshakes.load(Ordering::Relaxed);
+                let mut spec = test_spec(Protocol::Http1, server.addr);
+                spec.io = io;
+                spec.payload = 5;
+                spec.tls = Some(client.clone());
+                spec.new_connection_per_request = per_request;
+                let run = load::run(&spec, &mut NoMonitor).expect("runs");
+                let r = &run.report;
+                let what = format!("mtls {mtls}, {io:?}, new connection per request {per_request}");
+                assert!(r.completed > 0, "{what}: {r:?}");
+                assert_eq!(r.errors.total(), 0, "{what}: {:?}", r.errors);
+                let handshakes = server.handshakes.load(Ordering::Relaxed) - before;
+                if per_request {
+                    assert!(handshakes > r.completed, "{what}: {handshakes} handshakes");
+                } else {
+                    assert_eq!(handshakes, spec.connections as u64, "{what}");
+                }
+            }
+        }
+        let negotiated = crate::tls::negotiated(server.addr, &client).expect("handshake");
+        assert!(
+            negotiated.starts_with("TLS 1.3, TLS13_AES_128_GCM_SHA256, X25519, ALPN"),
+            "{negotiated}"
+        );
+        let anonymous = pki.client(false).expect("client");
+        assert_eq!(
+            crate::tls::refuses_anonymous(server.addr, &anonymous),
+            mtls,
+            "mtls {mtls}"
+        );
+    }
+}
+
+/// The built-in upstream serves HTTPS/1.1 (direct in the TLS scenarios): keep-alive and one
+/// handshake per request (full or resumed) through the generator, and its mTLS listener refuses a client without a
+/// certificate.
+#[test]
+fn the_upstream_serves_https_and_requires_client_certificates_on_its_mtls_listener() {
+    let pki = crate::tls::Pki::generate(&std::env::temp_dir()).expect("pki");
+    for io in drivers() {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let up = upstream::start(&UpstreamSpec {
+            http: None,
+            h2: None,
+            echo: None,
+            threads: 1,
+            cores: vec![],
+            io,
+            payload: 100,
+            flap: None,
+            https: Some(any),
+            https_mtls: Some(any),
+            tls: Some(upstream::UpstreamTls {
+                cert: pki.files.cert.clone(),
+                key: pki.files.key.clone(),
+                client_ca: pki.files.ca.clone(),
+            }),
+        })
+        .expect("upstream starts");
+        for (mtls, addr) in [(false, up.https), (true, up.https_mtls)] {
+            let addr = addr.expect("bound");
+            let client = pki.client(mtls).expect("client");
+            for (per_request, resuming) in [(false, false), (true, false), (true, true)] {
+                let mut spec = test_spec(Protocol::Http1, addr);
+                spec.io = io;
+                spec.tls = Some(if resuming {
+                    client.resuming()
+                } else {
+                    client.clone()
+                });
+                spec.new_connection_per_request = per_request;
+                let run = load::run(&spec, &mut NoMonitor).expect("runs");
+                let r = &run.report;
+                assert!(r.completed > 0, "{io:?} mtls {mtls} {per_request}: {r:?}");
+                assert_eq!(r.errors.total(), 0, "{io:?} mtls {mtls}: {:?}", r.errors);
+            }
+            assert!(crate::tls::resumes(addr, &client), "{io:?} mtls {mtls}");
+            let anonymous = pki.client(false).expect("client");
+            assert_eq!(
+                crate::tls::refuses_anonymous(addr, &anonymous),
+                mtls,
+                "{io:?} mtls {mtls}"
+            );
+        }
+    }
 }

@@ -10,6 +10,8 @@
 //! | upstream keep-alive | per-core pool (default) | `keepalive 1024`, `proxy_http_version 1.1`, `proxy_set_header Connection ""` | `http-reuse always` |
 //! | logs | access log off (default) | `access_log off`, errors only | no `log` lines |
 //! | client keep-alive | unlimited | `keepalive_requests 1000000` | unlimited |
+//! | TLS (`tls`, `mtls`) | `[listeners.tls]` `cert`, `key`, `min_version = "1.2"`, `alpn = ["http/1.1"]` | `listen … ssl`, `ssl_protocols TLSv1.2 TLSv1.3`, `ssl_session_cache shared:SSL:10m`, `ssl_session_tickets on` | `bind … ssl crt <pem> alpn http/1.1 ssl-min-ver TLSv1.2` (cache and tickets on by default) |
+//! | client certificates (`mtls`) | `client_ca`, `require_client_cert = true` | `ssl_client_certificate`, `ssl_verify_client on` | `ca-file <ca> verify required` |
 //!
 //! Every proxy runs as a child process pinned with `taskset` to the proxy cores, in a scratch
 //! directory that holds its config and log. A target that cannot start is *skipped* with the
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::load::{self, LoadSpec, Mode, NoMonitor, Protocol};
 use crate::runtime::Io;
 use crate::sys;
+use crate::tls::{self, ClientTls, PkiFiles};
 
 /// How long a proxy gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -97,6 +100,10 @@ pub enum Front {
     H2,
     /// Opaque TCP.
     Tcp,
+    /// HTTPS/1.1: TLS terminated by the proxy, plaintext HTTP/1.1 to the upstream.
+    Tls,
+    /// [`Front::Tls`] with client certificates required and verified against the harness's CA.
+    Mtls,
 }
 
 impl Front {
@@ -107,6 +114,11 @@ impl Front {
             Protocol::H2 => Front::H2,
             Protocol::Echo => Front::Tcp,
         }
+    }
+
+    /// Whether the listener terminates TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Front::Tls | Front::Mtls)
     }
 }
 
@@ -125,6 +137,31 @@ pub struct ProxyPlan {
     pub splice: bool,
     /// ringmesh only: every resilience policy configured, none triggering.
     pub policies: bool,
+    /// Certificates for [`Front::Tls`] and [`Front::Mtls`].
+    pub tls: Option<PkiFiles>,
+}
+
+/// What the `tls` and `mtls` scenarios need: the PKI's files for the proxies and the generator's
+/// client configs.
+#[derive(Debug, Clone)]
+pub struct BenchTls {
+    /// Server certificate, key, CA.
+    pub files: PkiFiles,
+    /// Without a client certificate (`tls`).
+    pub client: ClientTls,
+    /// With the client certificate (`mtls`).
+    pub mtls_client: ClientTls,
+}
+
+impl BenchTls {
+    /// The client config for `front`.
+    pub fn client_for(&self, front: Front) -> Option<&ClientTls> {
+        match front {
+            Front::Tls => Some(&self.client),
+            Front::Mtls => Some(&self.mtls_client),
+            _ => None,
+        }
+    }
 }
 
 /// nginx.conf for `plan`, with its pid, logs and temp files under `dir`.
@@ -153,7 +190,7 @@ pub fn nginx_config(plan: &ProxyPlan, dir: &Path, stream_module: Option<&Path>) 
             port = plan.port,
             up = plan.upstream
         )),
-        Front::Http1 | Front::H2 => c.push_str(&format!(
+        Front::Http1 | Front::H2 | Front::Tls | Front::Mtls => c.push_str(&format!(
             "http {{\n\
              \x20   access_log off;\n\
              \x20   client_body_temp_path {d}/client_body;\n\
@@ -171,6 +208,7 @@ pub fn nginx_config(plan: &ProxyPlan, dir: &Path, stream_module: Option<&Path>) 
              \x20   }}\n\
              \x20   server {{\n\
              \x20       listen 127.0.0.1:{port}{h2};\n\
+             {tls}\
              \x20       location / {{\n\
              \x20           proxy_pass http://bench_upstream;\n\
              \x20           proxy_http_version 1.1;\n\
@@ -180,12 +218,39 @@ pub fn nginx_config(plan: &ProxyPlan, dir: &Path, stream_module: Option<&Path>) 
              }}\n",
             port = plan.port,
             up = plan.upstream,
-            h2 = if plan.front == Front::H2 {
-                " http2"
-            } else {
-                ""
+            h2 = match plan.front {
+                Front::H2 => " http2",
+                Front::Tls | Front::Mtls => " ssl",
+                _ => "",
             },
+            tls = nginx_tls(plan),
         )),
+    }
+    c
+}
+
+/// The `server` block's TLS lines: TLS 1.2 and 1.3 (the client offers 1.3 only), a shared session
+/// cache and tickets on like the other proxies, and for [`Front::Mtls`] a client certificate
+/// required and verified against the CA. nginx offers ALPN `http/1.1` on an `ssl` listener by
+/// itself.
+fn nginx_tls(plan: &ProxyPlan) -> String {
+    let Some(files) = plan.tls.as_ref().filter(|_| plan.front.is_tls()) else {
+        return String::new();
+    };
+    let mut c = format!(
+        "        ssl_certificate {};\n\
+         \x20       ssl_certificate_key {};\n\
+         \x20       ssl_protocols TLSv1.2 TLSv1.3;\n\
+         \x20       ssl_session_cache shared:SSL:10m;\n\
+         \x20       ssl_session_tickets on;\n",
+        files.cert.display(),
+        files.key.display()
+    );
+    if plan.front == Front::Mtls {
+        c.push_str(&format!(
+            "        ssl_client_certificate {};\n        ssl_verify_client on;\n",
+            files.ca.display()
+        ));
     }
     c
 }
@@ -221,10 +286,19 @@ pub fn haproxy_config(plan: &ProxyPlan) -> String {
          backend upstream\n\
          \x20   server upstream {up}\n",
         port = plan.port,
-        h2 = if plan.front == Front::H2 {
-            " proto h2"
-        } else {
-            ""
+        h2 = match (plan.front, &plan.tls) {
+            (Front::H2, _) => " proto h2".to_owned(),
+            // Session cache and tickets are on by default in HAProxy.
+            (Front::Tls, Some(f)) => format!(
+                " ssl crt {} alpn http/1.1 ssl-min-ver TLSv1.2",
+                f.cert_and_key.display()
+            ),
+            (Front::Mtls, Some(f)) => format!(
+                " ssl crt {} alpn http/1.1 ssl-min-ver TLSv1.2 ca-file {} verify required",
+                f.cert_and_key.display(),
+                f.ca.display()
+            ),
+            _ => String::new(),
         },
         up = plan.upstream,
     ));
@@ -252,17 +326,19 @@ pub fn ringmesh_config(plan: &ProxyPlan) -> String {
     );
     match plan.front {
         Front::Tcp => c.push_str("protocol = \"tcp\"\ncluster = \"upstream\"\n"),
-        Front::Http1 | Front::H2 => c.push_str(
+        Front::Http1 | Front::H2 | Front::Tls | Front::Mtls => c.push_str(&format!(
             "protocol = \"auto\"\n\
+             {tls}\
              \n\
              [[virtual_hosts]]\n\
              name = \"bench\"\n\
              domains = [\"*\"]\n\
              \n\
              [[virtual_hosts.routes]]\n\
-             match = { path_prefix = \"/\" }\n\
+             match = {{ path_prefix = \"/\" }}\n\
              cluster = \"upstream\"\n",
-        ),
+            tls = ringmesh_tls(plan),
+        )),
     }
     if plan.policies && plan.front != Front::Tcp {
         c.push_str(POLICIES_ROUTE);
@@ -273,6 +349,32 @@ pub fn ringmesh_config(plan: &ProxyPlan) -> String {
     ));
     if plan.policies && plan.front != Front::Tcp {
         c.push_str(POLICIES_CLUSTER);
+    }
+    c
+}
+
+/// The listener's `[listeners.tls]` table: the same certificate, versions and ALPN as the peers;
+/// for [`Front::Mtls`] a required client certificate verified against the CA (`client_ca`,
+/// `require_client_cert`: keys a build without mTLS rejects, and the target is then reported as
+/// not able to run).
+fn ringmesh_tls(plan: &ProxyPlan) -> String {
+    let Some(files) = plan.tls.as_ref().filter(|_| plan.front.is_tls()) else {
+        return String::new();
+    };
+    let mut c = format!(
+        "\n[listeners.tls]\n\
+         cert = \"{}\"\n\
+         key = \"{}\"\n\
+         min_version = \"1.2\"\n\
+         alpn = [\"http/1.1\"]\n",
+        files.cert.display(),
+        files.key.display()
+    );
+    if plan.front == Front::Mtls {
+        c.push_str(&format!(
+            "client_ca = \"{}\"\nrequire_client_cert = true\n",
+            files.ca.display()
+        ));
     }
     c
 }
@@ -311,6 +413,9 @@ pub struct TargetSettings {
     pub io: Io,
     /// Scratch directory for configs and logs.
     pub dir: PathBuf,
+    /// Certificates and client configs for the TLS fronts (set by `compare` when a `tls` or
+    /// `mtls` scenario runs).
+    pub tls: Option<BenchTls>,
 }
 
 /// A target ready to take load.
@@ -326,6 +431,8 @@ pub struct RunningTarget {
     pub version: String,
     /// Extra facts (ringmesh's I/O driver).
     pub detail: Option<String>,
+    /// TLS fronts: what the harness's probe handshake negotiated.
+    pub tls: Option<String>,
     /// ringmesh's admin API.
     pub admin: Option<SocketAddr>,
 }
@@ -362,6 +469,11 @@ pub fn start(
 ) -> Result<RunningTarget, String> {
     let dir = settings.dir.join(format!("{}-{tag}", kind.name()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let tls = match (front.is_tls(), &settings.tls) {
+        (false, _) => None,
+        (true, Some(t)) => Some(t),
+        (true, None) => return Err("no certificates for a TLS scenario (harness bug)".into()),
+    };
     let mut target = match kind {
         TargetKind::Direct => RunningTarget {
             kind,
@@ -369,6 +481,7 @@ pub fn start(
             child: None,
             version: String::new(),
             detail: None,
+            tls: None,
             admin: None,
         },
         TargetKind::RingmeshSplice if front != Front::Tcp => {
@@ -403,11 +516,36 @@ pub fn start(
     if !probe_through {
         return Ok(target);
     }
-    probe(front, target.address).map_err(|e| {
+    let client = tls.and_then(|t| t.client_for(front));
+    probe(front, target.address, client).map_err(|e| {
         let log = log_tail(&dir);
         target.stop();
         format!("{kind} did not pass a request: {e}{log}")
     })?;
+    if let (Some(t), Some(client)) = (tls, client) {
+        // What the handshake negotiated, for the report; and in mTLS, that a client without a
+        // certificate is really refused (else the target would not be doing the work measured).
+        let mut facts = vec![tls::negotiated(target.address, client)?];
+        facts.push(
+            if tls::resumes(target.address, client) {
+                "resumes sessions"
+            } else {
+                "does NOT resume sessions (its resumed handshakes are full ones)"
+            }
+            .to_owned(),
+        );
+        if front == Front::Mtls {
+            if !tls::refuses_anonymous(target.address, &t.client) {
+                target.stop();
+                return Err(format!(
+                    "{kind} served a client that presented no certificate: it does not verify \
+                     client certificates, so it cannot run the mtls scenario"
+                ));
+            }
+            facts.push("refuses clients without a certificate".to_owned());
+        }
+        target.tls = Some(facts.join("; "));
+    }
     Ok(target)
 }
 
@@ -426,6 +564,7 @@ fn start_peer(
         workers: settings.workers,
         splice: false,
         policies: false,
+        tls: settings.tls.as_ref().map(|t| t.files.clone()),
     };
     let (binary, config_path, config, args) = match kind {
         TargetKind::Nginx => {
@@ -477,6 +616,7 @@ fn start_peer(
         child: Some(child),
         version,
         detail: None,
+        tls: None,
         admin: None,
     };
     wait_listening(&mut target, dir)?;
@@ -497,8 +637,25 @@ fn start_ringmesh(
         workers: settings.workers,
         splice: kind == TargetKind::RingmeshSplice,
         policies: kind == TargetKind::RingmeshPolicies,
+        tls: settings.tls.as_ref().map(|t| t.files.clone()),
     };
-    launch_ringmesh(kind, &ringmesh_config(&plan), settings, dir)
+    launch_ringmesh(kind, &ringmesh_config(&plan), settings, dir).map_err(|reason| {
+        if front.is_tls() && reason.contains("not supported yet") {
+            format!(
+                "target not able to run: this ringmesh build refuses the {} listener config \
+                 ({}): {reason}",
+                if front == Front::Mtls { "mtls" } else { "tls" },
+                if front == Front::Mtls {
+                    "client certificate verification, `client_ca` + `require_client_cert`, is not \
+                     built in yet"
+                } else {
+                    "a TLS listener key is not supported"
+                }
+            )
+        } else {
+            reason
+        }
+    })
 }
 
 /// Starts ringmesh with `config` (written to `dir/ringmesh.toml`), pinned to the proxy cores, and
@@ -542,6 +699,7 @@ pub fn launch_ringmesh(
         child: Some(child),
         version: version_of(&settings.ringmesh, "--version"),
         detail: None,
+        tls: None,
         admin: None,
     };
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -619,9 +777,9 @@ fn wait_listening(target: &mut RunningTarget, dir: &Path) -> Result<(), String> 
 }
 
 /// One short closed-loop run through the target: it must answer without errors.
-pub fn probe(front: Front, address: SocketAddr) -> Result<(), String> {
+pub fn probe(front: Front, address: SocketAddr, tls: Option<&ClientTls>) -> Result<(), String> {
     let protocol = match front {
-        Front::Http1 => Protocol::Http1,
+        Front::Http1 | Front::Tls | Front::Mtls => Protocol::Http1,
         Front::H2 => Protocol::H2,
         Front::Tcp => Protocol::Echo,
     };
@@ -644,6 +802,8 @@ pub fn probe(front: Front, address: SocketAddr) -> Result<(), String> {
         label: "probe".into(),
         progress: false,
         align_lanes: false,
+        tls: tls.cloned(),
+        new_connection_per_request: false,
     };
     // On a busy machine a 100 ms probe can end before its first request was even sent: retry
     // when nothing happened, fail at once when something failed.
@@ -745,7 +905,169 @@ mod tests {
             workers: 2,
             splice: false,
             policies: false,
+            tls: None,
         }
+    }
+
+    fn files() -> PkiFiles {
+        PkiFiles {
+            ca: "/pki/ca.pem".into(),
+            cert: "/pki/server.pem".into(),
+            key: "/pki/server.key".into(),
+            cert_and_key: "/pki/server-with-key.pem".into(),
+        }
+    }
+
+    fn tls_plan(front: Front) -> ProxyPlan {
+        ProxyPlan {
+            tls: Some(files()),
+            ..plan(front)
+        }
+    }
+
+    #[test]
+    fn nginx_tls_configs_terminate_and_verify() {
+        let dir = Path::new("/tmp/x");
+        let tls = nginx_config(&tls_plan(Front::Tls), dir, None);
+        for needle in [
+            "listen 127.0.0.1:18080 ssl;",
+            "ssl_certificate /pki/server.pem;",
+            "ssl_certificate_key /pki/server.key;",
+            "ssl_protocols TLSv1.2 TLSv1.3;",
+            "ssl_session_cache shared:SSL:10m;",
+            "ssl_session_tickets on;",
+            "proxy_pass http://bench_upstream;",
+            "keepalive 1024;",
+            "access_log off;",
+        ] {
+            assert!(tls.contains(needle), "missing {needle:?} in\n{tls}");
+        }
+        assert!(!tls.contains("ssl_verify_client"), "{tls}");
+        let mtls = nginx_config(&tls_plan(Front::Mtls), dir, None);
+        assert!(
+            mtls.contains("ssl_client_certificate /pki/ca.pem;"),
+            "{mtls}"
+        );
+        assert!(mtls.contains("ssl_verify_client on;"), "{mtls}");
+        // Plaintext scenarios are untouched by the certificates being known.
+        let plain = nginx_config(&tls_plan(Front::Http1), dir, None);
+        assert!(!plain.contains("ssl"), "{plain}");
+    }
+
+    #[test]
+    fn haproxy_tls_configs_terminate_and_verify() {
+        let tls = haproxy_config(&tls_plan(Front::Tls));
+        assert!(
+            tls.contains(
+                "bind 127.0.0.1:18080 ssl crt /pki/server-with-key.pem alpn http/1.1 \
+                 ssl-min-ver TLSv1.2\n"
+            ),
+            "{tls}"
+        );
+        assert!(tls.contains("mode http") && tls.contains("http-reuse always"));
+        assert!(!tls.contains("verify required"), "{tls}");
+        let mtls = haproxy_config(&tls_plan(Front::Mtls));
+        assert!(
+            mtls.contains("ca-file /pki/ca.pem verify required\n"),
+            "{mtls}"
+        );
+        assert!(!haproxy_config(&tls_plan(Front::Http1)).contains("ssl"));
+    }
+
+    #[test]
+    fn ringmesh_tls_config_passes_the_schema() {
+        let text = ringmesh_config(&tls_plan(Front::Tls));
+        let config = match config_schema::parse(&text) {
+            Ok(c) => c,
+            Err(errors) => panic!("{errors:?}\n{text}"),
+        };
+        let tls = config.spec.listeners[0]
+            .tls
+            .as_ref()
+            .expect("[listeners.tls]");
+        assert_eq!(tls.cert.as_deref(), Some("/pki/server.pem"));
+        assert_eq!(tls.key.as_deref(), Some("/pki/server.key"));
+        assert_eq!(tls.alpn, vec!["http/1.1".to_owned()]);
+        assert!(tls.client_ca.is_none() && !tls.require_client_cert);
+        assert_eq!(
+            config.spec.virtual_hosts[0].routes[0].cluster.as_deref(),
+            Some("upstream")
+        );
+    }
+
+    /// The mtls config asks for client certificates with the keys of `[listeners.tls]`; a build
+    /// without mTLS rejects exactly those keys as not supported (and the target is reported as
+    /// not able to run), a build with it accepts the config.
+    #[test]
+    fn ringmesh_mtls_config_requires_client_certificates() {
+        let text = ringmesh_config(&tls_plan(Front::Mtls));
+        assert!(text.contains("client_ca = \"/pki/ca.pem\"\nrequire_client_cert = true\n"));
+        match config_schema::parse(&text) {
+            Ok(config) => {
+                let tls = config.spec.listeners[0].tls.as_ref().expect("tls");
+                assert_eq!(tls.client_ca.as_deref(), Some("/pki/ca.pem"));
+                assert!(tls.require_client_cert);
+            }
+            Err(errors) => {
+                assert!(!errors.is_empty());
+                for e in &errors {
+                    let text = format!("{e:?}");
+                    assert!(
+                        text.contains("not supported yet")
+                            && (text.contains("client_ca") || text.contains("require_client_cert")),
+                        "{errors:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// nginx and HAProxy accept the TLS configs with real certificates (skipped when not
+    /// installed).
+    #[test]
+    fn peers_accept_generated_tls_configs() {
+        let pki = crate::tls::Pki::generate(&std::env::temp_dir()).expect("pki");
+        let dir = std::env::temp_dir().join(format!("rmb-tlscfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for front in [Front::Tls, Front::Mtls] {
+            let p = ProxyPlan {
+                tls: Some(pki.files.clone()),
+                ..plan(front)
+            };
+            if let Some(nginx) = sys::which("nginx") {
+                let path = dir.join("nginx.conf");
+                std::fs::write(&path, nginx_config(&p, &dir, None)).expect("write");
+                let out = std::process::Command::new(nginx)
+                    .args(["-t", "-q", "-p"])
+                    .arg(&dir)
+                    .arg("-e")
+                    .arg(dir.join("error.log"))
+                    .arg("-c")
+                    .arg(&path)
+                    .output()
+                    .expect("nginx -t");
+                assert!(
+                    out.status.success(),
+                    "{front:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            if let Some(haproxy) = sys::which("haproxy") {
+                let path = dir.join("haproxy.cfg");
+                std::fs::write(&path, haproxy_config(&p)).expect("write");
+                let out = std::process::Command::new(haproxy)
+                    .args(["-c", "-q", "-f"])
+                    .arg(&path)
+                    .output()
+                    .expect("haproxy -c");
+                assert!(
+                    out.status.success(),
+                    "{front:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The policies variant is a valid config with the policies on the route and the cluster.

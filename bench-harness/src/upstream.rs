@@ -6,6 +6,11 @@
 //! connection. The response body size is the server's default, or `N` for a `/payload/N` path
 //! (capped at [`MAX_PAYLOAD`]), so one upstream serves runs of any payload size.
 //!
+//! For the `tls` and `mtls` scenarios it also serves HTTPS/1.1 ([`UpstreamTls`]): the same
+//! responses over rustls, on one listener without and one with client certificates required, so
+//! that `direct` has a TLS baseline and the generator's headroom can be checked with its TLS
+//! client. The proxies still forward to the plaintext HTTP/1.1 listener.
+//!
 //! Each thread runs its own runtime, optionally pinned, and accepts on a duplicate of the same
 //! listening socket.
 //!
@@ -20,19 +25,21 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use socket2::{Domain, Socket, Type};
 
 use bytes::Bytes;
-use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, IntoPollIo};
 use monoio::net::{TcpListener, TcpStream};
 use serde::{Deserialize, Serialize};
 
 use crate::http1::{self, BodyReader};
 use crate::runtime::{self, Io};
+use crate::tls::{self, Conn, TlsConn};
 
 /// Largest response body the upstream will produce for a `/payload/N` request.
 pub const MAX_PAYLOAD: usize = 16 << 20;
@@ -60,6 +67,23 @@ pub struct UpstreamSpec {
     pub payload: usize,
     /// Make the HTTP/1.1 listener flap (h2c and echo never do).
     pub flap: Option<Flap>,
+    /// HTTPS/1.1 listener address (needs `tls`).
+    pub https: Option<SocketAddr>,
+    /// HTTPS/1.1 listener that requires a client certificate (needs `tls`).
+    pub https_mtls: Option<SocketAddr>,
+    /// Certificates of the HTTPS listeners.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// PEM files of the HTTPS listeners.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CA that client certificates must chain to (the `https_mtls` listener).
+    pub client_ca: PathBuf,
 }
 
 /// What a flapping upstream does to a request during a down phase.
@@ -136,6 +160,12 @@ pub struct UpstreamAddrs {
     pub h2: Option<SocketAddr>,
     /// TCP echo.
     pub echo: Option<SocketAddr>,
+    /// HTTPS/1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<SocketAddr>,
+    /// HTTPS/1.1 with client certificates required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_mtls: Option<SocketAddr>,
 }
 
 /// Accept queue of each listener. A proxy that fans HTTP/2 streams out over HTTP/1.1 opens hundreds
@@ -168,14 +198,41 @@ pub fn start(spec: &UpstreamSpec) -> io::Result<UpstreamAddrs> {
     let http = bind(spec.http, flap_resets)?;
     let h2 = bind(spec.h2, false)?;
     let echo = bind(spec.echo, false)?;
+    let https = bind(spec.https, false)?;
+    let https_mtls = bind(spec.https_mtls, false)?;
+    let invalid = |e: anyhow::Error| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:#}"));
+    let server_config = |listener: Option<SocketAddr>, mtls: bool| {
+        let Some(_) = listener else {
+            return Ok(None);
+        };
+        let Some(t) = &spec.tls else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an HTTPS listener needs a certificate and key",
+            ));
+        };
+        let ca = mtls.then_some(t.client_ca.as_path());
+        tls::server_config(&t.cert, &t.key, ca)
+            .map(Some)
+            .map_err(invalid)
+    };
+    let tls_config = server_config(spec.https, false)?;
+    let mtls_config = server_config(spec.https_mtls, true)?;
     let addrs = UpstreamAddrs {
         http: http.as_ref().map(StdListener::local_addr).transpose()?,
         h2: h2.as_ref().map(StdListener::local_addr).transpose()?,
         echo: echo.as_ref().map(StdListener::local_addr).transpose()?,
+        https: https.as_ref().map(StdListener::local_addr).transpose()?,
+        https_mtls: https_mtls
+            .as_ref()
+            .map(StdListener::local_addr)
+            .transpose()?,
     };
     for t in 0..spec.threads.max(1) {
         let clone = |l: &Option<StdListener>| l.as_ref().map(StdListener::try_clone).transpose();
         let (http, h2, echo) = (clone(&http)?, clone(&h2)?, clone(&echo)?);
+        let (https, https_mtls) = (clone(&https)?, clone(&https_mtls)?);
+        let (tls_config, mtls_config) = (tls_config.clone(), mtls_config.clone());
         let core = (!spec.cores.is_empty()).then(|| spec.cores[t % spec.cores.len()]);
         let (io, payload, flap) = (spec.io, spec.payload, spec.flap);
         std::thread::Builder::new()
@@ -191,13 +248,19 @@ pub fn start(spec: &UpstreamSpec) -> io::Result<UpstreamAddrs> {
                             flap,
                             ..Responses::new(payload)
                         });
-                        monoio::spawn(accept_loop(l, flapping, Protocol::Http));
+                        monoio::spawn(accept_loop(l, flapping, Protocol::Http(None)));
                     }
                     if let Some(l) = h2 {
                         monoio::spawn(accept_loop(l, responses.clone(), Protocol::H2));
                     }
                     if let Some(l) = echo {
                         monoio::spawn(accept_loop(l, responses.clone(), Protocol::Echo));
+                    }
+                    for (l, config) in [(https, tls_config), (https_mtls, mtls_config)] {
+                        if let (Some(l), Some(config)) = (l, config) {
+                            let protocol = Protocol::Http(Some(config));
+                            monoio::spawn(accept_loop(l, responses.clone(), protocol));
+                        }
                     }
                     std::future::pending::<()>().await;
                 });
@@ -209,9 +272,10 @@ pub fn start(spec: &UpstreamSpec) -> io::Result<UpstreamAddrs> {
     Ok(addrs)
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Protocol {
-    Http,
+    /// HTTP/1.1, over TLS with this config.
+    Http(Option<Arc<rustls::ServerConfig>>),
     H2,
     Echo,
 }
@@ -229,10 +293,16 @@ async fn accept_loop(listener: StdListener, responses: Rc<Responses>, protocol: 
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 let responses = responses.clone();
+                let protocol = protocol.clone();
                 monoio::spawn(async move {
                     // Connection errors (resets by a proxy under test) end that connection only.
                     let _ = match protocol {
-                        Protocol::Http => serve_http(stream, &responses).await,
+                        Protocol::Http(None) => serve_http(Conn::Plain(stream), &responses).await,
+                        Protocol::Http(Some(config)) => match TlsConn::accept(stream, config).await
+                        {
+                            Ok(tls) => serve_http(Conn::Tls(Box::new(tls)), &responses).await,
+                            Err(e) => Err(e),
+                        },
                         Protocol::H2 => serve_h2(stream, responses).await,
                         Protocol::Echo => serve_echo(stream).await,
                     };
@@ -294,7 +364,7 @@ impl Responses {
 }
 
 /// Serves HTTP/1.1 keep-alive requests, pipelined or not, until the client closes.
-async fn serve_http(mut stream: TcpStream, responses: &Responses) -> io::Result<()> {
+async fn serve_http(mut stream: Conn, responses: &Responses) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
     let mut out: Vec<u8> = Vec::with_capacity(READ_BUF);
     // The request whose body is still arriving: its body reader, response size, close flag.
@@ -361,9 +431,8 @@ async fn serve_http(mut stream: TcpStream, responses: &Responses) -> io::Result<
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(READ_BUF);
         }
-        let len = buf.len();
-        let (res, slice) = stream.read(buf.slice_mut(len..)).await;
-        buf = slice.into_inner();
+        let (res, back) = stream.read_append(buf).await;
+        buf = back;
         if res? == 0 {
             return Ok(());
         }

@@ -228,12 +228,16 @@ fn status_line(s: &mut String, targets: &[TargetStatus]) {
     for t in targets {
         match &t.skipped {
             None => {
-                let extra = [t.version.as_str(), t.detail.as_deref().unwrap_or("")]
-                    .iter()
-                    .filter(|x| !x.is_empty())
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let extra = [
+                    t.version.as_str(),
+                    t.detail.as_deref().unwrap_or(""),
+                    t.tls.as_deref().unwrap_or(""),
+                ]
+                .iter()
+                .filter(|x| !x.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
                 let _ = writeln!(
                     s,
                     "- {}: ran{}",
@@ -366,6 +370,43 @@ fn scenario(s: &mut String, sc: &ScenarioReport, headline: f64) {
                 m.kind,
                 m.connections,
                 fmt_spread(&m.kib_per_connection, |v| format!("{v:.1} KiB"))
+            );
+        }
+    }
+    for h in sc.handshakes.iter().chain(&sc.resumed_handshakes) {
+        let _ = writeln!(
+            s,
+            "\n### New TLS handshakes (closed loop, {} connections, a new connection per request, {} handshakes)\n\n\
+             Each request: TCP connect, TLS handshake, one request with `Connection: close`, close. \
+             Handshakes per second is the rate of such requests; the proxy's CPU covers the accept, \
+             the handshake, the proxied request and the close.\n\n\
+             | target | handshakes/s | resumed (share of the client's handshakes) | proxy CPU (share of its cores) | proxy CPU s / 1000 handshakes | p99 (connect + handshake + request) | bottleneck |\n\
+             |---|---|---|---|---|---|---|",
+            h.connections,
+            if h.resumption {
+                "resumed (tickets or session IDs from the target's earlier handshakes)"
+            } else {
+                "full (no resumption)"
+            }
+        );
+        for m in &h.max {
+            let resumed = crate::stats::Spread::of(
+                &h.runs
+                    .iter()
+                    .filter(|r| r.target == m.kind)
+                    .filter_map(|r| r.resumed_share)
+                    .collect::<Vec<_>>(),
+            );
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                m.kind,
+                fmt_spread(&m.rps, fmt_rate),
+                fmt_median(&resumed, pct),
+                fmt_median(&m.proxy_util, pct),
+                fmt_median(&m.cpu_per_1k, cpu),
+                fmt_median(&m.p99_us, fmt_us),
+                m.bottleneck.label()
             );
         }
     }

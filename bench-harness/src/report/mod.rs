@@ -105,6 +105,9 @@ pub struct TargetStatus {
     pub version: String,
     /// Extra facts (ringmesh's driver).
     pub detail: Option<String>,
+    /// TLS scenarios: what the harness's probe handshake negotiated with the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
 }
 
 /// What limited a run.
@@ -169,6 +172,10 @@ pub struct RunRecord {
     pub bottleneck: Bottleneck,
     /// Open loop: the generator, not the target, made latency (large generator lag).
     pub generator_limited: bool,
+    /// TLS handshake runs: the share of the generator's handshakes (whole run, warm-up
+    /// included) that resumed a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_share: Option<f64>,
 }
 
 /// Maximum throughput of one target, over rounds.
@@ -293,6 +300,27 @@ pub struct ScenarioReport {
     pub ratios: Vec<RatioRow>,
     /// Memory per idle keep-alive connection, per proxy.
     pub idle_memory: Vec<IdleMemory>,
+    /// Every run.
+    pub runs: Vec<RunRecord>,
+    /// TLS scenarios: new handshakes per second (absent in other scenarios and older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshakes: Option<HandshakeReport>,
+    /// TLS scenarios: the same with session resumption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_handshakes: Option<HandshakeReport>,
+}
+
+/// New TLS handshakes per second: closed loop, each request on a new connection with a full
+/// handshake (`resumption` false) or one resumed from the target's previous tickets, and
+/// `Connection: close`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandshakeReport {
+    /// Concurrent connections (lanes) of the closed loop.
+    pub connections: usize,
+    /// Whether the client resumed sessions (false: every handshake is a full one).
+    pub resumption: bool,
+    /// Per target: `rps` is handshakes per second, `cpu_per_1k` proxy CPU s per 1000 handshakes.
+    pub max: Vec<MaxSummary>,
     /// Every run.
     pub runs: Vec<RunRecord>,
 }
