@@ -41,6 +41,7 @@ both_drivers!(
     grpc_with_a_client_svid_through_a_mesh_listener,
     rotation_under_load_fails_no_request_and_serves_the_new_serial,
     a_reload_keeps_an_unchanged_identity_and_a_broken_one_fails_whole,
+    client_ca_alone_verifies_plain_chains_for_clients_outside_the_mesh,
 );
 
 const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
@@ -1034,4 +1035,76 @@ fn a_reload_keeps_an_unchanged_identity_and_a_broken_one_fails_whole(driver: Dri
         &format!("https://localhost:{port}/"),
     ]);
     assert_eq!(out.response().status, 200, "the old config keeps serving");
+}
+
+fn client_ca_alone_verifies_plain_chains_for_clients_outside_the_mesh(driver: Driver) {
+    let dir = Dir::new();
+    let clients = Ca::new("partner clients CA");
+    let other = Ca::new("some other CA");
+    let server_ca = Ca::new("server CA");
+    let ca = dir.write("clients.pem", &clients.pem());
+    let server_pem = dir.write("server-ca.pem", &server_ca.pem());
+    // Plain certificates: a DNS name, no URI SAN — no SPIFFE rules apply without patterns.
+    let plain = |ca: &Ca| {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, "client");
+        ca.sign(&params)
+    };
+    let (server_crt, server_key) = dir.pair("server", &plain(&server_ca));
+    let good = dir.pair("good", &plain(&clients));
+    let stranger = dir.pair("stranger", &plain(&other));
+    let app = HttpUpstream::named("app");
+    let proxy = mesh_proxy(
+        driver,
+        app.address(),
+        "h1",
+        &format!(
+            "cert = \"{server_crt}\"\nkey = \"{server_key}\"\nclient_ca = \"{ca}\"\nrequire_client_cert = true"
+        ),
+        "",
+    );
+    let port = proxy.listener("mesh").port().to_string();
+    let get = |pair: Option<&(String, String)>| {
+        let mut args = vec![
+            "-s".to_owned(),
+            "-o".to_owned(),
+            "/dev/null".to_owned(),
+            "-w".to_owned(),
+            "%{http_code}".to_owned(),
+            "--cacert".to_owned(),
+            server_pem.clone(),
+            "--resolve".to_owned(),
+            format!("localhost:{port}:127.0.0.1"),
+        ];
+        if let Some((crt, key)) = pair {
+            args.extend([
+                "--cert".to_owned(),
+                crt.clone(),
+                "--key".to_owned(),
+                key.clone(),
+            ]);
+        }
+        args.push(format!("https://localhost:{port}/"));
+        curl(args).stdout_text()
+    };
+    assert_eq!(get(Some(&good)), "200", "a client of client_ca is served");
+    assert_ne!(
+        get(Some(&stranger)),
+        "200",
+        "another CA's client is refused"
+    );
+    assert_ne!(get(None), "200", "no certificate is refused");
+    for reason in ["untrusted_root", "no_certificate"] {
+        wait_until(PATIENCE, format!("{reason} counted"), || {
+            match failures(&proxy, reason) {
+                n if n >= 1.0 => Ok(()),
+                n => Err(format!("{reason} = {n}")),
+            }
+        });
+        assert!(
+            refusal_lines(&proxy, reason) >= 1,
+            "a WARN line for {reason}"
+        );
+    }
+    assert_eq!(app.request_count(), 1);
 }
