@@ -46,9 +46,10 @@ pub fn compile_with(
     mesh: &Mesh,
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let spec = &config.spec;
-    // Pools are keyed by the TLS settings and, for clusters that present or trust the node's
-    // identity, by which identity (its files): connections made as one identity are never
-    // reused as another.
+    // Pools are keyed by the TLS settings and, when the node has an identity, by which one (its
+    // trust domain and files; for every TLS cluster, which is simpler than telling which of them
+    // present or trust it and costs only a fresh pool when [identity] changes): connections made
+    // as one identity are never reused as another.
     let identity_key = mesh
         .store
         .as_ref()
