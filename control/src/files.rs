@@ -9,8 +9,9 @@
 //!
 //! The certificates and keys of `[listeners.tls]` and `[clusters.tls]` are checked here for
 //! existence; that they parse and that each key fits its certificate is checked when the proxy
-//! compiles the snapshot (`dataplane::tls::config`). `[identity]` is still rejected as not
-//! supported yet (`config_schema::support`).
+//! compiles the snapshot (`dataplane::tls::config`); `[identity]`'s files are checked for
+//! existence here and loaded (and checked as an SVID with its key and bundle) by
+//! `dataplane::identity::Store::open` when the reload path opens the store.
 
 use std::path::Path;
 
@@ -213,7 +214,7 @@ endpoints = ["127.0.0.1:1"]
     #[test]
     fn federated_trust_bundles_are_checked_files() {
         let mut config = config_schema::parse("").expect("valid");
-        // `parse` rejects [identity] until the data plane acts on it; set on the parsed spec.
+        // Set on the parsed spec: `parse` would want a whole config around it.
         config.spec.identity = Some(config_schema::IdentitySpec {
             trust_domain: "cluster.local".into(),
             cert: "/nonexistent/svid.pem".into(),

@@ -35,8 +35,9 @@ pub(super) fn render(shared: &Shared) -> String {
     authz(&mut out, &snapshot);
     istio_tcp(&mut out, &snapshot);
     istio_http(&mut out, &snapshot);
-    if let Some(identity) = shared.identity.load_full() {
-        identity.render_prometheus(&mut out, std::time::SystemTime::now());
+    match shared.identity.load_full() {
+        Some(identity) => identity.render_prometheus(&mut out, std::time::SystemTime::now()),
+        None => shared.identity_metrics.render_prometheus(&mut out),
     }
     out
 }

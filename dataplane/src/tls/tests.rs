@@ -243,3 +243,78 @@ fn files_that_do_not_load_are_errors_at_their_key() {
     let error = ServerTls::from_spec(&spec, ListenerProtocol::Http).expect_err("missing key");
     assert_eq!(error.at, "certificates[0].key");
 }
+
+/// Which client verification each combination of listener keys gets (without an identity).
+#[test]
+fn listener_client_verification_follows_the_keys() {
+    let mesh = Mesh::default();
+    let build = |change: &dyn Fn(&mut ListenerTlsSpec)| {
+        let mut spec = server_spec(&[]);
+        change(&mut spec);
+        ServerTls::build(&spec, ListenerProtocol::Http, &mesh)
+    };
+    // No client keys: no client certificate is asked for.
+    let plain = build(&|_| {}).expect("loads");
+    assert!(plain.client_auth.is_none());
+    // `client_ca` alone: plain chain verification, whose refusals the transport counts.
+    let ca = build(&|s| s.client_ca = Some(fixture("ca.pem"))).expect("loads");
+    assert!(ca.client_auth.as_ref().is_some_and(|auth| !auth.spiffe));
+    // With patterns: SPIFFE rules, the file as the patterns' domains' bundle.
+    let spiffe = build(&|s| {
+        s.client_ca = Some(fixture("ca.pem"));
+        s.allowed_spiffe_ids = vec!["spiffe://cluster.local/ns/a/*".into()];
+    })
+    .expect("loads");
+    assert!(spiffe.client_auth.as_ref().is_some_and(|auth| auth.spiffe));
+    // `"*"` is any identity: the same as no pattern.
+    let any = build(&|s| {
+        s.client_ca = Some(fixture("ca.pem"));
+        s.allowed_spiffe_ids = vec!["*".into()];
+    })
+    .expect("loads");
+    assert!(any.client_auth.as_ref().is_some_and(|auth| !auth.spiffe));
+    // A pattern that does not parse is an error at its element.
+    let error = build(&|s| {
+        s.client_ca = Some(fixture("ca.pem"));
+        s.allowed_spiffe_ids = vec![
+            "spiffe://cluster.local/ns/a/*".into(),
+            "spiffe://cluster.local/ns/a/".into(),
+        ];
+    })
+    .expect_err("a trailing / is no pattern");
+    assert_eq!(error.at, "allowed_spiffe_ids[1]");
+    // Patterns without a trust source: nothing to verify with.
+    let error = build(&|s| s.allowed_spiffe_ids = vec!["spiffe://cluster.local/ns/a/*".into()])
+        .expect_err("no trust source");
+    assert_eq!(error.at, "client_ca");
+    // Without a certificate and without an identity (validation refuses that config) nothing
+    // turns client verification on by itself.
+    let bare = build(&|s| {
+        s.cert = None;
+        s.key = None;
+    });
+    assert!(bare.is_ok_and(|tls| tls.client_auth.is_none()));
+}
+
+/// Upstream SPIFFE checks need a trust source and patterns that parse.
+#[test]
+fn cluster_verification_follows_the_keys() {
+    let mesh = Mesh::default();
+    let spec = |ca: Option<&str>, expected: &[&str]| config_schema::UpstreamTlsSpec {
+        sni: None,
+        ca: ca.map(fixture),
+        cert: None,
+        key: None,
+        expected_spiffe_ids: expected.iter().map(|e| (*e).to_owned()).collect(),
+        alpn: Vec::new(),
+    };
+    let build = |spec: &config_schema::UpstreamTlsSpec| {
+        ClientTls::build(spec, UpstreamProtocol::Auto, 1, &mesh).map(drop)
+    };
+    assert!(build(&spec(Some("ca.pem"), &[])).is_ok());
+    assert!(build(&spec(Some("ca.pem"), &["spiffe://cluster.local/ns/a/sa/b"])).is_ok());
+    let error = build(&spec(Some("ca.pem"), &["cluster.local/ns/a"])).expect_err("bad pattern");
+    assert_eq!(error.at, "expected_spiffe_ids[0]");
+    let error = build(&spec(None, &["spiffe://cluster.local/ns/a/sa/b"])).expect_err("no trust");
+    assert_eq!(error.at, "ca");
+}
