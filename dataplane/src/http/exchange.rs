@@ -73,6 +73,7 @@ use crate::routing::{
     shadow_host,
 };
 use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
+use crate::tls::TlsInfo;
 use crate::upstream::outlier::Observation;
 
 /// The largest request body kept for a retry; bigger bodies are not retried.
@@ -502,7 +503,7 @@ fn reply(local: Local<'_>, delay: Option<Duration>) -> Decision<'_> {
 }
 
 /// Authorization (`policy::authz`): the listener's policies over the request, with the peer's
-/// identity once mTLS provides one. Records the deciding and the auditing policy for the access
+/// verified identity and SNI when the connection is TLS. Records the deciding and the auditing policy for the access
 /// log; returns whether the request may go on.
 #[inline]
 fn authorize<'s>(
@@ -515,9 +516,9 @@ fn authorize<'s>(
     let input = AuthzInput {
         source_ip: record.peer_ip,
         remote_ip: record.client_ip,
-        // Filled by the mTLS integration: the connection's verified SPIFFE ID and SNI.
-        principal: None,
-        sni: None,
+        // The connection's verified SPIFFE ID and SNI, borrowed from its TLS details.
+        principal: head.tls.and_then(TlsInfo::peer_id),
+        sni: head.tls.and_then(|tls| tls.sni.as_deref()),
         destination_port: listener.local_addr.port(),
         http: Some(HttpAttributes {
             method: head.method,
