@@ -70,12 +70,7 @@ pub const NOT_SUPPORTED_YET: &str = "not supported yet";
 /// acting on its key.
 #[rustfmt::skip]
 pub const NOT_SUPPORTED: &[Unsupported] = &[
-    Unsupported { path: "identity", consequence: "workload identity (SPIFFE mTLS) — this node would present no certificate and verify no peer, so its traffic would be plaintext and unauthenticated; remove [identity]", except: None },
     Unsupported { path: "telemetry.tracing", consequence: "tracing — no span would be sampled, recorded or exported (traceparent headers pass through as any other header); remove [telemetry.tracing]", except: None },
-    Unsupported { path: "listeners[].tls.client_ca", consequence: "client certificate verification (mTLS) — clients would not be asked for a certificate, so any client would be served; remove listeners.tls.client_ca", except: None },
-    Unsupported { path: "listeners[].tls.require_client_cert", consequence: "client certificate verification (mTLS) — clients without a certificate would be served; remove listeners.tls.require_client_cert", except: None },
-    Unsupported { path: "listeners[].tls.allowed_spiffe_ids", consequence: "client SPIFFE identity checks — any client would be served whatever its identity; remove listeners.tls.allowed_spiffe_ids", except: None },
-    Unsupported { path: "clusters[].tls.expected_spiffe_ids", consequence: "upstream SPIFFE identity checks — any upstream the CA bundle vouches for would be trusted whatever its identity; remove clusters.tls.expected_spiffe_ids", except: None },
 ];
 
 /// The entry for the key at `path` (a concrete path such as `clusters[2].tls`), if it is not
@@ -118,17 +113,19 @@ mod tests {
 
     #[test]
     fn patterns_match_every_list_element_and_nothing_else() {
-        assert!(unsupported("clusters[0].tls.expected_spiffe_ids").is_some());
-        assert!(unsupported("clusters[12].tls.expected_spiffe_ids").is_some());
-        assert!(unsupported("listeners[3].tls.client_ca").is_some());
-        assert!(unsupported("listeners[0].tls.require_client_cert").is_some());
-        assert!(unsupported("listeners[0].tls.allowed_spiffe_ids").is_some());
+        assert!(unsupported("telemetry.tracing").is_some());
+        assert!(unsupported("telemetry.tracing.sample_percent").is_none());
+        // mTLS and SPIFFE identities are built.
+        assert!(unsupported("clusters[0].tls.expected_spiffe_ids").is_none());
+        assert!(unsupported("listeners[3].tls.client_ca").is_none());
+        assert!(unsupported("listeners[0].tls.require_client_cert").is_none());
+        assert!(unsupported("listeners[0].tls.allowed_spiffe_ids").is_none());
         // SNI passthrough is built too.
         assert!(unsupported("listeners[7].tls.sni_routes").is_none());
         assert!(unsupported("listeners[7].tls.mode").is_none());
         assert!(unsupported("virtual_hosts[1].routes[3].fault").is_none());
         assert!(unsupported("clusters[3].outlier_detection").is_none());
-        assert!(unsupported("identity").is_some());
+        assert!(unsupported("identity").is_none());
         // TLS itself is built: the sections and their other keys pass.
         assert!(unsupported("clusters[0].tls").is_none());
         assert!(unsupported("listeners[0].tls").is_none());

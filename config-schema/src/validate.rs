@@ -513,6 +513,12 @@ impl<'a> Checker<'a> {
         for (i, id) in tls.allowed_spiffe_ids.iter().enumerate() {
             self.spiffe_pattern(&format!("{path}.allowed_spiffe_ids[{i}]"), id);
         }
+        if !tls.allowed_spiffe_ids.is_empty() && tls.client_ca.is_none() && !self.has_identity {
+            self.issue(
+                format!("{path}.allowed_spiffe_ids"),
+                "checking client SPIFFE IDs needs a trust source: `client_ca` or an [identity] trust bundle",
+            );
+        }
         for (i, alpn) in tls.alpn.iter().enumerate() {
             if alpn != "h2" && alpn != "http/1.1" {
                 self.issue(
@@ -1588,8 +1594,7 @@ mod tests {
 
     #[test]
     fn federated_trust_bundles_deserialize_and_validate() {
-        // `parse` rejects [identity] until the data plane acts on it (`support`), so the section
-        // is deserialized and validated here directly.
+        // The section is deserialized and validated here directly (no BASE config needed).
         let spec = |bundles: &str| -> ConfigSpec {
             toml::from_str(&format!(
                 "[identity]\ntrust_domain = \"cluster.local\"\ncert = \"c\"\nkey = \"k\"\n\

@@ -529,59 +529,12 @@ fn references_into_a_broken_section_are_not_guessed() {
 #[test]
 fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
     // (config, path, the line's text, what the message says)
-    let cases: Vec<(String, &str, &str, &str)> = vec![
-        (
-            format!(
-                "[identity]\ntrust_domain = \"Not Valid\"\ncert = \"\"\nkey = \"k\"\nca_bundle = \"c\"\n{BASE}"
-            ),
-            "identity",
-            "[identity]",
-            "plaintext and unauthenticated",
-        ),
-        (
-            format!("{BASE}\n[telemetry.tracing]\nsample_percent = 150.0\n"),
-            "telemetry.tracing",
-            "[telemetry.tracing]",
-            "no span would be sampled",
-        ),
-        // TLS itself is built; the nested keys for mTLS, SPIFFE and passthrough are not.
-        (
-            BASE.replace(
-                "protocol = \"auto\"",
-                "protocol = \"auto\"\ntls = { cert = \"c.pem\", key = \"k.pem\", client_ca = \"ca.pem\" }",
-            ),
-            "listeners[0].tls.client_ca",
-            "tls = {",
-            "clients would not be asked for a certificate",
-        ),
-        (
-            BASE.replace(
-                "protocol = \"auto\"",
-                "protocol = \"auto\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nrequire_client_cert = true",
-            ),
-            "listeners[0].tls.require_client_cert",
-            "require_client_cert = true",
-            "clients without a certificate would be served",
-        ),
-        (
-            BASE.replace(
-                "protocol = \"auto\"",
-                "protocol = \"auto\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nallowed_spiffe_ids = [\"nonsense\"]",
-            ),
-            "listeners[0].tls.allowed_spiffe_ids",
-            "allowed_spiffe_ids = ",
-            "whatever its identity",
-        ),
-        (
-            BASE.replace(
-                "[\"127.0.0.1:9000\"]",
-                "[\"127.0.0.1:9000\"]\ntls = { ca = \"ca.pem\", expected_spiffe_ids = [\"nonsense\"] }",
-            ),
-            "clusters[1].tls.expected_spiffe_ids",
-            "tls = { ca",
-            "upstream SPIFFE identity checks",
-        ),
-    ];
+    let cases: Vec<(String, &str, &str, &str)> = vec![(
+        format!("{BASE}\n[telemetry.tracing]\nsample_percent = 150.0\n"),
+        "telemetry.tracing",
+        "[telemetry.tracing]",
+        "no span would be sampled",
+    )];
     for (text, path, line_text, needle) in &cases {
         let errors = errors_of(text);
         assert_eq!(errors.len(), 1, "{path}: one error, got {errors:#?}");
@@ -771,4 +724,79 @@ fn panic_threshold_over_100_is_rejected() {
         line_of(&text, "panic_threshold"),
         "between 0 and 100",
     );
+}
+
+/// mTLS and SPIFFE keys are acted on; their mistakes are errors at their line.
+#[test]
+fn mtls_and_identity_mistakes_are_reported_at_their_line() {
+    // (config, path, the line's text, what the message says)
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        (
+            format!(
+                "[identity]\ntrust_domain = \"Not Valid\"\ncert = \"c.pem\"\nkey = \"k\"\nca_bundle = \"c\"\n{BASE}"
+            ),
+            "identity.trust_domain",
+            "trust_domain = \"Not Valid\"",
+            "trust domain",
+        ),
+        (
+            BASE.replace(
+                "protocol = \"auto\"",
+                "protocol = \"auto\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nrequire_client_cert = true",
+            ),
+            "listeners[0].tls.require_client_cert",
+            "require_client_cert = true",
+            "needs `client_ca`",
+        ),
+        (
+            BASE.replace(
+                "protocol = \"auto\"",
+                "protocol = \"auto\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\nallowed_spiffe_ids = [\"nonsense\"]",
+            ),
+            "listeners[0].tls.allowed_spiffe_ids[0]",
+            "allowed_spiffe_ids = ",
+            "invalid SPIFFE ID",
+        ),
+        (
+            BASE.replace(
+                "protocol = \"auto\"",
+                "protocol = \"auto\"\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nallowed_spiffe_ids = [\"spiffe://cluster.local/ns/a/*\"]",
+            ),
+            "listeners[0].tls.allowed_spiffe_ids",
+            "allowed_spiffe_ids = ",
+            "needs a trust source",
+        ),
+        (
+            BASE.replace(
+                "[\"127.0.0.1:9000\"]",
+                "[\"127.0.0.1:9000\"]\ntls = { ca = \"ca.pem\", expected_spiffe_ids = [\"nonsense\"] }",
+            ),
+            "clusters[1].tls.expected_spiffe_ids[0]",
+            "tls = { ca",
+            "invalid SPIFFE ID",
+        ),
+        (
+            BASE.replace(
+                "[\"127.0.0.1:9000\"]",
+                "[\"127.0.0.1:9000\"]\ntls = { expected_spiffe_ids = [\"spiffe://cluster.local/ns/a/sa/b\"] }",
+            ),
+            "clusters[1].tls.ca",
+            "tls = { expected",
+            "needs `ca`",
+        ),
+    ];
+    for (text, path, line_text, needle) in &cases {
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1, "{path}: one error, got {errors:#?}");
+        let error = &errors[0];
+        assert_eq!(error.path, *path);
+        assert_eq!(error.line, line_of(text, line_text), "{path}");
+        assert!(error.message.contains(needle), "{path}: {}", error.message);
+    }
+    // A CA bundle alone is a valid mTLS listener (plain chain verification).
+    let text = BASE.replace(
+        "protocol = \"auto\"",
+        "protocol = \"auto\"\ntls = { cert = \"c.pem\", key = \"k.pem\", client_ca = \"ca.pem\", require_client_cert = true }",
+    );
+    assert!(parse(&text).is_ok(), "{:?}", parse(&text).err());
 }

@@ -9,8 +9,9 @@
 //!
 //! The certificates and keys of `[listeners.tls]` and `[clusters.tls]` are checked here for
 //! existence; that they parse and that each key fits its certificate is checked when the proxy
-//! compiles the snapshot (`dataplane::tls::config`). `[identity]` is still rejected as not
-//! supported yet (`config_schema::support`).
+//! compiles the snapshot (`dataplane::tls::config`); `[identity]`'s files are checked for
+//! existence here and loaded (and checked as an SVID with its key and bundle) by
+//! `dataplane::identity::Store::open` when the reload path opens the store.
 
 use std::path::Path;
 

@@ -313,7 +313,7 @@ async fn serve_tls(
         Ok(accepted) => accepted,
         Err(e) => {
             counters.tls_handshake_errors.inc();
-            debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
+            handshake_refused(tls, &name, peer, &e);
             return;
         }
     };
@@ -327,6 +327,127 @@ async fn serve_tls(
             crate::http::serve_tls(Rc::clone(core), snapshot.clone(), name, stream, info, peer)
                 .await;
         }
+    }
+}
+
+/// Logs (and, where the verifier did not, counts) a failed server handshake.
+///
+/// A refused client certificate is what an operator must see: it logs at WARN with the listener,
+/// the peer and the `reason` label of `ringmesh_tls_handshake_failures_total`. Logging is
+/// rate-limited per worker ([`RefusalLog`]: a burst of 32 lines, then 4 a second; the lines
+/// skipped are counted in the next line's `suppressed`), so a flood of bad handshakes costs a
+/// counter each, not a log line each. The counters are exact. Handshakes that fail for other
+/// reasons (a client that goes away, a protocol error, a timeout) stay at DEBUG: scanners and
+/// health checkers make many, and `ringmesh_listener_tls_handshake_errors_total` counts them.
+fn handshake_refused(
+    tls: &crate::tls::ServerTls,
+    name: &str,
+    peer: SocketAddr,
+    error: &crate::tls::HandshakeError,
+) {
+    let rustls_error = match error {
+        crate::tls::HandshakeError::Failed(e) => e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        crate::tls::HandshakeError::TimedOut(_) => None,
+    };
+    let reason = match (rustls_error, &tls.client_auth) {
+        (Some(e), Some(auth)) => match crate::identity::refusal_reason(e) {
+            Some(reason) => {
+                // The SPIFFE verifiers count what they refuse; rustls refuses a missing
+                // certificate itself, and a plain `client_ca` verifier counts nothing.
+                if reason == crate::identity::Reason::NoCertificate || !auth.spiffe {
+                    auth.metrics.handshake_failed(reason);
+                }
+                Some(reason)
+            }
+            None if !auth.spiffe => {
+                let reason = webpki_reason(e);
+                if let Some(reason) = reason {
+                    auth.metrics.handshake_failed(reason);
+                }
+                reason
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    match reason {
+        Some(reason) => {
+            if let Some(suppressed) = REFUSAL_LOG.with(RefusalLog::admit) {
+                warn!(listener = %name, %peer, reason = reason.as_str(), suppressed, error = %error, "TLS handshake refused: client certificate");
+            }
+        }
+        None => debug!(listener = %name, %peer, %error, "TLS handshake failed"),
+    }
+}
+
+/// The refusal reason of a plain (`client_ca`) chain verification error.
+fn webpki_reason(error: &rustls::Error) -> Option<crate::identity::Reason> {
+    use crate::identity::Reason;
+    use rustls::CertificateError as E;
+    let rustls::Error::InvalidCertificate(e) = error else {
+        return None;
+    };
+    Some(match e {
+        E::Expired | E::ExpiredContext { .. } => Reason::Expired,
+        E::NotValidYet | E::NotValidYetContext { .. } => Reason::NotYetValid,
+        E::UnknownIssuer => Reason::UntrustedRoot,
+        E::BadEncoding => Reason::Malformed,
+        E::BadSignature | E::UnsupportedSignatureAlgorithmContext { .. } => Reason::WeakSignature,
+        _ => Reason::InvalidChain,
+    })
+}
+
+thread_local! {
+    /// This worker's budget of handshake refusal lines.
+    static REFUSAL_LOG: RefusalLog = const { RefusalLog::new() };
+}
+
+/// A token bucket for log lines: [`RefusalLog::BURST`] at once, then
+/// [`RefusalLog::PER_SECOND`]; per worker, so it needs no lock.
+#[derive(Debug)]
+struct RefusalLog {
+    /// Tokens left and when they were last refilled.
+    state: std::cell::Cell<(u32, Option<std::time::Instant>)>,
+    /// Lines skipped since the last one written.
+    suppressed: std::cell::Cell<u64>,
+}
+
+impl RefusalLog {
+    const BURST: u32 = 32;
+    const PER_SECOND: u32 = 4;
+
+    const fn new() -> Self {
+        Self {
+            state: std::cell::Cell::new((Self::BURST, None)),
+            suppressed: std::cell::Cell::new(0),
+        }
+    }
+
+    /// `Some(lines skipped before this one)` if a line may be written now.
+    fn admit(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let (tokens, since) = self.state.get();
+        let refill = since.map_or(0, |since| {
+            let elapsed = now.saturating_duration_since(since);
+            u32::try_from(elapsed.as_millis() * u128::from(Self::PER_SECOND) / 1000)
+                .unwrap_or(u32::MAX)
+        });
+        let tokens = tokens.saturating_add(refill).min(Self::BURST);
+        // Only move the refill clock when tokens were added, so slow trickles still accrue.
+        let since = if refill > 0 || since.is_none() {
+            Some(now)
+        } else {
+            since
+        };
+        if tokens == 0 {
+            self.state.set((0, since));
+            self.suppressed.set(self.suppressed.get() + 1);
+            return None;
+        }
+        self.state.set((tokens - 1, since));
+        Some(self.suppressed.replace(0))
     }
 }
 

@@ -28,9 +28,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use config_schema::{Config, ConfigError};
+use config_schema::{Config, ConfigError, IdentitySpec};
 use tracing::{info, warn};
 
+use crate::identity::{IdentityFiles, LoadError, Store, Watcher, store::POLL_INTERVAL};
 use crate::listener;
 use crate::shared::Shared;
 use crate::snapshot;
@@ -131,6 +132,17 @@ pub struct Reloader {
     /// Sockets taken over from a previous process, by listener name; adopted by the first apply
     /// when name and configured address match, closed otherwise.
     inherited: HashMap<String, ListenerSockets>,
+    /// The node's identity in force (`[identity]`), with its watcher thread.
+    identity: Option<NodeIdentity>,
+}
+
+/// An opened identity store, the section it was opened from, and the thread that rotates it.
+#[derive(Debug)]
+struct NodeIdentity {
+    spec: IdentitySpec,
+    store: Arc<Store>,
+    /// Dropping it stops the thread.
+    _watcher: Watcher,
 }
 
 impl Reloader {
@@ -148,6 +160,7 @@ impl Reloader {
             bound: HashMap::new(),
             config_path,
             inherited: HashMap::new(),
+            identity: None,
         }
     }
 
@@ -223,12 +236,37 @@ impl Reloader {
             .map(|token| token.map(Arc::from))
             .map_err(|e| vec![e])?;
 
-        // 3. Compile against the current snapshot, carrying counters over by name.
+        // 3. The node's identity: an unchanged `[identity]` keeps its store (and rereads its
+        //    files, so SIGHUP and `POST /reload` rotate at once); a new or changed one is opened
+        //    here, with its watcher thread, and a failure rejects the config.
+        let new_identity = match &config.spec.identity {
+            Some(spec) => match &self.identity {
+                Some(node) if node.spec == *spec => {
+                    // A refused reread is counted and logged by the store, and the old material
+                    // keeps serving: the rest of the config still applies.
+                    let _ = node.store.reload();
+                    None
+                }
+                _ => Some(self.open_identity(&config, spec)?),
+            },
+            None => None,
+        };
+        let mesh = crate::tls::Mesh {
+            store: match (&new_identity, &config.spec.identity, &self.identity) {
+                (Some(node), _, _) => Some(Arc::clone(&node.store)),
+                (None, Some(_), Some(node)) => Some(Arc::clone(&node.store)),
+                _ => None,
+            },
+            metrics: Arc::clone(&self.shared.identity_metrics),
+        };
+
+        // 4. Compile against the current snapshot, carrying counters over by name.
         let current = self.shared.store.load();
         let generation = current.generation + 1;
-        let mut next = snapshot::compile(&config, generation, self.workers.len(), &current)?;
+        let mut next =
+            snapshot::compile_with(&config, generation, self.workers.len(), &current, &mesh)?;
 
-        // 4. Sockets for listeners that are new or moved (adopted from the previous process after
+        // 5. Sockets for listeners that are new or moved (adopted from the previous process after
         //    an upgrade, else bound); keep the others as they are.
         let mut opened: Vec<(Arc<str>, Vec<Vec<std::net::TcpListener>>)> = Vec::new();
         let mut kept: HashMap<Arc<str>, Vec<std::net::TcpListener>> = HashMap::new();
@@ -290,7 +328,7 @@ impl Reloader {
             .map(|(name, _)| Arc::clone(name))
             .collect();
 
-        // 5. Publish: from here on, every new connection and request sees the new snapshot.
+        // 6. Publish: from here on, every new connection and request sees the new snapshot.
         let mut previous = std::mem::take(&mut self.bound);
         for l in &next.listeners {
             let sockets = match kept.remove(&l.name) {
@@ -322,8 +360,17 @@ impl Reloader {
         }
         self.shared.set_admin_token(admin_token);
         self.shared.store.publish(Arc::new(next));
+        // The replaced store's watcher stops here; connections and configs still holding the
+        // old store keep its last material until they end.
+        if let Some(node) = new_identity {
+            self.shared.identity.store(Some(Arc::clone(&node.store)));
+            self.identity = Some(node);
+        } else if config.spec.identity.is_none() {
+            self.shared.identity.store(None);
+            self.identity = None;
+        }
 
-        // 6. Tell each worker which sockets to start and stop accepting on; each acknowledges
+        // 7. Tell each worker which sockets to start and stop accepting on; each acknowledges
         //    `generation` when done (`Shared::wait_for_workers`).
         let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
             self.workers.iter().map(|_| Vec::new()).collect();
@@ -350,6 +397,28 @@ impl Reloader {
             "config applied"
         );
         Ok(generation)
+    }
+
+    /// Opens `[identity]`'s store and starts its watcher; an error at the file's key.
+    fn open_identity(
+        &self,
+        config: &Config,
+        spec: &IdentitySpec,
+    ) -> Result<NodeIdentity, Vec<ConfigError>> {
+        let files = IdentityFiles::from_spec(spec);
+        let store = Store::open(files, Arc::clone(&self.shared.identity_metrics))
+            .map_err(|e| vec![config.error_at(&identity_key(spec, &e), e.to_string())])?;
+        let watcher = store.watch(POLL_INTERVAL).map_err(|e| {
+            vec![config.error_at(
+                "identity",
+                format!("cannot start the identity watcher thread: {e}"),
+            )]
+        })?;
+        Ok(NodeIdentity {
+            spec: spec.clone(),
+            store,
+            _watcher: watcher,
+        })
     }
 
     fn warn_about_restart_only_settings(&self, config: &Config) {
@@ -409,6 +478,23 @@ impl Reloader {
             worker.join();
         }
     }
+}
+
+/// The TOML path of the `[identity]` key naming the file a load error is about.
+fn identity_key(spec: &IdentitySpec, error: &LoadError) -> String {
+    let file = error.file.as_path();
+    if file == std::path::Path::new(&spec.key) {
+        return "identity.key".into();
+    }
+    if file == std::path::Path::new(&spec.ca_bundle) {
+        return "identity.ca_bundle".into();
+    }
+    for (i, bundle) in spec.trust_bundles.iter().enumerate() {
+        if file == std::path::Path::new(&bundle.ca) {
+            return format!("identity.trust_bundles[{i}].ca");
+        }
+    }
+    "identity.cert".into()
 }
 
 fn whole_file_error(message: String) -> ConfigError {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 
 use crate::driver::IoDriver;
-use crate::identity::Store;
+use crate::identity::{IdentityMetrics, Store};
 use crate::snapshot::SnapshotStore;
 
 /// State shared by all threads of one ringmesh process.
@@ -32,9 +32,14 @@ pub struct Shared {
     /// When the process started.
     pub started_at: SystemTime,
     /// The node's identity material (`[identity]`), shown by `/certs` and the
-    /// `ringmesh_cert_*`/`ringmesh_tls_handshake_failures_total` metrics. Set by whoever opens the
-    /// store (the TLS transport, once it serves `[identity]`); empty until then.
+    /// `ringmesh_cert_*`/`ringmesh_tls_handshake_failures_total` metrics. Set by the reload path
+    /// when it opens the store; empty without `[identity]`.
     pub identity: ArcSwapOption<Store>,
+    /// The process's identity counters (handshake refusals by reason, identity reloads): every
+    /// store and every verifier the reload path builds counts here, so counts survive a reload
+    /// that replaces the store, and refusals are counted even without `[identity]` (a
+    /// `client_ca` listener).
+    pub identity_metrics: Arc<IdentityMetrics>,
     /// The admin API's bearer token, resolved from the config in force (inline, environment or
     /// file) by the control thread at each reload. `None`: mutating endpoints are disabled.
     admin_token: Mutex<Option<Arc<str>>>,
@@ -67,6 +72,7 @@ impl Shared {
             reload_failures: AtomicU64::new(0),
             started_at: SystemTime::now(),
             identity: ArcSwapOption::empty(),
+            identity_metrics: Arc::new(IdentityMetrics::new()),
             admin_token: Mutex::new(None),
         }
     }

@@ -70,6 +70,42 @@ const READ_OUTSIDE_THE_SNAPSHOT: &[(&str, &str)] = &[
         "server::run, when draining, from the snapshot's spec in force then",
     ),
     (
+        "identity.trust_domain",
+        "reload::Reloader::open_identity (identity::Store::open, IdentityFiles::from_spec), from \
+         Reloader::try_apply when [identity] changed; the store then reaches the snapshot's TLS \
+         configs through snapshot::compile_with",
+    ),
+    (
+        "identity.cert",
+        "reload::Reloader::open_identity (identity::Store::open, IdentityFiles::from_spec), from \
+         Reloader::try_apply when [identity] changed; the store then reaches the snapshot's TLS \
+         configs through snapshot::compile_with",
+    ),
+    (
+        "identity.key",
+        "reload::Reloader::open_identity (identity::Store::open, IdentityFiles::from_spec), from \
+         Reloader::try_apply when [identity] changed; the store then reaches the snapshot's TLS \
+         configs through snapshot::compile_with",
+    ),
+    (
+        "identity.ca_bundle",
+        "reload::Reloader::open_identity (identity::Store::open, IdentityFiles::from_spec), from \
+         Reloader::try_apply when [identity] changed; the store then reaches the snapshot's TLS \
+         configs through snapshot::compile_with",
+    ),
+    (
+        "identity.trust_bundles[].trust_domain",
+        "reload::Reloader::open_identity (identity::Store::open, IdentityFiles::from_spec), from \
+         Reloader::try_apply when [identity] changed; the store then reaches the snapshot's TLS \
+         configs through snapshot::compile_with",
+    ),
+    (
+        "identity.trust_bundles[].ca",
+        "reload::Reloader::open_identity (identity::Store::open, IdentityFiles::from_spec), from \
+         Reloader::try_apply when [identity] changed; the store then reaches the snapshot's TLS \
+         configs through snapshot::compile_with",
+    ),
+    (
         "telemetry.source_workload",
         "admin::prometheus::istio_http and istio_tcp, from the snapshot's spec at every scrape",
     ),
@@ -270,8 +306,8 @@ const SAMPLES: &[Sample] = &[
     ("listeners[].tls.cert", None, Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\" }")),
     ("listeners[].tls.key", None, Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\" }")),
     ("listeners[].tls.client_ca", None, Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\", client_ca = \"tests/fixtures/tls/ca.pem\" }")),
-    ("listeners[].tls.require_client_cert", None, Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\", require_client_cert = true }")),
-    ("listeners[].tls.allowed_spiffe_ids", None, Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\", allowed_spiffe_ids = [\"spiffe://cluster.local/ns/a/*\"] }")),
+    ("listeners[].tls.require_client_cert", Some(Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\", client_ca = \"tests/fixtures/tls/ca.pem\" }")), Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\", client_ca = \"tests/fixtures/tls/ca.pem\", require_client_cert = true }")),
+    ("listeners[].tls.allowed_spiffe_ids", Some(Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\", client_ca = \"tests/fixtures/tls/ca.pem\" }")), Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\", client_ca = \"tests/fixtures/tls/ca.pem\", allowed_spiffe_ids = [\"spiffe://cluster.local/ns/a/*\"] }")),
     ("listeners[].tls.alpn", None, Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\", alpn = [\"h2\"] }")),
     ("listeners[].tls.sni_routes", Some(Add(Db, "tls = { mode = \"passthrough\" }")), Add(Db, "tls = { mode = \"passthrough\", sni_routes = { \"a.example\" = \"a\", \"*.b.example\" = \"b\" } }")),
     ("listeners[].tls.min_version", Some(Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\" }")), Add(Web, "tls = { cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\", min_version = \"1.3\" }")),
@@ -320,7 +356,7 @@ const SAMPLES: &[Sample] = &[
     ("clusters[].tls.ca", None, Add(Cluster, "tls = { ca = \"tests/fixtures/tls/ca.pem\" }")),
     ("clusters[].tls.cert", None, Add(Cluster, "tls = { ca = \"tests/fixtures/tls/ca.pem\", cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\" }")),
     ("clusters[].tls.key", None, Add(Cluster, "tls = { ca = \"tests/fixtures/tls/ca.pem\", cert = \"tests/fixtures/tls/cert.pem\", key = \"tests/fixtures/tls/key.pem\" }")),
-    ("clusters[].tls.expected_spiffe_ids", None, Add(Cluster, "tls = { ca = \"tests/fixtures/tls/ca.pem\", expected_spiffe_ids = [\"spiffe://cluster.local/ns/a/sa/a\"] }")),
+    ("clusters[].tls.expected_spiffe_ids", Some(Add(Cluster, "tls = { ca = \"tests/fixtures/tls/ca.pem\" }")), Add(Cluster, "tls = { ca = \"tests/fixtures/tls/ca.pem\", expected_spiffe_ids = [\"spiffe://cluster.local/ns/a/sa/a\"] }")),
     ("clusters[].tls.alpn", None, Add(Cluster, "tls = { ca = \"tests/fixtures/tls/ca.pem\", alpn = [\"h2\"] }")),
     // [[virtual_hosts]]
     ("virtual_hosts[].name", None, Replace("name = \"w\"", "name = \"x\"")),

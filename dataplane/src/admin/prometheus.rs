@@ -36,8 +36,9 @@ pub(super) fn render(shared: &Shared) -> String {
     istio_tcp(&mut out, &snapshot);
     let node = shared.identity.load_full().map(|store| store.current());
     istio_http(&mut out, &snapshot, node.as_ref().map(|m| m.id.as_str()));
-    if let Some(identity) = shared.identity.load_full() {
-        identity.render_prometheus(&mut out, std::time::SystemTime::now());
+    match shared.identity.load_full() {
+        Some(identity) => identity.render_prometheus(&mut out, std::time::SystemTime::now()),
+        None => shared.identity_metrics.render_prometheus(&mut out),
     }
     out
 }

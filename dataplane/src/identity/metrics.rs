@@ -25,6 +25,12 @@ pub struct IdentityMetrics {
     reload_errors: AtomicU64,
 }
 
+impl Default for IdentityMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl IdentityMetrics {
     /// All counters at zero.
     pub fn new() -> Self {

@@ -18,7 +18,7 @@ use crate::policy::{Policies, RateLimiter};
 use crate::routing::sni::SniRoutes;
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
-use crate::tls::{ClientTls, ServerTls};
+use crate::tls::{ClientTls, Mesh, ServerTls};
 use crate::upstream::outlier::ClusterHealth;
 use crate::upstream::{Balancer, Breaker, RetryBudget};
 
@@ -33,7 +33,27 @@ pub fn compile(
     workers: usize,
     previous: &Snapshot,
 ) -> Result<Snapshot, Vec<ConfigError>> {
+    compile_with(config, generation, workers, previous, &Mesh::default())
+}
+
+/// [`compile`] with the node's identity: `[identity]`'s store (opened by the reload path) is
+/// the certificate of mesh listeners and clusters and the trust of their peers.
+pub fn compile_with(
+    config: &Config,
+    generation: u64,
+    workers: usize,
+    previous: &Snapshot,
+    mesh: &Mesh,
+) -> Result<Snapshot, Vec<ConfigError>> {
     let spec = &config.spec;
+    // Pools are keyed by the TLS settings and, for clusters that present or trust the node's
+    // identity, by which identity (its files): connections made as one identity are never
+    // reused as another.
+    let identity_key = mesh
+        .store
+        .as_ref()
+        .map(|store| format!("{:?}", store.files()))
+        .unwrap_or_default();
 
     let mut errors = Vec::new();
     let mut clusters: Vec<Arc<Cluster>> = Vec::with_capacity(spec.clusters.len());
@@ -65,7 +85,7 @@ pub fn compile(
             .as_ref()
             .map(|spec| Breaker::new(spec, old.and_then(|old| old.breaker.as_ref())));
         let tls = match &c.tls {
-            Some(tls) => match ClientTls::from_spec(tls, c.protocol, workers) {
+            Some(tls) => match ClientTls::build(tls, c.protocol, workers, mesh) {
                 Ok(tls) => Some(Arc::new(tls)),
                 Err(e) => {
                     errors.push(config.error_at(
@@ -107,7 +127,7 @@ pub fn compile(
             tls_key: c
                 .tls
                 .as_ref()
-                .map_or(0, |spec| tls_fingerprint(spec, c.protocol)),
+                .map_or(0, |spec| tls_fingerprint(spec, c.protocol, &identity_key)),
             tls,
         }));
     }
@@ -135,7 +155,7 @@ pub fn compile(
                 .tls
                 .as_ref()
                 .filter(|tls| tls.mode == TlsMode::Terminate)
-                .and_then(|tls| match ServerTls::from_spec(tls, l.protocol) {
+                .and_then(|tls| match ServerTls::build(tls, l.protocol, mesh) {
                     Ok(tls) => Some(Arc::new(tls)),
                     Err(e) => {
                         tls_errors.push(config.error_at(
@@ -282,8 +302,9 @@ pub fn compile(
 fn tls_fingerprint(
     spec: &config_schema::UpstreamTlsSpec,
     protocol: config_schema::UpstreamProtocol,
+    identity: &str,
 ) -> u64 {
-    let text = format!("{spec:?}{protocol:?}");
+    let text = format!("{spec:?}{protocol:?}{identity}");
     xxhash_rust::xxh3::xxh3_64(text.as_bytes()).max(1)
 }
 

@@ -34,7 +34,7 @@ use crate::upstream::{Balancer, Breaker, RetryBudget};
 mod compile;
 mod settings;
 
-pub use compile::compile;
+pub use compile::{compile, compile_with};
 pub use settings::{
     GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
     PassthroughSettings, PathRules, PoolLimits,

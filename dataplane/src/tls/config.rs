@@ -29,6 +29,10 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
 use super::provider;
+use crate::identity::{
+    DomainBundle, FixedTrust, IdentityMetrics, SpiffeClientVerifier, SpiffeIdPattern,
+    SpiffeServerVerifier, Store, TrustBundles, TrustSource,
+};
 
 /// A config fault found while loading TLS material: the TOML path below the section
 /// (`cert`, `certificates[1].key`) and the reason.
@@ -65,6 +69,166 @@ pub enum Carries {
 pub struct ServerTls {
     /// The rustls config every handshake on the listener uses.
     pub config: Arc<ServerConfig>,
+    /// Where refused client certificates are counted, when the listener verifies clients; the
+    /// transport counts what rustls refuses itself (no certificate) and what a plain `client_ca`
+    /// verifier refuses here.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// How a listener verifies client certificates.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// The counters of `ringmesh_tls_handshake_failures_total`.
+    pub metrics: Arc<IdentityMetrics>,
+    /// Whether the SPIFFE verifier counts its own refusals (a plain `client_ca` verifier does
+    /// not: the transport counts them).
+    pub spiffe: bool,
+}
+
+/// The node's identity as the TLS sections see it: the store of `[identity]` (absent without
+/// one) and the process's identity counters.
+#[derive(Debug, Clone, Default)]
+pub struct Mesh {
+    /// The identity store: the certificate of mesh listeners and clusters, and the trust bundles
+    /// that verify peers when no `client_ca` / `ca` is set.
+    pub store: Option<Arc<Store>>,
+    /// Where the SPIFFE verifiers count refusals.
+    pub metrics: Arc<IdentityMetrics>,
+}
+
+/// Parses `allowed_spiffe_ids` / `expected_spiffe_ids`; the error names the element.
+/// `"*"` (any identity) is the same as no pattern.
+fn patterns(key: &str, texts: &[String]) -> Result<Vec<SpiffeIdPattern>, TlsConfigError> {
+    if texts.iter().any(|text| text == "*") {
+        return Ok(Vec::new());
+    }
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            SpiffeIdPattern::parse(text).map_err(|e| {
+                TlsConfigError::new(
+                    format!("{key}[{i}]"),
+                    format!("invalid SPIFFE ID pattern {text:?}: {e}"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The trust domain a pattern is confined to.
+fn pattern_domain(pattern: &SpiffeIdPattern) -> Option<&str> {
+    match pattern {
+        SpiffeIdPattern::Exact(id) => Some(id.trust_domain()),
+        SpiffeIdPattern::Prefix(prefix) => prefix
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split('/').next()),
+    }
+}
+
+/// A CA file as the bundle of every trust domain the patterns name (and the node's own, with an
+/// identity): `client_ca` / `ca` together with SPIFFE ID patterns.
+fn ca_as_bundles(
+    key: &str,
+    file: &str,
+    patterns: &[SpiffeIdPattern],
+    mesh: &Mesh,
+) -> Result<Arc<dyn TrustSource>, TlsConfigError> {
+    let text = std::fs::read(file)
+        .map_err(|e| TlsConfigError::new(key, format!("cannot read {file:?}: {e}")))?;
+    let mut domains: Vec<&str> = patterns.iter().filter_map(pattern_domain).collect();
+    let own = mesh
+        .store
+        .as_ref()
+        .map(|store| store.files().trust_domain.clone());
+    domains.extend(own.as_deref());
+    domains.sort_unstable();
+    domains.dedup();
+    if domains.is_empty() {
+        return Err(TlsConfigError::new(
+            key,
+            "the SPIFFE ID patterns name no trust domain for this CA bundle",
+        ));
+    }
+    let mut bundles = TrustBundles::new();
+    for domain in domains {
+        let bundle =
+            DomainBundle::from_pem(file, &text).map_err(|e| TlsConfigError::new(key, e))?;
+        bundles.insert(domain, bundle);
+    }
+    Ok(Arc::new(FixedTrust(Arc::new(bundles))))
+}
+
+/// A plain webpki root store from a CA file.
+fn roots(key: &str, ca: &str) -> Result<Arc<RootCertStore>, TlsConfigError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca).map_err(|e| TlsConfigError::new(key, e))? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsConfigError::new(key, format!("bad CA certificate in {ca:?}: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A client certificate verifier and how its refusals are counted.
+type ClientVerifier = (Arc<dyn ClientCertVerifier>, ClientAuth);
+
+/// A listener's client certificate verifier (see [`ServerTls::build`] for the rules).
+fn client_verifier(
+    spec: &ListenerTlsSpec,
+    mesh: &Mesh,
+) -> Result<Option<ClientVerifier>, TlsConfigError> {
+    let allowed = patterns("allowed_spiffe_ids", &spec.allowed_spiffe_ids)?;
+    let mesh_listener = spec.cert.is_none() && mesh.store.is_some();
+    let wants_client_auth = mesh_listener
+        || spec.require_client_cert
+        || !allowed.is_empty()
+        || spec.client_ca.is_some();
+    if !wants_client_auth {
+        return Ok(None);
+    }
+    let trust: Arc<dyn TrustSource> = match (&spec.client_ca, &mesh.store) {
+        (Some(ca), _) if allowed.is_empty() => {
+            // Non-mesh clients: plain chain verification to `client_ca`, as Envoy's
+            // `trusted_ca` and an Istio Gateway's `MUTUAL` mode.
+            let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots("client_ca", ca)?,
+                provider(),
+            );
+            let builder = if spec.require_client_cert {
+                builder
+            } else {
+                builder.allow_unauthenticated()
+            };
+            let verifier = builder
+                .build()
+                .map_err(|e| TlsConfigError::new("client_ca", e.to_string()))?;
+            let auth = ClientAuth {
+                metrics: Arc::clone(&mesh.metrics),
+                spiffe: false,
+            };
+            return Ok(Some((verifier, auth)));
+        }
+        (Some(ca), _) => ca_as_bundles("client_ca", ca, &allowed, mesh)?,
+        (None, Some(store)) => Arc::clone(store) as Arc<dyn TrustSource>,
+        (None, None) => {
+            return Err(TlsConfigError::new(
+                "client_ca",
+                "verifying client certificates needs `client_ca` or an [identity] trust bundle",
+            ));
+        }
+    };
+    let verifier = SpiffeClientVerifier::new(
+        trust,
+        spec.require_client_cert,
+        allowed,
+        Arc::clone(&mesh.metrics),
+    );
+    let auth = ClientAuth {
+        metrics: Arc::clone(&mesh.metrics),
+        spiffe: true,
+    };
+    Ok(Some((Arc::new(verifier), auth)))
 }
 
 /// TLS to one cluster's endpoints.
@@ -179,6 +343,28 @@ impl ServerTls {
         spec: &ListenerTlsSpec,
         protocol: ListenerProtocol,
     ) -> Result<Self, TlsConfigError> {
+        Self::build(spec, protocol, &Mesh::default())
+    }
+
+    /// Loads a listener's `[listeners.tls]` with the node's identity in `mesh`:
+    ///
+    /// - Certificate: `cert`/`key` and `certificates` as in [`ServerTls::from_spec`]; without
+    ///   `cert`, the node's SVID from the identity store (a *mesh listener*), rotated in place.
+    /// - Client certificates: a mesh listener always asks for one and verifies it as an
+    ///   X.509-SVID against the identity's trust bundles (federation included);
+    ///   `require_client_cert` decides whether a client without one is refused (Istio's STRICT)
+    ///   or served without a peer identity (PERMISSIVE). A listener with its own `cert` asks only
+    ///   when `client_ca`, `require_client_cert` or `allowed_spiffe_ids` is set.
+    /// - `client_ca` alone is plain X.509 chain verification to that bundle (Envoy's
+    ///   `trusted_ca`, an Istio Gateway's `MUTUAL` mode), for clients outside the mesh.
+    ///   `client_ca` with `allowed_spiffe_ids` verifies SPIFFE rules with the file as the bundle
+    ///   of every trust domain the patterns name (and the node's own).
+    /// - `allowed_spiffe_ids` is checked against the client's one URI SAN, never a DNS name.
+    pub fn build(
+        spec: &ListenerTlsSpec,
+        protocol: ListenerProtocol,
+        mesh: &Mesh,
+    ) -> Result<Self, TlsConfigError> {
         let default = match (&spec.cert, &spec.key) {
             (Some(cert), Some(key)) => Some(load_certified_key(cert, key)?),
             _ => None,
@@ -187,6 +373,7 @@ impl ServerTls {
             exact: Vec::new(),
             wildcard: Vec::new(),
             default,
+            fallback: None,
         };
         for (i, entry) in spec.certificates.iter().enumerate() {
             let key = load_certified_key(&entry.cert, &entry.key).map_err(|e| {
@@ -206,10 +393,21 @@ impl ServerTls {
             (true, ListenerProtocol::Tcp) => &[],
             (true, ListenerProtocol::Http | ListenerProtocol::Auto) => &default_alpn,
         };
-        let config = server_config(Arc::new(resolver), None, spec.min_version, alpn)
+        if resolver.default.is_none() && spec.cert.is_none() {
+            resolver.fallback = mesh
+                .store
+                .as_ref()
+                .map(|store| Arc::clone(store) as Arc<dyn ResolvesServerCert>);
+        }
+        let (verifier, client_auth) = match client_verifier(spec, mesh)? {
+            Some((verifier, auth)) => (Some(verifier), Some(auth)),
+            None => (None, None),
+        };
+        let config = server_config(Arc::new(resolver), verifier, spec.min_version, alpn)
             .map_err(|e| TlsConfigError::new("", e.to_string()))?;
         Ok(Self {
             config: Arc::new(config),
+            client_auth,
         })
     }
 }
@@ -222,26 +420,58 @@ impl ClientTls {
         protocol: UpstreamProtocol,
         workers: usize,
     ) -> Result<Self, TlsConfigError> {
-        let Some(ca) = &spec.ca else {
-            return Err(TlsConfigError::new("ca", "upstream TLS needs `ca`"));
+        Self::build(spec, protocol, workers, &Mesh::default())
+    }
+
+    /// Loads a cluster's `[clusters.tls]` with the node's identity in `mesh`:
+    ///
+    /// - Server verification: `ca` alone is plain webpki verification of the SNI (or IP
+    ///   address). `expected_spiffe_ids`, or no `ca` with an [identity], is X.509-SVID
+    ///   verification: the upstream's one URI SAN (never a DNS name) must be a SPIFFE ID matching
+    ///   the patterns (empty: any ID of a trusted domain), chaining to the identity's bundle of
+    ///   its trust domain, or to `ca` as the bundle of the domains the patterns name.
+    /// - Client certificate: `cert`/`key`, else the node's SVID from the identity store.
+    pub fn build(
+        spec: &UpstreamTlsSpec,
+        protocol: UpstreamProtocol,
+        workers: usize,
+        mesh: &Mesh,
+    ) -> Result<Self, TlsConfigError> {
+        let expected = patterns("expected_spiffe_ids", &spec.expected_spiffe_ids)?;
+        let verifier: Arc<dyn ServerCertVerifier> = match (&spec.ca, &mesh.store) {
+            (Some(ca), _) if expected.is_empty() => {
+                rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    roots("ca", ca)?,
+                    provider(),
+                )
+                .build()
+                .map_err(|e| TlsConfigError::new("ca", e.to_string()))?
+            }
+            (Some(ca), _) => Arc::new(SpiffeServerVerifier::new(
+                ca_as_bundles("ca", ca, &expected, mesh)?,
+                expected,
+                Arc::clone(&mesh.metrics),
+            )),
+            (None, Some(store)) => Arc::new(SpiffeServerVerifier::new(
+                Arc::clone(store) as Arc<dyn TrustSource>,
+                expected,
+                Arc::clone(&mesh.metrics),
+            )),
+            (None, None) => {
+                return Err(TlsConfigError::new(
+                    "ca",
+                    "upstream TLS needs `ca` (or an [identity] trust bundle)",
+                ));
+            }
         };
-        let mut roots = RootCertStore::empty();
-        for cert in load_certs(ca).map_err(|e| TlsConfigError::new("ca", e))? {
-            roots.add(cert).map_err(|e| {
-                TlsConfigError::new("ca", format!("bad CA certificate in {ca:?}: {e}"))
-            })?;
-        }
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider(),
-        )
-        .build()
-        .map_err(|e| TlsConfigError::new("ca", e.to_string()))?;
         let client_cert: Option<Arc<dyn ResolvesClientCert>> = match (&spec.cert, &spec.key) {
             (Some(cert), Some(key)) => {
                 Some(Arc::new(FixedClientCert(load_certified_key(cert, key)?)))
             }
-            _ => None,
+            _ => mesh
+                .store
+                .as_ref()
+                .map(|store| Arc::clone(store) as Arc<dyn ResolvesClientCert>),
         };
         let offer = |protocol: &[u8]| -> Vec<Vec<u8>> {
             if spec.alpn.is_empty() {
@@ -341,6 +571,8 @@ pub struct SniResolver {
     /// Suffixes with their leading dot (`.example`).
     wildcard: Vec<(Box<str>, Arc<CertifiedKey>)>,
     default: Option<Arc<CertifiedKey>>,
+    /// Without a default certificate: the node's identity (a rotating store).
+    fallback: Option<Arc<dyn ResolvesServerCert>>,
 }
 
 impl SniResolver {
@@ -354,6 +586,7 @@ impl SniResolver {
             exact,
             wildcard,
             default,
+            fallback: None,
         }
     }
 
@@ -381,7 +614,11 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(client_hello.server_name())
+        match (self.pick(client_hello.server_name()), &self.fallback) {
+            (Some(key), _) => Some(key),
+            (None, Some(fallback)) => fallback.resolve(client_hello),
+            (None, None) => None,
+        }
     }
 }
 

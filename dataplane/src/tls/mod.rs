@@ -31,7 +31,7 @@ use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use rustls::crypto::CryptoProvider;
 
-pub use config::{Carries, ClientTls, ServerTls};
+pub use config::{Carries, ClientAuth, ClientTls, Mesh, ServerTls};
 
 use crate::identity::SpiffeId;
 pub use stream::TlsStream;
