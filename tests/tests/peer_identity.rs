@@ -604,6 +604,16 @@ fn a_tcp_mtls_listener_closes_the_wrong_identity_and_a_reload_revokes_an_open_on
     );
     assert_eq!(finish(api, api_out), "open", "api's principal still passes");
     assert_eq!(proxy.stats().listener_counter("db", "authz_revoked"), 1);
+    // A listener that requires verified client certificates reports its connections as mTLS.
+    assert!(
+        proxy.metrics().value(
+            "istio_tcp_connections_opened_total",
+            &[
+                ("listener", "db"),
+                ("connection_security_policy", "mutual_tls")
+            ],
+        ) >= 3.0
+    );
     // And a new connection from web is refused.
     let (child, mut out) = tls_client(&pki, address, "web");
     assert_eq!(line(&mut out), "closed");

@@ -3,7 +3,10 @@
 //! Two views of the same counters: `ringmesh_listener_*` summed over workers (what dashboards
 //! usually want) and `ringmesh_worker_*` per listener and worker (to see imbalance between cores).
 //! TCP traffic is also reported under Istio's standard names (`istio_tcp_*`) so that existing
-//! Grafana and Kiali dashboards work unchanged. When the node serves an identity, its metrics
+//! Grafana and Kiali dashboards work unchanged. `istio_requests_total` carries Istio's identity
+//! labels (`source_principal`, `destination_principal`, `connection_security_policy`); the
+//! principals come from a bounded per-cluster, per-worker table (`stats::PeerResponses`: 64
+//! rows, then `other`), so a scrape's series stay bounded whatever identities clients present. When the node serves an identity, its metrics
 //! follow (`ringmesh_cert_expiry_seconds`, `ringmesh_cert_reload*_total`,
 //! `ringmesh_tls_handshake_failures_total`; `identity::Store::render_prometheus`).
 
@@ -760,13 +763,37 @@ fn istio_tcp(out: &mut String, snapshot: &Snapshot) {
             let _ = writeln!(
                 out,
                 "{name}{{reporter=\"destination\",source_workload=\"{}\",destination_service=\"{}\",\
-                 connection_security_policy=\"none\",listener=\"{}\"}} {}",
+                 connection_security_policy=\"{}\",listener=\"{}\"}} {}",
                 escape(source),
                 escape(destination),
+                tcp_security_policy(snapshot, listener),
                 escape(&listener.name),
                 listener.stats.workers.sum(get)
             );
         }
+    }
+}
+
+/// `connection_security_policy` of a tcp listener's connections: `mutual_tls` when every one of
+/// them presented a verified client certificate (the listener verifies clients and requires a
+/// certificate: Istio's STRICT), else `none`. The counters are per listener, so a listener that
+/// accepts clients with and without certificates (PERMISSIVE) reports `none` for all of them.
+fn tcp_security_policy(snapshot: &Snapshot, listener: &crate::snapshot::Listener) -> &'static str {
+    let verifies = listener
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_auth.is_some());
+    let requires = snapshot
+        .spec
+        .listeners
+        .iter()
+        .find(|spec| *spec.name == *listener.name)
+        .and_then(|spec| spec.tls.as_ref())
+        .is_some_and(|tls| tls.require_client_cert);
+    if verifies && requires {
+        "mutual_tls"
+    } else {
+        "none"
     }
 }
 
