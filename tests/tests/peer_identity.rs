@@ -30,12 +30,14 @@ both_drivers!(
     namespaces_and_not_principals_match_the_verified_identity,
     routes_on_source_principals_send_two_identities_to_two_clusters,
     the_access_log_and_istio_metrics_carry_the_peer_identity,
+    on_a_mesh_listener_the_destination_principal_is_the_node_identity,
     a_tcp_mtls_listener_closes_the_wrong_identity_and_a_reload_revokes_an_open_one,
 );
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
 const OPS: &str = "spiffe://cluster.local/ns/ops/sa/web";
+const NODE: &str = "spiffe://cluster.local/ns/mesh/sa/node";
 
 /// A CA, the proxy's server certificate (`localhost`) and client SVIDs signed by the CA:
 /// `web`, `api`, `ops` (the IDs above) and `plain` (a client certificate without a URI SAN).
@@ -63,6 +65,7 @@ impl Pki {
         pki.leaf(&ca, "web", &[], Some(WEB));
         pki.leaf(&ca, "api", &[], Some(API));
         pki.leaf(&ca, "ops", &[], Some(OPS));
+        pki.leaf(&ca, "node", &[], Some(NODE));
         pki.leaf(&ca, "plain", &["client.example"], None);
         pki
     }
@@ -472,6 +475,83 @@ fn the_access_log_and_istio_metrics_carry_the_peer_identity(driver: Driver) {
             ],
         ),
         0.0
+    );
+}
+
+/// A mesh listener (`[identity]`, no certificate of its own, `require_client_cert`): the node's
+/// SVID is its certificate and the SPIFFE verifier checks clients; `istio_requests_total` names
+/// the node as `destination_principal` and the client as `source_principal`.
+fn on_a_mesh_listener_the_destination_principal_is_the_node_identity(driver: Driver) {
+    let pki = Pki::new();
+    let app = HttpUpstream::named("app");
+    let log = pki.path("access.log");
+    let config = format!(
+        r#"
+[identity]
+trust_domain = "cluster.local"
+cert = "{node_crt}"
+key = "{node_key}"
+ca_bundle = "{ca}"
+
+[admin]
+address = "127.0.0.1:0"
+
+[[listeners]]
+name = "mesh"
+address = "127.0.0.1:0"
+protocol = "http"
+[listeners.tls]
+require_client_cert = true
+
+[[virtual_hosts]]
+name = "all"
+domains = ["*"]
+{ROUTE_ALL_TO_APP}
+
+[[clusters]]
+name = "app"
+endpoints = ["{app}"]
+{log}
+"#,
+        node_crt = pki.p("node.crt"),
+        node_key = pki.p("node.key"),
+        ca = pki.p("ca.pem"),
+        app = app.address(),
+        log = access_log_config(&log),
+    );
+    let proxy = Proxy::start(&config, driver, 2);
+    let port = proxy.listener("mesh").port();
+    for version in ["--http1.1", "--http2"] {
+        // The node's SVID names no host: the client checks the chain, not a DNS name (-k), and
+        // presents its own SVID.
+        let out = curl([
+            version,
+            "-k",
+            "--cert",
+            &pki.p("web.crt"),
+            "--key",
+            &pki.p("web.key"),
+            &format!("https://127.0.0.1:{port}/mesh"),
+        ]);
+        assert_eq!(out.stdout_text(), "app", "{version}: {}", out.stderr);
+    }
+    let entries = access_log(&log, 2);
+    for entry in &entries {
+        assert_eq!(entry["downstream_peer_principal"], WEB, "{entry}");
+        assert_eq!(entry["security_policy"], "mutual_tls", "{entry}");
+    }
+    assert_eq!(
+        proxy.metrics().value(
+            "istio_requests_total",
+            &[
+                ("destination_service", "app"),
+                ("response_code", "200"),
+                ("source_principal", WEB),
+                ("destination_principal", NODE),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        ),
+        2.0
     );
 }
 
