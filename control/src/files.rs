@@ -214,7 +214,7 @@ endpoints = ["127.0.0.1:1"]
     #[test]
     fn federated_trust_bundles_are_checked_files() {
         let mut config = config_schema::parse("").expect("valid");
-        // `parse` rejects [identity] until the data plane acts on it; set on the parsed spec.
+        // Set on the parsed spec: `parse` would want a whole config around it.
         config.spec.identity = Some(config_schema::IdentitySpec {
             trust_domain: "cluster.local".into(),
             cert: "/nonexistent/svid.pem".into(),

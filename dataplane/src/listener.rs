@@ -528,6 +528,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn handshake_refusal_lines_are_rate_limited_and_count_what_they_skip() {
+        let log = RefusalLog::new();
+        for _ in 0..RefusalLog::BURST {
+            assert_eq!(log.admit(), Some(0), "the burst is written");
+        }
+        for _ in 0..10 {
+            assert_eq!(log.admit(), None, "then lines are skipped");
+        }
+        // A token comes back after 1/PER_SECOND s; the next line says how many were skipped.
+        let (tokens, since) = log.state.get();
+        let earlier =
+            since.map(|t| t - Duration::from_millis(1000 / u64::from(RefusalLog::PER_SECOND) + 1));
+        log.state.set((tokens, earlier));
+        assert_eq!(log.admit(), Some(10));
+        assert_eq!(log.admit(), None);
+    }
+
+    #[test]
     fn backoff_doubles_and_caps() {
         let mut b = Backoff::new();
         let pauses: Vec<u128> = (0..9).map(|_| b.next().as_millis()).collect();

@@ -1,5 +1,6 @@
-//! The reload path, start to end: validate → check files → compile → bind (or adopt) listeners →
-//! publish → tell workers → wait until every worker acknowledges.
+//! The reload path, start to end: validate → check files → open the identity (when `[identity]`
+//! is new or changed; reread it when not) → compile → bind (or adopt) listeners → publish → tell
+//! workers → wait until every worker acknowledges.
 //!
 //! Loading the config at start is the first reload (generation 1), so start-up and every later
 //! reload run the same code, whatever asked for it: SIGHUP, `--watch`, the admin API's

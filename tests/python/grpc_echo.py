@@ -10,7 +10,8 @@ so no generated code is committed and the stubs always match the installed grpci
         `bidi-done N`
     grpc_echo.py client PORT SCENARIO [options]
         runs one scenario against PORT (the proxy) and prints one JSON object; with
-        `--tls-ca FILE --tls-name NAME`, over TLS channel credentials
+        `--tls-ca FILE --tls-name NAME`, over TLS channel credentials (with
+        `--tls-cert FILE --tls-key FILE`, presenting a client certificate)
 
 Scenarios: unary, fail, server-stream, client-stream, bidi, deadline, cancel, call (any method,
 to see which status comes back), flaky (a unary call that the server fails with UNAVAILABLE the
@@ -164,7 +165,17 @@ def client(args):
         # TLS channel credentials: verify the proxy's certificate with the test CA, as the name
         # given (the certificate's name, not 127.0.0.1).
         with open(args.tls_ca, "rb") as f:
-            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            roots = f.read()
+        chain = key = None
+        if args.tls_cert:
+            # A client certificate for an mTLS listener.
+            with open(args.tls_cert, "rb") as f:
+                chain = f.read()
+            with open(args.tls_key, "rb") as f:
+                key = f.read()
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=roots, private_key=key, certificate_chain=chain
+        )
         channel = grpc.secure_channel(
             f"127.0.0.1:{args.port}",
             credentials,
@@ -290,6 +301,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--tls-ca", default="")
     parser.add_argument("--tls-name", default="localhost")
+    parser.add_argument("--tls-cert", default="")
+    parser.add_argument("--tls-key", default="")
     args = parser.parse_args()
     if args.mode == "server":
         serve()

@@ -1426,6 +1426,7 @@ fn logs_of(run: impl FnOnce()) -> String {
     let sink = Captured::default();
     let writer = sink.clone();
     let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
@@ -1436,6 +1437,7 @@ fn logs_of(run: impl FnOnce()) -> String {
 
 #[test]
 fn refusals_and_refused_files_are_logged_with_their_reason() {
+    use rustls::client::danger::ServerCertVerifier as _;
     use rustls::server::danger::ClientCertVerifier as _;
     let world = World::new();
     let metrics = Arc::new(IdentityMetrics::new());
@@ -1444,9 +1446,23 @@ fn refusals_and_refused_files_are_logged_with_their_reason() {
     let logs = logs_of(|| {
         let _ = listener.verify_client_cert(&rogue.chain[0], &[], now());
     });
-    assert!(logs.contains("WARN"), "{logs}");
+    // Client refusals are DEBUG here: the listener logs them at WARN, rate-limited.
+    assert!(logs.contains("DEBUG"), "{logs}");
     assert!(logs.contains("reason=\"untrusted_root\""), "{logs}");
     assert!(logs.contains(GOOD), "{logs}");
+    // Upstream refusals are WARN here: they are as many as the node's own connections.
+    let upstream = SpiffeServerVerifier::new(world.trust(), Vec::new(), Arc::clone(&metrics));
+    let logs = logs_of(|| {
+        let _ = upstream.verify_server_cert(
+            &rogue.chain[0],
+            &[],
+            &ServerName::try_from("api").unwrap(),
+            &[],
+            now(),
+        );
+    });
+    assert!(logs.contains("WARN"), "{logs}");
+    assert!(logs.contains("reason=\"untrusted_root\""), "{logs}");
 
     let first = world.local.sign(&svid(&[SERVER]));
     let node = Node::new(&first, &world.local.pem(), None);

@@ -53,7 +53,7 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tracing::warn;
+use tracing::{debug, warn};
 use x509_parser::certificate::X509Certificate;
 
 use super::bundle::{TrustBundles, TrustSource};
@@ -231,11 +231,24 @@ fn validity(cert: &X509Certificate<'_>, now: i64, at: &str) -> Result<(), SvidEr
 }
 
 /// Counts and logs a refusal, then turns it into the rustls error.
+///
+/// A refused *server* certificate (an upstream this node dialled) is logged at WARN here: there
+/// are only as many as the node's own connection attempts. A refused *client* certificate is
+/// logged at DEBUG: any client can make as many as it likes, so the listener that accepted the
+/// connection logs it at WARN with the listener and the peer, rate-limited
+/// (`listener::handshake_refused`); the counter here is exact either way.
 fn refuse(metrics: &IdentityMetrics, side: &'static str, error: SvidError) -> rustls::Error {
     metrics.handshake_failed(error.reason);
-    warn!(side, reason = error.reason.as_str(), detail = %error.detail, "peer certificate refused");
+    if side == CLIENT_SIDE {
+        debug!(side, reason = error.reason.as_str(), detail = %error.detail, "peer certificate refused");
+    } else {
+        warn!(side, reason = error.reason.as_str(), detail = %error.detail, "peer certificate refused");
+    }
     error.into_rustls()
 }
+
+/// The `side` of a client certificate refusal.
+const CLIENT_SIDE: &str = "client certificate";
 
 /// Verifies the handshake signatures with the ring provider; a bad one is counted as
 /// [`Reason::BadSignature`].
@@ -354,7 +367,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.check(end_entity, intermediates, now)
             .map(|_| ClientCertVerified::assertion())
-            .map_err(|e| refuse(&self.metrics, "client certificate", e))
+            .map_err(|e| refuse(&self.metrics, CLIENT_SIDE, e))
     }
 
     fn verify_tls12_signature(

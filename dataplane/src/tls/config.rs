@@ -3,9 +3,11 @@
 //!
 //! The builders are the seam for SPIFFE identities: [`server_config`] takes any
 //! `ResolvesServerCert` (a rotating identity certificate) and an optional `ClientCertVerifier`;
-//! [`client_config`] takes any `ServerCertVerifier` and an optional `ResolvesClientCert`. The
-//! file-based sections are one use of them: [`ServerTls::from_spec`] and
-//! [`ClientTls::from_spec`].
+//! [`client_config`] takes any `ServerCertVerifier` and an optional `ResolvesClientCert`.
+//! [`ServerTls::build`] and [`ClientTls::build`] use them for a section and the node's identity
+//! ([`Mesh`]: the `[identity]` store, which is the certificate of mesh listeners and clusters and
+//! the trust of the SPIFFE verifiers); their docs say which verifier each combination of keys
+//! gets. [`ServerTls::from_spec`] and [`ClientTls::from_spec`] are the same without an identity.
 //!
 //! Resumption: a listener issues stateless session tickets from one process-wide ticketer, so a
 //! ticket from one worker resumes on another and across reloads (rustls's ticketer rotates its
