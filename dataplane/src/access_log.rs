@@ -216,6 +216,9 @@ pub struct Entry<'a> {
     pub downstream_peer_principal: &'a str,
     /// How the client connection was secured: `mutual_tls`, `tls` or `none`.
     pub security_policy: &'a str,
+    /// The SPIFFE ID of the upstream's verified certificate (Envoy's
+    /// `%UPSTREAM_PEER_URI_SAN%`); empty without one.
+    pub upstream_peer_principal: &'a str,
 }
 
 /// A worker's access-log buffer.
@@ -310,6 +313,10 @@ impl AccessLogBuffer {
         if !entry.downstream_peer_principal.is_empty() {
             out.push_str(",\"downstream_peer_principal\":");
             json_string(out, entry.downstream_peer_principal);
+        }
+        if !entry.upstream_peer_principal.is_empty() {
+            out.push_str(",\"upstream_peer_principal\":");
+            json_string(out, entry.upstream_peer_principal);
         }
         if !entry.security_policy.is_empty() {
             out.push_str(",\"security_policy\":\"");
@@ -440,6 +447,7 @@ mod tests {
             sni: "a.example",
             downstream_peer_principal: "spiffe://cluster.local/ns/shop/sa/web",
             security_policy: "mutual_tls",
+            upstream_peer_principal: "spiffe://cluster.local/ns/shop/sa/api",
         });
         buffer.flush();
         let batch = receiver.try_recv().expect("one batch");
@@ -462,5 +470,9 @@ mod tests {
             "spiffe://cluster.local/ns/shop/sa/web"
         );
         assert_eq!(value["security_policy"], "mutual_tls");
+        assert_eq!(
+            value["upstream_peer_principal"],
+            "spiffe://cluster.local/ns/shop/sa/api"
+        );
     }
 }

@@ -9,7 +9,10 @@
 //!   connection when a reload revokes its principal.
 //! - **Routing**: `source_principals` sends two identities to two clusters.
 //! - **Observability**: the access log names the principal and `mutual_tls`;
-//!   `istio_requests_total` carries `source_principal` and `connection_security_policy`.
+//!   `istio_requests_total` carries `source_principal` and `connection_security_policy`, and on
+//!   a mesh listener (`[identity]`) the node's SVID as `destination_principal`; `istio_tcp_*` on
+//!   a listener that requires client certificates says `mutual_tls`; a proxy whose `h1` and `h2`
+//!   TLS clusters reach another proxy's SVID logs it as `upstream_peer_principal`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -31,6 +34,7 @@ both_drivers!(
     routes_on_source_principals_send_two_identities_to_two_clusters,
     the_access_log_and_istio_metrics_carry_the_peer_identity,
     on_a_mesh_listener_the_destination_principal_is_the_node_identity,
+    the_access_log_names_the_upstream_peer_principal_on_h1_and_h2_clusters,
     a_tcp_mtls_listener_closes_the_wrong_identity_and_a_reload_revokes_an_open_one,
 );
 
@@ -553,6 +557,96 @@ endpoints = ["{app}"]
         ),
         2.0
     );
+}
+
+/// Proxy B serves its SVID (`NODE`) on a TLS listener; proxy A's clusters (`h1` and `h2`) reach
+/// it with `expected_spiffe_ids`: A's access log names B's identity as `upstream_peer_principal`
+/// on both cluster protocols, and its plaintext client as `security_policy` `none`.
+fn the_access_log_names_the_upstream_peer_principal_on_h1_and_h2_clusters(driver: Driver) {
+    let pki = Pki::new();
+    let app = HttpUpstream::named("app");
+    let inner = format!(
+        r#"
+[[listeners]]
+name = "inner"
+address = "127.0.0.1:0"
+protocol = "http"
+[listeners.tls]
+cert = "{node_crt}"
+key = "{node_key}"
+
+[[virtual_hosts]]
+name = "all"
+domains = ["*"]
+{ROUTE_ALL_TO_APP}
+
+[[clusters]]
+name = "app"
+endpoints = ["{app}"]
+"#,
+        node_crt = pki.p("node.crt"),
+        node_key = pki.p("node.key"),
+        app = app.address(),
+    );
+    let b = Proxy::start(&inner, driver, 1);
+    let log = pki.path("access.log");
+    let mut clusters = String::new();
+    for protocol in ["h1", "h2"] {
+        clusters.push_str(&format!(
+            r#"
+[[clusters]]
+name = "b-{protocol}"
+endpoints = ["{b}"]
+protocol = "{protocol}"
+[clusters.tls]
+ca = "{ca}"
+expected_spiffe_ids = ["{NODE}"]
+"#,
+            b = b.listener("inner"),
+            ca = pki.p("ca.pem"),
+        ));
+    }
+    let front = format!(
+        r#"
+[[listeners]]
+name = "front"
+address = "127.0.0.1:0"
+protocol = "http"
+
+[[virtual_hosts]]
+name = "all"
+domains = ["*"]
+
+[[virtual_hosts.routes]]
+name = "h1"
+cluster = "b-h1"
+match = {{ path_prefix = "/h1" }}
+
+[[virtual_hosts.routes]]
+name = "h2"
+cluster = "b-h2"
+match = {{ path_prefix = "/h2" }}
+{clusters}
+{log}
+"#,
+        log = access_log_config(&log),
+    );
+    let a = Proxy::start(&front, driver, 2);
+    let port = a.listener("front").port();
+    for path in ["/h1", "/h2"] {
+        let out = curl([format!("http://127.0.0.1:{port}{path}")]);
+        assert_eq!(out.stdout_text(), "app", "{path}: {}", out.stderr);
+    }
+    let entries = access_log(&log, 2);
+    for path in ["/h1", "/h2"] {
+        let entry = entries
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap_or_else(|| panic!("no entry for {path}: {entries:?}"));
+        assert_eq!(entry["upstream_peer_principal"], NODE, "{entry}");
+        assert_eq!(entry["security_policy"], "none", "{entry}");
+        assert!(entry.get("downstream_peer_principal").is_none(), "{entry}");
+    }
 }
 
 /// A Python `ssl` client with SVID `client` on the tcp listener at `address`: it sends `hello`,

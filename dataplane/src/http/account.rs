@@ -10,6 +10,7 @@ use super::exchange::Record;
 use super::request::ClientProtocol;
 use crate::access_log::Entry;
 use crate::core::Core;
+use crate::identity::SpiffeId;
 use crate::snapshot::Snapshot;
 use crate::tls::{SecurityPolicy, TlsInfo};
 
@@ -89,5 +90,9 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
             .unwrap_or_default(),
         downstream_peer_principal: fields.tls.and_then(TlsInfo::peer_id).unwrap_or_default(),
         security_policy: SecurityPolicy::of(fields.tls).as_str(),
+        upstream_peer_principal: record
+            .upstream_principal
+            .as_deref()
+            .map_or("", SpiffeId::as_str),
     });
 }

@@ -67,6 +67,7 @@ use super::upstream::{UpIn, Upstream, UpstreamRequest, Wire};
 use crate::access_log::ResponseFlags;
 use crate::core::Core;
 use crate::event::Signal;
+use crate::identity::SpiffeId;
 use crate::policy::authz::{self, AuthzInput, HttpAttributes, ListenerAuthz};
 use crate::routing::{
     DirectResponse, RateLimitKey, RequestView, Route, RouteAction, RouteMatch, RouteTable,
@@ -144,6 +145,8 @@ pub struct Record<'s> {
     pub authz_policy: Option<&'s str>,
     /// The first audit policy that matched.
     pub authz_audit: Option<&'s str>,
+    /// The verified SPIFFE ID of the last attempt's upstream (TLS clusters).
+    pub upstream_principal: Option<Rc<SpiffeId>>,
 }
 
 impl Record<'_> {
@@ -165,6 +168,7 @@ impl Record<'_> {
             peer_ip: client_ip,
             authz_policy: None,
             authz_audit: None,
+            upstream_principal: None,
         }
     }
 }
@@ -1064,6 +1068,8 @@ async fn attempt<'s>(
     )
     .await?;
     record.upstream = Some(upstream.endpoint());
+    // A reference count, not a copy: the identity was read at the connection's handshake.
+    record.upstream_principal = upstream.peer();
     plan.cluster.stats.slot(core.id).requests.inc();
 
     // 7. The client may send its body now.
