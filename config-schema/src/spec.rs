@@ -721,6 +721,13 @@ pub struct RouteMatchSpec {
     /// Query parameter conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query: Vec<QueryMatchSpec>,
+    /// The client's verified identity, in Istio's principal form (its SPIFFE ID without
+    /// `spiffe://`: `td/ns/<ns>/sa/<sa>`; the scheme may be written), matches one of these:
+    /// exact, `prefix*`, `*suffix`, or `*` (any verified identity). A request on a connection
+    /// without one (plaintext, TLS without a client certificate, a certificate without a SPIFFE
+    /// ID) matches none. Empty = any client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_principals: Vec<String>,
 }
 
 /// A condition on one request header (names are case-insensitive). Give exactly one of `exact`,

@@ -775,6 +775,22 @@ impl<'a> Checker<'a> {
             }
         }
         self.header_matches(&format!("{path}.headers"), &matcher.headers);
+        for (i, pattern) in matcher.source_principals.iter().enumerate() {
+            let body = pattern.strip_prefix("spiffe://").unwrap_or(pattern);
+            let inner = body
+                .strip_prefix('*')
+                .or_else(|| body.strip_suffix('*'))
+                .unwrap_or(body);
+            if body.is_empty() || (body != "*" && (inner.is_empty() || inner.contains('*'))) {
+                self.issue(
+                    format!("{path}.source_principals[{i}]"),
+                    format!(
+                        "invalid principal pattern {pattern:?}: an identity such as \
+                         \"cluster.local/ns/shop/sa/web\", with at most one '*' at either end, or \"*\""
+                    ),
+                );
+            }
+        }
         for (i, query) in matcher.query.iter().enumerate() {
             let item = format!("{path}.query[{i}]");
             if query.name.is_empty() {

@@ -211,6 +211,14 @@ pub struct Entry<'a> {
     /// The server name the client asked for in its TLS ClientHello (SNI); empty without TLS or
     /// without SNI.
     pub sni: &'a str,
+    /// The SPIFFE ID of the client's verified certificate (Envoy's
+    /// `%DOWNSTREAM_PEER_URI_SAN%`); empty without one.
+    pub downstream_peer_principal: &'a str,
+    /// How the client connection was secured: `mutual_tls`, `tls` or `none`.
+    pub security_policy: &'a str,
+    /// The SPIFFE ID of the upstream's verified certificate (Envoy's
+    /// `%UPSTREAM_PEER_URI_SAN%`); empty without one.
+    pub upstream_peer_principal: &'a str,
 }
 
 /// A worker's access-log buffer.
@@ -301,6 +309,19 @@ impl AccessLogBuffer {
             // Envoy's name for it (%REQUESTED_SERVER_NAME%).
             out.push_str(",\"requested_server_name\":");
             json_string(out, entry.sni);
+        }
+        if !entry.downstream_peer_principal.is_empty() {
+            out.push_str(",\"downstream_peer_principal\":");
+            json_string(out, entry.downstream_peer_principal);
+        }
+        if !entry.upstream_peer_principal.is_empty() {
+            out.push_str(",\"upstream_peer_principal\":");
+            json_string(out, entry.upstream_peer_principal);
+        }
+        if !entry.security_policy.is_empty() {
+            out.push_str(",\"security_policy\":\"");
+            out.push_str(entry.security_policy);
+            out.push('"');
         }
         out.push_str("}\n");
         if self.text.len() >= FLUSH_BYTES {
@@ -424,6 +445,9 @@ mod tests {
             authz_policy: "no-admin",
             authz_audit: "",
             sni: "a.example",
+            downstream_peer_principal: "spiffe://cluster.local/ns/shop/sa/web",
+            security_policy: "mutual_tls",
+            upstream_peer_principal: "spiffe://cluster.local/ns/shop/sa/api",
         });
         buffer.flush();
         let batch = receiver.try_recv().expect("one batch");
@@ -441,5 +465,14 @@ mod tests {
         assert_eq!(value["authz_policy"], "no-admin");
         assert!(value.get("authz_audit").is_none());
         assert_eq!(value["requested_server_name"], "a.example");
+        assert_eq!(
+            value["downstream_peer_principal"],
+            "spiffe://cluster.local/ns/shop/sa/web"
+        );
+        assert_eq!(value["security_policy"], "mutual_tls");
+        assert_eq!(
+            value["upstream_peer_principal"],
+            "spiffe://cluster.local/ns/shop/sa/api"
+        );
     }
 }

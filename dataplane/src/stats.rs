@@ -9,7 +9,8 @@
 //! Stats objects are keyed by stable names (listener, cluster) and carried from one config
 //! generation to the next, so a reload never resets a counter.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 /// A counter with a single writer thread.
 #[derive(Debug, Default)]
@@ -129,6 +130,99 @@ pub struct ClusterCounters {
     pub response_codes: Box<[Counter]>,
     /// Time from request head to end of response, for requests routed to this cluster.
     pub duration: Histogram,
+    /// The part of `response_codes` that came over mutually authenticated connections, by the
+    /// client's SPIFFE ID: `istio_requests_total`'s `source_principal` label.
+    pub peers: PeerResponses,
+}
+
+/// Most (source principal, response code) rows one worker keeps per cluster
+/// ([`PeerResponses`]); responses beyond them count under the principal `other`.
+pub const MAX_PEER_ROWS: usize = 64;
+
+/// One worker's responses of one cluster to mutually authenticated clients, by (SPIFFE ID,
+/// status code), for `istio_requests_total{source_principal=...}`.
+///
+/// Bounded: at most [`MAX_PEER_ROWS`] rows, claimed in arrival order and kept for the life of
+/// the cluster's counters (they are carried across reloads like the others); a pair that finds
+/// the table full is counted under `other`, by status code. Principals are peer workloads, so a
+/// mesh's real cardinality is small; the bound protects the scrape from a CA that mints an
+/// identity per pod restart. Nothing is allocated until the first mTLS response (rows) or the
+/// first overflow (`other`); a row allocates its principal once, when it is claimed.
+///
+/// Single writer (the owning worker), read by the admin thread: a row's principal and code are
+/// written before `claimed` is raised past it (`Release`), and the reader reads `claimed` first
+/// (`Acquire`), so it never sees a half-written row. No lock.
+#[derive(Debug, Default)]
+pub struct PeerResponses {
+    rows: OnceLock<Box<[PeerRow]>>,
+    claimed: AtomicUsize,
+    other: OnceLock<Box<[Counter]>>,
+}
+
+#[derive(Debug, Default)]
+struct PeerRow {
+    principal: OnceLock<Box<str>>,
+    code: AtomicU16,
+    count: Counter,
+}
+
+impl PeerResponses {
+    /// Counts a response with `status` (100–599) to the client `principal` (its SPIFFE ID).
+    /// Only the owning worker may call this. A linear scan of the claimed rows: a handful of
+    /// short comparisons, only for requests on mTLS connections.
+    pub fn record(&self, principal: &str, status: u16) {
+        if !(100..600).contains(&status) {
+            return;
+        }
+        let rows = self
+            .rows
+            .get_or_init(|| (0..MAX_PEER_ROWS).map(|_| PeerRow::default()).collect());
+        let claimed = self.claimed.load(Ordering::Relaxed);
+        let found = rows.iter().take(claimed).find(|row| {
+            row.code.load(Ordering::Relaxed) == status
+                && row.principal.get().is_some_and(|p| **p == *principal)
+        });
+        if let Some(row) = found {
+            row.count.inc();
+            return;
+        }
+        match rows.get(claimed) {
+            Some(row) => {
+                let _ = row.principal.set(principal.into());
+                row.code.store(status, Ordering::Relaxed);
+                row.count.inc();
+                self.claimed.store(claimed + 1, Ordering::Release);
+            }
+            None => {
+                let other = self
+                    .other
+                    .get_or_init(|| (100..600).map(|_| Counter::default()).collect());
+                if let Some(counter) = other.get(usize::from(status) - 100) {
+                    counter.inc();
+                }
+            }
+        }
+    }
+
+    /// Every (principal, status, count) counted so far; `other` for the overflow.
+    pub fn for_each(&self, mut f: impl FnMut(&str, u16, u64)) {
+        let claimed = self.claimed.load(Ordering::Acquire);
+        if let Some(rows) = self.rows.get() {
+            for row in rows.iter().take(claimed) {
+                if let Some(principal) = row.principal.get() {
+                    f(principal, row.code.load(Ordering::Relaxed), row.count.get());
+                }
+            }
+        }
+        if let Some(other) = self.other.get() {
+            for (code, counter) in (100u16..).zip(other.iter()) {
+                let count = counter.get();
+                if count > 0 {
+                    f("other", code, count);
+                }
+            }
+        }
+    }
 }
 
 impl Default for ClusterCounters {
@@ -148,6 +242,7 @@ impl Default for ClusterCounters {
             retry_overflow: Counter::default(),
             response_codes: (100..600).map(|_| Counter::default()).collect(),
             duration: Histogram::default(),
+            peers: PeerResponses::default(),
         }
     }
 }
@@ -341,5 +436,43 @@ mod tests {
         per.slot(0).accepted.inc();
         per.slot(2).accepted.add(4);
         assert_eq!(per.sum(|c| c.accepted.get()), 5);
+    }
+
+    fn rows(peers: &PeerResponses) -> Vec<(String, u16, u64)> {
+        let mut out = Vec::new();
+        peers.for_each(|p, code, n| out.push((p.to_owned(), code, n)));
+        out
+    }
+
+    #[test]
+    fn peer_responses_count_by_principal_and_code_and_overflow_to_other() {
+        let peers = PeerResponses::default();
+        assert!(rows(&peers).is_empty());
+        peers.record("spiffe://td/ns/a/sa/x", 200);
+        peers.record("spiffe://td/ns/a/sa/x", 200);
+        peers.record("spiffe://td/ns/a/sa/x", 503);
+        peers.record("spiffe://td/ns/b/sa/y", 200);
+        peers.record("spiffe://td/ns/b/sa/y", 0);
+        peers.record("spiffe://td/ns/b/sa/y", 600);
+        assert_eq!(
+            rows(&peers),
+            vec![
+                ("spiffe://td/ns/a/sa/x".to_owned(), 200, 2),
+                ("spiffe://td/ns/a/sa/x".to_owned(), 503, 1),
+                ("spiffe://td/ns/b/sa/y".to_owned(), 200, 1),
+            ]
+        );
+        for i in 0..MAX_PEER_ROWS + 10 {
+            peers.record(&format!("spiffe://td/ns/n{i}/sa/s"), 200);
+        }
+        peers.record("spiffe://td/ns/a/sa/x", 200);
+        let all = rows(&peers);
+        assert_eq!(
+            all.len(),
+            MAX_PEER_ROWS + 1,
+            "the cap, then one `other` row"
+        );
+        assert_eq!(all.last(), Some(&("other".to_owned(), 200, 13)));
+        assert!(all.contains(&("spiffe://td/ns/a/sa/x".to_owned(), 200, 3)));
     }
 }

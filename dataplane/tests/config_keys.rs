@@ -370,6 +370,7 @@ const SAMPLES: &[Sample] = &[
     ("virtual_hosts[].routes[].match.path_exact", Some(Replace("match.path_prefix = \"/\"", "match.path_exact = \"/a\"")), Replace("match.path_prefix = \"/\"", "match.path_exact = \"/b\"")),
     ("virtual_hosts[].routes[].match.path_regex", Some(Replace("match.path_prefix = \"/\"", "match.path_regex = \"/a.*\"")), Replace("match.path_prefix = \"/\"", "match.path_regex = \"/[0-9]+/reviews\"")),
     ("virtual_hosts[].routes[].match.methods", None, Add(Route, "match.methods = [\"GET\"]")),
+    ("virtual_hosts[].routes[].match.source_principals", None, Add(Route, "match.source_principals = [\"cluster.local/ns/a/sa/b\"]")),
     ("virtual_hosts[].routes[].match.headers[].name", Some(Add(Route, "match.headers = [{ name = \"x-a\", present = true }]")), Add(Route, "match.headers = [{ name = \"x-b\", present = true }]")),
     ("virtual_hosts[].routes[].match.headers[].exact", Some(Add(Route, "match.headers = [{ name = \"x-a\", present = true }]")), Add(Route, "match.headers = [{ name = \"x-a\", exact = \"1\" }]")),
     ("virtual_hosts[].routes[].match.headers[].prefix", Some(Add(Route, "match.headers = [{ name = \"x-a\", present = true }]")), Add(Route, "match.headers = [{ name = \"x-a\", prefix = \"1\" }]")),

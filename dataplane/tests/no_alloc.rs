@@ -284,3 +284,100 @@ fn authorization_and_normal_paths_do_not_allocate() {
     );
     assert_eq!(allowed, 5_000, "allowed by the header rule, /Admin denied");
 }
+
+/// A request view with a verified client identity, as a TLS connection's `RequestHead` gives it.
+struct WithPrincipal<'a>(H1Request<'a>, &'a str);
+
+impl routing::RequestView for WithPrincipal<'_> {
+    fn method(&self) -> &[u8] {
+        self.0.method()
+    }
+    fn host(&self) -> &[u8] {
+        self.0.host()
+    }
+    fn path(&self) -> &[u8] {
+        self.0.path()
+    }
+    fn query(&self) -> &[u8] {
+        self.0.query()
+    }
+    fn header_values(&self, lower_name: &str) -> impl Iterator<Item = &[u8]> {
+        self.0.header_values(lower_name)
+    }
+    fn source_principal(&self) -> Option<&str> {
+        Some(self.1)
+    }
+}
+
+/// The per-request consumers of the peer identity allocate nothing: a route lookup on
+/// `source_principals`, and counting a response in a cluster's peer table once its row exists
+/// (`istio_requests_total{source_principal}`).
+#[test]
+fn peer_identity_routing_and_counting_do_not_allocate() {
+    use routing::RequestView as _;
+    let config = config_schema::parse(
+        r#"
+        [[listeners]]
+        name = "web"
+        address = "127.0.0.1:0"
+        protocol = "http"
+        [[clusters]]
+        name = "a"
+        endpoints = ["127.0.0.1:1"]
+        [[clusters]]
+        name = "b"
+        endpoints = ["127.0.0.1:2"]
+        [[virtual_hosts]]
+        name = "v"
+        domains = ["*"]
+        routes = [
+            { name = "web", match = { path_prefix = "/", source_principals = ["cluster.local/ns/shop/sa/web"] }, cluster = "a" },
+            { name = "shop", match = { path_prefix = "/", source_principals = ["cluster.local/ns/shop/*", "*/sa/admin"] }, cluster = "b" },
+            { name = "rest", cluster = "b" },
+        ]
+        "#,
+    )
+    .expect("valid config");
+    let clusters: HashMap<&str, usize> = [("a", 0), ("b", 1)].into_iter().collect();
+    let routes = routing::compile(&config.spec, &clusters).expect("compiles");
+    let table = routes.listener("web").expect("web");
+    let peers = dataplane::stats::PeerResponses::default();
+    let mut scratch = MatchScratch::new();
+    let fields = [httparse::Header {
+        name: "Host",
+        value: b"a.example",
+    }];
+    let ids = [
+        "spiffe://cluster.local/ns/shop/sa/web",
+        "spiffe://cluster.local/ns/shop/sa/api",
+        "spiffe://other.td/ns/ops/sa/admin",
+        "spiffe://cluster.local/ns/ops/sa/x",
+    ];
+    let mut run = |n: usize| {
+        let mut names = [0usize; 3];
+        for i in 0..n {
+            let id = ids[i % ids.len()];
+            let principal = id.strip_prefix("spiffe://").unwrap_or(id);
+            let req = WithPrincipal(H1Request::new("GET", "/x", &fields), principal);
+            assert_eq!(req.source_principal(), Some(principal));
+            let found = table.find(&req, &mut scratch).expect("a route");
+            match &*found.route.name {
+                "web" => names[0] += 1,
+                "shop" => names[1] += 1,
+                _ => names[2] += 1,
+            }
+            peers.record(id, if i % 3 == 0 { 503 } else { 200 });
+        }
+        names
+    };
+    // Warm up: every (principal, code) row is claimed (that allocates its principal once).
+    run(24);
+    let before = allocations();
+    let names = run(12_000);
+    assert_eq!(
+        allocations() - before,
+        0,
+        "allocations during 12,000 lookups and counts"
+    );
+    assert_eq!(names, [3_000, 6_000, 3_000]);
+}

@@ -78,6 +78,7 @@ fn bench(c: &mut Criterion) {
                 expect_continue: false,
                 upgrade: None,
                 grpc: false,
+                tls: None,
             };
             let rules = RequestRules {
                 mutation: &mutation,

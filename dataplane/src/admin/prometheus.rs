@@ -3,7 +3,10 @@
 //! Two views of the same counters: `ringmesh_listener_*` summed over workers (what dashboards
 //! usually want) and `ringmesh_worker_*` per listener and worker (to see imbalance between cores).
 //! TCP traffic is also reported under Istio's standard names (`istio_tcp_*`) so that existing
-//! Grafana and Kiali dashboards work unchanged. When the node serves an identity, its metrics
+//! Grafana and Kiali dashboards work unchanged. `istio_requests_total` carries Istio's identity
+//! labels (`source_principal`, `destination_principal`, `connection_security_policy`); the
+//! principals come from a bounded per-cluster, per-worker table (`stats::PeerResponses`: 64
+//! rows, then `other`), so a scrape's series stay bounded whatever identities clients present. When the node serves an identity, its metrics
 //! follow (`ringmesh_cert_expiry_seconds`, `ringmesh_cert_reload*_total`,
 //! `ringmesh_tls_handshake_failures_total`; `identity::Store::render_prometheus`).
 
@@ -34,7 +37,8 @@ pub(super) fn render(shared: &Shared) -> String {
     policies(&mut out, &snapshot);
     authz(&mut out, &snapshot);
     istio_tcp(&mut out, &snapshot);
-    istio_http(&mut out, &snapshot);
+    let node = shared.identity.load_full().map(|store| store.current());
+    istio_http(&mut out, &snapshot, node.as_ref().map(|m| m.id.as_str()));
     match shared.identity.load_full() {
         Some(identity) => identity.render_prometheus(&mut out, std::time::SystemTime::now()),
         None => shared.identity_metrics.render_prometheus(&mut out),
@@ -626,7 +630,16 @@ fn histogram<'a>(
 }
 
 /// Istio's standard HTTP metrics, per destination cluster, so existing dashboards work.
-fn istio_http(out: &mut String, snapshot: &Snapshot) {
+///
+/// `istio_requests_total` carries Istio's identity labels: responses to clients on mutually
+/// authenticated connections come from the cluster's [`PeerResponses`](crate::stats::PeerResponses)
+/// rows, with `source_principal` the client's SPIFFE ID (`other` past the row cap, `unknown` for a
+/// verified certificate without one), `destination_principal` this node's identity
+/// (`node_principal`: the `[identity]` SVID; `unknown` without one) and
+/// `connection_security_policy="mutual_tls"`; the rest of the cluster's responses (plaintext,
+/// one-way TLS) are one series per code with both principals `unknown` and
+/// `connection_security_policy="none"`.
+fn istio_http(out: &mut String, snapshot: &Snapshot, node_principal: Option<&str>) {
     let source = escape(
         snapshot
             .spec
@@ -641,18 +654,45 @@ fn istio_http(out: &mut String, snapshot: &Snapshot) {
         "counter",
         "HTTP requests by destination and response code.",
     );
+    let destination_principal = escape(node_principal.unwrap_or("unknown"));
     for cluster in &snapshot.clusters {
-        for offset in 0..500 {
-            let count = cluster.stats.sum(|c| c.response_codes[offset].get());
+        let service = escape(&cluster.name);
+        // (principal, code) → count over workers; and the mTLS share of each code.
+        let mut peers: std::collections::BTreeMap<(String, u16), u64> = Default::default();
+        let mut mtls = [0u64; 500];
+        for counters in cluster.stats.iter() {
+            counters.peers.for_each(|principal, code, count| {
+                *peers.entry((principal.to_owned(), code)).or_default() += count;
+                if let Some(sum) = mtls.get_mut(usize::from(code).wrapping_sub(100)) {
+                    *sum += count;
+                }
+            });
+        }
+        for (offset, mtls) in mtls.iter().enumerate() {
+            let count = cluster
+                .stats
+                .sum(|c| c.response_codes[offset].get())
+                .saturating_sub(*mtls);
             if count == 0 {
                 continue;
             }
             let _ = writeln!(
                 out,
                 "istio_requests_total{{reporter=\"destination\",source_workload=\"{source}\",\
-                 destination_service=\"{}\",response_code=\"{}\"}} {count}",
-                escape(&cluster.name),
+                 destination_service=\"{service}\",response_code=\"{}\",\
+                 source_principal=\"unknown\",destination_principal=\"unknown\",\
+                 connection_security_policy=\"none\"}} {count}",
                 offset + 100
+            );
+        }
+        for ((principal, code), count) in &peers {
+            let _ = writeln!(
+                out,
+                "istio_requests_total{{reporter=\"destination\",source_workload=\"{source}\",\
+                 destination_service=\"{service}\",response_code=\"{code}\",\
+                 source_principal=\"{}\",destination_principal=\"{destination_principal}\",\
+                 connection_security_policy=\"mutual_tls\"}} {count}",
+                escape(principal)
             );
         }
     }
@@ -723,13 +763,37 @@ fn istio_tcp(out: &mut String, snapshot: &Snapshot) {
             let _ = writeln!(
                 out,
                 "{name}{{reporter=\"destination\",source_workload=\"{}\",destination_service=\"{}\",\
-                 connection_security_policy=\"none\",listener=\"{}\"}} {}",
+                 connection_security_policy=\"{}\",listener=\"{}\"}} {}",
                 escape(source),
                 escape(destination),
+                tcp_security_policy(snapshot, listener),
                 escape(&listener.name),
                 listener.stats.workers.sum(get)
             );
         }
+    }
+}
+
+/// `connection_security_policy` of a tcp listener's connections: `mutual_tls` when every one of
+/// them presented a verified client certificate (the listener verifies clients and requires a
+/// certificate: Istio's STRICT), else `none`. The counters are per listener, so a listener that
+/// accepts clients with and without certificates (PERMISSIVE) reports `none` for all of them.
+fn tcp_security_policy(snapshot: &Snapshot, listener: &crate::snapshot::Listener) -> &'static str {
+    let verifies = listener
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_auth.is_some());
+    let requires = snapshot
+        .spec
+        .listeners
+        .iter()
+        .find(|spec| *spec.name == *listener.name)
+        .and_then(|spec| spec.tls.as_ref())
+        .is_some_and(|tls| tls.require_client_cert);
+    if verifies && requires {
+        "mutual_tls"
+    } else {
+        "none"
     }
 }
 

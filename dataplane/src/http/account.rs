@@ -10,7 +10,9 @@ use super::exchange::Record;
 use super::request::ClientProtocol;
 use crate::access_log::Entry;
 use crate::core::Core;
+use crate::identity::SpiffeId;
 use crate::snapshot::Snapshot;
+use crate::tls::{SecurityPolicy, TlsInfo};
 
 /// The request's own fields for the access log, borrowed from wherever the codec keeps them.
 #[derive(Debug, Clone, Copy)]
@@ -27,8 +29,8 @@ pub struct LogFields<'a> {
     pub request_id: &'a [u8],
     /// The client connection's address.
     pub downstream: SocketAddr,
-    /// The TLS SNI the client sent (empty: none, or no TLS).
-    pub sni: &'a str,
+    /// The client connection's TLS details (`None`: plaintext).
+    pub tls: Option<&'a TlsInfo>,
 }
 
 /// Records one finished request: the route's status class and duration, the cluster's duration
@@ -46,6 +48,13 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         counters.duration.observe(duration);
         if record.locally_answered {
             counters.response(record.status);
+        }
+        // The mTLS part of those responses, by the client's identity (istio_requests_total's
+        // source_principal); plaintext and one-way TLS cost this one branch.
+        if let Some(tls) = fields.tls.filter(|tls| tls.peer_verified) {
+            counters
+                .peers
+                .record(tls.peer_id().unwrap_or("unknown"), record.status);
         }
     }
     let mut log = core.access_log.borrow_mut();
@@ -75,6 +84,15 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         retry_stopped: record.retry_stopped.map_or("", |stopped| stopped.as_str()),
         authz_policy: record.authz_policy.unwrap_or_default(),
         authz_audit: record.authz_audit.unwrap_or_default(),
-        sni: fields.sni,
+        sni: fields
+            .tls
+            .and_then(|tls| tls.sni.as_deref())
+            .unwrap_or_default(),
+        downstream_peer_principal: fields.tls.and_then(TlsInfo::peer_id).unwrap_or_default(),
+        security_policy: SecurityPolicy::of(fields.tls).as_str(),
+        upstream_peer_principal: record
+            .upstream_principal
+            .as_deref()
+            .map_or("", SpiffeId::as_str),
     });
 }

@@ -67,12 +67,14 @@ use super::upstream::{UpIn, Upstream, UpstreamRequest, Wire};
 use crate::access_log::ResponseFlags;
 use crate::core::Core;
 use crate::event::Signal;
+use crate::identity::SpiffeId;
 use crate::policy::authz::{self, AuthzInput, HttpAttributes, ListenerAuthz};
 use crate::routing::{
     DirectResponse, RateLimitKey, RequestView, Route, RouteAction, RouteMatch, RouteTable,
     shadow_host,
 };
 use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
+use crate::tls::TlsInfo;
 use crate::upstream::outlier::Observation;
 
 /// The largest request body kept for a retry; bigger bodies are not retried.
@@ -143,6 +145,8 @@ pub struct Record<'s> {
     pub authz_policy: Option<&'s str>,
     /// The first audit policy that matched.
     pub authz_audit: Option<&'s str>,
+    /// The verified SPIFFE ID of the last attempt's upstream (TLS clusters).
+    pub upstream_principal: Option<Rc<SpiffeId>>,
 }
 
 impl Record<'_> {
@@ -164,6 +168,7 @@ impl Record<'_> {
             peer_ip: client_ip,
             authz_policy: None,
             authz_audit: None,
+            upstream_principal: None,
         }
     }
 }
@@ -502,7 +507,7 @@ fn reply(local: Local<'_>, delay: Option<Duration>) -> Decision<'_> {
 }
 
 /// Authorization (`policy::authz`): the listener's policies over the request, with the peer's
-/// identity once mTLS provides one. Records the deciding and the auditing policy for the access
+/// verified identity and SNI when the connection is TLS. Records the deciding and the auditing policy for the access
 /// log; returns whether the request may go on.
 #[inline]
 fn authorize<'s>(
@@ -515,9 +520,9 @@ fn authorize<'s>(
     let input = AuthzInput {
         source_ip: record.peer_ip,
         remote_ip: record.client_ip,
-        // Filled by the mTLS integration: the connection's verified SPIFFE ID and SNI.
-        principal: None,
-        sni: None,
+        // The connection's verified SPIFFE ID and SNI, borrowed from its TLS details.
+        principal: head.tls.and_then(TlsInfo::peer_id),
+        sni: head.tls.and_then(|tls| tls.sni.as_deref()),
         destination_port: listener.local_addr.port(),
         http: Some(HttpAttributes {
             method: head.method,
@@ -1063,6 +1068,8 @@ async fn attempt<'s>(
     )
     .await?;
     record.upstream = Some(upstream.endpoint());
+    // A reference count, not a copy: the identity was read at the connection's handshake.
+    record.upstream_principal = upstream.peer();
     plan.cluster.stats.slot(core.id).requests.inc();
 
     // 7. The client may send its body now.

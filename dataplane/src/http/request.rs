@@ -8,8 +8,10 @@ use std::net::IpAddr;
 
 use super::grpc;
 use super::headers::Fields;
+use crate::identity::SpiffeId;
 use crate::policy::authz::HeaderSource;
 use crate::routing::RequestView;
+use crate::tls::TlsInfo;
 
 /// The protocol a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,9 @@ pub struct RequestHead<'a> {
     pub upgrade: Option<Upgrade<'a>>,
     /// A gRPC call (`content-type: application/grpc...`).
     pub grpc: bool,
+    /// The client connection's TLS details (SNI, verified peer identity); `None` on plaintext.
+    /// Borrowed from the connection, which computed them once at the handshake.
+    pub tls: Option<&'a TlsInfo>,
 }
 
 impl<'a> RequestHead<'a> {
@@ -161,6 +166,10 @@ impl RequestView for RequestHead<'_> {
             .filter(move |(name, _)| name.eq_ignore_ascii_case(lower_name))
             .map(|(_, value)| value)
     }
+    #[inline]
+    fn source_principal(&self) -> Option<&str> {
+        self.tls?.peer_principal.as_ref().map(SpiffeId::principal)
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +190,7 @@ mod tests {
             expect_continue: false,
             upgrade: None,
             grpc: false,
+            tls: None,
         }
     }
 

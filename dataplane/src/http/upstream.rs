@@ -9,6 +9,7 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use h2::client::ResponseFuture;
@@ -21,6 +22,7 @@ use super::h1::{self, BodyFraming};
 use super::h2::client::{H2ClientLimits, H2Stream};
 use super::headers::Fields;
 use crate::core::Core;
+use crate::identity::SpiffeId;
 use crate::snapshot::{Cluster, Snapshot};
 use crate::upstream::breaker::{self, Resource};
 use crate::upstream::outlier::Observation;
@@ -272,6 +274,14 @@ impl Upstream {
         };
         let (Upstream::H1 { index, .. } | Upstream::H2 { index, .. }) = self;
         health.observe(*index, observation);
+    }
+
+    /// The upstream's verified SPIFFE ID (TLS clusters whose server certificate carries one).
+    pub fn peer(&self) -> Option<Rc<SpiffeId>> {
+        match self {
+            Upstream::H1 { connection, .. } => connection.peer.clone(),
+            Upstream::H2 { stream, .. } => stream.peer().cloned(),
+        }
     }
 
     /// The endpoint.

@@ -27,6 +27,7 @@ use tracing::{debug, info};
 
 use crate::core::Core;
 use crate::event::Signal;
+use crate::identity::SpiffeId;
 use crate::policy::authz::{self, Tracked};
 use crate::snapshot::{Cluster, Listener, Snapshot};
 use crate::tls::transport::Transport;
@@ -52,12 +53,18 @@ pub async fn proxy(
     };
     // A terminated TLS connection's SNI reaches `connection.sni` conditions, as a passthrough
     // connection's does.
-    let sni = downstream.tls_info().and_then(|info| info.sni.clone());
+    // The verified peer identity of a terminated mTLS connection is kept for the live re-check.
+    let mut downstream = downstream;
+    let (sni, principal) = match downstream.take_tls_info() {
+        Some(info) => (info.sni, info.peer_principal),
+        None => (None, None),
+    };
     let inbound = Inbound {
         stream: downstream,
         peer,
         initial,
         sni,
+        principal,
     };
     forward(core, snapshot, listener, name, cluster, inbound).await;
 }
@@ -72,8 +79,11 @@ pub struct Inbound {
     /// Bytes already read from the client (while detecting the protocol or reading the
     /// ClientHello): they go upstream first, untouched.
     pub initial: Vec<u8>,
-    /// The server name of a passthrough connection's ClientHello, for authorization.
+    /// The server name of a passthrough connection's ClientHello, or of a terminated TLS
+    /// connection, for authorization.
     pub sni: Option<Box<str>>,
+    /// The verified SPIFFE ID of a terminated mutual-TLS connection's client.
+    pub principal: Option<SpiffeId>,
 }
 
 /// Checks the connection against the listener's authorization policies, connects to `cluster`,
@@ -91,6 +101,7 @@ pub async fn forward(
         peer,
         mut initial,
         sni,
+        principal,
     } = inbound;
     // Authorization at connect, before anything goes upstream. The connection is registered
     // first, so that a reload between here and the end of the connection re-checks it.
@@ -99,6 +110,7 @@ pub async fn forward(
         peer,
         destination_port: listener.local_addr.port(),
         sni,
+        principal,
         revoked: Signal::default(),
     });
     if !authorized(core, listener, &registration.tracked) {

@@ -122,6 +122,8 @@ pub async fn serve(
         peer,
         initial: buf,
         sni: name.map(|n| n.as_str().into()),
+        // Not terminated: the proxy sees no certificate.
+        principal: None,
     };
     super::forward(core, snapshot, listener, listener_name, cluster, inbound).await;
 }

@@ -22,8 +22,10 @@
 //! a connection through, and a `deny` rule still denies by its other fields (Istio's behaviour).
 //!
 //! **Peer identity.** [`AuthzInput::principal`] is the peer's SPIFFE ID when the connection is
-//! mutually authenticated; until mTLS fills it, it is `None`, so a `principals` field never
-//! matches and a `not_principals` field always does.
+//! mutually authenticated (`tls::TlsInfo::peer_principal`, read from the verified client
+//! certificate once per connection); on plaintext, on TLS without a client certificate, or with a
+//! certificate that carries no SPIFFE ID it is `None`, so a `principals` or `namespaces` field
+//! never matches and a `not_principals` or `not_namespaces` field always does.
 //!
 //! **Live re-check.** A worker keeps every open L4 connection in its [`Registry`], registered
 //! before the connection is first checked; when a reload publishes new policies, the worker
@@ -45,6 +47,7 @@ use config_schema::{
 };
 
 use crate::event::Signal;
+use crate::identity::SpiffeId;
 use crate::stats::{Counter, PerWorker};
 
 /// Where request headers are read from (the HTTP request head; a table in tests).
@@ -76,8 +79,8 @@ impl std::fmt::Debug for HttpAttributes<'_> {
     }
 }
 
-/// Everything a policy can look at. The mTLS integration fills `principal` (and `sni` on TLS
-/// listeners); until then both are `None`.
+/// Everything a policy can look at. `principal` and `sni` come from the connection's TLS
+/// details (`None` on plaintext).
 #[derive(Debug, Clone, Copy)]
 pub struct AuthzInput<'a> {
     /// The connection's peer address (`ip_blocks`, `source.ip`).
@@ -643,19 +646,23 @@ pub struct Tracked {
     pub peer: SocketAddr,
     /// The port it arrived on.
     pub destination_port: u16,
-    /// The server name of its TLS ClientHello (TLS passthrough listeners).
+    /// The server name of its TLS ClientHello (TLS passthrough listeners, and tcp listeners
+    /// that terminate TLS).
     pub sni: Option<Box<str>>,
+    /// The peer's verified SPIFFE ID (a tcp listener that terminates mutual TLS): kept for the
+    /// life of the connection, so that a reload's policies are re-checked against it.
+    pub principal: Option<SpiffeId>,
     /// Fired when a reload's policies no longer let the connection through.
     pub revoked: Signal,
 }
 
 impl Tracked {
-    /// The connection as an authorization input (no identity yet: see [`AuthzInput`]).
+    /// The connection as an authorization input.
     pub fn input(&self) -> AuthzInput<'_> {
         AuthzInput {
             source_ip: self.peer.ip(),
             remote_ip: self.peer.ip(),
-            principal: None,
+            principal: self.principal.as_ref().map(SpiffeId::as_str),
             sni: self.sni.as_deref(),
             destination_port: self.destination_port,
             http: None,

@@ -19,6 +19,7 @@ use super::table::{
     BytesMap, HostIndex, LenSet, RegexGroup, RegexIndex, RegexMember, RouteConfig, RouteTable,
     VirtualHost,
 };
+use crate::identity::PrincipalPattern;
 
 /// A config that validation accepted but routing cannot compile. Validation should make these
 /// impossible; they exist so that nothing panics if it does not.
@@ -417,6 +418,11 @@ fn route(
             .collect(),
         headers,
         query,
+        principals: matcher
+            .source_principals
+            .iter()
+            .map(|p| PrincipalPattern::parse(p))
+            .collect(),
     };
 
     let fault_headers = spec
@@ -455,6 +461,7 @@ fn route(
                 methods: Box::default(),
                 headers: fault_headers.unwrap_or_default(),
                 query: Box::default(),
+                principals: Box::default(),
             },
             delay: f
                 .delay

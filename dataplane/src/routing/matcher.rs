@@ -1,8 +1,10 @@
-//! The non-path conditions of a route: methods, headers and query parameters, compiled into
-//! plain byte strings and regex ids so that checking them allocates nothing.
+//! The non-path conditions of a route: methods, headers, query parameters and the client's
+//! verified identity, compiled into plain byte strings, regex ids and principal patterns so that
+//! checking them allocates nothing.
 
 use super::regex::{MatchScratch, RegexArena, RegexId};
 use super::request::{RequestView, decode_into, decoded_eq, query_pairs};
+use crate::identity::PrincipalPattern;
 
 /// A route's conditions besides the path. All must hold.
 #[derive(Debug, Default)]
@@ -11,6 +13,8 @@ pub(crate) struct Conditions {
     pub(crate) methods: Box<[Box<[u8]>]>,
     pub(crate) headers: Box<[HeaderCondition]>,
     pub(crate) query: Box<[QueryCondition]>,
+    /// Accepted source principals (Istio patterns); empty = any client.
+    pub(crate) principals: Box<[PrincipalPattern]>,
 }
 
 #[derive(Debug)]
@@ -48,9 +52,12 @@ pub(crate) enum QueryTest {
 
 impl Conditions {
     /// The tie-breaker between routes of equal path precedence: the number of header and query
-    /// conditions, plus one for a method list.
+    /// conditions, plus one for a method list and one for a source principal list.
     pub(crate) fn count(&self) -> usize {
-        self.headers.len() + self.query.len() + usize::from(!self.methods.is_empty())
+        self.headers.len()
+            + self.query.len()
+            + usize::from(!self.methods.is_empty())
+            + usize::from(!self.principals.is_empty())
     }
 
     /// Whether `req` meets every condition.
@@ -62,6 +69,13 @@ impl Conditions {
         scratch: &mut MatchScratch,
     ) -> bool {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| **m == *req.method()) {
+            return false;
+        }
+        if !self.principals.is_empty()
+            && !req
+                .source_principal()
+                .is_some_and(|p| self.principals.iter().any(|want| want.matches_principal(p)))
+        {
             return false;
         }
         self.headers

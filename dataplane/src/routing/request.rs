@@ -20,6 +20,11 @@ pub trait RequestView {
     fn header(&self, lower_name: &str) -> Option<&[u8]> {
         self.header_values(lower_name).next()
     }
+    /// The connection's verified peer identity in Istio's principal form (`td/ns/x/sa/y`), if
+    /// it has one. Views without a connection (tests, benches) have none.
+    fn source_principal(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// An HTTP/1.1 request head as parsed by `httparse`, borrowed from the connection's buffer.

@@ -989,3 +989,99 @@ fn a_large_group_of_unanchored_regexes_still_matches() {
     let long = format!("{}/r7", "/abcdefgh".repeat(500));
     assert_eq!(get(&t, "h", &long).as_deref(), Ok("r7"));
 }
+
+/// An HTTP/1.1 view with a verified client identity, as a TLS connection gives it.
+struct WithPrincipal<'a> {
+    inner: H1Request<'a>,
+    principal: Option<&'a str>,
+}
+
+impl RequestView for WithPrincipal<'_> {
+    fn method(&self) -> &[u8] {
+        self.inner.method()
+    }
+    fn host(&self) -> &[u8] {
+        self.inner.host()
+    }
+    fn path(&self) -> &[u8] {
+        self.inner.path()
+    }
+    fn query(&self) -> &[u8] {
+        self.inner.query()
+    }
+    fn header_values(&self, lower_name: &str) -> impl Iterator<Item = &[u8]> {
+        self.inner.header_values(lower_name)
+    }
+    fn source_principal(&self) -> Option<&str> {
+        self.principal
+    }
+}
+
+#[test]
+fn source_principals_match_istio_patterns_and_an_anonymous_client_matches_none() {
+    let t = table(
+        r#"
+        [[virtual_hosts]]
+        name = "shop"
+        domains = ["*"]
+        routes = [
+            { match = { path_prefix = "/", source_principals = ["cluster.local/ns/shop/sa/web"] }, cluster = "a" },
+            { match = { path_prefix = "/", source_principals = ["spiffe://cluster.local/ns/ops/*", "*/sa/admin"] }, cluster = "b" },
+            { match = { path_prefix = "/", source_principals = ["*"] }, cluster = "c" },
+            { match = { path_prefix = "/" }, cluster = "a" },
+        ]
+    "#,
+    );
+    let fields = [httparse::Header {
+        name: "Host",
+        value: b"h",
+    }];
+    let mut scratch = MatchScratch::new();
+    let mut route = |principal: Option<&str>| {
+        let req = WithPrincipal {
+            inner: H1Request::new("GET", "/x", &fields),
+            principal,
+        };
+        t.find(&req, &mut scratch)
+            .map(|m| m.route.name.to_string())
+            .ok()
+    };
+    assert_eq!(
+        route(Some("cluster.local/ns/shop/sa/web")).as_deref(),
+        Some("shop#0")
+    );
+    assert_eq!(
+        route(Some("cluster.local/ns/ops/sa/x")).as_deref(),
+        Some("shop#1")
+    );
+    assert_eq!(
+        route(Some("other.td/ns/a/sa/admin")).as_deref(),
+        Some("shop#1")
+    );
+    assert_eq!(
+        route(Some("cluster.local/ns/shop/sa/api")).as_deref(),
+        Some("shop#2")
+    );
+    assert_eq!(
+        route(None).as_deref(),
+        Some("shop#3"),
+        "no identity: no principal route"
+    );
+    // A plain request view has no identity.
+    assert_eq!(get(&t, "h", "/x").as_deref(), Ok("shop#3"));
+}
+
+#[test]
+fn malformed_source_principal_patterns_are_refused() {
+    for bad in ["", "a*b", "*a*", "spiffe://"] {
+        let text = format!(
+            "{CLUSTERS}\n[[virtual_hosts]]\nname = \"v\"\ndomains = [\"*\"]\n\
+             routes = [{{ match = {{ path_prefix = \"/\", source_principals = [{bad:?}] }}, cluster = \"a\" }}]"
+        );
+        let errors = config_schema::parse(&text).expect_err(bad);
+        assert!(
+            format!("{errors:?}").contains("source_principals[0]"),
+            "{bad:?}: {errors:?}"
+        );
+    }
+}

@@ -32,6 +32,8 @@ use monoio::net::TcpStream;
 use rustls::crypto::CryptoProvider;
 
 pub use config::{Carries, ClientAuth, ClientTls, Mesh, ServerTls};
+
+use crate::identity::SpiffeId;
 pub use stream::TlsStream;
 
 /// The process's one crypto provider (`ring`).
@@ -40,7 +42,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
 }
 
-/// What a TLS connection negotiated, for routing, logs and (later) authorization.
+/// What a TLS connection negotiated, for routing, authorization, metrics and logs. Built once
+/// per connection, after the handshake; per-request consumers borrow from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsInfo {
     /// The server name the client asked for (SNI), if it sent one.
@@ -49,23 +52,73 @@ pub struct TlsInfo {
     pub alpn: Option<Box<[u8]>>,
     /// Whether the session was resumed (ticket or cache) rather than fully negotiated.
     pub resumed: bool,
-    /// The verified identity of the peer (a SPIFFE ID), when a client certificate verifier that
-    /// extracts one is configured; `None` until mTLS is built.
-    pub peer_principal: Option<Box<str>>,
+    /// The verified identity of the peer: the SPIFFE ID of the certificate it presented (a
+    /// client certificate on a listener, the server's on an upstream connection). `None` when
+    /// it presented none, or one without a single SPIFFE URI SAN. [`SpiffeId`] keeps the whole
+    /// `spiffe://` form with the offset of its path, so the principal (`td/ns/x/sa/y`), trust
+    /// domain and namespace are slices of it: nothing is allocated per request.
+    pub peer_principal: Option<SpiffeId>,
+    /// Whether the peer presented a certificate that the handshake verified (on a listener:
+    /// mutual TLS, with or without a SPIFFE ID).
+    pub peer_verified: bool,
+}
+
+/// How a connection was secured, in Istio's words (`connection_security_policy`, and Envoy's
+/// access-log `security_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityPolicy {
+    /// Plaintext.
+    None,
+    /// TLS, the peer not authenticated by a certificate.
+    Tls,
+    /// TLS with a certificate from the peer that the handshake verified.
+    MutualTls,
+}
+
+impl SecurityPolicy {
+    /// The policy of a connection with these TLS details (`None`: plaintext).
+    pub fn of(info: Option<&TlsInfo>) -> Self {
+        match info {
+            None => SecurityPolicy::None,
+            Some(info) if info.peer_verified => SecurityPolicy::MutualTls,
+            Some(_) => SecurityPolicy::Tls,
+        }
+    }
+
+    /// `none`, `tls` or `mutual_tls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityPolicy::None => "none",
+            SecurityPolicy::Tls => "tls",
+            SecurityPolicy::MutualTls => "mutual_tls",
+        }
+    }
 }
 
 impl TlsInfo {
-    fn of(conn: &rustls::Connection) -> Self {
+    /// The details of a connection whose handshake is complete. Once per connection: the
+    /// peer's leaf certificate is parsed here (rustls has verified it already, with whatever
+    /// verifier the config carries), never per request.
+    pub(crate) fn of(conn: &rustls::Connection) -> Self {
         let sni = match conn {
             rustls::Connection::Server(server) => server.server_name().map(Into::into),
             rustls::Connection::Client(_) => None,
         };
+        // A server connection has peer certificates only when a client certificate verifier
+        // accepted them (rustls drops none it refused: the handshake fails instead).
+        let peer_certificates = conn.peer_certificates().filter(|certs| !certs.is_empty());
         Self {
             sni,
             alpn: conn.alpn_protocol().map(Into::into),
             resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-            peer_principal: None,
+            peer_principal: crate::identity::peer_spiffe_id(peer_certificates),
+            peer_verified: peer_certificates.is_some(),
         }
+    }
+
+    /// The peer's SPIFFE ID, `spiffe://td/ns/x/sa/y`.
+    pub fn peer_id(&self) -> Option<&str> {
+        self.peer_principal.as_ref().map(SpiffeId::as_str)
     }
 
     /// Whether ALPN chose HTTP/2.
@@ -141,5 +194,7 @@ async fn handshake(
     }
 }
 
+#[cfg(test)]
+mod peer_tests;
 #[cfg(test)]
 mod tests;

@@ -52,6 +52,15 @@ impl Transport {
         }
     }
 
+    /// Moves the TLS details out (the transport keeps empty ones), for a server that splits
+    /// the connection and keeps its details for every request; `None` on plaintext.
+    pub fn take_tls_info(&mut self) -> Option<TlsInfo> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(_, info) => Some(std::mem::take(&mut **info)),
+        }
+    }
+
     /// Splits the connection into its two halves.
     pub fn split(self) -> (ReadHalf, WriteHalf) {
         match self {

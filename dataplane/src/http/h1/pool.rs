@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::http::io::{Reader, Writer, split_transport};
+use crate::identity::SpiffeId;
 use crate::snapshot::PoolLimits;
 use crate::tls::transport::Transport;
 use crate::upstream::PoolKey;
@@ -57,6 +58,8 @@ pub struct Connection {
     pub buf: Vec<u8>,
     /// Requests sent on this connection before the current one.
     pub reuses: u32,
+    /// The upstream's verified SPIFFE ID (TLS clusters), read once at the handshake.
+    pub peer: Option<Rc<SpiffeId>>,
     idle_since: Instant,
     _slot: Slot,
 }
@@ -235,12 +238,17 @@ impl Pool {
 
     /// Turns a reservation into a connection over `stream`, plain or TLS.
     pub fn connect_transport(&self, reservation: Reservation, stream: Transport) -> Connection {
+        let peer = stream
+            .tls_info()
+            .and_then(|info| info.peer_principal.clone())
+            .map(Rc::new);
         let (reader, writer) = split_transport(stream);
         Connection {
             reader,
             writer,
             buf: Vec::with_capacity(READ_BUFFER),
             reuses: 0,
+            peer,
             idle_since: Instant::now(),
             _slot: reservation.0,
         }

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::tls::TlsInfo;
 use crate::tls::transport::Transport;
 use tracing::debug;
 
@@ -73,8 +74,9 @@ struct Conn {
     peer: SocketAddr,
     /// When the first byte of the next head arrived, if it already has (protocol detection).
     head_started: Option<Instant>,
-    /// The TLS SNI the client sent, for the access log.
-    sni: Option<Box<str>>,
+    /// The connection's TLS details (SNI, verified peer identity), taken from the transport
+    /// once: every request borrows them.
+    tls: Option<TlsInfo>,
 }
 
 /// Copies of the request's fields for the access log (the read buffer moves on before the
@@ -94,14 +96,14 @@ pub async fn serve(
     core: Rc<Core>,
     pinned: SnapshotRef,
     listener: Rc<str>,
-    stream: Transport,
+    mut stream: Transport,
     peer: SocketAddr,
     initial: Vec<u8>,
     head_started: Option<Instant>,
 ) {
     let mut buf = initial;
     buf.reserve(READ_BUFFER.saturating_sub(buf.len()));
-    let sni = stream.tls_info().and_then(|info| info.sni.clone());
+    let tls = stream.take_tls_info();
     let (mut reader, writer) = io::split_transport(stream);
     reader.count_received(buf.len());
     let mut conn = Conn {
@@ -111,7 +113,7 @@ pub async fn serve(
         scanned: 0,
         peer,
         head_started,
-        sni,
+        tls,
     };
     let mut scratch = Scratch {
         peer_ip: peer.ip().to_string().into_bytes(),
@@ -251,6 +253,7 @@ async fn serve_request(
                     expect_continue: request.expect_continue,
                     upgrade,
                     grpc: false,
+                    tls: conn.tls.as_ref(),
                 };
                 if let Some(client) = view.forwarded_client(http.xff_trusted_hops) {
                     record.client_ip = client;
@@ -326,7 +329,7 @@ async fn serve_request(
             protocol: log.protocol.unwrap_or(ClientProtocol::Http11),
             request_id: &scratch.request_id,
             downstream: conn.peer,
-            sni: conn.sni.as_deref().unwrap_or_default(),
+            tls: conn.tls.as_ref(),
         },
     );
     let counters = listener.stats.workers.slot(core.id);
@@ -512,7 +515,7 @@ async fn reply_and_close(
             protocol: ClientProtocol::Http11,
             request_id: b"",
             downstream: conn.peer,
-            sni: conn.sni.as_deref().unwrap_or_default(),
+            tls: conn.tls.as_ref(),
         },
     );
 }

@@ -24,6 +24,7 @@ use tracing::debug;
 use super::io::H2Io;
 use crate::event::Event;
 use crate::http::error::Unavailable;
+use crate::identity::SpiffeId;
 use crate::snapshot::Cluster;
 use crate::tls::ClientTls;
 use crate::tls::transport::Transport;
@@ -72,6 +73,8 @@ struct Connection {
     /// The opening cluster's `max_connections` permit, when its breaker is set: held while the
     /// connection is in the pool.
     _breaker: Option<crate::upstream::Permit>,
+    /// The upstream's verified SPIFFE ID (TLS clusters), read once at the handshake.
+    peer: Option<Rc<SpiffeId>>,
 }
 
 impl Connection {
@@ -181,6 +184,12 @@ impl H2Stream {
     /// Marks the connection as taking no new streams (after GOAWAY or an error on it).
     pub fn retire_connection(&self) {
         self.connection.retired.set(true);
+    }
+
+    /// The upstream's verified SPIFFE ID, when the connection is TLS and the server's
+    /// certificate carries one.
+    pub fn peer(&self) -> Option<&Rc<SpiffeId>> {
+        self.connection.peer.as_ref()
     }
 }
 
@@ -342,6 +351,7 @@ impl H2Pool {
         permit: Option<crate::upstream::Permit>,
     ) -> Result<Connection, (io::Error, bool)> {
         let plain = |e| (e, false);
+        let mut peer = None;
         let stream = crate::upstream::connect(endpoint, limits.connect_timeout)
             .await
             .map_err(plain)?;
@@ -364,6 +374,7 @@ impl H2Pool {
                         true,
                     ));
                 }
+                peer = info.peer_principal.clone().map(Rc::new);
                 Transport::Tls(Box::new(stream), Box::new(info))
             }
         };
@@ -400,6 +411,7 @@ impl H2Pool {
             idle_since: Cell::new(Instant::now()),
             retired,
             _breaker: permit,
+            peer,
         })
     }
 

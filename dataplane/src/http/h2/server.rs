@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::tls::TlsInfo;
 use crate::tls::transport::Transport;
 use bytes::Bytes;
 use h2::Reason;
@@ -49,9 +50,9 @@ pub async fn serve(
     let tripped = Event::new();
     let guard = Rc::new(RefCell::new(FrameGuard::new(settings.guard)));
     let tally = Rc::new(ByteTally::default());
-    let sni: Option<Rc<str>> = stream
-        .tls_info()
-        .and_then(|info| info.sni.as_deref().map(Rc::from));
+    // The TLS details, shared by every stream of the connection.
+    let mut stream = stream;
+    let tls: Option<Rc<TlsInfo>> = stream.take_tls_info().map(Rc::new);
     let Ok(io) = H2Io::server(
         stream,
         initial,
@@ -117,7 +118,7 @@ pub async fn serve(
                     Rc::clone(&core),
                     Rc::clone(&listener_name),
                     peer,
-                    sni.clone(),
+                    tls.clone(),
                     request,
                     respond,
                     open,

@@ -24,6 +24,7 @@ use crate::http::exchange::{self, Decision, Local, Record, Scratch};
 use crate::http::headers::Fields;
 use crate::http::request::{ClientProtocol, RequestBody, RequestHead};
 use crate::snapshot::{HeadLimits, SnapshotRef};
+use crate::tls::TlsInfo;
 
 /// What the connection gives each of its streams: a handle that counts the stream as open until
 /// dropped, and adds the connection's bytes to the listener's counters when asked. (A trait, so
@@ -38,7 +39,7 @@ pub async fn serve(
     core: Rc<Core>,
     listener_name: Rc<str>,
     peer: SocketAddr,
-    sni: Option<Rc<str>>,
+    tls: Option<Rc<TlsInfo>>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     open: impl StreamHandle,
@@ -89,6 +90,7 @@ pub async fn serve(
             .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")),
         upgrade: None,
         grpc: RequestHead::grpc_content_type(fields),
+        tls: tls.as_deref(),
     };
     let mut record = Record::new(started, peer.ip());
     if let Some(client) = head.forwarded_client(http.xff_trusted_hops) {
@@ -146,7 +148,7 @@ pub async fn serve(
             protocol: ClientProtocol::Http2,
             request_id: &scratch.request_id,
             downstream: peer,
-            sni: sni.as_deref().unwrap_or_default(),
+            tls: tls.as_deref(),
         },
     );
     open.count_bytes(&core, &snapshot, &listener_name);

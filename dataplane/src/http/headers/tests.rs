@@ -30,6 +30,7 @@ fn request<'a>(fields: Fields<'a>, connection_tokens: &'a str) -> RequestHead<'a
         expect_continue: false,
         upgrade: None,
         grpc: false,
+        tls: None,
     }
 }
 

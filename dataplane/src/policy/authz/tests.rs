@@ -912,6 +912,7 @@ fn policies_apply_to_their_listeners_and_counters_carry_over() {
         peer: "10.0.0.1:5000".parse().expect("address"),
         destination_port: 5432,
         sni: None,
+        principal: None,
         revoked: Signal::default(),
     };
     assert!(!db.evaluate(&input.input(), 0).allowed);
@@ -933,6 +934,7 @@ fn the_registry_revokes_what_no_longer_passes_and_forgets_dropped_connections() 
         peer: format!("{ip}:4000").parse().expect("address"),
         destination_port: 5432,
         sni: None,
+        principal: None,
         revoked: Signal::default(),
     };
     let a = registry.register(tracked("10.0.0.1"));
@@ -959,4 +961,76 @@ fn namespaces_come_from_the_spiffe_id() {
     assert_eq!(without_port("a.example:80"), "a.example");
     assert_eq!(without_port("[::1]:80"), "[::1]");
     assert_eq!(without_port("[::1]"), "[::1]");
+}
+
+#[test]
+fn a_tracked_connection_keeps_its_verified_identity_for_the_live_recheck() {
+    let spec = parse(
+        r#"
+        [[listeners]]
+        name = "db"
+        address = "127.0.0.1:0"
+        protocol = "tcp"
+        cluster = "db"
+        [[clusters]]
+        name = "db"
+        endpoints = ["127.0.0.1:1"]
+        [[authorization_policies]]
+        name = "only-web"
+        action = "allow"
+        listeners = ["db"]
+        rules = [{ from = [{ principals = ["cluster.local/ns/shop/sa/web"] }] }]
+        [[authorization_policies]]
+        name = "no-ops"
+        action = "deny"
+        listeners = ["db"]
+        rules = [{ from = [{ namespaces = ["ops"] }] }]
+    "#,
+    );
+    let compiled = compile_all(&spec.authorization_policies);
+    let db = ListenerAuthz::compile("db", &compiled, None, 1).expect("applies to db");
+    let tracked = |principal: Option<&str>| Tracked {
+        listener: "db".into(),
+        peer: "10.0.0.1:5000".parse().expect("address"),
+        destination_port: 5432,
+        sni: Some("db.example".into()),
+        principal: principal.map(|p| crate::identity::SpiffeId::parse(p).expect("valid ID")),
+        revoked: Signal::default(),
+    };
+    let web = tracked(Some("spiffe://cluster.local/ns/shop/sa/web"));
+    assert_eq!(
+        web.input().principal,
+        Some("spiffe://cluster.local/ns/shop/sa/web")
+    );
+    assert!(db.passes(&web.input()));
+    assert!(!db.passes(&tracked(Some("spiffe://cluster.local/ns/shop/sa/api")).input()));
+    assert!(!db.passes(&tracked(Some("spiffe://cluster.local/ns/ops/sa/web")).input()));
+    assert!(
+        !db.passes(&tracked(None).input()),
+        "no identity: no principal matches"
+    );
+    // A reload that revokes the principal: the registry's re-check fires on it.
+    let registry = Registry::default();
+    let open = registry.register(tracked(Some("spiffe://cluster.local/ns/shop/sa/web")));
+    let revoking = parse(
+        r#"
+        [[listeners]]
+        name = "db"
+        address = "127.0.0.1:0"
+        protocol = "tcp"
+        cluster = "db"
+        [[clusters]]
+        name = "db"
+        endpoints = ["127.0.0.1:1"]
+        [[authorization_policies]]
+        name = "only-api"
+        action = "allow"
+        listeners = ["db"]
+        rules = [{ from = [{ principals = ["*/sa/api"] }] }]
+    "#,
+    );
+    let compiled = compile_all(&revoking.authorization_policies);
+    let db = ListenerAuthz::compile("db", &compiled, Some(&db), 1).expect("applies");
+    assert_eq!(registry.recheck(|t| db.passes(&t.input())), 1);
+    assert!(open.tracked.revoked.is_fired());
 }
