@@ -46,6 +46,7 @@ pub mod http;
 pub mod identity;
 pub mod l4;
 pub mod listener;
+pub mod log_budget;
 pub mod policy;
 pub mod reload;
 pub mod routing;

@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 
 use crate::core::Core;
 use crate::event::Event;
+use crate::log_budget::LogBudget;
 use crate::snapshot::SnapshotRef;
 
 /// Pending connections the kernel queues per socket before the worker accepts them.
@@ -334,7 +335,7 @@ async fn serve_tls(
 ///
 /// A refused client certificate is what an operator must see: it logs at WARN with the listener,
 /// the peer and the `reason` label of `ringmesh_tls_handshake_failures_total`. Logging is
-/// rate-limited per worker ([`RefusalLog`]: a burst of 32 lines, then 4 a second; the lines
+/// rate-limited per worker ([`LogBudget`]: a burst of 32 lines, then 4 a second; the lines
 /// skipped are counted in the next line's `suppressed`), so a flood of bad handshakes costs a
 /// counter each, not a log line each. The counters are exact. Handshakes that fail for other
 /// reasons (a client that goes away, a protocol error, a timeout) stay at DEBUG: scanners and
@@ -374,7 +375,7 @@ fn handshake_refused(
     };
     match reason {
         Some(reason) => {
-            if let Some(suppressed) = REFUSAL_LOG.with(RefusalLog::admit) {
+            if let Some(suppressed) = REFUSAL_LOG.with(LogBudget::admit) {
                 warn!(listener = %name, %peer, reason = reason.as_str(), suppressed, error = %error, "TLS handshake refused: client certificate");
             }
         }
@@ -401,54 +402,7 @@ fn webpki_reason(error: &rustls::Error) -> Option<crate::identity::Reason> {
 
 thread_local! {
     /// This worker's budget of handshake refusal lines.
-    static REFUSAL_LOG: RefusalLog = const { RefusalLog::new() };
-}
-
-/// A token bucket for log lines: [`RefusalLog::BURST`] at once, then
-/// [`RefusalLog::PER_SECOND`]; per worker, so it needs no lock.
-#[derive(Debug)]
-struct RefusalLog {
-    /// Tokens left and when they were last refilled.
-    state: std::cell::Cell<(u32, Option<std::time::Instant>)>,
-    /// Lines skipped since the last one written.
-    suppressed: std::cell::Cell<u64>,
-}
-
-impl RefusalLog {
-    const BURST: u32 = 32;
-    const PER_SECOND: u32 = 4;
-
-    const fn new() -> Self {
-        Self {
-            state: std::cell::Cell::new((Self::BURST, None)),
-            suppressed: std::cell::Cell::new(0),
-        }
-    }
-
-    /// `Some(lines skipped before this one)` if a line may be written now.
-    fn admit(&self) -> Option<u64> {
-        let now = std::time::Instant::now();
-        let (tokens, since) = self.state.get();
-        let refill = since.map_or(0, |since| {
-            let elapsed = now.saturating_duration_since(since);
-            u32::try_from(elapsed.as_millis() * u128::from(Self::PER_SECOND) / 1000)
-                .unwrap_or(u32::MAX)
-        });
-        let tokens = tokens.saturating_add(refill).min(Self::BURST);
-        // Only move the refill clock when tokens were added, so slow trickles still accrue.
-        let since = if refill > 0 || since.is_none() {
-            Some(now)
-        } else {
-            since
-        };
-        if tokens == 0 {
-            self.state.set((0, since));
-            self.suppressed.set(self.suppressed.get() + 1);
-            return None;
-        }
-        self.state.set((tokens - 1, since));
-        Some(self.suppressed.replace(0))
-    }
+    static REFUSAL_LOG: LogBudget = const { LogBudget::new() };
 }
 
 /// Exponential pause after accept errors: 10 ms doubling to 1 s.
@@ -526,24 +480,6 @@ impl Drop for ConnectionGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn handshake_refusal_lines_are_rate_limited_and_count_what_they_skip() {
-        let log = RefusalLog::new();
-        for _ in 0..RefusalLog::BURST {
-            assert_eq!(log.admit(), Some(0), "the burst is written");
-        }
-        for _ in 0..10 {
-            assert_eq!(log.admit(), None, "then lines are skipped");
-        }
-        // A token comes back after 1/PER_SECOND s; the next line says how many were skipped.
-        let (tokens, since) = log.state.get();
-        let earlier =
-            since.map(|t| t - Duration::from_millis(1000 / u64::from(RefusalLog::PER_SECOND) + 1));
-        log.state.set((tokens, earlier));
-        assert_eq!(log.admit(), Some(10));
-        assert_eq!(log.admit(), None);
-    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -28,6 +28,7 @@ use tracing::{debug, info};
 use crate::core::Core;
 use crate::event::Signal;
 use crate::identity::SpiffeId;
+use crate::log_budget::LogBudget;
 use crate::policy::authz::{self, Tracked};
 use crate::snapshot::{Cluster, Listener, Snapshot};
 use crate::tls::transport::Transport;
@@ -232,15 +233,24 @@ fn authorized(core: &Core, listener: &Listener, tracked: &Tracked) -> bool {
         return true;
     };
     let verdict = authz.evaluate(&tracked.input(), core.id);
-    if !verdict.allowed {
+    // A denied client can reconnect in a loop: the counter counts each denial, the log a budget.
+    if !verdict.allowed
+        && let Some(suppressed) = DENIAL_LOG.with(LogBudget::admit)
+    {
         info!(
             listener = %listener.name,
             peer = %tracked.peer,
             policy = verdict.policy.unwrap_or(authz::NO_ALLOW_MATCHED),
+            suppressed,
             "connection denied by authorization policy"
         );
     }
     verdict.allowed
+}
+
+thread_local! {
+    /// This worker's budget of connection-denial lines.
+    static DENIAL_LOG: LogBudget = const { LogBudget::new() };
 }
 
 /// Why no upstream connection could be made.
