@@ -82,6 +82,40 @@ const WEAK_SIGNATURE_OIDS: &[&str] = &[
     "1.2.840.10040.4.3",
 ];
 
+/// Which side of a handshake a peer certificate comes from.
+#[derive(Debug, Clone, Copy)]
+enum PeerRole {
+    /// A client presenting its certificate to a listener.
+    Client,
+    /// An upstream presenting its certificate to this proxy.
+    Server,
+}
+
+/// An X.509-SVID check for one side ([`verify_svid`] with that side's key usage), then the
+/// identity against the patterns that side accepts (empty = any identity of a trusted domain).
+fn verify_peer(
+    trust: &dyn TrustSource,
+    accepted: &[SpiffeIdPattern],
+    role: PeerRole,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<SpiffeId, SvidError> {
+    let (usage, refusal) = match role {
+        PeerRole::Client => (webpki::KeyUsage::client_auth(), "an allowed client"),
+        PeerRole::Server => (webpki::KeyUsage::server_auth(), "an expected server"),
+    };
+    let bundles = trust.bundles();
+    let id = verify_svid(&bundles, end_entity, intermediates, now, usage)?;
+    if !any_matches(accepted, &id) {
+        return Err(SvidError::new(
+            Reason::UnexpectedIdentity,
+            format!("{id} is not {refusal} identity"),
+        ));
+    }
+    Ok(id)
+}
+
 /// Verifies `end_entity` (+ `intermediates`) as an X.509-SVID at `now` against `bundles`, for
 /// `usage` (webpki's extended key usage: server or client auth, required only if the extension
 /// is present). Returns the peer's SPIFFE ID. Steps 1–7 of the module docs.
@@ -326,21 +360,14 @@ impl SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<SpiffeId, SvidError> {
-        let bundles = self.trust.bundles();
-        let id = verify_svid(
-            &bundles,
+        verify_peer(
+            self.trust.as_ref(),
+            &self.allowed,
+            PeerRole::Client,
             end_entity,
             intermediates,
             now,
-            webpki::KeyUsage::client_auth(),
-        )?;
-        if !any_matches(&self.allowed, &id) {
-            return Err(SvidError::new(
-                Reason::UnexpectedIdentity,
-                format!("{id} is not an allowed client identity"),
-            ));
-        }
-        Ok(id)
+        )
     }
 }
 
@@ -425,21 +452,14 @@ impl SpiffeServerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<SpiffeId, SvidError> {
-        let bundles = self.trust.bundles();
-        let id = verify_svid(
-            &bundles,
+        verify_peer(
+            self.trust.as_ref(),
+            &self.expected,
+            PeerRole::Server,
             end_entity,
             intermediates,
             now,
-            webpki::KeyUsage::server_auth(),
-        )?;
-        if !any_matches(&self.expected, &id) {
-            return Err(SvidError::new(
-                Reason::UnexpectedIdentity,
-                format!("{id} is not an expected server identity"),
-            ));
-        }
-        Ok(id)
+        )
     }
 }
 
