@@ -47,6 +47,7 @@ pub mod identity;
 pub mod l4;
 pub mod listener;
 pub mod log_budget;
+pub mod net;
 pub mod policy;
 pub mod reload;
 pub mod routing;

@@ -18,7 +18,7 @@
 //!   deadline does not restart: a client trickling a byte at a time gets 408 at the header
 //!   timeout whatever its rate.
 //! - **No read is dropped.** A read given up at a deadline is cancelled and awaited
-//!   (`io::read_stream_within`): with io_uring, a dropped read that the kernel had already completed
+//!   (`net::read_within`): with io_uring, a dropped read that the kernel had already completed
 //!   takes its bytes with it. Every byte read here is handed on, to be parsed (HTTP) or forwarded
 //!   (opaque).
 
@@ -26,8 +26,6 @@ use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
-
-use super::io;
 
 /// The HTTP/2 connection preface.
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -139,7 +137,9 @@ pub async fn detect_connection(stream: &mut TcpStream, policy: &Policy) -> Detec
     let first_deadline = Instant::now() + first_wait;
     while detection.initial.is_empty() {
         let left = first_deadline.saturating_duration_since(Instant::now());
-        match io::read_stream_within(stream, &mut detection.initial, READ_SIZE, left).await {
+        match crate::net::read_within(stream, &mut detection.initial, READ_SIZE, usize::MAX, left)
+            .await
+        {
             Ok(0) => return detection,
             Ok(_) => {}
             // `TimedOut` means the read was cancelled with nothing read (one that completed as
@@ -173,7 +173,9 @@ pub async fn detect_connection(stream: &mut TcpStream, policy: &Policy) -> Detec
             Detected::NeedMore => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match io::read_stream_within(stream, &mut detection.initial, READ_SIZE, left).await {
+        match crate::net::read_within(stream, &mut detection.initial, READ_SIZE, usize::MAX, left)
+            .await
+        {
             Ok(n) if n > 0 => {}
             // HTTP-looking bytes stay HTTP: the HTTP/1.1 server answers a head cut short by a
             // close (400) or by the header timeout (408: its deadline, counted from the first

@@ -287,37 +287,6 @@ fn reserve(buf: &mut Vec<u8>, min_spare: usize) {
     }
 }
 
-/// Reads more bytes from an unsplit stream into `buf`, giving up — without losing a byte — after
-/// `timeout` (`TimedOut`). Protocol detection uses it before a connection is split.
-pub async fn read_stream_within(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    min_spare: usize,
-    timeout: Duration,
-) -> io::Result<usize> {
-    reserve(buf, min_spare);
-    let len = buf.len();
-    let owned = std::mem::take(buf);
-    let canceller = Canceller::new();
-    let mut read =
-        std::pin::pin!(stream.cancelable_read(owned.slice_mut(len..), canceller.handle()));
-    let (timed_out, (result, slice)) = monoio::select! {
-        biased;
-        done = &mut read => (false, done),
-        () = monoio::time::sleep(timeout) => {
-            let _ = canceller.cancel();
-            (true, read.await)
-        }
-    };
-    *buf = slice.into_inner();
-    match result {
-        Err(e) if timed_out && e.raw_os_error() == Some(libc::ECANCELED) => {
-            Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
-        }
-        result => result,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

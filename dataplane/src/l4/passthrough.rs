@@ -16,10 +16,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use tracing::debug;
 
@@ -64,7 +62,10 @@ pub async fn serve(
             break Err(Ended::TimedOut);
         }
         let spare = READ_SIZE.min(sni::MAX_HELLO.saturating_sub(buf.len()));
-        match read_within(&mut downstream, &mut buf, spare.max(1), left).await {
+        // Never read past the size limit: the bytes beyond it would still have to be forwarded,
+        // and the parser would not look at them.
+        let room = spare.max(1);
+        match crate::net::read_within(&mut downstream, &mut buf, room, room, left).await {
             Ok(0) => break Err(Ended::Closed),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => break Err(Ended::TimedOut),
@@ -126,41 +127,4 @@ pub async fn serve(
         principal: None,
     };
     super::forward(core, snapshot, listener, listener_name, cluster, inbound).await;
-}
-
-/// Reads more bytes into `buf` (at least `spare` bytes of room), giving up — without losing a
-/// byte — after `timeout`: the read is cancelled and awaited, never dropped, because with
-/// io_uring a dropped read the kernel had completed takes its bytes with it.
-async fn read_within(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    spare: usize,
-    timeout: Duration,
-) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < spare {
-        buf.reserve(spare);
-    }
-    let len = buf.len();
-    // Never read past the size limit: the bytes beyond it would still have to be forwarded, and
-    // the parser would not look at them.
-    let end = (len + spare).min(buf.capacity());
-    let owned = std::mem::take(buf);
-    let canceller = Canceller::new();
-    let mut read =
-        std::pin::pin!(stream.cancelable_read(owned.slice_mut(len..end), canceller.handle()));
-    let (timed_out, (result, slice)) = monoio::select! {
-        biased;
-        done = &mut read => (false, done),
-        () = monoio::time::sleep(timeout) => {
-            let _ = canceller.cancel();
-            (true, read.await)
-        }
-    };
-    *buf = slice.into_inner();
-    match result {
-        Err(e) if timed_out && e.raw_os_error() == Some(libc::ECANCELED) => {
-            Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
-        }
-        result => result,
-    }
 }
