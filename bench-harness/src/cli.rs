@@ -201,7 +201,7 @@ struct CompareArgs {
 
     /// Exit non-zero when a requested target was skipped (CI uses it, so that a peer that stops
     /// starting is noticed). ringmesh-splice in an HTTP scenario does not count (it is L4 only),
-    /// nor ringmesh-policies in an L4 one (it is HTTP only).
+    /// nor ringmesh-policies or ringmesh-traced in an L4 one (they are HTTP only).
     #[arg(long)]
     require_all: bool,
     /// Output directory (default: target/bench/compare-<UTC time>).
@@ -610,7 +610,11 @@ fn unexpected_skips(report: &CompareReport) -> Vec<String> {
                 let reason = t.skipped.as_ref()?;
                 // Variants that do not apply to a scenario are skipped by design.
                 let not_here = (t.kind == TargetKind::RingmeshSplice && !l4)
-                    || (t.kind == TargetKind::RingmeshPolicies && l4);
+                    || (l4
+                        && matches!(
+                            t.kind,
+                            TargetKind::RingmeshPolicies | TargetKind::RingmeshTraced
+                        ));
                 (!not_here).then(|| format!("{name}: {}: {reason}", t.kind))
             })
         })

@@ -52,6 +52,10 @@ pub enum TargetKind {
     /// triggering (the upstream answers 200 at once): HTTP scenarios only, to measure what the
     /// policies cost against plain ringmesh in the same run.
     RingmeshPolicies,
+    /// ringmesh with tracing on: every request sampled (`sample_percent = 100`) and its spans
+    /// exported over OTLP/HTTP to the bench upstream (which answers the POSTs with 200): HTTP
+    /// scenarios only, to measure what tracing costs against plain ringmesh in the same run.
+    RingmeshTraced,
     /// nginx.
     Nginx,
     /// HAProxy.
@@ -66,6 +70,7 @@ impl TargetKind {
             TargetKind::Ringmesh => "ringmesh",
             TargetKind::RingmeshSplice => "ringmesh-splice",
             TargetKind::RingmeshPolicies => "ringmesh-policies",
+            TargetKind::RingmeshTraced => "ringmesh-traced",
             TargetKind::Nginx => "nginx",
             TargetKind::Haproxy => "haproxy",
         }
@@ -78,6 +83,7 @@ impl TargetKind {
             TargetKind::Ringmesh => "ringmesh",
             TargetKind::RingmeshSplice => "ringmesh (splice)",
             TargetKind::RingmeshPolicies => "ringmesh (policies)",
+            TargetKind::RingmeshTraced => "ringmesh (traced)",
             TargetKind::Nginx => "nginx",
             TargetKind::Haproxy => "HAProxy",
         }
@@ -137,6 +143,8 @@ pub struct ProxyPlan {
     pub splice: bool,
     /// ringmesh only: every resilience policy configured, none triggering.
     pub policies: bool,
+    /// ringmesh only: every request traced, spans exported to the upstream's OTLP/HTTP path.
+    pub traced: bool,
     /// Certificates for [`Front::Tls`] and [`Front::Mtls`].
     pub tls: Option<PkiFiles>,
 }
@@ -350,6 +358,12 @@ pub fn ringmesh_config(plan: &ProxyPlan) -> String {
     if plan.policies && plan.front != Front::Tcp {
         c.push_str(POLICIES_CLUSTER);
     }
+    if plan.traced && plan.front != Front::Tcp {
+        c.push_str(&format!(
+            "\n[telemetry.tracing]\nsample_percent = 100.0\notlp_endpoint = \"{}\"\n",
+            plan.upstream
+        ));
+    }
     c
 }
 
@@ -494,9 +508,13 @@ pub fn start(
                 "the policies measured are HTTP ones; L4 scenarios measure ringmesh".into(),
             );
         }
-        TargetKind::Ringmesh | TargetKind::RingmeshSplice | TargetKind::RingmeshPolicies => {
-            start_ringmesh(kind, front, upstream, settings, &dir)?
+        TargetKind::RingmeshTraced if front == Front::Tcp => {
+            return Err("the spans measured are HTTP ones; L4 scenarios measure ringmesh".into());
         }
+        TargetKind::Ringmesh
+        | TargetKind::RingmeshSplice
+        | TargetKind::RingmeshPolicies
+        | TargetKind::RingmeshTraced => start_ringmesh(kind, front, upstream, settings, &dir)?,
         TargetKind::Nginx | TargetKind::Haproxy => {
             // A free port can be taken by someone else before the peer binds it: retry.
             let mut last = String::new();
@@ -564,6 +582,7 @@ fn start_peer(
         workers: settings.workers,
         splice: false,
         policies: false,
+        traced: false,
         tls: settings.tls.as_ref().map(|t| t.files.clone()),
     };
     let (binary, config_path, config, args) = match kind {
@@ -637,6 +656,7 @@ fn start_ringmesh(
         workers: settings.workers,
         splice: kind == TargetKind::RingmeshSplice,
         policies: kind == TargetKind::RingmeshPolicies,
+        traced: kind == TargetKind::RingmeshTraced,
         tls: settings.tls.as_ref().map(|t| t.files.clone()),
     };
     launch_ringmesh(kind, &ringmesh_config(&plan), settings, dir).map_err(|reason| {
@@ -905,6 +925,7 @@ mod tests {
             workers: 2,
             splice: false,
             policies: false,
+            traced: false,
             tls: None,
         }
     }
@@ -1092,6 +1113,29 @@ mod tests {
             assert!(cluster.circuit_breaker.is_some(), "{text}");
             assert!(cluster.outlier_detection.is_some() && cluster.health_check.is_some());
         }
+    }
+
+    /// The traced variant samples every request and exports to the upstream's address.
+    #[test]
+    fn ringmesh_traced_config_passes_the_schema() {
+        for front in [Front::Http1, Front::H2] {
+            let text = ringmesh_config(&ProxyPlan {
+                traced: true,
+                ..plan(front)
+            });
+            let config = match config_schema::parse(&text) {
+                Ok(c) => c,
+                Err(errors) => panic!("{front:?}: {errors:?}\n{text}"),
+            };
+            let tracing = config.spec.telemetry.tracing.as_ref().expect("tracing");
+            assert_eq!(tracing.sample_percent, 100.0, "{text}");
+            assert_eq!(tracing.otlp_endpoint.as_deref(), Some("127.0.0.1:9999"));
+        }
+        let tcp = ringmesh_config(&ProxyPlan {
+            traced: true,
+            ..plan(Front::Tcp)
+        });
+        assert!(!tcp.contains("tracing"), "{tcp}");
     }
 
     #[test]

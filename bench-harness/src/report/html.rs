@@ -56,6 +56,7 @@ fn color(kind: TargetKind) -> &'static str {
         TargetKind::Ringmesh => "#1f77b4",
         TargetKind::RingmeshSplice => "#17becf",
         TargetKind::RingmeshPolicies => "#9467bd",
+        TargetKind::RingmeshTraced => "#8c564b",
         TargetKind::Nginx => "#2ca02c",
         TargetKind::Haproxy => "#ff7f0e",
     }
