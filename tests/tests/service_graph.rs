@@ -21,7 +21,8 @@
 //! - **UI**: Chromium (`--headless --dump-dom`, run as root with `--no-sandbox`) runs the page's
 //!   script; the DOM has every node and edge drawn in the SVG with its error rate and
 //!   latencies, and a table row per edge with its counts. A screenshot goes to a temp dir
-//!   (`docs/service-map.png` was made the same way).
+//!   (`RINGMESH_SERVICE_MAP_PNG=docs/service-map.png` writes it there: that is how the one in
+//!   `docs/` was made).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -531,6 +532,10 @@ fn the_service_map_shows_three_services_their_clients_and_numbers(driver: Driver
     }
     let shot = browser.screenshot(&url);
     assert!(shot.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // `docs/service-map.png` is this picture: set the variable to write it again.
+    if let Some(path) = std::env::var_os("RINGMESH_SERVICE_MAP_PNG") {
+        std::fs::write(path, &shot).expect("write the screenshot");
+    }
 
     // The window: once traffic stops, a short one empties while the long one keeps it all;
     // one more request is then exactly one request in the short window.
@@ -690,7 +695,7 @@ impl Chromium {
     fn screenshot(&self, url: &str) -> Vec<u8> {
         let file = self.profile.path().join("service-map.png");
         let arg = format!("--screenshot={}", file.display());
-        self.run(&["--window-size=1100,800", "--hide-scrollbars", &arg, url]);
+        self.run(&["--window-size=1100,1100", "--hide-scrollbars", &arg, url]);
         std::fs::read(&file).expect("Chromium wrote the screenshot")
     }
 
