@@ -6,18 +6,20 @@
 //! `payments` (which answers 503 to `/payments/fail`); a plaintext listener routing everything
 //! to `catalog`, whose clients are the node's `source_workload` (`gateway`); an mTLS listener
 //! routing `/orders` and `/payments` by prefix, with two clients presenting X.509-SVIDs made
-//! here with `rcgen` (`web` over HTTP/2, `api` over HTTP/1.1, both with curl). Five edges, three
-//! sources, three destinations, 5xx on one edge. Every count asserted follows from the requests
+//! here with `rcgen` (`web` over HTTP/2, `api` over HTTP/1.1, both with curl); and a tcp
+//! listener to `orders`, one connection from the node's workload. Five HTTP edges and a TCP
+//! one, three sources, three destinations, 5xx on one edge. Every count asserted follows from the requests
 //! sent; nothing asserts a rate or a duration.
 //!
 //! - **JSON**: exactly the expected nodes and edges, with their request and error counts, error
 //!   rates and health colours; latency present for every HTTP edge (the edge's own where the
 //!   destination has one source, else the destination's); bytes for the `catalog` edge equal to
-//!   its listener's counters, and unknown where a listener serves several clusters.
+//!   its listener's counters, and unknown where a listener serves several clusters; the TCP
+//!   edge's one connection and its listener's bytes.
 //! - **Window**: once traffic stops, a short window empties; one more request shows as exactly
 //!   one request in it, while the long window still counts everything.
 //! - **DOT**: the Graphviz text parses (a small parser here) and has every node and edge, the
-//!   failing edge red.
+//!   failing edge red, the TCP edge beside the HTTP ones.
 //! - **UI**: Chromium (`--headless --dump-dom`, run as root with `--no-sandbox`) runs the page's
 //!   script; the DOM has every node and edge drawn in the SVG with its error rate and
 //!   latencies, and a table row per edge with its counts. A screenshot goes to a temp dir
@@ -145,6 +147,12 @@ protocol = "http"
 virtual_hosts = ["catalog"]
 
 [[listeners]]
+name = "stock"
+address = "127.0.0.1:0"
+protocol = "tcp"
+cluster = "orders"
+
+[[listeners]]
 name = "mesh"
 address = "127.0.0.1:0"
 protocol = "http"
@@ -239,6 +247,17 @@ fn send_pattern(pki: &Pki, proxy: &Proxy) {
         get_all(pki, plain, None, "--http1.1", &["/items"; 6]),
         vec![200; 6]
     );
+    // Three requests on one connection through the tcp listener: one TCP edge, one connection.
+    assert_eq!(
+        get_all(
+            pki,
+            proxy.listener("stock"),
+            None,
+            "--http1.1",
+            &["/stock"; 3]
+        ),
+        vec![200; 3]
+    );
     let web = get_all(
         pki,
         mesh,
@@ -306,7 +325,19 @@ fn http_edges(graph: &Value) -> BTreeMap<(String, String), Value> {
         .collect()
 }
 
-/// (source id, destination id, requests, errors) of every edge.
+/// The one TCP edge of `graph`.
+fn tcp_edge(graph: &Value) -> Value {
+    let tcp: Vec<&Value> = graph["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .filter(|e| e["protocol"] == "tcp")
+        .collect();
+    assert_eq!(tcp.len(), 1, "{graph:#}");
+    tcp[0].clone()
+}
+
+/// (source id, destination id, requests, errors) of every HTTP edge.
 fn counts(graph: &Value) -> BTreeSet<(String, String, u64, u64)> {
     http_edges(graph)
         .into_iter()
@@ -446,20 +477,51 @@ fn the_service_map_shows_three_services_their_clients_and_numbers(driver: Driver
         }
     }
 
+    // The TCP edge: one connection, and its listener's bytes once the connection is over.
+    wait_until(PATIENCE, "the tcp connection to end", || {
+        match proxy.stats().listener_counter("stock", "closed") {
+            1 => Ok(()),
+            n => Err(format!("{n} closed")),
+        }
+    });
+    let stats = proxy.stats();
+    let tcp = tcp_edge(&graph(&proxy, ALL));
+    assert_eq!(tcp["source"], client_id(GATEWAY), "{tcp:#}");
+    assert_eq!(tcp["destination"], service_id("orders"), "{tcp:#}");
+    assert_eq!(tcp["requests"], 1, "{tcp:#}");
+    assert_eq!(tcp["errors"], 0, "{tcp:#}");
+    assert!(
+        tcp["p50_ms"].is_null() && tcp["latency_scope"].is_null(),
+        "{tcp:#}"
+    );
+    for counter in ["bytes_received", "bytes_sent"] {
+        assert_eq!(
+            tcp[counter].as_u64(),
+            Some(stats.listener_counter("stock", counter)),
+            "{counter}: {tcp:#}"
+        );
+    }
+    assert!(tcp["bytes_sent"].as_u64().unwrap_or(0) >= 3 * "orders".len() as u64);
+
     // DOT: every node and edge, the failing edge red.
     let dot = proxy.admin_get(&format!("/service_graph?{ALL}&format=dot"));
     assert_eq!(dot.status, 200);
     let parsed = Dot::parse(&dot.body).unwrap_or_else(|e| panic!("{e}:\n{}", dot.body));
     let node_ids: BTreeSet<String> = expected_nodes.iter().map(|(id, _)| id.clone()).collect();
     assert_eq!(parsed.nodes, node_ids, "{}", dot.body);
-    let dot_edges: BTreeSet<(String, String)> = parsed.edges.keys().cloned().collect();
-    let want_edges: BTreeSet<(String, String)> = EDGES
+    let dot_edges: BTreeSet<(String, String, String)> = parsed.edges.keys().cloned().collect();
+    let want_edges: BTreeSet<(String, String, String)> = EDGES
         .iter()
-        .map(|(s, d, _, _)| (client_id(s), service_id(d)))
+        .map(|(s, d, _, _)| (client_id(s), service_id(d), "http".to_owned()))
+        .chain([(client_id(GATEWAY), service_id("orders"), "tcp".to_owned())])
         .collect();
     assert_eq!(dot_edges, want_edges, "{}", dot.body);
     for (source, destination, requests, errors) in EDGES {
-        let attributes = &parsed.edges[&(client_id(source), service_id(destination))];
+        let attributes = &parsed.edges[&(
+            client_id(source),
+            service_id(destination),
+            "http".to_owned(),
+        )];
         let colour = match health(requests, errors) {
             "failure" => "red",
             "degraded" => "orange",
@@ -530,6 +592,31 @@ fn the_service_map_shows_three_services_their_clients_and_numbers(driver: Driver
         }
         assert!(cell(row, "error_rate").ends_with(&percent), "{row}");
     }
+    let (s, d) = (client_id(GATEWAY), service_id("orders"));
+    let drawn = element(
+        &dom,
+        &format!("<g class=\"edge healthy\" data-source=\"{s}\" data-destination=\"{d}\" data-protocol=\"tcp\">"),
+        "</g>",
+    )
+    .unwrap_or_else(|| panic!("the tcp edge is not drawn:\n{dom}"));
+    assert!(
+        drawn.contains(" conn/s<") && !drawn.contains("err"),
+        "{drawn}"
+    );
+    assert!(
+        drawn.contains(&format!(
+            "{} B in, {} B out",
+            tcp["bytes_received"], tcp["bytes_sent"]
+        )),
+        "{drawn}"
+    );
+    let row = element(
+        &dom,
+        &format!("<tr data-source=\"{s}\" data-destination=\"{d}\" data-protocol=\"tcp\""),
+        "</tr>",
+    )
+    .unwrap_or_else(|| panic!("no table row for the tcp edge:\n{dom}"));
+    assert_eq!(cell(row, "requests"), "1", "{row}");
     let shot = browser.screenshot(&url);
     assert!(shot.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     // `docs/service-map.png` is this picture: set the variable to write it again.
@@ -593,7 +680,8 @@ fn cell<'a>(row: &'a str, field: &str) -> &'a str {
 /// statements, one a line, inside `digraph NAME { ... }`.
 struct Dot {
     nodes: BTreeSet<String>,
-    edges: BTreeMap<(String, String), String>,
+    /// (from, to, protocol: the first line of the label) → the attribute text.
+    edges: BTreeMap<(String, String, String), String>,
 }
 
 impl Dot {
@@ -621,13 +709,18 @@ impl Dot {
             if let Some(rest) = rest.strip_prefix("->") {
                 let (second, rest) = quoted(rest.trim_start())?;
                 let attributes = attributes(rest)?;
-                dot.edges.insert((first, second), attributes);
+                let protocol = attributes
+                    .split_once("label=\"")
+                    .and_then(|(_, label)| label.split_once("\\n"))
+                    .map(|(protocol, _)| protocol.to_owned())
+                    .ok_or(format!("edge {first} -> {second} has no protocol line"))?;
+                dot.edges.insert((first, second, protocol), attributes);
             } else {
                 attributes(rest)?;
                 dot.nodes.insert(first);
             }
         }
-        for (a, b) in dot.edges.keys() {
+        for (a, b, _) in dot.edges.keys() {
             if !dot.nodes.contains(a) || !dot.nodes.contains(b) {
                 return Err(format!("edge {a} -> {b} names an undeclared node"));
             }

@@ -593,12 +593,12 @@ fn to_dot(map: &Map) -> String {
         );
     }
     for edge in &map.edges {
-        let mut label = format!(
-            "{}\n{:.2}/s, {:.1}% err",
-            edge.protocol.name(),
-            edge.requests as f64 / seconds,
-            edge.error_rate() * 100.0
-        );
+        let rate = edge.requests as f64 / seconds;
+        // TCP connections have no outcome to count as an error: their rate is of connections.
+        let mut label = match edge.protocol {
+            Protocol::Http => format!("http\n{rate:.2}/s, {:.1}% err", edge.error_rate() * 100.0),
+            Protocol::Tcp => format!("tcp\n{rate:.2} conn/s"),
+        };
         if edge.protocol == Protocol::Http
             && let (Some(p50), Some(p99)) = (
                 quantile_ms(&edge.duration, 0.5),
