@@ -16,11 +16,14 @@
 //! | `GET /config_dump` | the active config as JSON, with its generation and each worker's |
 //! | `GET /listeners` | listener names and the addresses actually bound |
 //! | `GET /certs` | the node's SPIFFE identity (serial, ID, validity, seconds to expiry) and each trust bundle's CAs, as Envoy's `/certs`; empty lists when no `[identity]` is served |
+//! | `GET /service_graph` | the service map over a recent window (`?window=SECONDS`, `?format=dot`): clients, services, and per edge request rate, error rate, p50/p99 latency and bytes (`graph`) |
+//! | `GET /ui` | one self-contained HTML page drawing the service map, refreshing itself |
 //! | `POST /reload` | reread the config file; `{"generation": N}` once every worker runs it, or 400 `{"errors": [...]}` |
 //! | `PUT /config` | apply the TOML config in the body (the file is not changed); answers as `/reload` |
 //! | `POST /drain` | stop accepting, finish open connections, exit (as SIGTERM) |
 
 mod auth;
+mod graph;
 mod mutate;
 mod prometheus;
 mod views;
@@ -118,6 +121,8 @@ impl Drop for AdminServer {
 struct Admin {
     shared: Arc<Shared>,
     control: flume::Sender<ControlRequest>,
+    /// Samples of the counters for the service map's rates (admin thread only).
+    graph: graph::History,
 }
 
 /// Binds the admin socket and serves it on a new thread. The bound address (useful when the config
@@ -152,7 +157,11 @@ pub fn start(
     }
     info!(address = %bound, "admin API listening");
     let (stop, stopped) = flume::bounded::<()>(1);
-    let admin = Admin { shared, control };
+    let admin = Admin {
+        shared,
+        control,
+        graph: graph::History::new(),
+    };
     let thread = std::thread::Builder::new()
         .name("ringmesh-admin".into())
         .spawn(move || {
@@ -185,6 +194,8 @@ async fn serve(
     stopped: flume::Receiver<()>,
 ) {
     let open = Rc::new(Cell::new(0u32));
+    // The service map's sampler: a timer task on this runtime, ended with it.
+    monoio::spawn(graph::sample(Rc::clone(&admin)));
     match socket {
         Socket::Tcp(std_socket) => {
             let Ok(socket) = TcpListener::from_std(std_socket) else {
@@ -383,6 +394,27 @@ async fn handle(admin: &Admin, request: &Request) -> Response {
         "/config_dump" => Response::json(views::config_dump(shared)),
         "/listeners" => Response::json(views::listeners(shared)),
         "/certs" => Response::json(views::certs(shared)),
+        "/service_graph" => {
+            let query = request.path.split_once('?').map_or("", |(_, q)| q);
+            match graph::Query::parse(query) {
+                Ok(query) => {
+                    let (content_type, body) = graph::render(admin, &query);
+                    Response {
+                        status: 200,
+                        content_type,
+                        headers: Vec::new(),
+                        body,
+                    }
+                }
+                Err(message) => Response::text(400, &format!("{message}\n")),
+            }
+        }
+        "/ui" => Response {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            headers: vec![("content-security-policy", graph::UI_CSP.to_owned())],
+            body: graph::UI_PAGE.to_owned(),
+        },
         _ => Response::text(404, "not found\n"),
     }
 }
