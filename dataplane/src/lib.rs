@@ -22,6 +22,7 @@
 //!   snapshot) and fault injection.
 //! - [`identity`]: SPIFFE workload identity for mTLS — X.509-SVID verifiers for rustls, the
 //!   node's SVID, key and trust bundles with rotation, `/certs`.
+//! - [`trace`]: distributed tracing — trace context (W3C, B3), spans, the OTLP exporter thread.
 //! - [`admin`]: the admin API on its own thread.
 //! - [`stats`]: single-writer per-worker counters; [`event`]: a worker-local one-shot event.
 //! - [`core`]: a worker's own state (snapshot reader, load-balancer state, pools, access-log
@@ -56,6 +57,7 @@ pub mod shared;
 pub mod snapshot;
 pub mod stats;
 pub mod tls;
+pub mod trace;
 pub mod upgrade;
 pub mod upstream;
 pub mod watch;

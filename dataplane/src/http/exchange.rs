@@ -57,7 +57,7 @@ use super::h1::client::{RequestLine, write_request_head};
 use super::h1::pool::Connection;
 use super::h2::client::write_h2_request;
 use super::headers::ATTEMPT_COUNT;
-use super::headers::{Forwarding, RequestRules};
+use super::headers::{Forwarding, RequestRules, TraceHeaders};
 use super::mirror;
 use super::normalize;
 use super::reply::LocalReply;
@@ -75,6 +75,7 @@ use crate::routing::{
 };
 use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
 use crate::tls::TlsInfo;
+use crate::trace::{Attempt, RequestTrace, TraceId, Tracer};
 use crate::upstream::outlier::Observation;
 
 /// The largest request body kept for a retry; bigger bodies are not retried.
@@ -147,6 +148,8 @@ pub struct Record<'s> {
     pub authz_audit: Option<&'s str>,
     /// The verified SPIFFE ID of the last attempt's upstream (TLS clusters).
     pub upstream_principal: Option<Rc<SpiffeId>>,
+    /// The request's trace, when `[telemetry.tracing]` is on (see [`Record::trace_id`]).
+    pub trace: Option<RequestTrace>,
 }
 
 impl Record<'_> {
@@ -169,7 +172,14 @@ impl Record<'_> {
             authz_policy: None,
             authz_audit: None,
             upstream_principal: None,
+            trace: None,
         }
+    }
+
+    /// The request's trace id (the client's, or the one the proxy started), when tracing is on;
+    /// it displays as 32 lower-case hex digits.
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.trace.map(|trace| trace.trace_id)
     }
 }
 
@@ -244,6 +254,13 @@ pub fn decide<'s>(
     match head.request_id() {
         Some(id) => scratch.request_id.extend_from_slice(id),
         None => core.write_uuid(&mut scratch.request_id),
+    }
+    // The trace: the client's context continued, or a new one; sampled by the caller's decision
+    // or, for a new trace, by the request id (one id, one decision).
+    if let Some(tracer) = &snapshot.tracing {
+        let mut trace = tracer.begin(head.fields.iter(), &scratch.request_id, || core.random());
+        trace.set_method(head.method);
+        record.trace = Some(trace);
     }
 
     // 0. The path, normalized once: what routing matches, authorization sees and the upstream
@@ -422,6 +439,9 @@ pub fn decide<'s>(
         keep_te_trailers: wire == Wire::H2,
         grpc_timeout: (!scratch.grpc_timeout.is_empty()).then_some(&scratch.grpc_timeout[..]),
         per_attempt: route.retries.is_some(),
+        trace: record.trace.map(|trace| TraceHeaders {
+            keep_tracestate: trace.keep_tracestate,
+        }),
     };
     let framing = match head.body {
         RequestBody::None => BodyFraming::None,
@@ -717,6 +737,10 @@ async fn run<'s>(
         }
     };
     scratch.timer = timer;
+    // An attempt cut by the deadline or the idle timeout ends its client span here.
+    if record.trace.is_some_and(|trace| trace.attempt.is_some()) {
+        super::account::attempt_span(core, snapshot, record, outcome.as_ref().err().copied());
+    }
     let (flags, stopped) = retries.outcome();
     record.flags.insert(flags);
     record.retry_stopped = stopped;
@@ -951,14 +975,24 @@ async fn attempts<'s>(
 ) -> Result<Option<Connection>, Failure> {
     let Context {
         core,
+        snapshot,
         plan,
         progress,
         retries,
-        ..
     } = *context;
     let per_try = retries.per_try_timeout();
     loop {
         record.attempts += 1;
+        // Each attempt is a client span of its own; its id is the parent the upstream sees.
+        if let Some(trace) = &mut record.trace {
+            trace.attempt = Some(Attempt {
+                span_id: Tracer::span_id(|| core.random()),
+                started: Instant::now(),
+                number: record.attempts,
+                endpoint: None,
+                status: 0,
+            });
+        }
         // The per-try deadline is kept by the exchange's one timer (`watchdog`): a timer of its
         // own per attempt would cost a registration, an allocation and a clock read per request.
         if let Some(limit) = per_try {
@@ -972,6 +1006,9 @@ async fn attempts<'s>(
             () = per_try_expired(progress, per_try.is_some()) => Err(Failure::PerTryTimeout),
         };
         progress.try_deadline.set(None);
+        if record.trace.is_some() {
+            super::account::attempt_span(core, snapshot, record, tried.as_ref().err().copied());
+        }
         let failure = match tried {
             Ok(Attempted::Done(tunnel)) => return Ok(tunnel),
             Ok(Attempted::Discarded) => None,
@@ -1070,6 +1107,9 @@ async fn attempt<'s>(
     record.upstream = Some(upstream.endpoint());
     // A reference count, not a copy: the identity was read at the connection's handshake.
     record.upstream_principal = upstream.peer();
+    if let Some(attempt) = record.trace.as_mut().and_then(|t| t.attempt.as_mut()) {
+        attempt.endpoint = record.upstream;
+    }
     plan.cluster.stats.slot(core.id).requests.inc();
 
     // 7. The client may send its body now.
@@ -1077,11 +1117,15 @@ async fn attempt<'s>(
 
     let replaying = !first && recording.as_ref().is_some_and(|r| !r.is_empty());
     let body_follows = !down.body_done() || replaying;
-    // A route that retries tells each try its number and, for gRPC, the time left.
+    // A route that retries tells each try its number and, for gRPC, the time left; with
+    // tracing on, each try carries its own client span as the parent.
     let mut count = itoa::Buffer::new();
-    let mut extra: [(&'static str, &[u8]); 2] = [(ATTEMPT_COUNT, b""), ("grpc-timeout", b"")];
-    let extra: &[(&'static str, &[u8])] = if retries.has_policy() {
-        extra[0].1 = count.format(record.attempts).as_bytes();
+    let outgoing = record.trace.as_ref().map(RequestTrace::outgoing);
+    let mut extra: [(&'static str, &[u8]); 8] = [("", b""); 8];
+    let mut fields = 0;
+    if retries.has_policy() {
+        extra[0] = (ATTEMPT_COUNT, count.format(record.attempts).as_bytes());
+        fields = 1;
         let left = [
             plan.deadline
                 .map(|deadline| deadline.saturating_duration_since(Instant::now())),
@@ -1090,17 +1134,20 @@ async fn attempt<'s>(
         .into_iter()
         .flatten()
         .min();
-        match left.filter(|_| plan.grpc) {
-            Some(left) => {
-                grpc_timeout_value(left, &mut scratch.grpc_timeout);
-                extra[1].1 = &scratch.grpc_timeout;
-                &extra
-            }
-            None => &extra[..1],
+        if let Some(left) = left.filter(|_| plan.grpc) {
+            grpc_timeout_value(left, &mut scratch.grpc_timeout);
+            extra[1] = ("grpc-timeout", &scratch.grpc_timeout);
+            fields = 2;
         }
-    } else {
-        &[]
-    };
+    }
+    if let Some(outgoing) = &outgoing {
+        // At most six trace fields after at most two: the array holds them all.
+        for (slot, field) in extra[fields..].iter_mut().zip(outgoing.fields()) {
+            *slot = field;
+            fields += 1;
+        }
+    }
+    let extra = &extra[..fields];
     upstream
         .send_head(
             &plan.request,
@@ -1241,6 +1288,13 @@ async fn attempt<'s>(
             },
         }
     };
+    if let Some(attempt) = record.trace.as_mut().and_then(|t| t.attempt.as_mut()) {
+        attempt.status = match &result {
+            Ok(Received::Discarded { status }) => *status,
+            Ok(Received::Relayed { .. }) => record.status,
+            Err(_) => 0,
+        };
+    }
     upstream.observe(
         plan.cluster,
         match &result {
