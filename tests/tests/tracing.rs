@@ -81,11 +81,12 @@ fn trace_echo() -> Upstream {
                     body.push('\n');
                 }
             }
-            let status = if path == "/flaky" && flaky.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
-                "503 Service Unavailable"
-            } else {
-                "200 OK"
-            };
+            let status =
+                if path == "/flaky" && flaky.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
             let response = format!(
                 "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
                 body.len()
