@@ -293,3 +293,91 @@ pub const TOTAL_NAMES: [&str; 6] = [
     "export_failures",
     "export_retries",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracer(percent: f64) -> Tracer {
+        let spec = TracingSpec {
+            sample_percent: percent,
+            otlp_endpoint: None,
+            service_name: "test".into(),
+            batch_size: 16,
+            batch_timeout: config_schema::Duration::from_secs(1),
+            queue_size: 16,
+            l4_spans: false,
+        };
+        Tracer::new(&spec, &Arc::new(TraceStats::new(1)), "node").expect("no exporter")
+    }
+
+    fn counter() -> impl FnMut() -> u64 {
+        let mut n = 0u64;
+        move || {
+            n += 1;
+            n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        }
+    }
+
+    #[test]
+    fn a_request_id_always_gets_the_same_decision() {
+        let half = tracer(50.0);
+        let mut decisions = Vec::new();
+        for id in 0..200 {
+            let id = format!("request-{id}");
+            let first = half
+                .begin(std::iter::empty(), id.as_bytes(), counter())
+                .sampled;
+            for _ in 0..3 {
+                let again = half.begin(std::iter::empty(), id.as_bytes(), counter());
+                assert_eq!(again.sampled, first, "{id}");
+            }
+            decisions.push(first);
+        }
+        assert!(decisions.contains(&true) && decisions.contains(&false));
+        assert!(
+            !tracer(0.0)
+                .begin(std::iter::empty(), b"x", counter())
+                .sampled
+        );
+        assert!(
+            tracer(100.0)
+                .begin(std::iter::empty(), b"x", counter())
+                .sampled
+        );
+    }
+
+    #[test]
+    fn the_callers_decision_wins_over_the_percentage() {
+        let sampled: [(&str, &[u8]); 1] = [(
+            "traceparent",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )];
+        let unsampled: [(&str, &[u8]); 1] = [("b3", b"0")];
+        let debug: [(&str, &[u8]); 1] = [("x-b3-flags", b"1")];
+        let trace = tracer(0.0).begin(sampled.iter().copied(), b"x", counter());
+        assert!(trace.sampled);
+        assert_eq!(trace.parent, Some(SpanId(0x00f0_67aa_0ba9_02b7)));
+        assert_ne!(trace.span_id, SpanId(0x00f0_67aa_0ba9_02b7));
+        assert!(
+            !tracer(100.0)
+                .begin(unsampled.iter().copied(), b"x", counter())
+                .sampled
+        );
+        let forced = tracer(0.0).begin(debug.iter().copied(), b"x", counter());
+        assert!(forced.sampled && forced.debug && forced.parent.is_none());
+    }
+
+    #[test]
+    fn ids_are_never_zero() {
+        let zero = || 0u64;
+        let mut calls = 0u64;
+        // The first draws are zero: they are drawn again.
+        let trace = tracer(100.0).begin(std::iter::empty(), b"x", || {
+            calls += 1;
+            if calls < 4 { zero() } else { calls }
+        });
+        assert_ne!(trace.span_id.0, 0);
+        assert_ne!(trace.trace_id.0, 0);
+    }
+}
