@@ -5,6 +5,8 @@
 //! functions:
 //!
 //! **[`decide`]** (synchronous, over the head the codec still holds):
+//! - the request id and, with tracing on, the **trace** (`trace::Tracer::begin`: the client's
+//!   context continued or a new one, and the sampling decision), on [`Record::trace`];
 //! 0. **path normalization** (`normalize.rs`) — what routing matches, authorization sees and the
 //!    upstream receives; a path that cannot be normalized is a 400;
 //! 1. **route** — virtual host by Host, then the route by path/method/headers/query, on the
@@ -26,7 +28,9 @@
 //! **[`run`]** (the exchange, under the deadline and the stream idle timeout):
 //! - an injected fault delay is slept first, outside the deadline and the idle timeout;
 //! 6. **upstream** — a pooled or new HTTP/1.1 connection, or a stream on a pooled HTTP/2
-//!    connection (`upstream.rs`), from the load balancer's pick;
+//!    connection (`upstream.rs`), from the load balancer's pick; with tracing on, each attempt
+//!    is a client span and writes its own trace headers (its span as the parent) next to
+//!    `x-envoy-attempt-count`;
 //! 7. **`100 Continue`** — sent by the proxy once an upstream is at hand (never forwarded);
 //! 8. **both directions at once** — the request body goes up while the response comes down
 //!    (full duplex: an upstream may answer before the upload ends); an early complete response
