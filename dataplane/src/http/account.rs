@@ -195,9 +195,10 @@ pub fn attempt_span(
     if let Some(failure) = failure {
         span.flags = failure.flag();
     }
-    span.protocol = match record.cluster.map(|c| c.protocol) {
-        Some(config_schema::UpstreamProtocol::H2) => Protocol::Http2,
-        _ => Protocol::Http11,
+    span.protocol = if attempt.http2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http11
     };
     span.peer = attempt.endpoint;
     span.upstream = attempt.endpoint;

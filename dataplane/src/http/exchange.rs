@@ -995,6 +995,7 @@ async fn attempts<'s>(
                 number: record.attempts,
                 endpoint: None,
                 status: 0,
+                http2: plan.wire == Wire::H2,
             });
         }
         // The per-try deadline is kept by the exchange's one timer (`watchdog`): a timer of its

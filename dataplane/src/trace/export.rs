@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::TraceStats;
+use crate::log_budget::LogBudget;
 use super::otlp::{self, Resource};
 use super::span::Batch;
 
@@ -95,6 +96,7 @@ impl TraceSink {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
                 | 1,
+            log: LogBudget::new(),
         };
         std::thread::Builder::new()
             .name("ringmesh-otlp".into())
@@ -146,6 +148,8 @@ struct Exporter {
     closed: bool,
     /// xorshift state for the backoff's jitter.
     rng: u64,
+    /// A collector that refuses every batch must not flood the log.
+    log: LogBudget,
 }
 
 /// How one export try ended.
@@ -260,7 +264,14 @@ impl Exporter {
                     self.stats
                         .export_dropped
                         .fetch_add(spans, Ordering::Relaxed);
-                    warn!(status, spans, "the OTLP collector refused spans; dropped");
+                    if let Some(skipped) = self.log.admit() {
+                        warn!(
+                            status,
+                            spans,
+                            skipped,
+                            "the OTLP collector refused spans; dropped"
+                        );
+                    }
                     return;
                 }
                 Outcome::Retry(after) => {
@@ -281,7 +292,14 @@ impl Exporter {
             let wait = after.unwrap_or(backoff / 2 + jitter).min(MAX_BACKOFF);
             self.backoff(wait);
         }
-        debug!(spans, "OTLP export failed after retries; spans dropped");
+        if let Some(skipped) = self.log.admit() {
+            warn!(
+                endpoint = %self.settings.endpoint,
+                spans,
+                skipped,
+                "OTLP export failed after retries; spans dropped"
+            );
+        }
         self.stats
             .export_dropped
             .fetch_add(spans, Ordering::Relaxed);

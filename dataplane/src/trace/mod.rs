@@ -229,6 +229,8 @@ pub struct Attempt {
     pub endpoint: Option<SocketAddr>,
     /// The upstream's status (0: none arrived).
     pub status: u16,
+    /// The attempt speaks HTTP/2 (else HTTP/1.1).
+    pub http2: bool,
 }
 
 /// One worker's tracing counters.
