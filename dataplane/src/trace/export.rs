@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::TraceStats;
-use crate::log_budget::LogBudget;
 use super::otlp::{self, Resource};
 use super::span::Batch;
+use crate::log_budget::LogBudget;
 
 /// Batches in flight from the workers to the exporter before workers drop theirs.
 const CHANNEL_BATCHES: usize = 64;
@@ -267,9 +267,7 @@ impl Exporter {
                     if let Some(skipped) = self.log.admit() {
                         warn!(
                             status,
-                            spans,
-                            skipped,
-                            "the OTLP collector refused spans; dropped"
+                            spans, skipped, "the OTLP collector refused spans; dropped"
                         );
                     }
                     return;
