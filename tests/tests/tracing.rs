@@ -10,6 +10,7 @@
 //! - B3 in, B3 out; a malformed `traceparent` is replaced, never forwarded.
 //! - A reload turns tracing on (headers pass through untouched before).
 //! - L4 connections are spans with `l4_spans`.
+//! - On an mTLS listener the server span names the client's verified SPIFFE ID.
 //! - Export to a stopped collector drops and counts spans while requests keep succeeding.
 //!
 //! Every test runs on io_uring and on epoll.
@@ -34,6 +35,7 @@ both_drivers!(
     b3_in_b3_out_and_malformed_context_is_replaced,
     a_reload_turns_tracing_on,
     l4_connections_are_spans_when_enabled,
+    the_server_span_names_the_clients_verified_spiffe_id,
     export_to_a_stopped_collector_drops_and_counts_without_stalling_requests,
 );
 
@@ -611,4 +613,121 @@ fn export_to_a_stopped_collector_drops_and_counts_without_stalling_requests(driv
         tracing["spans_sampled"].as_u64() >= tracing["spans_dropped"].as_u64(),
         "{tracing}"
     );
+}
+
+/// The client SVID of [`the_server_span_names_the_clients_verified_spiffe_id`].
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+/// A CA, the proxy's certificate (`localhost`) and a client SVID (`web`, URI SAN [`WEB`]), in
+/// `dir`.
+fn pki(dir: &std::path::Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "tracing test CA");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
+        .expect("self-sign the CA");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write the CA");
+    for (name, dns, uri) in [
+        ("localhost", vec!["localhost".to_owned()], None),
+        ("web", Vec::new(), Some(WEB)),
+    ] {
+        let mut params = CertificateParams::new(dns).expect("leaf params");
+        if let Some(uri) = uri {
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.try_into().expect("a URI")));
+        }
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name}-leaf"));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &ca).expect("sign the leaf");
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).expect("write the cert");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())
+            .expect("write the key");
+    }
+}
+
+fn the_server_span_names_the_clients_verified_spiffe_id(driver: Driver) {
+    let collector = receiver();
+    let echo = trace_echo();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    pki(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let config = format!(
+        r#"
+{tracing}
+
+[[listeners]]
+name = "mesh"
+address = "127.0.0.1:0"
+protocol = "http"
+
+[listeners.tls]
+cert = "{cert}"
+key = "{key}"
+client_ca = "{ca}"
+require_client_cert = true
+
+[[virtual_hosts]]
+name = "all"
+domains = ["*"]
+
+[[virtual_hosts.routes]]
+name = "all"
+cluster = "web"
+
+[[clusters]]
+name = "web"
+endpoints = ["{echo}"]
+"#,
+        tracing = tracing_to(collector.address(), 100.0),
+        cert = file("localhost.crt"),
+        key = file("localhost.key"),
+        ca = file("ca.pem"),
+        echo = echo.address(),
+    );
+    let proxy = Proxy::start(&config, driver, 1);
+    let port = proxy.listener("mesh").port();
+    let trace = "66666666666666666666666666666666";
+    let output = Command::new("curl")
+        .args(["-sS", "--http1.1", "--max-time", "20", "--cacert"])
+        .arg(file("ca.pem"))
+        .args([
+            "--cert",
+            &file("web.crt"),
+            "--key",
+            &file("web.key"),
+            "--resolve",
+        ])
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg("-H")
+        .arg(format!("traceparent: 00-{trace}-{CLIENT_SPAN}-01"))
+        .arg(format!("https://localhost:{port}/"))
+        .output()
+        .expect("run curl");
+    assert!(output.status.success(), "curl: {:?}", output);
+    let found = trace_spans(&collector, trace, 2);
+    let server = of_kind(&found, SERVER)[0];
+    assert_eq!(
+        server["attributes"]["ringmesh.downstream.principal"], WEB,
+        "{server}"
+    );
+    assert_eq!(server["parent_span_id"], CLIENT_SPAN);
 }
