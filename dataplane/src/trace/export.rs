@@ -476,3 +476,119 @@ fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
         retry_after,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::trace::context::{SpanId, TraceId};
+    use crate::trace::span::{SpanKind, SpanRecord};
+
+    /// A collector that answers its requests with `statuses` in turn (keeping the connection
+    /// open), and counts them.
+    fn collector(statuses: &'static [u16]) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut writer = stream;
+            for &status in statuses {
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let reply =
+                    format!("HTTP/1.1 {status} X\r\nretry-after: 0\r\ncontent-length: 0\r\n\r\n");
+                if writer.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+        (address, seen)
+    }
+
+    fn sink(endpoint: SocketAddr) -> (TraceSink, Arc<TraceStats>) {
+        let stats = Arc::new(TraceStats::new(1));
+        let settings = ExportSettings {
+            endpoint,
+            batch_size: 1,
+            batch_timeout: Duration::from_millis(10),
+            queue_size: 4,
+            service_name: "test".into(),
+            node: "node".into(),
+        };
+        (
+            TraceSink::start(settings, Arc::clone(&stats)).expect("start the exporter"),
+            stats,
+        )
+    }
+
+    fn one_span() -> Batch {
+        let span = SpanRecord::new(
+            TraceId(1),
+            SpanId(2),
+            None,
+            SpanKind::Server,
+            Instant::now(),
+        );
+        Batch {
+            spans: vec![span],
+            text: Vec::new(),
+        }
+    }
+
+    fn wait(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn retryable_statuses_are_retried_and_the_span_exported() {
+        let (address, seen) = collector(&[503, 429, 200]);
+        let (sink, stats) = sink(address);
+        sink.send(one_span(), 0);
+        wait("the export", || stats.exported.load(Ordering::Relaxed) == 1);
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        assert_eq!(stats.export_failures.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.export_retries.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.export_dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn other_statuses_drop_without_a_retry() {
+        let (address, seen) = collector(&[400, 200]);
+        let (sink, stats) = sink(address);
+        sink.send(one_span(), 0);
+        wait("the drop", || {
+            stats.export_dropped.load(Ordering::Relaxed) == 1
+        });
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert_eq!(stats.export_retries.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.exported.load(Ordering::Relaxed), 0);
+    }
+}
