@@ -29,8 +29,8 @@
 //!   buffer, random numbers), shared by the tasks on its thread.
 //!
 //! Imports form no circle: `server` → `reload`/`admin`/`upgrade`/`watch`/`health` → `worker` →
-//! `listener` → `http`, `l4` → `core` → `snapshot` → `policy` → `routing`, `upstream`, `tls`,
-//! `stats`, `event`
+//! `listener` → `http`, `l4` → `core` → `snapshot` → `trace`, `policy` → `routing`, `upstream`,
+//! `tls`, `stats`, `event`
 //! (`farm-studio look dataplane` draws it). The settings the protocol code honours are owned by
 //! `snapshot` (`snapshot::settings`), so the snapshot never imports a protocol module.
 //! [`identity`] imports no other module of the crate; `admin` and `shared` use it.
