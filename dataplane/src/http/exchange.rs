@@ -100,6 +100,8 @@ pub struct Scratch {
     pub values: Vec<u8>,
     /// The propagated `grpc-timeout`.
     pub grpc_timeout: Vec<u8>,
+    /// The attempt's trace headers, as HTTP/1.1 field lines (tracing on).
+    pub trace_fields: Vec<u8>,
     /// This request's id: the client's, or a generated UUID.
     pub request_id: Vec<u8>,
     /// The client's address as text (`x-forwarded-for`); rendered once per connection.
@@ -1125,12 +1127,9 @@ async fn attempt<'s>(
     // A route that retries tells each try its number and, for gRPC, the time left; with
     // tracing on, each try carries its own client span as the parent.
     let mut count = itoa::Buffer::new();
-    let outgoing = record.trace.as_ref().map(RequestTrace::outgoing);
-    let mut extra: [(&'static str, &[u8]); 8] = [("", b""); 8];
-    let mut fields = 0;
-    if retries.has_policy() {
-        extra[0] = (ATTEMPT_COUNT, count.format(record.attempts).as_bytes());
-        fields = 1;
+    let mut extra: [(&'static str, &[u8]); 2] = [(ATTEMPT_COUNT, b""), ("grpc-timeout", b"")];
+    let extra: &[(&'static str, &[u8])] = if retries.has_policy() {
+        extra[0].1 = count.format(record.attempts).as_bytes();
         let left = [
             plan.deadline
                 .map(|deadline| deadline.saturating_duration_since(Instant::now())),
@@ -1139,25 +1138,29 @@ async fn attempt<'s>(
         .into_iter()
         .flatten()
         .min();
-        if let Some(left) = left.filter(|_| plan.grpc) {
-            grpc_timeout_value(left, &mut scratch.grpc_timeout);
-            extra[1] = ("grpc-timeout", &scratch.grpc_timeout);
-            fields = 2;
+        match left.filter(|_| plan.grpc) {
+            Some(left) => {
+                grpc_timeout_value(left, &mut scratch.grpc_timeout);
+                extra[1].1 = &scratch.grpc_timeout;
+                &extra
+            }
+            None => &extra[..1],
         }
+    } else {
+        &[]
+    };
+    // Rendered into a reused buffer here rather than kept on this future across the await:
+    // every request's future would grow by the size of the headers.
+    scratch.trace_fields.clear();
+    if let Some(trace) = &record.trace {
+        trace.outgoing().write_lines(&mut scratch.trace_fields);
     }
-    if let Some(outgoing) = &outgoing {
-        // At most six trace fields after at most two: the array holds them all.
-        for (slot, field) in extra[fields..].iter_mut().zip(outgoing.fields()) {
-            *slot = field;
-            fields += 1;
-        }
-    }
-    let extra = &extra[..fields];
     upstream
         .send_head(
             &plan.request,
             &scratch.upstream_head,
             extra,
+            &scratch.trace_fields,
             &mut scratch.pending,
             !body_follows,
         )

@@ -517,6 +517,42 @@ impl Outgoing {
     }
 }
 
+/// The names [`Outgoing::fields`] writes.
+const OUTGOING_NAMES: [&str; 7] = [
+    "traceparent",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+impl Outgoing {
+    /// Appends the fields as HTTP/1.1 field lines (`name: value\r\n`): the form an attempt
+    /// keeps them in (one reused buffer; see [`lines`]).
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.fields() {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// The fields of a block [`Outgoing::write_lines`] wrote, with their names as `'static` strings
+/// (an HTTP/2 request takes them without copying the name); anything else is skipped.
+pub fn lines(block: &[u8]) -> impl Iterator<Item = (&'static str, &[u8])> {
+    block.split(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r")?;
+        let at = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (&line[..at], line.get(at + 2..)?);
+        let name = OUTGOING_NAMES.iter().find(|n| n.as_bytes() == name)?;
+        Some((*name, value))
+    })
+}
+
 /// Whether `name` is a trace-context field the proxy rewrites (`tracestate` separately: it goes
 /// on with a continued W3C context).
 pub fn is_rewritten(name: &str) -> bool {

@@ -398,3 +398,18 @@ fn random_input_never_panics_and_valid_input_round_trips() {
         assert_eq!((parent.trace_id, parent.span_id), (trace, span));
     }
 }
+
+#[test]
+fn outgoing_lines_read_back_as_fields() {
+    let all = Formats {
+        w3c: true,
+        b3_single: true,
+        b3_multi: true,
+    };
+    let out = Outgoing::new(all, TraceId(9), SpanId(8), SpanId(7), true, false, false);
+    let mut block = Vec::new();
+    out.write_lines(&mut block);
+    let fields: Vec<_> = out.fields().collect();
+    assert_eq!(lines(&block).collect::<Vec<_>>(), fields);
+    assert_eq!(lines(b"x-other: 1\r\nbroken\r\n").count(), 0);
+}
