@@ -308,6 +308,9 @@ impl<'a> Checker<'a> {
                     format!("invalid address {endpoint:?}: expected IP:port"),
                 );
             }
+            if tracing.service_name.trim().is_empty() {
+                self.issue("telemetry.tracing.service_name", "must not be empty");
+            }
             if !(1..=8192).contains(&tracing.batch_size) {
                 self.issue(
                     "telemetry.tracing.batch_size",
