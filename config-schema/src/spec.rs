@@ -340,7 +340,8 @@ pub struct TelemetrySpec {
     /// JSON-lines access log; absent = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogSpec>,
-    /// Distributed tracing (W3C traceparent); absent = propagate only.
+    /// Distributed tracing (W3C trace context and B3, OTLP/HTTP export); absent = trace headers
+    /// pass through untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSpec>,
     /// This node's workload name, used as the source label in metrics and the service map.
@@ -369,6 +370,19 @@ pub struct TracingSpec {
     /// Service name reported in spans.
     #[serde(default = "TracingSpec::default_service_name")]
     pub service_name: String,
+    /// Spans per OTLP export request, at most (1–8192).
+    #[serde(default = "TracingSpec::default_batch_size")]
+    pub batch_size: usize,
+    /// The longest a span waits for its batch to fill before it is sent anyway.
+    #[serde(default = "TracingSpec::default_batch_timeout")]
+    pub batch_timeout: Duration,
+    /// Spans waiting for export before new ones are dropped (and counted); at least
+    /// `batch_size`.
+    #[serde(default = "TracingSpec::default_queue_size")]
+    pub queue_size: usize,
+    /// Also record each L4 (tcp listener) connection as a span.
+    #[serde(default)]
+    pub l4_spans: bool,
 }
 
 impl TracingSpec {
@@ -377,6 +391,15 @@ impl TracingSpec {
     }
     fn default_service_name() -> String {
         "ringmesh".to_owned()
+    }
+    fn default_batch_size() -> usize {
+        512
+    }
+    fn default_batch_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_queue_size() -> usize {
+        8192
     }
 }
 

@@ -70,7 +70,6 @@ pub const NOT_SUPPORTED_YET: &str = "not supported yet";
 /// acting on its key.
 #[rustfmt::skip]
 pub const NOT_SUPPORTED: &[Unsupported] = &[
-    Unsupported { path: "telemetry.tracing", consequence: "tracing — no span would be sampled, recorded or exported (traceparent headers pass through as any other header); remove [telemetry.tracing]", except: None },
 ];
 
 /// The entry for the key at `path` (a concrete path such as `clusters[2].tls`), if it is not
@@ -113,7 +112,8 @@ mod tests {
 
     #[test]
     fn patterns_match_every_list_element_and_nothing_else() {
-        assert!(unsupported("telemetry.tracing").is_some());
+        // Tracing is built.
+        assert!(unsupported("telemetry.tracing").is_none());
         assert!(unsupported("telemetry.tracing.sample_percent").is_none());
         // mTLS and SPIFFE identities are built.
         assert!(unsupported("clusters[0].tls.expected_spiffe_ids").is_none());

@@ -308,6 +308,31 @@ impl<'a> Checker<'a> {
                     format!("invalid address {endpoint:?}: expected IP:port"),
                 );
             }
+            if tracing.service_name.trim().is_empty() {
+                self.issue("telemetry.tracing.service_name", "must not be empty");
+            }
+            if !(1..=8192).contains(&tracing.batch_size) {
+                self.issue(
+                    "telemetry.tracing.batch_size",
+                    format!("must be between 1 and 8192, got {}", tracing.batch_size),
+                );
+            }
+            if tracing.queue_size < tracing.batch_size || tracing.queue_size > 1_000_000 {
+                self.issue(
+                    "telemetry.tracing.queue_size",
+                    format!(
+                        "must be between batch_size ({}) and 1000000, got {}",
+                        tracing.batch_size, tracing.queue_size
+                    ),
+                );
+            }
+            let timeout = tracing.batch_timeout.get();
+            if timeout.is_zero() || timeout > std::time::Duration::from_secs(60) {
+                self.issue(
+                    "telemetry.tracing.batch_timeout",
+                    "must be more than 0 and at most 60s",
+                );
+            }
         }
     }
 

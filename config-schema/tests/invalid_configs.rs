@@ -529,12 +529,16 @@ fn references_into_a_broken_section_are_not_guessed() {
 #[test]
 fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
     // (config, path, the line's text, what the message says)
-    let cases: Vec<(String, &str, &str, &str)> = vec![(
-        format!("{BASE}\n[telemetry.tracing]\nsample_percent = 150.0\n"),
-        "telemetry.tracing",
-        "[telemetry.tracing]",
-        "no span would be sampled",
-    )];
+    // No key is rejected today: tracing, the last one, is built. The loop stays for the next
+    // feature that lands its keys before the data plane acts on them.
+    let cases: Vec<(String, &str, &str, &str)> = Vec::new();
+    assert!(config_schema::support::NOT_SUPPORTED.is_empty());
+    // [telemetry.tracing] is validated key by key now.
+    let text = format!("{BASE}\n[telemetry.tracing]\nsample_percent = 150.0\n");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, "telemetry.tracing.sample_percent");
+    assert_eq!(errors[0].line, line_of(&text, "sample_percent = 150.0"));
     for (text, path, line_text, needle) in &cases {
         let errors = errors_of(text);
         assert_eq!(errors.len(), 1, "{path}: one error, got {errors:#?}");

@@ -1,7 +1,7 @@
 //! A worker's own state: everything the tasks on one worker thread share, and nothing that any
 //! other thread touches. Per-core by construction (`Rc`, `Cell`, `RefCell`): the snapshot
-//! reader, load-balancer state, upstream connection pools, the access-log buffer, and the random
-//! number generator behind weighted splits and request ids.
+//! reader, load-balancer state, upstream connection pools, the access-log and span buffers, and
+//! the random number generator behind weighted splits, request ids and trace ids.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -13,6 +13,8 @@ use crate::http::h2::client::H2Pool;
 use crate::policy::authz::Registry;
 use crate::routing::MatchScratch;
 use crate::snapshot::{Cluster, Snapshot, SnapshotReader, SnapshotRef};
+use crate::trace::span::{ConnectionSpan, SpanBuffer};
+use crate::trace::{TraceId, Tracer};
 use crate::upstream::{InFlightGuard, LbState, LbStates};
 
 /// A worker's own state, shared by the tasks on its thread.
@@ -35,6 +37,8 @@ pub struct Core {
     pub h2_pool: H2Pool,
     /// Access-log lines waiting to be handed to the writer thread.
     pub access_log: RefCell<AccessLogBuffer>,
+    /// Sampled spans waiting to be handed to the trace exporter.
+    pub spans: RefCell<SpanBuffer>,
     /// Per-worker regex caches for route matching.
     pub match_scratch: RefCell<MatchScratch>,
     /// wyrand state: weighted splits, mirror sampling, request ids.
@@ -60,6 +64,7 @@ impl Core {
             pool: Pool::new(),
             h2_pool: H2Pool::new(),
             access_log: RefCell::new(AccessLogBuffer::default()),
+            spans: RefCell::new(SpanBuffer::new(id)),
             match_scratch: RefCell::new(MatchScratch::new()),
             rng: Cell::new(seed),
             l4_connections: Registry::default(),
@@ -169,6 +174,35 @@ impl Core {
         }
         drop(lb);
         f(&LbState::new(&cluster.balancer))
+    }
+
+    /// The span of an L4 connection from `peer` on `listener` to `cluster`, when the snapshot's
+    /// tracer records L4 connections and samples this one (it is recorded when dropped).
+    pub fn connection_span<'a>(
+        &'a self,
+        snapshot: &Snapshot,
+        listener: &'a str,
+        cluster: &'a str,
+        peer: std::net::SocketAddr,
+    ) -> Option<ConnectionSpan<'a>> {
+        let tracer = snapshot.tracing.as_ref().filter(|t| t.l4_spans)?;
+        let counters = snapshot.trace_stats.workers.slot(self.id);
+        counters.started.inc();
+        if !tracer.sample_random(self.random()) {
+            return None;
+        }
+        counters.sampled.inc();
+        let trace_id =
+            TraceId((u128::from(self.random()) << 64 | u128::from(self.random())).max(1));
+        let span_id = Tracer::span_id(|| self.random());
+        Some(ConnectionSpan::new(
+            &self.spans,
+            trace_id,
+            span_id,
+            peer,
+            listener,
+            cluster,
+        ))
     }
 
     pub(crate) fn connection_opened(&self) {

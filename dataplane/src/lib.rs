@@ -22,14 +22,15 @@
 //!   snapshot) and fault injection.
 //! - [`identity`]: SPIFFE workload identity for mTLS — X.509-SVID verifiers for rustls, the
 //!   node's SVID, key and trust bundles with rotation, `/certs`.
+//! - [`trace`]: distributed tracing — trace context (W3C, B3), spans, the OTLP exporter thread.
 //! - [`admin`]: the admin API on its own thread.
 //! - [`stats`]: single-writer per-worker counters; [`event`]: a worker-local one-shot event.
 //! - [`core`]: a worker's own state (snapshot reader, load-balancer state, pools, access-log
 //!   buffer, random numbers), shared by the tasks on its thread.
 //!
 //! Imports form no circle: `server` → `reload`/`admin`/`upgrade`/`watch`/`health` → `worker` →
-//! `listener` → `http`, `l4` → `core` → `snapshot` → `policy` → `routing`, `upstream`, `tls`,
-//! `stats`, `event`
+//! `listener` → `http`, `l4` → `core` → `snapshot` → `trace`, `policy` → `routing`, `upstream`,
+//! `tls`, `stats`, `event`
 //! (`farm-studio look dataplane` draws it). The settings the protocol code honours are owned by
 //! `snapshot` (`snapshot::settings`), so the snapshot never imports a protocol module.
 //! [`identity`] imports no other module of the crate; `admin` and `shared` use it.
@@ -56,6 +57,7 @@ pub mod shared;
 pub mod snapshot;
 pub mod stats;
 pub mod tls;
+pub mod trace;
 pub mod upgrade;
 pub mod upstream;
 pub mod watch;

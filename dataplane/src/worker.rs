@@ -149,6 +149,7 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                 core.access_log
                     .borrow_mut()
                     .set_sink(core.snapshot().access_log.as_ref());
+                follow_tracer(&core, &core.snapshot());
                 for name in close {
                     if let Some(stop) = accepting.remove(&name) {
                         stop.fire();
@@ -186,10 +187,20 @@ async fn run(id: usize, shared: Arc<Shared>, inbox: flume::Receiver<WorkerComman
                 core.draining.fire();
                 wait_for_connections(&core, deadline).await;
                 core.access_log.borrow_mut().flush();
+                core.spans.borrow_mut().flush();
                 break;
             }
         }
     }
+}
+
+/// Points the worker's span buffer at the exporter of `snapshot`'s tracer (none without one).
+fn follow_tracer(core: &Core, snapshot: &Snapshot) {
+    let sink = snapshot
+        .tracing
+        .as_ref()
+        .and_then(|tracer| tracer.sink.as_ref());
+    core.spans.borrow_mut().set_sink(sink);
 }
 
 /// Re-checks every open L4 connection of this worker against the policies of `snapshot` and
@@ -222,8 +233,8 @@ fn recheck_l4(core: &Core, snapshot: &Snapshot) {
     }
 }
 
-/// Periodic per-worker chores: hand buffered access-log lines to the writer (and follow the
-/// snapshot's sink across reloads), and close pooled connections that sat idle too long.
+/// Periodic per-worker chores: hand buffered access-log lines and spans to their writer and
+/// exporter threads (and follow the snapshot's across reloads), and close pooled connections that sat idle too long.
 async fn housekeeping(core: Rc<Core>) {
     let mut ticks: u32 = 0;
     while !core.is_draining() {
@@ -237,6 +248,8 @@ async fn housekeeping(core: Rc<Core>) {
             log.set_sink(snapshot.access_log.as_ref());
             log.flush();
         }
+        follow_tracer(&core, &snapshot);
+        core.spans.borrow_mut().flush();
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(5) {
             // Each endpoint's idle connections live as long as the shortest pool idle timeout

@@ -9,7 +9,7 @@
 //!   where the sample was written, and the key lies under an entry of
 //!   `config_schema::support::NOT_SUPPORTED`;
 //! - **compiled**: the config is valid, and `dataplane::snapshot::compile` gives a different
-//!   snapshot (its listeners, clusters, routes and access log, compared through `Debug`; not
+//!   snapshot (its listeners, clusters, routes, access log and tracer, compared through `Debug`; not
 //!   `snapshot.spec`, which is a verbatim copy of the config) than the sample's baseline;
 //! - **read outside the snapshot**: the config is valid, the snapshot is the same, and the key is
 //!   in [`READ_OUTSIDE_THE_SNAPSHOT`] with the function that reads it (settings read at start,
@@ -218,6 +218,9 @@ const IDENTITY_FEDERATED: &str = "identity = { trust_domain = \"cluster.local\",
                                   key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\", \
                                   trust_bundles = [{ trust_domain = \"partner.example\", ca = \"/etc/ringmesh/partner.pem\" }] }";
 
+/// `[telemetry.tracing]` with its defaults: the baseline of its keys' samples.
+const TRACING: &str = "telemetry.tracing.sample_percent = 1.0";
+
 /// One sample per leaf key of the schema. Samples of rejected keys are complete (required keys
 /// given), so that they are valid configs once the data plane acts on them; the change that makes
 /// it act on one gives its samples the baselines that make the comparison specific to the key.
@@ -239,9 +242,13 @@ const SAMPLES: &[Sample] = &[
     ("runtime.l4_copy", None, Add(Top, "runtime.l4_copy = \"splice\"")),
     ("telemetry.source_workload", None, Add(Top, "telemetry.source_workload = \"node\"")),
     ("telemetry.access_log.path", None, Add(Top, "telemetry.access_log.path = \"stderr\"")),
-    ("telemetry.tracing.sample_percent", None, Add(Top, "telemetry.tracing.sample_percent = 5.0")),
-    ("telemetry.tracing.otlp_endpoint", None, Add(Top, "telemetry.tracing.otlp_endpoint = \"127.0.0.1:4318\"")),
-    ("telemetry.tracing.service_name", None, Add(Top, "telemetry.tracing.service_name = \"node\"")),
+    ("telemetry.tracing.sample_percent", Some(Add(Top, TRACING)), Add(Top, "telemetry.tracing.sample_percent = 5.0")),
+    ("telemetry.tracing.otlp_endpoint", Some(Add(Top, TRACING)), Add(Top, "telemetry.tracing.otlp_endpoint = \"127.0.0.1:4318\"")),
+    ("telemetry.tracing.service_name", Some(Add(Top, TRACING)), Add(Top, "telemetry.tracing.service_name = \"node\"")),
+    ("telemetry.tracing.batch_size", Some(Add(Top, TRACING)), Add(Top, "telemetry.tracing.batch_size = 100")),
+    ("telemetry.tracing.batch_timeout", Some(Add(Top, TRACING)), Add(Top, "telemetry.tracing.batch_timeout = \"250ms\"")),
+    ("telemetry.tracing.queue_size", Some(Add(Top, TRACING)), Add(Top, "telemetry.tracing.queue_size = 1000")),
+    ("telemetry.tracing.l4_spans", Some(Add(Top, TRACING)), Add(Top, "telemetry.tracing.l4_spans = true")),
     // [identity]
     ("identity.trust_domain", None, Add(Top, IDENTITY)),
     ("identity.cert", None, Add(Top, IDENTITY)),
@@ -624,8 +631,12 @@ fn fingerprint(config: &config_schema::Config) -> String {
     let snapshot = snapshot::compile(config, 1, 1, &Snapshot::empty())
         .unwrap_or_else(|errors| panic!("a valid config compiles: {errors:?}"));
     let text = format!(
-        "{:?}\n{:?}\n{:?}\n{:?}",
-        snapshot.listeners, snapshot.clusters, snapshot.routes, snapshot.access_log
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        snapshot.listeners,
+        snapshot.clusters,
+        snapshot.routes,
+        snapshot.access_log,
+        snapshot.tracing
     );
     without_arena_ids(&text)
 }

@@ -381,3 +381,56 @@ fn peer_identity_routing_and_counting_do_not_allocate() {
     );
     assert_eq!(names, [3_000, 6_000, 3_000]);
 }
+
+/// Tracing's per-request work — reading the client's context (W3C and B3), deciding sampling,
+/// rendering each attempt's headers, starting a span record — allocates nothing.
+#[test]
+fn trace_context_and_span_records_do_not_allocate() {
+    use dataplane::trace::span::{SpanKind, SpanRecord};
+    use dataplane::trace::{TraceStats, Tracer};
+
+    let spec = config_schema::parse("[telemetry.tracing]\nsample_percent = 50.0\n")
+        .expect("valid config")
+        .spec
+        .telemetry
+        .tracing
+        .expect("tracing is set");
+    let stats = std::sync::Arc::new(TraceStats::new(1));
+    let tracer = Tracer::new(&spec, &stats, "node").expect("no exporter to start");
+    let fields: [(&str, &[u8]); 4] = [
+        (
+            "TraceParent",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("tracestate", b"a=b"),
+        ("b3", b"4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"),
+        ("X-B3-Sampled", b"0"),
+    ];
+    let mut state = 1u64;
+    let started = std::time::Instant::now();
+    let before = allocations();
+    let mut written = 0usize;
+    for round in 0..1_000u64 {
+        let mut random = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(round);
+            state
+        };
+        let trace = tracer.begin(fields.iter().copied(), b"request-id", &mut random);
+        let none = tracer.begin(std::iter::empty(), b"another-id", &mut random);
+        for outgoing in [trace.outgoing(), none.outgoing()] {
+            written += outgoing.fields().map(|(_, v)| v.len()).sum::<usize>();
+        }
+        let span = SpanRecord::new(
+            trace.trace_id,
+            trace.span_id,
+            trace.parent,
+            SpanKind::Server,
+            started,
+        );
+        written += usize::from(span.status);
+    }
+    assert_eq!(allocations() - before, 0, "tracing allocated");
+    assert!(written > 0);
+}

@@ -92,6 +92,7 @@ fn bench(c: &mut Criterion) {
                 keep_te_trailers: false,
                 grpc_timeout: None,
                 per_attempt: false,
+                trace: None,
             };
             b.iter(|| {
                 write_request_head(

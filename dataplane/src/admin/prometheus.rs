@@ -39,6 +39,7 @@ pub(super) fn render(shared: &Shared) -> String {
     istio_tcp(&mut out, &snapshot);
     let node = shared.identity.load_full().map(|store| store.current());
     istio_http(&mut out, &snapshot, node.as_ref().map(|m| m.id.as_str()));
+    tracing_counters(&mut out, &snapshot);
     match shared.identity.load_full() {
         Some(identity) => identity.render_prometheus(&mut out, std::time::SystemTime::now()),
         None => shared.identity_metrics.render_prometheus(&mut out),
@@ -798,6 +799,25 @@ fn tcp_security_policy(snapshot: &Snapshot, listener: &crate::snapshot::Listener
 }
 
 /// Escapes a label value per the exposition format.
+/// `ringmesh_tracing_*_total`: spans started, sampled, exported and dropped, export failures
+/// and retries (`trace::TraceStats`, carried across reloads).
+fn tracing_counters(out: &mut String, snapshot: &Snapshot) {
+    const HELP: [&str; 6] = [
+        "Spans the proxy started (server, client per attempt, L4), sampled or not.",
+        "Spans sampled for export.",
+        "Spans an OTLP collector accepted.",
+        "Sampled spans dropped: the export queue was full, or the collector could not take them.",
+        "OTLP export requests that failed (each try).",
+        "OTLP export requests sent again after a failure.",
+    ];
+    let totals = snapshot.trace_stats.totals();
+    for ((name, help), value) in crate::trace::TOTAL_NAMES.iter().zip(HELP).zip(totals) {
+        let metric = format!("ringmesh_tracing_{name}_total");
+        header(out, &metric, "counter", help);
+        let _ = writeln!(out, "{metric} {value}");
+    }
+}
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")

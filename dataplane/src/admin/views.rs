@@ -197,5 +197,17 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
         "workers": workers,
         "listeners": listeners,
         "clusters": clusters,
+        "tracing": tracing_json(&snapshot),
     })
+}
+
+/// The tracing counters of `/stats` (`trace::TraceStats`), and whether tracing is on.
+fn tracing_json(snapshot: &crate::snapshot::Snapshot) -> serde_json::Value {
+    let mut map: serde_json::Map<String, serde_json::Value> = crate::trace::TOTAL_NAMES
+        .iter()
+        .zip(snapshot.trace_stats.totals())
+        .map(|(name, value)| ((*name).to_owned(), json!(value)))
+        .collect();
+    map.insert("enabled".to_owned(), json!(snapshot.tracing.is_some()));
+    serde_json::Value::Object(map)
 }

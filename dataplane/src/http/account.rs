@@ -1,11 +1,15 @@
-//! Accounting, once per request for every protocol: route and cluster metrics, the access log.
+//! Accounting, once per request for every protocol: route and cluster metrics, the access log,
+//! and the request's spans (the server span here; each attempt's client span from the
+//! exchange, [`attempt_span`]).
 //!
-//! Everything lands in this worker's own counter slots (single writer, no shared atomic) and its
-//! access-log buffer, which is handed to the writer thread off the request path.
+//! Everything lands in this worker's own counter slots (single writer, no shared atomic), its
+//! access-log buffer and its span buffer, which are handed to the writer and exporter threads
+//! off the request path.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
+use super::error::Failure;
 use super::exchange::Record;
 use super::request::ClientProtocol;
 use crate::access_log::Entry;
@@ -13,6 +17,7 @@ use crate::core::Core;
 use crate::identity::SpiffeId;
 use crate::snapshot::Snapshot;
 use crate::tls::{SecurityPolicy, TlsInfo};
+use crate::trace::span::{Field, Protocol, SpanKind, SpanRecord};
 
 /// The request's own fields for the access log, borrowed from wherever the codec keeps them.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +62,9 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
                 .record(tls.peer_id().unwrap_or("unknown"), record.status);
         }
     }
+    if let Some(trace) = &record.trace {
+        server_span(core, snapshot, record, trace, fields);
+    }
     let mut log = core.access_log.borrow_mut();
     if !log.enabled() {
         return;
@@ -95,4 +103,115 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
             .as_deref()
             .map_or("", SpiffeId::as_str),
     });
+}
+
+/// The request's server span: counted, and recorded when sampled.
+fn server_span(
+    core: &Core,
+    snapshot: &Snapshot,
+    record: &Record<'_>,
+    trace: &crate::trace::RequestTrace,
+    fields: &LogFields<'_>,
+) {
+    let counters = snapshot.trace_stats.workers.slot(core.id);
+    counters.started.inc();
+    if !trace.sampled {
+        return;
+    }
+    counters.sampled.inc();
+    let mut spans = core.spans.borrow_mut();
+    if !spans.enabled() {
+        return;
+    }
+    let mut span = SpanRecord::new(
+        trace.trace_id,
+        trace.span_id,
+        trace.parent,
+        SpanKind::Server,
+        record.started,
+    );
+    span.status = record.status;
+    span.error = record.status == 0 || record.status >= 500;
+    span.flags = record.flags;
+    span.protocol = match fields.protocol {
+        ClientProtocol::Http10 => Protocol::Http10,
+        ClientProtocol::Http11 => Protocol::Http11,
+        ClientProtocol::Http2 => Protocol::Http2,
+    };
+    span.client = Some(record.client_ip);
+    span.peer = Some(fields.downstream);
+    span.upstream = record.upstream;
+    let path = fields.target.split('?').next().unwrap_or_default();
+    for (field, value) in [
+        (Field::Method, fields.method),
+        (Field::Route, record.route.map_or("", |r| &*r.name)),
+        (Field::Cluster, record.cluster.map_or("", |c| &*c.name)),
+        (Field::Path, path),
+        (Field::Host, fields.authority),
+        (
+            Field::DownstreamPrincipal,
+            fields.tls.and_then(TlsInfo::peer_id).unwrap_or_default(),
+        ),
+    ] {
+        span.text[field as usize] = spans.text(value);
+    }
+    spans.push(span);
+}
+
+/// Ends the client span of the attempt under way (`record.trace`'s), which `failure` ended, or
+/// which answered with its status: counted, and recorded when sampled.
+pub fn attempt_span(
+    core: &Core,
+    snapshot: &Snapshot,
+    record: &mut Record<'_>,
+    failure: Option<Failure>,
+) {
+    let Some(trace) = record.trace.as_mut() else {
+        return;
+    };
+    let Some(attempt) = trace.attempt.take() else {
+        return;
+    };
+    let counters = snapshot.trace_stats.workers.slot(core.id);
+    counters.started.inc();
+    if !trace.sampled {
+        return;
+    }
+    counters.sampled.inc();
+    let mut spans = core.spans.borrow_mut();
+    if !spans.enabled() {
+        return;
+    }
+    let mut span = SpanRecord::new(
+        trace.trace_id,
+        attempt.span_id,
+        Some(trace.span_id),
+        SpanKind::Client,
+        attempt.started,
+    );
+    span.attempt = attempt.number;
+    span.status = attempt.status;
+    span.error = failure.is_some() || attempt.status >= 500 || attempt.status == 0;
+    if let Some(failure) = failure {
+        span.flags = failure.flag();
+    }
+    span.protocol = if attempt.http2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http11
+    };
+    span.peer = attempt.endpoint;
+    span.upstream = attempt.endpoint;
+    let principal = attempt
+        .endpoint
+        .and(record.upstream_principal.as_deref())
+        .map_or("", SpiffeId::as_str);
+    for (field, value) in [
+        (Field::Method, trace.method()),
+        (Field::Cluster, record.cluster.map_or("", |c| &*c.name)),
+        (Field::UpstreamPrincipal, principal),
+    ] {
+        span.text[field as usize] = spans.text(value);
+    }
+    spans.push(span);
 }

@@ -5,6 +5,8 @@
 //! functions:
 //!
 //! **[`decide`]** (synchronous, over the head the codec still holds):
+//! - the request id and, with tracing on, the **trace** (`trace::Tracer::begin`: the client's
+//!   context continued or a new one, and the sampling decision), on [`Record::trace`];
 //! 0. **path normalization** (`normalize.rs`) — what routing matches, authorization sees and the
 //!    upstream receives; a path that cannot be normalized is a 400;
 //! 1. **route** — virtual host by Host, then the route by path/method/headers/query, on the
@@ -26,7 +28,9 @@
 //! **[`run`]** (the exchange, under the deadline and the stream idle timeout):
 //! - an injected fault delay is slept first, outside the deadline and the idle timeout;
 //! 6. **upstream** — a pooled or new HTTP/1.1 connection, or a stream on a pooled HTTP/2
-//!    connection (`upstream.rs`), from the load balancer's pick;
+//!    connection (`upstream.rs`), from the load balancer's pick; with tracing on, each attempt
+//!    is a client span and writes its own trace headers (its span as the parent) next to
+//!    `x-envoy-attempt-count`;
 //! 7. **`100 Continue`** — sent by the proxy once an upstream is at hand (never forwarded);
 //! 8. **both directions at once** — the request body goes up while the response comes down
 //!    (full duplex: an upstream may answer before the upload ends); an early complete response
@@ -57,7 +61,7 @@ use super::h1::client::{RequestLine, write_request_head};
 use super::h1::pool::Connection;
 use super::h2::client::write_h2_request;
 use super::headers::ATTEMPT_COUNT;
-use super::headers::{Forwarding, RequestRules};
+use super::headers::{Forwarding, RequestRules, TraceHeaders};
 use super::mirror;
 use super::normalize;
 use super::reply::LocalReply;
@@ -75,6 +79,7 @@ use crate::routing::{
 };
 use crate::snapshot::{Cluster, HttpSettings, Listener, Snapshot, SnapshotRef};
 use crate::tls::TlsInfo;
+use crate::trace::{Attempt, RequestTrace, TraceId, Tracer};
 use crate::upstream::outlier::Observation;
 
 /// The largest request body kept for a retry; bigger bodies are not retried.
@@ -95,6 +100,8 @@ pub struct Scratch {
     pub values: Vec<u8>,
     /// The propagated `grpc-timeout`.
     pub grpc_timeout: Vec<u8>,
+    /// The attempt's trace headers, as HTTP/1.1 field lines (tracing on).
+    pub trace_fields: Vec<u8>,
     /// This request's id: the client's, or a generated UUID.
     pub request_id: Vec<u8>,
     /// The client's address as text (`x-forwarded-for`); rendered once per connection.
@@ -147,6 +154,8 @@ pub struct Record<'s> {
     pub authz_audit: Option<&'s str>,
     /// The verified SPIFFE ID of the last attempt's upstream (TLS clusters).
     pub upstream_principal: Option<Rc<SpiffeId>>,
+    /// The request's trace, when `[telemetry.tracing]` is on (see [`Record::trace_id`]).
+    pub trace: Option<RequestTrace>,
 }
 
 impl Record<'_> {
@@ -169,7 +178,14 @@ impl Record<'_> {
             authz_policy: None,
             authz_audit: None,
             upstream_principal: None,
+            trace: None,
         }
+    }
+
+    /// The request's trace id (the client's, or the one the proxy started), when tracing is on;
+    /// it displays as 32 lower-case hex digits.
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.trace.map(|trace| trace.trace_id)
     }
 }
 
@@ -244,6 +260,13 @@ pub fn decide<'s>(
     match head.request_id() {
         Some(id) => scratch.request_id.extend_from_slice(id),
         None => core.write_uuid(&mut scratch.request_id),
+    }
+    // The trace: the client's context continued, or a new one; sampled by the caller's decision
+    // or, for a new trace, by the request id (one id, one decision).
+    if let Some(tracer) = &snapshot.tracing {
+        let mut trace = tracer.begin(head.fields.iter(), &scratch.request_id, || core.random());
+        trace.set_method(head.method);
+        record.trace = Some(trace);
     }
 
     // 0. The path, normalized once: what routing matches, authorization sees and the upstream
@@ -422,6 +445,9 @@ pub fn decide<'s>(
         keep_te_trailers: wire == Wire::H2,
         grpc_timeout: (!scratch.grpc_timeout.is_empty()).then_some(&scratch.grpc_timeout[..]),
         per_attempt: route.retries.is_some(),
+        trace: record.trace.map(|trace| TraceHeaders {
+            keep_tracestate: trace.keep_tracestate,
+        }),
     };
     let framing = match head.body {
         RequestBody::None => BodyFraming::None,
@@ -717,6 +743,10 @@ async fn run<'s>(
         }
     };
     scratch.timer = timer;
+    // An attempt cut by the deadline or the idle timeout ends its client span here.
+    if record.trace.is_some_and(|trace| trace.attempt.is_some()) {
+        super::account::attempt_span(core, snapshot, record, outcome.as_ref().err().copied());
+    }
     let (flags, stopped) = retries.outcome();
     record.flags.insert(flags);
     record.retry_stopped = stopped;
@@ -951,14 +981,25 @@ async fn attempts<'s>(
 ) -> Result<Option<Connection>, Failure> {
     let Context {
         core,
+        snapshot,
         plan,
         progress,
         retries,
-        ..
     } = *context;
     let per_try = retries.per_try_timeout();
     loop {
         record.attempts += 1;
+        // Each attempt is a client span of its own; its id is the parent the upstream sees.
+        if let Some(trace) = &mut record.trace {
+            trace.attempt = Some(Attempt {
+                span_id: Tracer::span_id(|| core.random()),
+                started: Instant::now(),
+                number: record.attempts,
+                endpoint: None,
+                status: 0,
+                http2: plan.wire == Wire::H2,
+            });
+        }
         // The per-try deadline is kept by the exchange's one timer (`watchdog`): a timer of its
         // own per attempt would cost a registration, an allocation and a clock read per request.
         if let Some(limit) = per_try {
@@ -972,6 +1013,9 @@ async fn attempts<'s>(
             () = per_try_expired(progress, per_try.is_some()) => Err(Failure::PerTryTimeout),
         };
         progress.try_deadline.set(None);
+        if record.trace.is_some() {
+            super::account::attempt_span(core, snapshot, record, tried.as_ref().err().copied());
+        }
         let failure = match tried {
             Ok(Attempted::Done(tunnel)) => return Ok(tunnel),
             Ok(Attempted::Discarded) => None,
@@ -1070,6 +1114,9 @@ async fn attempt<'s>(
     record.upstream = Some(upstream.endpoint());
     // A reference count, not a copy: the identity was read at the connection's handshake.
     record.upstream_principal = upstream.peer();
+    if let Some(attempt) = record.trace.as_mut().and_then(|t| t.attempt.as_mut()) {
+        attempt.endpoint = record.upstream;
+    }
     plan.cluster.stats.slot(core.id).requests.inc();
 
     // 7. The client may send its body now.
@@ -1077,7 +1124,8 @@ async fn attempt<'s>(
 
     let replaying = !first && recording.as_ref().is_some_and(|r| !r.is_empty());
     let body_follows = !down.body_done() || replaying;
-    // A route that retries tells each try its number and, for gRPC, the time left.
+    // A route that retries tells each try its number and, for gRPC, the time left; with
+    // tracing on, each try carries its own client span as the parent.
     let mut count = itoa::Buffer::new();
     let mut extra: [(&'static str, &[u8]); 2] = [(ATTEMPT_COUNT, b""), ("grpc-timeout", b"")];
     let extra: &[(&'static str, &[u8])] = if retries.has_policy() {
@@ -1101,11 +1149,18 @@ async fn attempt<'s>(
     } else {
         &[]
     };
+    // Rendered into a reused buffer here rather than kept on this future across the await:
+    // every request's future would grow by the size of the headers.
+    scratch.trace_fields.clear();
+    if let Some(trace) = &record.trace {
+        trace.outgoing().write_lines(&mut scratch.trace_fields);
+    }
     upstream
         .send_head(
             &plan.request,
             &scratch.upstream_head,
             extra,
+            &scratch.trace_fields,
             &mut scratch.pending,
             !body_follows,
         )
@@ -1241,6 +1296,13 @@ async fn attempt<'s>(
             },
         }
     };
+    if let Some(attempt) = record.trace.as_mut().and_then(|t| t.attempt.as_mut()) {
+        attempt.status = match &result {
+            Ok(Received::Discarded { status }) => *status,
+            Ok(Received::Relayed { .. }) => record.status,
+            Err(_) => 0,
+        };
+    }
     upstream.observe(
         plan.cluster,
         match &result {

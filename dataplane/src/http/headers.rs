@@ -15,6 +15,8 @@
 //!   remaining `grpc-timeout`;
 //! - toward HTTP/1.1, several `cookie` fields become one, joined with `"; "` (RFC 9113 §8.2.3:
 //!   HTTP/2 clients split cookies, and HTTP/1.1 frameworks read only the first field);
+//! - with tracing on, the client's trace headers (`traceparent`, `b3`, `x-b3-*`; `tracestate`
+//!   unless its W3C context is continued) are dropped: each attempt writes its own (`trace`);
 //! - the route's mutations apply last: remove, set, add.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -150,6 +152,17 @@ pub struct RequestRules<'a> {
     /// Each attempt adds its own `x-envoy-attempt-count` and `grpc-timeout` (a route that
     /// retries): the client's are dropped and [`Self::grpc_timeout`] is not written.
     pub per_attempt: bool,
+    /// With tracing on, each attempt writes its own trace headers: the client's `traceparent`,
+    /// `b3` and `x-b3-*` are dropped here (a malformed one is never forwarded), `tracestate`
+    /// too unless the client's W3C context is continued. `None`: trace headers pass through.
+    pub trace: Option<TraceHeaders>,
+}
+
+/// See [`RequestRules::trace`].
+#[derive(Debug, Clone, Copy)]
+pub struct TraceHeaders {
+    /// `tracestate` goes on with the continued `traceparent`.
+    pub keep_tracestate: bool,
 }
 
 /// The attempt number a route that retries sends upstream (Envoy's name): 1 for the first try.
@@ -209,6 +222,12 @@ pub fn request_headers(
             continue;
         }
         if rules.per_attempt && name.eq_ignore_ascii_case(ATTEMPT_COUNT) {
+            continue;
+        }
+        if let Some(trace) = rules.trace
+            && (crate::trace::context::is_rewritten(name)
+                || (!trace.keep_tracestate && name.eq_ignore_ascii_case("tracestate")))
+        {
             continue;
         }
         if rules.join_cookies && name.eq_ignore_ascii_case("cookie") {

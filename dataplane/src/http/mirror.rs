@@ -141,7 +141,7 @@ async fn exchange_once(
     counters.requests.inc();
     let mut pending = Vec::new();
     upstream
-        .send_head(&request, &head, &[], &mut pending, length == 0)
+        .send_head(&request, &head, &[], b"", &mut pending, length == 0)
         .await?;
     head.clear();
     let complete = {

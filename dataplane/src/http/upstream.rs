@@ -294,12 +294,14 @@ impl Upstream {
 
     /// Starts the request. HTTP/1.1: `head` is queued in `pending`, to go out with the first
     /// body bytes; HTTP/2: the HEADERS frame is sent (ending the stream when `ends_stream`).
-    /// `extra`: fields this attempt adds to the head (the attempt count, the time left).
+    /// `extra`: fields this attempt adds to the head (the attempt count, the time left);
+    /// `trace`: its trace headers, as HTTP/1.1 field lines (`trace::context::Outgoing`).
     pub async fn send_head(
         &mut self,
         request: &UpstreamRequest,
         head: &[u8],
         extra: &[(&'static str, &[u8])],
+        trace: &[u8],
         pending: &mut Vec<u8>,
         ends_stream: bool,
     ) -> Result<(), Failure> {
@@ -307,11 +309,12 @@ impl Upstream {
             (Upstream::H1 { .. }, UpstreamRequest::H1(_)) => {
                 pending.clear();
                 match head.strip_suffix(b"\r\n") {
-                    Some(fields) if !extra.is_empty() => {
+                    Some(fields) if !extra.is_empty() || !trace.is_empty() => {
                         pending.extend_from_slice(fields);
                         for (name, value) in extra {
                             h1::push_header(pending, name.as_bytes(), value);
                         }
+                        pending.extend_from_slice(trace);
                         pending.extend_from_slice(b"\r\n");
                     }
                     _ => pending.extend_from_slice(head),
@@ -338,7 +341,8 @@ impl Upstream {
                     return Err(refused(stream));
                 }
                 let mut request = clone_request(request);
-                for (name, value) in extra {
+                let trace = crate::trace::context::lines(trace);
+                for (name, value) in extra.iter().copied().chain(trace) {
                     if let Ok(value) = http::HeaderValue::from_bytes(value) {
                         request
                             .headers_mut()

@@ -104,6 +104,8 @@ pub async fn forward(
         sni,
         principal,
     } = inbound;
+    // With `l4_spans`, the connection is a span, recorded however it ends.
+    let _span = core.connection_span(snapshot, name, &cluster.name, peer);
     // Authorization at connect, before anything goes upstream. The connection is registered
     // first, so that a reload between here and the end of the connection re-checks it.
     let registration = core.l4_connections.register(Tracked {

@@ -19,6 +19,7 @@ use crate::routing::sni::SniRoutes;
 use crate::routing::{self, RouteCompileError, RouteConfig};
 use crate::stats::{PerWorker, RouteCounters};
 use crate::tls::{ClientTls, Mesh, ServerTls};
+use crate::trace::{TraceStats, Tracer};
 use crate::upstream::outlier::ClusterHealth;
 use crate::upstream::{Balancer, Breaker, RetryBudget};
 
@@ -284,8 +285,30 @@ pub fn compile_with(
         },
     };
 
+    let trace_stats = if previous.trace_stats.workers.len() == workers {
+        Arc::clone(&previous.trace_stats)
+    } else {
+        Arc::new(TraceStats::new(workers))
+    };
+    let tracing =
+        match &spec.telemetry.tracing {
+            None => None,
+            Some(tracing) => match previous.tracing.as_ref().filter(|old| {
+                old.spec == *tracing && Arc::ptr_eq(&previous.trace_stats, &trace_stats)
+            }) {
+                Some(old) => Some(Arc::clone(old)),
+                None => Some(Arc::new(
+                    Tracer::new(tracing, &trace_stats, &crate::trace::node_name()).map_err(
+                        |(key, e)| vec![config.error_at(&format!("telemetry.tracing.{key}"), e)],
+                    )?,
+                )),
+            },
+        };
+
     Ok(Snapshot {
         generation,
+        tracing,
+        trace_stats,
         spec: Arc::new(spec.clone()),
         listeners,
         clusters,

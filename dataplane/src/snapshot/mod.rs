@@ -28,6 +28,7 @@ use crate::policy::authz::ListenerAuthz;
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::RouteConfig;
 use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
+use crate::trace::{TraceStats, Tracer};
 use crate::upstream::outlier::ClusterHealth;
 use crate::upstream::{Balancer, Breaker, RetryBudget};
 
@@ -60,6 +61,11 @@ pub struct Snapshot {
     pub access_log: Option<AccessLogSink>,
     /// Rate limiters of virtual hosts and routes, by id; carried across reloads by name.
     pub policies: Policies,
+    /// Tracing (`[telemetry.tracing]`); `None`: trace headers pass through untouched. Kept
+    /// (with its exporter thread) by a reload that leaves the section unchanged.
+    pub tracing: Option<Arc<Tracer>>,
+    /// Tracing counters, carried across every reload (tracing on or off).
+    pub trace_stats: Arc<TraceStats>,
     listener_index: HashMap<Arc<str>, usize>,
 }
 
@@ -80,6 +86,8 @@ impl Snapshot {
             route_stats: Vec::new(),
             access_log: None,
             policies: Policies::default(),
+            tracing: None,
+            trace_stats: Arc::new(TraceStats::new(0)),
             listener_index: HashMap::new(),
         }
     }

@@ -47,6 +47,7 @@ fn rules<'a>(mutation: &'a HeaderMutation, trust_proto: bool, h2: bool) -> Reque
         keep_te_trailers: h2,
         grpc_timeout: None,
         per_attempt: false,
+        trace: None,
     }
 }
 
@@ -254,5 +255,59 @@ fn response_fields_lose_connection_and_framing_fields() {
     assert_eq!(
         String::from_utf8(out).expect("ascii"),
         "Content-Length: 3\r\nServer: up\r\n"
+    );
+}
+
+#[test]
+fn with_tracing_on_client_trace_headers_are_dropped_for_the_attempt_to_write() {
+    let pairs: &[(&str, &[u8])] = &[
+        ("Host", b"example.com"),
+        ("traceparent", b"00-zz"),
+        ("TraceState", b"a=b"),
+        ("b3", b"1"),
+        ("X-B3-TraceId", b"x"),
+        ("x-b3-other", b"kept"),
+    ];
+    let fields = fields(pairs);
+    let head = request(Fields::H1(&fields), "");
+    let mutation = HeaderMutation::default();
+    let write = |trace| {
+        let mut out = Vec::new();
+        let rules = RequestRules {
+            trace,
+            ..rules(&mutation, false, false)
+        };
+        write_request_head(
+            &mut out,
+            &head,
+            &RequestLine {
+                target: b"/",
+                host: b"example.com",
+                framing: BodyFraming::None,
+                upgrade: None,
+            },
+            &rules,
+            &mut Vec::new(),
+        );
+        String::from_utf8(out).expect("ascii head")
+    };
+    let off = write(None);
+    assert!(
+        off.contains("traceparent: 00-zz") && off.contains("b3: 1"),
+        "{off}"
+    );
+    let on = write(Some(TraceHeaders {
+        keep_tracestate: false,
+    }));
+    for gone in ["traceparent", "TraceState", "b3:", "X-B3-TraceId"] {
+        assert!(!on.contains(gone), "{gone} in {on}");
+    }
+    assert!(on.contains("x-b3-other: kept"), "{on}");
+    let kept = write(Some(TraceHeaders {
+        keep_tracestate: true,
+    }));
+    assert!(
+        kept.contains("TraceState: a=b") && !kept.contains("traceparent"),
+        "{kept}"
     );
 }
