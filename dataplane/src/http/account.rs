@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use super::exchange::Record;
+use super::headers::Fields;
 use super::request::ClientProtocol;
-use crate::access_log::Entry;
+use crate::access_log::{Entry, HeaderSource};
 use crate::core::Core;
 use crate::identity::SpiffeId;
 use crate::snapshot::Snapshot;
@@ -31,6 +32,18 @@ pub struct LogFields<'a> {
     pub downstream: SocketAddr,
     /// The client connection's TLS details (`None`: plaintext).
     pub tls: Option<&'a TlsInfo>,
+    /// The listener's name.
+    pub listener: &'a str,
+    /// The request's headers for the text format's `%REQ(...)%` (`None`: the head was not
+    /// parsed).
+    pub headers: Option<&'a dyn HeaderSource>,
+}
+
+/// An HTTP/2 request's own fields, read by `%REQ(...)%` when the line is written.
+impl HeaderSource for Fields<'_> {
+    fn header(&self, _index: usize, lower_name: &str) -> Option<&[u8]> {
+        self.get(lower_name)
+    }
 }
 
 /// Records one finished request: the route's status class and duration, the cluster's duration
@@ -66,6 +79,7 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         .unwrap_or_else(SystemTime::now);
     log.record(&Entry {
         start,
+        listener: fields.listener,
         method: fields.method,
         authority: fields.authority,
         path: fields.target,
@@ -80,6 +94,7 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         flags: record.flags,
         request_id: std::str::from_utf8(fields.request_id).unwrap_or_default(),
         downstream: fields.downstream,
+        client: Some(record.client_ip),
         attempts: record.attempts,
         retry_stopped: record.retry_stopped.map_or("", |stopped| stopped.as_str()),
         authz_policy: record.authz_policy.unwrap_or_default(),
@@ -94,5 +109,9 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
             .upstream_principal
             .as_deref()
             .map_or("", SpiffeId::as_str),
+        termination_details: "",
+        // The exchange's trace id reaches the log once tracing records one on the `Record`.
+        trace_id: None,
+        headers: fields.headers,
     });
 }
