@@ -39,8 +39,17 @@ const SAMPLE_SCALE: u64 = 1_000_000;
 #[derive(Debug, Clone)]
 pub struct AccessLogSink {
     path: Arc<str>,
-    sender: flume::Sender<Vec<u8>>,
+    sender: flume::Sender<Batch>,
     dropped: Arc<AtomicU64>,
+}
+
+/// What the writer thread is handed.
+#[derive(Debug)]
+enum Batch {
+    /// Lines to write.
+    Lines(Vec<u8>),
+    /// Answer once everything before has been written.
+    Sync(flume::Sender<()>),
 }
 
 impl AccessLogSink {
@@ -57,14 +66,21 @@ impl AccessLogSink {
                     .open(file)?,
             ),
         };
-        let (sender, receiver) = flume::bounded::<Vec<u8>>(QUEUE_BATCHES);
+        let (sender, receiver) = flume::bounded::<Batch>(QUEUE_BATCHES);
         let name = path.to_owned();
         std::thread::Builder::new()
             .name("ringmesh-accesslog".into())
             .spawn(move || {
                 for batch in receiver.iter() {
-                    if let Err(e) = output.write_all(&batch).and_then(|()| output.flush()) {
-                        warn!(path = %name, error = %e, "access log write failed");
+                    match batch {
+                        Batch::Lines(lines) => {
+                            if let Err(e) = output.write_all(&lines).and_then(|()| output.flush()) {
+                                warn!(path = %name, error = %e, "access log write failed");
+                            }
+                        }
+                        Batch::Sync(done) => {
+                            let _ = done.send(());
+                        }
                     }
                 }
             })?;
@@ -73,6 +89,15 @@ impl AccessLogSink {
             sender,
             dropped: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Waits (up to `timeout`) until the writer has written every batch sent before this call:
+    /// the process calls it once its workers have drained and flushed, before it exits.
+    pub fn sync(&self, timeout: Duration) {
+        let (done, finished) = flume::bounded(1);
+        if self.sender.send_timeout(Batch::Sync(done), timeout).is_ok() {
+            let _ = finished.recv_timeout(timeout);
+        }
     }
 
     /// The configured path.
@@ -86,7 +111,7 @@ impl AccessLogSink {
     }
 
     fn send(&self, batch: Vec<u8>) {
-        if self.sender.try_send(batch).is_err() {
+        if self.sender.try_send(Batch::Lines(batch)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -518,7 +543,7 @@ mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
 
-    fn buffer_with(settings: Settings) -> (AccessLogBuffer, flume::Receiver<Vec<u8>>) {
+    fn buffer_with(settings: Settings) -> (AccessLogBuffer, flume::Receiver<Batch>) {
         let mut buffer = AccessLogBuffer::default();
         let (sender, receiver) = flume::bounded(4);
         buffer.log = Some(AccessLog {
@@ -575,8 +600,11 @@ mod tests {
         }
     }
 
-    fn line(receiver: &flume::Receiver<Vec<u8>>) -> String {
-        String::from_utf8(receiver.try_recv().expect("one batch")).expect("utf-8")
+    fn line(receiver: &flume::Receiver<Batch>) -> String {
+        match receiver.try_recv().expect("one batch") {
+            Batch::Lines(lines) => String::from_utf8(lines).expect("utf-8"),
+            Batch::Sync(_) => panic!("lines, not a sync"),
+        }
     }
 
     #[test]
