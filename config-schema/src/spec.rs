@@ -337,7 +337,7 @@ pub struct UpstreamTlsSpec {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySpec {
-    /// JSON-lines access log; absent = off.
+    /// The access log (JSON lines or Envoy-style text); absent = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogSpec>,
     /// Distributed tracing (W3C traceparent); absent = propagate only.
