@@ -35,6 +35,7 @@ both_drivers!(
     the_status_filter_keeps_only_matching_lines,
     sampling_0_and_100_are_exact_and_errors_skip_it,
     sampling_50_writes_some_but_not_all,
+    an_auto_listener_logs_both_kinds_and_a_reload_switches_the_format,
 );
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -774,6 +775,69 @@ fn sampling_50_writes_some_but_not_all(driver: Driver) {
         !lines.is_empty() && lines.len() < REQUESTS,
         "{} of {REQUESTS} lines written",
         lines.len()
+    );
+}
+
+/// An `auto` listener: an HTTP request and a connection of opaque bytes (which go to the
+/// listener's `cluster`) get a line each; a reload to the text format (same file) applies to the
+/// next ones.
+fn an_auto_listener_logs_both_kinds_and_a_reload_switches_the_format(driver: Driver) {
+    let upstream = backend();
+    let echo = Upstream::echo();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("access.log");
+    let config = |log: &str| {
+        format!(
+            r#"
+[[listeners]]
+name = "auto"
+address = "127.0.0.1:0"
+protocol = "auto"
+cluster = "opaque"
+{routes}
+[[clusters]]
+name = "opaque"
+endpoints = ["{echo}"]
+{log}"#,
+            routes = [
+                cluster("backend", &[upstream.address()], ""),
+                virtual_host("all", &["*"], &route("all", "cluster = \"backend\"")),
+            ]
+            .concat(),
+            echo = echo.address(),
+        )
+    };
+    let proxy = Proxy::start(&config(&log_config(&path, "")), driver, 1);
+    let auto = proxy.listener("auto");
+    let opaque = b"SSH-2.0-test\r\n";
+    let traffic = |tag: &str| {
+        assert_eq!(status(&[&format!("http://{auto}/ok/{tag}")]), 200);
+        assert_eq!(tcp_exchange(auto, opaque), opaque);
+    };
+    traffic("json");
+    let entries = access_log(&path, 2);
+    let http = only(&entries, "HTTP", |e| e["path"] == "/ok/json");
+    assert_eq!(http["listener"], "auto", "{http}");
+    assert_eq!(http["cluster"], "backend", "{http}");
+    let tcp = only(&entries, "opaque", |e| e["protocol"] == "tcp");
+    assert_eq!(tcp["listener"], "auto", "{tcp}");
+    assert_eq!(tcp["cluster"], "opaque", "{tcp}");
+    assert_eq!(tcp["bytes_received"], opaque.len(), "{tcp}");
+    assert_eq!(tcp["bytes_sent"], opaque.len(), "{tcp}");
+
+    let text = "format = \"text\"\ntext_format = '%PROTOCOL% %REQ(:PATH)% %UPSTREAM_CLUSTER% %BYTES_RECEIVED%'";
+    proxy.reload_with_sighup(&config(&log_config(&path, text)));
+    traffic("text");
+    let lines = text_lines(&path, 4);
+    let mut text_lines: Vec<&str> = lines[2..].iter().map(String::as_str).collect();
+    text_lines.sort_unstable();
+    assert_eq!(
+        text_lines,
+        [
+            format!("- - opaque {}", opaque.len()).as_str(),
+            "HTTP/1.1 /ok/text backend 0"
+        ],
+        "{lines:#?}"
     );
 }
 
