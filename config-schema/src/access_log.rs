@@ -7,11 +7,10 @@
 
 use std::fmt;
 
-/// Envoy's default format (`%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%` left out: ringmesh keeps no
-/// response header for the log, and never sets that one).
+/// Envoy's default format.
 pub const DEFAULT_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
      %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \
-     \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \
+     %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \
      \"%UPSTREAM_HOST%\"\n";
 
 /// One piece of a format.
@@ -31,6 +30,16 @@ pub enum Operator {
     /// `%REQ(NAME?ALTERNATIVE):MAX%`: a request header (or `:method`, `:path`, `:authority`,
     /// `:scheme`), the alternative when the first is absent, at most `MAX` bytes.
     Req {
+        /// Lower-case header name.
+        name: String,
+        /// Lower-case alternative name.
+        alternative: Option<String>,
+        /// Truncation length.
+        max: Option<usize>,
+    },
+    /// `%RESP(NAME?ALTERNATIVE):MAX%`: a header of the upstream's response that the client got
+    /// (as the upstream sent it), as `%REQ%` does for the request.
+    Resp {
         /// Lower-case header name.
         name: String,
         /// Lower-case alternative name.
@@ -193,8 +202,32 @@ fn operator(text: &str) -> Result<Operator, String> {
                 max,
             })
         }
-        "RESP" | "TRAILER" | "RESPONSE_CODE_DETAILS" => Err(
-            "not supported yet: ringmesh keeps no response header or detail for the log".to_owned(),
+        "RESP" => {
+            let Some(argument) = argument else {
+                return Err("needs a header name: %RESP(NAME)%".to_owned());
+            };
+            let (first, alternative) = match argument.split_once('?') {
+                Some((first, alternative)) => (first, Some(alternative)),
+                None => (argument, None),
+            };
+            let field = |name: &str| {
+                if name.starts_with(':') {
+                    Err(format!(
+                        "{name:?}: %RESP% reads header fields, not pseudo-headers"
+                    ))
+                } else {
+                    header_name(name)
+                }
+            };
+            Ok(Operator::Resp {
+                name: field(first)?,
+                alternative: alternative.map(field).transpose()?,
+                max,
+            })
+        }
+        "TRAILER" | "RESPONSE_CODE_DETAILS" => Err(
+            "not supported yet: ringmesh keeps no trailer or response detail for the log"
+                .to_owned(),
         ),
         "PROTOCOL" => plain(Operator::Protocol),
         "RESPONSE_CODE" => plain(Operator::ResponseCode),
@@ -406,7 +439,8 @@ mod tests {
             "%REQ(x):0%",
             "%DURATION(x)%",
             "%START_TIME(%Q)%",
-            "%RESP(x)%",
+            "%RESP(:status)%",
+            "%TRAILER(x)%",
             "100%",
         ] {
             assert!(parse(bad).is_err(), "{bad} is an error");

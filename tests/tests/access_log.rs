@@ -106,8 +106,8 @@ fn only<'a>(entries: &'a [Value], what: &str, pick: impl Fn(&Value) -> bool) -> 
     found[0]
 }
 
-/// An HTTP upstream answering `hello` (5 bytes), and `/flaky...` with 503 the first time each
-/// path is asked for (a retry then gets the 200).
+/// An HTTP upstream answering `hello` (5 bytes) with `x-up: final`, and `/flaky...` with 503
+/// and `x-up: first` the first time each path is asked for (a retry then gets the 200).
 fn backend() -> HttpUpstream {
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     HttpUpstream::start(move |request: &Request| {
@@ -115,10 +115,13 @@ fn backend() -> HttpUpstream {
             let mut seen = seen.lock().expect("the upstream's own lock");
             if !seen.contains(&request.target) {
                 seen.push(request.target.clone());
-                return Response::new(503).with_body("again").into();
+                return Response::new(503)
+                    .with_header("x-up", "first")
+                    .with_body("again")
+                    .into();
             }
         }
-        Response::ok("hello").into()
+        Response::ok("hello").with_header("x-up", "final").into()
     })
 }
 
@@ -252,7 +255,8 @@ const EVERY_OPERATOR: &str = "%START_TIME%|%START_TIME(%Y-%m-%dT%H:%M:%S.%3f%z %
 %ROUTE_NAME%|%DOWNSTREAM_REMOTE_ADDRESS%|%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%|\
 %DOWNSTREAM_DIRECT_REMOTE_ADDRESS%|%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%|\
 %DOWNSTREAM_PEER_URI_SAN%|%UPSTREAM_PEER_URI_SAN%|%REQUESTED_SERVER_NAME%|\
-%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%CONNECTION_TERMINATION_DETAILS%|%TRACE_ID%";
+%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%CONNECTION_TERMINATION_DETAILS%|%TRACE_ID%|%RESP(X-UP)%|\
+%RESP(X-NONE?X-UP):3%|%RESP(X-NONE)%";
 
 fn text_lines_render_every_operator(driver: Driver) {
     let upstream = backend();
@@ -300,7 +304,7 @@ fn text_lines_render_every_operator(driver: Driver) {
     let lines = text_lines(&path, 3);
     let split: Vec<Vec<&str>> = lines.iter().map(|l| l.split('|').collect()).collect();
     for fields in &split {
-        assert_eq!(fields.len(), 30, "30 operators: {fields:?}");
+        assert_eq!(fields.len(), 33, "33 operators: {fields:?}");
         assert!(
             fields[0].ends_with('Z') && fields[0].len() == 24,
             "{fields:?}"
@@ -359,6 +363,8 @@ fn text_lines_render_every_operator(driver: Driver) {
         "{h1:?}"
     );
     assert_eq!(h1[27], "2", "two attempts: {h1:?}");
+    // The response the client got, not the retried one.
+    assert_eq!(h1[30..], ["final", "fin", "-"], "{h1:?}");
     let h2 = split
         .iter()
         .find(|f| f[11] == "HTTP/2")
@@ -370,6 +376,7 @@ fn text_lines_render_every_operator(driver: Driver) {
     assert_eq!(h2[12], "200", "{h2:?}");
     assert_eq!(h2[19], "ok", "{h2:?}");
     assert_eq!(h2[27], "1", "{h2:?}");
+    assert_eq!(h2[30..], ["final", "fin", "-"], "{h2:?}");
     let tcp = split
         .iter()
         .find(|f| f[11] == "-")
@@ -400,6 +407,7 @@ fn text_lines_render_every_operator(driver: Driver) {
         "{tcp:?}"
     );
     assert_eq!(tcp[27], "1", "{tcp:?}");
+    assert_eq!(tcp[30..], ["-", "-", "-"], "{tcp:?}");
 }
 
 /// `format = "text"` alone writes Envoy's default format.
@@ -445,8 +453,11 @@ fn the_default_text_format_is_envoys(driver: Driver) {
     assert_eq!(request, "\"GET /ok/default HTTP/1.1\" ", "{http}");
     let (counts, tail) = rest.split_once(" \"").unwrap_or_else(|| panic!("{http}"));
     let counts: Vec<&str> = counts.split(' ').collect();
+    assert_eq!(counts.len(), 6, "{http}");
     assert_eq!(counts[..4], ["200", "-", "0", "5"], "{http}");
     assert!(counts[4].parse::<u64>().is_ok(), "duration in {http}");
+    // %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%: the upstream sent none.
+    assert_eq!(counts[5], "-", "{http}");
     assert_eq!(format!("\"{tail}"), expected_tail, "{http}");
 
     let tcp = lines
@@ -458,7 +469,9 @@ fn the_default_text_format_is_envoys(driver: Driver) {
         .split_once(" \"")
         .unwrap_or_else(|| panic!("{tcp}"));
     let counts: Vec<&str> = counts.split(' ').collect();
+    assert_eq!(counts.len(), 6, "{tcp}");
     assert_eq!(counts[..4], ["0", "-", "2", "2"], "{tcp}");
+    assert_eq!(counts[5], "-", "{tcp}");
     assert_eq!(
         format!("\"{tail}"),
         format!("\"-\" \"-\" \"-\" \"-\" \"{}\"", echo.address()),
@@ -841,14 +854,14 @@ endpoints = ["{echo}"]
     );
 }
 
-/// An unknown operator (or a `%RESP(...)%`, which ringmesh cannot fill) is a config error at
+/// An unknown operator (or a `%TRAILER(...)%`, which ringmesh cannot fill) is a config error at
 /// the line of `text_format`, naming the operator; `validate` and start-up both refuse it.
 #[test]
 fn an_unknown_operator_is_rejected_at_its_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     for (operator, why) in [
         ("%NOT_AN_OPERATOR%", "unknown operator"),
-        ("%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%", "not supported yet"),
+        ("%TRAILER(GRPC-STATUS)%", "not supported yet"),
         ("%START_TIME(%Q)%", "unknown time specifier"),
     ] {
         let file = dir.path().join("bad.toml");

@@ -18,6 +18,7 @@ use super::{Entry, HeaderSource};
 pub struct TextFormat {
     pieces: Vec<Compiled>,
     headers: Vec<Box<str>>,
+    response_headers: Vec<Box<str>>,
 }
 
 /// One compiled piece.
@@ -29,6 +30,12 @@ enum Compiled {
     Req {
         name: Header,
         alternative: Option<Header>,
+        max: Option<usize>,
+    },
+    /// `%RESP(...)%`: the positions in `response_headers`.
+    Resp {
+        name: usize,
+        alternative: Option<usize>,
         max: Option<usize>,
     },
 }
@@ -63,6 +70,15 @@ impl TextFormat {
                 }
             },
         };
+        let mut response_headers: Vec<Box<str>> = Vec::new();
+        let mut response_header =
+            |name: String| match response_headers.iter().position(|known| **known == *name) {
+                Some(index) => index,
+                None => {
+                    response_headers.push(name.into());
+                    response_headers.len() - 1
+                }
+            };
         let mut pieces: Vec<Compiled> = parsed
             .into_iter()
             .map(|piece| match piece {
@@ -76,6 +92,15 @@ impl TextFormat {
                     alternative: alternative.map(&mut header),
                     max,
                 },
+                Piece::Operator(Operator::Resp {
+                    name,
+                    alternative,
+                    max,
+                }) => Compiled::Resp {
+                    name: response_header(name),
+                    alternative: alternative.map(&mut response_header),
+                    max,
+                },
                 Piece::Operator(operator) => Compiled::Field(operator),
             })
             .collect();
@@ -84,12 +109,22 @@ impl TextFormat {
         if !ends_with_newline {
             pieces.push(Compiled::Literal("\n".into()));
         }
-        Ok(Self { pieces, headers })
+        Ok(Self {
+            pieces,
+            headers,
+            response_headers,
+        })
     }
 
     /// The request header fields the format reads (lower-case), in the order of their positions.
     pub fn headers(&self) -> &[Box<str>] {
         &self.headers
+    }
+
+    /// The response header fields the format reads (lower-case), in the order of their
+    /// positions.
+    pub fn response_headers(&self) -> &[Box<str>] {
+        &self.response_headers
     }
 
     /// Tells formats apart while they are alive (the snapshot holding one outlives any request
@@ -106,6 +141,7 @@ pub(super) fn write_text(
     format: &TextFormat,
     entry: &Entry<'_>,
     headers: Option<&dyn HeaderSource>,
+    response_headers: Option<&dyn HeaderSource>,
 ) {
     for piece in &format.pieces {
         match piece {
@@ -119,6 +155,20 @@ pub(super) fn write_text(
                     alternative.and_then(|alt| request_header(entry, headers, format, alt))
                 });
                 match value {
+                    Some(value) => push_value(out, value, *max),
+                    None => out.push('-'),
+                }
+            }
+            Compiled::Resp {
+                name,
+                alternative,
+                max,
+            } => {
+                let value = |index: usize| {
+                    let name = format.response_headers.get(index)?;
+                    response_headers?.header(index, name)
+                };
+                match value(*name).or_else(|| alternative.and_then(value)) {
                     Some(value) => push_value(out, value, *max),
                     None => out.push('-'),
                 }
@@ -189,8 +239,8 @@ fn write_field(out: &mut String, clock: &mut CachedClock, entry: &Entry<'_>, ope
     match operator {
         Operator::StartTime(None) => clock.write_rfc3339(entry.start, out),
         Operator::StartTime(Some(pieces)) => clock.write_format(entry.start, pieces, out),
-        // Handled by `write_text` with its resolved names.
-        Operator::Req { .. } => out.push('-'),
+        // Handled by `write_text` with their resolved names.
+        Operator::Req { .. } | Operator::Resp { .. } => out.push('-'),
         Operator::Protocol => or_dash(out, entry.protocol),
         Operator::ResponseCode => {
             let _ = write!(out, "{}", entry.status);

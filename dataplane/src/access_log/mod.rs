@@ -362,6 +362,9 @@ pub struct Entry<'a> {
     pub trace_id: Option<&'a dyn TraceIdText>,
     /// The request's headers, for `%REQ(...)%` (`None` for L4).
     pub headers: Option<&'a dyn HeaderSource>,
+    /// The headers of the upstream response the client got, for `%RESP(...)%` (`None` for L4
+    /// and local answers).
+    pub response_headers: Option<&'a dyn HeaderSource>,
 }
 
 impl Entry<'_> {
@@ -401,20 +404,44 @@ pub struct Captured {
 }
 
 impl Captured {
-    /// Copies the headers `log`'s text format reads (none for JSON or no log) with `lookup`.
+    /// Copies the request headers `log`'s text format reads (none for JSON or no log) with
+    /// `lookup`.
     pub fn capture<'h>(
         &mut self,
         log: Option<&AccessLog>,
         lookup: impl Fn(&str) -> Option<&'h [u8]>,
     ) {
+        self.capture_list(log, TextFormat::headers, lookup);
+    }
+
+    /// Copies the response headers `log`'s text format reads, as [`Captured::capture`].
+    pub fn capture_response<'h>(
+        &mut self,
+        log: Option<&AccessLog>,
+        lookup: impl Fn(&str) -> Option<&'h [u8]>,
+    ) {
+        self.capture_list(log, TextFormat::response_headers, lookup);
+    }
+
+    /// Forgets what was captured (a new request on the connection).
+    pub fn clear(&mut self) {
         self.values.clear();
         self.spans.clear();
         self.format = 0;
+    }
+
+    fn capture_list<'h>(
+        &mut self,
+        log: Option<&AccessLog>,
+        names: fn(&TextFormat) -> &[Box<str>],
+        lookup: impl Fn(&str) -> Option<&'h [u8]>,
+    ) {
+        self.clear();
         let Some(Format::Text(format)) = log.map(|log| &log.settings.format) else {
             return;
         };
         self.format = format.identity();
-        for name in format.headers() {
+        for name in names(format) {
             let span = lookup(name).map(|value| {
                 let start = self.values.len();
                 self.values.extend_from_slice(value);
@@ -448,10 +475,13 @@ pub struct AccessLogBuffer {
 
 impl Default for AccessLogBuffer {
     fn default() -> Self {
+        // Each worker's buffer samples on its own sequence: the clock, and a count of the
+        // buffers made so far (workers start within the same clock tick).
+        static BUFFERS: AtomicU64 = AtomicU64::new(0);
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0x5eed, |d| d.as_nanos() as u64)
-            ^ (std::ptr::from_ref(&QUEUE_BATCHES) as u64).rotate_left(32);
+            ^ BUFFERS.fetch_add(1, Ordering::Relaxed).rotate_left(32);
         Self {
             text: String::new(),
             log: None,
@@ -513,12 +543,21 @@ impl AccessLogBuffer {
             Format::Text(format) => {
                 // Headers captured for another format (a reload between the capture and now)
                 // are not read: their positions mean other names.
-                let headers = entry.headers.filter(|source| {
+                let current = |source: &&dyn HeaderSource| {
                     source
                         .captured_for()
                         .is_none_or(|identity| identity == format.identity())
-                });
-                write_text(&mut self.text, &mut self.clock, format, entry, headers)
+                };
+                let headers = entry.headers.filter(current);
+                let response_headers = entry.response_headers.filter(current);
+                write_text(
+                    &mut self.text,
+                    &mut self.clock,
+                    format,
+                    entry,
+                    headers,
+                    response_headers,
+                );
             }
         }
         if self.text.len() >= FLUSH_BYTES {
@@ -597,6 +636,7 @@ mod tests {
             termination_details: "",
             trace_id: None,
             headers: None,
+            response_headers: None,
         }
     }
 

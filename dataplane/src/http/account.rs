@@ -37,6 +37,8 @@ pub struct LogFields<'a> {
     /// The request's headers for the text format's `%REQ(...)%` (`None`: the head was not
     /// parsed).
     pub headers: Option<&'a dyn HeaderSource>,
+    /// The upstream response's headers for `%RESP(...)%` (`None`: no exchange ran).
+    pub response_headers: Option<&'a dyn HeaderSource>,
 }
 
 /// An HTTP/2 request's own fields, read by `%REQ(...)%` when the line is written.
@@ -113,5 +115,6 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         // The exchange's trace id reaches the log once tracing records one on the `Record`.
         trace_id: None,
         headers: fields.headers,
+        response_headers: fields.response_headers,
     });
 }

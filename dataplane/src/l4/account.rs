@@ -129,6 +129,7 @@ pub fn record(
         termination_details: &connection.details,
         trace_id: None,
         headers: None,
+        response_headers: None,
     });
 }
 
@@ -177,5 +178,6 @@ pub fn no_route(
         termination_details: "",
         trace_id: None,
         headers: None,
+        response_headers: None,
     });
 }

@@ -334,6 +334,7 @@ async fn serve_request(
             tls: conn.tls.as_ref(),
             listener: listener_name,
             headers: Some(&log.headers),
+            response_headers: Some(&scratch.response_log),
         },
     );
     let counters = listener.stats.workers.slot(core.id);
@@ -525,6 +526,7 @@ async fn reply_and_close(
             tls: conn.tls.as_ref(),
             listener,
             headers: None,
+            response_headers: None,
         },
     );
 }

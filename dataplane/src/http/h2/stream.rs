@@ -151,6 +151,7 @@ pub async fn serve(
             tls: tls.as_deref(),
             listener: &listener_name,
             headers: Some(&head.fields),
+            response_headers: Some(&scratch.response_log),
         },
     );
     open.count_bytes(&core, &snapshot, &listener_name);
