@@ -89,7 +89,7 @@ impl Connection {
 pub fn record(
     core: &Core,
     listener: &Listener,
-    cluster: Option<&Cluster>,
+    cluster: &Cluster,
     tracked: &Tracked,
     connection: &Connection,
 ) {
@@ -110,7 +110,7 @@ pub fn record(
         bytes_sent: connection.moved.sent.get(),
         upstream: connection.tries.last,
         route: "",
-        cluster: cluster.map_or("", |c| &*c.name),
+        cluster: &cluster.name,
         flags: connection.flags,
         request_id: "",
         downstream: tracked.peer,

@@ -12,6 +12,9 @@
 //! A tcp listener with TLS passthrough goes through [`passthrough`] first: it reads the
 //! ClientHello (without terminating TLS), picks the cluster by its SNI ([`sni`]), and hands the
 //! connection to [`forward`] with the bytes it read, which go to the upstream first and untouched.
+//!
+//! When a connection ends, [`account::record`] writes its access-log line (the one call
+//! `forward` makes); [`account::no_route`] writes the line of one no cluster takes.
 
 pub mod account;
 pub mod copy;
@@ -146,17 +149,11 @@ pub async fn forward(
         &mut connection,
     )
     .await;
-    account::record(
-        core,
-        listener,
-        Some(cluster),
-        &registration.tracked,
-        &connection,
-    );
+    account::record(core, listener, cluster, &registration.tracked, &connection);
 }
 
-/// The life of an authorized connection: connect, then copy until both sides are done. What
-/// happens is noted in `connection`.
+/// The life of a registered connection: authorization, connect, then the copy until both sides
+/// are done. What happens is noted in `connection` for its log line.
 #[allow(clippy::too_many_arguments)]
 async fn relay(
     core: &Core,
