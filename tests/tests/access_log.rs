@@ -39,6 +39,7 @@ both_drivers!(
 );
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const NODE: &str = "spiffe://cluster.local/ns/mesh/sa/node";
 
 /// `[telemetry.access_log]` writing to `path`, with `extra` lines in its table.
 fn log_config(path: &Path, extra: &str) -> String {
@@ -546,7 +547,8 @@ endpoints = ["{echo}"]
     );
 }
 
-/// A test CA, the proxy's certificate (`localhost`) and a client SVID (`web`).
+/// A test CA, the proxy's certificate (`localhost`), a client SVID (`web`) and a server SVID
+/// (`node`).
 struct Pki {
     dir: tempfile::TempDir,
 }
@@ -569,6 +571,7 @@ impl Pki {
         std::fs::write(pki.path("ca.pem"), ca.pem()).expect("write CA");
         pki.leaf(&ca, "localhost", &["localhost"], None);
         pki.leaf(&ca, "web", &[], Some(WEB));
+        pki.leaf(&ca, "node", &[], Some(NODE));
         pki
     }
 
@@ -614,18 +617,38 @@ impl Pki {
     }
 }
 
-/// A tcp listener terminating mutual TLS in front of an HTTP upstream: curl with the `web` SVID
-/// gets through, and the connection's line names the client's SPIFFE ID, the SNI and
-/// `mutual_tls` — as JSON, and through the text operators.
+/// A tcp listener terminating mutual TLS, whose cluster originates TLS to a second proxy that
+/// serves the `node` SVID (in front of an HTTP upstream): curl with the `web` SVID gets through,
+/// and the connection's line names both SPIFFE IDs, the SNI and `mutual_tls` — as JSON, and
+/// through the text operators.
 fn an_mtls_tcp_listener_logs_the_client_identity(driver: Driver) {
     let pki = Pki::new();
     let upstream = backend();
+    let inner = format!(
+        r#"
+[[listeners]]
+name = "inner"
+address = "127.0.0.1:0"
+protocol = "http"
+[listeners.tls]
+cert = "{cert}"
+key = "{key}"
+{routes}"#,
+        cert = pki.p("node.crt"),
+        key = pki.p("node.key"),
+        routes = [
+            virtual_host("all", &["*"], &route("all", "cluster = \"app\"")),
+            cluster("app", &[upstream.address()], ""),
+        ]
+        .concat(),
+    );
+    let node = Proxy::start(&inner, driver, 1);
     for format in ["json", "text"] {
         let path = pki.path(&format!("{format}.log"));
         let extra = match format {
             "json" => String::new(),
             _ => "format = \"text\"\ntext_format = '%DOWNSTREAM_PEER_URI_SAN% \
-                  %REQUESTED_SERVER_NAME% %UPSTREAM_CLUSTER% %PROTOCOL%'"
+                  %UPSTREAM_PEER_URI_SAN% %REQUESTED_SERVER_NAME% %UPSTREAM_CLUSTER% %PROTOCOL%'"
                 .to_owned(),
         };
         let config = format!(
@@ -634,7 +657,7 @@ fn an_mtls_tcp_listener_logs_the_client_identity(driver: Driver) {
 name = "secure"
 address = "127.0.0.1:0"
 protocol = "tcp"
-cluster = "app"
+cluster = "node"
 [listeners.tls]
 cert = "{cert}"
 key = "{key}"
@@ -642,13 +665,16 @@ client_ca = "{ca}"
 require_client_cert = true
 
 [[clusters]]
-name = "app"
-endpoints = ["{app}"]
+name = "node"
+endpoints = ["{node}"]
+[clusters.tls]
+ca = "{ca}"
+expected_spiffe_ids = ["{NODE}"]
 {log}"#,
             cert = pki.p("localhost.crt"),
             key = pki.p("localhost.key"),
             ca = pki.p("ca.pem"),
-            app = upstream.address(),
+            node = node.listener("inner"),
             log = log_config(&path, &extra),
         );
         let proxy = Proxy::start(&config, driver, 2);
@@ -671,16 +697,17 @@ endpoints = ["{app}"]
             let entry = only(&entries, "secure", |e| e["listener"] == "secure");
             assert_eq!(entry["protocol"], "tcp", "{entry}");
             assert_eq!(entry["downstream_peer_principal"], WEB, "{entry}");
+            assert_eq!(entry["upstream_peer_principal"], NODE, "{entry}");
             assert_eq!(entry["security_policy"], "mutual_tls", "{entry}");
             assert_eq!(entry["requested_server_name"], "localhost", "{entry}");
-            assert_eq!(entry["cluster"], "app", "{entry}");
+            assert_eq!(entry["cluster"], "node", "{entry}");
             assert!(
                 entry["bytes_received"].as_u64().unwrap_or_default() > 0,
                 "{entry}"
             );
         } else {
             let lines = text_lines(&path, 1);
-            assert_eq!(lines, [format!("{WEB} localhost app -")]);
+            assert_eq!(lines, [format!("{WEB} {NODE} localhost node -")]);
         }
     }
 }
