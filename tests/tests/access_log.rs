@@ -917,3 +917,38 @@ fn an_unknown_operator_is_rejected_at_its_line() {
         );
     }
 }
+
+/// A log file that cannot be opened fails the start at the line of `path`.
+#[test]
+fn an_unopenable_log_file_fails_the_start_at_its_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("config.toml");
+    let admin_file = dir.path().join("admin-address");
+    let missing = dir.path().join("no-such-dir").join("access.log");
+    let text = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"web\"\n\
+         address = \"127.0.0.1:0\"\nprotocol = \"http\"\n\n[telemetry.access_log]\n\
+         path = \"{}\"\n",
+        missing.display()
+    );
+    let line = text.lines().count();
+    std::fs::write(&file, text).expect("write the config");
+    let run = run_ringmesh(
+        [
+            "--config".as_ref(),
+            file.as_os_str(),
+            "--io".as_ref(),
+            "epoll".as_ref(),
+            "--admin-address-path".as_ref(),
+            admin_file.as_os_str(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(!run.status.success(), "started without its log file");
+    let reported = run.stderr.lines().any(|l| {
+        l.contains(&format!(":{line}:"))
+            && l.contains("telemetry.access_log.path")
+            && l.contains("cannot open")
+    });
+    assert!(reported, "an error at line {line}; stderr:\n{}", run.stderr);
+}

@@ -152,15 +152,22 @@ pub enum Format {
 
 impl AccessLog {
     /// Compiles `spec`, keeping `previous`'s writer when the path is the same (the file stays
-    /// open across reloads; a new path opens a new writer).
-    pub fn compile(spec: &AccessLogSpec, previous: Option<&AccessLog>) -> Result<Self, String> {
+    /// open across reloads; a new path opens a new writer). An error names the key (under
+    /// `telemetry.access_log`) it is about.
+    pub fn compile(
+        spec: &AccessLogSpec,
+        previous: Option<&AccessLog>,
+    ) -> Result<Self, (&'static str, String)> {
         let format = match spec.format {
             AccessLogFormat::Json => Format::Json,
-            AccessLogFormat::Text => Format::Text(TextFormat::compile(
-                spec.text_format
-                    .as_deref()
-                    .unwrap_or(config_schema::access_log::DEFAULT_TEXT_FORMAT),
-            )?),
+            AccessLogFormat::Text => Format::Text(
+                TextFormat::compile(
+                    spec.text_format
+                        .as_deref()
+                        .unwrap_or(config_schema::access_log::DEFAULT_TEXT_FORMAT),
+                )
+                .map_err(|e| ("text_format", e))?,
+            ),
         };
         let status = match &spec.filter {
             None => Vec::new(),
@@ -168,7 +175,8 @@ impl AccessLog {
                 .status
                 .iter()
                 .map(|condition| config_schema::access_log::status_range(condition))
-                .collect::<Result<_, _>>()?,
+                .collect::<Result<_, _>>()
+                .map_err(|e| ("filter.status", e))?,
         };
         let settings = Settings {
             format,
@@ -180,7 +188,7 @@ impl AccessLog {
         let sink = match previous.filter(|log| log.sink.path() == spec.path) {
             Some(log) => log.sink.clone(),
             None => AccessLogSink::open(&spec.path)
-                .map_err(|e| format!("cannot open {}: {e}", spec.path))?,
+                .map_err(|e| ("path", format!("cannot open {}: {e}", spec.path)))?,
         };
         Ok(Self {
             sink,

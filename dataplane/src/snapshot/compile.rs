@@ -270,8 +270,9 @@ pub fn compile_with(
     let access_log = match &spec.telemetry.access_log {
         None => None,
         Some(log) => Some(
-            AccessLog::compile(log, previous.access_log.as_ref())
-                .map_err(|e| vec![config.error_at("telemetry.access_log", e)])?,
+            AccessLog::compile(log, previous.access_log.as_ref()).map_err(|(key, e)| {
+                vec![config.error_at(&format!("telemetry.access_log.{key}"), e)]
+            })?,
         ),
     };
 
