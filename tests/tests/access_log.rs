@@ -918,6 +918,45 @@ fn an_unknown_operator_is_rejected_at_its_line() {
     }
 }
 
+/// A status condition that is not one, and a percentage out of range, are errors at their line.
+#[test]
+fn bad_filter_and_sample_values_are_rejected_at_their_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (key, value, path, why) in [
+        (
+            "filter",
+            "{ status = [\">=400\", \"=404\"] }",
+            "telemetry.access_log.filter.status[1]",
+            "expected 404, >=400",
+        ),
+        (
+            "sample_percent",
+            "120.0",
+            "telemetry.access_log.sample_percent",
+            "between 0 and 100",
+        ),
+    ] {
+        let file = dir.path().join("bad.toml");
+        let text = format!(
+            "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:0\"\nprotocol = \"http\"\n\n\
+             [telemetry.access_log]\npath = \"stderr\"\n{key} = {value}\n"
+        );
+        let line = text.lines().count();
+        std::fs::write(&file, text).expect("write the config");
+        let run = run_ringmesh([Path::new("validate"), &file], Duration::from_secs(30));
+        assert!(!run.status.success(), "accepted {key} = {value}");
+        let reported = run
+            .stderr
+            .lines()
+            .any(|l| l.contains(&format!(":{line}:")) && l.contains(path) && l.contains(why));
+        assert!(
+            reported,
+            "{key}: an error at line {line} ({path}: {why}); stderr:\n{}",
+            run.stderr
+        );
+    }
+}
+
 /// A log file that cannot be opened fails the start at the line of `path`.
 #[test]
 fn an_unopenable_log_file_fails_the_start_at_its_line() {
