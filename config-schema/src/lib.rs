@@ -24,11 +24,13 @@
 //!
 //! # Layout
 //! - [`spec`]: the types, field by field, as written in TOML.
+//! - [`access_log`]: the access log's text format (Envoy's operators) and status conditions.
 //! - [`units`]: durations and byte sizes.
 //! - `load`: sectioned deserialization and the source map.
 //! - [`validate`]: cross-reference and value checks.
 //! - [`support`]: the keys the data plane does not act on yet, rejected by [`parse`].
 
+pub mod access_log;
 pub mod spec;
 pub mod support;
 pub mod units;

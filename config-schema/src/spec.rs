@@ -337,7 +337,7 @@ pub struct UpstreamTlsSpec {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySpec {
-    /// JSON-lines access log; absent = off.
+    /// The access log (JSON lines or Envoy-style text); absent = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogSpec>,
     /// Distributed tracing (W3C trace context and B3, OTLP/HTTP export); absent = trace headers
@@ -349,12 +349,61 @@ pub struct TelemetrySpec {
     pub source_workload: Option<String>,
 }
 
-/// Where access logs go.
+/// Where access logs go, in which format, and which lines are written.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogSpec {
     /// `stdout`, `stderr` or a file path.
     pub path: String,
+    /// `json` (one JSON object per line, the default) or `text` (`text_format`).
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// The line of `format = "text"`, with Envoy's `%COMMAND%` operators
+    /// (`crate::access_log`); absent = Envoy's default format. A newline is added when the
+    /// format does not end with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_format: Option<String>,
+    /// Log L4 connections (tcp listeners, TLS passthrough, the non-HTTP traffic of auto
+    /// listeners): one line when each ends.
+    #[serde(default = "default_true")]
+    pub tcp: bool,
+    /// Which lines are written; absent = all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<AccessLogFilter>,
+    /// Percentage (0–100) of the lines passing `filter` that are written, chosen at random.
+    #[serde(default = "AccessLogSpec::default_sample_percent")]
+    pub sample_percent: f64,
+    /// Errors (a 5xx status, or any response flag) that pass `filter` are written whatever
+    /// `sample_percent` says.
+    #[serde(default = "default_true")]
+    pub always_log_errors: bool,
+}
+
+impl AccessLogSpec {
+    fn default_sample_percent() -> f64 {
+        100.0
+    }
+}
+
+/// How access-log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// `text_format`, Envoy-style.
+    Text,
+}
+
+/// Which access-log lines are written (Envoy's `status_code_filter`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFilter {
+    /// Statuses to log: each entry `404`, `>=400`, `>400`, `<=299`, `<300` or `500-599`; a line
+    /// is written when its status matches any. An L4 connection's status is 0 (Envoy's
+    /// `%RESPONSE_CODE%` for TCP).
+    pub status: Vec<String>,
 }
 
 /// Trace sampling and export.

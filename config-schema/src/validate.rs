@@ -290,13 +290,8 @@ impl<'a> Checker<'a> {
     }
 
     fn telemetry(&mut self, telemetry: &TelemetrySpec) {
-        if let Some(log) = &telemetry.access_log
-            && log.path.is_empty()
-        {
-            self.issue(
-                "telemetry.access_log.path",
-                "must be stdout, stderr or a file path",
-            );
+        if let Some(log) = &telemetry.access_log {
+            self.access_log(log);
         }
         if let Some(tracing) = &telemetry.tracing {
             self.percent("telemetry.tracing.sample_percent", tracing.sample_percent);
@@ -332,6 +327,39 @@ impl<'a> Checker<'a> {
                     "telemetry.tracing.batch_timeout",
                     "must be more than 0 and at most 60s",
                 );
+            }
+        }
+    }
+
+    fn access_log(&mut self, log: &AccessLogSpec) {
+        if log.path.is_empty() {
+            self.issue(
+                "telemetry.access_log.path",
+                "must be stdout, stderr or a file path",
+            );
+        }
+        if let Some(format) = &log.text_format {
+            if log.format != AccessLogFormat::Text {
+                self.issue(
+                    "telemetry.access_log.text_format",
+                    "applies only with format = \"text\"",
+                );
+            } else if let Err(e) = crate::access_log::parse(format) {
+                self.issue("telemetry.access_log.text_format", e.to_string());
+            }
+        }
+        self.percent("telemetry.access_log.sample_percent", log.sample_percent);
+        if let Some(filter) = &log.filter {
+            if filter.status.is_empty() {
+                self.issue(
+                    "telemetry.access_log.filter.status",
+                    "must list at least one status condition",
+                );
+            }
+            for (i, condition) in filter.status.iter().enumerate() {
+                if let Err(e) = crate::access_log::status_range(condition) {
+                    self.issue(format!("telemetry.access_log.filter.status[{i}]"), e);
+                }
             }
         }
     }

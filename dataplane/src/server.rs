@@ -222,6 +222,11 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let drain_timeout = shared.store.load().spec.runtime.drain_timeout.get();
     info!(timeout = ?drain_timeout, "draining: no new connections; waiting for open ones");
     reloader.drain(Instant::now() + drain_timeout);
+    // The workers flushed their access-log buffers as they stopped: let the writer write them
+    // before the process exits.
+    if let Some(log) = &shared.store.load().access_log {
+        log.sink.sync(Duration::from_secs(5));
+    }
     info!("drained; exiting");
     Ok(())
 }

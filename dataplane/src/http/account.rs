@@ -11,8 +11,9 @@ use std::time::SystemTime;
 
 use super::error::Failure;
 use super::exchange::Record;
+use super::headers::Fields;
 use super::request::ClientProtocol;
-use crate::access_log::Entry;
+use crate::access_log::{Entry, HeaderSource};
 use crate::core::Core;
 use crate::identity::SpiffeId;
 use crate::snapshot::Snapshot;
@@ -36,6 +37,20 @@ pub struct LogFields<'a> {
     pub downstream: SocketAddr,
     /// The client connection's TLS details (`None`: plaintext).
     pub tls: Option<&'a TlsInfo>,
+    /// The listener's name.
+    pub listener: &'a str,
+    /// The request's headers for the text format's `%REQ(...)%` (`None`: the head was not
+    /// parsed).
+    pub headers: Option<&'a dyn HeaderSource>,
+    /// The upstream response's headers for `%RESP(...)%` (`None`: no exchange ran).
+    pub response_headers: Option<&'a dyn HeaderSource>,
+}
+
+/// An HTTP/2 request's own fields, read by `%REQ(...)%` when the line is written.
+impl HeaderSource for Fields<'_> {
+    fn header(&self, _index: usize, lower_name: &str) -> Option<&[u8]> {
+        self.get(lower_name)
+    }
 }
 
 /// Records one finished request: the route's status class and duration, the cluster's duration
@@ -74,6 +89,7 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         .unwrap_or_else(SystemTime::now);
     log.record(&Entry {
         start,
+        listener: fields.listener,
         method: fields.method,
         authority: fields.authority,
         path: fields.target,
@@ -88,6 +104,7 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         flags: record.flags,
         request_id: std::str::from_utf8(fields.request_id).unwrap_or_default(),
         downstream: fields.downstream,
+        client: Some(record.client_ip),
         attempts: record.attempts,
         retry_stopped: record.retry_stopped.map_or("", |stopped| stopped.as_str()),
         authz_policy: record.authz_policy.unwrap_or_default(),
@@ -102,6 +119,10 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
             .upstream_principal
             .as_deref()
             .map_or("", SpiffeId::as_str),
+        termination_details: "",
+        trace_id: record.trace_id().map(|id| id.0),
+        headers: fields.headers,
+        response_headers: fields.response_headers,
     });
 }
 

@@ -68,7 +68,7 @@ use super::reply::LocalReply;
 use super::request::{ClientProtocol, RequestBody, RequestHead, Upgrade};
 use super::retry::{Retries, Stopped, Verdict};
 use super::upstream::{UpIn, Upstream, UpstreamRequest, Wire};
-use crate::access_log::ResponseFlags;
+use crate::access_log::{Captured, ResponseFlags};
 use crate::core::Core;
 use crate::event::Signal;
 use crate::identity::SpiffeId;
@@ -112,6 +112,9 @@ pub struct Scratch {
     /// The exchange's timer (see [`watchdog`]), kept for the next request on the connection:
     /// resetting a timer costs less than making one.
     pub timer: Option<Timer>,
+    /// The response headers the access log's text format reads (`%RESP(...)%`), copied from the
+    /// upstream response the client got.
+    pub response_log: Captured,
 }
 
 /// A timer on the heap (monoio's is 640 bytes, aligned to 128: inline it would grow every
@@ -658,6 +661,8 @@ pub async fn serve<'s>(
     scratch: &mut Scratch,
     record: &mut Record<'s>,
 ) -> Option<Connection> {
+    // Nothing of the previous request's response reaches this one's log line.
+    scratch.response_log.clear();
     // The decision is borrowed, not moved: a plan is hundreds of bytes, and every future that
     // owned one would carry it (twice, as argument and as local).
     let local = match decision {
@@ -1195,6 +1200,7 @@ async fn attempt<'s>(
     let result = {
         let (mut down_in, mut down_out) = down.split(draining);
         let (mut sink, mut up_in) = upstream.split(&mut scratch.pending, framing);
+        let response_log = &mut scratch.response_log;
         // Built in place (`pin!` of the expression), not moved: see `run`.
         let mut sending = std::pin::pin!(async {
             if replaying
@@ -1250,6 +1256,7 @@ async fn attempt<'s>(
                 counters,
                 &request_read,
                 kept,
+                response_log,
             )
             .await;
             stop.fire();
@@ -1374,7 +1381,9 @@ enum Received {
 
 /// The response side of an attempt: the head (while watching for the client giving up), then
 /// the body. `request_read`: whether the client's whole request was read when the head arrived;
-/// `kept`: how much of a request body is kept for a retry.
+/// `kept`: how much of a request body is kept for a retry; `response_log`: where the headers of
+/// the response the client gets are copied for the access log's `%RESP(...)%`.
+#[allow(clippy::too_many_arguments)]
 async fn receive<'s>(
     up_in: &mut UpIn<'_>,
     down_out: &mut DownOut<'_>,
@@ -1383,6 +1392,7 @@ async fn receive<'s>(
     counters: &crate::stats::ClusterCounters,
     request_read: &Cell<bool>,
     kept: Option<usize>,
+    response_log: &mut Captured,
 ) -> Result<Received, Failure> {
     let Context {
         plan,
@@ -1410,6 +1420,9 @@ async fn receive<'s>(
             return Err(head.status);
         }
         record.status = head.status;
+        response_log.capture_response(context.snapshot.access_log.as_ref(), |name| {
+            head.fields.get(name)
+        });
         Ok(down_out.start_response(head, &plan.route.response_headers, request_read.get()))
     })?;
     let started = match started {

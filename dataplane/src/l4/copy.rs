@@ -25,6 +25,27 @@ const INITIAL_BUFFER: usize = 16 * 1024;
 /// Buffer size once a direction carries bulk data.
 const BULK_BUFFER: usize = 256 * 1024;
 
+/// The bytes one connection moved each way (its access-log line's), besides the listener's
+/// counters.
+#[derive(Debug, Default)]
+pub struct Moved {
+    /// From the client.
+    pub received: Cell<u64>,
+    /// To the client.
+    pub sent: Cell<u64>,
+}
+
+impl Moved {
+    fn add(cell: &Cell<u64>, n: u64) {
+        cell.set(cell.get().wrapping_add(n));
+    }
+
+    /// Counts `n` bytes from the client.
+    pub fn add_received(&self, n: u64) {
+        Self::add(&self.received, n);
+    }
+}
+
 /// How a proxied connection ended, when it did not end cleanly.
 #[derive(Debug)]
 pub enum CopyError {
@@ -50,6 +71,7 @@ pub async fn bidirectional(
     upstream: TcpStream,
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
+    moved: &Moved,
 ) -> Result<(), CopyError> {
     let (down_read, down_write) = downstream.into_split();
     let (up_read, up_write) = upstream.into_split();
@@ -58,10 +80,15 @@ pub async fn bidirectional(
     let upload = one_way(
         down_read,
         up_write,
-        &counters.bytes_received,
+        (&counters.bytes_received, &moved.received),
         &last_activity,
     );
-    let download = one_way(up_read, down_write, &counters.bytes_sent, &last_activity);
+    let download = one_way(
+        up_read,
+        down_write,
+        (&counters.bytes_sent, &moved.sent),
+        &last_activity,
+    );
     let both = both_directions(upload, download);
 
     let Some(idle) = idle_timeout else {
@@ -83,10 +110,11 @@ pub async fn bidirectional_transport(
     upstream: Transport,
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
+    moved: &Moved,
 ) -> Result<(), CopyError> {
     let (downstream, upstream) = match (downstream, upstream) {
         (Transport::Plain(down), Transport::Plain(up)) => {
-            return bidirectional(down, up, idle_timeout, counters).await;
+            return bidirectional(down, up, idle_timeout, counters, moved).await;
         }
         pair => pair,
     };
@@ -97,6 +125,7 @@ pub async fn bidirectional_transport(
         (up_read, up_write),
         idle_timeout,
         counters,
+        moved,
     )
     .await
 }
@@ -107,18 +136,19 @@ pub async fn bidirectional_halves(
     upstream: (ReadHalf, WriteHalf),
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
+    moved: &Moved,
 ) -> Result<(), CopyError> {
     let last_activity = Cell::new(Instant::now());
     let upload = one_way_halves(
         downstream.0,
         upstream.1,
-        &counters.bytes_received,
+        (&counters.bytes_received, &moved.received),
         &last_activity,
     );
     let download = one_way_halves(
         upstream.0,
         downstream.1,
-        &counters.bytes_sent,
+        (&counters.bytes_sent, &moved.sent),
         &last_activity,
     );
     let both = both_directions(upload, download);
@@ -138,7 +168,7 @@ pub async fn bidirectional_halves(
 async fn one_way_halves(
     mut from: ReadHalf,
     mut to: WriteHalf,
-    bytes: &Counter,
+    bytes: (&Counter, &Cell<u64>),
     last_activity: &Cell<Instant>,
 ) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
@@ -149,7 +179,8 @@ async fn one_way_halves(
             return to.shutdown().await;
         }
         last_activity.set(Instant::now());
-        bytes.add(n as u64);
+        bytes.0.add(n as u64);
+        Moved::add(bytes.1, n as u64);
         let filled = n == buffer.capacity();
         to.write_vec(&mut buffer).await?;
         last_activity.set(Instant::now());
@@ -182,7 +213,7 @@ async fn both_directions(
 async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
     mut from: R,
     mut to: W,
-    bytes: &Counter,
+    bytes: (&Counter, &Cell<u64>),
     last_activity: &Cell<Instant>,
 ) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
@@ -196,7 +227,8 @@ async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
             return to.shutdown().await;
         }
         last_activity.set(Instant::now());
-        bytes.add(n as u64);
+        bytes.0.add(n as u64);
+        Moved::add(bytes.1, n as u64);
         let filled = n == buffer.capacity();
         let (result, written) = to.write_all(buffer).await;
         buffer = written;

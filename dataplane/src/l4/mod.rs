@@ -12,7 +12,11 @@
 //! A tcp listener with TLS passthrough goes through [`passthrough`] first: it reads the
 //! ClientHello (without terminating TLS), picks the cluster by its SNI ([`sni`]), and hands the
 //! connection to [`forward`] with the bytes it read, which go to the upstream first and untouched.
+//!
+//! When a connection ends, [`account::record`] writes its access-log line (the one call
+//! `forward` makes); [`account::no_route`] writes the line of one no cluster takes.
 
+pub mod account;
 pub mod copy;
 pub mod passthrough;
 pub mod sni;
@@ -25,12 +29,14 @@ use config_schema::L4Copy;
 use monoio::net::TcpStream;
 use tracing::{debug, info};
 
+use crate::access_log::ResponseFlags;
 use crate::core::Core;
 use crate::event::Signal;
 use crate::identity::SpiffeId;
 use crate::log_budget::LogBudget;
 use crate::policy::authz::{self, Tracked};
 use crate::snapshot::{Cluster, Listener, Snapshot};
+use crate::tls::SecurityPolicy;
 use crate::tls::transport::Transport;
 use crate::upstream::breaker::{self, Resource};
 use crate::upstream::outlier::Observation;
@@ -48,15 +54,26 @@ pub async fn proxy(
     peer: SocketAddr,
     initial: Vec<u8>,
 ) {
-    let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
-        debug!(listener = %listener.name, %peer, "no cluster for opaque traffic; closing");
-        return;
-    };
     // A terminated TLS connection's SNI reaches `connection.sni` conditions, as a passthrough
     // connection's does.
     // The verified peer identity of a terminated mTLS connection is kept for the live re-check.
     let mut downstream = downstream;
-    let (sni, principal) = match downstream.take_tls_info() {
+    let info = downstream.take_tls_info();
+    let security = SecurityPolicy::of(info.as_ref());
+    let Some(cluster) = listener.cluster.map(|i| &snapshot.clusters[i]) else {
+        debug!(listener = %listener.name, %peer, "no cluster for opaque traffic; closing");
+        let sni = info.as_ref().and_then(|info| info.sni.as_deref());
+        account::no_route(
+            core,
+            listener,
+            peer,
+            sni.unwrap_or_default(),
+            security,
+            initial.len() as u64,
+        );
+        return;
+    };
+    let (sni, principal) = match info {
         Some(info) => (info.sni, info.peer_principal),
         None => (None, None),
     };
@@ -66,6 +83,7 @@ pub async fn proxy(
         initial,
         sni,
         principal,
+        security,
     };
     forward(core, snapshot, listener, name, cluster, inbound).await;
 }
@@ -85,10 +103,14 @@ pub struct Inbound {
     pub sni: Option<Box<str>>,
     /// The verified SPIFFE ID of a terminated mutual-TLS connection's client.
     pub principal: Option<SpiffeId>,
+    /// How the client connection is secured (`none` for passthrough: the proxy terminates no
+    /// TLS there).
+    pub security: SecurityPolicy,
 }
 
 /// Checks the connection against the listener's authorization policies, connects to `cluster`,
-/// writes the bytes already read to it first, then copies both ways until both sides are done.
+/// writes the bytes already read to it first, then copies both ways until both sides are done;
+/// then accounts it (its access-log line).
 pub async fn forward(
     core: &Core,
     snapshot: &Snapshot,
@@ -100,12 +122,13 @@ pub async fn forward(
     let Inbound {
         stream: downstream,
         peer,
-        mut initial,
+        initial,
         sni,
         principal,
+        security,
     } = inbound;
     // With `l4_spans`, the connection is a span, recorded however it ends.
-    let _span = core.connection_span(snapshot, name, &cluster.name, peer);
+    let span = core.connection_span(snapshot, name, &cluster.name, peer);
     // Authorization at connect, before anything goes upstream. The connection is registered
     // first, so that a reload between here and the end of the connection re-checks it.
     let registration = core.l4_connections.register(Tracked {
@@ -116,14 +139,63 @@ pub async fn forward(
         principal,
         revoked: Signal::default(),
     });
-    if !authorized(core, listener, &registration.tracked) {
+    let mut connection = account::Connection::new(security);
+    connection.trace_id = span.as_ref().map(|span| span.trace_id());
+    relay(
+        core,
+        snapshot,
+        listener,
+        cluster,
+        downstream,
+        initial,
+        &registration.tracked,
+        &mut connection,
+    )
+    .await;
+    account::record(core, listener, cluster, &registration.tracked, &connection);
+}
+
+/// The life of a registered connection: authorization, connect, then the copy until both sides
+/// are done. What happens is noted in `connection` for its log line.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    core: &Core,
+    snapshot: &Snapshot,
+    listener: &Listener,
+    cluster: &Cluster,
+    downstream: Transport,
+    mut initial: Vec<u8>,
+    tracked: &Tracked,
+    connection: &mut account::Connection,
+) {
+    let peer = tracked.peer;
+    if !authorized(core, listener, tracked, connection) {
         return;
     }
     // `in_flight` is held until the connection ends: least-request counts open connections; so is
     // the breaker's permit.
-    let (upstream, in_flight, permit) = match connect(core, snapshot, cluster, peer).await {
+    let (upstream, _in_flight, _permit) = match connect(
+        core,
+        snapshot,
+        cluster,
+        peer,
+        &mut connection.tries,
+    )
+    .await
+    {
         Ok(connected) => connected,
         Err(e) => {
+            connection.flags.insert(match e {
+                ConnectError::NoEndpoint => ResponseFlags::NO_HEALTHY_UPSTREAM,
+                ConnectError::Overflow => ResponseFlags::UPSTREAM_OVERFLOW,
+                ConnectError::AllFailed { .. } => ResponseFlags::UPSTREAM_CONNECT_FAILURE,
+            });
+            if let ConnectError::AllFailed { .. } = e {
+                // Every endpoint was tried: Envoy's TCP proxy says UF,URX.
+                connection
+                    .flags
+                    .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+            }
             debug!(listener = %listener.name, cluster = %cluster.name, %peer, error = %e, "upstream connect failed");
             return;
         }
@@ -144,15 +216,22 @@ pub async fn forward(
             )
             .await
             {
-                Ok((stream, info)) => Transport::Tls(Box::new(stream), Box::new(info)),
+                Ok((stream, info)) => {
+                    connection.upstream_principal = info.peer_principal.clone();
+                    Transport::Tls(Box::new(stream), Box::new(info))
+                }
                 Err(e) => {
                     cluster.stats.slot(core.id).tls_handshake_errors.inc();
+                    connection
+                        .flags
+                        .insert(ResponseFlags::UPSTREAM_CONNECT_FAILURE);
                     debug!(listener = %listener.name, cluster = %cluster.name, %peer, error = %e, "upstream TLS handshake failed");
                     return;
                 }
             }
         }
     };
+    let moved = &connection.moved;
     let (downstream, mut upstream) = match (downstream, upstream) {
         (Transport::Plain(down), Transport::Plain(up)) => (down, up),
         (downstream, upstream) => {
@@ -161,6 +240,7 @@ pub async fn forward(
             let (up_read, mut up_write) = upstream.split();
             if !initial.is_empty() {
                 counters.bytes_received.add(initial.len() as u64);
+                moved.add_received(initial.len() as u64);
                 if up_write.write_vec(&mut initial).await.is_err() {
                     return;
                 }
@@ -170,25 +250,20 @@ pub async fn forward(
                 (up_read, up_write),
                 listener.idle_timeout,
                 counters,
+                moved,
             );
-            monoio::select! {
-                outcome = copy => {
-                    if let Err(e) = outcome {
-                        debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
-                    }
-                }
-                () = registration.tracked.revoked.wait() => {
-                    info!(listener = %listener.name, %peer, "connection closed: a reloaded authorization policy denies it");
-                }
-            }
-            drop(in_flight);
-            drop(permit);
+            let ended = monoio::select! {
+                outcome = copy => Ended::Copied(outcome),
+                () = tracked.revoked.wait() => Ended::Revoked,
+            };
+            ended.note(listener, peer, connection);
             return;
         }
     };
     if !initial.is_empty() {
         // Bytes read while detecting the protocol or reading the ClientHello go first.
         counters.bytes_received.add(initial.len() as u64);
+        moved.add_received(initial.len() as u64);
         let (result, _) =
             monoio::io::AsyncWriteRentExt::write_all(&mut upstream, std::mem::take(&mut initial))
                 .await;
@@ -199,33 +274,60 @@ pub async fn forward(
     let copy = async {
         match listener.l4_copy {
             L4Copy::Buffer => {
-                copy::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+                copy::bidirectional(downstream, upstream, listener.idle_timeout, counters, moved)
+                    .await
             }
             L4Copy::Splice => {
-                splice::bidirectional(downstream, upstream, listener.idle_timeout, counters).await
+                splice::bidirectional(downstream, upstream, listener.idle_timeout, counters, moved)
+                    .await
             }
         }
     };
     // A reload whose policies no longer let this connection through fires `revoked`: the copy
     // is dropped, which closes both sockets (bytes in flight are lost, as the policy wants).
-    monoio::select! {
-        outcome = copy => {
-            if let Err(e) = outcome {
+    let ended = monoio::select! {
+        outcome = copy => Ended::Copied(outcome),
+        () = tracked.revoked.wait() => Ended::Revoked,
+    };
+    ended.note(listener, peer, connection);
+}
+
+/// How the copy of a connection ended.
+enum Ended {
+    /// Both sides are done, or one failed, or the idle timeout passed.
+    Copied(Result<(), copy::CopyError>),
+    /// A reload's policies deny the connection.
+    Revoked,
+}
+
+impl Ended {
+    /// Logs (at debug or info level) and notes in `connection` how the copy ended.
+    fn note(self, listener: &Listener, peer: SocketAddr, connection: &mut account::Connection) {
+        match self {
+            Ended::Copied(Ok(())) => {}
+            Ended::Copied(Err(e)) => {
+                if let copy::CopyError::Idle(_) = e {
+                    connection.flags.insert(ResponseFlags::STREAM_IDLE_TIMEOUT);
+                }
                 debug!(listener = %listener.name, %peer, error = %e, "connection ended with an error");
             }
-        }
-        () = registration.tracked.revoked.wait() => {
-            info!(listener = %listener.name, %peer, "connection closed: a reloaded authorization policy denies it");
+            Ended::Revoked => {
+                connection.revoked();
+                info!(listener = %listener.name, %peer, "connection closed: a reloaded authorization policy denies it");
+            }
         }
     }
-    drop(registration);
-    drop(in_flight);
-    drop(permit);
 }
 
 /// Checks a new connection against the authorization policies of its listener in the snapshot
-/// current now (the connection's own may be older). Counts and logs a denial.
-fn authorized(core: &Core, listener: &Listener, tracked: &Tracked) -> bool {
+/// current now (the connection's own may be older). Counts and logs a denial, and notes it in
+/// `connection`.
+fn authorized(
+    core: &Core,
+    listener: &Listener,
+    tracked: &Tracked,
+    connection: &mut account::Connection,
+) -> bool {
     let current = core.snapshot();
     let authz = match current.listener(&listener.name) {
         Some(now) => now.authz.as_ref(),
@@ -235,6 +337,9 @@ fn authorized(core: &Core, listener: &Listener, tracked: &Tracked) -> bool {
         return true;
     };
     let verdict = authz.evaluate(&tracked.input(), core.id);
+    if !verdict.allowed {
+        connection.denied(verdict.policy);
+    }
     // A denied client can reconnect in a loop: the counter counts each denial, the log a budget.
     if !verdict.allowed
         && let Some(suppressed) = DENIAL_LOG.with(LogBudget::admit)
@@ -295,6 +400,7 @@ pub async fn connect(
     snapshot: &Snapshot,
     cluster: &Cluster,
     peer: SocketAddr,
+    tries: &mut account::Tries,
 ) -> Result<(TcpStream, Option<InFlightGuard>, Option<Permit>), ConnectError> {
     let counters = cluster.stats.slot(core.id);
     let permit = breaker::admit(cluster.breaker.as_ref(), Resource::Connections)
@@ -313,6 +419,8 @@ pub async fn connect(
             continue;
         }
         let endpoint = endpoints[index];
+        tries.count += 1;
+        tries.last = Some(endpoint.address);
         let in_flight = core.start_request(snapshot, cluster, index);
         match crate::upstream::connect(endpoint.address, cluster.connect_timeout).await {
             Ok(stream) => {

@@ -110,6 +110,8 @@ pub async fn serve(
         (None, None) => {
             counters.sni_no_route.inc();
             counters.bytes_received.add(buf.len() as u64);
+            let security = crate::tls::SecurityPolicy::None;
+            super::account::no_route(core, listener, peer, sni, security, buf.len() as u64);
             debug!(listener = %listener.name, %peer, sni, reason = why, "no SNI route and no default cluster; closing");
             return;
         }
@@ -125,6 +127,7 @@ pub async fn serve(
         sni: name.map(|n| n.as_str().into()),
         // Not terminated: the proxy sees no certificate.
         principal: None,
+        security: crate::tls::SecurityPolicy::None,
     };
     super::forward(core, snapshot, listener, listener_name, cluster, inbound).await;
 }

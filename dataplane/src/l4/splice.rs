@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use super::copy::CopyError;
+use super::copy::{CopyError, Moved};
 use crate::stats::{Counter, ListenerCounters};
 
 /// Pipe capacity asked for; the kernel caps it at `/proc/sys/fs/pipe-max-size` for non-root users.
@@ -114,6 +114,7 @@ pub async fn bidirectional(
     upstream: TcpStream,
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
+    moved: &Moved,
 ) -> Result<(), CopyError> {
     set_nonblocking(downstream.as_raw_fd()).map_err(CopyError::Io)?;
     set_nonblocking(upstream.as_raw_fd()).map_err(CopyError::Io)?;
@@ -126,14 +127,14 @@ pub async fn bidirectional(
         &downstream,
         &upstream,
         &up_pipe,
-        &counters.bytes_received,
+        (&counters.bytes_received, &moved.received),
         &last_activity,
     );
     let download = one_way(
         &upstream,
         &downstream,
         &down_pipe,
-        &counters.bytes_sent,
+        (&counters.bytes_sent, &moved.sent),
         &last_activity,
     );
     let both = async {
@@ -167,7 +168,7 @@ async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
     pipe: &Pipe,
-    bytes: &Counter,
+    bytes: (&Counter, &Cell<u64>),
     last_activity: &Cell<Instant>,
 ) -> io::Result<()> {
     let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
@@ -187,7 +188,8 @@ async fn one_way(
             Err(e) => return Err(e),
         };
         last_activity.set(Instant::now());
-        bytes.add(filled as u64);
+        bytes.0.add(filled as u64);
+        bytes.1.set(bytes.1.get().wrapping_add(filled as u64));
         let mut left = filled;
         while left > 0 {
             match splice(pipe.read.as_raw_fd(), to_fd, left) {

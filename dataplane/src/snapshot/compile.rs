@@ -12,7 +12,7 @@ use super::{
     Cluster, Endpoint, GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
     Listener, ListenerStats, PassthroughSettings, PathRules, PoolLimits, Snapshot,
 };
-use crate::access_log::AccessLogSink;
+use crate::access_log::AccessLog;
 use crate::policy::authz::{self, ListenerAuthz};
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::sni::SniRoutes;
@@ -270,19 +270,11 @@ pub fn compile_with(
     let policies = Policies::compile(&routes, &previous.policies, workers);
     let access_log = match &spec.telemetry.access_log {
         None => None,
-        Some(log) => match previous
-            .access_log
-            .as_ref()
-            .filter(|sink| sink.path() == log.path)
-        {
-            Some(sink) => Some(sink.clone()),
-            None => Some(AccessLogSink::open(&log.path).map_err(|e| {
-                vec![config.error_at(
-                    "telemetry.access_log.path",
-                    format!("cannot open {}: {e}", log.path),
-                )]
-            })?),
-        },
+        Some(log) => Some(
+            AccessLog::compile(log, previous.access_log.as_ref()).map_err(|(key, e)| {
+                vec![config.error_at(&format!("telemetry.access_log.{key}"), e)]
+            })?,
+        ),
     };
 
     let trace_stats = if previous.trace_stats.workers.len() == workers {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Cache};
 use config_schema::{ConfigSpec, L4Copy, LbPolicy, ListenerProtocol, UpstreamProtocol};
 
-use crate::access_log::AccessLogSink;
+use crate::access_log::AccessLog;
 use crate::policy::authz::ListenerAuthz;
 use crate::policy::{Policies, RateLimiter};
 use crate::routing::RouteConfig;
@@ -58,7 +58,7 @@ pub struct Snapshot {
     /// name.
     pub route_stats: Vec<(Arc<str>, Arc<PerWorker<RouteCounters>>)>,
     /// Where access-log lines go, if anywhere.
-    pub access_log: Option<AccessLogSink>,
+    pub access_log: Option<AccessLog>,
     /// Rate limiters of virtual hosts and routes, by id; carried across reloads by name.
     pub policies: Policies,
     /// Tracing (`[telemetry.tracing]`); `None`: trace headers pass through untouched. Kept

@@ -314,6 +314,11 @@ impl<'a> ConnectionSpan<'a> {
             cluster,
         }
     }
+
+    /// The connection's trace (its access-log line names it).
+    pub fn trace_id(&self) -> TraceId {
+        self.span.trace_id
+    }
 }
 
 impl Drop for ConnectionSpan<'_> {

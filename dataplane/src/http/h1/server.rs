@@ -28,7 +28,7 @@ use tracing::debug;
 
 use super::pool::Connection;
 use super::{BodyFraming, Reject};
-use crate::access_log::ResponseFlags;
+use crate::access_log::{AccessLog, Captured, ResponseFlags};
 use crate::core::Core;
 use crate::http::account::{self, LogFields};
 use crate::http::body::H1Body;
@@ -87,6 +87,8 @@ struct LogCopy {
     authority: String,
     target: String,
     protocol: Option<ClientProtocol>,
+    /// The request headers the access log's text format reads.
+    headers: Captured,
 }
 
 /// Serves HTTP/1.1 on `stream` until the client closes, an error closes it, or it becomes a
@@ -197,7 +199,7 @@ async fn serve_request(
                 return After::Close;
             }
             Err(HeadError::Refused(reject, flags)) => {
-                reply_and_close(core, &snapshot, conn, out, reject, flags).await;
+                reply_and_close(core, &snapshot, listener_name, conn, out, reject, flags).await;
                 return After::Close;
             }
         }
@@ -258,7 +260,7 @@ async fn serve_request(
                 if let Some(client) = view.forwarded_client(http.xff_trusted_hops) {
                     record.client_ip = client;
                 }
-                remember_for_log(log, &view);
+                remember_for_log(log, &view, snapshot.access_log.as_ref());
                 let decision =
                     exchange::decide(core, &snapshot, listener, http, &view, scratch, &mut record);
                 Ok((
@@ -282,7 +284,7 @@ async fn serve_request(
         Ok(parsed) => parsed,
         Err(reject) => {
             let flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
-            reply_and_close(core, &snapshot, conn, out, reject, flags).await;
+            reply_and_close(core, &snapshot, listener_name, conn, out, reject, flags).await;
             return After::Close;
         }
     };
@@ -330,6 +332,9 @@ async fn serve_request(
             request_id: &scratch.request_id,
             downstream: conn.peer,
             tls: conn.tls.as_ref(),
+            listener: listener_name,
+            headers: Some(&log.headers),
+            response_headers: Some(&scratch.response_log),
         },
     );
     let counters = listener.stats.workers.slot(core.id);
@@ -354,7 +359,7 @@ struct RequestShape {
 }
 
 /// Copies the request fields the access log needs.
-fn remember_for_log(log: &mut LogCopy, head: &RequestHead<'_>) {
+fn remember_for_log(log: &mut LogCopy, head: &RequestHead<'_>, access_log: Option<&AccessLog>) {
     log.method.clear();
     log.method.push_str(head.method);
     log.authority.clear();
@@ -362,6 +367,8 @@ fn remember_for_log(log: &mut LogCopy, head: &RequestHead<'_>) {
     log.target.clear();
     log.target.push_str(head.target);
     log.protocol = Some(head.protocol);
+    log.headers
+        .capture(access_log, |name| head.fields.get(name));
 }
 
 /// The current snapshot if it still has the listener, else the one the connection was accepted
@@ -484,6 +491,7 @@ async fn read_request_head(
 async fn reply_and_close(
     core: &Core,
     snapshot: &SnapshotRef,
+    listener: &str,
     conn: &mut Conn,
     out: &mut Vec<u8>,
     reject: Reject,
@@ -516,6 +524,9 @@ async fn reply_and_close(
             request_id: b"",
             downstream: conn.peer,
             tls: conn.tls.as_ref(),
+            listener,
+            headers: None,
+            response_headers: None,
         },
     );
 }
@@ -588,6 +599,7 @@ async fn tunnel(core: &Core, listener_name: &str, conn: Conn, upstream: Connecti
         (upstream_read, upstream_write),
         listener.idle_timeout,
         counters,
+        &crate::l4::copy::Moved::default(),
     )
     .await;
     if let Err(e) = outcome {

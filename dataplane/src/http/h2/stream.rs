@@ -149,6 +149,9 @@ pub async fn serve(
             request_id: &scratch.request_id,
             downstream: peer,
             tls: tls.as_deref(),
+            listener: &listener_name,
+            headers: Some(&head.fields),
+            response_headers: Some(&scratch.response_log),
         },
     );
     open.count_bytes(&core, &snapshot, &listener_name);
