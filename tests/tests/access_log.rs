@@ -36,6 +36,7 @@ both_drivers!(
     sampling_0_and_100_are_exact_and_errors_skip_it,
     sampling_50_writes_some_but_not_all,
     an_auto_listener_logs_both_kinds_and_a_reload_switches_the_format,
+    lines_carry_the_trace_id_of_the_request_and_of_an_l4_span,
 );
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -738,6 +739,55 @@ fn the_status_filter_keeps_only_matching_lines(driver: Driver) {
     assert_eq!(entry["path"], "/missing", "{entry}");
     assert_eq!(entry["status"], 404, "{entry}");
     assert_eq!(entry["response_flags"], "NR", "{entry}");
+}
+
+/// With `[telemetry.tracing]` on, a request's line names the trace it belongs to: the client's
+/// when a `traceparent` arrived (JSON `trace_id` and `%TRACE_ID%`), a new one when none did;
+/// with `l4_spans`, a tcp connection's line names its span's trace. Without tracing there is
+/// no `trace_id` key (the other tests).
+fn lines_carry_the_trace_id_of_the_request_and_of_an_l4_span(driver: Driver) {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let upstream = backend();
+    let echo = Upstream::echo();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("json.log");
+    let text = dir.path().join("text.log");
+    let tracing = "\n[telemetry.tracing]\nsample_percent = 100.0\nl4_spans = true\n";
+    let start = |path: &Path, extra: &str| {
+        let log = log_config(path, extra);
+        let config = mixed_config(&upstream, &echo, refused_address(), &log) + tracing;
+        Proxy::start(&config, driver, 1)
+    };
+    let traceparent = format!("traceparent: 00-{TRACE}-00f067aa0ba902b7-01");
+
+    let proxy = start(&json, "");
+    let web = proxy.listener("web");
+    let url = |p: &str| format!("http://{web}{p}");
+    assert_eq!(status(&["-H", &traceparent, &url("/ok/continued")]), 200);
+    assert_eq!(status(&[&url("/ok/new")]), 200);
+    assert_eq!(tcp_exchange(proxy.listener("raw"), b"hi"), b"hi");
+    let entries = access_log(&json, 3);
+    let continued = only(&entries, "/ok/continued", |e| e["path"] == "/ok/continued");
+    assert_eq!(continued["trace_id"], TRACE, "{continued}");
+    let hex32 = |value: &Value| {
+        value
+            .as_str()
+            .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    let new = only(&entries, "/ok/new", |e| e["path"] == "/ok/new");
+    assert!(hex32(&new["trace_id"]) && new["trace_id"] != TRACE, "{new}");
+    let tcp = only(&entries, "raw", |e| e["listener"] == "raw");
+    assert!(hex32(&tcp["trace_id"]), "{tcp}");
+    drop(proxy);
+
+    let proxy = start(&text, "format = \"text\"\ntext_format = \"%REQ(:PATH)% %TRACE_ID%\"");
+    let web = proxy.listener("web");
+    assert_eq!(
+        status(&["-H", &traceparent, &format!("http://{web}/ok/text")]),
+        200
+    );
+    let lines = text_lines(&text, 1);
+    assert_eq!(lines, [format!("/ok/text {TRACE}")]);
 }
 
 /// `sample_percent = 0` writes no ordinary line, but errors (a 502 `UF`, a tcp `UF,URX`)
