@@ -21,6 +21,7 @@
 //! | `POST /drain` | stop accepting, finish open connections, exit (as SIGTERM) |
 
 mod auth;
+pub mod istio;
 mod mutate;
 mod prometheus;
 mod views;

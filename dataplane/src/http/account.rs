@@ -11,7 +11,10 @@ use super::request::ClientProtocol;
 use crate::access_log::Entry;
 use crate::core::Core;
 use crate::identity::SpiffeId;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Cluster, Snapshot};
+use crate::stats::{
+    HttpMetrics, NO_GRPC_STATUS, RequestProtocol, SeriesKey, SeriesLabels, principal_hash,
+};
 use crate::tls::{SecurityPolicy, TlsInfo};
 
 /// The request's own fields for the access log, borrowed from wherever the codec keeps them.
@@ -33,9 +36,9 @@ pub struct LogFields<'a> {
     pub tls: Option<&'a TlsInfo>,
 }
 
-/// Records one finished request: the route's status class and duration, the cluster's duration
-/// and (for answers the proxy made itself; upstream answers are counted where they arrive) its
-/// status count, and an access-log line when a log is configured.
+/// Records one finished request: the route's status class and duration, the cluster's Istio
+/// series (`istio_requests_total` and the duration and size histograms), and an access-log line
+/// when a log is configured.
 pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &LogFields<'_>) {
     let duration = record.started.elapsed();
     if let Some(route) = record.route
@@ -44,18 +47,11 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         stats.slot(core.id).record(record.status, duration);
     }
     if let Some(cluster) = record.cluster {
-        let counters = cluster.stats.slot(core.id);
-        counters.duration.observe(duration);
-        if record.locally_answered {
-            counters.response(record.status);
-        }
-        // The mTLS part of those responses, by the client's identity (istio_requests_total's
-        // source_principal); plaintext and one-way TLS cost this one branch.
-        if let Some(tls) = fields.tls.filter(|tls| tls.peer_verified) {
-            counters
-                .peers
-                .record(tls.peer_id().unwrap_or("unknown"), record.status);
-        }
+        let series = istio_series(core, snapshot, cluster, record, fields);
+        series.requests.inc();
+        series.duration.observe(duration);
+        series.request_bytes.observe_bytes(record.bytes_received);
+        series.response_bytes.observe_bytes(record.bytes_sent);
     }
     let mut log = core.access_log.borrow_mut();
     if !log.enabled() {
@@ -95,4 +91,63 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
             .as_deref()
             .map_or("", SpiffeId::as_str),
     });
+}
+
+/// The request's Istio series in this worker's table of `cluster`: found by numbers only (the
+/// workloads' ids, the principals' hashes, code, gRPC status, flags, protocol, policy, reporter),
+/// so a request whose series exists allocates nothing. The source workload is a binary search of
+/// the workload table for the peer address (one length check without `[[workloads]]`); the
+/// destination's was resolved with the snapshot; a principal costs one hash of its SPIFFE ID,
+/// only on mutually authenticated connections.
+fn istio_series<'c>(
+    core: &Core,
+    snapshot: &Snapshot,
+    cluster: &'c Cluster,
+    record: &Record<'_>,
+    fields: &LogFields<'_>,
+) -> &'c HttpMetrics {
+    let source = snapshot.workloads.get(record.peer_ip);
+    let source_principal = fields
+        .tls
+        .filter(|tls| tls.peer_verified)
+        .map(|tls| tls.peer_id().unwrap_or_default());
+    let destination = record
+        .upstream
+        .and_then(|endpoint| cluster.endpoint_workloads.get(endpoint));
+    let destination_principal = record.upstream_principal.as_deref().map(SpiffeId::as_str);
+    let key = SeriesKey {
+        source_workload: source.map_or(0, |w| w.id),
+        source_principal: source_principal.map_or(0, principal_hash),
+        destination_workload: destination.map_or(0, |w| w.id),
+        destination_principal: destination_principal.map_or(0, principal_hash),
+        service: 0,
+        response_code: record.status,
+        grpc_status: record.grpc_status.unwrap_or(NO_GRPC_STATUS),
+        flags: record.flags,
+        protocol: if record.grpc {
+            RequestProtocol::Grpc
+        } else {
+            RequestProtocol::Http
+        },
+        // The reporter's own side of the call: the client's connection (destination), or
+        // the connection to the upstream (source).
+        mutual_tls: if record.reporter_source {
+            destination_principal.is_some()
+        } else {
+            source_principal.is_some()
+        },
+        reporter_source: record.reporter_source,
+    };
+    cluster
+        .stats
+        .slot(core.id)
+        .series
+        .get(&key, || SeriesLabels {
+            key,
+            source_workload: source.cloned(),
+            source_principal: source_principal.map(Into::into),
+            destination_workload: destination.cloned(),
+            destination_principal: destination_principal.map(Into::into),
+            service: None,
+        })
 }

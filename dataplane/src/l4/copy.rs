@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
-use crate::stats::{Counter, ListenerCounters};
+use crate::stats::{Counter, ListenerCounters, TcpMetrics};
 use crate::tls::transport::{ReadHalf, Transport, WriteHalf};
 
 /// First buffer size of a direction.
@@ -50,6 +50,7 @@ pub async fn bidirectional(
     upstream: TcpStream,
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
+    series: Option<&TcpMetrics>,
 ) -> Result<(), CopyError> {
     let (down_read, down_write) = downstream.into_split();
     let (up_read, up_write) = upstream.into_split();
@@ -58,10 +59,15 @@ pub async fn bidirectional(
     let upload = one_way(
         down_read,
         up_write,
-        &counters.bytes_received,
+        Tally::received(counters, series),
         &last_activity,
     );
-    let download = one_way(up_read, down_write, &counters.bytes_sent, &last_activity);
+    let download = one_way(
+        up_read,
+        down_write,
+        Tally::sent(counters, series),
+        &last_activity,
+    );
     let both = both_directions(upload, download);
 
     let Some(idle) = idle_timeout else {
@@ -83,10 +89,11 @@ pub async fn bidirectional_transport(
     upstream: Transport,
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
+    series: Option<&TcpMetrics>,
 ) -> Result<(), CopyError> {
     let (downstream, upstream) = match (downstream, upstream) {
         (Transport::Plain(down), Transport::Plain(up)) => {
-            return bidirectional(down, up, idle_timeout, counters).await;
+            return bidirectional(down, up, idle_timeout, counters, series).await;
         }
         pair => pair,
     };
@@ -97,6 +104,7 @@ pub async fn bidirectional_transport(
         (up_read, up_write),
         idle_timeout,
         counters,
+        series,
     )
     .await
 }
@@ -107,18 +115,19 @@ pub async fn bidirectional_halves(
     upstream: (ReadHalf, WriteHalf),
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
+    series: Option<&TcpMetrics>,
 ) -> Result<(), CopyError> {
     let last_activity = Cell::new(Instant::now());
     let upload = one_way_halves(
         downstream.0,
         upstream.1,
-        &counters.bytes_received,
+        Tally::received(counters, series),
         &last_activity,
     );
     let download = one_way_halves(
         upstream.0,
         downstream.1,
-        &counters.bytes_sent,
+        Tally::sent(counters, series),
         &last_activity,
     );
     let both = both_directions(upload, download);
@@ -138,7 +147,7 @@ pub async fn bidirectional_halves(
 async fn one_way_halves(
     mut from: ReadHalf,
     mut to: WriteHalf,
-    bytes: &Counter,
+    bytes: Tally<'_>,
     last_activity: &Cell<Instant>,
 ) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
@@ -182,7 +191,7 @@ async fn both_directions(
 async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
     mut from: R,
     mut to: W,
-    bytes: &Counter,
+    bytes: Tally<'_>,
     last_activity: &Cell<Instant>,
 ) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
@@ -204,6 +213,41 @@ async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
         last_activity.set(Instant::now());
         if filled && buffer.capacity() < BULK_BUFFER {
             buffer = Vec::with_capacity(BULK_BUFFER);
+        }
+    }
+}
+
+/// Where one direction's bytes are counted: the listener's counter, and the connection's Istio
+/// TCP series when it has one (both this worker's own: plain adds).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tally<'a> {
+    listener: &'a Counter,
+    series: Option<&'a Counter>,
+}
+
+impl<'a> Tally<'a> {
+    /// Bytes from the client.
+    pub(super) fn received(counters: &'a ListenerCounters, series: Option<&'a TcpMetrics>) -> Self {
+        Self {
+            listener: &counters.bytes_received,
+            series: series.map(|s| &s.received),
+        }
+    }
+
+    /// Bytes to the client.
+    pub(super) fn sent(counters: &'a ListenerCounters, series: Option<&'a TcpMetrics>) -> Self {
+        Self {
+            listener: &counters.bytes_sent,
+            series: series.map(|s| &s.sent),
+        }
+    }
+
+    /// Counts `n` bytes.
+    #[inline]
+    pub(super) fn add(self, n: u64) {
+        self.listener.add(n);
+        if let Some(series) = self.series {
+            series.add(n);
         }
     }
 }

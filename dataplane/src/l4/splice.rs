@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use super::copy::CopyError;
-use crate::stats::{Counter, ListenerCounters};
+use super::copy::Tally;
+use crate::stats::{ListenerCounters, TcpMetrics};
 
 /// Pipe capacity asked for; the kernel caps it at `/proc/sys/fs/pipe-max-size` for non-root users.
 const PIPE_SIZE: usize = 1024 * 1024;
@@ -114,6 +115,7 @@ pub async fn bidirectional(
     upstream: TcpStream,
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
+    series: Option<&TcpMetrics>,
 ) -> Result<(), CopyError> {
     set_nonblocking(downstream.as_raw_fd()).map_err(CopyError::Io)?;
     set_nonblocking(upstream.as_raw_fd()).map_err(CopyError::Io)?;
@@ -126,14 +128,14 @@ pub async fn bidirectional(
         &downstream,
         &upstream,
         &up_pipe,
-        &counters.bytes_received,
+        Tally::received(counters, series),
         &last_activity,
     );
     let download = one_way(
         &upstream,
         &downstream,
         &down_pipe,
-        &counters.bytes_sent,
+        Tally::sent(counters, series),
         &last_activity,
     );
     let both = async {
@@ -167,7 +169,7 @@ async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
     pipe: &Pipe,
-    bytes: &Counter,
+    bytes: Tally<'_>,
     last_activity: &Cell<Instant>,
 ) -> io::Result<()> {
     let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());

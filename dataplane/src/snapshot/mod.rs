@@ -30,6 +30,7 @@ use crate::routing::RouteConfig;
 use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
 use crate::upstream::outlier::ClusterHealth;
 use crate::upstream::{Balancer, Breaker, RetryBudget};
+use crate::workload::{EndpointWorkloads, Workloads};
 
 mod compile;
 mod settings;
@@ -60,6 +61,8 @@ pub struct Snapshot {
     pub access_log: Option<AccessLogSink>,
     /// Rate limiters of virtual hosts and routes, by id; carried across reloads by name.
     pub policies: Policies,
+    /// The `[[workloads]]` table: metric labels by peer address.
+    pub workloads: Workloads,
     listener_index: HashMap<Arc<str>, usize>,
 }
 
@@ -80,6 +83,7 @@ impl Snapshot {
             route_stats: Vec::new(),
             access_log: None,
             policies: Policies::default(),
+            workloads: Workloads::default(),
             listener_index: HashMap::new(),
         }
     }
@@ -117,6 +121,8 @@ pub struct Listener {
     pub passthrough: Option<PassthroughSettings>,
     /// TLS termination, when the listener has `[listeners.tls]`.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Istio metrics: this listener reports as `reporter="source"` (else `destination`).
+    pub reporter_source: bool,
 }
 
 /// Counters and the connection gauge of one listener.
@@ -164,6 +170,11 @@ pub struct Cluster {
     /// A fingerprint of `tls` (0: plaintext), part of the upstream pools' keys, so that
     /// connections made with other TLS settings are never handed out for this cluster.
     pub tls_key: u64,
+    /// The `[[workloads]]` entries of the endpoints, resolved when the snapshot was built: the
+    /// Istio metrics' `destination_workload` labels.
+    pub endpoint_workloads: EndpointWorkloads,
+    /// A hash of the name, the TCP series' key for the cluster (never 0).
+    pub name_hash: u64,
 }
 
 /// One upstream endpoint.

@@ -588,6 +588,7 @@ async fn tunnel(core: &Core, listener_name: &str, conn: Conn, upstream: Connecti
         (upstream_read, upstream_write),
         listener.idle_timeout,
         counters,
+        None,
     )
     .await;
     if let Err(e) = outcome {
