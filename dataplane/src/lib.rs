@@ -59,5 +59,5 @@ pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 pub mod watch;
-pub mod workload;
 pub mod worker;
+pub mod workload;

@@ -9,8 +9,8 @@
 //! Stats objects are keyed by stable names (listener, cluster) and carried from one config
 //! generation to the next, so a reload never resets a counter.
 
-use std::sync::OnceLock;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::access_log::ResponseFlags;
@@ -384,6 +384,9 @@ pub struct SeriesRow<M> {
     pub metrics: M,
 }
 
+/// One slot of a series table's index: empty, or a claimed row.
+type Slot<M> = OnceLock<Box<SeriesRow<M>>>;
+
 /// One worker's Istio series of one cluster (HTTP) or listener (TCP): a bounded open-addressing
 /// table keyed by [`SeriesKey`].
 ///
@@ -400,7 +403,7 @@ pub struct SeriesRow<M> {
 /// string and never grows a map.
 #[derive(Debug)]
 pub struct SeriesTable<M> {
-    slots: OnceLock<Box<[OnceLock<Box<SeriesRow<M>>>]>>,
+    slots: OnceLock<Box<[Slot<M>]>>,
     claimed: AtomicUsize,
     other: OnceLock<Box<M>>,
 }
@@ -547,10 +550,7 @@ mod tests {
         assert_eq!(counts[1], 2, "<= 1 ms");
         assert_eq!(counts[3], 1, "<= 10 ms");
         assert_eq!(counts[DURATION_BUCKETS_US.len()], 1, "+Inf");
-        assert_eq!(
-            h.sum(),
-            100 + 500 + 501 + 1_000 + 7_000 + 4_000_000_000
-        );
+        assert_eq!(h.sum(), 100 + 500 + 501 + 1_000 + 7_000 + 4_000_000_000);
     }
 
     #[test]
@@ -606,7 +606,10 @@ mod tests {
             ..SeriesLabels::default()
         };
         table.get(&key(200, 7), labels).requests.inc();
-        table.get(&key(200, 7), || unreachable!("the row exists")).requests.inc();
+        table
+            .get(&key(200, 7), || unreachable!("the row exists"))
+            .requests
+            .inc();
         table.get(&key(503, 7), labels).requests.inc();
         table.get(&key(200, 8), labels).requests.inc();
         assert_eq!(
@@ -614,9 +617,15 @@ mod tests {
             (vec![(200, 7, 2), (200, 8, 1), (503, 7, 1)], None)
         );
         for i in 0..(MAX_SERIES as u64 + 10) {
-            table.get(&key(201, 100 + i), SeriesLabels::default).requests.inc();
+            table
+                .get(&key(201, 100 + i), SeriesLabels::default)
+                .requests
+                .inc();
         }
-        table.get(&key(200, 7), || unreachable!("the row exists")).requests.inc();
+        table
+            .get(&key(200, 7), || unreachable!("the row exists"))
+            .requests
+            .inc();
         let (all, other) = rows(&table);
         assert_eq!(all.len(), MAX_SERIES, "the cap");
         assert_eq!(other, Some(13), "what did not fit");

@@ -65,7 +65,7 @@ impl Workloads {
                 by_address.push((canonical(*address), Arc::clone(&workload)));
             }
         }
-        by_address.sort_by(|a, b| a.0.cmp(&b.0));
+        by_address.sort_by_key(|a| a.0);
         by_address.dedup_by(|a, b| a.0 == b.0);
         Self {
             by_address: by_address.into(),
@@ -104,7 +104,7 @@ impl EndpointWorkloads {
         let mut by_endpoint: Vec<(SocketAddr, Arc<Workload>)> = endpoints
             .filter_map(|address| Some((address, Arc::clone(workloads.get(address.ip())?))))
             .collect();
-        by_endpoint.sort_by(|a, b| a.0.cmp(&b.0));
+        by_endpoint.sort_by_key(|a| a.0);
         by_endpoint.dedup_by(|a, b| a.0 == b.0);
         Self {
             by_endpoint: by_endpoint.into(),
@@ -160,7 +160,11 @@ mod tests {
         assert_eq!(name("fd00::1"), Some("api"));
         assert_eq!(name("::ffff:10.0.0.9"), Some("api"));
         assert_eq!(name("10.0.0.3"), None);
-        assert!(Workloads::default().get("10.0.0.1".parse().expect("ip")).is_none());
+        assert!(
+            Workloads::default()
+                .get("10.0.0.1".parse().expect("ip"))
+                .is_none()
+        );
     }
 
     #[test]
@@ -189,6 +193,10 @@ mod tests {
                 .map(|w| &*w.name),
             Some("api")
         );
-        assert!(endpoints.get("127.0.0.2:80".parse().expect("addr")).is_none());
+        assert!(
+            endpoints
+                .get("127.0.0.2:80".parse().expect("addr"))
+                .is_none()
+        );
     }
 }

@@ -377,7 +377,9 @@ fn peer_identity_routing_and_counting_do_not_allocate() {
                 ..Default::default()
             });
             metrics.requests.inc();
-            metrics.duration.observe(std::time::Duration::from_micros(i as u64));
+            metrics
+                .duration
+                .observe(std::time::Duration::from_micros(i as u64));
             metrics.request_bytes.observe_bytes(i as u64);
             metrics.response_bytes.observe_bytes(2 * i as u64);
         }

@@ -42,15 +42,19 @@ const DELAY: Duration = Duration::from_millis(300);
 /// `istio_requests_total` over the requests of one label set must be exact: a wait for the last
 /// request to be counted (a request is counted just after its answer is written).
 fn wait_requests(proxy: &Proxy, labels: &[(&str, &str)], expected: f64) -> Metrics {
-    wait_until(PATIENCE, format!("istio_requests_total{labels:?} = {expected}"), || {
-        let metrics = proxy.metrics();
-        let total = metrics.sum("istio_requests_total", labels);
-        if total == expected {
-            Ok(metrics)
-        } else {
-            Err(format!("{total}"))
-        }
-    })
+    wait_until(
+        PATIENCE,
+        format!("istio_requests_total{labels:?} = {expected}"),
+        || {
+            let metrics = proxy.metrics();
+            let total = metrics.sum("istio_requests_total", labels);
+            if total == expected {
+                Ok(metrics)
+            } else {
+                Err(format!("{total}"))
+            }
+        },
+    )
 }
 
 // === A real Prometheus ===
@@ -239,16 +243,20 @@ endpoints = ["{}"]
     let prometheus = Prometheus::start(proxy.admin_address());
     let total = r#"sum(istio_requests_total{response_code="200"})"#;
     // Scrapes for ~28 s before the traffic: the rate's window then holds a long run of samples.
-    let first = wait_until(PATIENCE, "prometheus scraped the warm-up request", || {
-        match prometheus.scalar(total, now()) {
-            Some((at, value)) if value == 1.0 => Ok(at),
+    let first = wait_until(
+        PATIENCE,
+        "prometheus scraped the warm-up request",
+        || match prometheus.scalar(total, now()) {
+            Some((at, 1.0)) => Ok(at),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
     while now() < first + 27.0 {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let before = prometheus.scalar(total, now()).expect("a sample before the traffic");
+    let before = prometheus
+        .scalar(total, now())
+        .expect("a sample before the traffic");
     assert_eq!(before.1, 1.0);
 
     let clients: Vec<_> = (0..4)
@@ -273,14 +281,20 @@ endpoints = ["{}"]
         )
     };
     assert_eq!(bucket("250"), 0.0, "no request faster than the delay");
-    assert_eq!(bucket("500"), 21.0, "every request within 200 ms of the delay");
+    assert_eq!(
+        bucket("500"),
+        21.0,
+        "every request within 200 ms of the delay"
+    );
 
-    let after = wait_until(PATIENCE, "prometheus scraped all 21 requests", || {
-        match prometheus.scalar(total, now()) {
-            Some((at, value)) if value == 21.0 => Ok(at),
+    let after = wait_until(
+        PATIENCE,
+        "prometheus scraped all 21 requests",
+        || match prometheus.scalar(total, now()) {
+            Some((at, 21.0)) => Ok(at),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
     // A time whose 30 s window holds the last sample before the traffic and the first after.
     let at = after + 1.0;
     assert!(
@@ -515,7 +529,11 @@ endpoints = ["{upstream}"]
         .chain(web)
         .collect::<Vec<_>>(),
     );
-    assert_eq!(metrics.value("istio_requests_total", &mesh), 2.0, "{mesh:?}");
+    assert_eq!(
+        metrics.value("istio_requests_total", &mesh),
+        2.0,
+        "{mesh:?}"
+    );
     // out: the caller's side, plaintext both ways.
     let out = with(
         &[
@@ -562,7 +580,11 @@ endpoints = ["{upstream}"]
         .chain(web)
         .collect::<Vec<_>>(),
     );
-    assert_eq!(metrics.value("istio_requests_total", &gate), 1.0, "{gate:?}");
+    assert_eq!(
+        metrics.value("istio_requests_total", &gate),
+        1.0,
+        "{gate:?}"
+    );
     assert_eq!(
         metrics.sum(
             "istio_request_duration_milliseconds_count",
@@ -752,7 +774,11 @@ endpoints = ["{}"]
     let service = [("destination_service", "codes")];
     let metrics = wait_requests(&proxy, &service, 150.0);
     let rows: Vec<_> = metrics.matching("istio_requests_total", &service).collect();
-    assert_eq!(rows.len(), MAX_SERIES + 1, "the bound, then one `other` row");
+    assert_eq!(
+        rows.len(),
+        MAX_SERIES + 1,
+        "the bound, then one `other` row"
+    );
     let other: Vec<_> = rows
         .iter()
         .filter(|s| s.labels.get("response_code").map(String::as_str) == Some("other"))
@@ -820,7 +846,10 @@ protocol = "h2"
     };
     assert_eq!(run("unary")["code"], "OK");
     assert_eq!(run("fail")["code"], "INVALID_ARGUMENT");
-    let grpc = [("destination_service", "echo"), ("request_protocol", "grpc")];
+    let grpc = [
+        ("destination_service", "echo"),
+        ("request_protocol", "grpc"),
+    ];
     let metrics = wait_requests(&proxy, &grpc, 2.0);
     for status in ["0", "3"] {
         let labels: Vec<_> = grpc
@@ -828,6 +857,10 @@ protocol = "h2"
             .copied()
             .chain([("grpc_response_status", status), ("response_code", "200")])
             .collect();
-        assert_eq!(metrics.value("istio_requests_total", &labels), 1.0, "{status}");
+        assert_eq!(
+            metrics.value("istio_requests_total", &labels),
+            1.0,
+            "{status}"
+        );
     }
 }

@@ -81,7 +81,10 @@ impl Labels {
         let mut pairs = vec![
             ("reporter", &*self.reporter),
             ("source_workload", &*self.source_workload),
-            ("source_workload_namespace", &*self.source_workload_namespace),
+            (
+                "source_workload_namespace",
+                &*self.source_workload_namespace,
+            ),
             ("source_principal", &*self.source_principal),
             ("source_app", &*self.source_app),
             ("source_version", &*self.source_version),
@@ -213,9 +216,7 @@ pub fn series(snapshot: &Snapshot, node_principal: Option<&str>) -> Series {
     for listener in &snapshot.listeners {
         for counters in listener.stats.workers.iter() {
             let mut add = |labels: Labels, metrics: &TcpMetrics| {
-                let entry = tcp
-                    .entry((labels, Arc::clone(&listener.name)))
-                    .or_default();
+                let entry = tcp.entry((labels, Arc::clone(&listener.name))).or_default();
                 entry.opened += metrics.opened.get();
                 entry.closed += metrics.closed.get();
                 entry.received += metrics.received.get();
@@ -294,9 +295,7 @@ impl Context<'_> {
             source_principal: principal(&row.source_principal),
             source_app: app(source),
             source_version: version(source),
-            destination_workload: destination
-                .map_or(UNKNOWN, |w| &*w.name)
-                .to_owned(),
+            destination_workload: destination.map_or(UNKNOWN, |w| &*w.name).to_owned(),
             destination_workload_namespace: destination
                 .map_or(UNKNOWN, |w| &*w.namespace)
                 .to_owned(),
@@ -372,7 +371,8 @@ fn service_labels(
     };
     let name = &*cluster.name;
     let mut parts = name.split('.');
-    if let (Some(service), Some(namespace), Some("svc")) = (parts.next(), parts.next(), parts.next())
+    if let (Some(service), Some(namespace), Some("svc")) =
+        (parts.next(), parts.next(), parts.next())
         && !service.is_empty()
         && !namespace.is_empty()
     {
@@ -381,9 +381,7 @@ fn service_labels(
     (
         name.to_owned(),
         name.to_owned(),
-        destination
-            .map_or(UNKNOWN, |w| &*w.namespace)
-            .to_owned(),
+        destination.map_or(UNKNOWN, |w| &*w.namespace).to_owned(),
     )
 }
 

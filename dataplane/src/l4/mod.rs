@@ -219,12 +219,24 @@ pub async fn forward(
     let copy = async {
         match listener.l4_copy {
             L4Copy::Buffer => {
-                copy::bidirectional(downstream, upstream, listener.idle_timeout, counters, series)
-                    .await
+                copy::bidirectional(
+                    downstream,
+                    upstream,
+                    listener.idle_timeout,
+                    counters,
+                    series,
+                )
+                .await
             }
             L4Copy::Splice => {
-                splice::bidirectional(downstream, upstream, listener.idle_timeout, counters, series)
-                    .await
+                splice::bidirectional(
+                    downstream,
+                    upstream,
+                    listener.idle_timeout,
+                    counters,
+                    series,
+                )
+                .await
             }
         }
     };

@@ -265,7 +265,7 @@ pub fn compile_with(
                 // as the destination, anything else (outbound, gateway) as the source.
                 reporter_source: match l.reporter {
                     Some(reporter) => reporter == Reporter::Source,
-                    None => !tls.as_ref().is_some_and(|tls| tls.client_auth.is_some()),
+                    None => tls.as_ref().is_none_or(|tls| tls.client_auth.is_none()),
                 },
                 tls,
             }
