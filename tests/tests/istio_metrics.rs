@@ -599,7 +599,7 @@ fn echo_on_127_0_0_2() -> (SocketAddr, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
     let address = listener.local_addr().expect("address");
     let thread = std::thread::spawn(move || {
-        for stream in listener.incoming().take(3) {
+        for stream in listener.incoming().take(4) {
             let Ok(mut stream) = stream else { return };
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
@@ -616,7 +616,8 @@ fn echo_on_127_0_0_2() -> (SocketAddr, std::thread::JoinHandle<()>) {
 
 /// Three connections from `loader` (127.0.0.3) through a tcp listener to `db-0` (127.0.0.2),
 /// 1000 bytes each way: `istio_tcp_*` carry the workloads, the cluster, `reporter="source"`
-/// (a plaintext listener), `request_protocol="tcp"`, and count exactly.
+/// (a plaintext listener), `request_protocol="tcp"`, and count exactly. Then a reload changes
+/// db-0's version, and the next connection carries the new one.
 fn tcp_connections_carry_the_workload_labels(driver: Driver) {
     let (echo, _thread) = echo_on_127_0_0_2();
     let config = format!(
@@ -723,6 +724,42 @@ endpoints = ["{echo}"]
         metrics
             .matching("istio_tcp_connections_opened_total", &[])
             .all(|s| !s.labels.contains_key("response_code"))
+    );
+
+    // The table is reloadable: after a reload that gives db-0 another version, new connections
+    // carry it, and the old series keeps what it counted.
+    proxy.reload_with_sighup(&config.replace("version = \"15\"", "version = \"16\""));
+    let out = Command::new(tests::python())
+        .args(["-c", &script.replace("range(3)", "range(1)")])
+        .output()
+        .expect("run python");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    let reloaded: Vec<_> = labels
+        .iter()
+        .map(|&(k, v)| {
+            if k == "destination_version" {
+                (k, "16")
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let metrics = wait_until(PATIENCE, "the connection after the reload closed", || {
+        let metrics = proxy.metrics();
+        let closed = metrics.sum("istio_tcp_connections_closed_total", &reloaded);
+        if closed == 1.0 {
+            Ok(metrics)
+        } else {
+            Err(format!("{closed}"))
+        }
+    });
+    assert_eq!(
+        metrics.sum("istio_tcp_received_bytes_total", &reloaded),
+        1000.0
+    );
+    assert_eq!(
+        metrics.sum("istio_tcp_connections_opened_total", &labels),
+        3.0
     );
 }
 
