@@ -95,10 +95,10 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
 
 /// The request's Istio series in this worker's table of `cluster`: found by numbers only (the
 /// workloads' ids, the principals' hashes, code, gRPC status, flags, protocol, policy, reporter),
-/// so a request whose series exists allocates nothing. The source workload is a binary search of
-/// the workload table for the peer address (one length check without `[[workloads]]`); the
-/// destination's was resolved with the snapshot; a principal costs one hash of its SPIFFE ID,
-/// only on mutually authenticated connections.
+/// so a request whose series exists allocates nothing and hashes no string. The source workload
+/// is a binary search of the workload table for the peer address (one length check without
+/// `[[workloads]]`); the destination's was resolved with the snapshot; a principal's key was
+/// computed when its connection's certificate was read (`SpiffeId::key`).
 fn istio_series<'c>(
     core: &Core,
     snapshot: &Snapshot,
@@ -107,19 +107,24 @@ fn istio_series<'c>(
     fields: &LogFields<'_>,
 ) -> &'c HttpMetrics {
     let source = snapshot.workloads.get(record.peer_ip);
-    let source_principal = fields
-        .tls
-        .filter(|tls| tls.peer_verified)
-        .map(|tls| tls.peer_id().unwrap_or_default());
+    // A verified client certificate without a SPIFFE ID is principal "" (key 1).
+    let source_tls = fields.tls.filter(|tls| tls.peer_verified);
+    let source_principal = source_tls.map(|tls| tls.peer_id().unwrap_or_default());
     let destination = record
         .upstream
         .and_then(|endpoint| cluster.endpoint_workloads.get(endpoint));
-    let destination_principal = record.upstream_principal.as_deref().map(SpiffeId::as_str);
+    let upstream_principal = record.upstream_principal.as_deref();
+    let destination_principal = upstream_principal.map(SpiffeId::as_str);
     let key = SeriesKey {
         source_workload: source.map_or(0, |w| w.id),
-        source_principal: source_principal.map_or(0, principal_hash),
+        // The IDs' keys were computed once, when each connection's certificate was read.
+        source_principal: source_tls.map_or(0, |tls| {
+            tls.peer_principal
+                .as_ref()
+                .map_or_else(|| principal_hash(""), SpiffeId::key)
+        }),
         destination_workload: destination.map_or(0, |w| w.id),
-        destination_principal: destination_principal.map_or(0, principal_hash),
+        destination_principal: upstream_principal.map_or(0, SpiffeId::key),
         service: 0,
         response_code: record.status,
         grpc_status: record.grpc_status.unwrap_or(NO_GRPC_STATUS),

@@ -156,7 +156,7 @@ pub async fn forward(
     };
     // The connection's Istio TCP series: opened now, closed when this function returns.
     let upstream_principal = match &upstream {
-        Transport::Tls(_, info) if info.peer_verified => Some(info.peer_id().unwrap_or_default()),
+        Transport::Tls(_, info) if info.peer_verified => info.peer_principal.as_ref(),
         _ => None,
     };
     let series = tcp_series(
@@ -269,8 +269,8 @@ impl Drop for CountClose<'_> {
 
 /// The Istio TCP series of a connection from `peer` (with the verified client `principal`) to
 /// `endpoint` of `cluster` (which presented `upstream_principal`), in this worker's table of the
-/// listener. Once per connection: a binary search of the workload table for the peer, one of
-/// the cluster's endpoints (resolved at snapshot build) and the hashes of the principals.
+/// listener. Once per connection: a binary search of the workload table for the peer and one of
+/// the cluster's endpoints (resolved at snapshot build); the principals' keys come with them.
 #[allow(clippy::too_many_arguments)]
 fn tcp_series<'a>(
     core: &Core,
@@ -280,17 +280,16 @@ fn tcp_series<'a>(
     peer: SocketAddr,
     principal: Option<&SpiffeId>,
     endpoint: Option<SocketAddr>,
-    upstream_principal: Option<&str>,
+    upstream_principal: Option<&SpiffeId>,
 ) -> &'a TcpMetrics {
-    use crate::stats::{NO_GRPC_STATUS, RequestProtocol, SeriesKey, SeriesLabels, principal_hash};
+    use crate::stats::{NO_GRPC_STATUS, RequestProtocol, SeriesKey, SeriesLabels};
     let source = snapshot.workloads.get(peer.ip());
     let destination = endpoint.and_then(|e| cluster.endpoint_workloads.get(e));
-    let source_principal = principal.map(SpiffeId::as_str);
     let key = SeriesKey {
         source_workload: source.map_or(0, |w| w.id),
-        source_principal: source_principal.map_or(0, principal_hash),
+        source_principal: principal.map_or(0, SpiffeId::key),
         destination_workload: destination.map_or(0, |w| w.id),
-        destination_principal: upstream_principal.map_or(0, principal_hash),
+        destination_principal: upstream_principal.map_or(0, SpiffeId::key),
         service: cluster.name_hash,
         response_code: 0,
         grpc_status: NO_GRPC_STATUS,
@@ -311,9 +310,9 @@ fn tcp_series<'a>(
         .get(&key, || SeriesLabels {
             key,
             source_workload: source.cloned(),
-            source_principal: source_principal.map(Into::into),
+            source_principal: principal.map(|id| id.as_str().into()),
             destination_workload: destination.cloned(),
-            destination_principal: upstream_principal.map(Into::into),
+            destination_principal: upstream_principal.map(|id| id.as_str().into()),
             service: Some(Arc::clone(&cluster.name)),
         })
 }
