@@ -8,6 +8,10 @@
 //!
 //! Stats objects are keyed by stable names (listener, cluster) and carried from one config
 //! generation to the next, so a reload never resets a counter.
+//!
+//! Istio's metrics live in [`SeriesTable`]s, one per worker and cluster (HTTP) or listener
+//! (TCP): a bounded table of series keyed by integers ([`SeriesKey`]), with the same single-writer
+//! rule; `admin::istio` gives them their labels and sums them over workers (docs/METRICS.md).
 
 use std::sync::Arc;
 use std::sync::OnceLock;
