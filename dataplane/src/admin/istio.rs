@@ -518,3 +518,121 @@ fn label_text(labels: &Labels, tcp: bool, listener: Option<&str>) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stats::{RequestProtocol, SeriesKey};
+
+    fn snapshot() -> Snapshot {
+        let config = config_schema::parse(
+            r#"
+            [[workloads]]
+            name = "reviews-v2"
+            namespace = "shop"
+            addresses = ["127.0.0.2"]
+            app = "reviews"
+            version = "v2"
+
+            [[clusters]]
+            name = "reviews.shop.svc.cluster.local"
+            endpoints = ["127.0.0.2:9080"]
+
+            [[clusters]]
+            name = "legacy"
+            endpoints = ["127.0.0.9:80"]
+            "#,
+        )
+        .expect("valid config");
+        crate::snapshot::compile(&config, 1, 2, &Snapshot::empty()).expect("compiles")
+    }
+
+    #[test]
+    fn rows_of_all_workers_sum_into_one_labelled_series() {
+        let snapshot = snapshot();
+        let cluster = &snapshot.clusters[0];
+        let workload = cluster
+            .endpoint_workloads
+            .get("127.0.0.2:9080".parse().expect("address"))
+            .cloned();
+        let key = SeriesKey {
+            destination_workload: workload.as_ref().map_or(0, |w| w.id),
+            response_code: 200,
+            grpc_status: NO_GRPC_STATUS,
+            protocol: RequestProtocol::Http,
+            ..SeriesKey::default()
+        };
+        for worker in 0..2 {
+            let metrics = cluster
+                .stats
+                .slot(worker)
+                .series
+                .get(&key, || SeriesLabels {
+                    destination_workload: workload.clone(),
+                    ..SeriesLabels::default()
+                });
+            metrics.requests.add(3);
+            metrics.duration.observe(Duration::from_millis(30));
+            metrics.response_bytes.observe_bytes(7);
+        }
+        let all = series(&snapshot, None);
+        assert_eq!(all.http.len(), 1, "{all:?}");
+        let (labels, http) = &all.http[0];
+        assert_eq!(http.requests, 6);
+        assert_eq!(http.duration.count(), 2);
+        assert_eq!(http.duration.sum, 60_000, "microseconds");
+        assert_eq!(http.response_bytes.sum, 14);
+        assert_eq!(labels.reporter, "destination");
+        assert_eq!(labels.destination_workload, "reviews-v2");
+        assert_eq!(labels.destination_app, "reviews");
+        assert_eq!(labels.destination_version, "v2");
+        assert_eq!(labels.destination_service_name, "reviews");
+        assert_eq!(labels.destination_service_namespace, "shop");
+        assert_eq!(labels.source_workload, UNKNOWN);
+        assert_eq!(labels.response_code, "200");
+        assert_eq!(labels.grpc_response_status, "");
+        assert_eq!(labels.response_flags, "-");
+        assert_eq!(labels.connection_security_policy, "none");
+        assert!(all.tcp.is_empty());
+    }
+
+    #[test]
+    fn service_names_come_from_kubernetes_shaped_cluster_names_only() {
+        let snapshot = snapshot();
+        let (service, name, namespace) = service_labels(Some(&snapshot.clusters[1]), None);
+        assert_eq!(
+            (service.as_str(), name.as_str(), namespace.as_str()),
+            ("legacy", "legacy", UNKNOWN)
+        );
+        let (_, name, namespace) = service_labels(Some(&snapshot.clusters[0]), None);
+        assert_eq!((name.as_str(), namespace.as_str()), ("reviews", "shop"));
+    }
+
+    #[test]
+    fn the_source_namespace_falls_back_to_the_client_certificate() {
+        let context = Context {
+            fallback_source: Some("node"),
+            node_principal: Some("spiffe://td/ns/mesh/sa/node"),
+        };
+        let row = SeriesLabels {
+            key: SeriesKey {
+                mutual_tls: true,
+                ..SeriesKey::default()
+            },
+            source_principal: Some("spiffe://td/ns/web/sa/frontend".into()),
+            ..SeriesLabels::default()
+        };
+        let labels = context.labels(&row, None);
+        assert_eq!(
+            labels.source_workload, "node",
+            "[telemetry] source_workload"
+        );
+        assert_eq!(labels.source_workload_namespace, "web");
+        assert_eq!(labels.source_principal, "spiffe://td/ns/web/sa/frontend");
+        assert_eq!(labels.destination_principal, "spiffe://td/ns/mesh/sa/node");
+        assert_eq!(labels.connection_security_policy, "mutual_tls");
+        assert_eq!(labels.destination_service, UNKNOWN);
+    }
+}
