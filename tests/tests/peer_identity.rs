@@ -647,6 +647,25 @@ match = {{ path_prefix = "/h2" }}
         assert_eq!(entry["security_policy"], "none", "{entry}");
         assert!(entry.get("downstream_peer_principal").is_none(), "{entry}");
     }
+    // The front proxy reports as the source (a plaintext listener): the upstream's verified
+    // SPIFFE ID is the destination principal, and the call left over mutual TLS.
+    let metrics = a.metrics();
+    for cluster in ["b-h1", "b-h2"] {
+        assert_eq!(
+            metrics.value(
+                "istio_requests_total",
+                &[
+                    ("destination_service", cluster),
+                    ("reporter", "source"),
+                    ("destination_principal", NODE),
+                    ("source_principal", "unknown"),
+                    ("connection_security_policy", "mutual_tls"),
+                ],
+            ),
+            1.0,
+            "{cluster}"
+        );
+    }
 }
 
 /// A Python `ssl` client with SVID `client` on the tcp listener at `address`: it sends `hello`,
