@@ -194,10 +194,8 @@ impl Histogram {
 
     #[inline]
     fn record(&self, thousandths: u64, sum: u64) {
-        let index = DURATION_BUCKETS_US
-            .iter()
-            .position(|&bound| thousandths <= bound)
-            .unwrap_or(DURATION_BUCKETS_US.len());
+        // The first bound at or above the value (a binary search: three histograms per request).
+        let index = DURATION_BUCKETS_US.partition_point(|&bound| bound < thousandths);
         self.buckets[index].inc();
         self.sum.add(sum);
     }
