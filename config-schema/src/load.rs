@@ -161,6 +161,7 @@ const SECTIONS: &[(&str, bool)] = &[
     ("virtual_hosts", true),
     ("clusters", true),
     ("authorization_policies", true),
+    ("workloads", true),
 ];
 
 /// What deserialization produced: a spec (elements that did not fit are left out), the shape
@@ -223,6 +224,7 @@ pub(crate) fn deserialize(text: &str) -> Result<Loaded, Vec<ConfigError>> {
                     &mut spec.authorization_policies,
                 );
             }
+            "workloads" => loader.list("workloads", value, &mut spec.workloads),
             _ => {
                 let known: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
                 let message = format!(

@@ -47,6 +47,34 @@ pub struct ConfigSpec {
     /// Authorization policies (allow/deny by identity, source, method and path).
     #[serde(default)]
     pub authorization_policies: Vec<AuthorizationPolicySpec>,
+    /// The workloads this node knows by address: where the Istio metrics' `source_*` and
+    /// `destination_*` workload labels come from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadSpec>,
+}
+
+// === workloads ===
+
+/// A workload (a pod, a VM, a process) known by its addresses. The peer address of a downstream
+/// connection names the source workload; an upstream endpoint's address names the destination
+/// workload. Labels of Istio's standard metrics (`source_workload`, `source_app`, ...) come from
+/// here; node mode (issue 13) extends this table.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// The workload's name (Kubernetes: the Deployment's, e.g. `reviews-v1`): the
+    /// `*_workload` label. Unique within its namespace.
+    pub name: String,
+    /// Its namespace: the `*_workload_namespace` label.
+    pub namespace: String,
+    /// Its IP addresses (no port). An address belongs to at most one workload.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The `app` label: `source_app` / `destination_app`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The `version` label: `source_version` / `destination_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 // === admin and runtime ===
@@ -344,7 +372,8 @@ pub struct TelemetrySpec {
     /// pass through untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSpec>,
-    /// This node's workload name, used as the source label in metrics and the service map.
+    /// The `source_workload` label of Istio metrics whose source the `[[workloads]]` table does
+    /// not name (absent: `unknown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_workload: Option<String>,
 }
@@ -524,6 +553,22 @@ pub struct ListenerSpec {
     /// `http` and `auto` listeners: HTTP requests per second (over the limit: 429, flag `RL`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+    /// The `reporter` label of this listener's Istio metrics: `destination` (the proxy in front
+    /// of the called workload, Istio's inbound sidecar) or `source` (the caller's side: an
+    /// outbound listener, a gateway). Absent: `destination` when the listener verifies client
+    /// certificates (an inbound mesh listener), else `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reporter: Option<Reporter>,
+}
+
+/// Which side of a call a listener reports its Istio metrics as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reporter {
+    /// The server side: `reporter="destination"`.
+    Destination,
+    /// The client side: `reporter="source"`.
+    Source,
 }
 
 impl ListenerSpec {

@@ -53,6 +53,7 @@ pub fn validate_with<'a>(
     for (i, policy) in spec.authorization_policies.iter().enumerate() {
         check.authorization_policy(&format!("authorization_policies[{i}]"), policy);
     }
+    check.workloads(&spec.workloads);
     check.issues
 }
 
@@ -1322,6 +1323,54 @@ impl<'a> Checker<'a> {
                          of its own"
                     ),
                 );
+            }
+        }
+    }
+
+    /// `[[workloads]]`: names and namespaces are label values (non-empty, no control
+    /// characters), a name is unique in its namespace, and an address names one workload.
+    fn workloads(&mut self, workloads: &[WorkloadSpec]) {
+        let mut names = HashSet::new();
+        let mut owners: HashMap<std::net::IpAddr, usize> = HashMap::new();
+        for (i, workload) in workloads.iter().enumerate() {
+            let path = format!("workloads[{i}]");
+            let labels = [
+                ("name", Some(&workload.name)),
+                ("namespace", Some(&workload.namespace)),
+                ("app", workload.app.as_ref()),
+                ("version", workload.version.as_ref()),
+            ];
+            for (key, value) in labels {
+                if let Some(value) = value
+                    && (value.is_empty() || value.chars().any(char::is_control))
+                {
+                    self.issue(
+                        format!("{path}.{key}"),
+                        "must be a non-empty label value without control characters",
+                    );
+                }
+            }
+            if !names.insert((&workload.namespace, &workload.name)) {
+                self.issue(
+                    format!("{path}.name"),
+                    format!(
+                        "duplicate workload {:?} in namespace {:?}",
+                        workload.name, workload.namespace
+                    ),
+                );
+            }
+            if workload.addresses.is_empty() {
+                self.issue(format!("{path}.addresses"), "needs at least one address");
+            }
+            for (j, address) in workload.addresses.iter().enumerate() {
+                if let Some(first) = owners.insert(*address, i)
+                    && first != i
+                {
+                    self.issue(
+                        format!("{path}.addresses[{j}]"),
+                        format!("{address} is already an address of workloads[{first}]"),
+                    );
+                }
             }
         }
     }

@@ -62,3 +62,4 @@ pub mod upgrade;
 pub mod upstream;
 pub mod watch;
 pub mod worker;
+pub mod workload;

@@ -8,9 +8,17 @@
 //!
 //! Stats objects are keyed by stable names (listener, cluster) and carried from one config
 //! generation to the next, so a reload never resets a counter.
+//!
+//! Istio's metrics live in [`SeriesTable`]s, one per worker and cluster (HTTP) or listener
+//! (TCP): a bounded table of series keyed by integers ([`SeriesKey`]), with the same single-writer
+//! rule; `admin::istio` gives them their labels and sums them over workers (docs/METRICS.md).
 
+use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::access_log::ResponseFlags;
+use crate::workload::Workload;
 
 /// A counter with a single writer thread.
 #[derive(Debug, Default)]
@@ -85,6 +93,9 @@ pub struct ListenerCounters {
     pub sni_no_route: Counter,
     /// TLS passthrough: connections closed because no whole ClientHello arrived in time.
     pub sni_timeouts: Counter,
+    /// Istio's TCP series of the opaque connections this listener forwarded
+    /// (`istio_tcp_*`), by source, destination and cluster.
+    pub tcp_series: SeriesTable<TcpMetrics>,
 }
 
 impl ListenerCounters {
@@ -98,7 +109,7 @@ impl ListenerCounters {
 }
 
 /// One worker's counters for one cluster.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct ClusterCounters {
     /// Upstream connections established.
@@ -125,143 +136,14 @@ pub struct ClusterCounters {
     pub retries: Counter,
     /// Retries that a policy asked for and the cluster's retry budget refused.
     pub retry_overflow: Counter,
-    /// Responses sent to clients for this cluster, by status code (index = code - 100), so that
-    /// `istio_requests_total` can carry its `response_code` label.
-    pub response_codes: Box<[Counter]>,
-    /// Time from request head to end of response, for requests routed to this cluster.
-    pub duration: Histogram,
-    /// The part of `response_codes` that came over mutually authenticated connections, by the
-    /// client's SPIFFE ID: `istio_requests_total`'s `source_principal` label.
-    pub peers: PeerResponses,
+    /// Istio's request series of the requests routed to this cluster (`istio_requests_total`,
+    /// `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`).
+    pub series: SeriesTable<HttpMetrics>,
 }
 
-/// Most (source principal, response code) rows one worker keeps per cluster
-/// ([`PeerResponses`]); responses beyond them count under the principal `other`.
-pub const MAX_PEER_ROWS: usize = 64;
-
-/// One worker's responses of one cluster to mutually authenticated clients, by (SPIFFE ID,
-/// status code), for `istio_requests_total{source_principal=...}`.
-///
-/// Bounded: at most [`MAX_PEER_ROWS`] rows, claimed in arrival order and kept for the life of
-/// the cluster's counters (they are carried across reloads like the others); a pair that finds
-/// the table full is counted under `other`, by status code. Principals are peer workloads, so a
-/// mesh's real cardinality is small; the bound protects the scrape from a CA that mints an
-/// identity per pod restart. Nothing is allocated until the first mTLS response (rows) or the
-/// first overflow (`other`); a row allocates its principal once, when it is claimed.
-///
-/// Single writer (the owning worker), read by the admin thread: a row's principal and code are
-/// written before `claimed` is raised past it (`Release`), and the reader reads `claimed` first
-/// (`Acquire`), so it never sees a half-written row. No lock.
-#[derive(Debug, Default)]
-pub struct PeerResponses {
-    rows: OnceLock<Box<[PeerRow]>>,
-    claimed: AtomicUsize,
-    other: OnceLock<Box<[Counter]>>,
-}
-
-#[derive(Debug, Default)]
-struct PeerRow {
-    principal: OnceLock<Box<str>>,
-    code: AtomicU16,
-    count: Counter,
-}
-
-impl PeerResponses {
-    /// Counts a response with `status` (100–599) to the client `principal` (its SPIFFE ID).
-    /// Only the owning worker may call this. A linear scan of the claimed rows: a handful of
-    /// short comparisons, only for requests on mTLS connections.
-    pub fn record(&self, principal: &str, status: u16) {
-        if !(100..600).contains(&status) {
-            return;
-        }
-        let rows = self
-            .rows
-            .get_or_init(|| (0..MAX_PEER_ROWS).map(|_| PeerRow::default()).collect());
-        let claimed = self.claimed.load(Ordering::Relaxed);
-        let found = rows.iter().take(claimed).find(|row| {
-            row.code.load(Ordering::Relaxed) == status
-                && row.principal.get().is_some_and(|p| **p == *principal)
-        });
-        if let Some(row) = found {
-            row.count.inc();
-            return;
-        }
-        match rows.get(claimed) {
-            Some(row) => {
-                let _ = row.principal.set(principal.into());
-                row.code.store(status, Ordering::Relaxed);
-                row.count.inc();
-                self.claimed.store(claimed + 1, Ordering::Release);
-            }
-            None => {
-                let other = self
-                    .other
-                    .get_or_init(|| (100..600).map(|_| Counter::default()).collect());
-                if let Some(counter) = other.get(usize::from(status) - 100) {
-                    counter.inc();
-                }
-            }
-        }
-    }
-
-    /// Every (principal, status, count) counted so far; `other` for the overflow.
-    pub fn for_each(&self, mut f: impl FnMut(&str, u16, u64)) {
-        let claimed = self.claimed.load(Ordering::Acquire);
-        if let Some(rows) = self.rows.get() {
-            for row in rows.iter().take(claimed) {
-                if let Some(principal) = row.principal.get() {
-                    f(principal, row.code.load(Ordering::Relaxed), row.count.get());
-                }
-            }
-        }
-        if let Some(other) = self.other.get() {
-            for (code, counter) in (100u16..).zip(other.iter()) {
-                let count = counter.get();
-                if count > 0 {
-                    f("other", code, count);
-                }
-            }
-        }
-    }
-}
-
-impl Default for ClusterCounters {
-    fn default() -> Self {
-        Self {
-            connections: Counter::default(),
-            connect_failures: Counter::default(),
-            connect_timeouts: Counter::default(),
-            tls_handshake_errors: Counter::default(),
-            no_endpoint: Counter::default(),
-            requests: Counter::default(),
-            pool_reuse: Counter::default(),
-            pool_overflow: Counter::default(),
-            protocol_errors: Counter::default(),
-            timeouts: Counter::default(),
-            retries: Counter::default(),
-            retry_overflow: Counter::default(),
-            response_codes: (100..600).map(|_| Counter::default()).collect(),
-            duration: Histogram::default(),
-            peers: PeerResponses::default(),
-        }
-    }
-}
-
-impl ClusterCounters {
-    /// Counts a response with `status` (100–599) sent to a client.
-    #[inline]
-    pub fn response(&self, status: u16) {
-        if let Some(counter) = self
-            .response_codes
-            .get(usize::from(status).wrapping_sub(100))
-        {
-            counter.inc();
-        }
-    }
-}
-
-/// Request-duration histogram bucket bounds in microseconds: Istio's defaults (0.5 ms to 1 h),
-/// so that the standard dashboards' queries work.
+/// Histogram bucket bounds in thousandths of the unit: Envoy's default buckets, which Istio's
+/// histograms use (0.5 to 3 600 000: milliseconds for durations, bytes for sizes), so that the
+/// standard dashboards' queries work. For durations the bounds are microseconds.
 pub const DURATION_BUCKETS_US: [u64; 19] = [
     500,
     1_000,
@@ -284,13 +166,16 @@ pub const DURATION_BUCKETS_US: [u64; 19] = [
     3_600_000_000,
 ];
 
-/// A duration histogram with fixed buckets, single writer.
+/// A histogram with fixed buckets (Envoy's defaults, [`DURATION_BUCKETS_US`]), single writer:
+/// durations in microseconds, or sizes in bytes.
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// Observations at or below each bound of [`DURATION_BUCKETS_US`] and above the previous one
     /// (not cumulative; the exposition sums them), plus one for +Inf.
     buckets: [Counter; DURATION_BUCKETS_US.len() + 1],
-    sum_micros: Counter,
+    /// Sum of observations: microseconds ([`Histogram::observe`]) or bytes
+    /// ([`Histogram::observe_bytes`]).
+    sum: Counter,
 }
 
 impl Histogram {
@@ -298,12 +183,21 @@ impl Histogram {
     #[inline]
     pub fn observe(&self, duration: std::time::Duration) {
         let micros = duration.as_micros().min(u128::from(u64::MAX)) as u64;
-        let index = DURATION_BUCKETS_US
-            .iter()
-            .position(|&bound| micros <= bound)
-            .unwrap_or(DURATION_BUCKETS_US.len());
+        self.record(micros, micros);
+    }
+
+    /// Records one size in bytes (bucket bounds read as bytes).
+    #[inline]
+    pub fn observe_bytes(&self, bytes: u64) {
+        self.record(bytes.saturating_mul(1000), bytes);
+    }
+
+    #[inline]
+    fn record(&self, thousandths: u64, sum: u64) {
+        // The first bound at or above the value (a binary search: three histograms per request).
+        let index = DURATION_BUCKETS_US.partition_point(|&bound| bound < thousandths);
         self.buckets[index].inc();
-        self.sum_micros.add(micros);
+        self.sum.add(sum);
     }
 
     /// Per-bucket counts (not cumulative), the last one being +Inf.
@@ -311,9 +205,9 @@ impl Histogram {
         self.buckets.iter().map(Counter::get)
     }
 
-    /// Sum of observations in microseconds.
-    pub fn sum_micros(&self) -> u64 {
-        self.sum_micros.get()
+    /// Sum of observations: microseconds for durations, bytes for sizes.
+    pub fn sum(&self) -> u64 {
+        self.sum.get()
     }
 }
 
@@ -342,6 +236,252 @@ impl RouteCounters {
             class.inc();
         }
         self.duration.observe(duration);
+    }
+}
+
+/// Most series one worker keeps per table (per cluster for HTTP, per listener for TCP); what
+/// does not fit counts in the table's one `other` series.
+pub const MAX_SERIES: usize = 128;
+
+/// Slots of a series table's open-addressing index: twice [`MAX_SERIES`], so probes stay short.
+const SERIES_SLOTS: usize = 2 * MAX_SERIES;
+
+/// `grpc_response_status` of a series that is not gRPC.
+pub const NO_GRPC_STATUS: u16 = u16::MAX;
+
+/// `request_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum RequestProtocol {
+    /// An HTTP request (any version) that is not gRPC.
+    #[default]
+    Http,
+    /// A gRPC request (`content-type: application/grpc...`).
+    Grpc,
+    /// An opaque TCP connection.
+    Tcp,
+}
+
+impl RequestProtocol {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestProtocol::Http => "http",
+            RequestProtocol::Grpc => "grpc",
+            RequestProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// The label values of an Istio series that vary from request to request, as numbers: what a
+/// series table looks rows up by. Workloads are [`Workload::id`]s and principals hashes of the
+/// SPIFFE ID (0: none), so a key is compared without touching a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SeriesKey {
+    /// The source workload's id (0: the table does not name the peer).
+    pub source_workload: u64,
+    /// A hash of the client's verified SPIFFE ID (0: no verified client certificate).
+    pub source_principal: u64,
+    /// The destination workload's id (the upstream endpoint's; 0: unknown).
+    pub destination_workload: u64,
+    /// A hash of the upstream's verified SPIFFE ID (0: none).
+    pub destination_principal: u64,
+    /// TCP: a hash of the destination cluster's name (a listener's connections may go to
+    /// several clusters); HTTP: 0 (the table is the cluster's).
+    pub service: u64,
+    /// `response_code` (0 for TCP and for requests that got no response).
+    pub response_code: u16,
+    /// `grpc_response_status`, or [`NO_GRPC_STATUS`].
+    pub grpc_status: u16,
+    /// `response_flags`.
+    pub flags: ResponseFlags,
+    /// `request_protocol`.
+    pub protocol: RequestProtocol,
+    /// `connection_security_policy="mutual_tls"` (else `none`).
+    pub mutual_tls: bool,
+    /// `reporter="source"` (else `destination`).
+    pub reporter_source: bool,
+}
+
+impl SeriesKey {
+    /// Where the key's probe starts: a multiply-xor mix of the fields (no SipHash: the inputs
+    /// are already hashes or small numbers, and the table is bounded whatever they are).
+    #[inline]
+    fn slot(&self) -> usize {
+        let small = u64::from(self.response_code)
+            | u64::from(self.grpc_status) << 16
+            | (self.protocol as u64) << 32
+            | u64::from(self.mutual_tls) << 40
+            | u64::from(self.reporter_source) << 41;
+        let mixed = (self.source_workload
+            ^ self.source_principal.rotate_left(11)
+            ^ self.destination_workload.rotate_left(23)
+            ^ self.destination_principal.rotate_left(37)
+            ^ self.service.rotate_left(47)
+            ^ small)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> 40) as usize % SERIES_SLOTS
+    }
+}
+
+/// A principal's number in a [`SeriesKey`]: a hash of the SPIFFE ID, never 0 (no principal);
+/// 1 for a verified certificate that carries no SPIFFE ID (`""`).
+#[inline]
+pub fn principal_hash(id: &str) -> u64 {
+    if id.is_empty() {
+        1
+    } else {
+        xxhash_rust::xxh3::xxh3_64(id.as_bytes()).max(2)
+    }
+}
+
+/// A series' label values as text, written once when its row is claimed.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesLabels {
+    /// The numbers the row is found by (code, status, flags, protocol, policy, reporter).
+    pub key: SeriesKey,
+    /// The source workload, if the table names it.
+    pub source_workload: Option<Arc<Workload>>,
+    /// The client's verified SPIFFE ID (empty: verified, but the certificate has none).
+    pub source_principal: Option<Box<str>>,
+    /// The destination workload, if the table names the endpoint.
+    pub destination_workload: Option<Arc<Workload>>,
+    /// The upstream's verified SPIFFE ID.
+    pub destination_principal: Option<Box<str>>,
+    /// TCP: the destination cluster's name.
+    pub service: Option<Arc<str>>,
+}
+
+/// The metrics of one HTTP series.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    /// `istio_requests_total`.
+    pub requests: Counter,
+    /// `istio_request_duration_milliseconds`.
+    pub duration: Histogram,
+    /// `istio_request_bytes` (request body bytes).
+    pub request_bytes: Histogram,
+    /// `istio_response_bytes` (response body bytes).
+    pub response_bytes: Histogram,
+}
+
+/// The metrics of one TCP series.
+#[derive(Debug, Default)]
+pub struct TcpMetrics {
+    /// `istio_tcp_connections_opened_total`.
+    pub opened: Counter,
+    /// `istio_tcp_connections_closed_total`.
+    pub closed: Counter,
+    /// `istio_tcp_received_bytes_total` (from the client).
+    pub received: Counter,
+    /// `istio_tcp_sent_bytes_total` (to the client).
+    pub sent: Counter,
+}
+
+/// One claimed row: its labels and metrics.
+#[derive(Debug)]
+pub struct SeriesRow<M> {
+    /// The labels, fixed when the row was claimed.
+    pub labels: SeriesLabels,
+    /// The counters.
+    pub metrics: M,
+}
+
+/// One slot of a series table's index: empty, or a claimed row.
+type Slot<M> = OnceLock<Box<SeriesRow<M>>>;
+
+/// One worker's Istio series of one cluster (HTTP) or listener (TCP): a bounded open-addressing
+/// table keyed by [`SeriesKey`].
+///
+/// Bounded: at most [`MAX_SERIES`] rows, claimed in arrival order and kept for the life of the
+/// table (it is carried across reloads with the counters that hold it); a key that finds the
+/// table full counts in the one `other` row, whose per-request labels all read `other`. So a
+/// scrape has at most `MAX_SERIES + 1` series per worker and table whatever clients send, and
+/// the sum over a metric stays exact.
+///
+/// Single writer (the owning worker), read by the admin thread with no lock: a row is written
+/// whole into a `OnceLock` before the index slot is set, so a reader sees complete rows only.
+/// Nothing is allocated until the first request (the index, 256 pointers) and then once per new
+/// row (the row and its label strings); a request whose row exists allocates nothing, hashes no
+/// string and never grows a map.
+#[derive(Debug)]
+pub struct SeriesTable<M> {
+    slots: OnceLock<Box<[Slot<M>]>>,
+    claimed: AtomicUsize,
+    other: OnceLock<Box<M>>,
+}
+
+impl<M> Default for SeriesTable<M> {
+    fn default() -> Self {
+        Self {
+            slots: OnceLock::new(),
+            claimed: AtomicUsize::new(0),
+            other: OnceLock::new(),
+        }
+    }
+}
+
+impl<M: Default> SeriesTable<M> {
+    /// The metrics of the series `key`, claiming a row (with the labels `labels` makes) if it is
+    /// new and there is room, else the `other` row. Only the owning worker may call this.
+    #[inline]
+    pub fn get(&self, key: &SeriesKey, labels: impl FnOnce() -> SeriesLabels) -> &M {
+        let slots = self
+            .slots
+            .get_or_init(|| (0..SERIES_SLOTS).map(|_| OnceLock::new()).collect());
+        let mut index = key.slot();
+        for _ in 0..SERIES_SLOTS {
+            let Some(slot) = slots.get(index) else {
+                break;
+            };
+            match slot.get() {
+                Some(row) if row.labels.key == *key => return &row.metrics,
+                Some(_) => index = (index + 1) % SERIES_SLOTS,
+                None => {
+                    let claimed = self.claimed.load(Ordering::Relaxed);
+                    if claimed >= MAX_SERIES {
+                        break;
+                    }
+                    let mut row_labels = labels();
+                    row_labels.key = *key;
+                    let row = slot.get_or_init(|| {
+                        Box::new(SeriesRow {
+                            labels: row_labels,
+                            metrics: M::default(),
+                        })
+                    });
+                    self.claimed.store(claimed + 1, Ordering::Relaxed);
+                    return &row.metrics;
+                }
+            }
+        }
+        self.other.get_or_init(Box::default)
+    }
+}
+
+impl<M> SeriesTable<M> {
+    /// Every claimed row's labels and metrics, then (labels `None`) the `other` row's metrics
+    /// if anything overflowed.
+    pub fn for_each(&self, mut f: impl FnMut(Option<&SeriesLabels>, &M)) {
+        if let Some(slots) = self.slots.get() {
+            for slot in slots.iter() {
+                if let Some(row) = slot.get() {
+                    f(Some(&row.labels), &row.metrics);
+                }
+            }
+        }
+        if let Some(metrics) = self.other.get() {
+            f(None, metrics);
+        }
+    }
+
+    /// Rows claimed so far.
+    pub fn len(&self) -> usize {
+        self.claimed.load(Ordering::Relaxed)
+    }
+
+    /// Whether no row was claimed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -412,10 +552,7 @@ mod tests {
         assert_eq!(counts[1], 2, "<= 1 ms");
         assert_eq!(counts[3], 1, "<= 10 ms");
         assert_eq!(counts[DURATION_BUCKETS_US.len()], 1, "+Inf");
-        assert_eq!(
-            h.sum_micros(),
-            100 + 500 + 501 + 1_000 + 7_000 + 4_000_000_000
-        );
+        assert_eq!(h.sum(), 100 + 500 + 501 + 1_000 + 7_000 + 4_000_000_000);
     }
 
     #[test]
@@ -438,41 +575,79 @@ mod tests {
         assert_eq!(per.sum(|c| c.accepted.get()), 5);
     }
 
-    fn rows(peers: &PeerResponses) -> Vec<(String, u16, u64)> {
-        let mut out = Vec::new();
-        peers.for_each(|p, code, n| out.push((p.to_owned(), code, n)));
-        out
+    fn key(code: u16, principal: u64) -> SeriesKey {
+        SeriesKey {
+            response_code: code,
+            source_principal: principal,
+            grpc_status: NO_GRPC_STATUS,
+            ..SeriesKey::default()
+        }
+    }
+
+    fn rows(table: &SeriesTable<HttpMetrics>) -> (Vec<(u16, u64, u64)>, Option<u64>) {
+        let mut rows = Vec::new();
+        let mut other = None;
+        table.for_each(|labels, m| match labels {
+            Some(labels) => rows.push((
+                labels.key.response_code,
+                labels.key.source_principal,
+                m.requests.get(),
+            )),
+            None => other = Some(m.requests.get()),
+        });
+        rows.sort();
+        (rows, other)
     }
 
     #[test]
-    fn peer_responses_count_by_principal_and_code_and_overflow_to_other() {
-        let peers = PeerResponses::default();
-        assert!(rows(&peers).is_empty());
-        peers.record("spiffe://td/ns/a/sa/x", 200);
-        peers.record("spiffe://td/ns/a/sa/x", 200);
-        peers.record("spiffe://td/ns/a/sa/x", 503);
-        peers.record("spiffe://td/ns/b/sa/y", 200);
-        peers.record("spiffe://td/ns/b/sa/y", 0);
-        peers.record("spiffe://td/ns/b/sa/y", 600);
+    fn series_rows_are_found_by_key_and_overflow_to_other() {
+        let table = SeriesTable::<HttpMetrics>::default();
+        assert_eq!(rows(&table), (vec![], None));
+        let labels = || SeriesLabels {
+            source_principal: Some("spiffe://td/ns/a/sa/x".into()),
+            ..SeriesLabels::default()
+        };
+        table.get(&key(200, 7), labels).requests.inc();
+        table
+            .get(&key(200, 7), || unreachable!("the row exists"))
+            .requests
+            .inc();
+        table.get(&key(503, 7), labels).requests.inc();
+        table.get(&key(200, 8), labels).requests.inc();
         assert_eq!(
-            rows(&peers),
-            vec![
-                ("spiffe://td/ns/a/sa/x".to_owned(), 200, 2),
-                ("spiffe://td/ns/a/sa/x".to_owned(), 503, 1),
-                ("spiffe://td/ns/b/sa/y".to_owned(), 200, 1),
-            ]
+            rows(&table),
+            (vec![(200, 7, 2), (200, 8, 1), (503, 7, 1)], None)
         );
-        for i in 0..MAX_PEER_ROWS + 10 {
-            peers.record(&format!("spiffe://td/ns/n{i}/sa/s"), 200);
+        for i in 0..(MAX_SERIES as u64 + 10) {
+            table
+                .get(&key(201, 100 + i), SeriesLabels::default)
+                .requests
+                .inc();
         }
-        peers.record("spiffe://td/ns/a/sa/x", 200);
-        let all = rows(&peers);
-        assert_eq!(
-            all.len(),
-            MAX_PEER_ROWS + 1,
-            "the cap, then one `other` row"
-        );
-        assert_eq!(all.last(), Some(&("other".to_owned(), 200, 13)));
-        assert!(all.contains(&("spiffe://td/ns/a/sa/x".to_owned(), 200, 3)));
+        table
+            .get(&key(200, 7), || unreachable!("the row exists"))
+            .requests
+            .inc();
+        let (all, other) = rows(&table);
+        assert_eq!(all.len(), MAX_SERIES, "the cap");
+        assert_eq!(other, Some(13), "what did not fit");
+        assert!(all.contains(&(200, 7, 3)));
+        assert_eq!(table.len(), MAX_SERIES);
+    }
+
+    #[test]
+    fn byte_histograms_use_the_same_bounds_in_bytes() {
+        let h = Histogram::default();
+        for bytes in [0, 1, 2, 5, 6, 1_000, 4_000_000] {
+            h.observe_bytes(bytes);
+        }
+        let counts: Vec<u64> = h.bucket_counts().collect();
+        assert_eq!(counts[0], 1, "<= 0.5 B");
+        assert_eq!(counts[1], 1, "<= 1 B");
+        assert_eq!(counts[2], 2, "<= 5 B");
+        assert_eq!(counts[3], 1, "<= 10 B");
+        assert_eq!(counts[9], 1, "<= 1000 B");
+        assert_eq!(counts[DURATION_BUCKETS_US.len()], 1, "+Inf");
+        assert_eq!(h.sum(), 1 + 2 + 5 + 6 + 1_000 + 4_000_000);
     }
 }

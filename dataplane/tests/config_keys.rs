@@ -107,7 +107,8 @@ const READ_OUTSIDE_THE_SNAPSHOT: &[(&str, &str)] = &[
     ),
     (
         "telemetry.source_workload",
-        "admin::prometheus::istio_http and istio_tcp, from the snapshot's spec at every scrape",
+        "admin::istio::series (the source_workload of series the workload table does not name), \
+         from the snapshot's spec at every scrape",
     ),
 ];
 
@@ -241,6 +242,12 @@ const SAMPLES: &[Sample] = &[
     ("runtime.drain_timeout", None, Add(Top, "runtime.drain_timeout = \"5s\"")),
     ("runtime.l4_copy", None, Add(Top, "runtime.l4_copy = \"splice\"")),
     ("telemetry.source_workload", None, Add(Top, "telemetry.source_workload = \"node\"")),
+    // [[workloads]] (baseline: one workload at the clusters' endpoint address)
+    ("workloads[].name", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"] }]")), Add(Top, "workloads = [{ name = \"b\", namespace = \"shop\", addresses = [\"127.0.0.1\"] }]")),
+    ("workloads[].namespace", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"] }]")), Add(Top, "workloads = [{ name = \"a\", namespace = \"ops\", addresses = [\"127.0.0.1\"] }]")),
+    ("workloads[].addresses", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.1\"] }]")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"] }]")),
+    ("workloads[].app", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"] }]")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"], app = \"a\" }]")),
+    ("workloads[].version", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"] }]")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"], version = \"v1\" }]")),
     ("telemetry.access_log.path", None, Add(Top, "telemetry.access_log.path = \"stderr\"")),
     ("telemetry.access_log.format", Some(Add(Top, "telemetry.access_log.path = \"stderr\"")), Add(Top, "telemetry.access_log = { path = \"stderr\", format = \"text\" }")),
     ("telemetry.access_log.text_format", Some(Add(Top, "telemetry.access_log = { path = \"stderr\", format = \"text\" }")), Add(Top, "telemetry.access_log = { path = \"stderr\", format = \"text\", text_format = \"%REQ(:PATH)% %RESPONSE_CODE%\" }")),
@@ -295,6 +302,7 @@ const SAMPLES: &[Sample] = &[
     ("listeners[].request_header_timeout", None, Add(Web, "request_header_timeout = \"3s\"")),
     ("listeners[].stream_idle_timeout", None, Add(Web, "stream_idle_timeout = \"30s\"")),
     ("listeners[].xff_trusted_hops", None, Add(Web, "xff_trusted_hops = 1")),
+    ("listeners[].reporter", None, Add(Web, "reporter = \"destination\"")),
     ("listeners[].normalize_path", None, Add(Web, "normalize_path = false")),
     ("listeners[].merge_slashes", None, Add(Web, "merge_slashes = false")),
     ("listeners[].path_with_escaped_slashes", None, Add(Web, "path_with_escaped_slashes = \"reject\"")),

@@ -310,8 +310,8 @@ impl routing::RequestView for WithPrincipal<'_> {
 }
 
 /// The per-request consumers of the peer identity allocate nothing: a route lookup on
-/// `source_principals`, and counting a response in a cluster's peer table once its row exists
-/// (`istio_requests_total{source_principal}`).
+/// `source_principals`, and counting a request in a cluster's Istio series table once its row
+/// exists (`istio_requests_total{source_principal}` and the histograms).
 #[test]
 fn peer_identity_routing_and_counting_do_not_allocate() {
     use routing::RequestView as _;
@@ -341,7 +341,7 @@ fn peer_identity_routing_and_counting_do_not_allocate() {
     let clusters: HashMap<&str, usize> = [("a", 0), ("b", 1)].into_iter().collect();
     let routes = routing::compile(&config.spec, &clusters).expect("compiles");
     let table = routes.listener("web").expect("web");
-    let peers = dataplane::stats::PeerResponses::default();
+    let series = dataplane::stats::SeriesTable::<dataplane::stats::HttpMetrics>::default();
     let mut scratch = MatchScratch::new();
     let fields = [httparse::Header {
         name: "Host",
@@ -366,11 +366,27 @@ fn peer_identity_routing_and_counting_do_not_allocate() {
                 "shop" => names[1] += 1,
                 _ => names[2] += 1,
             }
-            peers.record(id, if i % 3 == 0 { 503 } else { 200 });
+            let key = dataplane::stats::SeriesKey {
+                source_principal: dataplane::stats::principal_hash(id),
+                response_code: if i % 3 == 0 { 503 } else { 200 },
+                grpc_status: dataplane::stats::NO_GRPC_STATUS,
+                ..Default::default()
+            };
+            let metrics = series.get(&key, || dataplane::stats::SeriesLabels {
+                source_principal: Some(id.into()),
+                ..Default::default()
+            });
+            metrics.requests.inc();
+            metrics
+                .duration
+                .observe(std::time::Duration::from_micros(i as u64));
+            metrics.request_bytes.observe_bytes(i as u64);
+            metrics.response_bytes.observe_bytes(2 * i as u64);
         }
         names
     };
-    // Warm up: every (principal, code) row is claimed (that allocates its principal once).
+    // Warm up: every (principal, code) row is claimed (that allocates the row and its principal
+    // once).
     run(24);
     let before = allocations();
     let names = run(12_000);

@@ -145,7 +145,8 @@ endpoints = ["{echo}"]
         ("listener", "echo"),
         ("destination_service", "backend"),
         ("source_workload", "tests"),
-        ("reporter", "destination"),
+        // A plaintext listener reports as the caller's side (Istio's outbound or gateway).
+        ("reporter", "source"),
     ];
     assert_eq!(
         metrics.value("istio_tcp_connections_opened_total", &istio),

@@ -20,10 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use config_schema::ListenerProtocol;
 use serde_json::{Value, json};
 
-use crate::routing::RouteAction;
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::stats::DURATION_BUCKETS_US;
@@ -72,188 +70,97 @@ impl Protocol {
 /// taken a window apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct EdgeTotals {
-    /// The client: its SPIFFE ID on mutually authenticated connections (`unknown` for a
-    /// verified certificate without one, `other` past the principal table's cap), else this
-    /// node's `telemetry.source_workload`, else `unknown`.
+    /// The client (see [`source_name`]).
     pub source: String,
-    /// The destination service: the cluster's name.
+    /// The destination service (`destination_service`: the cluster's name).
     pub destination: String,
-    /// HTTP requests, or TCP connections.
+    /// HTTP (and gRPC) requests, or TCP connections.
     pub protocol: Protocol,
-    /// HTTP: responses sent to the client (local replies included). TCP: connections opened.
+    /// HTTP: requests routed to the destination. TCP: connections opened.
     pub requests: u64,
-    /// HTTP: responses with a 5xx status. TCP: always 0 (there is no per-connection outcome).
+    /// HTTP: responses with a 5xx status, and gRPC answers with a status other than OK.
+    /// TCP: always 0 (there is no per-connection outcome).
     pub errors: u64,
     /// Request durations, not cumulative: `duration[i]` counts durations at or below
     /// `DURATION_BUCKETS_US[i]` and above the previous bound; the last slot is +Inf. All zero
     /// for TCP.
     pub duration: [u64; BUCKETS],
-    /// True when `duration` is the destination's histogram, shared by every edge into it,
-    /// rather than this edge's own: today's counters keep one histogram per cluster.
-    pub duration_shared: bool,
-    /// Bytes received from the source and sent to it, when they can be told apart from other
-    /// edges' (see [`edge_totals`]); `None` otherwise.
-    pub bytes: Option<Bytes>,
+    /// Bytes received from the source and sent to it.
+    pub bytes: Bytes,
 }
 
 /// Bytes of an edge, as the proxy counts them on the client's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Bytes {
-    /// From the client (requests, or the TCP stream's upload).
+    /// From the client (request bodies, or the TCP stream's upload).
     pub received: u64,
-    /// To the client (responses, or the TCP stream's download).
+    /// To the client (response bodies, or the TCP stream's download).
     pub sent: u64,
 }
 
-/// The map's edges as the counters stand now. **The one place that knows the counters**: when
-/// the full-label Istio series table lands, this reads it instead, and nothing else changes.
-///
-/// Today's sources, and what they can and cannot tell:
-/// - HTTP edges come from each cluster's response codes and duration histogram; its
-///   `PeerResponses` rows split the responses to mutually authenticated clients by SPIFFE ID,
-///   and the rest (plaintext, one-way TLS) go to `source_workload` (or `unknown`). The
-///   histogram is per cluster, so an edge into a cluster with several sources carries the
-///   cluster's (`duration_shared`). Errors are 5xx; gRPC statuses are not counted per cluster.
-/// - HTTP bytes are per listener. They are an edge's when the listeners that route to its
-///   cluster route only to it (no other cluster, no redirect or direct response) and the
-///   cluster has one HTTP source; otherwise `None`.
-/// - TCP edges come from tcp listeners with a cluster (not TLS passthrough, whose SNI picks the
-///   cluster per connection): connections opened and bytes, from `source_workload`.
+/// The map's edges as the counters stand now: the Istio series (`admin::istio::series`, the
+/// same numbers `/stats/prometheus` exposes) grouped by (source, destination service,
+/// protocol). **The one place that knows the counters.** HTTP bytes are body bytes
+/// (`istio_request_bytes`, `istio_response_bytes`); TCP bytes are the stream's.
 pub(super) fn edge_totals(snapshot: &Snapshot) -> Vec<EdgeTotals> {
-    let plain_source = snapshot
-        .spec
-        .telemetry
-        .source_workload
-        .as_deref()
-        .unwrap_or("unknown");
-    let exclusive = exclusive_http_bytes(snapshot);
-    let mut edges = Vec::new();
-    for cluster in &snapshot.clusters {
-        // source → (requests, errors) for the cluster's responses.
-        let mut sources: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut mtls = (0u64, 0u64);
-        for counters in cluster.stats.iter() {
-            counters.peers.for_each(|principal, code, count| {
-                let errors = if code >= 500 { count } else { 0 };
-                let entry = sources.entry(principal.to_owned()).or_default();
-                entry.0 += count;
-                entry.1 += errors;
-                mtls.0 += count;
-                mtls.1 += errors;
-            });
+    let fallback = snapshot.spec.telemetry.source_workload.as_deref();
+    let series = super::istio::series(snapshot, None);
+    let mut edges: BTreeMap<(String, String, Protocol), EdgeTotals> = BTreeMap::new();
+    for (labels, http) in &series.http {
+        let failed = labels.response_code.starts_with('5')
+            || !matches!(labels.grpc_response_status.as_str(), "" | "0");
+        let totals: &mut EdgeTotals = edge(&mut edges, labels, fallback, Protocol::Http);
+        totals.requests += http.requests;
+        if failed {
+            totals.errors += http.requests;
         }
-        let mut all = (0u64, 0u64);
-        for (offset, _) in (100u16..600).enumerate() {
-            let count = cluster.stats.sum(|c| c.response_codes[offset].get());
-            all.0 += count;
-            if offset >= 400 {
-                all.1 += count;
-            }
+        for (slot, count) in totals.duration.iter_mut().zip(&http.duration.counts) {
+            *slot += count;
         }
-        let plain = (all.0.saturating_sub(mtls.0), all.1.saturating_sub(mtls.1));
-        if plain.0 > 0 {
-            let entry = sources.entry(plain_source.to_owned()).or_default();
-            entry.0 += plain.0;
-            entry.1 += plain.1;
-        }
-        let mut duration = [0u64; BUCKETS];
-        for counters in cluster.stats.iter() {
-            for (slot, count) in duration.iter_mut().zip(counters.duration.bucket_counts()) {
-                *slot += count;
-            }
-        }
-        let single = sources.len() == 1;
-        for (source, (requests, errors)) in sources {
-            edges.push(EdgeTotals {
-                source,
-                destination: cluster.name.to_string(),
-                protocol: Protocol::Http,
-                requests,
-                errors,
-                duration,
-                duration_shared: !single,
-                bytes: exclusive.get(&cluster.index).copied().filter(|_| single),
-            });
-        }
+        totals.bytes.received += http.request_bytes.sum;
+        totals.bytes.sent += http.response_bytes.sum;
     }
-    let mut tcp: BTreeMap<usize, (u64, Bytes)> = BTreeMap::new();
-    for listener in &snapshot.listeners {
-        let (ListenerProtocol::Tcp, None, Some(cluster)) =
-            (listener.protocol, &listener.passthrough, listener.cluster)
-        else {
-            continue;
-        };
-        let stats = &listener.stats.workers;
-        let entry = tcp.entry(cluster).or_default();
-        entry.0 += stats.sum(|c| c.accepted.get().saturating_sub(c.rejected.get()));
-        entry.1.received += stats.sum(|c| c.bytes_received.get());
-        entry.1.sent += stats.sum(|c| c.bytes_sent.get());
+    for (labels, _listener, tcp) in &series.tcp {
+        let totals: &mut EdgeTotals = edge(&mut edges, labels, fallback, Protocol::Tcp);
+        totals.requests += tcp.opened;
+        totals.bytes.received += tcp.received;
+        totals.bytes.sent += tcp.sent;
     }
-    for (cluster, (connections, bytes)) in tcp {
-        let Some(cluster) = snapshot.clusters.get(cluster) else {
-            continue;
-        };
-        edges.push(EdgeTotals {
-            source: plain_source.to_owned(),
-            destination: cluster.name.to_string(),
-            protocol: Protocol::Tcp,
-            requests: connections,
-            errors: 0,
-            duration: [0; BUCKETS],
-            duration_shared: false,
-            bytes: Some(bytes),
-        });
-    }
-    edges
+    edges.into_values().collect()
 }
 
-/// The HTTP bytes of each cluster whose traffic arrives on listeners of its own: every listener
-/// with a route to it forwards only to it (no other cluster, no local answer), so those
-/// listeners' bytes are the cluster's. Clusters sharing a listener are left out.
-fn exclusive_http_bytes(snapshot: &Snapshot) -> HashMap<usize, Bytes> {
-    let mut bytes: HashMap<usize, Bytes> = HashMap::new();
-    let mut shared: BTreeSet<usize> = BTreeSet::new();
-    for listener in &snapshot.listeners {
-        let Some(table) = snapshot.routes.listener(&listener.name) else {
-            continue;
-        };
-        // The clusters the listener can reach; `None` stands for a local answer.
-        let mut reach: BTreeSet<Option<usize>> = BTreeSet::new();
-        for vhost in table.virtual_hosts() {
-            for route in vhost.routes.iter() {
-                match &route.action {
-                    RouteAction::Cluster(c) => {
-                        reach.insert(Some(*c));
-                    }
-                    RouteAction::WeightedClusters(split) => {
-                        reach.extend(split.arms().map(|(c, _)| Some(c)));
-                    }
-                    RouteAction::Redirect(_) | RouteAction::DirectResponse(_) => {
-                        reach.insert(None);
-                    }
-                }
-            }
-        }
-        // Opaque connections of an auto listener go to its cluster and count as its bytes too.
-        if let Some(c) = listener.cluster {
-            reach.insert(Some(c));
-        }
-        let only = match (reach.len(), reach.first()) {
-            (1, Some(Some(c))) => Some(*c),
-            _ => None,
-        };
-        match only {
-            Some(c) => {
-                let stats = &listener.stats.workers;
-                let entry = bytes.entry(c).or_default();
-                entry.received += stats.sum(|s| s.bytes_received.get());
-                entry.sent += stats.sum(|s| s.bytes_sent.get());
-            }
-            None => shared.extend(reach.into_iter().flatten()),
-        }
+/// The totals of the edge `labels` belong to, created empty on first sight.
+fn edge<'e>(
+    edges: &'e mut BTreeMap<(String, String, Protocol), EdgeTotals>,
+    labels: &super::istio::Labels,
+    fallback: Option<&str>,
+    protocol: Protocol,
+) -> &'e mut EdgeTotals {
+    let source = source_name(labels, fallback);
+    let destination = labels.destination_service.clone();
+    edges
+        .entry((source.clone(), destination.clone(), protocol))
+        .or_insert_with(|| EdgeTotals {
+            source,
+            destination,
+            protocol,
+            requests: 0,
+            errors: 0,
+            duration: [0; BUCKETS],
+            bytes: Bytes::default(),
+        })
+}
+
+/// The name a client is drawn under: its workload when the `[[workloads]]` table names it, else
+/// its SPIFFE ID when it presented one, else the node's `telemetry.source_workload` (the
+/// `source_workload` label of a caller the table does not name), else `unknown`.
+fn source_name(labels: &super::istio::Labels, fallback: Option<&str>) -> String {
+    let workload = labels.source_workload.as_str();
+    let from_table = workload != "unknown" && Some(workload) != fallback;
+    if !from_table && labels.source_principal != "unknown" {
+        return labels.source_principal.clone();
     }
-    bytes.retain(|c, _| !shared.contains(c));
-    bytes
+    workload.to_owned()
 }
 
 /// One sample of the counters.
@@ -330,8 +237,7 @@ struct Edge {
     requests: u64,
     errors: u64,
     duration: [u64; BUCKETS],
-    duration_shared: bool,
-    bytes: Option<Bytes>,
+    bytes: Bytes,
 }
 
 /// The map over one window.
@@ -344,12 +250,10 @@ struct Map {
 }
 
 impl Map {
-    /// `now` minus `base`, edge by edge, each difference at least zero. A count can go back a
-    /// little: today a response is counted by status when its head arrives, and as an mTLS
-    /// client's when it ends, so a request in flight shows as the plaintext source's for a
-    /// moment. That is not a counter reset (Prometheus's `rate` would count everything since
-    /// start again); a true reset, a cluster removed and added back by reloads, is rare, and
-    /// its edge counts from its baseline once the counters pass it, or once it leaves the window.
+    /// `now` minus `base`, edge by edge, each difference at least zero. Counters only grow while
+    /// their cluster or listener lives; a reset (a cluster removed and added back by reloads)
+    /// is rare, and its edge counts from its baseline once the counters pass it, or once it
+    /// leaves the window, rather than counting everything since start again.
     fn diff(now: Vec<EdgeTotals>, base: &[EdgeTotals], window: Duration) -> Self {
         let base: HashMap<(&str, &str, Protocol), &EdgeTotals> = base
             .iter()
@@ -367,16 +271,12 @@ impl Map {
                     for (slot, was) in duration.iter_mut().zip(old.duration) {
                         *slot = slot.saturating_sub(was);
                     }
-                    bytes = match (bytes, old.bytes) {
-                        (Some(b), Some(was)) => Some(Bytes {
-                            received: b.received.saturating_sub(was.received),
-                            sent: b.sent.saturating_sub(was.sent),
-                        }),
-                        // Attributable now but not then (or the reverse): unknown over the window.
-                        _ => None,
+                    bytes = Bytes {
+                        received: bytes.received.saturating_sub(old.bytes.received),
+                        sent: bytes.sent.saturating_sub(old.bytes.sent),
                     };
                 }
-                let moved = bytes.is_some_and(|b| b.received + b.sent > 0);
+                let moved = bytes.received + bytes.sent > 0;
                 (requests > 0 || moved).then_some(Edge {
                     source: e.source,
                     destination: e.destination,
@@ -384,7 +284,6 @@ impl Map {
                     requests,
                     errors,
                     duration,
-                    duration_shared: e.duration_shared,
                     bytes,
                 })
             })
@@ -530,10 +429,9 @@ fn to_json(map: &Map, node: &NodeInfo, requested: Duration) -> Value {
             "health": edge.health(),
             "p50_ms": latency(0.5),
             "p99_ms": latency(0.99),
-            "latency_scope": http.then_some(if edge.duration_shared { "destination" } else { "edge" }),
-            "bytes_received": edge.bytes.map(|b| b.received),
-            "bytes_sent": edge.bytes.map(|b| b.sent),
-            "bytes_rate": edge.bytes.map(|b| per_second(b.received + b.sent)),
+            "bytes_received": edge.bytes.received,
+            "bytes_sent": edge.bytes.sent,
+            "bytes_rate": per_second(edge.bytes.received + edge.bytes.sent),
         }));
     }
     json!({
@@ -596,9 +494,11 @@ fn to_dot(map: &Map) -> String {
         {
             let _ = write!(label, "\np50 {p50:.1} ms, p99 {p99:.1} ms");
         }
-        if let Some(bytes) = edge.bytes {
-            let _ = write!(label, "\n{} B in, {} B out", bytes.received, bytes.sent);
-        }
+        let _ = write!(
+            label,
+            "\n{} B in, {} B out",
+            edge.bytes.received, edge.bytes.sent
+        );
         let colour = match edge.health() {
             "failure" => "red",
             "degraded" => "orange",
@@ -703,11 +603,10 @@ mod tests {
             requests,
             errors,
             duration,
-            duration_shared: false,
-            bytes: Some(Bytes {
+            bytes: Bytes {
                 received: requests * 10,
                 sent: requests * 100,
-            }),
+            },
         }
     }
 
@@ -730,30 +629,27 @@ mod tests {
         assert_eq!(map.edges[0].duration[2], 20);
         assert_eq!(
             map.edges[0].bytes,
-            Some(Bytes {
+            Bytes {
                 received: 200,
                 sent: 2000
-            })
+            }
         );
         assert_eq!(map.edges[1].health(), "failure");
         assert_eq!(map.edges[0].health(), "degraded");
     }
 
     #[test]
-    fn a_count_that_went_back_is_no_traffic_and_unknown_bytes_stay_unknown() {
-        // A request in flight counted as one source's, then as another's: the first one's
-        // count goes back by one. That is not a reset to count everything again.
+    fn a_count_that_went_back_is_no_traffic_not_a_reset() {
+        // A cluster removed and added back by reloads starts its counters again: until they
+        // pass the baseline, its edge shows nothing rather than everything since start.
         let base = vec![totals("a", "x", 50, 1)];
         let mut now = vec![totals("a", "x", 49, 1)];
         let map = Map::diff(now.clone(), &base, Duration::from_secs(10));
         assert!(map.edges.is_empty(), "{:?}", map.edges);
-        now[0].requests = 60;
-        now[0].duration[2] = 60;
-        let mut base = base;
-        base[0].bytes = None;
+        now[0] = totals("a", "x", 60, 1);
         let map = Map::diff(now, &base, Duration::from_secs(10));
         assert_eq!(map.edges[0].requests, 10);
-        assert_eq!(map.edges[0].bytes, None);
+        assert_eq!(map.edges[0].bytes.received, 100);
     }
 
     #[test]

@@ -24,6 +24,7 @@
 
 mod auth;
 mod graph;
+pub mod istio;
 mod mutate;
 mod prometheus;
 mod views;

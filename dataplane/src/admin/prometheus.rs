@@ -2,13 +2,12 @@
 //!
 //! Two views of the same counters: `ringmesh_listener_*` summed over workers (what dashboards
 //! usually want) and `ringmesh_worker_*` per listener and worker (to see imbalance between cores).
-//! TCP traffic is also reported under Istio's standard names (`istio_tcp_*`) so that existing
-//! Grafana and Kiali dashboards work unchanged. `istio_requests_total` carries Istio's identity
-//! labels (`source_principal`, `destination_principal`, `connection_security_policy`); the
-//! principals come from a bounded per-cluster, per-worker table (`stats::PeerResponses`: 64
-//! rows, then `other`), so a scrape's series stay bounded whatever identities clients present. When the node serves an identity, its metrics
-//! follow (`ringmesh_cert_expiry_seconds`, `ringmesh_cert_reload*_total`,
-//! `ringmesh_tls_handshake_failures_total`; `identity::Store::render_prometheus`).
+//! Istio's standard metrics (`istio_requests_total`, the duration and size histograms,
+//! `istio_tcp_*`) with Istio's full label set come from [`super::istio`], so existing Grafana
+//! and Kiali dashboards work unchanged; docs/METRICS.md lists every metric and label. When the
+//! node serves an identity, its metrics follow (`ringmesh_cert_expiry_seconds`,
+//! `ringmesh_cert_reload*_total`, `ringmesh_tls_handshake_failures_total`;
+//! `identity::Store::render_prometheus`).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -36,9 +35,8 @@ pub(super) fn render(shared: &Shared) -> String {
     routes(&mut out, &snapshot);
     policies(&mut out, &snapshot);
     authz(&mut out, &snapshot);
-    istio_tcp(&mut out, &snapshot);
     let node = shared.identity.load_full().map(|store| store.current());
-    istio_http(&mut out, &snapshot, node.as_ref().map(|m| m.id.as_str()));
+    super::istio::render(&mut out, &snapshot, node.as_ref().map(|m| m.id.as_str()));
     tracing_counters(&mut out, &snapshot);
     match shared.identity.load_full() {
         Some(identity) => identity.render_prometheus(&mut out, std::time::SystemTime::now()),
@@ -625,180 +623,11 @@ fn histogram<'a>(
         .map(|h| h.bucket_counts().last().unwrap_or(0))
         .sum::<u64>();
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-    let sum_ms = parts.iter().map(|h| h.sum_micros()).sum::<u64>() as f64 / 1000.0;
+    let sum_ms = parts.iter().map(|h| h.sum()).sum::<u64>() as f64 / 1000.0;
     let _ = writeln!(out, "{name}_sum{{{labels}}} {sum_ms}");
     let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
 }
 
-/// Istio's standard HTTP metrics, per destination cluster, so existing dashboards work.
-///
-/// `istio_requests_total` carries Istio's identity labels: responses to clients on mutually
-/// authenticated connections come from the cluster's [`PeerResponses`](crate::stats::PeerResponses)
-/// rows, with `source_principal` the client's SPIFFE ID (`other` past the row cap, `unknown` for a
-/// verified certificate without one), `destination_principal` this node's identity
-/// (`node_principal`: the `[identity]` SVID; `unknown` without one) and
-/// `connection_security_policy="mutual_tls"`; the rest of the cluster's responses (plaintext,
-/// one-way TLS) are one series per code with both principals `unknown` and
-/// `connection_security_policy="none"`.
-fn istio_http(out: &mut String, snapshot: &Snapshot, node_principal: Option<&str>) {
-    let source = escape(
-        snapshot
-            .spec
-            .telemetry
-            .source_workload
-            .as_deref()
-            .unwrap_or("unknown"),
-    );
-    header(
-        out,
-        "istio_requests_total",
-        "counter",
-        "HTTP requests by destination and response code.",
-    );
-    let destination_principal = escape(node_principal.unwrap_or("unknown"));
-    for cluster in &snapshot.clusters {
-        let service = escape(&cluster.name);
-        // (principal, code) → count over workers; and the mTLS share of each code.
-        let mut peers: std::collections::BTreeMap<(String, u16), u64> = Default::default();
-        let mut mtls = [0u64; 500];
-        for counters in cluster.stats.iter() {
-            counters.peers.for_each(|principal, code, count| {
-                *peers.entry((principal.to_owned(), code)).or_default() += count;
-                if let Some(sum) = mtls.get_mut(usize::from(code).wrapping_sub(100)) {
-                    *sum += count;
-                }
-            });
-        }
-        for (offset, mtls) in mtls.iter().enumerate() {
-            let count = cluster
-                .stats
-                .sum(|c| c.response_codes[offset].get())
-                .saturating_sub(*mtls);
-            if count == 0 {
-                continue;
-            }
-            let _ = writeln!(
-                out,
-                "istio_requests_total{{reporter=\"destination\",source_workload=\"{source}\",\
-                 destination_service=\"{service}\",response_code=\"{}\",\
-                 source_principal=\"unknown\",destination_principal=\"unknown\",\
-                 connection_security_policy=\"none\"}} {count}",
-                offset + 100
-            );
-        }
-        for ((principal, code), count) in &peers {
-            let _ = writeln!(
-                out,
-                "istio_requests_total{{reporter=\"destination\",source_workload=\"{source}\",\
-                 destination_service=\"{service}\",response_code=\"{code}\",\
-                 source_principal=\"{}\",destination_principal=\"{destination_principal}\",\
-                 connection_security_policy=\"mutual_tls\"}} {count}",
-                escape(principal)
-            );
-        }
-    }
-    header(
-        out,
-        "istio_request_duration_milliseconds",
-        "histogram",
-        "HTTP request duration by destination.",
-    );
-    for cluster in &snapshot.clusters {
-        let labels = format!(
-            "reporter=\"destination\",source_workload=\"{source}\",destination_service=\"{}\"",
-            escape(&cluster.name)
-        );
-        histogram(
-            out,
-            "istio_request_duration_milliseconds",
-            &labels,
-            cluster.stats.iter().map(|c| &c.duration),
-        );
-    }
-}
-
-/// Istio's standard TCP metrics, labelled by the destination cluster of each TCP listener.
-fn istio_tcp(out: &mut String, snapshot: &Snapshot) {
-    let source = snapshot
-        .spec
-        .telemetry
-        .source_workload
-        .as_deref()
-        .unwrap_or("unknown");
-    const FAMILIES: &[Family<ListenerCounters>] = &[
-        (
-            "istio_tcp_connections_opened_total",
-            "counter",
-            "TCP connections opened.",
-            |c| c.accepted.get().saturating_sub(c.rejected.get()),
-        ),
-        (
-            "istio_tcp_connections_closed_total",
-            "counter",
-            "TCP connections closed.",
-            |c| c.closed.get(),
-        ),
-        (
-            "istio_tcp_received_bytes_total",
-            "counter",
-            "Bytes received from clients.",
-            |c| c.bytes_received.get(),
-        ),
-        (
-            "istio_tcp_sent_bytes_total",
-            "counter",
-            "Bytes sent to clients.",
-            |c| c.bytes_sent.get(),
-        ),
-    ];
-    for (name, kind, help, get) in FAMILIES {
-        header(out, name, kind, help);
-        for listener in &snapshot.listeners {
-            // The counters are per listener. A TLS passthrough listener sends its connections to
-            // the clusters its SNI routes pick, so one cluster cannot be named for them.
-            let destination = match (&listener.passthrough, listener.cluster) {
-                (Some(_), _) => "unknown",
-                (None, Some(cluster)) => &*snapshot.clusters[cluster].name,
-                (None, None) => continue,
-            };
-            let _ = writeln!(
-                out,
-                "{name}{{reporter=\"destination\",source_workload=\"{}\",destination_service=\"{}\",\
-                 connection_security_policy=\"{}\",listener=\"{}\"}} {}",
-                escape(source),
-                escape(destination),
-                tcp_security_policy(snapshot, listener),
-                escape(&listener.name),
-                listener.stats.workers.sum(get)
-            );
-        }
-    }
-}
-
-/// `connection_security_policy` of a tcp listener's connections: `mutual_tls` when every one of
-/// them presented a verified client certificate (the listener verifies clients and requires a
-/// certificate: Istio's STRICT), else `none`. The counters are per listener, so a listener that
-/// accepts clients with and without certificates (PERMISSIVE) reports `none` for all of them.
-fn tcp_security_policy(snapshot: &Snapshot, listener: &crate::snapshot::Listener) -> &'static str {
-    let verifies = listener
-        .tls
-        .as_ref()
-        .is_some_and(|tls| tls.client_auth.is_some());
-    let requires = snapshot
-        .spec
-        .listeners
-        .iter()
-        .find(|spec| *spec.name == *listener.name)
-        .and_then(|spec| spec.tls.as_ref())
-        .is_some_and(|tls| tls.require_client_cert);
-    if verifies && requires {
-        "mutual_tls"
-    } else {
-        "none"
-    }
-}
-
-/// Escapes a label value per the exposition format.
 /// `ringmesh_tracing_*_total`: spans started, sampled, exported and dropped, export failures
 /// and retries (`trace::TraceStats`, carried across reloads).
 fn tracing_counters(out: &mut String, snapshot: &Snapshot) {
@@ -818,7 +647,8 @@ fn tracing_counters(out: &mut String, snapshot: &Snapshot) {
     }
 }
 
-fn escape(value: &str) -> String {
+/// Escapes a label value per the exposition format.
+pub(super) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -16,7 +16,10 @@ use super::request::ClientProtocol;
 use crate::access_log::{Entry, HeaderSource};
 use crate::core::Core;
 use crate::identity::SpiffeId;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Cluster, Snapshot};
+use crate::stats::{
+    HttpMetrics, NO_GRPC_STATUS, RequestProtocol, SeriesKey, SeriesLabels, principal_hash,
+};
 use crate::tls::{SecurityPolicy, TlsInfo};
 use crate::trace::span::{Field, Protocol, SpanKind, SpanRecord};
 
@@ -53,9 +56,9 @@ impl HeaderSource for Fields<'_> {
     }
 }
 
-/// Records one finished request: the route's status class and duration, the cluster's duration
-/// and (for answers the proxy made itself; upstream answers are counted where they arrive) its
-/// status count, and an access-log line when a log is configured.
+/// Records one finished request: the route's status class and duration, the cluster's Istio
+/// series (`istio_requests_total` and the duration and size histograms), and an access-log line
+/// when a log is configured.
 pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &LogFields<'_>) {
     let duration = record.started.elapsed();
     if let Some(route) = record.route
@@ -64,18 +67,11 @@ pub fn record(core: &Core, snapshot: &Snapshot, record: &Record<'_>, fields: &Lo
         stats.slot(core.id).record(record.status, duration);
     }
     if let Some(cluster) = record.cluster {
-        let counters = cluster.stats.slot(core.id);
-        counters.duration.observe(duration);
-        if record.locally_answered {
-            counters.response(record.status);
-        }
-        // The mTLS part of those responses, by the client's identity (istio_requests_total's
-        // source_principal); plaintext and one-way TLS cost this one branch.
-        if let Some(tls) = fields.tls.filter(|tls| tls.peer_verified) {
-            counters
-                .peers
-                .record(tls.peer_id().unwrap_or("unknown"), record.status);
-        }
+        let series = istio_series(core, snapshot, cluster, record, fields);
+        series.requests.inc();
+        series.duration.observe(duration);
+        series.request_bytes.observe_bytes(record.bytes_received);
+        series.response_bytes.observe_bytes(record.bytes_sent);
     }
     if let Some(trace) = &record.trace {
         server_span(core, snapshot, record, trace, fields);
@@ -235,4 +231,68 @@ pub fn attempt_span(
         span.text[field as usize] = spans.text(value);
     }
     spans.push(span);
+}
+
+/// The request's Istio series in this worker's table of `cluster`: found by numbers only (the
+/// workloads' ids, the principals' hashes, code, gRPC status, flags, protocol, policy, reporter),
+/// so a request whose series exists allocates nothing and hashes no string. The source workload
+/// is a binary search of the workload table for the peer address (one length check without
+/// `[[workloads]]`); the destination's was resolved with the snapshot; a principal's key was
+/// computed when its connection's certificate was read (`SpiffeId::key`).
+fn istio_series<'c>(
+    core: &Core,
+    snapshot: &Snapshot,
+    cluster: &'c Cluster,
+    record: &Record<'_>,
+    fields: &LogFields<'_>,
+) -> &'c HttpMetrics {
+    let source = snapshot.workloads.get(record.peer_ip);
+    // A verified client certificate without a SPIFFE ID is principal "" (key 1).
+    let source_tls = fields.tls.filter(|tls| tls.peer_verified);
+    let source_principal = source_tls.map(|tls| tls.peer_id().unwrap_or_default());
+    let destination = record
+        .upstream
+        .and_then(|endpoint| cluster.endpoint_workloads.get(endpoint));
+    let upstream_principal = record.upstream_principal.as_deref();
+    let destination_principal = upstream_principal.map(SpiffeId::as_str);
+    let key = SeriesKey {
+        source_workload: source.map_or(0, |w| w.id),
+        // The IDs' keys were computed once, when each connection's certificate was read.
+        source_principal: source_tls.map_or(0, |tls| {
+            tls.peer_principal
+                .as_ref()
+                .map_or_else(|| principal_hash(""), SpiffeId::key)
+        }),
+        destination_workload: destination.map_or(0, |w| w.id),
+        destination_principal: upstream_principal.map_or(0, SpiffeId::key),
+        service: 0,
+        response_code: record.status,
+        grpc_status: record.grpc_status.unwrap_or(NO_GRPC_STATUS),
+        flags: record.flags,
+        protocol: if record.grpc {
+            RequestProtocol::Grpc
+        } else {
+            RequestProtocol::Http
+        },
+        // The reporter's own side of the call: the client's connection (destination), or
+        // the connection to the upstream (source).
+        mutual_tls: if record.reporter_source {
+            destination_principal.is_some()
+        } else {
+            source_principal.is_some()
+        },
+        reporter_source: record.reporter_source,
+    };
+    cluster
+        .stats
+        .slot(core.id)
+        .series
+        .get(&key, || SeriesLabels {
+            key,
+            source_workload: source.cloned(),
+            source_principal: source_principal.map(Into::into),
+            destination_workload: destination.cloned(),
+            destination_principal: destination_principal.map(Into::into),
+            service: None,
+        })
 }

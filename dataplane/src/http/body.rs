@@ -263,6 +263,8 @@ pub struct Hooks<'a> {
     pub read_done: Option<&'a Cell<bool>>,
     /// Fired once bytes (the message head first of all) have been written to the sink.
     pub wrote: Option<&'a Signal>,
+    /// Where the trailers' `grpc-status` goes, for the metrics (response bodies).
+    pub grpc_status: Option<&'a Cell<Option<u16>>>,
 }
 
 impl Hooks<'_> {
@@ -280,6 +282,18 @@ impl Hooks<'_> {
     fn wrote(&self) {
         if let Some(wrote) = self.wrote {
             wrote.fire();
+        }
+    }
+
+    /// Notes the `grpc-status` of `trailers`, when asked to.
+    fn trailers(&self, trailers: Option<&HeaderMap>) {
+        if let (Some(cell), Some(trailers)) = (self.grpc_status, trailers)
+            && let Some(status) = trailers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        {
+            cell.set(Some(status));
         }
     }
 
@@ -553,6 +567,7 @@ async fn h1_to_h2(
         }
         if done {
             let trailers = body.h2_trailers();
+            hooks.trailers(trailers.as_ref());
             if let Some(record) = hooks.record.as_deref_mut() {
                 record.end(trailers.clone());
             }
@@ -622,6 +637,7 @@ async fn from_h2(
                     .await
                     .map_err(|e| PumpError::Source(e.reason()))?;
                 hooks.source_done();
+                hooks.trailers(trailers.as_ref());
                 if let Some(record) = hooks.record.as_deref_mut() {
                     record.end(trailers.clone());
                 }

@@ -159,6 +159,12 @@ pub struct Record<'s> {
     pub upstream_principal: Option<Rc<SpiffeId>>,
     /// The request's trace, when `[telemetry.tracing]` is on (see [`Record::trace_id`]).
     pub trace: Option<RequestTrace>,
+    /// A gRPC request (Istio's `request_protocol="grpc"`).
+    pub grpc: bool,
+    /// The `grpc-status` the client got (trailers, trailers-only or the proxy's own answer).
+    pub grpc_status: Option<u16>,
+    /// The listener reports Istio metrics as `reporter="source"`.
+    pub reporter_source: bool,
 }
 
 impl Record<'_> {
@@ -182,6 +188,9 @@ impl Record<'_> {
             authz_audit: None,
             upstream_principal: None,
             trace: None,
+            grpc: false,
+            grpc_status: None,
+            reporter_source: false,
         }
     }
 
@@ -259,6 +268,8 @@ pub fn decide<'s>(
     scratch: &mut Scratch,
     record: &mut Record<'s>,
 ) -> Decision<'s> {
+    record.grpc = head.grpc;
+    record.reporter_source = listener.reporter_source;
     scratch.request_id.clear();
     match head.request_id() {
         Some(id) => scratch.request_id.extend_from_slice(id),
@@ -689,6 +700,7 @@ pub async fn serve<'s>(
     };
     // A gRPC client gets an error trailers-only, under HTTP 200.
     record.status = if down.is_grpc() && reply.grpc_status.is_some() {
+        record.grpc_status = reply.grpc_status.and_then(|s| u16::try_from(s).ok());
         200
     } else {
         reply.status
@@ -755,6 +767,9 @@ async fn run<'s>(
     let (flags, stopped) = retries.outcome();
     record.flags.insert(flags);
     record.retry_stopped = stopped;
+    if let Some(status) = progress.grpc_status.get() {
+        record.grpc_status = Some(status);
+    }
     record.bytes_received = progress.request_total.get();
     record.bytes_sent = progress.response_total.get();
     let counters = plan.cluster.stats.slot(core.id);
@@ -791,6 +806,7 @@ async fn run<'s>(
             } else if failure != Failure::ClientGone {
                 // A gRPC client gets its answer trailers-only, under HTTP 200.
                 record.status = if down.is_grpc() {
+                    record.grpc_status = u16::try_from(failure.grpc_status()).ok();
                     200
                 } else {
                     failure.status()
@@ -873,6 +889,8 @@ struct Progress {
     try_deadline: Cell<Option<Instant>>,
     /// See `try_deadline`.
     try_expired: Signal,
+    /// The `grpc-status` of the response's trailers, when they carried one.
+    grpc_status: Cell<Option<u16>>,
 }
 
 /// How long an exchange runs before the proxy starts watching an HTTP/1.1 client for going away
@@ -1194,7 +1212,6 @@ async fn attempt<'s>(
         head_sent.fire();
     }
     let draining = core.is_draining();
-    let counters = plan.cluster.stats.slot(core.id);
     // The most request body bytes that can be sent again (a retry), `None` without a body.
     let kept = recording.as_ref().map(Recording::limit);
     let result = {
@@ -1220,6 +1237,7 @@ async fn attempt<'s>(
                     record: recording.as_mut(),
                     read_done: Some(&request_read),
                     wrote: Some(&head_sent),
+                    grpc_status: None,
                 };
                 match body::pump(&mut source, sink, &mut hooks).await {
                     Ok(_) => {}
@@ -1253,7 +1271,6 @@ async fn attempt<'s>(
                 &mut down_out,
                 context,
                 record,
-                counters,
                 &request_read,
                 kept,
                 response_log,
@@ -1389,7 +1406,6 @@ async fn receive<'s>(
     down_out: &mut DownOut<'_>,
     context: &Context<'_, 's>,
     record: &mut Record<'s>,
-    counters: &crate::stats::ClusterCounters,
     request_read: &Cell<bool>,
     kept: Option<usize>,
     response_log: &mut Captured,
@@ -1423,13 +1439,14 @@ async fn receive<'s>(
         response_log.capture_response(context.snapshot.access_log.as_ref(), |name| {
             head.fields.get(name)
         });
+        // A trailers-only answer carries its status in the head; otherwise the trailers do.
+        record.grpc_status = grpc_status.and_then(|s| u16::try_from(s).ok());
         Ok(down_out.start_response(head, &plan.route.response_headers, request_read.get()))
     })?;
     let started = match started {
         Ok(started) => started?,
         Err(status) => return Ok(Received::Discarded { status }),
     };
-    counters.response(record.status);
     progress.response_started.set(true);
     if started.body
         && let (Some(mut source), Some(mut sink)) = (up_in.source(), down_out.sink())
@@ -1441,6 +1458,7 @@ async fn receive<'s>(
             record: None,
             read_done: None,
             wrote: None,
+            grpc_status: Some(&progress.grpc_status),
         };
         body::pump(&mut source, &mut sink, &mut hooks)
             .await

@@ -160,8 +160,7 @@ async fn exchange_once(
             (_, None) => {}
         }
         up_in.read_head().await?;
-        let status = up_in.relay_head(false, false, |head| head.status)?;
-        counters.response(status);
+        up_in.relay_head(false, false, |_| ())?;
         match up_in.source() {
             Some(mut source) => body::discard(&mut source).await.is_ok(),
             None => true,

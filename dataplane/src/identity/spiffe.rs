@@ -75,6 +75,10 @@ pub struct SpiffeId {
     id: Box<str>,
     /// Where the path starts in `id` (`id.len()` when it is empty).
     path_at: usize,
+    /// A hash of `id`, computed once at parse (once per connection for a peer's ID): the
+    /// principal's number in Istio metric series keys (`stats::principal_hash`), so a request
+    /// never hashes the string.
+    key: u64,
 }
 
 impl SpiffeId {
@@ -98,12 +102,19 @@ impl SpiffeId {
         Ok(Self {
             id: text.into(),
             path_at: PREFIX.len() + domain.len(),
+            key: crate::stats::principal_hash(text),
         })
     }
 
     /// The ID of trust domain `domain` itself plus `path` (`""` or `/a/b`).
     pub fn new(domain: &str, path: &str) -> Result<Self, SpiffeIdError> {
         Self::parse(&format!("{PREFIX}{domain}{path}"))
+    }
+
+    /// The ID's number in Istio metric series keys: `stats::principal_hash` of the ID,
+    /// computed when it was parsed.
+    pub fn key(&self) -> u64 {
+        self.key
     }
 
     /// The whole ID, `spiffe://td/path`.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
-use crate::stats::{Counter, ListenerCounters};
+use crate::stats::{Counter, ListenerCounters, TcpMetrics};
 use crate::tls::transport::{ReadHalf, Transport, WriteHalf};
 
 /// First buffer size of a direction.
@@ -72,6 +72,7 @@ pub async fn bidirectional(
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
     moved: &Moved,
+    series: Option<&TcpMetrics>,
 ) -> Result<(), CopyError> {
     let (down_read, down_write) = downstream.into_split();
     let (up_read, up_write) = upstream.into_split();
@@ -80,13 +81,13 @@ pub async fn bidirectional(
     let upload = one_way(
         down_read,
         up_write,
-        (&counters.bytes_received, &moved.received),
+        Tally::received(counters, moved, series),
         &last_activity,
     );
     let download = one_way(
         up_read,
         down_write,
-        (&counters.bytes_sent, &moved.sent),
+        Tally::sent(counters, moved, series),
         &last_activity,
     );
     let both = both_directions(upload, download);
@@ -111,10 +112,11 @@ pub async fn bidirectional_transport(
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
     moved: &Moved,
+    series: Option<&TcpMetrics>,
 ) -> Result<(), CopyError> {
     let (downstream, upstream) = match (downstream, upstream) {
         (Transport::Plain(down), Transport::Plain(up)) => {
-            return bidirectional(down, up, idle_timeout, counters, moved).await;
+            return bidirectional(down, up, idle_timeout, counters, moved, series).await;
         }
         pair => pair,
     };
@@ -126,6 +128,7 @@ pub async fn bidirectional_transport(
         idle_timeout,
         counters,
         moved,
+        series,
     )
     .await
 }
@@ -137,18 +140,19 @@ pub async fn bidirectional_halves(
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
     moved: &Moved,
+    series: Option<&TcpMetrics>,
 ) -> Result<(), CopyError> {
     let last_activity = Cell::new(Instant::now());
     let upload = one_way_halves(
         downstream.0,
         upstream.1,
-        (&counters.bytes_received, &moved.received),
+        Tally::received(counters, moved, series),
         &last_activity,
     );
     let download = one_way_halves(
         upstream.0,
         downstream.1,
-        (&counters.bytes_sent, &moved.sent),
+        Tally::sent(counters, moved, series),
         &last_activity,
     );
     let both = both_directions(upload, download);
@@ -168,7 +172,7 @@ pub async fn bidirectional_halves(
 async fn one_way_halves(
     mut from: ReadHalf,
     mut to: WriteHalf,
-    bytes: (&Counter, &Cell<u64>),
+    bytes: Tally<'_>,
     last_activity: &Cell<Instant>,
 ) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
@@ -179,8 +183,7 @@ async fn one_way_halves(
             return to.shutdown().await;
         }
         last_activity.set(Instant::now());
-        bytes.0.add(n as u64);
-        Moved::add(bytes.1, n as u64);
+        bytes.add(n as u64);
         let filled = n == buffer.capacity();
         to.write_vec(&mut buffer).await?;
         last_activity.set(Instant::now());
@@ -213,7 +216,7 @@ async fn both_directions(
 async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
     mut from: R,
     mut to: W,
-    bytes: (&Counter, &Cell<u64>),
+    bytes: Tally<'_>,
     last_activity: &Cell<Instant>,
 ) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(INITIAL_BUFFER);
@@ -227,8 +230,7 @@ async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
             return to.shutdown().await;
         }
         last_activity.set(Instant::now());
-        bytes.0.add(n as u64);
-        Moved::add(bytes.1, n as u64);
+        bytes.add(n as u64);
         let filled = n == buffer.capacity();
         let (result, written) = to.write_all(buffer).await;
         buffer = written;
@@ -236,6 +238,54 @@ async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
         last_activity.set(Instant::now());
         if filled && buffer.capacity() < BULK_BUFFER {
             buffer = Vec::with_capacity(BULK_BUFFER);
+        }
+    }
+}
+
+/// Where one direction's bytes are counted: the listener's counter, the connection's own tally
+/// (its access-log line), and the connection's Istio TCP series when it has one (all this
+/// worker's own: plain adds).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tally<'a> {
+    listener: &'a Counter,
+    connection: &'a Cell<u64>,
+    series: Option<&'a Counter>,
+}
+
+impl<'a> Tally<'a> {
+    /// Bytes from the client.
+    pub(super) fn received(
+        counters: &'a ListenerCounters,
+        moved: &'a Moved,
+        series: Option<&'a TcpMetrics>,
+    ) -> Self {
+        Self {
+            listener: &counters.bytes_received,
+            connection: &moved.received,
+            series: series.map(|s| &s.received),
+        }
+    }
+
+    /// Bytes to the client.
+    pub(super) fn sent(
+        counters: &'a ListenerCounters,
+        moved: &'a Moved,
+        series: Option<&'a TcpMetrics>,
+    ) -> Self {
+        Self {
+            listener: &counters.bytes_sent,
+            connection: &moved.sent,
+            series: series.map(|s| &s.sent),
+        }
+    }
+
+    /// Counts `n` bytes.
+    #[inline]
+    pub(super) fn add(self, n: u64) {
+        self.listener.add(n);
+        Moved::add(self.connection, n);
+        if let Some(series) = self.series {
+            series.add(n);
         }
     }
 }

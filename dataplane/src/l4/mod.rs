@@ -24,6 +24,7 @@ pub mod splice;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use config_schema::L4Copy;
 use monoio::net::TcpStream;
@@ -36,6 +37,7 @@ use crate::identity::SpiffeId;
 use crate::log_budget::LogBudget;
 use crate::policy::authz::{self, Tracked};
 use crate::snapshot::{Cluster, Listener, Snapshot};
+use crate::stats::TcpMetrics;
 use crate::tls::SecurityPolicy;
 use crate::tls::transport::Transport;
 use crate::upstream::breaker::{self, Resource};
@@ -201,6 +203,7 @@ async fn relay(
         }
     };
     let counters = listener.stats.workers.slot(core.id);
+    let endpoint = upstream.peer_addr().ok();
     let upstream = match &cluster.tls {
         None => Transport::Plain(upstream),
         Some(tls) => {
@@ -232,6 +235,24 @@ async fn relay(
         }
     };
     let moved = &connection.moved;
+    // The connection's Istio TCP series: opened now, closed when this function returns.
+    let upstream_principal = match &upstream {
+        Transport::Tls(_, info) if info.peer_verified => info.peer_principal.as_ref(),
+        _ => None,
+    };
+    let series = tcp_series(
+        core,
+        snapshot,
+        listener,
+        cluster,
+        peer,
+        tracked.principal.as_ref(),
+        endpoint,
+        upstream_principal,
+    );
+    series.opened.inc();
+    let _closed = CountClose(&series.closed);
+    let series = Some(series);
     let (downstream, mut upstream) = match (downstream, upstream) {
         (Transport::Plain(down), Transport::Plain(up)) => (down, up),
         (downstream, upstream) => {
@@ -239,8 +260,7 @@ async fn relay(
             // move decrypted bytes).
             let (up_read, mut up_write) = upstream.split();
             if !initial.is_empty() {
-                counters.bytes_received.add(initial.len() as u64);
-                moved.add_received(initial.len() as u64);
+                copy::Tally::received(counters, moved, series).add(initial.len() as u64);
                 if up_write.write_vec(&mut initial).await.is_err() {
                     return;
                 }
@@ -251,6 +271,7 @@ async fn relay(
                 listener.idle_timeout,
                 counters,
                 moved,
+                series,
             );
             let ended = monoio::select! {
                 outcome = copy => Ended::Copied(outcome),
@@ -262,8 +283,7 @@ async fn relay(
     };
     if !initial.is_empty() {
         // Bytes read while detecting the protocol or reading the ClientHello go first.
-        counters.bytes_received.add(initial.len() as u64);
-        moved.add_received(initial.len() as u64);
+        copy::Tally::received(counters, moved, series).add(initial.len() as u64);
         let (result, _) =
             monoio::io::AsyncWriteRentExt::write_all(&mut upstream, std::mem::take(&mut initial))
                 .await;
@@ -274,12 +294,26 @@ async fn relay(
     let copy = async {
         match listener.l4_copy {
             L4Copy::Buffer => {
-                copy::bidirectional(downstream, upstream, listener.idle_timeout, counters, moved)
-                    .await
+                copy::bidirectional(
+                    downstream,
+                    upstream,
+                    listener.idle_timeout,
+                    counters,
+                    moved,
+                series,
+                )
+                .await
             }
             L4Copy::Splice => {
-                splice::bidirectional(downstream, upstream, listener.idle_timeout, counters, moved)
-                    .await
+                splice::bidirectional(
+                    downstream,
+                    upstream,
+                    listener.idle_timeout,
+                    counters,
+                    moved,
+                series,
+                )
+                .await
             }
         }
     };
@@ -317,6 +351,66 @@ impl Ended {
             }
         }
     }
+}
+
+/// Counts a connection's close in its Istio TCP series when dropped, whichever way
+/// [`forward`] returns.
+struct CountClose<'a>(&'a crate::stats::Counter);
+
+impl Drop for CountClose<'_> {
+    fn drop(&mut self) {
+        self.0.inc();
+    }
+}
+
+/// The Istio TCP series of a connection from `peer` (with the verified client `principal`) to
+/// `endpoint` of `cluster` (which presented `upstream_principal`), in this worker's table of the
+/// listener. Once per connection: a binary search of the workload table for the peer and one of
+/// the cluster's endpoints (resolved at snapshot build); the principals' keys come with them.
+#[allow(clippy::too_many_arguments)]
+fn tcp_series<'a>(
+    core: &Core,
+    snapshot: &Snapshot,
+    listener: &'a Listener,
+    cluster: &Cluster,
+    peer: SocketAddr,
+    principal: Option<&SpiffeId>,
+    endpoint: Option<SocketAddr>,
+    upstream_principal: Option<&SpiffeId>,
+) -> &'a TcpMetrics {
+    use crate::stats::{NO_GRPC_STATUS, RequestProtocol, SeriesKey, SeriesLabels};
+    let source = snapshot.workloads.get(peer.ip());
+    let destination = endpoint.and_then(|e| cluster.endpoint_workloads.get(e));
+    let key = SeriesKey {
+        source_workload: source.map_or(0, |w| w.id),
+        source_principal: principal.map_or(0, SpiffeId::key),
+        destination_workload: destination.map_or(0, |w| w.id),
+        destination_principal: upstream_principal.map_or(0, SpiffeId::key),
+        service: cluster.name_hash,
+        response_code: 0,
+        grpc_status: NO_GRPC_STATUS,
+        flags: Default::default(),
+        protocol: RequestProtocol::Tcp,
+        mutual_tls: if listener.reporter_source {
+            upstream_principal.is_some()
+        } else {
+            principal.is_some()
+        },
+        reporter_source: listener.reporter_source,
+    };
+    listener
+        .stats
+        .workers
+        .slot(core.id)
+        .tcp_series
+        .get(&key, || SeriesLabels {
+            key,
+            source_workload: source.cloned(),
+            source_principal: principal.map(|id| id.as_str().into()),
+            destination_workload: destination.cloned(),
+            destination_principal: upstream_principal.map(|id| id.as_str().into()),
+            service: Some(Arc::clone(&cluster.name)),
+        })
 }
 
 /// Checks a new connection against the authorization policies of its listener in the snapshot

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use super::copy::{CopyError, Moved};
-use crate::stats::{Counter, ListenerCounters};
+use super::copy::{CopyError, Moved, Tally};
+use crate::stats::{ListenerCounters, TcpMetrics};
 
 /// Pipe capacity asked for; the kernel caps it at `/proc/sys/fs/pipe-max-size` for non-root users.
 const PIPE_SIZE: usize = 1024 * 1024;
@@ -115,6 +115,7 @@ pub async fn bidirectional(
     idle_timeout: Option<Duration>,
     counters: &ListenerCounters,
     moved: &Moved,
+    series: Option<&TcpMetrics>,
 ) -> Result<(), CopyError> {
     set_nonblocking(downstream.as_raw_fd()).map_err(CopyError::Io)?;
     set_nonblocking(upstream.as_raw_fd()).map_err(CopyError::Io)?;
@@ -127,14 +128,14 @@ pub async fn bidirectional(
         &downstream,
         &upstream,
         &up_pipe,
-        (&counters.bytes_received, &moved.received),
+        Tally::received(counters, moved, series),
         &last_activity,
     );
     let download = one_way(
         &upstream,
         &downstream,
         &down_pipe,
-        (&counters.bytes_sent, &moved.sent),
+        Tally::sent(counters, moved, series),
         &last_activity,
     );
     let both = async {
@@ -168,7 +169,7 @@ async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
     pipe: &Pipe,
-    bytes: (&Counter, &Cell<u64>),
+    bytes: Tally<'_>,
     last_activity: &Cell<Instant>,
 ) -> io::Result<()> {
     let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
@@ -188,8 +189,7 @@ async fn one_way(
             Err(e) => return Err(e),
         };
         last_activity.set(Instant::now());
-        bytes.0.add(filled as u64);
-        bytes.1.set(bytes.1.get().wrapping_add(filled as u64));
+        bytes.add(filled as u64);
         let mut left = filled;
         while left > 0 {
             match splice(pipe.read.as_raw_fd(), to_fd, left) {

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
-use config_schema::{Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProtocol, TlsMode};
+use config_schema::{
+    Config, ConfigError, Http2Spec, HttpLimitsSpec, ListenerProtocol, Reporter, TlsMode,
+};
 
 use super::{
     Cluster, Endpoint, GuardLimits, H2ClusterSettings, H2ServerSettings, HeadLimits, HttpSettings,
@@ -22,6 +24,7 @@ use crate::tls::{ClientTls, Mesh, ServerTls};
 use crate::trace::{TraceStats, Tracer};
 use crate::upstream::outlier::ClusterHealth;
 use crate::upstream::{Balancer, Breaker, RetryBudget};
+use crate::workload::{EndpointWorkloads, Workloads};
 
 /// Compiles a validated config into the snapshot for `generation`.
 ///
@@ -57,6 +60,7 @@ pub fn compile_with(
         .map(|store| format!("{:?}", store.files()))
         .unwrap_or_default();
 
+    let workloads = Workloads::compile(&spec.workloads);
     let mut errors = Vec::new();
     let mut clusters: Vec<Arc<Cluster>> = Vec::with_capacity(spec.clusters.len());
     for (index, c) in spec.clusters.iter().enumerate() {
@@ -131,6 +135,11 @@ pub fn compile_with(
                 .as_ref()
                 .map_or(0, |spec| tls_fingerprint(spec, c.protocol, &identity_key)),
             tls,
+            endpoint_workloads: EndpointWorkloads::resolve(
+                &workloads,
+                c.endpoints.iter().map(|e| e.address),
+            ),
+            name_hash: xxhash_rust::xxh3::xxh3_64(c.name.as_bytes()).max(1),
         }));
     }
     if !errors.is_empty() {
@@ -253,6 +262,12 @@ pub fn compile_with(
                         )),
                         hello_timeout: l.request_header_timeout.get(),
                     }),
+                // Absent: an inbound mesh listener (it verifies client certificates) reports
+                // as the destination, anything else (outbound, gateway) as the source.
+                reporter_source: match l.reporter {
+                    Some(reporter) => reporter == Reporter::Source,
+                    None => tls.as_ref().is_none_or(|tls| tls.client_auth.is_none()),
+                },
                 tls,
             }
         })
@@ -308,6 +323,7 @@ pub fn compile_with(
         route_stats,
         access_log,
         policies,
+        workloads,
         listener_index,
     })
 }

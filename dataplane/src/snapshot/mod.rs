@@ -31,6 +31,7 @@ use crate::stats::{ClusterCounters, ListenerCounters, PerWorker, RouteCounters};
 use crate::trace::{TraceStats, Tracer};
 use crate::upstream::outlier::ClusterHealth;
 use crate::upstream::{Balancer, Breaker, RetryBudget};
+use crate::workload::{EndpointWorkloads, Workloads};
 
 mod compile;
 mod settings;
@@ -66,6 +67,8 @@ pub struct Snapshot {
     pub tracing: Option<Arc<Tracer>>,
     /// Tracing counters, carried across every reload (tracing on or off).
     pub trace_stats: Arc<TraceStats>,
+    /// The `[[workloads]]` table: metric labels by peer address.
+    pub workloads: Workloads,
     listener_index: HashMap<Arc<str>, usize>,
 }
 
@@ -88,6 +91,7 @@ impl Snapshot {
             policies: Policies::default(),
             tracing: None,
             trace_stats: Arc::new(TraceStats::new(0)),
+            workloads: Workloads::default(),
             listener_index: HashMap::new(),
         }
     }
@@ -125,6 +129,8 @@ pub struct Listener {
     pub passthrough: Option<PassthroughSettings>,
     /// TLS termination, when the listener has `[listeners.tls]`.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Istio metrics: this listener reports as `reporter="source"` (else `destination`).
+    pub reporter_source: bool,
 }
 
 /// Counters and the connection gauge of one listener.
@@ -172,6 +178,11 @@ pub struct Cluster {
     /// A fingerprint of `tls` (0: plaintext), part of the upstream pools' keys, so that
     /// connections made with other TLS settings are never handed out for this cluster.
     pub tls_key: u64,
+    /// The `[[workloads]]` entries of the endpoints, resolved when the snapshot was built: the
+    /// Istio metrics' `destination_workload` labels.
+    pub endpoint_workloads: EndpointWorkloads,
+    /// A hash of the name, the TCP series' key for the cluster (never 0).
+    pub name_hash: u64,
 }
 
 /// One upstream endpoint.

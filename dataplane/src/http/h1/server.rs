@@ -600,6 +600,7 @@ async fn tunnel(core: &Core, listener_name: &str, conn: Conn, upstream: Connecti
         listener.idle_timeout,
         counters,
         &crate::l4::copy::Moved::default(),
+        None,
     )
     .await;
     if let Err(e) = outcome {
