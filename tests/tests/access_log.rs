@@ -780,7 +780,10 @@ fn lines_carry_the_trace_id_of_the_request_and_of_an_l4_span(driver: Driver) {
     assert!(hex32(&tcp["trace_id"]), "{tcp}");
     drop(proxy);
 
-    let proxy = start(&text, "format = \"text\"\ntext_format = \"%REQ(:PATH)% %TRACE_ID%\"");
+    let proxy = start(
+        &text,
+        "format = \"text\"\ntext_format = \"%REQ(:PATH)% %TRACE_ID%\"",
+    );
     let web = proxy.listener("web");
     assert_eq!(
         status(&["-H", &traceparent, &format!("http://{web}/ok/text")]),

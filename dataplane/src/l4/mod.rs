@@ -300,7 +300,7 @@ async fn relay(
                     listener.idle_timeout,
                     counters,
                     moved,
-                series,
+                    series,
                 )
                 .await
             }
@@ -311,7 +311,7 @@ async fn relay(
                     listener.idle_timeout,
                     counters,
                     moved,
-                series,
+                    series,
                 )
                 .await
             }
