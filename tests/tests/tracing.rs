@@ -344,6 +344,8 @@ fn spans_link_client_proxy_and_upstream_over_http1_http2_and_grpc(driver: Driver
     assert_eq!(server["parent_span_id"], CLIENT_SPAN);
     assert_eq!(server["attributes"]["http.route"], "grpc");
     assert_eq!(server["attributes"]["http.request.method"], "POST");
+    assert_eq!(server["attributes"]["rpc.system"], "grpc");
+    assert_eq!(server["attributes"]["rpc.grpc.status_code"], 0);
     assert_eq!(attempt["parent_span_id"], server["span_id"]);
     assert_eq!(attempt["span_id"], parent.as_str());
     assert_eq!(attempt["attributes"]["network.protocol.version"], "2");

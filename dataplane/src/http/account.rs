@@ -148,6 +148,7 @@ fn server_span(
         record.started,
     );
     span.status = record.status;
+    span.grpc_status = record.grpc_status.filter(|_| record.grpc);
     span.error = record.status == 0 || record.status >= 500;
     span.flags = record.flags;
     span.protocol = match fields.protocol {

@@ -191,6 +191,10 @@ fn span_message(w: &mut Writer, span: &SpanRecord, text: &[u8], scratch: &mut St
     if span.status != 0 {
         w.int_attribute("http.response.status_code", i64::from(span.status));
     }
+    if let Some(grpc_status) = span.grpc_status {
+        w.string_attribute("rpc.system", "grpc");
+        w.int_attribute("rpc.grpc.status_code", i64::from(grpc_status));
+    }
     for (field, key) in [
         (Field::Path, "url.path"),
         (Field::Host, "server.address"),

@@ -121,6 +121,8 @@ pub struct SpanRecord {
     pub end: u64,
     /// The HTTP status (0: none).
     pub status: u16,
+    /// The `grpc-status` the client got (server spans of gRPC requests; `None` otherwise).
+    pub grpc_status: Option<u16>,
     /// The span failed (5xx, no response, a failed attempt).
     pub error: bool,
     /// Response flags (server spans) or the attempt's failure (client spans).
@@ -158,6 +160,7 @@ impl SpanRecord {
             start,
             end,
             status: 0,
+            grpc_status: None,
             error: false,
             flags: ResponseFlags::default(),
             attempt: 0,
