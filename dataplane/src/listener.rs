@@ -258,7 +258,12 @@ async fn serve(
     };
     let _ = stream.set_nodelay(true);
     if let Some(tls) = &listener.tls {
-        serve_tls(&core, &snapshot, listener, tls, name, stream, peer).await;
+        // Boxed: a task's future is as big as its largest branch, and the TLS one (handshake,
+        // then an HTTP or L4 server) would make every plaintext connection carry its size.
+        Box::pin(serve_tls(
+            &core, &snapshot, listener, tls, name, stream, peer,
+        ))
+        .await;
         drop(guard);
         return;
     }
