@@ -507,13 +507,13 @@ fn label_text(labels: &Labels, tcp: bool, listener: Option<&str>) -> String {
         if !text.is_empty() {
             text.push(',');
         }
-        let _ = write!(text, "{name}=\"{}\"", super::prometheus::escape(value));
+        let _ = write!(text, "{name}=\"{}\"", super::exposition::escape(value));
     }
     if let Some(listener) = listener {
         let _ = write!(
             text,
             ",listener=\"{}\"",
-            super::prometheus::escape(listener)
+            super::exposition::escape(listener)
         );
     }
     text

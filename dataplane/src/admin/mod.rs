@@ -23,6 +23,7 @@
 //! | `POST /drain` | stop accepting, finish open connections, exit (as SIGTERM) |
 
 mod auth;
+mod exposition;
 mod graph;
 pub mod istio;
 mod mutate;

@@ -12,6 +12,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use super::exposition::escape;
 use crate::policy::authz::{AuthzCounters, NO_ALLOW_MATCHED};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
@@ -645,14 +646,6 @@ fn tracing_counters(out: &mut String, snapshot: &Snapshot) {
         header(out, &metric, "counter", help);
         let _ = writeln!(out, "{metric} {value}");
     }
-}
-
-/// Escapes a label value per the exposition format.
-pub(super) fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
