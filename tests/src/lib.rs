@@ -37,6 +37,7 @@ pub mod exchange;
 pub mod h2;
 pub mod http;
 pub mod peers;
+pub mod pki;
 pub mod proxy;
 pub mod upstream;
 pub mod wait;

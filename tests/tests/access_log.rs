@@ -7,21 +7,18 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use serde_json::Value;
 use tests::client::{self, connect};
 use tests::http::{
     Client, HttpUpstream, Request, Response, access_log, cluster, curl, http_listener, route,
     virtual_host,
 };
+use tests::pki::Pki;
 use tests::upstream::{Upstream, refused_address};
 use tests::wait::PATIENCE;
 use tests::{Driver, Proxy, both_drivers, run_ringmesh, tcp_listener, wait_until};
@@ -550,72 +547,12 @@ endpoints = ["{echo}"]
 
 /// A test CA, the proxy's certificate (`localhost`), a client SVID (`web`) and a server SVID
 /// (`node`).
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ringmesh-accesslog-")
-            .tempdir()
-            .expect("temp dir");
-        let pki = Self { dir };
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "access log test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
-            .expect("self-sign the CA");
-        std::fs::write(pki.path("ca.pem"), ca.pem()).expect("write CA");
-        pki.leaf(&ca, "localhost", &["localhost"], None);
-        pki.leaf(&ca, "web", &[], Some(WEB));
-        pki.leaf(&ca, "node", &[], Some(NODE));
-        pki
-    }
-
-    fn leaf(
-        &self,
-        ca: &CertifiedIssuer<'static, KeyPair>,
-        name: &str,
-        dns: &[&str],
-        uri: Option<&str>,
-    ) {
-        let mut params =
-            CertificateParams::new(dns.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .expect("leaf params");
-        if let Some(uri) = uri {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.try_into().expect("a URI")));
-        }
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name}-leaf"));
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, ca).expect("sign the leaf");
-        std::fs::write(self.path(&format!("{name}.crt")), cert.pem()).expect("write cert");
-        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write key");
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn p(&self, file: &str) -> String {
-        self.path(file).display().to_string()
-    }
+fn pki() -> Pki {
+    let pki = Pki::new("access log test CA");
+    pki.leaf("localhost", &["localhost"], None)
+        .leaf("web", &[], Some(WEB))
+        .leaf("node", &[], Some(NODE));
+    pki
 }
 
 /// A tcp listener terminating mutual TLS, whose cluster originates TLS to a second proxy that
@@ -623,7 +560,7 @@ impl Pki {
 /// and the connection's line names both SPIFFE IDs, the SNI and `mutual_tls` — as JSON, and
 /// through the text operators.
 fn an_mtls_tcp_listener_logs_the_client_identity(driver: Driver) {
-    let pki = Pki::new();
+    let pki = pki();
     let upstream = backend();
     let inner = format!(
         r#"

@@ -10,14 +10,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use serde_json::Value;
 use tests::admin::Metrics;
 use tests::h2::{PyServer, run_json};
 use tests::http::{Client, HttpUpstream, Request, Response, curl, request_bytes};
+use tests::pki::Pki;
 use tests::wait::PATIENCE;
 use tests::{Driver, Proxy, both_drivers, wait_until};
 
@@ -326,67 +323,11 @@ endpoints = ["{}"]
 // === Labels ===
 
 /// A CA, a server certificate and the `web` client SVID, written to a temp dir.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "istio metrics test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
-            .expect("self-sign the CA");
-        let pki = Self { dir };
-        std::fs::write(pki.path("ca.pem"), ca.pem()).expect("write CA");
-        pki.leaf(&ca, "server", &["localhost"], None);
-        pki.leaf(&ca, "web", &[], Some(WEB));
-        pki
-    }
-
-    fn leaf(
-        &self,
-        ca: &CertifiedIssuer<'static, KeyPair>,
-        name: &str,
-        dns: &[&str],
-        uri: Option<&str>,
-    ) {
-        let mut params =
-            CertificateParams::new(dns.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .expect("leaf params");
-        if let Some(uri) = uri {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.try_into().expect("a URI")));
-        }
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name}-leaf"));
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, ca).expect("sign the leaf");
-        std::fs::write(self.path(&format!("{name}.crt")), cert.pem()).expect("write cert");
-        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write key");
-    }
-
-    fn path(&self, file: &str) -> std::path::PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn p(&self, file: &str) -> String {
-        self.path(file).display().to_string()
-    }
+fn pki() -> Pki {
+    let pki = Pki::new("istio metrics test CA");
+    pki.leaf("server", &["localhost"], None)
+        .leaf("web", &[], Some(WEB));
+    pki
 }
 
 /// `web-v1` (app web, version v1) calls from 127.0.0.3; `api-v2` (app api, version v2) is the
@@ -412,7 +353,7 @@ version = "v2"
 /// destination by default), `out` is plaintext (reports as the source by default), `gate` is
 /// plaintext with `reporter = "destination"`. Each label is checked on each.
 fn client_certificate_and_workload_table_fill_the_labels(driver: Driver) {
-    let pki = Pki::new();
+    let pki = pki();
     let upstream = HttpUpstream::named("api");
     let config = format!(
         r#"

@@ -16,15 +16,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use tests::http::{HttpUpstream, access_log, access_log_config, curl};
+use tests::pki::Pki;
 use tests::upstream::Upstream;
 use tests::{Driver, Proxy, both_drivers};
 
@@ -45,91 +41,31 @@ const NODE: &str = "spiffe://cluster.local/ns/mesh/sa/node";
 
 /// A CA, the proxy's server certificate (`localhost`) and client SVIDs signed by the CA:
 /// `web`, `api`, `ops` (the IDs above) and `plain` (a client certificate without a URI SAN).
-struct Pki {
-    dir: tempfile::TempDir,
+fn pki() -> Pki {
+    let pki = Pki::new("peer identity test CA");
+    pki.leaf("localhost", &["localhost", "127.0.0.1"], None)
+        .leaf("web", &[], Some(WEB))
+        .leaf("api", &[], Some(API))
+        .leaf("ops", &[], Some(OPS))
+        .leaf("node", &[], Some(NODE))
+        .leaf("plain", &["client.example"], None);
+    pki
 }
 
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ringmesh-peer-")
-            .tempdir()
-            .expect("temp dir");
-        let pki = Self { dir };
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "peer identity test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
-            .expect("self-sign the CA");
-        std::fs::write(pki.path("ca.pem"), ca.pem()).expect("write CA");
-        pki.leaf(&ca, "localhost", &["localhost", "127.0.0.1"], None);
-        pki.leaf(&ca, "web", &[], Some(WEB));
-        pki.leaf(&ca, "api", &[], Some(API));
-        pki.leaf(&ca, "ops", &[], Some(OPS));
-        pki.leaf(&ca, "node", &[], Some(NODE));
-        pki.leaf(&ca, "plain", &["client.example"], None);
-        pki
-    }
-
-    fn leaf(
-        &self,
-        ca: &CertifiedIssuer<'static, KeyPair>,
-        name: &str,
-        dns: &[&str],
-        uri: Option<&str>,
-    ) {
-        let mut params =
-            CertificateParams::new(dns.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .expect("leaf params");
-        if let Some(uri) = uri {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.try_into().expect("a URI")));
-        }
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name}-leaf"));
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, ca).expect("sign the leaf");
-        std::fs::write(self.path(&format!("{name}.crt")), cert.pem()).expect("write cert");
-        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write key");
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn p(&self, file: &str) -> String {
-        self.path(file).display().to_string()
-    }
-
-    /// `[listeners.tls]` requiring a client certificate from the CA.
-    fn mtls(&self) -> String {
-        format!(
-            r#"
+/// `[listeners.tls]` requiring a client certificate from the CA.
+fn mtls(pki: &Pki) -> String {
+    format!(
+        r#"
 [listeners.tls]
 cert = "{}"
 key = "{}"
 client_ca = "{}"
 require_client_cert = true
 "#,
-            self.p("localhost.crt"),
-            self.p("localhost.key"),
-            self.p("ca.pem"),
-        )
-    }
+        pki.p("localhost.crt"),
+        pki.p("localhost.key"),
+        pki.p("ca.pem"),
+    )
 }
 
 /// An mTLS `http` listener `mesh` routing to cluster `app` at `upstream` (or the routes in
@@ -159,7 +95,7 @@ domains = ["*"]
 {clusters}
 {extra}
 "#,
-        tls = pki.mtls(),
+        tls = mtls(pki),
     )
 }
 
@@ -218,7 +154,7 @@ fn body_as(
 }
 
 fn an_allow_on_a_principal_admits_its_svid_and_refuses_another_on_both_protocols(driver: Driver) {
-    let pki = Pki::new();
+    let pki = pki();
     let app = HttpUpstream::named("app");
     let log = pki.path("access.log");
     let config = http_config(
@@ -315,7 +251,7 @@ fn s_client(pki: &Pki, address: SocketAddr, client: &str, input: &[u8]) -> Strin
 }
 
 fn namespaces_and_not_principals_match_the_verified_identity(driver: Driver) {
-    let pki = Pki::new();
+    let pki = pki();
     let app = HttpUpstream::named("app");
     let config = http_config(
         &pki,
@@ -367,7 +303,7 @@ rules = [{ to = [{ paths = ["/sni"] }], when = [{ key = "connection.sni", values
 }
 
 fn routes_on_source_principals_send_two_identities_to_two_clusters(driver: Driver) {
-    let pki = Pki::new();
+    let pki = pki();
     let web = HttpUpstream::named("web-backend");
     let api = HttpUpstream::named("api-backend");
     let other = HttpUpstream::named("other-backend");
@@ -420,7 +356,7 @@ cluster = "other"
 }
 
 fn the_access_log_and_istio_metrics_carry_the_peer_identity(driver: Driver) {
-    let pki = Pki::new();
+    let pki = pki();
     let app = HttpUpstream::named("app");
     let log = pki.path("access.log");
     let config = http_config(
@@ -486,7 +422,7 @@ fn the_access_log_and_istio_metrics_carry_the_peer_identity(driver: Driver) {
 /// SVID is its certificate and the SPIFFE verifier checks clients; `istio_requests_total` names
 /// the node as `destination_principal` and the client as `source_principal`.
 fn on_a_mesh_listener_the_destination_principal_is_the_node_identity(driver: Driver) {
-    let pki = Pki::new();
+    let pki = pki();
     let app = HttpUpstream::named("app");
     let log = pki.path("access.log");
     let config = format!(
@@ -563,7 +499,7 @@ endpoints = ["{app}"]
 /// it with `expected_spiffe_ids`: A's access log names B's identity as `upstream_peer_principal`
 /// on both cluster protocols, and its plaintext client as `security_policy` `none`.
 fn the_access_log_names_the_upstream_peer_principal_on_h1_and_h2_clusters(driver: Driver) {
-    let pki = Pki::new();
+    let pki = pki();
     let app = HttpUpstream::named("app");
     let inner = format!(
         r#"
@@ -766,12 +702,12 @@ action = "allow"
 listeners = ["db"]
 rules = [{{ from = [{{ principals = [{principals}] }}] }}]
 "#,
-        tls = pki.mtls(),
+        tls = mtls(pki),
     )
 }
 
 fn a_tcp_mtls_listener_closes_the_wrong_identity_and_a_reload_revokes_an_open_one(driver: Driver) {
-    let pki = Pki::new();
+    let pki = pki();
     let echo = Upstream::echo();
     let both = r#""cluster.local/ns/shop/sa/web", "cluster.local/ns/shop/sa/api""#;
     let proxy = Proxy::start(&tcp_config(&pki, echo.address(), both), driver, 2);

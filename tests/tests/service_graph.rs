@@ -29,17 +29,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use serde_json::Value;
 use tests::http::message::Response;
 use tests::http::{HttpUpstream, curl};
+use tests::pki::Pki;
 use tests::{Driver, Proxy, both_drivers, wait_until};
 
 both_drivers!(the_service_map_shows_three_services_their_clients_and_numbers);
@@ -63,72 +59,12 @@ const EDGES: [Expected; 5] = [
 ];
 
 /// A CA, the proxy's server certificate (`localhost`) and the `web` and `api` client SVIDs.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ringmesh-graph-")
-            .tempdir()
-            .expect("temp dir");
-        let pki = Self { dir };
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "service graph test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
-            .expect("self-sign the CA");
-        std::fs::write(pki.path("ca.pem"), ca.pem()).expect("write CA");
-        pki.leaf(&ca, "localhost", &["localhost"], None);
-        pki.leaf(&ca, "web", &[], Some(WEB));
-        pki.leaf(&ca, "api", &[], Some(API));
-        pki
-    }
-
-    fn leaf(
-        &self,
-        ca: &CertifiedIssuer<'static, KeyPair>,
-        name: &str,
-        dns: &[&str],
-        uri: Option<&str>,
-    ) {
-        let mut params =
-            CertificateParams::new(dns.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .expect("leaf params");
-        if let Some(uri) = uri {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.try_into().expect("a URI")));
-        }
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name}-leaf"));
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, ca).expect("sign the leaf");
-        std::fs::write(self.path(&format!("{name}.crt")), cert.pem()).expect("write cert");
-        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write key");
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn p(&self, file: &str) -> String {
-        self.path(file).display().to_string()
-    }
+fn pki() -> Pki {
+    let pki = Pki::new("service graph test CA");
+    pki.leaf("localhost", &["localhost"], None)
+        .leaf("web", &[], Some(WEB))
+        .leaf("api", &[], Some(API));
+    pki
 }
 
 fn config(pki: &Pki, catalog: SocketAddr, orders: SocketAddr, payments: SocketAddr) -> String {
@@ -373,7 +309,7 @@ fn health(requests: u64, errors: u64) -> &'static str {
 }
 
 fn the_service_map_shows_three_services_their_clients_and_numbers(driver: Driver) {
-    let pki = Pki::new();
+    let pki = pki();
     let catalog = HttpUpstream::named("catalog");
     let orders = HttpUpstream::named("orders");
     let payments = HttpUpstream::start(|request| {
