@@ -13,7 +13,7 @@ use crate::http::h2::client::H2Pool;
 use crate::policy::authz::Registry;
 use crate::routing::MatchScratch;
 use crate::snapshot::{Cluster, Snapshot, SnapshotReader, SnapshotRef};
-use crate::trace::span::{ConnectionSpan, SpanBuffer};
+use crate::trace::buffer::{ConnectionSpan, SpanBuffer};
 use crate::trace::{TraceId, Tracer};
 use crate::upstream::{InFlightGuard, LbState, LbStates};
 

@@ -6,8 +6,8 @@
 //!   client's context or starts a new trace, and decides sampling ([`Tracer::begin`]).
 //! - [`span`]: the fixed-size [`span::SpanRecord`] the request path fills — a server span per
 //!   request (`http::account`), a client span per upstream attempt (`http::exchange`), an L4
-//!   span per connection when enabled (`l4`) — and the per-worker [`span::SpanBuffer`] that
-//!   hands records to the exporter in batches, never blocking and never allocating per span
+//!   span per connection when enabled (`l4`, [`buffer::ConnectionSpan`]) — and [`buffer`]: the
+//!   per-worker [`buffer::SpanBuffer`] that hands records to the exporter in batches, never blocking and never allocating per span
 //!   (strings are copied into the batch's one text buffer; batches are recycled).
 //! - [`export`]: the exporter thread (one per tracing config): a bounded queue, batches by
 //!   size and time, OTLP/HTTP protobuf `POST /v1/traces`, retries with backoff; [`otlp`] is the
@@ -17,6 +17,7 @@
 //! spans dropped (by a worker when the exporter's queue is full, by the exporter when the
 //! collector cannot take them), exported, export failures and retries.
 
+pub mod buffer;
 pub mod context;
 pub mod export;
 pub mod otlp;
