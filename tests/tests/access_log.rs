@@ -34,6 +34,7 @@ both_drivers!(
     sampling_50_writes_some_but_not_all,
     an_auto_listener_logs_both_kinds_and_a_reload_switches_the_format,
     lines_carry_the_trace_id_of_the_request_and_of_an_l4_span,
+    tcp_false_logs_http_requests_only,
 );
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -676,6 +677,33 @@ fn the_status_filter_keeps_only_matching_lines(driver: Driver) {
     assert_eq!(entry["path"], "/missing", "{entry}");
     assert_eq!(entry["status"], 404, "{entry}");
     assert_eq!(entry["response_flags"], "NR", "{entry}");
+}
+
+/// `tcp = false`: HTTP requests are logged, L4 connections are not (checked once the proxy has
+/// exited, so the absence is proven).
+fn tcp_false_logs_http_requests_only(driver: Driver) {
+    let upstream = backend();
+    let echo = Upstream::echo();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("access.log");
+    let log = log_config(&path, "tcp = false");
+    let proxy = Proxy::start(
+        &mixed_config(&upstream, &echo, refused_address(), &log),
+        driver,
+        2,
+    );
+    assert_eq!(
+        status(&[&format!("http://{}/ok/h", proxy.listener("web"))]),
+        200
+    );
+    assert_eq!(tcp_exchange(proxy.listener("raw"), b"hi"), b"hi");
+    closed_at_once(proxy.listener("dead"));
+    proxy.wait_listener_counter("raw", "closed", 1);
+    proxy.wait_listener_counter("dead", "closed", 1);
+    let lines = lines_after_exit(proxy, &path);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let entry: Value = serde_json::from_str(&lines[0]).expect("JSON");
+    assert_eq!(entry["path"], "/ok/h", "{entry}");
 }
 
 /// With `[telemetry.tracing]` on, a request's line names the trace it belongs to: the client's
