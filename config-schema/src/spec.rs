@@ -51,6 +51,13 @@ pub struct ConfigSpec {
     /// `destination_*` workload labels come from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<WorkloadSpec>,
+    /// Node mode: this node's name, its capture listeners and its HBONE tunnel (see
+    /// `docs/NODE-MODE.md`). Absent: ringmesh is a plain proxy with only `[[listeners]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeSpec>,
+    /// Services: virtual IPs and ports whose connections ringmesh balances over workloads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceSpec>,
 }
 
 // === workloads ===
@@ -75,6 +82,151 @@ pub struct WorkloadSpec {
     /// The `version` label: `source_version` / `destination_version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Node mode: the node the workload runs on (a `[node] name`). A workload on this node is
+    /// local: its traffic is captured here and this node holds its certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Node mode: its service account; with `namespace` and the trust domain it makes the
+    /// workload's SPIFFE ID `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    #[serde(default = "WorkloadSpec::default_service_account")]
+    pub service_account: String,
+    /// Node mode: how its node's proxy is reached. `hbone` (the default for a workload with a
+    /// `node`): through the node's HBONE tunnel, mTLS with the workload's identity. `tcp` (the
+    /// default without a `node`): plaintext, straight to the address — a workload outside the
+    /// mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<WorkloadProtocol>,
+    /// Node mode: what a local workload accepts inbound; absent: its namespace's mode in
+    /// `[node] namespace_modes`, else `[node] mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PeerAuthenticationMode>,
+}
+
+impl WorkloadSpec {
+    fn default_service_account() -> String {
+        "default".to_owned()
+    }
+}
+
+/// How a workload is reached from another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadProtocol {
+    /// HTTP/2 CONNECT over mTLS to port `hbone_port` of the workload's address, which its node
+    /// captures (Istio ambient's HBONE).
+    Hbone,
+    /// Plaintext TCP straight to the workload.
+    Tcp,
+}
+
+/// What a local workload accepts inbound (Istio's PeerAuthentication mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerAuthenticationMode {
+    /// Only HBONE: mutual TLS with a verified workload identity. Plaintext is refused.
+    Strict,
+    /// HBONE, and plaintext captured on the `inbound` listener (served without an identity,
+    /// `connection_security_policy="none"`).
+    #[default]
+    Permissive,
+}
+
+// === node mode ===
+
+/// This node in node mode: one ringmesh per machine captures its workloads' traffic and carries
+/// it between nodes in HBONE tunnels (see `docs/NODE-MODE.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// This node's name: `[[workloads]]` whose `node` is this name are local.
+    pub name: String,
+    /// The outbound capture listener: connections that local workloads open to anywhere,
+    /// redirected here by the capture rules (`ringmesh node rules`). Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<SocketAddr>,
+    /// The inbound plaintext capture listener: connections from outside the mesh to local
+    /// workloads (accepted for PERMISSIVE workloads only). Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<SocketAddr>,
+    /// The HBONE listener: tunnels from other nodes to local workloads. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hbone: Option<SocketAddr>,
+    /// How captured connections reach the listeners and how their original destination is
+    /// known: `redirect` (nftables REDIRECT, `SO_ORIGINAL_DST`) or `tproxy` (nftables TPROXY,
+    /// the accepted socket's local address).
+    #[serde(default)]
+    pub capture: CaptureMode,
+    /// The port of every node's HBONE tunnel, on the destination workload's address.
+    #[serde(default = "NodeSpec::default_hbone_port")]
+    pub hbone_port: u16,
+    /// `SO_MARK` on every socket ringmesh opens in node mode; the capture rules let marked
+    /// packets pass, so ringmesh never captures its own traffic.
+    #[serde(default = "NodeSpec::default_mark")]
+    pub mark: u32,
+    /// What local workloads accept inbound unless their namespace or the workload says otherwise.
+    #[serde(default)]
+    pub mode: PeerAuthenticationMode,
+    /// The mode of every local workload in a namespace (namespace → mode).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_modes: BTreeMap<String, PeerAuthenticationMode>,
+    /// How long connecting to a workload or a peer node's tunnel may take.
+    #[serde(default = "NodeSpec::default_connect_timeout")]
+    pub connect_timeout: Duration,
+}
+
+impl NodeSpec {
+    fn default_hbone_port() -> u16 {
+        15008
+    }
+    fn default_mark() -> u32 {
+        0x539
+    }
+    fn default_connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// How captured connections are delivered to ringmesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    /// nftables REDIRECT (NAT); the original destination comes from `SO_ORIGINAL_DST`.
+    #[default]
+    Redirect,
+    /// nftables TPROXY; listeners are `IP_TRANSPARENT` and the local address is the original
+    /// destination.
+    Tproxy,
+}
+
+/// A service: virtual IPs and ports that ringmesh balances over workloads, as a Kubernetes
+/// Service's cluster IP.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The service's name (`destination_service_name`).
+    pub name: String,
+    /// Its namespace; `workloads` are names in this namespace.
+    pub namespace: String,
+    /// Its virtual IPs. An address is a service's or a workload's, never both.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The ports it serves.
+    pub ports: Vec<ServicePortSpec>,
+    /// Its endpoints: names of `[[workloads]]` in `namespace`.
+    pub workloads: Vec<String>,
+    /// How a connection picks an endpoint: `round_robin`, `random` or `least_request`.
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+}
+
+/// A service port.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePortSpec {
+    /// The port on the virtual IP.
+    pub port: u16,
+    /// The workloads' port; absent: `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
 }
 
 // === admin and runtime ===
@@ -238,6 +390,26 @@ pub struct IdentitySpec {
     /// peer's certificate must chain to the bundle of the trust domain in its SPIFFE ID.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_bundles: Vec<TrustBundleSpec>,
+    /// Node mode: one X.509 SVID per local service account (as ztunnel holds them). HBONE
+    /// tunnels present the source workload's, and a local workload's when it is the
+    /// destination. Reread with the rest of the identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<ServiceAccountSpec>,
+}
+
+/// The certificate of one service account's workloads.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountSpec {
+    /// The namespace.
+    pub namespace: String,
+    /// The service account.
+    pub service_account: String,
+    /// PEM certificate chain whose leaf's URI SAN is
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub cert: String,
+    /// PEM private key for `cert`.
+    pub key: String,
 }
 
 /// The trust bundle of a federated trust domain.

@@ -529,10 +529,21 @@ fn references_into_a_broken_section_are_not_guessed() {
 #[test]
 fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
     // (config, path, the line's text, what the message says)
-    // No key is rejected today: tracing, the last one, is built. The loop stays for the next
-    // feature that lands its keys before the data plane acts on them.
-    let cases: Vec<(String, &str, &str, &str)> = Vec::new();
-    assert!(config_schema::support::NOT_SUPPORTED.is_empty());
+    // Node mode (issue 13) lands its keys before the data plane acts on them.
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        (
+            format!("{BASE}\n[node]\nname = \"n1\"\noutbound = \"bad\"\n"),
+            "node",
+            "[node]",
+            "no traffic would be captured",
+        ),
+        (
+            format!("{BASE}\n[[services]]\nname = \"s\"\n"),
+            "services",
+            "[[services]]",
+            "would not be balanced",
+        ),
+    ];
     // [telemetry.tracing] is validated key by key now.
     let text = format!("{BASE}\n[telemetry.tracing]\nsample_percent = 150.0\n");
     let errors = errors_of(&text);

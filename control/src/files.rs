@@ -224,6 +224,7 @@ endpoints = ["127.0.0.1:1"]
                 trust_domain: "partner.example".into(),
                 ca: "/nonexistent/partner.pem".into(),
             }],
+            service_accounts: Vec::new(),
         });
         let errors = check(&config);
         assert_eq!(errors.len(), 4, "{errors:?}");

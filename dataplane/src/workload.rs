@@ -144,6 +144,10 @@ mod tests {
             addresses: addresses.iter().map(|a| a.parse().expect("ip")).collect(),
             app: Some(name.to_owned()),
             version: Some("v1".to_owned()),
+            node: None,
+            service_account: "default".to_owned(),
+            protocol: None,
+            mode: None,
         }
     }
 
