@@ -49,6 +49,7 @@ pub mod l4;
 pub mod listener;
 pub mod log_budget;
 pub mod net;
+pub mod node;
 pub mod policy;
 pub mod reload;
 pub mod routing;

@@ -60,7 +60,11 @@ pub fn compile_with(
         .map(|store| format!("{:?}", store.files()))
         .unwrap_or_default();
 
-    let workloads = Workloads::compile(&spec.workloads);
+    let workloads = Workloads::compile(
+        &spec.workloads,
+        spec.node.as_ref(),
+        spec.identity.as_ref().map(|i| i.trust_domain.as_str()),
+    );
     let mut errors = Vec::new();
     let mut clusters: Vec<Arc<Cluster>> = Vec::with_capacity(spec.clusters.len());
     for (index, c) in spec.clusters.iter().enumerate() {
@@ -323,6 +327,7 @@ pub fn compile_with(
         route_stats,
         access_log,
         policies,
+        node: crate::node::NodeTable::compile(spec, &workloads).map(Arc::new),
         workloads,
         listener_index,
     })

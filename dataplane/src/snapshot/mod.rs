@@ -69,6 +69,9 @@ pub struct Snapshot {
     pub trace_stats: Arc<TraceStats>,
     /// The `[[workloads]]` table: metric labels by peer address.
     pub workloads: Workloads,
+    /// Node mode (`[node]`): its settings, services and the HBONE TLS configs; `None` without
+    /// `[node]`.
+    pub node: Option<Arc<crate::node::NodeTable>>,
     listener_index: HashMap<Arc<str>, usize>,
 }
 
@@ -92,6 +95,7 @@ impl Snapshot {
             tracing: None,
             trace_stats: Arc::new(TraceStats::new(0)),
             workloads: Workloads::default(),
+            node: None,
             listener_index: HashMap::new(),
         }
     }

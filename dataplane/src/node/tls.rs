@@ -1,0 +1,1 @@
+//! HBONE TLS configs: built from the identity store's service-account certificates.
