@@ -539,6 +539,7 @@ mod tests {
             key: dir.path().join("key.pem"),
             ca_bundle: dir.path().join("bundle.pem"),
             trust_bundles: Vec::new(),
+            service_accounts: Vec::new(),
         };
         std::fs::write(&files.cert, leaf.pem()).expect("write");
         std::fs::write(&files.key, key.serialize_pem()).expect("write");

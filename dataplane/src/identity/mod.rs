@@ -12,8 +12,9 @@
 //! - [`svid`]: what makes a certificate an X.509-SVID (one URI SAN, a leaf SPIFFE ID), the
 //!   [`Reason`]s of refusal, and what `/certs` shows of a certificate.
 //! - [`bundle`]: trust bundles per trust domain (federation).
-//! - [`store`]: the node's SVID, key and bundles behind one atomic pointer, reread when the files
-//!   change; it is the rustls certificate resolver of both sides and the verifiers' trust source.
+//! - [`store`]: the node's SVID, key and bundles — and in node mode one SVID per local service
+//!   account — behind one atomic pointer, reread when the files change; it is the rustls
+//!   certificate resolver of both sides and the verifiers' trust source.
 //! - [`metrics`]: handshake refusals by reason and reload errors, rendered for Prometheus.
 //!
 //! Wiring a listener (sketch):
@@ -41,6 +42,9 @@ mod tests;
 pub use bundle::{DomainBundle, FixedTrust, TrustBundles, TrustSource};
 pub use metrics::IdentityMetrics;
 pub use spiffe::{PrincipalPattern, SpiffeId, SpiffeIdError, SpiffeIdPattern, parse_patterns};
-pub use store::{IdentityFiles, LoadError, Material, Reloaded, Store, Watcher};
+pub use store::{
+    IdentityFiles, LoadError, Material, Reloaded, ServiceAccountFiles, ServiceAccountSvid, Store,
+    Watcher,
+};
 pub use svid::{CertInfo, Reason, SvidError, peer_spiffe_id, refusal_reason};
 pub use verify::{SpiffeClientVerifier, SpiffeServerVerifier, verify_svid};

@@ -32,6 +32,18 @@
 //! `{cert="identity",trust_domain,spiffe_id,serial}` and `{cert="ca",trust_domain,subject,serial}`
 //! (seconds from the scrape to notAfter, negative once expired), plus the counters of
 //! [`IdentityMetrics`].
+//!
+//! **Service accounts** (node mode, `[[identity.service_accounts]]`). The node also holds one
+//! SVID per local service account, as ztunnel does: HBONE tunnels present the source
+//! workload's, and a local destination workload's. Each is part of the same [`Material`]: read
+//! with the other files, checked like the node's SVID (key, validity, a valid SVID of its own
+//! domain's bundle as both client and server) and, in addition, its one URI SAN must be exactly
+//! `spiffe://<trust domain>/ns/<namespace>/sa/<service account>` of its entry — a certificate for
+//! another identity is a load error naming the file. A bad file refuses the whole new material,
+//! so the old keeps serving, as for the node's files. [`Material::service_account`] finds one by
+//! SPIFFE ID with a binary search (per handshake, never per request). `/certs` lists them under
+//! `identities` with `"kind": "service_account"`, and `ringmesh_cert_expiry_seconds` with
+//! `{cert="service_account",trust_domain,spiffe_id,serial}`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -73,6 +85,21 @@ pub struct IdentityFiles {
     pub ca_bundle: PathBuf,
     /// Federated trust domains and their PEM bundles.
     pub trust_bundles: Vec<(String, PathBuf)>,
+    /// Node mode: the SVIDs of local service accounts.
+    pub service_accounts: Vec<ServiceAccountFiles>,
+}
+
+/// The files of one service account's SVID (`[[identity.service_accounts]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountFiles {
+    /// Its namespace.
+    pub namespace: String,
+    /// The service account.
+    pub service_account: String,
+    /// PEM chain, leaf first; the leaf's URI SAN must be the account's SPIFFE ID.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
 }
 
 impl IdentityFiles {
@@ -88,6 +115,16 @@ impl IdentityFiles {
                 .iter()
                 .map(|b| (b.trust_domain.clone(), b.ca.clone().into()))
                 .collect(),
+            service_accounts: spec
+                .service_accounts
+                .iter()
+                .map(|a| ServiceAccountFiles {
+                    namespace: a.namespace.clone(),
+                    service_account: a.service_account.clone(),
+                    cert: a.cert.clone().into(),
+                    key: a.key.clone().into(),
+                })
+                .collect(),
         }
     }
 
@@ -96,6 +133,7 @@ impl IdentityFiles {
         [&self.cert, &self.key, &self.ca_bundle]
             .into_iter()
             .chain(self.trust_bundles.iter().map(|(_, f)| f))
+            .chain(self.service_accounts.iter().flat_map(|a| [&a.cert, &a.key]))
             .map(PathBuf::as_path)
     }
 }
@@ -130,8 +168,34 @@ pub struct Material {
     pub leaf: CertInfo,
     /// The trust bundles, the node's own domain included.
     pub bundles: Arc<TrustBundles>,
+    /// Node mode: the local service accounts' SVIDs, sorted by SPIFFE ID.
+    pub service_accounts: Box<[ServiceAccountSvid]>,
     /// Hash of the files' contents it was loaded from.
     fingerprint: u64,
+}
+
+/// One service account's SVID.
+#[derive(Debug)]
+pub struct ServiceAccountSvid {
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub id: Arc<SpiffeId>,
+    /// Chain and signing key, as rustls presents them.
+    pub certified: Arc<CertifiedKey>,
+    /// What `/certs` shows of the leaf.
+    pub leaf: CertInfo,
+    /// The certificate file.
+    pub cert_file: PathBuf,
+}
+
+impl Material {
+    /// The SVID of the local service account `id`, if the node holds one: a binary search, for
+    /// a handshake (never per request).
+    pub fn service_account(&self, id: &SpiffeId) -> Option<&ServiceAccountSvid> {
+        self.service_accounts
+            .binary_search_by(|svid| svid.id.as_str().cmp(id.as_str()))
+            .ok()
+            .map(|i| &self.service_accounts[i])
+    }
 }
 
 /// The files' contents, read together.
@@ -178,54 +242,17 @@ fn build(files: &IdentityFiles, contents: Contents, now: i64) -> Result<Material
     };
     let (cert_text, key_text, bundle_text) = (next()?, next()?, next()?);
 
-    let chain = CertificateDer::pem_slice_iter(&cert_text)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| LoadError::new(&files.cert, format!("not a PEM certificate chain: {e}")))?;
-    let leaf_der = chain
-        .first()
-        .ok_or_else(|| LoadError::new(&files.cert, "no PEM certificate in the file"))?;
-    let leaf = CertInfo::parse(leaf_der).map_err(|e| LoadError::new(&files.cert, e))?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf_der.as_ref())
-        .map_err(|e| LoadError::new(&files.cert, format!("leaf: {e}")))?;
-    let uri = single_uri_san(&parsed).map_err(|e| LoadError::new(&files.cert, e.to_string()))?;
-    let id = SpiffeId::parse(uri)
-        .map_err(|e| LoadError::new(&files.cert, format!("URI SAN {uri:?}: {e}")))?;
-    if id.trust_domain() != files.trust_domain {
-        return Err(LoadError::new(
-            &files.cert,
-            format!("{id} is not in trust domain {:?}", files.trust_domain),
-        ));
-    }
-    if now > leaf.not_after {
-        return Err(LoadError::new(
-            &files.cert,
-            format!("{id} expired at {}", rfc3339(leaf.not_after)),
-        ));
-    }
-    if now < leaf.not_before {
-        return Err(LoadError::new(
-            &files.cert,
-            format!("{id} is not valid before {}", rfc3339(leaf.not_before)),
-        ));
-    }
-
-    let key = PrivateKeyDer::from_pem_slice(&key_text)
-        .map_err(|e| LoadError::new(&files.key, format!("not a PEM private key: {e}")))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| LoadError::new(&files.key, format!("unsupported private key: {e}")))?;
-    let certified = CertifiedKey::new(chain, signing);
-    match certified.keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(e) => {
-            return Err(LoadError::new(
-                &files.key,
-                format!(
-                    "does not match the certificate {}: {e}",
-                    files.cert.display()
-                ),
-            ));
-        }
-    }
+    let (id, certified, leaf) =
+        load_svid(&files.cert, &files.key, &cert_text, &key_text, now, |id| {
+            if id.trust_domain() == files.trust_domain {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{id} is not in trust domain {:?}",
+                    files.trust_domain
+                ))
+            }
+        })?;
 
     let mut bundles = TrustBundles::new();
     let own = DomainBundle::from_pem(&files.ca_bundle.display().to_string(), &bundle_text)
@@ -240,38 +267,145 @@ fn build(files: &IdentityFiles, contents: Contents, now: i64) -> Result<Material
     // The node's own SVID must pass what its peers will check, against its own domain's bundle
     // (as either side: it serves and it connects). A leaf from a new root that the bundle does
     // not hold yet would fail every handshake; the old material keeps serving instead.
-    let at = UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(now).unwrap_or(0)));
-    let (leaf_der, intermediates) = certified
-        .cert
-        .split_first()
-        .ok_or_else(|| LoadError::new(&files.cert, "no PEM certificate in the file"))?;
-    let as_server = verify_svid(
-        &bundles,
-        leaf_der,
-        intermediates,
-        at,
-        webpki::KeyUsage::server_auth(),
-    );
-    if let Err(e) = as_server.and_then(|_| {
-        verify_svid(
-            &bundles,
-            leaf_der,
-            intermediates,
-            at,
-            webpki::KeyUsage::client_auth(),
-        )
-    }) {
-        return Err(LoadError::new(
-            &files.cert,
-            format!("is not a valid SVID of its own trust domain: {e}"),
-        ));
+    valid_for_peers(&bundles, &certified, &files.cert, now)?;
+
+    // The service accounts' SVIDs: each must be exactly its entry's identity, and pass the
+    // same checks as the node's.
+    let mut service_accounts = Vec::with_capacity(files.service_accounts.len());
+    for account in &files.service_accounts {
+        let (cert_text, key_text) = (next()?, next()?);
+        let path = format!("/ns/{}/sa/{}", account.namespace, account.service_account);
+        let expected = SpiffeId::new(&files.trust_domain, &path).map_err(|e| {
+            LoadError::new(
+                &account.cert,
+                format!(
+                    "no SPIFFE ID for namespace {:?}, service account {:?}: {e}",
+                    account.namespace, account.service_account
+                ),
+            )
+        })?;
+        let (id, certified, leaf) = load_svid(
+            &account.cert,
+            &account.key,
+            &cert_text,
+            &key_text,
+            now,
+            |id| {
+                if *id == expected {
+                    Ok(())
+                } else {
+                    Err(format!("is the certificate of {id}, not of {expected}"))
+                }
+            },
+        )?;
+        valid_for_peers(&bundles, &certified, &account.cert, now)?;
+        service_accounts.push(ServiceAccountSvid {
+            id: Arc::new(id),
+            certified: Arc::new(certified),
+            leaf,
+            cert_file: account.cert.clone(),
+        });
     }
+    service_accounts.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
     Ok(Material {
         id,
         certified: Arc::new(certified),
         leaf,
         bundles: Arc::new(bundles),
+        service_accounts: service_accounts.into(),
         fingerprint: contents.fingerprint,
+    })
+}
+
+/// Parses an SVID (`cert_text` of `cert`, `key_text` of `key`) at `now`: its one URI SAN as a
+/// SPIFFE ID, which `expect` must accept (the message goes into the error, naming `cert`), its
+/// validity and the key matching the leaf.
+fn load_svid(
+    cert: &Path,
+    key: &Path,
+    cert_text: &[u8],
+    key_text: &[u8],
+    now: i64,
+    expect: impl FnOnce(&SpiffeId) -> Result<(), String>,
+) -> Result<(SpiffeId, CertifiedKey, CertInfo), LoadError> {
+    let chain = CertificateDer::pem_slice_iter(cert_text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LoadError::new(cert, format!("not a PEM certificate chain: {e}")))?;
+    let leaf_der = chain
+        .first()
+        .ok_or_else(|| LoadError::new(cert, "no PEM certificate in the file"))?;
+    let leaf = CertInfo::parse(leaf_der).map_err(|e| LoadError::new(cert, e))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf_der.as_ref())
+        .map_err(|e| LoadError::new(cert, format!("leaf: {e}")))?;
+    let uri = single_uri_san(&parsed).map_err(|e| LoadError::new(cert, e.to_string()))?;
+    let id =
+        SpiffeId::parse(uri).map_err(|e| LoadError::new(cert, format!("URI SAN {uri:?}: {e}")))?;
+    expect(&id).map_err(|reason| LoadError::new(cert, reason))?;
+    if now > leaf.not_after {
+        return Err(LoadError::new(
+            cert,
+            format!("{id} expired at {}", rfc3339(leaf.not_after)),
+        ));
+    }
+    if now < leaf.not_before {
+        return Err(LoadError::new(
+            cert,
+            format!("{id} is not valid before {}", rfc3339(leaf.not_before)),
+        ));
+    }
+
+    let private = PrivateKeyDer::from_pem_slice(key_text)
+        .map_err(|e| LoadError::new(key, format!("not a PEM private key: {e}")))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&private)
+        .map_err(|e| LoadError::new(key, format!("unsupported private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(e) => {
+            return Err(LoadError::new(
+                key,
+                format!("does not match the certificate {}: {e}", cert.display()),
+            ));
+        }
+    }
+    Ok((id, certified, leaf))
+}
+
+/// Whether `certified` (from `file`) is a valid SVID of its own domain's bundle in `bundles` at
+/// `now`, as a server and as a client: what its peers will check.
+fn valid_for_peers(
+    bundles: &TrustBundles,
+    certified: &CertifiedKey,
+    file: &Path,
+    now: i64,
+) -> Result<(), LoadError> {
+    let at = UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(now).unwrap_or(0)));
+    let (leaf_der, intermediates) = certified
+        .cert
+        .split_first()
+        .ok_or_else(|| LoadError::new(file, "no PEM certificate in the file"))?;
+    verify_svid(
+        bundles,
+        leaf_der,
+        intermediates,
+        at,
+        webpki::KeyUsage::server_auth(),
+    )
+    .and_then(|_| {
+        verify_svid(
+            bundles,
+            leaf_der,
+            intermediates,
+            at,
+            webpki::KeyUsage::client_auth(),
+        )
+    })
+    .map(|_| ())
+    .map_err(|e| {
+        LoadError::new(
+            file,
+            format!("is not a valid SVID of its own trust domain: {e}"),
+        )
     })
 }
 
@@ -324,6 +458,15 @@ impl Store {
     /// The material in force.
     pub fn current(&self) -> Arc<Material> {
         self.current.load_full()
+    }
+
+    /// The current certificate of local service account `id` (node mode), if the node holds
+    /// one: one `ArcSwap` load and a binary search, for a handshake.
+    pub fn service_account(&self, id: &SpiffeId) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .load()
+            .service_account(id)
+            .map(|svid| Arc::clone(&svid.certified))
     }
 
     /// The counters this store (and the verifiers built on it) write.
@@ -438,17 +581,31 @@ impl Store {
                 })
             })
             .collect();
+        let mut identities = vec![json!({
+            "spiffe_id": material.id.as_str(),
+            "trust_domain": material.id.trust_domain(),
+            "path": self.files.cert.display().to_string(),
+            "serial_number": leaf.serial,
+            "valid_from": rfc3339(leaf.not_before),
+            "expiration_time": rfc3339(leaf.not_after),
+            "seconds_until_expiration": leaf.seconds_to_expiry(now),
+            "chain_length": material.certified.cert.len(),
+        })];
+        identities.extend(material.service_accounts.iter().map(|svid| {
+            json!({
+                "kind": "service_account",
+                "spiffe_id": svid.id.as_str(),
+                "trust_domain": svid.id.trust_domain(),
+                "path": svid.cert_file.display().to_string(),
+                "serial_number": svid.leaf.serial,
+                "valid_from": rfc3339(svid.leaf.not_before),
+                "expiration_time": rfc3339(svid.leaf.not_after),
+                "seconds_until_expiration": svid.leaf.seconds_to_expiry(now),
+                "chain_length": svid.certified.cert.len(),
+            })
+        }));
         json!({
-            "identities": [{
-                "spiffe_id": material.id.as_str(),
-                "trust_domain": material.id.trust_domain(),
-                "path": self.files.cert.display().to_string(),
-                "serial_number": leaf.serial,
-                "valid_from": rfc3339(leaf.not_before),
-                "expiration_time": rfc3339(leaf.not_after),
-                "seconds_until_expiration": leaf.seconds_to_expiry(now),
-                "chain_length": material.certified.cert.len(),
-            }],
+            "identities": identities,
             "trust_bundles": bundles,
             "reload_errors": self.metrics.reload_errors(),
             "last_reload_error": self.last_error().map(|e| e.to_string()),
@@ -475,6 +632,16 @@ impl Store {
             escape(&material.leaf.serial),
             material.leaf.seconds_to_expiry(now)
         );
+        for svid in material.service_accounts.iter() {
+            let _ = writeln!(
+                out,
+                "ringmesh_cert_expiry_seconds{{cert=\"service_account\",trust_domain=\"{}\",spiffe_id=\"{}\",serial=\"{}\"}} {}",
+                escape(svid.id.trust_domain()),
+                escape(svid.id.as_str()),
+                escape(&svid.leaf.serial),
+                svid.leaf.seconds_to_expiry(now)
+            );
+        }
         for (domain, bundle) in material.bundles.iter() {
             for ca in &bundle.cas {
                 let _ = writeln!(

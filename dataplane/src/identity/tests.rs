@@ -1067,6 +1067,7 @@ impl Node {
             trust_bundles: partner
                 .map(|_| vec![("partner.example".to_owned(), dir.path().join("partner.pem"))])
                 .unwrap_or_default(),
+            service_accounts: Vec::new(),
         };
         let node = Self { dir, files };
         node.write(leaf);
@@ -1477,4 +1478,158 @@ fn refusals_and_refused_files_are_logged_with_their_reason() {
         "{logs}"
     );
     assert!(logs.contains("not a PEM private key"), "{logs}");
+}
+
+const WEB_SA: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const DB_SA: &str = "spiffe://cluster.local/ns/shop/sa/db";
+
+impl Node {
+    /// Adds service account `sa` of namespace `shop` with `leaf` as its SVID.
+    fn add_service_account(&mut self, sa: &str, leaf: &Leaf) {
+        let account = ServiceAccountFiles {
+            namespace: "shop".to_owned(),
+            service_account: sa.to_owned(),
+            cert: self.dir.path().join(format!("{sa}.pem")),
+            key: self.dir.path().join(format!("{sa}-key.pem")),
+        };
+        write_atomically(&account.cert, &leaf.chain_pem());
+        write_atomically(&account.key, &leaf.key_pem);
+        self.files.service_accounts.push(account);
+    }
+
+    fn write_service_account(&self, index: usize, leaf: &Leaf) {
+        let account = &self.files.service_accounts[index];
+        write_atomically(&account.cert, &leaf.chain_pem());
+        write_atomically(&account.key, &leaf.key_pem);
+    }
+}
+
+fn id(text: &str) -> SpiffeId {
+    SpiffeId::parse(text).unwrap()
+}
+
+#[test]
+fn service_account_svids_load_with_the_node_svid_and_are_found_by_id() {
+    let world = World::new();
+    let mut node = Node::new(
+        &world.local.sign(&svid(&[SERVER])),
+        &world.local.pem(),
+        None,
+    );
+    let web = world.local.sign(&svid(&[WEB_SA]));
+    let db = world.local.sign(&svid(&[DB_SA]));
+    node.add_service_account("web", &web);
+    node.add_service_account("db", &db);
+    let store = Store::open(node.files.clone(), Arc::new(IdentityMetrics::new())).unwrap();
+    let material = store.current();
+    assert_eq!(material.service_accounts.len(), 2);
+    let found = material.service_account(&id(WEB_SA)).unwrap();
+    assert_eq!(found.id.as_str(), WEB_SA);
+    assert_eq!(found.certified.cert[0], web.chain[0]);
+    assert_eq!(
+        store.service_account(&id(DB_SA)).unwrap().cert[0],
+        db.chain[0]
+    );
+    assert!(store.service_account(&id(GOOD)).is_none(), "not held");
+
+    let json = store.certs_json(SystemTime::now());
+    let listed: Vec<_> = json["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["kind"].as_str(),
+                i["spiffe_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (None, SERVER.to_owned()),
+            (Some("service_account"), DB_SA.to_owned()),
+            (Some("service_account"), WEB_SA.to_owned()),
+        ]
+    );
+    let mut text = String::new();
+    store.render_prometheus(&mut text, SystemTime::now());
+    let prefix = format!(
+        "ringmesh_cert_expiry_seconds{{cert=\"service_account\",trust_domain=\"cluster.local\",spiffe_id=\"{WEB_SA}\",serial=\"{}\"}} ",
+        web.serial()
+    );
+    assert!(text.contains(&prefix), "{text}");
+}
+
+#[test]
+fn a_service_account_certificate_of_another_identity_is_a_load_error_naming_the_file() {
+    let world = World::new();
+    let mut node = Node::new(
+        &world.local.sign(&svid(&[SERVER])),
+        &world.local.pem(),
+        None,
+    );
+    node.add_service_account("web", &world.local.sign(&svid(&[DB_SA])));
+    let error = Store::open(node.files.clone(), Arc::new(IdentityMetrics::new())).unwrap_err();
+    assert_eq!(error.file, node.files.service_accounts[0].cert);
+    assert!(
+        error
+            .reason
+            .contains(&format!("is the certificate of {DB_SA}, not of {WEB_SA}")),
+        "{error}"
+    );
+
+    // Other refusals name the service account's files too: a rogue CA, a key of another leaf.
+    let mut node = Node::new(
+        &world.local.sign(&svid(&[SERVER])),
+        &world.local.pem(),
+        None,
+    );
+    node.add_service_account("web", &world.rogue.sign(&svid(&[WEB_SA])));
+    let error = Store::open(node.files.clone(), Arc::new(IdentityMetrics::new())).unwrap_err();
+    assert_eq!(error.file, node.files.service_accounts[0].cert);
+    assert!(error.reason.contains("not a valid SVID"), "{error}");
+    let mut node = Node::new(
+        &world.local.sign(&svid(&[SERVER])),
+        &world.local.pem(),
+        None,
+    );
+    node.add_service_account("web", &world.local.sign(&svid(&[WEB_SA])));
+    let other = world.local.sign(&svid(&[WEB_SA]));
+    write_atomically(&node.files.service_accounts[0].key, &other.key_pem);
+    let error = Store::open(node.files.clone(), Arc::new(IdentityMetrics::new())).unwrap_err();
+    assert_eq!(error.file, node.files.service_accounts[0].key);
+}
+
+#[test]
+fn service_account_files_rotate_on_reload_and_bad_ones_keep_the_old_material() {
+    let world = World::new();
+    let mut node = Node::new(
+        &world.local.sign(&svid(&[SERVER])),
+        &world.local.pem(),
+        None,
+    );
+    let first = world.local.sign(&svid(&[WEB_SA]));
+    node.add_service_account("web", &first);
+    let metrics = Arc::new(IdentityMetrics::new());
+    let store = Store::open(node.files.clone(), Arc::clone(&metrics)).unwrap();
+    let serial = |store: &Store| {
+        CertInfo::parse(&store.service_account(&id(WEB_SA)).unwrap().cert[0])
+            .unwrap()
+            .serial
+    };
+    assert_eq!(serial(&store), first.serial());
+
+    let second = world.local.sign(&svid(&[WEB_SA]));
+    node.write_service_account(0, &second);
+    assert_eq!(store.reload(), Ok(Reloaded::Swapped));
+    assert_eq!(serial(&store), second.serial());
+
+    // A certificate for another identity: refused, counted, the old one keeps serving.
+    node.write_service_account(0, &world.local.sign(&svid(&[DB_SA])));
+    let error = store.reload().unwrap_err();
+    assert_eq!(error.file, node.files.service_accounts[0].cert);
+    assert_eq!(metrics.reload_errors(), 1);
+    assert_eq!(serial(&store), second.serial());
+    assert_eq!(store.last_error().as_deref(), Some(&error));
 }
