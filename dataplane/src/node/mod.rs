@@ -13,3 +13,4 @@ pub mod table;
 pub mod tls;
 
 pub use table::{Destination, NodeTable, Service};
+pub use tls::NodeTls;

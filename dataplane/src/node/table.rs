@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use config_schema::{CaptureMode, ConfigSpec, LbPolicy, NodeSpec, PeerAuthenticationMode};
 
+use crate::identity::{IdentityMetrics, Store};
+use crate::node::NodeTls;
 use crate::upstream::lb::{Balancer, InFlightGuard, LbState, LbStates};
 use crate::workload::{Workload, Workloads, canonical};
 
@@ -103,6 +105,8 @@ pub struct NodeTable {
     pub connect_timeout: Duration,
     /// The workload table (the snapshot's, shared).
     pub workloads: Workloads,
+    /// The HBONE TLS configs, when `[identity]` gives the node a store (see [`NodeTls`]).
+    pub tls: Option<NodeTls>,
     services: Box<[Arc<Service>]>,
     /// One per service, indexed like `services`.
     balancers: Box<[Balancer]>,
@@ -167,10 +171,30 @@ impl NodeTable {
             mark: node.mark,
             connect_timeout: node.connect_timeout.get(),
             workloads: workloads.clone(),
+            tls: None,
             services: services.into(),
             balancers: balancers.into(),
             by_vip: by_vip.into(),
         })
+    }
+
+    /// The table with its HBONE TLS configs built from the identity `store`: servers for its
+    /// service accounts, clients towards every identity the table reaches over HBONE.
+    pub fn with_tls(
+        mut self,
+        store: &Arc<Store>,
+        metrics: &Arc<IdentityMetrics>,
+    ) -> Result<Self, rustls::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let expected: Vec<_> = self
+            .workloads
+            .iter()
+            .filter(|w| w.protocol == config_schema::WorkloadProtocol::Hbone)
+            .filter_map(|w| w.spiffe_id.clone())
+            .filter(|id| seen.insert(Arc::clone(id)))
+            .collect();
+        self.tls = Some(NodeTls::new(store, metrics, expected)?);
+        Ok(self)
     }
 
     /// The services, in config order.

@@ -316,6 +316,20 @@ pub fn compile_with(
             },
         };
 
+    // Node mode: the table, and with [identity] the HBONE TLS configs (built here, once per
+    // generation, never per connection).
+    let node = match (
+        crate::node::NodeTable::compile(spec, &workloads),
+        mesh.store.as_ref(),
+    ) {
+        (Some(table), Some(store)) => {
+            Some(Arc::new(table.with_tls(store, &mesh.metrics).map_err(
+                |e| vec![config.error_at("node", format!("HBONE TLS: {e}"))],
+            )?))
+        }
+        (table, _) => table.map(Arc::new),
+    };
+
     Ok(Snapshot {
         generation,
         tracing,
@@ -327,7 +341,7 @@ pub fn compile_with(
         route_stats,
         access_log,
         policies,
-        node: crate::node::NodeTable::compile(spec, &workloads).map(Arc::new),
+        node,
         workloads,
         listener_index,
     })
