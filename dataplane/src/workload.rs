@@ -153,9 +153,8 @@ impl Workloads {
         self.by_address.is_empty()
     }
 
-    /// Every workload once, in address order of its first listed address (a workload with
-    /// several addresses appears at each; this yields it once per address it has, so callers
-    /// that need each workload once filter by name).
+    /// The workloads in address order, each once per address it has (for compile-time scans;
+    /// callers that need each workload once deduplicate).
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Workload>> {
         self.by_address.iter().map(|(_, w)| w)
     }

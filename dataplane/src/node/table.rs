@@ -141,8 +141,11 @@ impl NodeTable {
                 })
                 .collect();
             let name = format!("{}/{}", s.namespace, s.name);
-            // Only round_robin, random and least_request pass validation; none needs a hash.
-            let balancer = Balancer::from_parts(&name, s.lb_policy, &parts, None).ok()?;
+            // Only round_robin, random and least_request pass validation, and none of them needs
+            // a hash policy; a hash policy (refused by validation) would fall back to round robin.
+            let balancer = Balancer::from_parts(&name, s.lb_policy, &parts, None)
+                .or_else(|_| Balancer::from_parts(&name, LbPolicy::RoundRobin, &parts, None))
+                .expect("round robin needs no hash policy");
             for address in &s.addresses {
                 for port in &s.ports {
                     let target = port.target_port.unwrap_or(port.port);
