@@ -309,3 +309,57 @@ fn no_config_without_a_certificate_or_for_an_identity_the_table_does_not_reach()
     assert!(node.client(&id(WEB), &stranger).is_none());
     assert!(node.client(&id(WEB), &id(DB)).is_some());
 }
+
+#[test]
+fn the_node_table_builds_clients_towards_its_hbone_workloads() {
+    use config_schema::{ConfigSpec, WorkloadProtocol, WorkloadSpec};
+    let pki = Pki::new();
+    let metrics = Arc::new(IdentityMetrics::new());
+    let store = pki.store(&metrics);
+    let workload = |name: &str, sa: &str, ip: &str, node: &str, protocol| WorkloadSpec {
+        name: name.into(),
+        namespace: "shop".into(),
+        addresses: vec![ip.parse().unwrap()],
+        app: None,
+        version: None,
+        node: Some(node.into()),
+        service_account: sa.into(),
+        protocol,
+        mode: None,
+    };
+    let spec = ConfigSpec {
+        node: Some(crate::workload::tests::node("n1")),
+        workloads: vec![
+            workload("web-1", "web", "10.0.1.2", "n1", None),
+            workload("api-1", "api", "10.0.2.2", "n2", None),
+            workload("db-1", "db", "10.0.2.3", "n2", Some(WorkloadProtocol::Tcp)),
+        ],
+        ..ConfigSpec::default()
+    };
+    let workloads = crate::workload::Workloads::compile(
+        &spec.workloads,
+        spec.node.as_ref(),
+        Some("cluster.local"),
+    );
+    let table = crate::node::NodeTable::compile(&spec, &workloads)
+        .unwrap()
+        .with_tls(&store, &metrics)
+        .unwrap();
+    let tls = table.tls.as_ref().unwrap();
+    assert!(
+        tls.client(&id(WEB), &id(API)).is_some(),
+        "api is reached over HBONE"
+    );
+    assert!(
+        tls.client(&id(WEB), &id(WEB)).is_some(),
+        "so is web (on its own node)"
+    );
+    assert!(
+        tls.client(&id(WEB), &id(DB)).is_none(),
+        "db is reached over plain TCP"
+    );
+    assert!(
+        tls.server(&id(DB)).is_some(),
+        "a server for every service account held"
+    );
+}
