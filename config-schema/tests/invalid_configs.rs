@@ -532,10 +532,10 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
     // Node mode (issue 13) lands its keys before the data plane acts on them.
     let cases: Vec<(String, &str, &str, &str)> = vec![
         (
-            format!("{BASE}\n[node]\nname = \"n1\"\noutbound = \"bad\"\n"),
-            "node",
-            "[node]",
-            "no traffic would be captured",
+            format!("{BASE}\n[node]\nname = \"n1\"\nmode = \"strict\"\n"),
+            "node.mode",
+            "mode = \"strict\"",
+            "plaintext would not be refused",
         ),
         (
             format!("{BASE}\n[[services]]\nname = \"s\"\n"),

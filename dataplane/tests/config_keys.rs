@@ -106,6 +106,34 @@ const READ_OUTSIDE_THE_SNAPSHOT: &[(&str, &str)] = &[
          configs through snapshot::compile_with",
     ),
     (
+        "node.name",
+        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+    ),
+    (
+        "node.outbound",
+        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+    ),
+    (
+        "node.inbound",
+        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+    ),
+    (
+        "node.hbone",
+        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+    ),
+    (
+        "node.capture",
+        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+    ),
+    (
+        "node.hbone_port",
+        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+    ),
+    (
+        "node.mark",
+        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+    ),
+    (
         "telemetry.source_workload",
         "admin::istio::series (the source_workload of series the workload table does not name), \
          from the snapshot's spec at every scrape",
