@@ -54,6 +54,9 @@ pub fn validate_with<'a>(
         check.authorization_policy(&format!("authorization_policies[{i}]"), policy);
     }
     check.workloads(&spec.workloads);
+    if let Some(node) = &spec.node {
+        check.node_capture(node);
+    }
     check.issues
 }
 
@@ -1329,6 +1332,43 @@ impl<'a> Checker<'a> {
 
     /// `[[workloads]]`: names and namespaces are label values (non-empty, no control
     /// characters), a name is unique in its namespace, and an address names one workload.
+    /// What the capture rules (`ringmesh node rules`) need of `[node]`.
+    fn node_capture(&mut self, node: &NodeSpec) {
+        if node.mark == 0 {
+            self.issue(
+                "node.mark",
+                "must not be 0: every unmarked packet would be taken for ringmesh's own",
+            );
+        }
+        if node.mark == 0x111 {
+            self.issue(
+                "node.mark",
+                "0x111 is the mark the capture rules give replies to transparent sockets; pick another",
+            );
+        }
+        let mut ports = HashMap::new();
+        for (key, address) in [
+            ("outbound", node.outbound),
+            ("inbound", node.inbound),
+            ("hbone", node.hbone),
+        ] {
+            let Some(address) = address else { continue };
+            if address.ip().is_loopback() {
+                self.issue(
+                    format!("node.{key}"),
+                    "captured connections arrive on the pods' interfaces, never on loopback; \
+                     listen on 0.0.0.0 or [::]",
+                );
+            }
+            if let Some(other) = ports.insert(address.port(), key) {
+                self.issue(
+                    format!("node.{key}"),
+                    format!("port {} is also node.{other}'s", address.port()),
+                );
+            }
+        }
+    }
+
     fn workloads(&mut self, workloads: &[WorkloadSpec]) {
         let mut names = HashSet::new();
         let mut owners: HashMap<std::net::IpAddr, usize> = HashMap::new();

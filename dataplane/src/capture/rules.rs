@@ -460,14 +460,20 @@ node = "b"
 
     #[test]
     fn configs_the_rules_cannot_serve_are_refused() {
+        // The loader refuses these too; the rules do not rely on it.
+        let mut loopback = spec("outbound = \"0.0.0.0:15001\"");
+        if let Some(node) = loopback.node.as_mut() {
+            node.outbound = Some("127.0.0.1:15001".parse().expect("addr"));
+        }
         assert!(matches!(
-            build(&spec("outbound = \"127.0.0.1:15001\"")),
+            build(&loopback),
             Err(RulesError::LoopbackListener("outbound", _))
         ));
-        assert!(matches!(
-            build(&spec("outbound = \"0.0.0.0:15001\"\nmark = 0x111")),
-            Err(RulesError::MarkCollides)
-        ));
+        let mut collides = spec("outbound = \"0.0.0.0:15001\"");
+        if let Some(node) = collides.node.as_mut() {
+            node.mark = ROUTE_MARK;
+        }
+        assert!(matches!(build(&collides), Err(RulesError::MarkCollides)));
         assert!(matches!(
             build(&ConfigSpec::default()),
             Err(RulesError::NoNode)
