@@ -12,7 +12,7 @@
 # state `up` left (it is what `up` runs on failure). `--no-ringmesh` builds the namespaces, the
 # certificates and the configs only: the direct pod-to-pod path, without capture.
 # Needs root, iproute2, nftables, openssl.
-set -euo pipefail
+set -Eeuo pipefail
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 command="${1:-}"
