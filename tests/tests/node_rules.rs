@@ -239,14 +239,14 @@ fn apply_is_idempotent_and_remove_takes_everything_out() {
     }
 }
 
-/// A Python server in `ns` on `port` that answers each of `count` connections with a line
+/// A Python server in `ns` on `port` that answers each connection with a line, `tag` and
 /// (`mode` `redirect`: the original destination from `SO_ORIGINAL_DST`; `tproxy`: the local
 /// address of a transparent listener; `peer`: the client's address), then closes it. Returns
 /// once it listens.
-fn line_server(bed: &Testbed, ns: &str, port: u16, mode: &str) -> Child {
+fn line_server(bed: &Testbed, ns: &str, port: u16, mode: &str, tag: &str) -> Child {
     let script = r#"
 import socket, struct, sys
-port, mode = int(sys.argv[1]), sys.argv[2]
+port, mode, tag = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 if mode == "tproxy":
@@ -265,11 +265,11 @@ while True:
         answer = "%s:%d" % conn.getsockname()
     else:
         answer = "%s" % peer[0]
-    conn.sendall((answer + "\n").encode())
+    conn.sendall(("%s %s\n" % (tag, answer)).encode())
     conn.close()
 "#;
     let mut command = Command::new(tests::python());
-    command.args(["-c", script, &port.to_string(), mode]);
+    command.args(["-c", script, &port.to_string(), mode, tag]);
     let mut child = bed.spawn(ns, &command).expect("spawn server");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
@@ -329,20 +329,22 @@ fn a_pod_connection_to_another_node_is_captured_with_its_original_destination() 
         bed.run(&node_a, &rules_command(&path, Some("--apply")))
             .expect("apply on node a");
 
-        let server = line_server(&bed, &node_a, OUTBOUND, capture.name());
+        let server = line_server(&bed, &node_a, OUTBOUND, capture.name(), "outbound");
         let a1 = bed.pod(0, 0);
         let b1 = bed.pod(1, 0);
         let target = format!("{}:8080", b1.address);
         let seen = line_client(&bed, &a1.namespace, &target, None);
         assert_eq!(
-            seen, target,
+            seen,
+            format!("outbound {target}"),
             "{capture:?}: the listener saw another destination"
         );
         // Same node: A1 to A2 goes through node A's stack, and is captured too.
         let same_node = format!("{}:9090", bed.pod(0, 1).address);
         let seen = line_client(&bed, &a1.namespace, &same_node, None);
         assert_eq!(
-            seen, same_node,
+            seen,
+            format!("outbound {same_node}"),
             "{capture:?}: same-node traffic was not captured"
         );
         finish(server);
@@ -364,14 +366,50 @@ fn a_transparent_connection_from_the_node_keeps_the_source_pod_address() {
             .expect("apply on node b");
 
         let b1 = bed.pod(1, 0);
-        let server = line_server(&bed, &b1.namespace, 9000, "peer");
+        let server = line_server(&bed, &b1.namespace, 9000, "peer", "b1");
         let a1 = bed.pod(0, 0).address.to_string();
         // As ringmesh on node B connects for a tunnel from A1: from A1's address, marked. The
         // reply from B1 is addressed to A1, which node B routes to node A unless the rules
         // deliver it to the transparent socket.
         let seen = line_client(&bed, &node_b, &format!("{}:9000", b1.address), Some(&a1));
-        assert_eq!(seen, a1, "{capture:?}: B1 saw another peer");
+        assert_eq!(seen, format!("b1 {a1}"), "{capture:?}: B1 saw another peer");
         finish(server);
+
+        let namespaces = bed.namespaces().to_vec();
+        drop(bed);
+        assert_gone(&namespaces);
+    }
+}
+
+#[test]
+fn connections_to_a_local_pod_reach_the_hbone_or_the_inbound_listener() {
+    for capture in [Capture::Redirect, Capture::Tproxy] {
+        let bed = Testbed::new(2, 1).expect("testbed");
+        let node_a = bed.node(0).namespace.clone();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(&dir, &config("a", capture, false));
+        bed.run(&node_a, &rules_command(&path, Some("--apply")))
+            .expect("apply on node a");
+        let hbone = line_server(&bed, &node_a, HBONE, capture.name(), "hbone");
+        let inbound = line_server(&bed, &node_a, INBOUND, capture.name(), "inbound");
+
+        let a1 = bed.pod(0, 0).address;
+        let b1 = &bed.pod(1, 0).namespace;
+        // From the other node's pod (a tunnel would come from its node; the rule is the same).
+        let tunnel = format!("{a1}:15008");
+        assert_eq!(
+            line_client(&bed, b1, &tunnel, None),
+            format!("hbone {tunnel}"),
+            "{capture:?}"
+        );
+        let plaintext = format!("{a1}:8080");
+        assert_eq!(
+            line_client(&bed, b1, &plaintext, None),
+            format!("inbound {plaintext}"),
+            "{capture:?}"
+        );
+        finish(hbone);
+        finish(inbound);
 
         let namespaces = bed.namespaces().to_vec();
         drop(bed);
