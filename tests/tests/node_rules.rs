@@ -2,7 +2,9 @@
 //! `--apply` and `--remove` are idempotent in a fresh namespace; and, in a two-node [`Testbed`]
 //! with the rules applied, the capture works without ringmesh's listeners: a pod's connection to
 //! a pod on the other node reaches a stand-in listener on the outbound port, which reads the
-//! original destination (`SO_ORIGINAL_DST` for redirect, the local address for tproxy); and a
+//! original destination (`SO_ORIGINAL_DST` for redirect, the local address for tproxy), and so
+//! does one to a pod on the same node; a connection from the other node to a local pod reaches
+//! the hbone listener on `hbone_port` and the inbound listener on any other port; and a
 //! transparent connection from node B bound to pod A1's address reaches pod B1, which sees A1 as
 //! its peer (the reply path the rules route back locally). Each runs in both capture modes.
 //!
