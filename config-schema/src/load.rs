@@ -162,6 +162,7 @@ const SECTIONS: &[(&str, bool)] = &[
     ("clusters", true),
     ("authorization_policies", true),
     ("workloads", true),
+    ("node", false),
 ];
 
 /// What deserialization produced: a spec (elements that did not fit are left out), the shape
@@ -225,6 +226,11 @@ pub(crate) fn deserialize(text: &str) -> Result<Loaded, Vec<ConfigError>> {
                 );
             }
             "workloads" => loader.list("workloads", value, &mut spec.workloads),
+            "node" => {
+                let mut node = None;
+                loader.section(name, value, &mut node);
+                spec.node = node;
+            }
             _ => {
                 let known: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
                 let message = format!(

@@ -1328,6 +1328,37 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// What the capture rules (`ringmesh node rules`) need of `[node]`: a mark that is neither
+    /// 0 nor the rules' own, and listeners off loopback. (Overlapping listener addresses are
+    /// checked with the rest of `[node]`.)
+    fn node_capture(&mut self, node: &NodeSpec) {
+        if node.mark == 0 {
+            self.issue(
+                "node.mark",
+                "must not be 0: every unmarked packet would be taken for ringmesh's own",
+            );
+        }
+        if node.mark == 0x111 {
+            self.issue(
+                "node.mark",
+                "0x111 is the mark the capture rules give replies to transparent sockets; pick another",
+            );
+        }
+        for (key, address) in [
+            ("outbound", node.outbound),
+            ("inbound", node.inbound),
+            ("hbone", node.hbone),
+        ] {
+            if address.is_some_and(|a| a.ip().is_loopback()) {
+                self.issue(
+                    format!("node.{key}"),
+                    "captured connections arrive on the pods' interfaces, never on loopback; \
+                     listen on 0.0.0.0 or [::]",
+                );
+            }
+        }
+    }
+
     /// `[[workloads]]`: names and namespaces are label values (non-empty, no control
     /// characters), a name is unique in its namespace, and an address names one workload.
     fn workloads(&mut self, workloads: &[WorkloadSpec]) {
@@ -1456,6 +1487,7 @@ impl<'a> Checker<'a> {
     }
 
     fn node(&mut self, node: &NodeSpec, spec: &ConfigSpec) {
+        self.node_capture(node);
         if node.name.is_empty() || node.name.chars().any(char::is_control) {
             self.issue(
                 "node.name",

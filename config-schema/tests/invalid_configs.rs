@@ -532,10 +532,10 @@ fn keys_the_data_plane_does_not_act_on_are_rejected_once_at_their_line() {
     // Node mode (issue 13) lands its keys before the data plane acts on them.
     let cases: Vec<(String, &str, &str, &str)> = vec![
         (
-            format!("{BASE}\n[node]\nname = \"n1\"\noutbound = \"bad\"\n"),
-            "node",
-            "[node]",
-            "no traffic would be captured",
+            format!("{BASE}\n[node]\nname = \"n1\"\nmode = \"strict\"\n"),
+            "node.mode",
+            "mode = \"strict\"",
+            "plaintext would not be refused",
         ),
         (
             format!("{BASE}\n[[services]]\nname = \"s\"\n"),
@@ -814,4 +814,47 @@ fn mtls_and_identity_mistakes_are_reported_at_their_line() {
         "protocol = \"auto\"\ntls = { cert = \"c.pem\", key = \"k.pem\", client_ca = \"ca.pem\", require_client_cert = true }",
     );
     assert!(parse(&text).is_ok(), "{:?}", parse(&text).err());
+}
+
+/// `[node]` values the capture rules cannot serve are refused at their line.
+#[test]
+fn node_capture_settings_the_rules_cannot_serve_are_rejected() {
+    let cases = [
+        (
+            "outbound = \"127.0.0.1:15001\"",
+            "node.outbound",
+            "never on loopback",
+        ),
+        (
+            "outbound = \"0.0.0.0:15001\"\nmark = 0",
+            "node.mark",
+            "must not be 0",
+        ),
+        (
+            "outbound = \"0.0.0.0:15001\"\nmark = 0x111",
+            "node.mark",
+            "0x111",
+        ),
+        (
+            "outbound = \"0.0.0.0:15001\"\nhbone = \"0.0.0.0:15001\"",
+            "node.hbone",
+            "also node.outbound's",
+        ),
+    ];
+    for (lines, path, needle) in cases {
+        let text = format!("{BASE}\n[node]\nname = \"n1\"\n{lines}\n");
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{path}: {errors:#?}");
+        assert_eq!(errors[0].path, path);
+        let key = path.trim_start_matches("node.");
+        let line = text
+            .lines()
+            .collect::<Vec<_>>()
+            .iter()
+            .rposition(|l| l.starts_with(&format!("{key} =")))
+            .map(|i| i + 1)
+            .expect("the key's line");
+        assert_eq!(errors[0].line, line, "{path}");
+        assert!(errors[0].message.contains(needle), "{}", errors[0].message);
+    }
 }

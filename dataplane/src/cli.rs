@@ -56,6 +56,28 @@ enum Command {
     },
     /// Print the JSON Schema of the config format.
     Schema,
+    /// Node mode.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Print the capture rules (nftables table `inet ringmesh` and policy routing) for a
+    /// config's `[node]`; with --apply install them in this network namespace, with --remove take
+    /// them out.
+    Rules {
+        /// Config file.
+        file: PathBuf,
+        /// Install the rules here, replacing older ringmesh rules (running it twice is harmless).
+        #[arg(long, conflicts_with = "remove")]
+        apply: bool,
+        /// Remove ringmesh's rules from this network namespace (no error when there are none).
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -84,6 +106,14 @@ pub fn main() -> ExitCode {
             print!("{}", config_schema::json_schema());
             ExitCode::SUCCESS
         }
+        Some(Command::Node {
+            command:
+                NodeCommand::Rules {
+                    file,
+                    apply,
+                    remove,
+                },
+        }) => node_rules(&file, apply, remove),
         None => {
             init_logging(&cli.log_level);
             let Some(config_path) = cli.config else {
@@ -128,6 +158,56 @@ fn validate(file: &std::path::Path, check_files: bool) -> ExitCode {
                 eprintln!("{}:{e}", file.display());
             }
             eprintln!("{}: {} error(s)", file.display(), errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ringmesh node rules`: `--remove` needs no valid config (it takes out whatever ringmesh
+/// installed), so a broken config never stands in the way of cleaning up.
+fn node_rules(file: &std::path::Path, apply: bool, remove: bool) -> ExitCode {
+    use crate::capture::rules::{self, Rules};
+    if remove {
+        return match Rules::remove() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringmesh node rules --remove: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match config_schema::parse(&text) {
+        Ok(config) => config,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}:{e}", file.display());
+            }
+            eprintln!("{}: {} error(s)", file.display(), errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rules = match rules::build(&config.spec) {
+        Ok(rules) => rules,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if !apply {
+        print!("{}", rules.text());
+        return ExitCode::SUCCESS;
+    }
+    match rules.apply() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringmesh node rules --apply: {e}");
             ExitCode::FAILURE
         }
     }

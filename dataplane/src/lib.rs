@@ -37,6 +37,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod capture;
 pub mod cli;
 pub mod contain;
 pub mod core;

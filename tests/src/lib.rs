@@ -36,6 +36,7 @@ pub mod client;
 pub mod exchange;
 pub mod h2;
 pub mod http;
+pub mod netns;
 pub mod peers;
 pub mod pki;
 pub mod proxy;
