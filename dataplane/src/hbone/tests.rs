@@ -47,6 +47,8 @@ struct Pki {
     ca_pem: String,
     client: (Vec<CertificateDer<'static>>, String),
     server: (Vec<CertificateDer<'static>>, String),
+    /// The client SVID in PEM, for the Python client.
+    client_pem: String,
 }
 
 fn pki() -> Pki {
@@ -77,12 +79,14 @@ fn pki() -> Pki {
         ];
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &ca).unwrap();
-        (vec![cert.der().clone()], key.serialize_pem())
+        (vec![cert.der().clone()], key.serialize_pem(), cert.pem())
     };
+    let (client, server) = (leaf(CLIENT_ID), leaf(SERVER_ID));
     Pki {
         ca_pem: ca.pem(),
-        client: leaf(CLIENT_ID),
-        server: leaf(SERVER_ID),
+        client: (client.0, client.1),
+        server: (server.0, server.1),
+        client_pem: client.2,
     }
 }
 
@@ -761,4 +765,161 @@ async fn a_server_with_another_identity_is_refused() {
         )
         .await;
     assert!(matches!(refused, Err(HboneError::Tls(_))), "{refused:?}");
+}
+
+/// A bare `h2` server that answers 200 to every CONNECT and holds the stream open, allowing
+/// `max_streams` concurrent streams: what a client must respect when a server allows fewer than
+/// a hundred.
+fn start_small_server(pki: &Pki, max_streams: u32) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let config = pki.server_config();
+    monoio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let config = Arc::clone(&config);
+            monoio::spawn(async move {
+                let io = monoio::io::IntoPollIo::into_poll_io(stream).unwrap();
+                let mut tls =
+                    crate::tls::TlsStream::new(io, rustls::ServerConnection::new(config).unwrap());
+                if tls.handshake().await.is_err() {
+                    return;
+                }
+                let io = crate::http::h2::io::H2Io::client(Transport::Tls(
+                    Box::new(tls),
+                    Box::default(),
+                ))
+                .unwrap();
+                let mut h2 = h2::server::Builder::new()
+                    .max_concurrent_streams(max_streams)
+                    .handshake::<_, bytes::Bytes>(io)
+                    .await
+                    .unwrap();
+                let mut held = Vec::new();
+                while let Some(Ok((request, mut respond))) = h2.accept().await {
+                    let ok = http::Response::builder().status(200).body(()).unwrap();
+                    held.push((request, respond.send_response(ok, false).unwrap()));
+                }
+            });
+        }
+    });
+    address
+}
+
+#[monoio::test_all(timer_enabled = true)]
+async fn a_server_allowing_fewer_streams_gets_no_more() {
+    let pki = pki();
+    let server = start_small_server(&pki, 10);
+    let counters = Arc::new(HboneCounters::default());
+    let pool = HbonePool::new(Arc::clone(&counters));
+    let key = pool_key(server);
+    let config = pki.client_config(true);
+    let target = SocketAddr::new(LOCALHOST, 9);
+    let mut tunnels = Vec::new();
+    for _ in 0..15 {
+        let tunnel = pool
+            .connect(&key, &config, &ConnectRequest::new(target, None), options())
+            .await
+            .unwrap();
+        tunnels.push(tunnel);
+    }
+    let mut streams = pool.streams(&key);
+    streams.sort_unstable();
+    assert_eq!(streams, vec![5, 10]);
+    assert_eq!(counters.connections_opened.get(), 2);
+}
+
+/// The interpreter with the `h2` package: `RINGMESH_PYTHON` (CI sets it), else the repository's
+/// `.venv`, as the integration tests find it.
+fn python() -> std::path::PathBuf {
+    if let Some(python) = std::env::var_os("RINGMESH_PYTHON") {
+        return python.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python3");
+    assert!(
+        venv.is_file(),
+        "no test virtualenv at {}: run `.ci/run`, or set RINGMESH_PYTHON to a python3 with `h2`",
+        venv.display()
+    );
+    venv
+}
+
+/// A client the repo did not write: Python's `ssl` and `h2` packages, speaking HBONE as
+/// ztunnel does.
+const PYTHON_CLIENT: &str = r#"
+import socket, ssl, sys
+import h2.connection, h2.config, h2.events
+
+port, target, certs = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.check_hostname = False
+ctx.load_verify_locations(certs + "/ca.pem")
+ctx.load_cert_chain(certs + "/client.pem", certs + "/client.key")
+ctx.set_alpn_protocols(["h2"])
+sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()
+conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+conn.initiate_connection()
+stream = conn.get_next_available_stream_id()
+conn.send_headers(stream, [(":method", "CONNECT"), (":authority", target),
+                           ("forwarded", 'for="10.9.8.7:1234"')])
+sock.sendall(conn.data_to_send())
+status, echoed, sent, ended = None, b"", False, False
+payload = b"hello through hbone " * 1000
+while not ended:
+    data = sock.recv(65536)
+    if not data:
+        break
+    for event in conn.receive_data(data):
+        if isinstance(event, h2.events.ResponseReceived):
+            status = dict(event.headers)[b":status"].decode()
+            if status == "200" and not sent:
+                conn.send_data(stream, payload, end_stream=True)
+                sent = True
+        elif isinstance(event, h2.events.DataReceived):
+            echoed += event.data
+            conn.acknowledge_received_data(event.flow_controlled_length, stream)
+        elif isinstance(event, h2.events.StreamEnded):
+            ended = True
+    sock.sendall(conn.data_to_send())
+print(status, len(echoed), echoed == payload, ended)
+"#;
+
+#[monoio::test_all(timer_enabled = true)]
+async fn python_h2_client_interoperates() {
+    let pki = pki();
+    let server = start_server(&pki, None);
+    let echo = start_echo();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(dir.path().join("client.pem"), &pki.client_pem).unwrap();
+    std::fs::write(dir.path().join("client.key"), &pki.client.1).unwrap();
+    std::fs::write(dir.path().join("client.py"), PYTHON_CLIENT).unwrap();
+    let mut command = std::process::Command::new(python());
+    command
+        .arg(dir.path().join("client.py"))
+        .arg(server.address.port().to_string())
+        .arg(echo.to_string())
+        .arg(dir.path());
+    // The client blocks; it runs on a thread of its own while this runtime serves it.
+    let child = std::thread::spawn(move || command.output());
+    within("the Python client", async {
+        while !child.is_finished() {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let output = child.join().unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python client failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.trim(), "200 20000 True True");
+    let seen = server.seen.requests.borrow();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, echo);
+    assert_eq!(seen[0].source, Some("10.9.8.7:1234".parse().unwrap()));
+    assert_eq!(seen[0].peer.as_ref().map(SpiffeId::as_str), Some(CLIENT_ID));
 }
