@@ -97,13 +97,15 @@ pub struct ServerOptions {
 }
 
 /// Serves CONNECT streams on `connection` until the client closes it, for the workload at
-/// `tunnel_for`. Each stream runs on a task of its own (hence the `Rc` handler).
+/// `tunnel_for`. Each stream runs on a task of its own (hence the `Rc` handler). When `drain`
+/// fires (the worker's drain), GOAWAY(NO_ERROR) refuses new streams and those open finish.
 pub async fn serve<H: ConnectHandler + 'static>(
     connection: Transport,
     tunnel_for: IpAddr,
     handler: Rc<H>,
     options: &ServerOptions,
     counters: Arc<HboneCounters>,
+    drain: &Event,
 ) {
     let mut connection = connection;
     let peer: Option<SpiffeId> = connection
@@ -136,9 +138,21 @@ pub async fn serve<H: ConnectHandler + 'static>(
         }
         Err(_) => return,
     };
+    let mut draining = false;
     loop {
+        let drain_signal = async {
+            if draining {
+                std::future::pending::<()>().await;
+            }
+            drain.wait().await;
+        };
         let accepted = monoio::select! {
             accepted = h2.accept() => accepted,
+            () = drain_signal => {
+                draining = true;
+                h2.graceful_shutdown();
+                continue;
+            }
             () = tripped.wait() => {
                 let abuse = guard.borrow().broken();
                 debug!(abuse = abuse.map_or("unknown", |a| a.name()), "closing abusive HBONE connection");

@@ -28,7 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use super::client::{ConnectOptions, HbonePool, PoolKey};
 use super::server::{ConnectHandler, Opened, Refusal, ServerOptions};
 use super::*;
-use crate::event::Signal;
+use crate::event::{Event, Signal};
 use crate::identity::{
     DomainBundle, FixedTrust, IdentityMetrics, SpiffeClientVerifier, SpiffeIdPattern,
     SpiffeServerVerifier, TrustBundles,
@@ -211,6 +211,8 @@ struct Server {
     close: Rc<Signal>,
     counters: Arc<HboneCounters>,
     handshake_failures: Rc<Cell<u32>>,
+    /// The worker's drain, for the server.
+    drain: Rc<Event>,
 }
 
 fn start_server(pki: &Pki, refuse: Option<Refusal>) -> Server {
@@ -226,11 +228,14 @@ fn start_server(pki: &Pki, refuse: Option<Refusal>) -> Server {
     let counters = Arc::new(HboneCounters::default());
     let handshake_failures = Rc::new(Cell::new(0));
     let config = pki.server_config();
+    let drain = Event::new();
+    let task_drain = Rc::clone(&drain);
     let (task_counters, failures) = (Arc::clone(&counters), Rc::clone(&handshake_failures));
     monoio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (config, handler) = (Arc::clone(&config), Rc::clone(&handler));
             let (counters, failures) = (Arc::clone(&task_counters), Rc::clone(&failures));
+            let drain = Rc::clone(&task_drain);
             monoio::spawn(async move {
                 let io = monoio::io::IntoPollIo::into_poll_io(stream).unwrap();
                 let conn = rustls::ServerConnection::new(config).unwrap();
@@ -241,7 +246,15 @@ fn start_server(pki: &Pki, refuse: Option<Refusal>) -> Server {
                 }
                 let info = crate::tls::TlsInfo::of(tls.connection());
                 let transport = Transport::Tls(Box::new(tls), Box::new(info));
-                server::serve(transport, LOCALHOST, handler, &server_options(), counters).await;
+                server::serve(
+                    transport,
+                    LOCALHOST,
+                    handler,
+                    &server_options(),
+                    counters,
+                    &drain,
+                )
+                .await;
             });
         }
     });
@@ -251,6 +264,7 @@ fn start_server(pki: &Pki, refuse: Option<Refusal>) -> Server {
         close,
         counters,
         handshake_failures,
+        drain,
     }
 }
 
@@ -922,4 +936,48 @@ async fn python_h2_client_interoperates() {
     assert_eq!(seen[0].target, echo);
     assert_eq!(seen[0].source, Some("10.9.8.7:1234".parse().unwrap()));
     assert_eq!(seen[0].peer.as_ref().map(SpiffeId::as_str), Some(CLIENT_ID));
+}
+
+#[monoio::test_all(timer_enabled = true)]
+async fn a_draining_server_finishes_open_tunnels_and_takes_no_new_ones() {
+    let pki = pki();
+    let server = start_server(&pki, None);
+    let echo = start_echo();
+    let counters = Arc::new(HboneCounters::default());
+    let pool = HbonePool::new(Arc::clone(&counters));
+    let key = pool_key(server.address);
+    let config = pki.client_config(true);
+    let tunnel = pool
+        .connect(&key, &config, &ConnectRequest::new(echo, None), options())
+        .await
+        .unwrap();
+    server.drain.fire();
+    // The open tunnel still carries bytes both ways to the end.
+    let (app, local) = app_connection().await;
+    let (mut read, mut write) = app.into_split();
+    let app_side = async move {
+        let (result, _) = write.write_all(b"still here".to_vec()).await;
+        result.unwrap();
+        write.shutdown().await.unwrap();
+        read_to_end(&mut read).await
+    };
+    let (outcome, echoed) = within("the open tunnel", async {
+        monoio::join!(tunnel.copy(local, None), app_side)
+    })
+    .await;
+    assert_eq!(echoed, b"still here");
+    assert!(outcome.ended.is_done(), "{:?}", outcome.ended);
+    // The GOAWAY retired that connection: the next tunnel opens another.
+    within("the GOAWAY", async {
+        while counters.connections_closed.get() == 0 {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let next = pool
+        .connect(&key, &config, &ConnectRequest::new(echo, None), options())
+        .await
+        .unwrap();
+    assert!(!next.reused());
+    assert_eq!(counters.connections_opened.get(), 2);
 }
