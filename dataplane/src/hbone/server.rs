@@ -96,6 +96,28 @@ pub struct ServerOptions {
     pub max_header_list_size: u32,
 }
 
+impl ServerOptions {
+    /// The limits of an HTTP/2 listener with `spec` (`Http2Spec::default()`: the same defaults
+    /// as any `[listeners.http2]`), and `handshake_timeout`.
+    pub fn from_http2(spec: &config_schema::Http2Spec, handshake_timeout: Duration) -> Self {
+        let max_header_list_size =
+            u32::try_from(spec.max_header_list_size.bytes()).unwrap_or(u32::MAX);
+        Self {
+            guard: GuardLimits {
+                max_resets: spec.max_pending_accept_reset_streams,
+                control_frames_per_second: spec.control_frames_per_second,
+                control_frame_burst: spec.control_frame_burst,
+                max_consecutive_empty_frames: spec.max_consecutive_empty_frames,
+                // As for listeners: HPACK's encoded size stays within the decoded one plus
+                // framing slack.
+                max_header_block: max_header_list_size.saturating_add(16 * 1024),
+            },
+            handshake_timeout,
+            max_header_list_size,
+        }
+    }
+}
+
 /// Serves CONNECT streams on `connection` until the client closes it, for the workload at
 /// `tunnel_for`. Each stream runs on a task of its own (hence the `Rc` handler). When `drain`
 /// fires (the worker's drain), GOAWAY(NO_ERROR) refuses new streams and those open finish.

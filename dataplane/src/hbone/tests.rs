@@ -33,7 +33,6 @@ use crate::identity::{
     DomainBundle, FixedTrust, IdentityMetrics, SpiffeClientVerifier, SpiffeIdPattern,
     SpiffeServerVerifier, TrustBundles,
 };
-use crate::snapshot::GuardLimits;
 use crate::tls::transport::Transport;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
@@ -146,17 +145,7 @@ fn key(pem: &str) -> PrivateKeyDer<'static> {
 }
 
 fn server_options() -> ServerOptions {
-    ServerOptions {
-        guard: GuardLimits {
-            max_resets: 1000,
-            control_frames_per_second: 1000,
-            control_frame_burst: 1000,
-            max_consecutive_empty_frames: 100,
-            max_header_block: 64 * 1024,
-        },
-        handshake_timeout: PATIENCE,
-        max_header_list_size: 16 * 1024,
-    }
+    ServerOptions::from_http2(&config_schema::Http2Spec::default(), PATIENCE)
 }
 
 /// What the test handler saw.
