@@ -970,3 +970,53 @@ async fn a_draining_server_finishes_open_tunnels_and_takes_no_new_ones() {
     assert!(!next.reused());
     assert_eq!(counters.connections_opened.get(), 2);
 }
+
+#[monoio::test_all(timer_enabled = true)]
+async fn the_tunnel_socket_carries_the_mark() {
+    let pki = pki();
+    let server = start_server(&pki, None);
+    let echo = start_echo();
+    let pool = HbonePool::new(Arc::new(HboneCounters::default()));
+    let marked = ConnectOptions {
+        mark: Some(0x539),
+        connect_timeout: PATIENCE,
+    };
+    let tunnel = pool
+        .connect(
+            &pool_key(server.address),
+            &pki.client_config(true),
+            &ConnectRequest::new(echo, None),
+            marked,
+        )
+        .await;
+    let tunnel = match tunnel {
+        Err(HboneError::Connect(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("skipped: SO_MARK needs CAP_NET_ADMIN, which this test runs without");
+            return;
+        }
+        other => other.unwrap(),
+    };
+    let ss = std::process::Command::new("ss")
+        .args(["-tnHe", "dst", &server.address.to_string()])
+        .output()
+        .unwrap();
+    let sockets = String::from_utf8_lossy(&ss.stdout);
+    assert!(sockets.contains("fwmark:0x539"), "{sockets}");
+    drop(tunnel);
+    // A refused connect on a marked socket reports the refusal.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let refused = pool
+        .connect(
+            &pool_key(nowhere),
+            &pki.client_config(true),
+            &ConnectRequest::new(echo, None),
+            marked,
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(HboneError::Connect(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{refused:?}"
+    );
+}
