@@ -308,8 +308,7 @@ impl HbonePool {
             }
         };
         // The claim is counted in the new connection's `active` from its start; a claimant that
-        // gives up before it is done (timeout) leaves it counted until the next stream ends, a
-        // small overcount that only delays reuse.
+        // gives up first (timeout) gives its slot back ([`Claim`]'s drop).
         connecting.claimed.set(connecting.claimed.get() + 1);
         let first = connecting.claimed.get() == 1;
         let mut claim = Claim {

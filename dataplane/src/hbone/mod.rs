@@ -36,9 +36,11 @@
 //!   connection, and local bytes are sent only as the peer's window grants capacity, so neither
 //!   side buffers more than a window.
 //!
-//! Differences from ztunnel: none on the wire that we know of. ztunnel also accepts
-//! `forwarded` without quotes and a port; ours always sends both, and the server reads either
-//! form of a socket address (quoted or not).
+//! Compatibility notes: the request and answers follow the node-mode design (issue 13), which
+//! follows ztunnel; the interop test drives the server with an independent HTTP/2 client
+//! (Python `h2` over `ssl`), not with ztunnel itself. The server reads the first `for=` of
+//! `forwarded` quoted or not; one that is not an `ip:port` is ignored (`source` is `None`), not
+//! refused.
 
 pub mod client;
 mod copy;
