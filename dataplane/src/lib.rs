@@ -43,6 +43,7 @@ pub mod contain;
 pub mod core;
 pub mod driver;
 pub mod event;
+pub mod hbone;
 pub mod health;
 pub mod http;
 pub mod identity;
