@@ -43,9 +43,22 @@ pub fn get(address: SocketAddr, path: &str) -> io::Result<HttpResponse> {
 
 /// Sends `raw` (a whole request) and reads the response until the server closes.
 pub fn request(address: SocketAddr, raw: &str) -> io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&address, ADMIN_TIMEOUT)?;
+    let stream = TcpStream::connect_timeout(&address, ADMIN_TIMEOUT)?;
     stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
     stream.set_write_timeout(Some(ADMIN_TIMEOUT))?;
+    exchange(stream, raw)
+}
+
+/// [`request`] to an admin API on a Unix socket (`[admin] address = "unix:PATH"`), the way to
+/// reach a proxy in another network namespace.
+pub fn request_unix(path: &std::path::Path, raw: &str) -> io::Result<HttpResponse> {
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
+    stream.set_write_timeout(Some(ADMIN_TIMEOUT))?;
+    exchange(stream, raw)
+}
+
+fn exchange(mut stream: impl Read + Write, raw: &str) -> io::Result<HttpResponse> {
     stream.write_all(raw.as_bytes())?;
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes)?;

@@ -178,9 +178,19 @@ pub struct ProxyBuilder {
     log_level: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    netns: Option<String>,
 }
 
 impl ProxyBuilder {
+    /// Runs the proxy in network namespace `ns` (`ip netns exec NS ringmesh ...`, which execs,
+    /// so [`Proxy::pid`] is ringmesh's). Its admin API then listens on a Unix socket in the
+    /// proxy's temporary directory (the test, in the root namespace, cannot reach the
+    /// namespace's loopback), unless the config has its own `[admin]` section.
+    pub fn netns(mut self, ns: &str) -> Self {
+        self.netns = Some(ns.to_owned());
+        self
+    }
+
     /// Worker threads (`--workers`); default 2.
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers;
@@ -220,19 +230,37 @@ impl ProxyBuilder {
         let config_path = dir.path().join("ringmesh.toml");
         let log_path = dir.path().join("ringmesh.log");
         let admin_file = dir.path().join("admin-address");
-        std::fs::write(&config_path, with_admin(&self.config)).expect("write the config");
+        let admin_socket = dir.path().join("admin.sock");
+        let admin_section = match self.netns {
+            Some(_) => format!("[admin]\naddress = \"unix:{}\"\n", admin_socket.display()),
+            None => "[admin]\naddress = \"127.0.0.1:0\"\n".to_owned(),
+        };
+        let admin_unix = (self.netns.is_some() && !self.config.contains("[admin]"))
+            .then(|| admin_socket.clone());
+        std::fs::write(&config_path, with_admin(&self.config, &admin_section))
+            .expect("write the config");
 
         let log = File::create(&log_path).expect("create the log file");
-        let mut command = match self.nofile {
-            Some(limit) => {
-                let mut c = Command::new(crate::tool("prlimit"));
-                c.arg(format!("--nofile={limit}"))
-                    .arg("--")
-                    .arg(ringmesh_bin());
-                c
-            }
-            None => Command::new(ringmesh_bin()),
-        };
+        // [ip netns exec NS] [prlimit --nofile=N --] ringmesh
+        let mut line: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            line.extend([
+                crate::tool("ip").into(),
+                "netns".into(),
+                "exec".into(),
+                ns.into(),
+            ]);
+        }
+        if let Some(limit) = self.nofile {
+            line.extend([
+                crate::tool("prlimit").into(),
+                format!("--nofile={limit}").into(),
+                "--".into(),
+            ]);
+        }
+        line.push(ringmesh_bin().into());
+        let mut command = Command::new(&line[0]);
+        command.args(&line[1..]);
         command
             .arg("--config")
             .arg(&config_path)
@@ -257,6 +285,8 @@ impl ProxyBuilder {
             driver: self.driver,
             workers: self.workers,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_unix,
+            admin_section,
             listeners: HashMap::new(),
         };
         proxy.admin = proxy.wait_for_admin_address(&admin_file);
@@ -273,12 +303,13 @@ impl ProxyBuilder {
     }
 }
 
-/// `config`, with an `[admin]` section listening on `127.0.0.1:0` in front if it has none.
-fn with_admin(config: &str) -> String {
+/// `config`, with `admin_section` (an `[admin]` section listening on `127.0.0.1:0`, or on a Unix
+/// socket for a proxy in a network namespace) in front if it has none.
+fn with_admin(config: &str, admin_section: &str) -> String {
     if config.contains("[admin]") {
         config.to_owned()
     } else {
-        format!("[admin]\naddress = \"127.0.0.1:0\"\n\n{config}")
+        format!("{admin_section}\n{config}")
     }
 }
 
@@ -294,6 +325,10 @@ pub struct Proxy {
     driver: Driver,
     workers: usize,
     admin: SocketAddr,
+    /// The admin API's Unix socket, for a proxy in a network namespace (then `admin` is unused).
+    admin_unix: Option<PathBuf>,
+    /// The `[admin]` section put in front of configs without one.
+    admin_section: String,
     listeners: HashMap<String, SocketAddr>,
 }
 
@@ -316,10 +351,23 @@ impl Proxy {
             log_level: std::env::var("RINGMESH_TEST_LOG").unwrap_or_else(|_| "debug".into()),
             args: Vec::new(),
             envs: Vec::new(),
+            netns: None,
         }
     }
 
     fn wait_for_admin_address(&mut self, file: &Path) -> SocketAddr {
+        if self.admin_unix.is_some() {
+            // The file then says `unix:PATH`: the socket is listening once it is written.
+            wait_until(PATIENCE, "the admin address file", || {
+                self.fail_if_exited("while starting");
+                match std::fs::read_to_string(file) {
+                    Ok(text) if text.starts_with("unix:") => Ok(()),
+                    Ok(text) => Err(format!("unexpected admin address {text:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+            return self.admin;
+        }
         wait_until(PATIENCE, "the admin address file", || {
             self.fail_if_exited("while starting");
             // The file may be seen empty or half-written: retry until it parses.
@@ -334,7 +382,7 @@ impl Proxy {
     fn wait_ready(&mut self) {
         wait_until(PATIENCE, "/ready to answer 200", || {
             self.fail_if_exited("before it was ready");
-            match admin::get(self.admin, "/ready") {
+            match self.try_admin_get("/ready") {
                 Ok(r) if r.status == 200 => Ok(()),
                 Ok(r) => Err(format!("{} {}", r.status, r.body.trim())),
                 Err(e) => Err(e.to_string()),
@@ -349,13 +397,12 @@ impl Proxy {
             .as_array()
             .expect("/listeners is an array")
             .iter()
-            .map(|l| {
+            .filter_map(|l| {
                 let name = l["name"].as_str().expect("listener name").to_owned();
-                let address = l["local_address"]
-                    .as_str()
-                    .and_then(|a| a.parse().ok())
-                    .expect("listener local_address is IP:port");
-                (name, address)
+                // Node mode's listeners may report something else; `listener` names what is
+                // there when a test asks for a missing one.
+                let address = l["local_address"].as_str()?.parse().ok()?;
+                Some((name, address))
             })
             .collect()
     }
@@ -375,9 +422,23 @@ impl Proxy {
             .unwrap_or_else(|| panic!("no listener {name:?}; the proxy has {:?}", self.listeners))
     }
 
-    /// The admin API's address.
+    /// The admin API's address. Panics for a proxy whose admin API is on a Unix socket (see
+    /// [`ProxyBuilder::netns`]); [`Proxy::admin_request`] reaches either.
     pub fn admin_address(&self) -> SocketAddr {
+        assert!(
+            self.admin_unix.is_none(),
+            "this proxy's admin API is on a Unix socket: use admin_get or admin_request"
+        );
         self.admin
+    }
+
+    /// Sends `raw` (a whole HTTP/1.1 request, `Connection: close`) to the admin API, over TCP
+    /// or its Unix socket.
+    pub fn admin_request(&self, raw: &str) -> std::io::Result<HttpResponse> {
+        match &self.admin_unix {
+            Some(path) => admin::request_unix(path, raw),
+            None => admin::request(self.admin, raw),
+        }
     }
 
     /// The driver it was started on.
@@ -403,7 +464,9 @@ impl Proxy {
 
     /// `GET path` on the admin API.
     pub fn try_admin_get(&self, path: &str) -> std::io::Result<HttpResponse> {
-        admin::get(self.admin, path)
+        self.admin_request(&format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        ))
     }
 
     /// `/stats`, which must answer 200.
@@ -556,7 +619,8 @@ impl Proxy {
     /// then). Returns that generation; panics if the reload is not applied.
     pub fn reload_with_sighup(&self, config: &str) -> u64 {
         let (current, _) = self.generations();
-        std::fs::write(&self.config_path, with_admin(config)).expect("rewrite the config");
+        std::fs::write(&self.config_path, with_admin(config, &self.admin_section))
+            .expect("rewrite the config");
         self.signal(Signal::SIGHUP);
         let next = current + 1;
         wait_until(
