@@ -342,3 +342,123 @@ fn run(mut command: Command) -> io::Result<Output> {
         String::from_utf8_lossy(&output.stderr).trim()
     )))
 }
+
+/// Runs `f` on a new thread that has entered network namespace `ns`, and returns what it returns.
+/// A socket keeps the namespace it was made in, so a socket made by `f` can be used from any
+/// thread of the test afterwards: this is how a test talks from (or listens in) a pod without a
+/// helper process.
+pub fn within<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let path = format!("/run/netns/{ns}");
+    let thread = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io::Error::other(format!("setns {path}: {e}")))?;
+        f()
+    });
+    thread
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
+/// A TCP connection from namespace `ns` to `address` (connect timeout `timeout`; the stream gets
+/// it as read and write timeout too).
+pub fn connect(
+    ns: &str,
+    address: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    let stream = within(ns, move || {
+        std::net::TcpStream::connect_timeout(&address, timeout)
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// A TCP listener bound to `address` in namespace `ns`.
+pub fn bind(ns: &str, address: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    within(ns, move || std::net::TcpListener::bind(address))
+}
+
+/// A packet capture (`tcpdump -w`) running in a namespace; see [`Testbed::capture`].
+#[derive(Debug)]
+pub struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+impl Testbed {
+    /// Starts `tcpdump -i interface -U -s 0 -w file filter` in namespace `ns` and returns once it
+    /// captures (its file has the pcap header). [`Capture::finish`] stops it.
+    pub fn capture(
+        &self,
+        ns: &str,
+        interface: &str,
+        filter: &str,
+        file: &std::path::Path,
+    ) -> io::Result<Capture> {
+        let mut command = Command::new("tcpdump");
+        command
+            .args(["-i", interface, "-Z", "root", "-U", "-s", "0", "-n", "-w"])
+            .arg(file)
+            .args(filter.split_whitespace());
+        let mut wrapped = in_namespace(ns, &command);
+        wrapped
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = wrapped
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", describe(&wrapped))))?;
+        if let Ok(mut spawned) = self.spawned.lock() {
+            spawned.push(child.id());
+        }
+        let mut capture = Capture {
+            child,
+            file: file.to_owned(),
+        };
+        // tcpdump writes the 24-byte pcap header once the interface is open.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if std::fs::metadata(file).is_ok_and(|m| m.len() >= 24) {
+                return Ok(capture);
+            }
+            if let Some(status) = capture.child.try_wait()? {
+                return Err(io::Error::other(format!("tcpdump exited with {status}")));
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = capture.child.kill();
+                let _ = capture.child.wait();
+                return Err(io::Error::other("tcpdump did not start capturing"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Capture {
+    /// Stops tcpdump (SIGINT, so it flushes) and returns the raw capture file and its packets as
+    /// `tcpdump -nn -r` prints them, one line each.
+    pub fn finish(mut self) -> io::Result<(Vec<u8>, Vec<String>)> {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        self.child.wait()?;
+        let raw = std::fs::read(&self.file)?;
+        let mut read = Command::new("tcpdump");
+        read.args(["-nn", "-r"]).arg(&self.file);
+        let output = run(read)?;
+        let lines = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        Ok((raw, lines))
+    }
+}
