@@ -403,7 +403,18 @@ impl Testbed {
     ) -> io::Result<Capture> {
         let mut command = Command::new("tcpdump");
         command
-            .args(["-i", interface, "-Z", "root", "-U", "-s", "0", "-n", "-w"])
+            .args([
+                "-i",
+                interface,
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "0",
+                "-n",
+                "-w",
+            ])
             .arg(file)
             .args(filter.split_whitespace());
         let mut wrapped = in_namespace(ns, &command);
