@@ -295,7 +295,7 @@ fn decode_in_pieces(pieces: &[&[u8]]) -> Decoded {
 
 /// A second, independent reading of RFC 9112 §7.1 with the decoder's documented limits (16 hex
 /// digits, 16 KiB of trailers; CRLF only; no control characters in extensions and trailers; no
-/// folded trailer lines), over the whole input at once.
+/// trailer line starting with SP or HTAB, which is obs-fold), over the whole input at once.
 fn reference_decode(input: &[u8]) -> Decoded {
     let mut payload = Vec::new();
     let mut at = 0;
@@ -394,7 +394,8 @@ fn reference_decode(input: &[u8]) -> Decoded {
             if b == b'\r' {
                 break;
             }
-            if is_ctl(b) || (b == b' ' && at - 1 == line_start) {
+            // Whitespace first on a line is obs-fold (RFC 9112 §5.2).
+            if is_ctl(b) || (matches!(b, b' ' | b'\t') && at - 1 == line_start) {
                 return Decoded::Error;
             }
         }
@@ -600,8 +601,13 @@ pub fn header_translation(data: &[u8]) {
     );
     for (name, value) in &from_h1 {
         let te_trailers = name == "te" && rules.keep_te_trailers && value == b"trailers";
+        // The proxy writes these itself, whatever the client's `Connection` lists.
+        let own = matches!(
+            name.as_str(),
+            "x-forwarded-for" | "x-forwarded-proto" | "x-request-id" | "grpc-timeout"
+        );
         assert!(
-            te_trailers || !h1::is_connection_specific(name, request.connection_tokens),
+            te_trailers || own || !h1::is_connection_specific(name, request.connection_tokens),
             "connection-specific field {name} forwarded"
         );
         assert!(
@@ -814,8 +820,8 @@ fn built_hello(steer: &mut Steer<'_>) -> (Vec<u8>, Option<String>) {
             extensions.extend_from_slice(&ext);
         }
         if slot < extra {
-            // Any extension but server_name, with an input-chosen body.
-            let kind = steer.u16().max(1);
+            // Any extension but server_name, each of another type, with an input-chosen body.
+            let kind = 0x1000 + u16::from(slot) * 0x100 + u16::from(steer.byte());
             let len = usize::from(steer.byte());
             extensions.extend_from_slice(&kind.to_be_bytes());
             extensions.extend_from_slice(&(len as u16).to_be_bytes());
