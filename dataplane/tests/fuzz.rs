@@ -78,15 +78,24 @@ fn run(name: &str) {
     eprintln!("{name}: {} runs", runs.into_inner());
 }
 
+/// Both harnesses run every target: a test here, a corpus, and a `cargo fuzz` binary.
 #[test]
-fn every_target_has_a_test_and_a_corpus() {
+fn every_target_has_a_test_a_corpus_and_a_fuzz_binary() {
     let source = include_str!("fuzz.rs");
+    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).expect("fuzz/Cargo.toml");
     for (name, _) in targets::TARGETS {
         assert!(
             source.contains(&format!("fn {name}()")),
             "no test for {name}"
         );
         corpus(name);
+        let binary = format!("fuzz_targets/{name}.rs");
+        assert!(fuzz.join(&binary).is_file(), "no fuzz/{binary}");
+        assert!(
+            manifest.contains(&format!("path = \"{binary}\"")),
+            "{binary} is not a [[bin]]"
+        );
     }
 }
 
