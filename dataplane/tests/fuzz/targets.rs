@@ -510,10 +510,12 @@ pub fn h2_guard(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // Header translation
 
-/// (lower-case name, value) pairs, sorted: what both codecs must agree on.
+/// (lower-case name, value) pairs, sorted: what both codecs must agree on. Values are compared
+/// without surrounding whitespace, which an HTTP/1.1 field line cannot carry (a joined `cookie`
+/// whose last field was empty ends in `"; "`, and the space is gone once parsed).
 fn canonical<'a>(pairs: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<_> = pairs
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.trim_ascii().to_vec()))
         .collect();
     out.sort();
     out
