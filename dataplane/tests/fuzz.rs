@@ -158,3 +158,8 @@ fn spiffe() {
 fn trace_context() {
     run("trace_context");
 }
+
+#[test]
+fn hbone_connect() {
+    run("hbone_connect");
+}

@@ -265,7 +265,7 @@ fn parse(
     if request.method() != http::Method::CONNECT {
         return None;
     }
-    let target: SocketAddr = request.uri().authority()?.as_str().parse().ok()?;
+    let target = super::parse_target(request.uri().authority()?.as_str())?;
     if target.ip() != tunnel_for {
         return None;
     }

@@ -40,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sni", sni_hello),
     ("spiffe", spiffe_id),
     ("trace_context", trace_context),
+    ("hbone_connect", hbone_connect),
 ];
 
 const LIMITS: HeadLimits = HeadLimits {
@@ -917,6 +918,34 @@ pub fn spiffe_id(data: &[u8]) {
         SpiffeId::new(id.trust_domain(), id.path()).as_ref(),
         Ok(&id)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// HBONE CONNECT
+
+/// The HBONE CONNECT target and `forwarded` source: the input's first line is an `:authority`,
+/// the rest a `forwarded` value. A target that parses is an `ip:port` that prints back to itself
+/// (so a host name never passes); a source that parses survives `forwarded_value` and back;
+/// nothing panics.
+pub fn hbone_connect(data: &[u8]) {
+    use dataplane::hbone::{forwarded_value, parse_forwarded, parse_target};
+    let text = String::from_utf8_lossy(data);
+    let (authority, forwarded) = text.split_once('\n').unwrap_or((&text, ""));
+    if let Some(target) = parse_target(authority) {
+        assert_eq!(parse_target(&target.to_string()), Some(target));
+        assert!(
+            authority.starts_with(|c: char| c.is_ascii_digit() || c == '['),
+            "{authority:?} is no ip:port"
+        );
+        assert_eq!(parse_forwarded(&forwarded_value(target)), Some(target));
+    }
+    if let Some(source) = parse_forwarded(forwarded) {
+        assert_eq!(parse_forwarded(&forwarded_value(source)), Some(source));
+        assert!(
+            forwarded.to_ascii_lowercase().contains("for"),
+            "{forwarded:?} has no for="
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
