@@ -101,6 +101,7 @@ foreground = no
 pid = $dir/stunnel-b.pid
 socket = l:TCP_NODELAY=1
 socket = r:TCP_NODELAY=1
+TIMEOUTclose = 0
 [iperf]
 accept = 10.255.0.2:$stunnel_port
 connect = $b1:5201
@@ -117,6 +118,7 @@ foreground = no
 pid = $dir/stunnel-a.pid
 socket = l:TCP_NODELAY=1
 socket = r:TCP_NODELAY=1
+TIMEOUTclose = 0
 client = yes
 [iperf]
 accept = 10.1.0.1:5201
