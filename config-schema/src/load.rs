@@ -163,6 +163,7 @@ const SECTIONS: &[(&str, bool)] = &[
     ("authorization_policies", true),
     ("workloads", true),
     ("node", false),
+    ("services", true),
 ];
 
 /// What deserialization produced: a spec (elements that did not fit are left out), the shape
@@ -226,6 +227,7 @@ pub(crate) fn deserialize(text: &str) -> Result<Loaded, Vec<ConfigError>> {
                 );
             }
             "workloads" => loader.list("workloads", value, &mut spec.workloads),
+            "services" => loader.list("services", value, &mut spec.services),
             "node" => {
                 let mut node = None;
                 loader.section(name, value, &mut node);

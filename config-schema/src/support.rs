@@ -70,14 +70,6 @@ pub const NOT_SUPPORTED_YET: &str = "not supported yet";
 /// acting on its key.
 #[rustfmt::skip]
 pub const NOT_SUPPORTED: &[Unsupported] = &[
-    Unsupported { path: "node.mode", consequence: "node mode is being built — plaintext would not be refused; remove `mode`", except: None },
-    Unsupported { path: "node.namespace_modes", consequence: "node mode is being built — plaintext would not be refused; remove `namespace_modes`", except: None },
-    Unsupported { path: "node.connect_timeout", consequence: "node mode is being built — nothing connects to workloads yet; remove `connect_timeout`", except: None },
-    Unsupported { path: "services", consequence: "node mode is being built — connections to a service's addresses would not be balanced; remove [[services]]", except: None },
-    Unsupported { path: "identity.service_accounts", consequence: "node mode is being built — no tunnel would present these certificates; remove [[identity.service_accounts]]", except: None },
-    Unsupported { path: "workloads[].service_account", consequence: "node mode is being built — no identity would be derived from it; remove `service_account`", except: None },
-    Unsupported { path: "workloads[].protocol", consequence: "node mode is being built — the workload would not be reached through a tunnel; remove `protocol`", except: None },
-    Unsupported { path: "workloads[].mode", consequence: "node mode is being built — plaintext would not be refused; remove `mode`", except: None },
 ];
 
 /// The entry for the key at `path` (a concrete path such as `clusters[2].tls`), if it is not

@@ -58,6 +58,12 @@ pub fn validate_with<'a>(
     check.issues
 }
 
+/// The names of the listeners `[node]` creates, as metrics and access logs call them.
+pub const NODE_LISTENERS: [&str; 3] = ["outbound", "inbound", "hbone"];
+
+/// The `listeners` value of authorization policies for node-mode traffic to local workloads.
+pub const NODE_POLICY_SCOPE: &str = "inbound";
+
 struct Checker<'a> {
     issues: Vec<Issue>,
     clusters: BTreeSet<&'a str>,
@@ -86,9 +92,15 @@ impl<'a> Checker<'a> {
                 "clusters",
                 spec.clusters.iter().map(|c| c.name.as_str()).collect(),
             ),
+            // With [node], `inbound` names the node-mode scope of authorization policies (HBONE,
+            // plaintext inbound and same-node traffic to local workloads).
             listeners: names(
                 "listeners",
-                spec.listeners.iter().map(|l| l.name.as_str()).collect(),
+                spec.listeners
+                    .iter()
+                    .map(|l| l.name.as_str())
+                    .chain(spec.node.as_ref().map(|_| NODE_POLICY_SCOPE))
+                    .collect(),
             ),
             virtual_hosts: names(
                 "virtual_hosts",
@@ -1488,6 +1500,17 @@ impl<'a> Checker<'a> {
 
     fn node(&mut self, node: &NodeSpec, spec: &ConfigSpec) {
         self.node_capture(node);
+        for (i, l) in spec.listeners.iter().enumerate() {
+            if NODE_LISTENERS.contains(&l.name.as_str()) {
+                self.issue(
+                    format!("listeners[{i}].name"),
+                    format!(
+                        "{:?} is the name of a [node] listener (outbound, inbound, hbone); pick another",
+                        l.name
+                    ),
+                );
+            }
+        }
         if node.name.is_empty() || node.name.chars().any(char::is_control) {
             self.issue(
                 "node.name",
@@ -2127,8 +2150,8 @@ key = "web-key.pem"
 
 [node]
 name = "n1"
-outbound = "127.0.0.1:15001"
-inbound = "127.0.0.1:15006"
+outbound = "0.0.0.0:15001"
+inbound = "0.0.0.0:15006"
 hbone = "0.0.0.0:15008"
 namespace_modes = { shop = "strict" }
 
@@ -2180,13 +2203,10 @@ mode = "strict"
     fn node_settings_are_checked() {
         let text = NODE_OK
             .replace("name = \"n1\"", "name = \"\"")
+            .replace("inbound = \"0.0.0.0:15006\"", "inbound = \"0.0.0.0:15001\"")
             .replace(
-                "inbound = \"127.0.0.1:15006\"",
-                "inbound = \"127.0.0.1:15001\"",
-            )
-            .replace(
-                "outbound = \"127.0.0.1:15001\"",
-                "outbound = \"127.0.0.1:8080\"",
+                "outbound = \"0.0.0.0:15001\"",
+                "outbound = \"0.0.0.0:8080\"",
             )
             .replace("namespace_modes = { shop", "namespace_modes = { \"\"");
         let errors = node_errors(&text);
@@ -2194,10 +2214,7 @@ mode = "strict"
         expect_error(&errors, "node.outbound", "overlaps listener \"web\"");
         expect_error(&errors, "node.namespace_modes", "empty");
         // The workload of "n1" is no longer local (the node is ""), so it needs no certificate.
-        let text = NODE_OK.replace(
-            "inbound = \"127.0.0.1:15006\"",
-            "inbound = \"127.0.0.1:15001\"",
-        );
+        let text = NODE_OK.replace("inbound = \"0.0.0.0:15006\"", "inbound = \"0.0.0.0:15001\"");
         expect_error(
             &node_errors(&text),
             "node.inbound",

@@ -8,8 +8,10 @@ use std::rc::Rc;
 
 use crate::access_log::AccessLogBuffer;
 use crate::event::Event;
+use crate::hbone::client::HbonePool;
 use crate::http::h1::pool::Pool;
 use crate::http::h2::client::H2Pool;
+use crate::node::{Destination, NodeTable};
 use crate::policy::authz::Registry;
 use crate::routing::MatchScratch;
 use crate::snapshot::{Cluster, Snapshot, SnapshotReader, SnapshotRef};
@@ -45,6 +47,10 @@ pub struct Core {
     rng: Cell<u64>,
     /// Open L4 connections, for the live re-check of authorization policies after a reload.
     pub l4_connections: Registry,
+    /// HBONE tunnels to other nodes (node mode), made on first use with this worker's counters.
+    hbone_pool: RefCell<Option<HbonePool>>,
+    /// Balancer state of the node table's services, for the generation it was built for.
+    node_lb: RefCell<(u64, LbStates)>,
 }
 
 impl Core {
@@ -68,6 +74,8 @@ impl Core {
             match_scratch: RefCell::new(MatchScratch::new()),
             rng: Cell::new(seed),
             l4_connections: Registry::default(),
+            hbone_pool: RefCell::new(None),
+            node_lb: RefCell::new((0, LbStates::default())),
         }
     }
 
@@ -174,6 +182,38 @@ impl Core {
         }
         drop(lb);
         f(&LbState::new(&cluster.balancer))
+    }
+
+    /// This worker's HBONE tunnel pool (a handle on it: the pool is shared by its clones).
+    pub fn hbone_pool(&self, snapshot: &Snapshot) -> HbonePool {
+        let mut pool = self.hbone_pool.borrow_mut();
+        pool.get_or_insert_with(|| {
+            let counters = snapshot
+                .node_stats
+                .hbone
+                .get(self.id)
+                .cloned()
+                .unwrap_or_default();
+            HbonePool::new(counters)
+        })
+        .clone()
+    }
+
+    /// Resolves a captured connection's original destination with the node table of
+    /// `snapshot`, balancing services with this worker's state (carried over on a new
+    /// generation).
+    pub fn resolve_node_destination(
+        &self,
+        snapshot: &Snapshot,
+        table: &NodeTable,
+        original: std::net::SocketAddr,
+    ) -> Destination {
+        let mut lb = self.node_lb.borrow_mut();
+        if snapshot.generation > lb.0 {
+            let next = table.carry_over(&lb.1);
+            *lb = (snapshot.generation, next);
+        }
+        table.resolve(original, &lb.1)
     }
 
     /// The span of an L4 connection from `peer` on `listener` to `cluster`, when the snapshot's

@@ -257,6 +257,11 @@ async fn serve(
         return;
     };
     let _ = stream.set_nodelay(true);
+    if let Some(role) = listener.node {
+        crate::node::serve(&core, &snapshot, listener, role, stream, peer).await;
+        drop(guard);
+        return;
+    }
     if let Some(tls) = &listener.tls {
         // Boxed: a task's future is as big as its largest branch, and the TLS one (handshake,
         // then an HTTP or L4 server) would make every plaintext connection carry its size.

@@ -106,32 +106,28 @@ const READ_OUTSIDE_THE_SNAPSHOT: &[(&str, &str)] = &[
          configs through snapshot::compile_with",
     ),
     (
-        "node.name",
-        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+        "identity.service_accounts[].namespace",
+        "reload::Reloader::open_identity (identity::Store::open, IdentityFiles::from_spec), from \
+         Reloader::try_apply when [identity] changed; the store's service-account SVIDs then reach \
+         the node table's HBONE TLS configs through snapshot::compile_with",
     ),
     (
-        "node.outbound",
-        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+        "identity.service_accounts[].service_account",
+        "reload::Reloader::open_identity (identity::Store::open, IdentityFiles::from_spec), from \
+         Reloader::try_apply when [identity] changed; the store's service-account SVIDs then reach \
+         the node table's HBONE TLS configs through snapshot::compile_with",
     ),
     (
-        "node.inbound",
-        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+        "identity.service_accounts[].cert",
+        "reload::Reloader::open_identity (identity::Store::open, IdentityFiles::from_spec), from \
+         Reloader::try_apply when [identity] changed; the store's service-account SVIDs then reach \
+         the node table's HBONE TLS configs through snapshot::compile_with",
     ),
     (
-        "node.hbone",
-        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
-    ),
-    (
-        "node.capture",
-        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
-    ),
-    (
-        "node.hbone_port",
-        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
-    ),
-    (
-        "node.mark",
-        "capture::rules, from `ringmesh node rules` (the data plane does not listen for node mode yet)",
+        "identity.service_accounts[].key",
+        "reload::Reloader::open_identity (identity::Store::open, IdentityFiles::from_spec), from \
+         Reloader::try_apply when [identity] changed; the store's service-account SVIDs then reach \
+         the node table's HBONE TLS configs through snapshot::compile_with",
     ),
     (
         "telemetry.source_workload",
@@ -297,31 +293,31 @@ const SAMPLES: &[Sample] = &[
     ("identity.ca_bundle", None, Add(Top, IDENTITY)),
     ("identity.trust_bundles[].trust_domain", None, Add(Top, IDENTITY_FEDERATED)),
     ("identity.trust_bundles[].ca", None, Add(Top, IDENTITY_FEDERATED)),
-    ("node.name", None, Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", inbound = \"0.0.0.0:15006\", hbone = \"0.0.0.0:15008\" }")),
-    ("node.outbound", None, Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", inbound = \"0.0.0.0:15006\", hbone = \"0.0.0.0:15008\" }")),
-    ("node.inbound", None, Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", inbound = \"0.0.0.0:15006\", hbone = \"0.0.0.0:15008\" }")),
-    ("node.hbone", None, Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", inbound = \"0.0.0.0:15006\", hbone = \"0.0.0.0:15008\" }")),
-    ("node.capture", None, Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", capture = \"tproxy\" }")),
-    ("node.hbone_port", None, Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", hbone_port = 15009 }")),
-    ("node.mark", None, Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", mark = 7 }")),
-    ("node.mode", None, Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", mode = \"strict\" }")),
-    ("node.namespace_modes", None, Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", namespace_modes = { shop = \"strict\" } }")),
-    ("node.connect_timeout", None, Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", connect_timeout = \"2s\" }")),
-    ("services[].name", None, Add(Top, "services = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\"], lb_policy = \"random\" }]")),
-    ("services[].namespace", None, Add(Top, "services = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\"], lb_policy = \"random\" }]")),
-    ("services[].addresses", None, Add(Top, "services = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\"], lb_policy = \"random\" }]")),
-    ("services[].ports[].port", None, Add(Top, "services = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\"], lb_policy = \"random\" }]")),
-    ("services[].ports[].target_port", None, Add(Top, "services = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\"], lb_policy = \"random\" }]")),
-    ("services[].workloads", None, Add(Top, "services = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\"], lb_policy = \"random\" }]")),
-    ("services[].lb_policy", None, Add(Top, "services = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\"], lb_policy = \"random\" }]")),
-    ("identity.service_accounts[].namespace", None, Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\", service_accounts = [{ namespace = \"shop\", service_account = \"web\", cert = \"/etc/ringmesh/web.pem\", key = \"/etc/ringmesh/web-key.pem\" }] }")),
-    ("identity.service_accounts[].service_account", None, Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\", service_accounts = [{ namespace = \"shop\", service_account = \"web\", cert = \"/etc/ringmesh/web.pem\", key = \"/etc/ringmesh/web-key.pem\" }] }")),
-    ("identity.service_accounts[].cert", None, Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\", service_accounts = [{ namespace = \"shop\", service_account = \"web\", cert = \"/etc/ringmesh/web.pem\", key = \"/etc/ringmesh/web-key.pem\" }] }")),
-    ("identity.service_accounts[].key", None, Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\", service_accounts = [{ namespace = \"shop\", service_account = \"web\", cert = \"/etc/ringmesh/web.pem\", key = \"/etc/ringmesh/web-key.pem\" }] }")),
-    ("workloads[].node", None, Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"], node = \"n1\" }]")),
-    ("workloads[].service_account", None, Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"], service_account = \"web\" }]")),
-    ("workloads[].protocol", None, Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"], protocol = \"tcp\" }]")),
-    ("workloads[].mode", None, Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"], mode = \"strict\" }]")),
+    ("node.name", Some(Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "node = { name = \"n2\", outbound = \"0.0.0.0:15001\" }")),
+    ("node.outbound", Some(Add(Top, "node = { name = \"n1\", inbound = \"0.0.0.0:15006\" }")), Add(Top, "node = { name = \"n1\", inbound = \"0.0.0.0:15006\", outbound = \"0.0.0.0:15001\" }")),
+    ("node.inbound", Some(Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", inbound = \"0.0.0.0:15006\" }")),
+    ("node.hbone", Some(Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\" }\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\" }\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\", hbone = \"0.0.0.0:15008\" }")),
+    ("node.capture", Some(Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", capture = \"tproxy\" }")),
+    ("node.hbone_port", Some(Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", hbone_port = 15009 }")),
+    ("node.mark", Some(Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", mark = 7 }")),
+    ("node.mode", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\", mode = \"strict\" }")),
+    ("node.namespace_modes", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\", namespace_modes = { shop = \"strict\" } }")),
+    ("node.connect_timeout", Some(Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "node = { name = \"n1\", outbound = \"0.0.0.0:15001\", connect_timeout = \"2s\" }")),
+    ("services[].name", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }\nservices = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\", \"b\"], lb_policy = \"random\" }]")),
+    ("services[].namespace", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }\nservices = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\", \"b\"], lb_policy = \"random\" }]")),
+    ("services[].addresses", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }\nservices = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\", \"b\"], lb_policy = \"random\" }]")),
+    ("services[].ports[].port", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }\nservices = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\", \"b\"], lb_policy = \"random\" }]")),
+    ("services[].ports[].target_port", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }\nservices = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\", \"b\"], lb_policy = \"random\" }]")),
+    ("services[].workloads", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }\nservices = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\", \"b\"], lb_policy = \"random\" }]")),
+    ("services[].lb_policy", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }, { name = \"b\", namespace = \"shop\", addresses = [\"10.0.0.6\"], node = \"n2\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }\nservices = [{ name = \"s\", namespace = \"shop\", addresses = [\"10.96.0.1\"], ports = [{ port = 80, target_port = 8080 }], workloads = [\"a\", \"b\"], lb_policy = \"random\" }]")),
+    ("identity.service_accounts[].namespace", Some(Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\" }")), Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\", service_accounts = [{ namespace = \"shop\", service_account = \"web\", cert = \"/etc/ringmesh/web.pem\", key = \"/etc/ringmesh/web-key.pem\" }] }")),
+    ("identity.service_accounts[].service_account", Some(Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\" }")), Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\", service_accounts = [{ namespace = \"shop\", service_account = \"web\", cert = \"/etc/ringmesh/web.pem\", key = \"/etc/ringmesh/web-key.pem\" }] }")),
+    ("identity.service_accounts[].cert", Some(Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\" }")), Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\", service_accounts = [{ namespace = \"shop\", service_account = \"web\", cert = \"/etc/ringmesh/web.pem\", key = \"/etc/ringmesh/web-key.pem\" }] }")),
+    ("identity.service_accounts[].key", Some(Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\" }")), Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\", service_accounts = [{ namespace = \"shop\", service_account = \"web\", cert = \"/etc/ringmesh/web.pem\", key = \"/etc/ringmesh/web-key.pem\" }] }")),
+    ("workloads[].node", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"] }]")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"], node = \"n1\" }]")),
+    ("workloads[].service_account", Some(Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\" }\nworkloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"] }]")), Add(Top, "identity = { trust_domain = \"cluster.local\", cert = \"/etc/ringmesh/svid.pem\", key = \"/etc/ringmesh/svid-key.pem\", ca_bundle = \"/etc/ringmesh/bundle.pem\" }\nworkloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"], service_account = \"web\" }]")),
+    ("workloads[].protocol", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"], node = \"n2\" }]")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"127.0.0.1\"], node = \"n2\", protocol = \"tcp\" }]")),
+    ("workloads[].mode", Some(Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")), Add(Top, "workloads = [{ name = \"a\", namespace = \"shop\", addresses = [\"10.0.0.5\"], node = \"n1\", protocol = \"tcp\", mode = \"strict\" }]\nnode = { name = \"n1\", outbound = \"0.0.0.0:15001\" }")),
     // [[authorization_policies]] (baseline: a deny policy on one source block)
     ("authorization_policies[].name", Some(Add(Top, "authorization_policies = [{ name = \"p\", action = \"deny\", rules = [{ from = [{ ip_blocks = [\"10.0.0.0/8\"] }] }] }]")), Add(Top, "authorization_policies = [{ name = \"q\", action = \"deny\", rules = [{ from = [{ ip_blocks = [\"10.0.0.0/8\"] }] }] }]")),
     ("authorization_policies[].action", Some(Add(Top, "authorization_policies = [{ name = \"p\", action = \"deny\", rules = [{ from = [{ ip_blocks = [\"10.0.0.0/8\"] }] }] }]")), Add(Top, "authorization_policies = [{ name = \"p\", action = \"allow\", rules = [{ from = [{ ip_blocks = [\"10.0.0.0/8\"] }] }] }]")),
@@ -698,12 +694,14 @@ fn fingerprint(config: &config_schema::Config) -> String {
     let snapshot = snapshot::compile(config, 1, 1, &Snapshot::empty())
         .unwrap_or_else(|errors| panic!("a valid config compiles: {errors:?}"));
     let text = format!(
-        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
         snapshot.listeners,
         snapshot.clusters,
         snapshot.routes,
         snapshot.access_log,
-        snapshot.tracing
+        snapshot.tracing,
+        snapshot.node,
+        snapshot.workloads
     );
     without_arena_ids(&text)
 }

@@ -31,8 +31,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ -z "$bin" ]; then
-    bin="$repo/target/release/ringmesh"
-    [ -x "$bin" ] || bin="$repo/target/debug/ringmesh"
+    # The newer of the release and debug builds.
+    bin="$repo/target/debug/ringmesh"
+    release="$repo/target/release/ringmesh"
+    if [ -x "$release" ] && { [ ! -x "$bin" ] || [ "$release" -nt "$bin" ]; }; then
+        bin="$release"
+    fi
 fi
 
 # Topology (the same as tests/src/netns.rs): node i has bridge br0 = 10.<i>.0.1/24 and routes
@@ -199,7 +203,7 @@ start_ringmesh() {
     if ! "$bin" validate "$dir/node-$n.toml" >"$dir/node-$n.validate" 2>&1; then
         log "ringmesh ($bin) rejects the config of node $n:"
         sed 's/^/    /' "$dir/node-$n.validate" >&2
-        log "node mode is not wired into this ringmesh build yet (keys 'not supported yet'), or the"
+        log "an older ringmesh build (node mode needs this one: --bin target/debug/ringmesh), or the"
         log "config is wrong. The topology alone: testbed.sh up --no-ringmesh"
         return 1
     fi

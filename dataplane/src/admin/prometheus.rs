@@ -39,6 +39,7 @@ pub(super) fn render(shared: &Shared) -> String {
     let node = shared.identity.load_full().map(|store| store.current());
     super::istio::render(&mut out, &snapshot, node.as_ref().map(|m| m.id.as_str()));
     tracing_counters(&mut out, &snapshot);
+    node_counters(&mut out, &snapshot);
     match shared.identity.load_full() {
         Some(identity) => identity.render_prometheus(&mut out, std::time::SystemTime::now()),
         None => shared.identity_metrics.render_prometheus(&mut out),
@@ -645,6 +646,120 @@ fn tracing_counters(out: &mut String, snapshot: &Snapshot) {
         let metric = format!("ringmesh_tracing_{name}_total");
         header(out, &metric, "counter", help);
         let _ = writeln!(out, "{metric} {value}");
+    }
+}
+
+/// Node mode: `ringmesh_hbone_*` (tunnels and their connections) and
+/// `ringmesh_node_refused_total{reason}`, summed over workers. Absent without `[node]`.
+fn node_counters(out: &mut String, snapshot: &Snapshot) {
+    if snapshot.node.is_none() {
+        return;
+    }
+    let stats = &snapshot.node_stats;
+    let sum = |pick: &dyn Fn(&crate::hbone::HboneCounters) -> u64| -> u64 {
+        stats.hbone.iter().map(|c| pick(c)).sum()
+    };
+    header(
+        out,
+        "ringmesh_hbone_tunnels_opened_total",
+        "counter",
+        "HBONE CONNECT streams answered 200: inbound (this node's server) and outbound (its client).",
+    );
+    let _ = writeln!(
+        out,
+        "ringmesh_hbone_tunnels_opened_total{{direction=\"inbound\"}} {}",
+        sum(&|c| c.inbound_opened.get())
+    );
+    let _ = writeln!(
+        out,
+        "ringmesh_hbone_tunnels_opened_total{{direction=\"outbound\"}} {}",
+        sum(&|c| c.outbound_opened.get())
+    );
+    header(
+        out,
+        "ringmesh_hbone_tunnels_refused_total",
+        "counter",
+        "HBONE CONNECT streams refused, by direction and status (400 bad target, 401 denied, 503 no upstream).",
+    );
+    for (direction, by) in [
+        (
+            "inbound",
+            (|c| &c.inbound_refused) as fn(&crate::hbone::HboneCounters) -> &crate::hbone::ByStatus,
+        ),
+        ("outbound", |c| &c.outbound_refused),
+    ] {
+        for (status, pick) in [
+            (
+                "400",
+                (|b| b.bad_request.get()) as fn(&crate::hbone::ByStatus) -> u64,
+            ),
+            ("401", |b| b.unauthorized.get()),
+            ("503", |b| b.unavailable.get()),
+            ("other", |b| b.other.get()),
+        ] {
+            let _ = writeln!(
+                out,
+                "ringmesh_hbone_tunnels_refused_total{{direction=\"{direction}\",status=\"{status}\"}} {}",
+                sum(&|c| pick(by(c)))
+            );
+        }
+    }
+    for (name, kind, help, value) in [
+        (
+            "ringmesh_hbone_tunnels_failed_total",
+            "counter",
+            "Outbound HBONE tunnels that failed before an answer (connect, TLS, HTTP/2, timeout).",
+            sum(&|c| c.outbound_failed.get()),
+        ),
+        (
+            "ringmesh_hbone_streams_active",
+            "gauge",
+            "HBONE streams carrying bytes now, both directions.",
+            sum(&|c| c.streams_active()),
+        ),
+        (
+            "ringmesh_hbone_connections_active",
+            "gauge",
+            "Outbound HBONE connections (to other nodes) open now.",
+            sum(&|c| c.connections_active()),
+        ),
+        (
+            "ringmesh_hbone_connections_opened_total",
+            "counter",
+            "Outbound HBONE connections opened.",
+            sum(&|c| c.connections_opened.get()),
+        ),
+        (
+            "ringmesh_hbone_connections_reused_total",
+            "counter",
+            "Outbound tunnels placed on an HBONE connection that was already open.",
+            sum(&|c| c.connections_reused.get()),
+        ),
+    ] {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    header(
+        out,
+        "ringmesh_node_refused_total",
+        "counter",
+        "Node-mode connections closed before any byte moved, by reason (strict: plaintext to a STRICT workload).",
+    );
+    let mut totals = [0u64; 6];
+    let mut names = [""; 6];
+    for refused in stats.refused.iter() {
+        for (i, (reason, count)) in refused.by_reason().into_iter().enumerate() {
+            names[i] = reason;
+            totals[i] += count;
+        }
+    }
+    for (reason, total) in names.iter().zip(totals) {
+        if !reason.is_empty() {
+            let _ = writeln!(
+                out,
+                "ringmesh_node_refused_total{{reason=\"{reason}\"}} {total}"
+            );
+        }
     }
 }
 

@@ -105,6 +105,12 @@ pub fn forwarded_value(source: SocketAddr) -> String {
     format!("for=\"{source}\"")
 }
 
+/// The target of a CONNECT `:authority`: an `ip:port` (IPv6 in brackets), nothing else — no
+/// host names, no userinfo, no missing port.
+pub fn parse_target(authority: &str) -> Option<SocketAddr> {
+    authority.parse().ok()
+}
+
 /// The source address of a `forwarded` header: the first `for=` parameter of its first
 /// element, quoted or not. `None` when absent or not an `ip:port`.
 pub fn parse_forwarded(value: &str) -> Option<SocketAddr> {

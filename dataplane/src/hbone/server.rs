@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -265,7 +265,7 @@ fn parse(
     if request.method() != http::Method::CONNECT {
         return None;
     }
-    let target: SocketAddr = request.uri().authority()?.as_str().parse().ok()?;
+    let target = super::parse_target(request.uri().authority()?.as_str())?;
     if target.ip() != tunnel_for {
         return None;
     }

@@ -97,6 +97,26 @@ pub fn record(
     tracked: &Tracked,
     connection: &Connection,
 ) {
+    record_node(
+        core,
+        listener,
+        &cluster.name,
+        tracked.peer,
+        Some(tracked),
+        connection,
+    );
+}
+
+/// Writes the line of a connection whose upstream is named `cluster` (node mode: a service or
+/// workload); `tracked` when it was registered for the live re-check (its SNI and principal).
+pub fn record_node(
+    core: &Core,
+    listener: &Listener,
+    cluster: &str,
+    peer: SocketAddr,
+    tracked: Option<&Tracked>,
+    connection: &Connection,
+) {
     let mut log = core.access_log.borrow_mut();
     if !log.tcp_enabled() {
         return;
@@ -114,17 +134,19 @@ pub fn record(
         bytes_sent: connection.moved.sent.get(),
         upstream: connection.tries.last,
         route: "",
-        cluster: &cluster.name,
+        cluster,
         flags: connection.flags,
         request_id: "",
-        downstream: tracked.peer,
+        downstream: peer,
         client: None,
         attempts: connection.tries.count,
         retry_stopped: "",
         authz_policy: connection.authz_policy.as_deref().unwrap_or_default(),
         authz_audit: "",
-        sni: tracked.sni.as_deref().unwrap_or_default(),
-        downstream_peer_principal: tracked.principal.as_ref().map_or("", SpiffeId::as_str),
+        sni: tracked.and_then(|t| t.sni.as_deref()).unwrap_or_default(),
+        downstream_peer_principal: tracked
+            .and_then(|t| t.principal.as_ref())
+            .map_or("", SpiffeId::as_str),
         security_policy: connection.security.as_str(),
         upstream_peer_principal: connection
             .upstream_principal

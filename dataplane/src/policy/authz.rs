@@ -681,6 +681,18 @@ pub struct Registry {
 impl Registry {
     /// Tracks a connection until the returned registration is dropped.
     pub fn register(&self, tracked: Tracked) -> Registration<'_> {
+        let (slot, tracked) = self.track(tracked);
+        Registration {
+            registry: self,
+            slot,
+            tracked,
+        }
+    }
+
+    /// Tracks a connection in a slot until [`Registry::forget`] is called with the slot: for
+    /// state that cannot borrow the registry (an HBONE stream's session lives on its own
+    /// task). Prefer [`Registry::register`].
+    pub fn track(&self, tracked: Tracked) -> (usize, Rc<Tracked>) {
         let tracked = Rc::new(tracked);
         let mut slots = self.slots.borrow_mut();
         let slot = match self.free.borrow_mut().pop() {
@@ -693,10 +705,15 @@ impl Registry {
                 slots.len() - 1
             }
         };
-        Registration {
-            registry: self,
-            slot,
-            tracked,
+        (slot, tracked)
+    }
+
+    /// Stops tracking the connection in `slot` (from [`Registry::track`]).
+    pub fn forget(&self, slot: usize) {
+        if let Some(entry) = self.slots.borrow_mut().get_mut(slot)
+            && entry.take().is_some()
+        {
+            self.free.borrow_mut().push(slot);
         }
     }
 
@@ -736,10 +753,7 @@ pub struct Registration<'r> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        if let Some(entry) = self.registry.slots.borrow_mut().get_mut(self.slot) {
-            *entry = None;
-            self.registry.free.borrow_mut().push(self.slot);
-        }
+        self.registry.forget(self.slot);
     }
 }
 

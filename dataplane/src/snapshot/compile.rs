@@ -273,9 +273,20 @@ pub fn compile_with(
                     None => tls.as_ref().is_none_or(|tls| tls.client_auth.is_none()),
                 },
                 tls,
+                node: None,
             }
         })
         .collect();
+    let mut listeners = listeners;
+    if let Some(node) = &spec.node {
+        listeners.extend(node_listeners(
+            node,
+            spec,
+            &authz_policies,
+            previous,
+            workers,
+        ));
+    }
     if !tls_errors.is_empty() {
         return Err(tls_errors);
     }
@@ -296,6 +307,11 @@ pub fn compile_with(
         ),
     };
 
+    let node_stats = if previous.node_stats.hbone.len() == workers {
+        Arc::clone(&previous.node_stats)
+    } else {
+        Arc::new(crate::node::NodeStats::new(workers))
+    };
     let trace_stats = if previous.trace_stats.workers.len() == workers {
         Arc::clone(&previous.trace_stats)
     } else {
@@ -334,6 +350,7 @@ pub fn compile_with(
         generation,
         tracing,
         trace_stats,
+        node_stats,
         spec: Arc::new(spec.clone()),
         listeners,
         clusters,
@@ -345,6 +362,64 @@ pub fn compile_with(
         workloads,
         listener_index,
     })
+}
+
+/// The listeners of `[node]`, named by their role: opaque TCP, no cluster (the node table
+/// decides where each connection goes), authorized by the policies of the node-mode scope
+/// (`listeners = ["inbound"]` or none), each reporting from its side of the mesh.
+fn node_listeners(
+    node: &config_schema::NodeSpec,
+    spec: &config_schema::ConfigSpec,
+    authz_policies: &[(Arc<crate::policy::authz::Policy>, Vec<String>)],
+    previous: &Snapshot,
+    workers: usize,
+) -> Vec<Listener> {
+    use crate::node::Role;
+    [
+        (Role::Outbound, node.outbound),
+        (Role::Inbound, node.inbound),
+        (Role::Hbone, node.hbone),
+    ]
+    .into_iter()
+    .filter_map(|(role, address)| Some((role, address?)))
+    .map(|(role, address)| {
+        let name = role.name();
+        let old = previous
+            .listener(name)
+            .filter(|old| old.stats.workers.len() == workers);
+        Listener {
+            name: name.into(),
+            address,
+            local_addr: address,
+            protocol: ListenerProtocol::Tcp,
+            cluster: None,
+            max_connections: None,
+            idle_timeout: None,
+            http: None,
+            l4_copy: spec.runtime.l4_copy,
+            stats: old.map_or_else(
+                || {
+                    Arc::new(ListenerStats {
+                        workers: PerWorker::new(workers),
+                        open: AtomicU32::new(0),
+                    })
+                },
+                |old| Arc::clone(&old.stats),
+            ),
+            rate_limit: None,
+            authz: ListenerAuthz::compile(
+                config_schema::validate::NODE_POLICY_SCOPE,
+                authz_policies,
+                old.and_then(|old| old.authz.as_ref()),
+                workers,
+            ),
+            passthrough: None,
+            tls: None,
+            reporter_source: role == Role::Outbound,
+            node: Some(role),
+        }
+    })
+    .collect()
 }
 
 /// A fingerprint of a cluster's TLS settings (never 0): equal settings share pooled connections,

@@ -67,6 +67,9 @@ pub struct Snapshot {
     pub tracing: Option<Arc<Tracer>>,
     /// Tracing counters, carried across every reload (tracing on or off).
     pub trace_stats: Arc<TraceStats>,
+    /// Node-mode counters (HBONE, refusals), carried across reloads while the worker count
+    /// holds.
+    pub node_stats: Arc<crate::node::NodeStats>,
     /// The `[[workloads]]` table: metric labels by peer address.
     pub workloads: Workloads,
     /// Node mode (`[node]`): its settings, services and the HBONE TLS configs; `None` without
@@ -94,6 +97,7 @@ impl Snapshot {
             policies: Policies::default(),
             tracing: None,
             trace_stats: Arc::new(TraceStats::new(0)),
+            node_stats: Arc::new(crate::node::NodeStats::new(0)),
             workloads: Workloads::default(),
             node: None,
             listener_index: HashMap::new(),
@@ -135,6 +139,9 @@ pub struct Listener {
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Istio metrics: this listener reports as `reporter="source"` (else `destination`).
     pub reporter_source: bool,
+    /// A listener of `[node]` (its name is the role's): captured or tunnelled connections,
+    /// served by [`crate::node::serve`].
+    pub node: Option<crate::node::Role>,
 }
 
 /// Counters and the connection gauge of one listener.

@@ -168,7 +168,47 @@ impl ReadHalf {
     }
 }
 
+impl ReadHalf {
+    /// Reads into the spare capacity of `buf` (at least `min_spare` bytes of it), for callers
+    /// that hand the bytes on as [`bytes::Bytes`] (`buf.split().freeze()`, no copy on plain
+    /// TCP; TLS reads through a copy). `Ok(0)`: the peer ended its side.
+    pub async fn read_bytes(
+        &mut self,
+        buf: &mut bytes::BytesMut,
+        min_spare: usize,
+    ) -> io::Result<usize> {
+        use monoio::buf::IoBufMut as _;
+        use monoio::io::AsyncReadRent as _;
+        // Reclaims the allocation when the bytes split off before are gone.
+        buf.reserve(min_spare);
+        match self {
+            ReadHalf::Plain(half) => {
+                let len = buf.len();
+                let owned = std::mem::take(buf);
+                let (result, slice) = half.read(owned.slice_mut(len..)).await;
+                *buf = slice.into_inner();
+                result
+            }
+            ReadHalf::Tls(stream) => {
+                let mut plain = Vec::with_capacity(min_spare);
+                let n = read_tls(stream, &mut plain, std::future::pending()).await?;
+                buf.extend_from_slice(&plain);
+                Ok(n)
+            }
+        }
+    }
+}
+
 impl WriteHalf {
+    /// Writes all of `bytes` (no copy on plain TCP: the ring owns them while the write runs).
+    pub async fn write_bytes(&mut self, bytes: bytes::Bytes) -> io::Result<()> {
+        use monoio::io::AsyncWriteRentExt as _;
+        match self {
+            WriteHalf::Plain(half) => half.write_all(bytes).await.0.map(drop),
+            WriteHalf::Tls(stream) => write_tls(stream, &bytes).await,
+        }
+    }
+
     /// Writes all of `buf`, which comes back in place, unchanged.
     pub async fn write_vec(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
         use monoio::io::AsyncWriteRentExt as _;

@@ -194,13 +194,15 @@ impl ChunkedDecoder {
                     }
                     match byte {
                         b'\r' => State::TrailerLf,
+                        // A trailer line may not start with whitespace, space or tab: that is
+                        // obs-fold (RFC 9112 §5.2), which an upstream could read as a
+                        // continuation of the line before.
+                        b' ' | b'\t' if self.state == State::TrailerStart => {
+                            return Err(ChunkError("folded trailer"));
+                        }
                         b'\t' => State::Trailer,
                         b if b < 0x20 || b == 0x7f => {
                             return Err(ChunkError("control character in trailer"));
-                        }
-                        // A trailer line may not start with whitespace (obs-fold).
-                        b' ' if self.state == State::TrailerStart => {
-                            return Err(ChunkError("folded trailer"));
                         }
                         _ => State::Trailer,
                     }
@@ -299,18 +301,19 @@ mod tests {
     #[test]
     fn malformed_bodies_are_refused() {
         let cases: &[&[u8]] = &[
-            b"\r\n",                        // no size
-            b"g\r\n",                       // not hex
-            b"5\nhello\r\n0\r\n\r\n",       // bare LF after size
-            b"5;ext\nhello\r\n",            // bare LF in extension
-            b"5\r\nhelloX\r\n",             // payload longer than size
-            b"5\r\nhello\n0\r\n\r\n",       // bare LF after payload
-            b"11111111111111111\r\n",       // 17 hex digits: overflow
-            b"0\r\n\r\r",                   // bare CR at the end
-            b"0\r\nbad\x00trailer\r\n\r\n", // control character in trailer
-            b"0\r\n folded\r\n\r\n",        // obs-fold in trailers
-            b"-1\r\n",                      // sign
-            b"0x5\r\nhello\r\n",            // 0x prefix
+            b"\r\n",                          // no size
+            b"g\r\n",                         // not hex
+            b"5\nhello\r\n0\r\n\r\n",         // bare LF after size
+            b"5;ext\nhello\r\n",              // bare LF in extension
+            b"5\r\nhelloX\r\n",               // payload longer than size
+            b"5\r\nhello\n0\r\n\r\n",         // bare LF after payload
+            b"11111111111111111\r\n",         // 17 hex digits: overflow
+            b"0\r\n\r\r",                     // bare CR at the end
+            b"0\r\nbad\x00trailer\r\n\r\n",   // control character in trailer
+            b"0\r\n folded\r\n\r\n",          // obs-fold in trailers
+            b"0\r\nx: y\r\n\tfolded\r\n\r\n", // obs-fold with a tab
+            b"-1\r\n",                        // sign
+            b"0x5\r\nhello\r\n",              // 0x prefix
         ];
         for case in cases {
             assert!(

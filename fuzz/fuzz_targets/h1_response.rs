@@ -1,0 +1,7 @@
+//! libFuzzer entry for the `h1_response` target (body in `dataplane/tests/fuzz/targets.rs`).
+#![no_main]
+
+#[path = "../../dataplane/tests/fuzz/targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::h1_response(data));
