@@ -480,6 +480,7 @@ else:
 /// tunnels that both nodes count.
 fn pod_traffic_crosses_nodes_in_hbone_tunnels(driver: Driver) {
     let mesh = Mesh::new(driver, &Settings::redirect());
+    let mut mutual_tls = 0.0;
     let mut outbound = mesh.tunnels(0, "outbound");
     let mut inbound = mesh.tunnels(1, "inbound");
     let mut check_tunnels = |what: &str| {
@@ -497,6 +498,18 @@ fn pod_traffic_crosses_nodes_in_hbone_tunnels(driver: Driver) {
         );
         outbound = mesh.tunnels(0, "outbound");
         inbound = mesh.tunnels(1, "inbound");
+        // Node B labels what it served from a tunnel as mutual TLS, as Istio does.
+        mesh.wait_metric_above(
+            1,
+            "istio_tcp_connections_opened_total",
+            &[("connection_security_policy", "mutual_tls")],
+            mutual_tls,
+        );
+        mutual_tls = mesh.metric(
+            1,
+            "istio_tcp_connections_opened_total",
+            &[("connection_security_policy", "mutual_tls")],
+        );
         eprintln!("{what}: tunnels out {outbound}, in {inbound}");
     };
     a1_reaches_b1_with_every_tool(&mesh, &mut check_tunnels);
@@ -741,6 +754,12 @@ fn plaintext_inbound_is_served_when_permissive_and_refused_when_strict(driver: D
 
     let body = get(&node_a, target).expect("plaintext to a PERMISSIVE B1 is served");
     assert_eq!(body.trim(), format!("b1 {node_a_ip} -"));
+    mesh.wait_metric_above(
+        1,
+        "istio_tcp_connections_opened_total",
+        &[("connection_security_policy", "none")],
+        0.0,
+    );
 
     let strict = [
         Settings {
@@ -844,14 +863,16 @@ fn killing_node_b_keeps_node_a_flows_and_new_connections_succeed_once_back(drive
 }
 
 /// An open A1 → B1 connection through a tunnel is closed once node B reloads a policy that denies
-/// A1 (the live re-check), while it stays open until then.
+/// A1 (the live re-check), while A2's open connection to B1 (another account) keeps working.
 fn a_reload_that_denies_closes_the_open_tunnel(driver: Driver) {
     let mesh = Mesh::new(driver, &Settings::redirect());
     let a1 = mesh.pod_ns(0, 0);
     echo_server(&mesh.pod_ns(1, 0));
-    let mut conn =
-        netns::connect(&a1, at(mesh.pod_ip(1, 0), ECHO_PORT), IO_TIMEOUT).expect("A1 to B1");
+    let b1 = at(mesh.pod_ip(1, 0), ECHO_PORT);
+    let mut conn = netns::connect(&a1, b1, IO_TIMEOUT).expect("A1 to B1");
     echo_line(&mut conn, "hello\n").expect("A1-B1 echo");
+    let mut other = netns::connect(&mesh.pod_ns(0, 1), b1, IO_TIMEOUT).expect("A2 to B1");
+    echo_line(&mut other, "hello\n").expect("A2-B1 echo");
 
     let settings = Settings {
         node_b_tables: deny("a1"),
@@ -881,4 +902,5 @@ fn a_reload_that_denies_closes_the_open_tunnel(driver: Driver) {
             "the revoked tunnel is still open"
         );
     }
+    echo_line(&mut other, "still here\n").expect("A2's tunnel survives the reload");
 }
