@@ -22,6 +22,9 @@
 //!   [`exchange_pairs!`] to generate a test per pair and driver, one client for both protocols
 //!   (whose request body may trickle), and a one-worker proxy in front of `h2_upstream.py` to run
 //!   them against.
+//! - [`netns`]: the node-mode [`netns::Testbed`] (nodes and pods as network namespaces), sockets
+//!   opened inside a namespace ([`netns::connect`], [`netns::bind`]) and link captures;
+//!   `Proxy::builder(..).netns(ns)` runs ringmesh in a node namespace.
 //! - [`wait`]: bounded polling. Tests never sleep to wait for readiness; they poll a condition
 //!   with a deadline and fail with the last state they saw.
 //!
