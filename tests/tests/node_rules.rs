@@ -46,6 +46,14 @@ fn config(node: &str, capture: Capture, ipv6: bool) -> String {
          hbone = \"0.0.0.0:{HBONE}\"\ncapture = \"{}\"\nmark = {MARK}\n",
         capture.name()
     );
+    // The HBONE listener and local HBONE workloads need [identity] with the workloads' account;
+    // `node rules` validates the config but reads no certificate, so the paths need not exist.
+    text.push_str(
+        "\n[identity]\ntrust_domain = \"cluster.local\"\ncert = \"/nonexistent/node.pem\"\n\
+         key = \"/nonexistent/node.key\"\nca_bundle = \"/nonexistent/ca.pem\"\n\
+         \n[[identity.service_accounts]]\nnamespace = \"shop\"\nservice_account = \"default\"\n\
+         cert = \"/nonexistent/sa.pem\"\nkey = \"/nonexistent/sa.key\"\n",
+    );
     for (n, subnet) in [("a", 1), ("b", 2)] {
         for p in 1..=2 {
             let v6 = if ipv6 {
