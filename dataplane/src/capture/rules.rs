@@ -385,6 +385,19 @@ mod tests {
 name = "a"
 {node}
 
+# Required by the HBONE listener and local HBONE workloads; the rules read no certificate.
+[identity]
+trust_domain = "cluster.local"
+cert = "node.pem"
+key = "node.key"
+ca_bundle = "ca.pem"
+
+[[identity.service_accounts]]
+namespace = "shop"
+service_account = "default"
+cert = "sa.pem"
+key = "sa.key"
+
 [[workloads]]
 name = "a1"
 namespace = "shop"
