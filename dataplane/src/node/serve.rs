@@ -127,12 +127,12 @@ async fn outbound(
     };
     match &workload {
         Some(workload) if workload.node_local => {
-            same_node(core, listener, table, stream, peer, &route).await;
+            same_node(core, snapshot, listener, table, stream, peer, &route).await;
         }
         Some(workload) if workload.protocol == config_schema::WorkloadProtocol::Hbone => {
             tunnel(core, snapshot, listener, table, stream, peer, &route).await;
         }
-        _ => direct(core, listener, table, stream, peer, &route).await,
+        _ => direct(core, snapshot, listener, table, stream, peer, &route).await,
     }
 }
 
@@ -161,6 +161,7 @@ fn service_label(service: Option<&str>, workload: Option<&Workload>) -> Arc<str>
 /// mesh workload whose identity this node holds), then a connection from the source's address.
 async fn same_node(
     core: &Rc<Core>,
+    snapshot: &Snapshot,
     listener: &Listener,
     table: &NodeTable,
     stream: TcpStream,
@@ -179,6 +180,8 @@ async fn same_node(
     let tracked = &registration.tracked;
     // Same node: the node itself vouches for the source's identity, as ztunnel's local path.
     let mut connection = account::Connection::new(SecurityPolicy::MutualTls);
+    let span = core.connection_span(snapshot, &listener.name, &route.service, peer);
+    connection.trace_id = span.as_ref().map(|span| span.trace_id());
     if authorized(core, listener, tracked, &mut connection) {
         let upstream = connect(table, Some(peer), route.target, &mut connection).await;
         if let Some(upstream) = upstream {
@@ -217,6 +220,7 @@ async fn same_node(
 /// A workload outside the mesh, or passthrough: a plain connection from the source's address.
 async fn direct(
     core: &Rc<Core>,
+    snapshot: &Snapshot,
     listener: &Listener,
     table: &NodeTable,
     stream: TcpStream,
@@ -224,6 +228,8 @@ async fn direct(
     route: &Route<'_>,
 ) {
     let mut connection = account::Connection::new(SecurityPolicy::None);
+    let span = core.connection_span(snapshot, &listener.name, &route.service, peer);
+    connection.trace_id = span.as_ref().map(|span| span.trace_id());
     if let Some(upstream) = connect(table, Some(peer), route.target, &mut connection).await {
         let principal = route.source.spiffe_id.as_deref();
         let series = series(
@@ -285,8 +291,12 @@ async fn tunnel(
         address: SocketAddr::new(route.target.ip(), table.hbone_port),
         server: Rc::from(destination_id.as_str()),
     };
+    // With `l4_spans`, the connection is a span, and the tunnel carries it as the parent.
+    let span = core.connection_span(snapshot, &listener.name, &route.service, peer);
     let mut request = ConnectRequest::new(route.target, Some(peer));
     request.baggage = Some(baggage(route.source));
+    request.traceparent = span.as_ref().map(|span| span.traceparent());
+    connection.trace_id = span.as_ref().map(|span| span.trace_id());
     let options = ConnectOptions {
         mark: Some(table.mark),
         connect_timeout: table.connect_timeout,
@@ -354,6 +364,8 @@ async fn inbound(
         record(core, listener, &service, peer, None, &connection);
         return;
     }
+    let span = core.connection_span(snapshot, &listener.name, &service, peer);
+    connection.trace_id = span.as_ref().map(|span| span.trace_id());
     let registration = core.l4_connections.register(Tracked {
         listener: Rc::from(&*listener.name),
         peer,

@@ -122,6 +122,15 @@ impl<'a> ConnectionSpan<'a> {
     pub fn trace_id(&self) -> TraceId {
         self.span.trace_id
     }
+
+    /// A W3C `traceparent` naming this span as the parent, sampled (an HBONE tunnel's CONNECT
+    /// carries it, so the destination node's span joins the trace).
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{:032x}-{:016x}-01",
+            self.span.trace_id.0, self.span.span_id.0
+        )
+    }
 }
 
 impl Drop for ConnectionSpan<'_> {

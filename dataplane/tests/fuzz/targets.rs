@@ -721,6 +721,7 @@ const CONFIGS: &[&str] = &[
     include_str!("../../../deploy/examples/quickstart.toml"),
     include_str!("../../../deploy/examples/l4-fanout.toml"),
     include_str!("../../../deploy/examples/mesh-node.toml"),
+    include_str!("../../../deploy/examples/node-mode.toml"),
 ];
 
 /// The config loader and validator on mutated valid configs: the input picks an example and a
