@@ -32,26 +32,34 @@ use crate::snapshot::SnapshotRef;
 /// Pending connections the kernel queues per socket before the worker accepts them.
 const BACKLOG: i32 = 4096;
 
-/// Binds one socket per worker for `address`; `cores[i]` is worker `i`'s core, if pinned.
+/// Binds one socket per worker for `address`; `cores[i]` is worker `i`'s core, if pinned;
+/// `transparent`: `IP_TRANSPARENT` (a `[node]` listener in tproxy mode, which accepts
+/// connections to addresses that are not the node's).
 ///
 /// With port 0, the first socket picks a free port and the others join it. Returns the bound
 /// address and the sockets in worker order.
 pub fn bind_per_worker(
     address: SocketAddr,
     cores: &[Option<usize>],
+    transparent: bool,
 ) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
     let mut local = address;
     let mut sockets = Vec::with_capacity(cores.len());
     for core in cores {
-        let socket = bind_one(local, *core)?;
+        let socket = bind_one(local, *core, transparent)?;
         local = socket.local_addr()?;
         sockets.push(socket);
     }
     Ok((local, sockets))
 }
 
-/// Binds one `SO_REUSEPORT` socket; with a fixed port it joins that port's group.
-pub fn bind_one(address: SocketAddr, core: Option<usize>) -> io::Result<std::net::TcpListener> {
+/// Binds one `SO_REUSEPORT` socket (`IP_TRANSPARENT` if `transparent`); with a fixed port it
+/// joins that port's group.
+pub fn bind_one(
+    address: SocketAddr,
+    core: Option<usize>,
+    transparent: bool,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(
         Domain::for_address(address),
         Type::STREAM,
@@ -60,6 +68,9 @@ pub fn bind_one(address: SocketAddr, core: Option<usize>) -> io::Result<std::net
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    if transparent {
+        crate::capture::set_transparent(&socket, address)?;
+    }
     if let Some(cpu) = core {
         socket.set_cpu_affinity(cpu)?;
     }
@@ -77,6 +88,7 @@ pub fn adopt(
     local: SocketAddr,
     sockets: Vec<std::net::TcpListener>,
     cores: &[Option<usize>],
+    transparent: bool,
 ) -> io::Result<(SocketAddr, Vec<Vec<std::net::TcpListener>>)> {
     let workers = cores.len().max(1);
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
@@ -92,7 +104,11 @@ pub fn adopt(
     }
     for (worker, own) in per_worker.iter_mut().enumerate() {
         if own.is_empty() {
-            own.push(bind_one(local, cores.get(worker).copied().flatten())?);
+            own.push(bind_one(
+                local,
+                cores.get(worker).copied().flatten(),
+                transparent,
+            )?);
         }
     }
     Ok((local, per_worker))
@@ -502,9 +518,12 @@ mod tests {
 
     #[test]
     fn port_zero_binds_one_port_for_all_workers() {
-        let (local, sockets) =
-            bind_per_worker("127.0.0.1:0".parse().expect("addr"), &[None, None, None])
-                .expect("bind");
+        let (local, sockets) = bind_per_worker(
+            "127.0.0.1:0".parse().expect("addr"),
+            &[None, None, None],
+            false,
+        )
+        .expect("bind");
         assert_ne!(local.port(), 0);
         assert_eq!(sockets.len(), 3);
         for socket in &sockets {
@@ -514,9 +533,12 @@ mod tests {
 
     #[test]
     fn incoming_cpu_is_set_per_socket() {
-        let (_, sockets) =
-            bind_per_worker("127.0.0.1:0".parse().expect("addr"), &[Some(0), Some(1)])
-                .expect("bind");
+        let (_, sockets) = bind_per_worker(
+            "127.0.0.1:0".parse().expect("addr"),
+            &[Some(0), Some(1)],
+            false,
+        )
+        .expect("bind");
         let cpus: Vec<usize> = sockets
             .into_iter()
             .map(|s| Socket::from(s).cpu_affinity().expect("SO_INCOMING_CPU"))

@@ -279,6 +279,13 @@ impl Reloader {
                 listener.local_addr = bound.local;
                 continue;
             }
+            // A [node] listener in tproxy mode accepts connections to addresses that are not
+            // the node's: its sockets are transparent.
+            let transparent = listener.node.is_some()
+                && next
+                    .node
+                    .as_ref()
+                    .is_some_and(|node| node.capture == config_schema::CaptureMode::Tproxy);
             let sockets = match self
                 .inherited
                 .remove(&*listener.name)
@@ -286,23 +293,11 @@ impl Reloader {
             {
                 Some(inherited) => {
                     info!(listener = %listener.name, address = %inherited.local, sockets = inherited.sockets.len(), "adopting listening sockets from the previous process");
-                    listener::adopt(inherited.local, inherited.sockets, &self.cores)
+                    listener::adopt(inherited.local, inherited.sockets, &self.cores, transparent)
                 }
-                None => {
-                    // A [node] listener in tproxy mode accepts connections to addresses that
-                    // are not the node's: its sockets are transparent.
-                    let bound = match (listener.node, next.node.as_deref()) {
-                        (Some(_), Some(node)) => crate::capture::bind_per_worker(
-                            listener.address,
-                            node.capture,
-                            &self.cores,
-                        ),
-                        _ => listener::bind_per_worker(listener.address, &self.cores),
-                    };
-                    bound.map(|(local, sockets)| {
-                        (local, sockets.into_iter().map(|s| vec![s]).collect())
-                    })
-                }
+                None => listener::bind_per_worker(listener.address, &self.cores, transparent).map(
+                    |(local, sockets)| (local, sockets.into_iter().map(|s| vec![s]).collect()),
+                ),
             };
             let duplicated = sockets.and_then(|(local, per_worker)| {
                 let copies = per_worker

@@ -6,9 +6,9 @@
 //!   REDIRECT, a NAT) the kernel rewrote the destination and keeps the original in conntrack,
 //!   read with `SO_ORIGINAL_DST`; with `tproxy` the socket was never rewritten and its local
 //!   address *is* the original destination.
-//! - [`bind_per_worker`] / [`bind_one`]: capture listeners, one `SO_REUSEPORT` socket per worker as
-//!   [`crate::listener`] binds them, plus `IP_TRANSPARENT` for `tproxy` (a TPROXY'd connection is
-//!   addressed to a non-local address, which only a transparent socket may accept).
+//! - [`set_transparent`]: `IP_TRANSPARENT`, which [`crate::listener::bind_per_worker`] sets on
+//!   `[node]` listeners in `tproxy` mode (a TPROXY'd connection is addressed to a non-local
+//!   address, which only a transparent socket may accept).
 //! - [`connect_from`]: a connection to a workload that keeps the source pod's address
 //!   (`IP_TRANSPARENT` bound to it) and carries `SO_MARK`, so that the capture rules let it pass
 //!   and route its replies back to ringmesh (see [`rules`]).
@@ -26,9 +26,6 @@ use std::time::Duration;
 use config_schema::CaptureMode;
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
-
-/// Pending connections the kernel queues per capture socket before the worker accepts them.
-const BACKLOG: i32 = 4096;
 
 /// The destination a captured connection was opened to, before the capture rules sent it here.
 ///
@@ -76,51 +73,8 @@ fn as_socket_addr(address: &SockAddr) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("original destination is not an IP address"))
 }
 
-/// Binds one capture socket per worker for `address`; `cores[i]` is worker `i`'s core, if pinned.
-/// As [`crate::listener::bind_per_worker`], with `IP_TRANSPARENT` for `tproxy`.
-pub fn bind_per_worker(
-    address: SocketAddr,
-    mode: CaptureMode,
-    cores: &[Option<usize>],
-) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
-    let mut local = address;
-    let mut sockets = Vec::with_capacity(cores.len());
-    for core in cores {
-        let socket = bind_one(local, mode, *core)?;
-        local = socket.local_addr()?;
-        sockets.push(socket);
-    }
-    Ok((local, sockets))
-}
-
-/// Binds one `SO_REUSEPORT` capture socket (transparent for `tproxy`); with a fixed port it joins
-/// that port's group.
-pub fn bind_one(
-    address: SocketAddr,
-    mode: CaptureMode,
-    core: Option<usize>,
-) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    if mode == CaptureMode::Tproxy {
-        set_transparent(&socket, address)?;
-    }
-    if let Some(cpu) = core {
-        socket.set_cpu_affinity(cpu)?;
-    }
-    socket.bind(&address.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
-}
-
 /// `IP_TRANSPARENT` (or its IPv6 twin) for a socket of `address`'s family. Needs CAP_NET_ADMIN.
-fn set_transparent(socket: &Socket, address: SocketAddr) -> io::Result<()> {
+pub(crate) fn set_transparent(socket: &Socket, address: SocketAddr) -> io::Result<()> {
     match address {
         SocketAddr::V4(_) => socket.set_ip_transparent_v4(true),
         SocketAddr::V6(_) => socket.set_ip_transparent_v6(true),
@@ -317,12 +271,8 @@ mod tests {
 
     #[test]
     fn a_tproxy_listener_is_transparent_and_its_destination_is_the_local_address() {
-        let listener = bind_one(
-            "127.0.0.1:0".parse().expect("addr"),
-            CaptureMode::Tproxy,
-            None,
-        )
-        .expect("transparent bind (root)");
+        let listener = crate::listener::bind_one("127.0.0.1:0".parse().expect("addr"), None, true)
+            .expect("transparent bind (root)");
         assert!(
             SockRef::from(&listener)
                 .ip_transparent_v4()

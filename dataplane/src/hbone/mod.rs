@@ -153,8 +153,8 @@ impl ByStatus {
     }
 }
 
-/// HBONE counters of one worker (single writer: the worker; readers anywhere), for the lead to
-/// expose.
+/// HBONE counters of one worker (single writer: the worker; readers anywhere: the admin thread
+/// sums them into `ringmesh_hbone_*`), shared by the worker's pool and tunnel servers.
 #[derive(Debug, Default)]
 pub struct HboneCounters {
     /// Server: CONNECT streams answered 200.

@@ -415,8 +415,8 @@ fn tcp_series<'a>(
 
 /// Checks a new connection against the authorization policies of its listener in the snapshot
 /// current now (the connection's own may be older). Counts and logs a denial, and notes it in
-/// `connection`.
-fn authorized(
+/// `connection`. Node mode's connections to local workloads are checked here too.
+pub(crate) fn authorized(
     core: &Core,
     listener: &Listener,
     tracked: &Tracked,

@@ -35,7 +35,7 @@ use crate::hbone::server::{ConnectHandler, Opened, Refusal, ServerOptions};
 use crate::hbone::{ConnectRequest, Outcome};
 use crate::identity::SpiffeId;
 use crate::l4::account;
-use crate::l4::copy;
+use crate::l4::{authorized, copy};
 use crate::policy::authz::Tracked;
 use crate::snapshot::{Listener, Snapshot, SnapshotRef};
 use crate::stats::TcpMetrics;
@@ -695,30 +695,6 @@ async fn copy_plain(
             tracing::info!(listener = %listener.name, "connection closed: a reloaded authorization policy denies it");
         }
     }
-}
-
-/// Checks a connection against the node-mode policies of the snapshot current now; counts a
-/// denial and notes it in `connection`.
-fn authorized(
-    core: &Core,
-    listener: &Listener,
-    tracked: &Tracked,
-    connection: &mut account::Connection,
-) -> bool {
-    let current = core.snapshot();
-    let authz = match current.listener(&listener.name) {
-        Some(now) => now.authz.as_ref(),
-        None => listener.authz.as_ref(),
-    };
-    let Some(authz) = authz else {
-        return true;
-    };
-    let verdict = authz.evaluate(&tracked.input(), core.id);
-    if !verdict.allowed {
-        connection.denied(verdict.policy);
-        debug!(listener = %listener.name, peer = %tracked.peer, policy = verdict.policy.unwrap_or(crate::policy::authz::NO_ALLOW_MATCHED), "connection denied by authorization policy");
-    }
-    verdict.allowed
 }
 
 /// The Istio TCP series of a node-mode connection, in this worker's table of `listener`.
