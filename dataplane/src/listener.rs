@@ -274,7 +274,7 @@ async fn serve(
     };
     let _ = stream.set_nodelay(true);
     if let Some(role) = listener.node {
-        crate::node::serve(&core, &snapshot, listener, role, stream, peer).await;
+        crate::node::serve(&core, &snapshot, listener, &name, role, stream, peer).await;
         drop(guard);
         return;
     }

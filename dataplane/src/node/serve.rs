@@ -51,6 +51,7 @@ pub async fn serve(
     core: &Rc<Core>,
     snapshot: &SnapshotRef,
     listener: &Listener,
+    name: &Rc<str>,
     role: Role,
     stream: TcpStream,
     peer: SocketAddr,
@@ -68,13 +69,23 @@ pub async fn serve(
         }
     };
     match role {
-        Role::Outbound => outbound(core, snapshot, listener, &table, stream, peer, original).await,
-        Role::Inbound => inbound(core, snapshot, listener, &table, stream, peer, original).await,
+        Role::Outbound => {
+            outbound(
+                core, snapshot, listener, name, &table, stream, peer, original,
+            )
+            .await;
+        }
+        Role::Inbound => {
+            inbound(
+                core, snapshot, listener, name, &table, stream, peer, original,
+            )
+            .await;
+        }
         // Boxed: the TLS handshake and the HTTP/2 server would make every connection task as
         // big as this branch.
         Role::Hbone => {
             Box::pin(hbone(
-                core, snapshot, listener, &table, stream, peer, original,
+                core, snapshot, listener, name, &table, stream, peer, original,
             ))
             .await;
         }
@@ -82,10 +93,12 @@ pub async fn serve(
 }
 
 /// A local workload's captured connection to `original`.
+#[allow(clippy::too_many_arguments)]
 async fn outbound(
     core: &Rc<Core>,
     snapshot: &Snapshot,
     listener: &Listener,
+    name: &Rc<str>,
     table: &NodeTable,
     stream: TcpStream,
     peer: SocketAddr,
@@ -120,6 +133,7 @@ async fn outbound(
         }
     };
     let route = Route {
+        listener: name,
         source: &source,
         destination: workload.as_ref(),
         service: service_label(service.as_ref().map(|s| &*s.name), workload.as_deref()),
@@ -138,6 +152,8 @@ async fn outbound(
 
 /// Where an outbound connection goes.
 struct Route<'a> {
+    /// The listener's name, as the worker holds it.
+    listener: &'a Rc<str>,
     /// The local workload that opened it.
     source: &'a Arc<Workload>,
     /// The workload it goes to (none for passthrough).
@@ -170,7 +186,7 @@ async fn same_node(
 ) {
     let principal = route.source.spiffe_id.as_deref().cloned();
     let registration = core.l4_connections.register(Tracked {
-        listener: Rc::from(&*listener.name),
+        listener: Rc::clone(route.listener),
         peer,
         destination_port: route.target.port(),
         sni: None,
@@ -335,10 +351,12 @@ async fn tunnel(
 }
 
 /// Captured plaintext to a local workload from outside the mesh.
+#[allow(clippy::too_many_arguments)]
 async fn inbound(
     core: &Rc<Core>,
     snapshot: &Snapshot,
     listener: &Listener,
+    name: &Rc<str>,
     table: &NodeTable,
     stream: TcpStream,
     peer: SocketAddr,
@@ -367,7 +385,7 @@ async fn inbound(
     let span = core.connection_span(snapshot, &listener.name, &service, peer);
     connection.trace_id = span.as_ref().map(|span| span.trace_id());
     let registration = core.l4_connections.register(Tracked {
-        listener: Rc::from(&*listener.name),
+        listener: Rc::clone(name),
         peer,
         destination_port: original.port(),
         sni: None,
@@ -403,10 +421,12 @@ async fn inbound(
 }
 
 /// A tunnel connection from another node for the local workload at `original`'s address.
+#[allow(clippy::too_many_arguments)]
 async fn hbone(
     core: &Rc<Core>,
     snapshot: &SnapshotRef,
     listener: &Listener,
+    name: &Rc<str>,
     table: &Arc<NodeTable>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -444,7 +464,7 @@ async fn hbone(
     let handler = Rc::new(Inbound {
         core: Rc::clone(core),
         snapshot: snapshot.clone(),
-        listener: Rc::from(&*listener.name),
+        listener: Rc::clone(name),
         table: Arc::clone(table),
         workload,
         node: peer,
