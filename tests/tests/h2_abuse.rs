@@ -1,7 +1,8 @@
 //! HTTP/2 abuse on raw frames (`tests/python/h2_attack.py`, on hyperframe and hpack) against a
 //! proxy with one worker, while a legitimate h2load client uses the same worker: rapid reset
-//! (CVE-2023-44487), CONTINUATION floods with large and small frames, PING and SETTINGS floods,
-//! and runs of empty DATA frames.
+//! (CVE-2023-44487), CONTINUATION floods with large and small frames, PING, PING ACK, SETTINGS
+//! and unknown-frame-type floods, WINDOW_UPDATE floods, runs of empty DATA frames, and resets the
+//! client provokes from the server ("MadeYouReset", CVE-2025-8671).
 //!
 //! For each attack: the attacking connection gets GOAWAY(ENHANCE_YOUR_CALM) and is closed before
 //! the attacker sends more than the bound (the attacker never sends unit bound + 1, so this
@@ -44,6 +45,10 @@ both_drivers!(
     ping_flood_is_cut_off,
     settings_flood_is_cut_off,
     empty_data_frames_are_cut_off,
+    ping_ack_flood_is_cut_off,
+    unknown_frame_flood_is_cut_off,
+    window_update_flood_is_cut_off,
+    made_you_reset_is_cut_off,
 );
 
 /// A proxy with one worker in front of an HTTP/2 upstream, the limits above, and a legitimate
@@ -216,6 +221,8 @@ protocol = "h2"
             "control_flood",
             "continuation_flood",
             "empty_frames",
+            "window_update_flood",
+            "made_you_reset",
         ] {
             if other != counter {
                 assert_eq!(
@@ -374,4 +381,72 @@ fn empty_data_frames_are_cut_off(driver: Driver) {
         ],
     );
     scene.check("empty DATA frames", &results, growth, bound, "empty_frames");
+}
+
+/// PING ACKs nobody asked for spend the control-frame budget as PINGs do.
+fn ping_ack_flood_is_cut_off(driver: Driver) {
+    let mut scene = Scene::start(driver);
+    let bound = 2 * CONTROL_FRAME_BURST;
+    let (results, growth) = scene.attack(
+        1,
+        &["ping-ack", "--bound", &bound.to_string(), "--batch", "50"],
+    );
+    scene.check("PING ACK flood", &results, growth, bound, "control_flood");
+}
+
+/// Frames of a type the server does not know: parsed and dropped, so they spend the
+/// control-frame budget too.
+fn unknown_frame_flood_is_cut_off(driver: Driver) {
+    let mut scene = Scene::start(driver);
+    let bound = 2 * CONTROL_FRAME_BURST;
+    let (results, growth) = scene.attack(
+        1,
+        &["unknown", "--bound", &bound.to_string(), "--batch", "50"],
+    );
+    scene.check(
+        "unknown frame flood",
+        &results,
+        growth,
+        bound,
+        "control_flood",
+    );
+}
+
+/// WINDOW_UPDATEs on a connection that was sent no data: past the 100 free ones, they spend the
+/// control-frame budget; the bound is the free ones plus twice the burst.
+fn window_update_flood_is_cut_off(driver: Driver) {
+    let mut scene = Scene::start(driver);
+    let bound = 100 + 2 * CONTROL_FRAME_BURST;
+    let (results, growth) = scene.attack(
+        1,
+        &[
+            "window-update",
+            "--bound",
+            &bound.to_string(),
+            "--batch",
+            "50",
+        ],
+    );
+    scene.check(
+        "WINDOW_UPDATE flood",
+        &results,
+        growth,
+        bound,
+        "window_update_flood",
+    );
+}
+
+/// Requests each followed by a PRIORITY frame that makes the stream depend on itself, which the
+/// server must answer by resetting the stream: counted as resets, so the connection is cut off
+/// as a rapid reset one is (at most 1,000 units, the bound of the rapid reset tests).
+fn made_you_reset_is_cut_off(driver: Driver) {
+    let mut scene = Scene::start(driver);
+    let (results, growth) = scene.attack(1, &["self-priority", "--bound", "1000", "--batch", "20"]);
+    scene.check(
+        "MadeYouReset (self-dependent PRIORITY)",
+        &results,
+        growth,
+        1000,
+        "made_you_reset",
+    );
 }
