@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::h2::{Background, H2load, MIB, PyServer, RssSampler, h2load_command, rss};
+use tests::h2::{Background, H2load, MIB, PyServer, RssSampler, h2load_command, rss, run};
 use tests::wait::PATIENCE;
 use tests::{Driver, Proxy, both_drivers, wait_until};
 
@@ -49,6 +49,7 @@ both_drivers!(
     unknown_frame_flood_is_cut_off,
     window_update_flood_is_cut_off,
     made_you_reset_is_cut_off,
+    small_window_download_is_not_cut_off,
 );
 
 /// A proxy with one worker in front of an HTTP/2 upstream, the limits above, and a legitimate
@@ -449,4 +450,25 @@ fn made_you_reset_is_cut_off(driver: Driver) {
         1000,
         "made_you_reset",
     );
+}
+
+/// The other side of the WINDOW_UPDATE budget: a client with 1 KiB windows downloading 1 MiB
+/// bodies sends a WINDOW_UPDATE for about every 512 bytes it reads, thousands of them, far
+/// beyond the free ones and the burst; they answer the DATA the proxy sent, so nothing is cut
+/// off and no abuse is counted.
+fn small_window_download_is_not_cut_off(driver: Driver) {
+    let mut scene = Scene::start(driver);
+    let url = format!("http://{}/bytes/{MIB}", scene.proxy.listener("main"));
+    let output = run(
+        h2load_command(&["-n", "4", "-c", "1", "-w", "10", "-W", "10", &url]),
+        RUN,
+    );
+    assert!(output.status.success(), "h2load: {}", output.stderr);
+    H2load::parse(&output.stdout).assert_all_ok(4);
+    scene.legit_ok();
+    let stats = scene.proxy.stats();
+    let http2 = &stats.listener("main")["http2"];
+    for counter in ["window_update_flood", "control_flood", "empty_frames"] {
+        assert_eq!(http2[counter], 0, "{counter}: {http2}");
+    }
 }
