@@ -850,8 +850,9 @@ pub struct Http2Spec {
     /// Bytes buffered per stream toward a slow peer before reads pause.
     #[serde(default = "Http2Spec::default_max_send_buffer")]
     pub max_send_buffer: ByteSize,
-    /// PING, SETTINGS and PRIORITY frames per second a client may send, sustained;
-    /// beyond it (and the burst) the connection gets GOAWAY(ENHANCE_YOUR_CALM).
+    /// Control frames (PING, SETTINGS, PRIORITY, their ACKs, unknown frame types, and
+    /// WINDOW_UPDATEs beyond what the data sent explains) per second a client may send,
+    /// sustained; beyond it (and the burst) the connection gets GOAWAY(ENHANCE_YOUR_CALM).
     #[serde(default = "Http2Spec::default_control_frames_per_second")]
     pub control_frames_per_second: u32,
     /// Control frames allowed in a burst above the sustained rate.

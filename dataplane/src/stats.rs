@@ -76,12 +76,17 @@ pub struct ListenerCounters {
     pub h2_protocol_errors: Counter,
     /// HTTP/2 connections closed for rapid reset.
     pub h2_abuse_rapid_reset: Counter,
-    /// HTTP/2 connections closed for a PING/SETTINGS/PRIORITY flood.
+    /// HTTP/2 connections closed for a flood of PING/SETTINGS/PRIORITY, their ACKs, or unknown
+    /// frame types.
     pub h2_abuse_control_flood: Counter,
     /// HTTP/2 connections closed for a CONTINUATION flood.
     pub h2_abuse_continuation_flood: Counter,
     /// HTTP/2 connections closed for a run of empty frames.
     pub h2_abuse_empty_frames: Counter,
+    /// HTTP/2 connections closed for a WINDOW_UPDATE flood.
+    pub h2_abuse_window_update_flood: Counter,
+    /// HTTP/2 connections closed for provoking stream resets ("MadeYouReset").
+    pub h2_abuse_made_you_reset: Counter,
     /// Open L4 connections closed because a reload's authorization policies deny them.
     pub authz_revoked: Counter,
     /// TLS passthrough: connections sent where an SNI route says.

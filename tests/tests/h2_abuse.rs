@@ -1,7 +1,8 @@
 //! HTTP/2 abuse on raw frames (`tests/python/h2_attack.py`, on hyperframe and hpack) against a
 //! proxy with one worker, while a legitimate h2load client uses the same worker: rapid reset
-//! (CVE-2023-44487), CONTINUATION floods with large and small frames, PING and SETTINGS floods,
-//! and runs of empty DATA frames.
+//! (CVE-2023-44487), CONTINUATION floods with large and small frames, PING, PING ACK, SETTINGS
+//! and unknown-frame-type floods, WINDOW_UPDATE floods, runs of empty DATA frames, and resets the
+//! client provokes from the server ("MadeYouReset", CVE-2025-8671).
 //!
 //! For each attack: the attacking connection gets GOAWAY(ENHANCE_YOUR_CALM) and is closed before
 //! the attacker sends more than the bound (the attacker never sends unit bound + 1, so this
@@ -13,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::h2::{Background, H2load, MIB, PyServer, RssSampler, h2load_command, rss};
+use tests::h2::{Background, H2load, MIB, PyServer, RssSampler, h2load_command, rss, run};
 use tests::wait::PATIENCE;
 use tests::{Driver, Proxy, both_drivers, wait_until};
 
@@ -44,6 +45,11 @@ both_drivers!(
     ping_flood_is_cut_off,
     settings_flood_is_cut_off,
     empty_data_frames_are_cut_off,
+    ping_ack_flood_is_cut_off,
+    unknown_frame_flood_is_cut_off,
+    window_update_flood_is_cut_off,
+    made_you_reset_is_cut_off,
+    small_window_download_is_not_cut_off,
 );
 
 /// A proxy with one worker in front of an HTTP/2 upstream, the limits above, and a legitimate
@@ -216,6 +222,8 @@ protocol = "h2"
             "control_flood",
             "continuation_flood",
             "empty_frames",
+            "window_update_flood",
+            "made_you_reset",
         ] {
             if other != counter {
                 assert_eq!(
@@ -374,4 +382,93 @@ fn empty_data_frames_are_cut_off(driver: Driver) {
         ],
     );
     scene.check("empty DATA frames", &results, growth, bound, "empty_frames");
+}
+
+/// PING ACKs nobody asked for spend the control-frame budget as PINGs do.
+fn ping_ack_flood_is_cut_off(driver: Driver) {
+    let mut scene = Scene::start(driver);
+    let bound = 2 * CONTROL_FRAME_BURST;
+    let (results, growth) = scene.attack(
+        1,
+        &["ping-ack", "--bound", &bound.to_string(), "--batch", "50"],
+    );
+    scene.check("PING ACK flood", &results, growth, bound, "control_flood");
+}
+
+/// Frames of a type the server does not know: parsed and dropped, so they spend the
+/// control-frame budget too.
+fn unknown_frame_flood_is_cut_off(driver: Driver) {
+    let mut scene = Scene::start(driver);
+    let bound = 2 * CONTROL_FRAME_BURST;
+    let (results, growth) = scene.attack(
+        1,
+        &["unknown", "--bound", &bound.to_string(), "--batch", "50"],
+    );
+    scene.check(
+        "unknown frame flood",
+        &results,
+        growth,
+        bound,
+        "control_flood",
+    );
+}
+
+/// WINDOW_UPDATEs on a connection that was sent no data: past the 100 free ones, they spend the
+/// control-frame budget; the bound is the free ones plus twice the burst.
+fn window_update_flood_is_cut_off(driver: Driver) {
+    let mut scene = Scene::start(driver);
+    let bound = 100 + 2 * CONTROL_FRAME_BURST;
+    let (results, growth) = scene.attack(
+        1,
+        &[
+            "window-update",
+            "--bound",
+            &bound.to_string(),
+            "--batch",
+            "50",
+        ],
+    );
+    scene.check(
+        "WINDOW_UPDATE flood",
+        &results,
+        growth,
+        bound,
+        "window_update_flood",
+    );
+}
+
+/// Requests each followed by a PRIORITY frame that makes the stream depend on itself, which the
+/// server must answer by resetting the stream: counted as resets, so the connection is cut off
+/// as a rapid reset one is (at most 1,000 units, the bound of the rapid reset tests).
+fn made_you_reset_is_cut_off(driver: Driver) {
+    let mut scene = Scene::start(driver);
+    let (results, growth) = scene.attack(1, &["self-priority", "--bound", "1000", "--batch", "20"]);
+    scene.check(
+        "MadeYouReset (self-dependent PRIORITY)",
+        &results,
+        growth,
+        1000,
+        "made_you_reset",
+    );
+}
+
+/// The other side of the WINDOW_UPDATE budget: a client with 1 KiB windows downloading 1 MiB
+/// bodies sends a WINDOW_UPDATE for about every 512 bytes it reads, thousands of them, far
+/// beyond the free ones and the burst; they answer the DATA the proxy sent, so nothing is cut
+/// off and no abuse is counted.
+fn small_window_download_is_not_cut_off(driver: Driver) {
+    let mut scene = Scene::start(driver);
+    let url = format!("http://{}/bytes/{MIB}", scene.proxy.listener("main"));
+    let output = run(
+        h2load_command(&["-n", "4", "-c", "1", "-w", "10", "-W", "10", &url]),
+        RUN,
+    );
+    assert!(output.status.success(), "h2load: {}", output.stderr);
+    H2load::parse(&output.stdout).assert_all_ok(4);
+    scene.legit_ok();
+    let stats = scene.proxy.stats();
+    let http2 = &stats.listener("main")["http2"];
+    for counter in ["window_update_flood", "control_flood", "empty_frames"] {
+        assert_eq!(http2[counter], 0, "{counter}: {http2}");
+    }
 }

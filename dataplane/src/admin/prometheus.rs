@@ -195,7 +195,7 @@ const LISTENER_METRICS: &[Family<ListenerCounters>] = &[
     (
         "http2_control_flood_total",
         "counter",
-        "HTTP/2 connections closed for a PING/SETTINGS/PRIORITY flood.",
+        "HTTP/2 connections closed for a control-frame flood (PING, SETTINGS, PRIORITY, ACKs, unknown types).",
         |c| c.h2_abuse_control_flood.get(),
     ),
     (
@@ -209,6 +209,18 @@ const LISTENER_METRICS: &[Family<ListenerCounters>] = &[
         "counter",
         "HTTP/2 connections closed for a run of empty frames.",
         |c| c.h2_abuse_empty_frames.get(),
+    ),
+    (
+        "http2_window_update_flood_total",
+        "counter",
+        "HTTP/2 connections closed for a WINDOW_UPDATE flood.",
+        |c| c.h2_abuse_window_update_flood.get(),
+    ),
+    (
+        "http2_made_you_reset_total",
+        "counter",
+        "HTTP/2 connections closed for provoking stream resets (MadeYouReset).",
+        |c| c.h2_abuse_made_you_reset.get(),
     ),
     (
         "authz_revoked_total",

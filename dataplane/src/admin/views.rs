@@ -122,6 +122,8 @@ pub(super) fn stats_json(shared: &Shared) -> serde_json::Value {
                     "control_flood": w.sum(|c| c.h2_abuse_control_flood.get()),
                     "continuation_flood": w.sum(|c| c.h2_abuse_continuation_flood.get()),
                     "empty_frames": w.sum(|c| c.h2_abuse_empty_frames.get()),
+                    "window_update_flood": w.sum(|c| c.h2_abuse_window_update_flood.get()),
+                    "made_you_reset": w.sum(|c| c.h2_abuse_made_you_reset.get()),
                 },
                 "sni": {
                     "routed": w.sum(|c| c.sni_routed.get()),

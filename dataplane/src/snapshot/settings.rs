@@ -98,7 +98,8 @@ pub struct H2ServerSettings {
 pub struct GuardLimits {
     /// Client resets (RST_STREAM) tolerated before the reset ratio is checked.
     pub max_resets: u32,
-    /// Control frames (PING, SETTINGS, PRIORITY) per second, sustained.
+    /// Control frames (PING, SETTINGS, PRIORITY, their ACKs, unknown types, unexplained
+    /// WINDOW_UPDATEs) per second, sustained.
     pub control_frames_per_second: u32,
     /// Control frames allowed in a burst.
     pub control_frame_burst: u32,

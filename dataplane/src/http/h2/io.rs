@@ -113,6 +113,13 @@ impl H2Io {
         }
     }
 
+    /// Shows the guard what the server wrote: WINDOW_UPDATEs that answer its DATA are free.
+    fn written(&self, bytes: &[u8]) {
+        if let Some((guard, _)) = &self.guard {
+            guard.borrow_mut().outbound(bytes);
+        }
+    }
+
     fn tripped(&self) -> bool {
         self.guard
             .as_ref()
@@ -173,6 +180,7 @@ impl AsyncWrite for H2Io {
             Socket::Tls(socket) => Pin::new(&mut **socket).poll_write(cx, buf),
         };
         if let Poll::Ready(Ok(n)) = written {
+            this.written(&buf[..n.min(buf.len())]);
             this.count(0, n);
         }
         written
@@ -189,6 +197,15 @@ impl AsyncWrite for H2Io {
             Socket::Tls(socket) => Pin::new(&mut **socket).poll_write_vectored(cx, bufs),
         };
         if let Poll::Ready(Ok(n)) = written {
+            let mut left = n;
+            for buf in bufs {
+                if left == 0 {
+                    break;
+                }
+                let take = left.min(buf.len());
+                this.written(&buf[..take]);
+                left -= take;
+            }
             this.count(0, n);
         }
         written

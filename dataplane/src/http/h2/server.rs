@@ -158,6 +158,8 @@ pub async fn serve(
                     Some(Abuse::ControlFlood) => counters.h2_abuse_control_flood.inc(),
                     Some(Abuse::ContinuationFlood) => counters.h2_abuse_continuation_flood.inc(),
                     Some(Abuse::EmptyFrames) => counters.h2_abuse_empty_frames.inc(),
+                    Some(Abuse::WindowUpdateFlood) => counters.h2_abuse_window_update_flood.inc(),
+                    Some(Abuse::MadeYouReset) => counters.h2_abuse_made_you_reset.inc(),
                     None => {}
                 }
                 debug!(%peer, abuse = abuse.map_or("unknown", Abuse::name), "closing abusive HTTP/2 connection");
