@@ -43,6 +43,7 @@ use crate::tls::transport::Transport;
 use crate::upstream::breaker::{self, Resource};
 use crate::upstream::outlier::Observation;
 use crate::upstream::{InFlightGuard, Permit};
+use crate::workload::Workload;
 
 /// Proxies one downstream connection to the listener's cluster until both sides are done.
 /// `name` is the listener's name as the worker holds it (the registry of open connections keeps
@@ -378,24 +379,46 @@ fn tcp_series<'a>(
     endpoint: Option<SocketAddr>,
     upstream_principal: Option<&SpiffeId>,
 ) -> &'a TcpMetrics {
-    use crate::stats::{NO_GRPC_STATUS, RequestProtocol, SeriesKey, SeriesLabels};
     let source = snapshot.workloads.get(peer.ip());
     let destination = endpoint.and_then(|e| cluster.endpoint_workloads.get(e));
+    let mutual_tls = if listener.reporter_source {
+        upstream_principal.is_some()
+    } else {
+        principal.is_some()
+    };
+    series_of(
+        core,
+        listener,
+        (source, principal),
+        (destination, upstream_principal),
+        (&cluster.name, cluster.name_hash),
+        mutual_tls,
+    )
+}
+
+/// The Istio TCP series from `source` (workload, verified principal) to `destination` of
+/// `service` (its name and the name's hash, never 0), in this worker's table of `listener`: for
+/// the connections of tcp listeners and of node mode alike.
+pub(crate) fn series_of<'a>(
+    core: &Core,
+    listener: &'a Listener,
+    (source, source_principal): (Option<&Arc<Workload>>, Option<&SpiffeId>),
+    (destination, destination_principal): (Option<&Arc<Workload>>, Option<&SpiffeId>),
+    (service, service_hash): (&Arc<str>, u64),
+    mutual_tls: bool,
+) -> &'a TcpMetrics {
+    use crate::stats::{NO_GRPC_STATUS, RequestProtocol, SeriesKey, SeriesLabels};
     let key = SeriesKey {
         source_workload: source.map_or(0, |w| w.id),
-        source_principal: principal.map_or(0, SpiffeId::key),
+        source_principal: source_principal.map_or(0, SpiffeId::key),
         destination_workload: destination.map_or(0, |w| w.id),
-        destination_principal: upstream_principal.map_or(0, SpiffeId::key),
-        service: cluster.name_hash,
+        destination_principal: destination_principal.map_or(0, SpiffeId::key),
+        service: service_hash,
         response_code: 0,
         grpc_status: NO_GRPC_STATUS,
         flags: Default::default(),
         protocol: RequestProtocol::Tcp,
-        mutual_tls: if listener.reporter_source {
-            upstream_principal.is_some()
-        } else {
-            principal.is_some()
-        },
+        mutual_tls,
         reporter_source: listener.reporter_source,
     };
     listener
@@ -406,10 +429,10 @@ fn tcp_series<'a>(
         .get(&key, || SeriesLabels {
             key,
             source_workload: source.cloned(),
-            source_principal: principal.map(|id| id.as_str().into()),
+            source_principal: source_principal.map(|id| id.as_str().into()),
             destination_workload: destination.cloned(),
-            destination_principal: upstream_principal.map(|id| id.as_str().into()),
-            service: Some(Arc::clone(&cluster.name)),
+            destination_principal: destination_principal.map(|id| id.as_str().into()),
+            service: Some(Arc::clone(service)),
         })
 }
 

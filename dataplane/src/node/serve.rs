@@ -729,33 +729,17 @@ fn series<'a>(
     service: &Arc<str>,
     mutual_tls: bool,
 ) -> &'a TcpMetrics {
-    use crate::stats::{NO_GRPC_STATUS, RequestProtocol, SeriesKey, SeriesLabels};
-    let key = SeriesKey {
-        source_workload: source.map_or(0, |w| w.id),
-        source_principal: source_principal.map_or(0, SpiffeId::key),
-        destination_workload: destination.map_or(0, |w| w.id),
-        destination_principal: destination_principal.map_or(0, SpiffeId::key),
-        service: xxhash_rust::xxh3::xxh3_64(service.as_bytes()).max(1),
-        response_code: 0,
-        grpc_status: NO_GRPC_STATUS,
-        flags: Default::default(),
-        protocol: RequestProtocol::Tcp,
+    // Once per connection: node-mode services are named per connection, so the key's hash is
+    // made here.
+    let hash = xxhash_rust::xxh3::xxh3_64(service.as_bytes()).max(1);
+    crate::l4::series_of(
+        core,
+        listener,
+        (source, source_principal),
+        (destination, destination_principal),
+        (service, hash),
         mutual_tls,
-        reporter_source: listener.reporter_source,
-    };
-    listener
-        .stats
-        .workers
-        .slot(core.id)
-        .tcp_series
-        .get(&key, || SeriesLabels {
-            key,
-            source_workload: source.cloned(),
-            source_principal: source_principal.map(|id| id.as_str().into()),
-            destination_workload: destination.cloned(),
-            destination_principal: destination_principal.map(|id| id.as_str().into()),
-            service: Some(Arc::clone(service)),
-        })
+    )
 }
 
 /// The `baggage` of a tunnel from `source` (ztunnel's keys).
