@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::h2::{PyServer, run_json};
+use tests::pki::Pki;
 use tests::upstream::{Upstream, refused_address};
 use tests::wait::PATIENCE;
 use tests::{Driver, Proxy, both_drivers, wait_until};
@@ -620,58 +621,14 @@ fn export_to_a_stopped_collector_drops_and_counts_without_stalling_requests(driv
 /// The client SVID of [`the_server_span_names_the_clients_verified_spiffe_id`].
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 
-/// A CA, the proxy's certificate (`localhost`) and a client SVID (`web`, URI SAN [`WEB`]), in
-/// `dir`.
-fn pki(dir: &std::path::Path) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose, SanType,
-    };
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "tracing test CA");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
-        .expect("self-sign the CA");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write the CA");
-    for (name, dns, uri) in [
-        ("localhost", vec!["localhost".to_owned()], None),
-        ("web", Vec::new(), Some(WEB)),
-    ] {
-        let mut params = CertificateParams::new(dns).expect("leaf params");
-        if let Some(uri) = uri {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.try_into().expect("a URI")));
-        }
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name}-leaf"));
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &ca).expect("sign the leaf");
-        std::fs::write(dir.join(format!("{name}.crt")), cert.pem()).expect("write the cert");
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())
-            .expect("write the key");
-    }
-}
-
 fn the_server_span_names_the_clients_verified_spiffe_id(driver: Driver) {
     let collector = receiver();
     let echo = trace_echo();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    pki(dir.path());
-    let file = |name: &str| dir.path().join(name).display().to_string();
+    // A CA, the proxy's certificate (`localhost`) and a client SVID (`web`, URI SAN [`WEB`]).
+    let pki = Pki::new("tracing test CA");
+    pki.leaf("localhost", &["localhost"], None)
+        .leaf("web", &[], Some(WEB));
+    let file = |name: &str| pki.p(name);
     let config = format!(
         r#"
 {tracing}
